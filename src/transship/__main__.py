@@ -1,0 +1,3 @@
+from transship.cli import main
+
+main()

@@ -1,0 +1,132 @@
+"""Image references: the Docker/OCI grammar, `docker.io` normalisation, clear errors.
+
+Mirrors the grammar of distribution's `reference` package: `[host[:port]/]path[:tag][@digest]`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from transship.digest import Digest
+from transship.errors import InvalidDigestError, InvalidReferenceError
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+
+_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = re.compile(
+    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$"
+)
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_MAX_NAME = 255
+
+
+def _fail(text: str, why: str) -> InvalidReferenceError:
+    return InvalidReferenceError(f"invalid image reference {text!r}: {why}")
+
+
+def _looks_like_domain(first: str) -> bool:
+    return "." in first or ":" in first or first == "localhost" or first != first.lower()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed reference; `registry` and `repository` are always normalised."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        """Parse a reference, adding `docker.io` and `library/` like the Docker CLI does."""
+        if not text or text != text.strip():
+            raise _fail(text, "empty or surrounded by white space")
+        rest = text
+        digest: Digest | None = None
+        if "@" in rest:
+            rest, _, digest_text = rest.partition("@")
+            try:
+                digest = Digest.parse(digest_text)
+            except InvalidDigestError as exc:
+                raise _fail(text, str(exc).removeprefix("invalid digest ")) from None
+        tag: str | None = None
+        last_slash = rest.rfind("/")
+        colon = rest.rfind(":")
+        if colon > last_slash:
+            rest, tag = rest[:colon], rest[colon + 1 :]
+            if not _TAG.match(tag):
+                raise _fail(
+                    text, f"tag {tag!r} must be 1-128 of letters, digits, '_', '.', '-'"
+                )
+        if not rest:
+            raise _fail(text, "no repository name")
+        first, sep, remainder = rest.partition("/")
+        if sep and _looks_like_domain(first):
+            registry, path = first, remainder
+            if not _DOMAIN.match(registry):
+                raise _fail(text, f"registry host {registry!r} is not a valid host[:port]")
+        else:
+            registry, path = DOCKER_HUB, rest
+        if registry in ("index.docker.io", "registry-1.docker.io"):
+            registry = DOCKER_HUB
+        if registry == DOCKER_HUB and "/" not in path:
+            path = f"library/{path}"
+        for component in path.split("/"):
+            if not component:
+                raise _fail(text, "empty path component (double or trailing '/')")
+            if not _PATH_COMPONENT.match(component):
+                raise _fail(
+                    text,
+                    f"repository component {component!r} must be lowercase letters and digits "
+                    "separated by '.', '_', '__' or '-'",
+                )
+        if len(path) > _MAX_NAME:
+            raise _fail(text, f"repository name longer than {_MAX_NAME} characters")
+        return cls(registry, path, tag, digest)
+
+    @classmethod
+    def parse_repository(cls, text: str) -> Reference:
+        """Parse `host/path` naming a repository: no tag or digest allowed."""
+        ref = cls.parse(text)
+        if ref.tag or ref.digest:
+            raise _fail(text, "a repository is expected here, without tag or digest")
+        return ref
+
+    @property
+    def api_host(self) -> str:
+        """Host:port to send HTTP requests to (Docker Hub's API lives elsewhere)."""
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    @property
+    def name(self) -> str:
+        """`registry/repository`, without tag or digest."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def identifier(self) -> str:
+        """What goes after `/manifests/`: the digest if pinned, else the tag (default latest)."""
+        if self.digest:
+            return str(self.digest)
+        return self.tag or "latest"
+
+    def with_tag(self, tag: str | None) -> Reference:
+        return replace(self, tag=tag)
+
+    def with_digest(self, digest: Digest | None) -> Reference:
+        return replace(self, digest=digest)
+
+    def in_repository(self, repository: str) -> Reference:
+        """Same registry, another repository, no tag or digest."""
+        return Reference(self.registry, repository)
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
