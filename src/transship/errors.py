@@ -93,9 +93,7 @@ class RegistryError(TransshipError):
 
     exit_code = ExitCode.REGISTRY
 
-    def __init__(
-        self, message: str, *, status: int | None = None, hint: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
 

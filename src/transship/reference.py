@@ -59,9 +59,7 @@ class Reference:
         if colon > last_slash:
             rest, tag = rest[:colon], rest[colon + 1 :]
             if not _TAG.match(tag):
-                raise _fail(
-                    text, f"tag {tag!r} must be 1-128 of letters, digits, '_', '.', '-'"
-                )
+                raise _fail(text, f"tag {tag!r} must be 1-128 of letters, digits, '_', '.', '-'")
         if not rest:
             raise _fail(text, "no repository name")
         first, sep, remainder = rest.partition("/")

@@ -1,0 +1,89 @@
+"""From command-line settings to endpoints: one `Registry` per host and side, reused.
+
+Source and destination sides have their own CA, TLS and credential settings (as skopeo's
+`--src-*` / `--dest-*`), and the option names travel into error hints so a message can say
+exactly which flag fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from transship.remote.auth import Credentials, from_docker_config, parse_creds
+from transship.remote.registry import Registry, RegistryOptions
+from transship.remote.tls import CABundle, load_ca
+
+
+@dataclass
+class SideSettings:
+    """What the user said about one side (source or destination)."""
+
+    side: str  # "src" or "dest"
+    ca: str | None = None
+    insecure: bool = False
+    plain_http: bool = False
+    creds: str | None = field(default=None, repr=False)
+    max_connections: int = 16
+    retries: int = 5
+    chunk_size: int | None = None
+
+    def ca_bundle(self) -> CABundle | None:
+        return load_ca(self.ca) if self.ca else None
+
+    def credentials(self, host: str) -> Credentials | None:
+        if self.creds:
+            return parse_creds(self.creds, f"--{self.side}-creds")
+        return from_docker_config(host)
+
+
+def tkg_dest_defaults(settings: SideSettings) -> SideSettings:
+    """Fill destination CA / skip-verify from TKG's own variables when not given explicitly."""
+    if settings.ca is None and os.environ.get("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"):
+        settings.ca = os.environ["TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"]
+    skip = os.environ.get("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", "").lower()
+    if skip == "true":
+        settings.insecure = True
+    return settings
+
+
+class RegistryPool:
+    """Lazily opened registries for one side; closing the pool closes them all."""
+
+    def __init__(self, settings: SideSettings) -> None:
+        self.settings = settings
+        self._ca = settings.ca_bundle()  # validated up front: a bad CA is a usage error
+        self._registries: dict[str, Registry] = {}
+
+    def get(self, host: str) -> Registry:
+        registry = self._registries.get(host)
+        if registry is None:
+            s = self.settings
+            options = RegistryOptions(
+                ca=self._ca,
+                verify_tls=not s.insecure,
+                plain_http=s.plain_http,
+                credentials=s.credentials(host),
+                max_connections=s.max_connections,
+                retries=s.retries,
+                ca_option=f"--{s.side}-ca",
+                insecure_option=f"--{s.side}-insecure",
+                creds_option=f"--{s.side}-creds",
+            )
+            if s.chunk_size:
+                options.chunk_size = s.chunk_size
+            registry = Registry(host, options)
+            self._registries[host] = registry
+        return registry
+
+    def counters(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for registry in self._registries.values():
+            for key, value in registry.counters.items():
+                total[key] = total.get(key, 0) + value
+            total["requests"] = total.get("requests", 0) + registry.transport.requests_sent
+        return total
+
+    async def close(self) -> None:
+        for registry in self._registries.values():
+            await registry.close()

@@ -1,0 +1,68 @@
+"""The one interface the copy engine speaks: any source to any sink.
+
+Like regclient's schemes and containers/image's transports, a registry and an on-disk OCI layout
+both implement `Endpoint`, so `copy`, `save` and `load` are the same engine with different ends.
+Repositories are plain paths (`tkg/antrea`); the endpoint knows its own host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from transship.digest import Digest
+from transship.manifest import Descriptor, Manifest
+
+
+class BlobStream(Protocol):
+    """A blob being read: iterate to get chunks; the endpoint verifies the digest at the end."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
+class Endpoint(Protocol):
+    """What the engine needs from a place that holds images."""
+
+    #: human-readable location, for messages ("registry.local:5000", "oci:/media/usb/tkg")
+    label: str
+
+    async def get_manifest(self, repository: str, identifier: str) -> Manifest:
+        """Fetch by tag or digest; the bytes are checked against a requested digest."""
+        ...
+
+    async def head_manifest(self, repository: str, identifier: str) -> Descriptor | None:
+        """The descriptor of a manifest, or None if it is not there."""
+        ...
+
+    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
+        """Store the exact bytes under their digest, and under `tag` if given."""
+        ...
+
+    async def has_blob(self, repository: str, digest: Digest) -> bool:
+        """True if the blob is present and readable in `repository`."""
+        ...
+
+    def open_blob(
+        self, repository: str, descriptor: Descriptor
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream a blob's bytes; the iterator raises IntegrityError on a digest/size mismatch."""
+        ...
+
+    async def put_blob(
+        self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Store a blob from a stream; returns bytes written. Nothing lands if the hash is wrong."""
+        ...
+
+    async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
+        """Make a blob of another repository of this endpoint available; False if refused."""
+        ...
+
+    async def list_tags(self, repository: str) -> list[str]:
+        """All tags of a repository (empty if the repository does not exist)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and file handles; write any pending index."""
+        ...

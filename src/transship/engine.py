@@ -1,0 +1,331 @@
+"""The copy engine: any `Endpoint` to any `Endpoint`, each blob once, concurrently.
+
+`copy`, `save` and `load` all run this. Ordering guarantees: a manifest is pushed only after
+every blob and child manifest it references has landed, so a destination never holds a manifest
+whose content is missing, and an interrupted run resumes by asking the destination what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from transship.digest import Digest
+from transship.endpoint import Endpoint
+from transship.errors import (
+    IntegrityError,
+    NotFoundError,
+    RetryableError,
+    TransshipError,
+    UsageError,
+)
+from transship.manifest import Descriptor, Manifest, Platform
+
+log = logging.getLogger("transship.engine")
+
+SMALL_BLOB = 1024 * 1024  # configs and tiny layers get their own lane
+MAX_INDEX_DEPTH = 4
+
+Status = Literal["copied", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class CopyTask:
+    """One planned copy: a source manifest to a destination repository and tags."""
+
+    source: Endpoint
+    source_repository: str
+    source_identifier: str  # tag or digest
+    dest: Endpoint
+    dest_repository: str
+    dest_tags: tuple[str, ...] = ()
+    platforms: tuple[Platform, ...] = ()
+    label: str = ""
+    source_label: str = ""
+    dest_label: str = ""
+
+
+@dataclass
+class TaskResult:
+    task: CopyTask
+    status: Status
+    digest: Digest | None = None
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    error: TransshipError | None = None
+
+
+@dataclass
+class Stats:
+    """What crossed the wire; the engine's own accounting, shown in the summary."""
+
+    blobs_uploaded: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_uploaded: int = 0
+    manifests_pushed: int = 0
+    manifests_present: int = 0
+    retries: int = 0
+
+
+class Observer(Protocol):
+    """Progress sink: the CLI renders these as bars or log lines."""
+
+    def task_started(self, task: CopyTask) -> None: ...
+    def task_finished(self, result: TaskResult) -> None: ...
+    def blob_started(self, descriptor: Descriptor) -> None: ...
+    def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None: ...
+    def blob_finished(self, descriptor: Descriptor) -> None: ...
+
+
+class NullObserver:
+    def task_started(self, task: CopyTask) -> None:
+        pass
+
+    def task_finished(self, result: TaskResult) -> None:
+        pass
+
+    def blob_started(self, descriptor: Descriptor) -> None:
+        pass
+
+    def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None:
+        pass
+
+    def blob_finished(self, descriptor: Descriptor) -> None:
+        pass
+
+
+@dataclass
+class EngineOptions:
+    parallel_images: int = 16
+    parallel_blobs: int = 6
+    parallel_small_blobs: int = 16
+    blob_attempts: int = 4
+    retry_base: float = 0.5
+
+
+@dataclass
+class _Sink:
+    """Per destination endpoint: which blobs landed where, and transfers in flight."""
+
+    landed: dict[Digest, set[str]] = field(default_factory=dict)
+    inflight: dict[tuple[str, Digest], asyncio.Task[None]] = field(default_factory=dict)
+    first_home: dict[Digest, asyncio.Future[str]] = field(default_factory=dict)
+    manifests: dict[tuple[str, Digest], asyncio.Task[None]] = field(default_factory=dict)
+
+
+class CopyEngine:
+    """Runs copy tasks; every blob crosses the wire at most once per destination."""
+
+    def __init__(self, options: EngineOptions | None = None, observer: Observer | None = None):
+        self.options = options or EngineOptions()
+        self.observer: Observer = observer or NullObserver()
+        self.stats = Stats()
+        self._sinks: dict[int, _Sink] = {}
+        self._images = asyncio.Semaphore(self.options.parallel_images)
+        self._big = asyncio.Semaphore(self.options.parallel_blobs)
+        self._small = asyncio.Semaphore(self.options.parallel_small_blobs)
+
+    def _sink(self, dest: Endpoint) -> _Sink:
+        return self._sinks.setdefault(id(dest), _Sink())
+
+    async def run(self, tasks: Iterable[CopyTask]) -> list[TaskResult]:
+        """Run every task; one failing task never stops the others."""
+        return list(await asyncio.gather(*(self._run_task(t) for t in tasks)))
+
+    async def _run_task(self, task: CopyTask) -> TaskResult:
+        async with self._images:
+            self.observer.task_started(task)
+            start = time.monotonic()
+            before = self.stats.bytes_uploaded
+            try:
+                status, digest = await self.copy_one(task)
+                result = TaskResult(task, status, digest)
+            except TransshipError as exc:
+                log.debug("task %s failed", task.label, exc_info=True)
+                result = TaskResult(task, "failed", error=exc)
+            result.seconds = time.monotonic() - start
+            result.bytes_sent = self.stats.bytes_uploaded - before
+            self.observer.task_finished(result)
+            return result
+
+    async def copy_one(self, task: CopyTask) -> tuple[Status, Digest]:
+        """Copy one task's manifest graph; 'skipped' when the destination already has it."""
+        manifest = await task.source.get_manifest(task.source_repository, task.source_identifier)
+        if task.platforms and manifest.is_index:
+            manifest = await self._pick_platform(task, manifest)
+        tags = task.dest_tags
+        if await self._dest_has(task.dest, task.dest_repository, manifest.digest, tags):
+            self.stats.manifests_present += 1
+            return "skipped", manifest.digest
+        await self._copy_manifest(task, manifest, depth=0, seen=frozenset())
+        for tag in tags:
+            await task.dest.put_manifest(task.dest_repository, manifest, tag)
+            self.stats.manifests_pushed += 1
+        return "copied", manifest.digest
+
+    async def _dest_has(
+        self, dest: Endpoint, repository: str, digest: Digest, tags: tuple[str, ...]
+    ) -> bool:
+        """One HEAD per tag (or by digest when untagged): the whole cost of a no-op rerun."""
+        for identifier in tags or (str(digest),):
+            found = await dest.head_manifest(repository, identifier)
+            if found is None or found.digest != digest:
+                return False
+        return True
+
+    async def _pick_platform(self, task: CopyTask, index: Manifest) -> Manifest:
+        matches = [
+            child
+            for child in index.manifests
+            if child.platform and any(p.matches(child.platform) for p in task.platforms)
+        ]
+        wanted = ", ".join(str(p) for p in task.platforms)
+        if not matches:
+            have = ", ".join(str(c.platform) for c in index.manifests if c.platform)
+            raise NotFoundError(
+                f"{task.source_label or task.label}: no manifest for platform {wanted} "
+                f"(the index has: {have or 'no platforms'})"
+            )
+        if len(matches) > 1:
+            raise UsageError(
+                f"{task.source_label or task.label}: platform {wanted} matches {len(matches)} "
+                "manifests; name one platform (os/arch/variant), or omit --platform to copy all"
+            )
+        return await task.source.get_manifest(task.source_repository, str(matches[0].digest))
+
+    async def _copy_manifest(
+        self, task: CopyTask, manifest: Manifest, depth: int, seen: frozenset[Digest]
+    ) -> None:
+        """Land everything `manifest` references, then the manifest itself (by digest)."""
+        if manifest.digest in seen or depth > MAX_INDEX_DEPTH:
+            raise IntegrityError(
+                f"{task.source_label or task.label}: index nesting is cyclic or deeper than "
+                f"{MAX_INDEX_DEPTH} levels"
+            )
+        if manifest.is_index:
+            await asyncio.gather(
+                *(
+                    self._copy_child(task, child, depth + 1, seen | {manifest.digest})
+                    for child in manifest.manifests
+                )
+            )
+        else:
+            await asyncio.gather(
+                *(self._ensure_blob(task, blob) for blob in manifest.blobs() if not blob.urls)
+            )
+        if not task.dest_tags or depth > 0:
+            await task.dest.put_manifest(task.dest_repository, manifest, None)
+            self.stats.manifests_pushed += 1
+
+    async def _copy_child(
+        self, task: CopyTask, child: Descriptor, depth: int, seen: frozenset[Digest]
+    ) -> None:
+        sink = self._sink(task.dest)
+        key = (task.dest_repository, child.digest)
+        pending = sink.manifests.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._land_child(task, child, depth, seen))
+            sink.manifests[key] = pending
+        await asyncio.shield(pending)
+
+    async def _land_child(
+        self, task: CopyTask, child: Descriptor, depth: int, seen: frozenset[Digest]
+    ) -> None:
+        found = await task.dest.head_manifest(task.dest_repository, str(child.digest))
+        if found is not None and found.digest == child.digest:
+            self.stats.manifests_present += 1
+            return
+        manifest = await task.source.get_manifest(task.source_repository, str(child.digest))
+        await self._copy_manifest(task, manifest, depth, seen)
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    async def _ensure_blob(self, task: CopyTask, blob: Descriptor) -> None:
+        """Make `blob` present in the destination repository, sharing work across tasks."""
+        sink = self._sink(task.dest)
+        if task.dest_repository in sink.landed.get(blob.digest, ()):
+            return
+        key = (task.dest_repository, blob.digest)
+        pending = sink.inflight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._land_blob(task, blob, sink))
+            sink.inflight[key] = pending
+        try:
+            await asyncio.shield(pending)
+        finally:
+            if pending.done():
+                sink.inflight.pop(key, None)
+
+    async def _land_blob(self, task: CopyTask, blob: Descriptor, sink: _Sink) -> None:
+        """The first task needing a digest uploads it; later ones mount from where it landed."""
+        repo = task.dest_repository
+        home = sink.first_home.get(blob.digest)
+        if home is None:
+            owned = asyncio.get_running_loop().create_future()
+            sink.first_home[blob.digest] = owned
+            try:
+                await self._transfer(task, blob)
+            except BaseException as exc:
+                del sink.first_home[blob.digest]  # let a later task own it afresh
+                owned.set_exception(exc)
+                owned.exception()  # waiters handle it; do not log "never retrieved"
+                raise
+            owned.set_result(repo)
+        else:
+            try:
+                origin: str | None = await asyncio.shield(home)
+            except TransshipError:
+                origin = None  # the owner failed: try on our own
+            if origin is None or (origin != repo and not await self._mount(task, blob, origin)):
+                await self._transfer(task, blob)
+        sink.landed.setdefault(blob.digest, set()).add(repo)
+
+    async def _mount(self, task: CopyTask, blob: Descriptor, origin: str) -> bool:
+        if await task.dest.mount_blob(task.dest_repository, blob.digest, origin):
+            self.stats.blobs_mounted += 1
+            return True
+        return False
+
+    async def _transfer(self, task: CopyTask, blob: Descriptor) -> None:
+        """HEAD, then stream source → destination with bounded retries."""
+        lane = self._small if blob.size <= SMALL_BLOB else self._big
+        async with lane:
+            if await task.dest.has_blob(task.dest_repository, blob.digest):
+                self.stats.blobs_present += 1
+                return
+            attempt = 0
+            while True:
+                try:
+                    await self._stream(task, blob)
+                    return
+                except (RetryableError, IntegrityError) as exc:
+                    attempt += 1
+                    if attempt >= self.options.blob_attempts:
+                        raise
+                    self.stats.retries += 1
+                    delay = self.options.retry_base * (2 ** (attempt - 1))
+                    if isinstance(exc, RetryableError) and exc.retry_after:
+                        delay = max(delay, min(exc.retry_after, 120.0))
+                    log.info("retrying blob %s after: %s", blob.digest.short, exc)
+                    await asyncio.sleep(delay)
+
+    async def _stream(self, task: CopyTask, blob: Descriptor) -> None:
+        self.observer.blob_started(blob)
+        try:
+            async with task.source.open_blob(task.source_repository, blob) as chunks:
+
+                async def counted() -> AsyncIterator[bytes]:
+                    async for chunk in chunks:
+                        self.observer.blob_progress(blob, len(chunk))
+                        yield chunk
+
+                await task.dest.put_blob(task.dest_repository, blob, counted())
+        finally:
+            self.observer.blob_finished(blob)
+        self.stats.blobs_uploaded += 1
+        self.stats.bytes_uploaded += blob.size

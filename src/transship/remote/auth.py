@@ -1,0 +1,194 @@
+"""Registry authentication: challenges, credentials and bearer tokens.
+
+Credentials come, in order, from explicit options, then `~/.docker/config.json` (`credHelpers`,
+`auths`, `credsStore`), as the Docker CLI, crane and skopeo do. Secrets are kept out of `repr`
+and never put into messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transship.errors import AuthenticationError, UsageError
+
+_PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One `WWW-Authenticate` challenge: scheme (lowercase) and its parameters."""
+
+    scheme: str
+    params: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, header: str) -> Challenge:
+        scheme, _, rest = header.strip().partition(" ")
+        params: dict[str, str] = {}
+        pos = 0
+        while pos < len(rest):
+            m = _PARAM.match(rest, pos)
+            if not m or m.end() == pos:
+                break
+            value = m.group(2)
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            params[m.group(1).lower()] = value
+            pos = m.end()
+        return cls(scheme.lower(), params)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username/password pair or an identity (refresh) token."""
+
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)
+    source: str = "options"
+
+    def basic(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"Credentials(source={self.source!r})"
+
+
+def parse_creds(text: str, source: str) -> Credentials:
+    """`user:password` as given on the command line or in an environment variable."""
+    user, sep, password = text.partition(":")
+    if not sep or not user:
+        raise UsageError(f"{source}: credentials must be 'USERNAME:PASSWORD'")
+    return Credentials(user, password, source=source)
+
+
+def _config_keys(host: str) -> list[str]:
+    keys = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"]
+    if host in ("docker.io", "registry-1.docker.io", "index.docker.io"):
+        keys += ["https://index.docker.io/v1/", "index.docker.io", "docker.io"]
+    return keys
+
+
+def docker_config_path() -> Path:
+    base = os.environ.get("DOCKER_CONFIG")
+    return (Path(base) if base else Path.home() / ".docker") / "config.json"
+
+
+def from_docker_config(host: str, path: Path | None = None) -> Credentials | None:
+    """Look a registry up in a Docker config file, running credential helpers if named."""
+    path = path or docker_config_path()
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise UsageError(f"{path}: not a readable Docker config JSON file") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: not a Docker config JSON object")
+    keys = _config_keys(host)
+    helpers = config.get("credHelpers") or {}
+    for key in keys:
+        if key in helpers:
+            return _run_helper(str(helpers[key]), host)
+    auths = config.get("auths") or {}
+    for key in keys:
+        entry = auths.get(key)
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("identitytoken"):
+            user = _decode_auth(entry, path, key)[0] if entry.get("auth") else ""
+            return Credentials(user, "", str(entry["identitytoken"]), source=str(path))
+        if entry.get("auth"):
+            user, password = _decode_auth(entry, path, key)
+            return Credentials(user, password, source=str(path))
+        if entry.get("username"):
+            return Credentials(
+                str(entry["username"]), str(entry.get("password", "")), source=str(path)
+            )
+    store = config.get("credsStore")
+    if store:
+        return _run_helper(str(store), host)
+    return None
+
+
+def _decode_auth(entry: dict[str, object], path: Path, key: str) -> tuple[str, str]:
+    try:
+        user, sep, password = base64.b64decode(str(entry["auth"])).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        sep, user, password = "", "", ""
+    if not sep:
+        raise UsageError(f"{path}: auths[{key!r}].auth is not base64 of 'user:password'")
+    return user, password
+
+
+def _run_helper(helper: str, host: str) -> Credentials | None:
+    program = f"docker-credential-{helper}"
+    try:
+        proc = subprocess.run(
+            [program, "get"], input=host.encode(), capture_output=True, timeout=30, check=False
+        )
+    except FileNotFoundError:
+        raise UsageError(
+            f"credential helper {program} (named in Docker config) is not on PATH"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"credential helper {program} did not answer within 30 s") from None
+    if proc.returncode != 0:
+        return None  # "credentials not found in native keychain": anonymous
+    try:
+        doc = json.loads(proc.stdout)
+        user, secret = str(doc["Username"]), str(doc["Secret"])
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"credential helper {program} gave an unreadable answer") from None
+    if user == "<token>":
+        return Credentials("", "", secret, source=program)
+    return Credentials(user, secret, source=program)
+
+
+@dataclass
+class Token:
+    value: str = field(repr=False)
+    expires_at: float
+
+
+class TokenCache:
+    """Bearer tokens per scope set, expired a little early to avoid racing the registry."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, Token] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def get(self, key: str) -> str | None:
+        token = self._tokens.get(key)
+        if token and token.expires_at > time.monotonic():
+            return token.value
+        return None
+
+    def put(self, key: str, value: str, lifetime: float) -> None:
+        margin = min(10.0, lifetime / 5)
+        self._tokens[key] = Token(value, time.monotonic() + lifetime - margin)
+
+    def drop(self, key: str) -> None:
+        self._tokens.pop(key, None)
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+
+def missing_credentials(host: str, challenge: Challenge, option: str) -> AuthenticationError:
+    realm = challenge.params.get("realm", "")
+    where = f" (realm {realm})" if realm else ""
+    return AuthenticationError(
+        f"{host} requires credentials{where}",
+        hint=f"pass {option} USER:PASSWORD or run 'docker login {host}'",
+    )

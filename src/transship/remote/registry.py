@@ -1,0 +1,393 @@
+"""The OCI distribution API over `Transport`: manifests, blobs, mounts and tags.
+
+Implements `transship.endpoint.Endpoint` for one registry host. Every byte read is checked: a
+manifest against the digest it was asked for (and `Docker-Content-Digest`), a blob against its
+descriptor while it streams.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+import aiohttp
+
+from transship.digest import Digest, Hasher
+from transship.errors import (
+    AuthenticationError,
+    IntegrityError,
+    NotFoundError,
+    PermissionDeniedError,
+    RegistryError,
+    RetryableError,
+)
+from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
+from transship.remote.transport import Transport, TransportOptions
+
+CHUNK = 1024 * 1024
+
+
+@dataclass
+class RegistryOptions(TransportOptions):
+    """Transport options plus upload tuning."""
+
+    #: blobs larger than this go up in PATCH chunks of this size; smaller ones in one PUT
+    chunk_size: int = 256 * 1024 * 1024
+    read_chunk: int = CHUNK
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def pull(repository: str) -> tuple[str, ...]:
+    return (f"repository:{repository}:pull",)
+
+
+def push(repository: str) -> tuple[str, ...]:
+    return (f"repository:{repository}:pull,push",)
+
+
+async def registry_error(resp: aiohttp.ClientResponse, what: str) -> Exception:
+    """Turn an error response into a typed error naming `what` was being done."""
+    try:
+        body = await resp.content.read(16384)
+        doc = json.loads(body) if body else {}
+        errors = doc.get("errors") or [] if isinstance(doc, dict) else []
+    except (ValueError, aiohttp.ClientError, TimeoutError):
+        errors = []
+    codes = [str(e.get("code", "")) for e in errors if isinstance(e, dict)]
+    detail = "; ".join(
+        str(e.get("message") or e.get("code")) for e in errors if isinstance(e, dict)
+    )
+    suffix = f" (registry says: {detail})" if detail else ""
+    status = resp.status
+    if status == 404:
+        if "NAME_UNKNOWN" in codes:
+            return NotFoundError(f"{what}: repository not found{suffix}")
+        return NotFoundError(f"{what} not found{suffix}")
+    if status == 401:
+        return AuthenticationError(f"{what}: unauthorized{suffix}")
+    if status == 403:
+        return PermissionDeniedError(f"{what}: permission denied{suffix}")
+    if status in (429,) or status >= 500:
+        return RetryableError(f"{what}: registry answered {status}{suffix}", status=status)
+    return RegistryError(f"{what}: registry answered {status}{suffix}", status=status)
+
+
+class Registry:
+    """One registry host as an `Endpoint`."""
+
+    def __init__(self, host: str, options: RegistryOptions | None = None) -> None:
+        self.options = options or RegistryOptions()
+        self.host = host
+        self.label = host
+        self.transport = Transport(host, self.options)
+        # upload sessions opened by a refused mount, reused by the following put_blob
+        self._pending_uploads: dict[tuple[str, Digest], str] = {}
+        self.counters = self.options.counters
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    # -- manifests --------------------------------------------------------------------------
+
+    async def get_manifest(self, repository: str, identifier: str) -> Manifest:
+        where = f"{self.host}/{repository}{'@' if ':' in identifier else ':'}{identifier}"
+        requested = Digest.parse(identifier) if ":" in identifier else None
+        async with self.transport.request(
+            "GET",
+            f"/v2/{repository}/manifests/{identifier}",
+            scopes=pull(repository),
+            headers={"Accept": ACCEPT},
+        ) as resp:
+            if resp.status != 200:
+                raise await registry_error(resp, f"manifest {where}")
+            length = resp.content_length
+            if length is not None and length > MAX_MANIFEST_BYTES:
+                raise IntegrityError(
+                    f"{where}: manifest is {length} bytes, over the {MAX_MANIFEST_BYTES} limit"
+                )
+            raw = await resp.content.read(MAX_MANIFEST_BYTES + 1)
+            while len(raw) <= MAX_MANIFEST_BYTES:
+                more = await resp.content.read(MAX_MANIFEST_BYTES + 1 - len(raw))
+                if not more:
+                    break
+                raw += more
+            content_type = resp.headers.get("Content-Type")
+            header_digest = resp.headers.get("Docker-Content-Digest")
+        self._count("manifests_get")
+        manifest = Manifest.parse(raw, content_type, where)
+        if requested is not None:
+            actual = Digest.of(raw, requested.algorithm)
+            if actual != requested:
+                raise IntegrityError(
+                    f"{where}: manifest bytes hash to {actual.short}, not the requested digest"
+                )
+        elif header_digest:
+            try:
+                claimed = Digest.parse(header_digest)
+            except Exception:
+                raise IntegrityError(f"{where}: bad Docker-Content-Digest header") from None
+            if Digest.of(raw, claimed.algorithm) != claimed:
+                raise IntegrityError(
+                    f"{where}: manifest bytes do not match the registry's "
+                    f"Docker-Content-Digest {claimed.short}"
+                )
+        return manifest
+
+    async def head_manifest(self, repository: str, identifier: str) -> Descriptor | None:
+        async with self.transport.request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{identifier}",
+            scopes=pull(repository),
+            headers={"Accept": ACCEPT},
+        ) as resp:
+            self._count("manifests_head")
+            if resp.status == 404:
+                return None
+            if resp.status != 200:
+                raise await registry_error(resp, f"manifest {self.host}/{repository}:{identifier}")
+            header = resp.headers.get("Docker-Content-Digest")
+            media_type = (resp.headers.get("Content-Type") or "").split(";")[0]
+            size = resp.content_length or 0
+        if not header:
+            manifest = await self.get_manifest(repository, identifier)
+            return manifest.descriptor
+        return Descriptor(media_type, Digest.parse(header), size)
+
+    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
+        reference = tag or str(manifest.digest)
+        where = f"{self.host}/{repository}:{reference}"
+        async with self.transport.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            scopes=push(repository),
+            headers={"Content-Type": manifest.media_type},
+            data=manifest.raw,
+        ) as resp:
+            if resp.status not in (200, 201, 202):
+                raise await registry_error(resp, f"pushing manifest {where}")
+            header = resp.headers.get("Docker-Content-Digest")
+        self._count("manifests_put")
+        if header and header != str(manifest.digest):
+            raise IntegrityError(
+                f"{where}: registry stored the manifest as {header}, expected {manifest.digest}"
+            )
+
+    async def delete_manifest(self, repository: str, digest: Digest) -> None:
+        async with self.transport.request(
+            "DELETE", f"/v2/{repository}/manifests/{digest}", scopes=push(repository)
+        ) as resp:
+            if resp.status not in (200, 202):
+                raise await registry_error(resp, f"deleting {self.host}/{repository}@{digest}")
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    async def has_blob(self, repository: str, digest: Digest) -> bool:
+        async with self.transport.request(
+            "HEAD", f"/v2/{repository}/blobs/{digest}", scopes=pull(repository)
+        ) as resp:
+            self._count("blobs_head")
+            if resp.status == 200:
+                return True
+            if resp.status == 404:
+                return False
+            raise await registry_error(resp, f"blob {self.host}/{repository}@{digest.short}")
+
+    @asynccontextmanager
+    async def open_blob(
+        self, repository: str, descriptor: Descriptor
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        where = f"blob {self.host}/{repository}@{descriptor.digest.short}"
+        async with self.transport.request(
+            "GET",
+            f"/v2/{repository}/blobs/{descriptor.digest}",
+            scopes=pull(repository),
+            follow_redirects=True,
+        ) as resp:
+            if resp.status != 200:
+                raise await registry_error(resp, where)
+            if resp.content_length is not None and resp.content_length != descriptor.size:
+                raise IntegrityError(
+                    f"{where}: registry sends {resp.content_length} bytes, "
+                    f"the descriptor says {descriptor.size}"
+                )
+            yield self._verified_chunks(resp, descriptor, where)
+
+    async def _verified_chunks(
+        self, resp: aiohttp.ClientResponse, descriptor: Descriptor, where: str
+    ) -> AsyncIterator[bytes]:
+        hasher = Hasher(descriptor.digest, descriptor.size)
+        try:
+            async for chunk in resp.content.iter_chunked(self.options.read_chunk):
+                hasher.update(chunk)
+                yield chunk
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise RetryableError(f"{where}: download interrupted ({type(exc).__name__})") from None
+        hasher.verify("blob")
+        self._count("blobs_get")
+        self._count("bytes_get", hasher.size)
+
+    async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
+        """Cross-repository mount; a refusal leaves an upload session for `put_blob` to use."""
+        async with self.transport.request(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            scopes=push(repository) + pull(from_repository),
+            params={"mount": str(digest), "from": from_repository},
+        ) as resp:
+            if resp.status == 201:
+                self._count("blobs_mounted")
+                return True
+            if resp.status == 202 and resp.headers.get("Location"):
+                self._pending_uploads[(repository, digest)] = self._location(resp)
+                return False
+            if resp.status in (401, 403, 404):
+                return False  # no pull right on the source, or no such blob: upload instead
+            raise await registry_error(resp, f"mounting {digest.short} into {repository}")
+
+    def _location(self, resp: aiohttp.ClientResponse) -> str:
+        location = resp.headers.get("Location", "")
+        if not location:
+            raise RegistryError(f"{self.host}: upload answer without a Location header")
+        return urljoin(str(resp.url), location)
+
+    async def _start_upload(self, repository: str, digest: Digest) -> str:
+        pending = self._pending_uploads.pop((repository, digest), None)
+        if pending:
+            return pending
+        async with self.transport.request(
+            "POST", f"/v2/{repository}/blobs/uploads/", scopes=push(repository)
+        ) as resp:
+            if resp.status not in (202, 201):
+                raise await registry_error(resp, f"starting upload to {self.host}/{repository}")
+            return self._location(resp)
+
+    async def put_blob(
+        self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Upload from a stream, hashing as it goes; a wrong hash aborts before the commit."""
+        where = f"uploading blob {descriptor.digest.short} to {self.host}/{repository}"
+        location = await self._start_upload(repository, descriptor.digest)
+        hasher = Hasher(descriptor.digest, descriptor.size)
+
+        async def hashed() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                hasher.update(chunk)
+                yield chunk
+            hasher.verify("blob")  # raising here aborts the request: nothing is committed
+
+        if descriptor.size > self.options.chunk_size:
+            location = await self._patch_chunks(repository, location, hashed(), descriptor, where)
+            body: bytes | AsyncIterator[bytes] = b""
+            headers = {"Content-Length": "0"}
+        else:
+            body = hashed()
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(descriptor.size),
+            }
+        async with self.transport.request(
+            "PUT",
+            _with_digest(location, descriptor.digest),
+            scopes=push(repository),
+            headers=headers,
+            data=body,
+        ) as resp:
+            if resp.status not in (201, 204):
+                raise await registry_error(resp, where)
+        self._count("blobs_put")
+        self._count("bytes_put", descriptor.size)
+        return descriptor.size
+
+    async def _patch_chunks(
+        self,
+        repository: str,
+        location: str,
+        stream: AsyncIterator[bytes],
+        descriptor: Descriptor,
+        where: str,
+    ) -> str:
+        """Send the stream as PATCH requests of at most `chunk_size` bytes each."""
+        offset = 0
+        leftover = b""
+        exhausted = False
+        size = self.options.chunk_size
+
+        while not exhausted or leftover:
+            sent = 0
+
+            async def segment() -> AsyncIterator[bytes]:
+                nonlocal leftover, exhausted, sent
+                if leftover:
+                    piece, leftover = leftover[: size - sent], leftover[size - sent :]
+                    sent += len(piece)
+                    yield piece
+                while sent < size and not exhausted:
+                    try:
+                        chunk = await anext(stream)
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    room = size - sent
+                    piece, leftover = chunk[:room], chunk[room:]
+                    sent += len(piece)
+                    yield piece
+
+            end = min(offset + size, descriptor.size) - 1
+            async with self.transport.request(
+                "PATCH",
+                location,
+                scopes=push(repository),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{end}",
+                    "Content-Length": str(end - offset + 1),
+                },
+                data=segment(),
+            ) as resp:
+                if resp.status != 202:
+                    raise await registry_error(resp, where)
+                location = self._location(resp)
+            offset += sent
+            if offset >= descriptor.size and not leftover:
+                # drain the stream so the hasher verifies the end
+                async for _extra in stream:
+                    raise IntegrityError(f"{where}: source has more bytes than {descriptor.size}")
+                break
+        return location
+
+    # -- tags -------------------------------------------------------------------------------
+
+    async def list_tags(self, repository: str) -> list[str]:
+        tags: list[str] = []
+        path: str | None = f"/v2/{repository}/tags/list?n=1000"
+        while path:
+            async with self.transport.request("GET", path, scopes=pull(repository)) as resp:
+                if resp.status == 404:
+                    return tags
+                if resp.status != 200:
+                    raise await registry_error(resp, f"listing tags of {self.host}/{repository}")
+                doc = await resp.json(content_type=None)
+                tags += [str(t) for t in (doc.get("tags") or [])]
+                path = _next_link(resp.headers.get("Link"), str(resp.url))
+        return tags
+
+
+def _with_digest(location: str, digest: Digest) -> str:
+    return f"{location}{'&' if '?' in location else '?'}digest={digest}"
+
+
+def _next_link(header: str | None, current: str) -> str | None:
+    """RFC 5988 `Link: </v2/...?last=x>; rel="next"` → absolute URL."""
+    if not header:
+        return None
+    for part in header.split(","):
+        url, _, params = part.partition(";")
+        if 'rel="next"' in params.replace(" ", "") or "rel=next" in params.replace(" ", ""):
+            return urljoin(current, url.strip().strip("<>"))
+    return None

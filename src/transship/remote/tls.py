@@ -1,0 +1,176 @@
+"""Trust: system roots by default, a per-registry CA (PEM file, PEM text or TKG's base64 form).
+
+TKG's `TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE` holds the PEM CA base64-encoded on one line,
+so every place that takes a CA accepts either form.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
+
+from transship.errors import UsageError
+
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+class CertificateError(UsageError):
+    """A CA given to us is not a usable CA certificate."""
+
+
+@dataclass(frozen=True)
+class CABundle:
+    """One or more CA certificates in PEM, with where they came from (for messages)."""
+
+    pem: bytes
+    origin: str
+
+    @property
+    def certificates(self) -> list[x509.Certificate]:
+        return x509.load_pem_x509_certificates(self.pem)
+
+    @property
+    def subjects(self) -> list[str]:
+        return [c.subject.rfc4514_string() for c in self.certificates]
+
+    def base64(self) -> str:
+        """The single-line form TKG takes (same bytes as `base64 -w 0 FILE`)."""
+        return base64.b64encode(self.pem).decode("ascii")
+
+
+def load_ca(value: str, *, require_ca: bool = True) -> CABundle:
+    """Load a CA from a file path, PEM text, or base64 of PEM; validate it is a CA."""
+    origin: str
+    data: bytes
+    path = Path(value).expanduser()
+    if _PEM_BEGIN.decode() in value:
+        data, origin = value.encode(), "PEM text"
+    elif len(value) < 4096 and path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CertificateError(f"cannot read CA file {value}: {exc.strerror}") from None
+        origin = str(path)
+        if _PEM_BEGIN not in data:
+            # A file may hold the base64 form too (what `transship ca encode` writes).
+            data = _decode_base64(data.strip(), origin)
+    else:
+        origin = "base64 CA"
+        if len(value) < 4096 and ("/" in value[:1] or value.endswith((".pem", ".crt"))):
+            raise CertificateError(f"CA file {value} does not exist")
+        data = _decode_base64(value.strip().encode(), origin)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise CertificateError(f"{origin}: no valid PEM certificate found") from None
+    if require_ca:
+        for cert in certs:
+            _require_ca(cert, origin)
+    return CABundle(data, origin)
+
+
+def _decode_base64(data: bytes, origin: str) -> bytes:
+    try:
+        decoded = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise CertificateError(
+            f"{origin}: neither a readable PEM file nor base64 of a PEM certificate"
+        ) from None
+    if _PEM_BEGIN not in decoded:
+        raise CertificateError(
+            f"{origin}: base64 decodes to something that is not a PEM certificate"
+        )
+    return decoded
+
+
+def _require_ca(cert: x509.Certificate, origin: str) -> None:
+    subject = cert.subject.rfc4514_string()
+    try:
+        constraints = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
+    except x509.ExtensionNotFound:
+        if cert.issuer == cert.subject:
+            return  # old self-signed roots without the extension are still roots
+        raise CertificateError(
+            f"{origin}: certificate {subject!r} is not a CA certificate (no basicConstraints); "
+            "give the CA that signed the registry's certificate, not the server certificate"
+        ) from None
+    if not isinstance(constraints, x509.BasicConstraints) or not constraints.ca:
+        raise CertificateError(
+            f"{origin}: certificate {subject!r} is not a CA (basicConstraints CA:FALSE); "
+            "give the CA that signed the registry's certificate, not the server certificate"
+        )
+
+
+def ssl_context(ca: CABundle | None, *, verify: bool = True) -> ssl.SSLContext:
+    """System trust plus the registry's own CA; no verification only when asked."""
+    if not verify:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    ctx = ssl.create_default_context()
+    if ca is not None:
+        ctx.load_verify_locations(cadata=ca.pem.decode("ascii"))
+    return ctx
+
+
+@dataclass(frozen=True)
+class PeerCertificate:
+    """What a server presented, read without verifying it, to explain a TLS failure."""
+
+    subject: str
+    issuer: str
+    names: tuple[str, ...]
+    not_before: str
+    not_after: str
+    self_signed: bool
+
+
+async def peer_certificate_summary(host: str, timeout: float = 10.0) -> PeerCertificate | None:
+    """Handshake without verification and describe the leaf certificate (None if impossible)."""
+    import asyncio
+
+    hostname, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "443")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(hostname, int(port or 443), ssl=ctx, server_hostname=hostname),
+            timeout,
+        )
+    except (OSError, TimeoutError, ssl.SSLError, ValueError):
+        return None
+    try:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+    finally:
+        writer.close()
+    if not der:
+        return None
+    return describe_certificate(x509.load_der_x509_certificate(der))
+
+
+def describe_certificate(cert: x509.Certificate) -> PeerCertificate:
+    names: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        if isinstance(san, x509.SubjectAlternativeName):
+            names += san.get_values_for_type(x509.DNSName)
+            names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        pass
+    return PeerCertificate(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        names=tuple(names),
+        not_before=cert.not_valid_before_utc.isoformat(),
+        not_after=cert.not_valid_after_utc.isoformat(),
+        self_signed=cert.issuer == cert.subject,
+    )

@@ -1,0 +1,481 @@
+"""The HTTP layer: connections, TLS, auth challenges, retries and redirects.
+
+Only this module knows about 401 dances, `Retry-After` and redirects; the protocol layer above it
+asks for a path with a set of scopes and gets a response or a typed error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from transship import __version__
+from transship.errors import (
+    AuthenticationError,
+    PermissionDeniedError,
+    RegistryError,
+    RetryableError,
+    TLSError,
+    UnreachableError,
+)
+from transship.remote.auth import Challenge, Credentials, TokenCache, missing_credentials
+from transship.remote.tls import CABundle, peer_certificate_summary, ssl_context
+
+log = logging.getLogger("transship.remote")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+USER_AGENT = f"transship/{__version__}"
+
+Body = bytes | AsyncIterable[bytes] | None
+
+
+@dataclass
+class TransportOptions:
+    """How to reach one registry; the `*_option` names go into hints in error messages."""
+
+    ca: CABundle | None = None
+    verify_tls: bool = True
+    plain_http: bool = False
+    credentials: Credentials | None = field(default=None, repr=False)
+    max_connections: int = 16
+    retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    connect_timeout: float = 30.0
+    read_timeout: float = 300.0
+    ca_option: str = "--ca"
+    insecure_option: str = "--insecure"
+    creds_option: str = "--creds"
+
+
+def is_loopback(host: str) -> bool:
+    name = urlsplit(f"//{host}").hostname or host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; `Retry-After` wins when it asks for longer."""
+    delay = random.uniform(0, min(cap, base * (2**attempt)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, 120.0))
+    return delay
+
+
+class Transport:
+    """One registry host: a connection pool, its auth state and the retry policy."""
+
+    def __init__(self, host: str, options: TransportOptions) -> None:
+        self.host = host
+        self.options = options
+        self._ssl: ssl.SSLContext | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._base: str | None = None
+        self._ping_lock = asyncio.Lock()
+        self._challenge: Challenge | None = None
+        self._tokens = TokenCache()
+        self.requests_sent = 0
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._ssl = ssl_context(self.options.ca, verify=self.options.verify_tls)
+            connector = aiohttp.TCPConnector(
+                limit=self.options.max_connections, ssl=self._ssl, ttl_dns_cache=300
+            )
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                connect=self.options.connect_timeout,
+                sock_read=self.options.read_timeout,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=timeout,
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def base_url(self) -> str:
+        """`scheme://host`, learnt by pinging `/v2/` once (HTTPS unless told or on loopback)."""
+        if self._base is not None:
+            return self._base
+        async with self._ping_lock:
+            if self._base is None:
+                await self._ping()
+        assert self._base is not None
+        return self._base
+
+    async def _ping(self) -> None:
+        schemes = ["http"] if self.options.plain_http else ["https"]
+        if not self.options.plain_http and is_loopback(self.host):
+            schemes.append("http")  # like Docker, loopback may speak plain HTTP
+        last: Exception | None = None
+        for scheme in schemes:
+            base = f"{scheme}://{self.host}"
+            try:
+                status, headers = await self._ping_once(base)
+            except TLSError as exc:
+                if len(schemes) > 1 and scheme == "https" and "plain HTTP" in str(exc):
+                    last = exc
+                    continue
+                raise
+            if status == 404:
+                raise RegistryError(
+                    f"{self.host} is not an OCI registry (/v2/ answered 404)", status=404
+                )
+            if status == 401:
+                header = headers.get("WWW-Authenticate", "")
+                if header:
+                    self._challenge = Challenge.parse(header)
+            elif status >= 500:
+                raise RetryableError(f"{self.host}: /v2/ answered {status}", status=status)
+            self._base = base
+            return
+        assert last is not None
+        raise last
+
+    async def _ping_once(self, base: str) -> tuple[int, Mapping[str, str]]:
+        for attempt in range(self.options.retries + 1):
+            try:
+                async with self._client().get(f"{base}/v2/", allow_redirects=False) as resp:
+                    self.requests_sent += 1
+                    await resp.read()
+                    if resp.status in RETRY_STATUSES and attempt < self.options.retries:
+                        await asyncio.sleep(self._delay(attempt, resp))
+                        continue
+                    return resp.status, dict(resp.headers)
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise await self._tls_error(exc) from None
+            except aiohttp.ClientSSLError as exc:
+                raise self._ssl_error(base, exc) from None
+            except aiohttp.ServerDisconnectedError as exc:
+                if base.startswith("https"):
+                    raise TLSError(
+                        f"{self.host} closed the TLS handshake; it may speak plain HTTP",
+                        hint=f"use {self.options.insecure_option} if it really is plain HTTP",
+                    ) from exc
+                if attempt >= self.options.retries:
+                    raise UnreachableError(f"cannot reach {self.host}: {exc}") from None
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                if attempt >= self.options.retries or isinstance(
+                    exc, aiohttp.ClientConnectorDNSError
+                ):
+                    raise UnreachableError(
+                        f"cannot reach registry {self.host}: {_describe(exc)}",
+                        hint="check the host name, port and network path",
+                    ) from None
+            await asyncio.sleep(backoff_delay(attempt, self.options.backoff_base, 5.0, None))
+        raise UnreachableError(f"cannot reach registry {self.host}")
+
+    def _ssl_error(self, base: str, exc: Exception) -> TLSError:
+        text = str(exc)
+        if (
+            "WRONG_VERSION_NUMBER" in text
+            or "record layer failure" in text
+            or "packet length" in text
+        ):
+            return TLSError(
+                f"{self.host} speaks plain HTTP, not HTTPS",
+                hint=f"use {self.options.insecure_option} to allow plain HTTP for it",
+            )
+        return TLSError(f"TLS handshake with {self.host} failed: {_describe(exc)}")
+
+    async def _tls_error(self, exc: aiohttp.ClientConnectorCertificateError) -> TLSError:
+        cert_error = exc.certificate_error
+        code = getattr(cert_error, "verify_code", None)
+        detail = getattr(cert_error, "verify_message", "") or str(cert_error)
+        summary = await peer_certificate_summary(self.host)
+        fix = (
+            f"pass {self.options.ca_option} FILE|BASE64 with the CA that signed it, "
+            f"or {self.options.insecure_option} to skip verification"
+        )
+        if code in (2, 18, 19, 20, 21, 27):
+            issuer = f" issued by {summary.issuer!r}" if summary else ""
+            return TLSError(
+                f"{self.host} presents a certificate{issuer} from an unknown authority", hint=fix
+            )
+        if code == 62:
+            names = f" (it is valid for: {', '.join(summary.names)})" if summary else ""
+            return TLSError(
+                f"{self.host}: certificate hostname mismatch{names}",
+                hint=f"use the name the certificate was issued for, or "
+                f"{self.options.insecure_option}",
+            )
+        if code == 10:
+            when = f" on {summary.not_after}" if summary else ""
+            return TLSError(f"{self.host}: certificate expired{when}", hint="renew it")
+        if code == 9:
+            when = f" until {summary.not_before}" if summary else ""
+            return TLSError(f"{self.host}: certificate is not valid yet{when}")
+        return TLSError(f"{self.host}: certificate verification failed: {detail}", hint=fix)
+
+    # -- auth -------------------------------------------------------------------------------
+
+    async def _authorization(self, scopes: tuple[str, ...]) -> str | None:
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        creds = self.options.credentials
+        if challenge.scheme == "basic":
+            if creds is None or not creds.username:
+                raise missing_credentials(self.host, challenge, self.options.creds_option)
+            return creds.basic()
+        if challenge.scheme == "bearer":
+            key = " ".join(sorted(scopes))
+            token = self._tokens.get(key)
+            if token is None:
+                async with self._tokens.lock(key):
+                    token = self._tokens.get(key) or await self._fetch_token(challenge, scopes)
+            return f"Bearer {token}"
+        raise AuthenticationError(
+            f"{self.host} asks for unsupported auth scheme {challenge.scheme!r}"
+        )
+
+    async def _fetch_token(self, challenge: Challenge, scopes: tuple[str, ...]) -> str:
+        realm = challenge.params.get("realm")
+        if not realm:
+            raise AuthenticationError(f"{self.host}: bearer challenge without a realm")
+        creds = self.options.credentials
+        query: list[tuple[str, str]] = []
+        if "service" in challenge.params:
+            query.append(("service", challenge.params["service"]))
+        query += [("scope", s) for s in scopes]
+        session = self._client()
+        try:
+            if creds and creds.identity_token:
+                form = dict(query[:1])
+                form.update(
+                    grant_type="refresh_token",
+                    refresh_token=creds.identity_token,
+                    client_id="transship",
+                    scope=" ".join(scopes),
+                )
+                ctx = session.post(realm, data=form)
+            else:
+                headers = {"Authorization": creds.basic()} if creds and creds.username else {}
+                ctx = session.get(realm, params=query, headers=headers)
+            async with ctx as resp:
+                self.requests_sent += 1
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise UnreachableError(
+                f"cannot reach the token service of {self.host} ({realm}): {_describe(exc)}"
+            ) from None
+        if status in (401, 403):
+            if creds is None:
+                raise missing_credentials(self.host, challenge, self.options.creds_option)
+            raise AuthenticationError(
+                f"wrong username or password for {self.host} (token service said {status})",
+                hint=f"check {self.options.creds_option} or 'docker login {self.host}'",
+            )
+        if status >= 500 or status == 429:
+            raise RetryableError(f"token service of {self.host} answered {status}", status=status)
+        if status != 200:
+            raise AuthenticationError(f"token service of {self.host} answered {status}")
+        try:
+            doc: dict[str, Any] = json.loads(body)
+            token = str(doc.get("token") or doc["access_token"])
+        except (ValueError, KeyError, TypeError):
+            raise AuthenticationError(f"token service of {self.host} gave no token") from None
+        lifetime = float(doc.get("expires_in") or 60)
+        self._tokens.put(" ".join(sorted(scopes)), token, lifetime)
+        return token
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, resp: aiohttp.ClientResponse | None) -> float:
+        after = parse_retry_after(resp.headers.get("Retry-After")) if resp is not None else None
+        return backoff_delay(attempt, self.options.backoff_base, self.options.backoff_max, after)
+
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        scopes: tuple[str, ...],
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        data: Body = None,
+        follow_redirects: bool = False,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request with auth, retries (if the body can be resent) and redirects.
+
+        `path` is a path under the registry or an absolute URL (upload locations). The response
+        is yielded for any final status; the caller maps statuses to errors.
+        """
+        base = await self.base_url()
+        url = path if "://" in path else base + path
+        resendable = data is None or isinstance(data, bytes)
+        reauthed = False
+        attempt = 0
+        while True:
+            hdrs = dict(headers or {})
+            auth = await self._authorization(scopes)
+            if auth:
+                hdrs["Authorization"] = auth
+            try:
+                resp = await self._send(method, url, hdrs, params, data, follow_redirects, auth)
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise await self._tls_error(exc) from None
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                if not resendable or attempt >= self.options.retries:
+                    raise RetryableError(
+                        f"{method} {self.host}{urlsplit(url).path}: {_describe(exc)}"
+                    ) from None
+                await asyncio.sleep(self._delay(attempt, None))
+                attempt += 1
+                continue
+            if resp.status == 401:
+                header = resp.headers.get("WWW-Authenticate", "")
+                resp.release()
+                await self._on_unauthorized(header, scopes, auth, reauthed)
+                if not resendable:
+                    raise RetryableError(
+                        f"{self.host}: authorization expired mid-upload", status=401
+                    )
+                reauthed = True
+                continue
+            if resp.status in RETRY_STATUSES:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                if not resendable or attempt >= self.options.retries:
+                    text = await _error_text(resp)
+                    resp.release()
+                    raise RetryableError(
+                        f"{method} {self.host}{urlsplit(url).path} answered {resp.status}{text}",
+                        status=resp.status,
+                        retry_after=retry_after,
+                    )
+                delay = self._delay(attempt, resp)
+                resp.release()
+                log.debug("%s %s: %s, retrying in %.1fs", method, url, resp.status, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            try:
+                yield resp
+            finally:
+                resp.release()
+            return
+
+    async def _on_unauthorized(
+        self, header: str, scopes: tuple[str, ...], sent: str | None, reauthed: bool
+    ) -> None:
+        """Learn the challenge and return if another try can help; otherwise raise why not."""
+        challenge = Challenge.parse(header) if header else self._challenge
+        if challenge is None:
+            raise AuthenticationError(f"{self.host} answered 401 without a challenge")
+        creds = self.options.credentials
+        self._tokens.drop(" ".join(sorted(scopes)))
+        if sent is None:
+            self._challenge = challenge  # first contact: now we know how to authenticate
+            return
+        if creds is None:
+            raise missing_credentials(self.host, challenge, self.options.creds_option)
+        if sent.startswith("Bearer"):
+            if challenge.params.get("error") != "insufficient_scope" and not reauthed:
+                self._challenge = challenge  # expired or revoked token: fetch a new one
+                return
+            raise PermissionDeniedError(
+                f"{self.host}: the user has no permission for {', '.join(scopes)}",
+                hint="ask the registry admin for push/pull rights on that repository or project",
+            )
+        raise AuthenticationError(
+            f"wrong username or password for {self.host}",
+            hint=f"check {self.options.creds_option} or 'docker login {self.host}'",
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        params: Mapping[str, str] | None,
+        data: Body,
+        follow_redirects: bool,
+        auth: str | None,
+    ) -> aiohttp.ClientResponse:
+        session = self._client()
+        origin = urlsplit(url)
+        for _hop in range(6):
+            resp = await session.request(
+                method, url, headers=headers, params=params, data=data, allow_redirects=False
+            )
+            self.requests_sent += 1
+            if not follow_redirects or resp.status not in REDIRECT_STATUSES:
+                return resp
+            location = resp.headers.get("Location")
+            resp.release()
+            if not location:
+                raise RegistryError(f"{self.host}: redirect without a Location", status=resp.status)
+            target = urlsplit(urljoin(url, location))
+            if origin.scheme == "https" and target.scheme != "https":
+                raise RegistryError(
+                    f"{self.host} redirected to plain HTTP ({target.hostname}); refusing to "
+                    "download content over an unencrypted connection"
+                )
+            if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url, params = target.geturl(), None
+        raise RegistryError(f"{self.host}: too many redirects")
+
+
+async def _error_text(resp: aiohttp.ClientResponse) -> str:
+    try:
+        body = await resp.content.read(2048)
+    except (aiohttp.ClientError, TimeoutError):
+        return ""
+    text = body.decode("utf-8", "replace").strip().replace("\n", " ")
+    return f": {text[:200]}" if text else ""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        return exc.strerror or str(exc.os_error) or "connection failed"
+    text = str(exc) or type(exc).__name__
+    return text.split("\n")[0]

@@ -1,0 +1,86 @@
+"""The reference grammar: normalisation and one-line errors that say what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from transship.digest import Digest
+from transship.errors import ExitCode, InvalidReferenceError
+from transship.reference import Reference
+
+D = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("text", "registry", "repository", "tag", "digest"),
+    [
+        ("busybox", "docker.io", "library/busybox", None, None),
+        ("busybox:1.36", "docker.io", "library/busybox", "1.36", None),
+        ("docker.io/busybox", "docker.io", "library/busybox", None, None),
+        ("index.docker.io/user/app:v1", "docker.io", "user/app", "v1", None),
+        ("user/app", "docker.io", "user/app", None, None),
+        ("localhost/app", "localhost", "app", None, None),
+        ("localhost:5000/a/b/c:t", "localhost:5000", "a/b/c", "t", None),
+        ("127.0.0.1:5000/tkg/antrea:v1.2_vmware.1", "127.0.0.1:5000", "tkg/antrea", "v1.2_vmware.1", None),
+        (
+            "projects.registry.vmware.com/tkg/packages/core/antrea:v1.2.3_vmware.4-tkg.1-advanced",
+            "projects.registry.vmware.com",
+            "tkg/packages/core/antrea",
+            "v1.2.3_vmware.4-tkg.1-advanced",
+            None,
+        ),
+        (f"reg.example/app@{D}", "reg.example", "app", None, D),
+        (f"reg.example/app:v1@{D}", "reg.example", "app", "v1", D),
+        ("[::1]:5000/app:v1", "[::1]:5000", "app", "v1", None),
+        ("reg.example/a__b/c-d/e.f:x", "reg.example", "a__b/c-d/e.f", "x", None),
+    ],
+)
+def test_parse(text: str, registry: str, repository: str, tag: str | None, digest: str | None):
+    ref = Reference.parse(text)
+    assert (ref.registry, ref.repository, ref.tag) == (registry, repository, tag)
+    assert (str(ref.digest) if ref.digest else None) == digest
+
+
+def test_round_trip_and_identifier():
+    ref = Reference.parse(f"reg.example:443/a/b:v1@{D}")
+    assert str(ref) == f"reg.example:443/a/b:v1@{D}"
+    assert ref.identifier == D
+    assert Reference.parse("reg.example/a").identifier == "latest"
+    assert Reference.parse("busybox").api_host == "registry-1.docker.io"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "empty"),
+        (" app", "white space"),
+        ("Reg.example/App:v1", "lowercase"),
+        ("reg.example/app:", "tag ''"),
+        ("reg.example/app:-bad", "tag '-bad'"),
+        ("reg.example//app", "empty path component"),
+        ("reg.example/app/", "empty path component"),
+        ("reg.example/app@sha256:abc", "64 lowercase hex"),
+        ("reg.example/app@md5:" + "a" * 32, "unsupported algorithm"),
+        ("reg.example/app@sha256:../../x", "expected"),
+        ("reg.example/" + "a" * 256, "longer than 255"),
+        ("reg_example:5000/app", "not a valid host"),
+    ],
+)
+def test_invalid(text: str, fragment: str):
+    with pytest.raises(InvalidReferenceError) as info:
+        Reference.parse(text)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+    assert info.value.exit_code == ExitCode.USAGE
+
+
+def test_digest_validation():
+    assert str(Digest.parse(D)) == D
+    assert Digest.of(b"") == Digest.parse(
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    )
+    for bad in ("sha256:" + "A" * 64, "sha256:" + "a" * 63, "sha1:" + "a" * 40, "nocolon"):
+        with pytest.raises(Exception) as info:
+            Digest.parse(bad)
+        assert info.value.exit_code == ExitCode.USAGE  # type: ignore[attr-defined]
