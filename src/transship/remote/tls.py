@@ -49,9 +49,13 @@ def load_ca(value: str, *, require_ca: bool = True) -> CABundle:
     origin: str
     data: bytes
     path = Path(value).expanduser()
+    try:
+        is_file = path.is_file()
+    except OSError:  # a long base64 string is not a usable path name
+        is_file = False
     if _PEM_BEGIN.decode() in value:
         data, origin = value.encode(), "PEM text"
-    elif len(value) < 4096 and path.is_file():
+    elif is_file:
         try:
             data = path.read_bytes()
         except OSError as exc:

@@ -234,7 +234,7 @@ class Transport:
             return TLSError(
                 f"{self.host} presents a certificate{issuer} from an unknown authority", hint=fix
             )
-        if code == 62:
+        if code in (62, 64):  # host name or IP address mismatch
             names = f" (it is valid for: {', '.join(summary.names)})" if summary else ""
             return TLSError(
                 f"{self.host}: certificate hostname mismatch{names}",
