@@ -16,6 +16,8 @@ from harness.registry import Mode, RegistryProcess
 from harness.skopeo import Skopeo
 from harness.tokenserver import TokenServer
 
+pytest_plugins = ["clirunner"]  # the `cli` fixture
+
 MakeRegistry = Callable[..., RegistryProcess]
 MakeTokenServer = Callable[..., TokenServer]
 

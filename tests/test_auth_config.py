@@ -11,8 +11,8 @@ import pytest
 
 from transship.errors import UsageError
 from transship.remote.auth import Challenge, from_docker_config, parse_creds
-from transship.remote.transport import backoff_delay, parse_retry_after
 from transship.remote.registry import _next_link
+from transship.remote.transport import backoff_delay, parse_retry_after
 
 
 def test_challenge_parsing():

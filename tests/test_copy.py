@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from clirunner import CLI, cli  # noqa: F401
+from clirunner import CLI
 from harness.pki import PKI
 from harness.registry import RegistryProcess
 from harness.seed import seed_image, seed_index
@@ -30,13 +30,22 @@ def sha(data: bytes) -> str:
 
 @pytest.mark.parametrize("fmt", ["docker", "oci"])
 def test_copy_image_plain_to_tls_basic(
-    cli: CLI, plain_registry: RegistryProcess, tls_registry: RegistryProcess, pki: PKI,
-    skopeo: Skopeo, fmt: str,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
+    skopeo: Skopeo,
+    fmt: str,
 ) -> None:
-    image = seed_image(plain_registry, f"core/img-{fmt}", "v1", seed=11, fmt=fmt,
-                       layer_sizes=(200_000, 3_000_000))
-    out = cli("copy", plain_registry.ref(f"core/img-{fmt}:v1"),
-              tls_registry.ref(f"mirror/img-{fmt}"), *dest_args(tls_registry, pki))
+    image = seed_image(
+        plain_registry, f"core/img-{fmt}", "v1", seed=11, fmt=fmt, layer_sizes=(200_000, 3_000_000)
+    )
+    out = cli(
+        "copy",
+        plain_registry.ref(f"core/img-{fmt}:v1"),
+        tls_registry.ref(f"mirror/img-{fmt}"),
+        *dest_args(tls_registry, pki),
+    )
     assert out.code == 0, out.err
     raw = skopeo(tls_registry, f"mirror/img-{fmt}:v1")  # tag defaulted from the source
     assert raw == image.manifest
@@ -44,12 +53,19 @@ def test_copy_image_plain_to_tls_basic(
 
 
 def test_copy_index_to_token_registry_all_children(
-    cli: CLI, plain_registry: RegistryProcess, token_registry: RegistryProcess, pki: PKI,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    token_registry: RegistryProcess,
+    pki: PKI,
     skopeo: Skopeo,
 ) -> None:
     index = seed_index(plain_registry, "core/multi", "v2", seed=12, fmt="docker")
-    out = cli("copy", plain_registry.ref("core/multi:v2"), token_registry.ref("tkg/multi:v2"),
-              *dest_args(token_registry, pki))
+    out = cli(
+        "copy",
+        plain_registry.ref("core/multi:v2"),
+        token_registry.ref("tkg/multi:v2"),
+        *dest_args(token_registry, pki),
+    )
     assert out.code == 0, out.err
     assert skopeo(token_registry, "tkg/multi:v2") == index.manifest
     for child in index.images:
@@ -60,8 +76,12 @@ def test_rerun_sends_no_blob_bytes_and_one_request_per_manifest(
     cli: CLI, plain_registry: RegistryProcess, tls_registry: RegistryProcess, pki: PKI
 ) -> None:
     seed_index(plain_registry, "core/again", "v1", seed=13)
-    args = ["copy", plain_registry.ref("core/again:v1"), tls_registry.ref("mirror/again:v1"),
-            *dest_args(tls_registry, pki)]
+    args = [
+        "copy",
+        plain_registry.ref("core/again:v1"),
+        tls_registry.ref("mirror/again:v1"),
+        *dest_args(tls_registry, pki),
+    ]
     assert cli(*args).code == 0
     assert tls_registry.wait_for_log(r"PUT /v2/mirror/again/manifests/v1")
     mark = tls_registry.log_offset()
@@ -75,41 +95,74 @@ def test_rerun_sends_no_blob_bytes_and_one_request_per_manifest(
 
 
 def test_copy_by_digest_keeps_digest_and_pushes_untagged(
-    cli: CLI, plain_registry: RegistryProcess, tls_registry: RegistryProcess, pki: PKI,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
     skopeo: Skopeo,
 ) -> None:
     image = seed_image(plain_registry, "core/bydigest", "v1", seed=14)
-    out = cli("copy", plain_registry.ref(f"core/bydigest@{image.digest}"),
-              tls_registry.ref("mirror/bydigest"), *dest_args(tls_registry, pki))
+    out = cli(
+        "copy",
+        plain_registry.ref(f"core/bydigest@{image.digest}"),
+        tls_registry.ref("mirror/bydigest"),
+        *dest_args(tls_registry, pki),
+    )
     assert out.code == 0, out.err
     assert skopeo(tls_registry, f"mirror/bydigest@{image.digest}") == image.manifest
     assert tls_registry.requests("PUT", rf"/v2/mirror/bydigest/manifests/{image.digest}")
 
 
 def test_platform_filter_copies_one_child(
-    cli: CLI, plain_registry: RegistryProcess, tls_registry: RegistryProcess, pki: PKI,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
     skopeo: Skopeo,
 ) -> None:
     index = seed_index(plain_registry, "core/plat", "v1", seed=15)
     arm = next(i for i in index.images if i.platform["architecture"] == "arm64")
-    out = cli("copy", plain_registry.ref("core/plat:v1"), tls_registry.ref("mirror/plat:arm"),
-              "--platform", "linux/arm64", *dest_args(tls_registry, pki))
+    out = cli(
+        "copy",
+        plain_registry.ref("core/plat:v1"),
+        tls_registry.ref("mirror/plat:arm"),
+        "--platform",
+        "linux/arm64",
+        *dest_args(tls_registry, pki),
+    )
     assert out.code == 0, out.err
     assert skopeo(tls_registry, "mirror/plat:arm") == arm.manifest
-    missing = cli("copy", plain_registry.ref("core/plat:v1"), tls_registry.ref("mirror/plat:s"),
-                  "--platform", "linux/s390x", *dest_args(tls_registry, pki))
+    missing = cli(
+        "copy",
+        plain_registry.ref("core/plat:v1"),
+        tls_registry.ref("mirror/plat:s"),
+        "--platform",
+        "linux/s390x",
+        *dest_args(tls_registry, pki),
+    )
     assert missing.code == ExitCode.NOT_FOUND
     assert "linux/amd64" in missing.error_line and "linux/s390x" in missing.error_line
 
 
 def test_ca_as_tkg_base64_and_from_tkg_variable(
-    cli: CLI, plain_registry: RegistryProcess, tls_registry: RegistryProcess, pki: PKI,
-    skopeo: Skopeo, monkeypatch: pytest.MonkeyPatch,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
+    skopeo: Skopeo,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     image = seed_image(plain_registry, "core/b64", "v1", seed=16)
     b64 = base64.b64encode(pki.ca_pem_path.read_bytes()).decode()
-    out = cli("copy", plain_registry.ref("core/b64:v1"), tls_registry.ref("mirror/b64:a"),
-              "--dest-ca", b64, "--dest-creds", CREDS)
+    out = cli(
+        "copy",
+        plain_registry.ref("core/b64:v1"),
+        tls_registry.ref("mirror/b64:a"),
+        "--dest-ca",
+        b64,
+        "--dest-creds",
+        CREDS,
+    )
     assert out.code == 0, out.err
     monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", b64)
     monkeypatch.setenv("TRANSSHIP_DEST_CREDS", CREDS)
@@ -119,8 +172,12 @@ def test_ca_as_tkg_base64_and_from_tkg_variable(
 
 
 def test_credentials_from_docker_config(
-    cli: CLI, plain_registry: RegistryProcess, tls_registry: RegistryProcess, pki: PKI,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seed_image(plain_registry, "core/cfg", "v1", seed=17)
     config = tmp_path / "dockercfg"
@@ -128,18 +185,31 @@ def test_credentials_from_docker_config(
     auth = base64.b64encode(CREDS.encode()).decode()
     (config / "config.json").write_text(json.dumps({"auths": {tls_registry.host: {"auth": auth}}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
-    out = cli("copy", plain_registry.ref("core/cfg:v1"), tls_registry.ref("mirror/cfg:v1"),
-              "--dest-ca", str(pki.ca_pem_path))
+    out = cli(
+        "copy",
+        plain_registry.ref("core/cfg:v1"),
+        tls_registry.ref("mirror/cfg:v1"),
+        "--dest-ca",
+        str(pki.ca_pem_path),
+    )
     assert out.code == 0, out.err
 
 
 def test_anonymous_pull_from_token_registry(
-    cli: CLI, plain_registry: RegistryProcess, token_registry: RegistryProcess, pki: PKI,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    token_registry: RegistryProcess,
+    pki: PKI,
     skopeo: Skopeo,
 ) -> None:
     image = seed_image(token_registry, "public/anon", "v1", seed=18)
-    out = cli("copy", token_registry.ref("public/anon:v1"), plain_registry.ref("anon/copy:v1"),
-              "--src-ca", str(pki.ca_pem_path))
+    out = cli(
+        "copy",
+        token_registry.ref("public/anon:v1"),
+        plain_registry.ref("anon/copy:v1"),
+        "--src-ca",
+        str(pki.ca_pem_path),
+    )
     assert out.code == 0, out.err
     assert skopeo(plain_registry, "anon/copy:v1") == image.manifest
 
@@ -156,15 +226,25 @@ def source_image(plain_registry: RegistryProcess) -> str:
 def test_unknown_ca_names_issuer_and_option(
     cli: CLI, source_image: str, tls_registry: RegistryProcess, pki: PKI
 ) -> None:
-    out = cli("copy", source_image, tls_registry.ref("e/ca:v1"), "--dest-creds", CREDS,
-              "--dest-ca", str(pki.wrong_ca.cert_path))
+    out = cli(
+        "copy",
+        source_image,
+        tls_registry.ref("e/ca:v1"),
+        "--dest-creds",
+        CREDS,
+        "--dest-ca",
+        str(pki.wrong_ca.cert_path),
+    )
     assert out.code == ExitCode.TLS
     assert "unknown authority" in out.error_line
     assert "transship-test-ca" in out.error_line and "--dest-ca" in out.error_line
 
 
 def test_hostname_mismatch(
-    cli: CLI, source_image: str, make_registry, pki: PKI  # type: ignore[no-untyped-def]
+    cli: CLI,
+    source_image: str,
+    make_registry,
+    pki: PKI,  # type: ignore[no-untyped-def]
 ) -> None:
     reg = make_registry("tls", cert=pki.wrong_host)
     out = cli("copy", source_image, reg.ref("e/host:v1"), "--dest-ca", str(pki.ca_pem_path))
@@ -173,7 +253,10 @@ def test_hostname_mismatch(
 
 
 def test_expired_certificate(
-    cli: CLI, source_image: str, make_registry, pki: PKI  # type: ignore[no-untyped-def]
+    cli: CLI,
+    source_image: str,
+    make_registry,
+    pki: PKI,  # type: ignore[no-untyped-def]
 ) -> None:
     reg = make_registry("tls", cert=pki.expired)
     out = cli("copy", source_image, reg.ref("e/exp:v1"), "--dest-ca", str(pki.ca_pem_path))
@@ -182,7 +265,10 @@ def test_expired_certificate(
 
 
 def test_insecure_skips_verification_for_that_side_only(
-    cli: CLI, source_image: str, make_registry, pki: PKI  # type: ignore[no-untyped-def]
+    cli: CLI,
+    source_image: str,
+    make_registry,
+    pki: PKI,  # type: ignore[no-untyped-def]
 ) -> None:
     reg = make_registry("tls", cert=pki.expired)
     out = cli("copy", source_image, reg.ref("e/insecure:v1"), "--dest-insecure")
@@ -190,8 +276,15 @@ def test_insecure_skips_verification_for_that_side_only(
 
 
 def test_wrong_password(cli: CLI, source_image: str, tls_registry: RegistryProcess, pki: PKI):
-    out = cli("copy", source_image, tls_registry.ref("e/pw:v1"), "--dest-ca",
-              str(pki.ca_pem_path), "--dest-creds", "alice:wrong-password")
+    out = cli(
+        "copy",
+        source_image,
+        tls_registry.ref("e/pw:v1"),
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        "alice:wrong-password",
+    )
     assert out.code == ExitCode.AUTH
     assert "wrong username or password" in out.error_line
     assert "wrong-password" not in out.err
@@ -200,26 +293,46 @@ def test_wrong_password(cli: CLI, source_image: str, tls_registry: RegistryProce
 def test_wrong_password_token_registry(
     cli: CLI, source_image: str, token_registry: RegistryProcess, pki: PKI
 ) -> None:
-    out = cli("copy", source_image, token_registry.ref("e/pw:v1"), "--dest-ca",
-              str(pki.ca_pem_path), "--dest-creds", "alice:wrong-password")
+    out = cli(
+        "copy",
+        source_image,
+        token_registry.ref("e/pw:v1"),
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        "alice:wrong-password",
+    )
     assert out.code == ExitCode.AUTH
     assert "wrong username or password" in out.error_line
 
 
-def test_missing_credentials(cli: CLI, source_image: str, token_registry: RegistryProcess, pki: PKI):
-    out = cli("copy", source_image, token_registry.ref("e/anon:v1"),
-              "--dest-ca", str(pki.ca_pem_path))
+def test_missing_credentials(
+    cli: CLI, source_image: str, token_registry: RegistryProcess, pki: PKI
+):
+    out = cli(
+        "copy", source_image, token_registry.ref("e/anon:v1"), "--dest-ca", str(pki.ca_pem_path)
+    )
     assert out.code == ExitCode.AUTH
     assert "requires credentials" in out.error_line and "--dest-creds" in out.error_line
 
 
 def test_no_permission(
-    cli: CLI, source_image: str, token_registry: RegistryProcess, token_server: TokenServer,
+    cli: CLI,
+    source_image: str,
+    token_registry: RegistryProcess,
+    token_server: TokenServer,
     pki: PKI,
 ) -> None:
     with token_server.override(user_actions=frozenset({"pull"})):
-        out = cli("copy", source_image, token_registry.ref("e/denied:v1"),
-                  "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS)
+        out = cli(
+            "copy",
+            source_image,
+            token_registry.ref("e/denied:v1"),
+            "--dest-ca",
+            str(pki.ca_pem_path),
+            "--dest-creds",
+            CREDS,
+        )
     assert out.code == ExitCode.AUTH
     assert "no permission" in out.error_line
 
@@ -227,8 +340,12 @@ def test_no_permission(
 def test_repository_and_tag_not_found(
     cli: CLI, plain_registry: RegistryProcess, tls_registry: RegistryProcess, pki: PKI
 ) -> None:
-    out = cli("copy", plain_registry.ref("core/absent:v1"), tls_registry.ref("e/nf:v1"),
-              *dest_args(tls_registry, pki))
+    out = cli(
+        "copy",
+        plain_registry.ref("core/absent:v1"),
+        tls_registry.ref("e/nf:v1"),
+        *dest_args(tls_registry, pki),
+    )
     assert out.code == ExitCode.NOT_FOUND
     assert "core/absent:v1" in out.error_line and "not found" in out.error_line
 

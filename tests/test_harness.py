@@ -299,7 +299,7 @@ def test_insufficient_scope_gives_401(
     assert params["error"] == "insufficient_scope"
     # distribution builds this from a Go map: the action order varies between requests
     rtype, name, actions = parse_scope(params["scope"])
-    assert (rtype, name, actions) == ("repository", "scope/t", {"pull", "push"})
+    assert (rtype, name, actions) == ("repository", "scope/t", frozenset({"pull", "push"}))
 
 
 def test_registry_lifetime_defeats_leeway(

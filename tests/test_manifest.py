@@ -17,12 +17,22 @@ from transship.manifest import (
     Platform,
 )
 
-CFG = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "1" * 64, "size": 2}
-LAYER = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + "2" * 64, "size": 10}
+CFG = {
+    "mediaType": "application/vnd.oci.image.config.v1+json",
+    "digest": "sha256:" + "1" * 64,
+    "size": 2,
+}
+LAYER = {
+    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "digest": "sha256:" + "2" * 64,
+    "size": 10,
+}
 
 
 def test_image_manifest_keeps_exact_bytes():
-    raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CFG, "layers": [LAYER]}, indent=3).encode()
+    raw = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CFG, "layers": [LAYER]}, indent=3
+    ).encode()
     m = Manifest.parse(raw, None, "t")
     assert m.raw == raw and m.digest == Digest.of(raw)
     assert [str(b.digest) for b in m.blobs()] == [CFG["digest"], LAYER["digest"]]
@@ -31,12 +41,18 @@ def test_image_manifest_keeps_exact_bytes():
 
 def test_media_type_from_header_when_body_has_none():
     raw = json.dumps({"schemaVersion": 2, "config": CFG, "layers": []}).encode()
-    assert Manifest.parse(raw, DOCKER_MANIFEST + "; charset=utf-8", "t").media_type == DOCKER_MANIFEST
+    assert (
+        Manifest.parse(raw, DOCKER_MANIFEST + "; charset=utf-8", "t").media_type == DOCKER_MANIFEST
+    )
 
 
 def test_index_children_and_platforms():
-    child = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "3" * 64, "size": 5,
-             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}
+    child = {
+        "mediaType": OCI_MANIFEST,
+        "digest": "sha256:" + "3" * 64,
+        "size": 5,
+        "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+    }
     raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [child]}).encode()
     m = Manifest.parse(raw, None, "t")
     assert m.is_index and m.manifests[0].platform == Platform("linux", "arm64", "v8")
@@ -49,11 +65,39 @@ def test_index_children_and_platforms():
     [
         (b"not json", IntegrityError, "not valid JSON"),
         (b"[]", IntegrityError, "not a JSON object"),
-        (json.dumps({"schemaVersion": 1, "name": "x", "fsLayers": []}).encode(), UnsupportedMediaTypeError, "schema 1"),
-        (json.dumps({"schemaVersion": 2, "mediaType": "application/x-evil"}).encode(), UnsupportedMediaTypeError, "unknown manifest media type"),
-        (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode(), IntegrityError, "no config"),
-        (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {**CFG, "digest": "sha256:../../x"}}).encode(), Exception, "invalid digest"),
-        (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {**CFG, "size": -1}}).encode(), IntegrityError, "not a whole number"),
+        (
+            json.dumps({"schemaVersion": 1, "name": "x", "fsLayers": []}).encode(),
+            UnsupportedMediaTypeError,
+            "schema 1",
+        ),
+        (
+            json.dumps({"schemaVersion": 2, "mediaType": "application/x-evil"}).encode(),
+            UnsupportedMediaTypeError,
+            "unknown manifest media type",
+        ),
+        (
+            json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode(),
+            IntegrityError,
+            "no config",
+        ),
+        (
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": {**CFG, "digest": "sha256:../../x"},
+                }
+            ).encode(),
+            Exception,
+            "invalid digest",
+        ),
+        (
+            json.dumps(
+                {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {**CFG, "size": -1}}
+            ).encode(),
+            IntegrityError,
+            "not a whole number",
+        ),
         (b" " * (MAX_MANIFEST_BYTES + 1), IntegrityError, "limit"),
     ],
 )

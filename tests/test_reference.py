@@ -21,7 +21,13 @@ D = "sha256:" + "a" * 64
         ("user/app", "docker.io", "user/app", None, None),
         ("localhost/app", "localhost", "app", None, None),
         ("localhost:5000/a/b/c:t", "localhost:5000", "a/b/c", "t", None),
-        ("127.0.0.1:5000/tkg/antrea:v1.2_vmware.1", "127.0.0.1:5000", "tkg/antrea", "v1.2_vmware.1", None),
+        (
+            "127.0.0.1:5000/tkg/antrea:v1.2_vmware.1",
+            "127.0.0.1:5000",
+            "tkg/antrea",
+            "v1.2_vmware.1",
+            None,
+        ),
         (
             "projects.registry.vmware.com/tkg/packages/core/antrea:v1.2.3_vmware.4-tkg.1-advanced",
             "projects.registry.vmware.com",

@@ -195,10 +195,11 @@ class TokenServer:
     @contextmanager
     def override(self, **settings: Any) -> Iterator[TokenServer]:
         """Temporarily change settings (`lifetime=2`, `anonymous=False`, ...) on a shared server."""
-        old = {k: getattr(self, k) for k in settings}
-        for key, value in settings.items():
+        for key in settings:
             if key.startswith("_") or key == "requests" or not hasattr(self, key):
                 raise AttributeError(f"TokenServer has no setting {key!r}")
+        old = {k: getattr(self, k) for k in settings}
+        for key, value in settings.items():
             setattr(self, key, value)
         try:
             yield self

@@ -37,6 +37,7 @@ class RegistryOptions(TransportOptions):
     #: blobs larger than this go up in PATCH chunks of this size; smaller ones in one PUT
     chunk_size: int = 256 * 1024 * 1024
     read_chunk: int = CHUNK
+    tag_page_size: int = 1000
     counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -365,7 +366,7 @@ class Registry:
 
     async def list_tags(self, repository: str) -> list[str]:
         tags: list[str] = []
-        path: str | None = f"/v2/{repository}/tags/list?n=1000"
+        path: str | None = f"/v2/{repository}/tags/list?n={self.options.tag_page_size}"
         while path:
             async with self.transport.request("GET", path, scopes=pull(repository)) as resp:
                 if resp.status == 404:

@@ -30,6 +30,7 @@ from transship.errors import (
     RegistryError,
     RetryableError,
     TLSError,
+    TransshipError,
     UnreachableError,
 )
 from transship.remote.auth import Challenge, Credentials, TokenCache, missing_credentials
@@ -360,6 +361,9 @@ class Transport:
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise await self._tls_error(exc) from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                own = _our_error(exc)
+                if own is not None:  # raised by our own body stream (e.g. a digest mismatch)
+                    raise own from None
                 if not resendable or attempt >= self.options.retries:
                     raise RetryableError(
                         f"{method} {self.host}{urlsplit(url).path}: {_describe(exc)}"
@@ -459,6 +463,18 @@ class Transport:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url, params = target.geturl(), None
         raise RegistryError(f"{self.host}: too many redirects")
+
+
+def _our_error(exc: BaseException) -> TransshipError | None:
+    """aiohttp wraps exceptions raised inside a request body generator; find ours."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TransshipError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 async def _error_text(resp: aiohttp.ClientResponse) -> str:

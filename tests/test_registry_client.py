@@ -1,0 +1,192 @@
+"""The protocol client (`transship.remote`) against real registries: auth, uploads, mounts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from harness.pki import PKI
+from harness.registry import RegistryProcess
+from harness.seed import SeedClient, seed_image
+from harness.tokenserver import TokenServer
+
+from transship.digest import Digest
+from transship.errors import IntegrityError, NotFoundError
+from transship.manifest import Descriptor
+from transship.remote import Registry, RegistryOptions
+from transship.remote.auth import Credentials
+from transship.remote.tls import load_ca
+
+LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def client(reg: RegistryProcess, pki: PKI, **kw: object) -> Registry:
+    creds = reg.credentials
+    options = RegistryOptions(
+        ca=load_ca(str(pki.ca_pem_path)) if reg.tls else None,
+        credentials=Credentials(*creds) if creds else None,
+        **kw,  # type: ignore[arg-type]
+    )
+    return Registry(reg.host, options)
+
+
+async def chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def blob(data: bytes) -> Descriptor:
+    return Descriptor(LAYER, Digest.of(data), len(data))
+
+
+async def test_token_cached_per_scope_and_refreshed(
+    make_token_server,
+    make_registry,
+    pki: PKI,  # type: ignore[no-untyped-def]
+) -> None:
+    tokens: TokenServer = make_token_server(lifetime=2, registry_lifetime=2)
+    reg = make_registry("tls_token", token_server=tokens)
+    image = seed_image(reg, "cache/img", "v1", seed=21)
+    tokens.reset()
+    registry = client(reg, pki)
+    try:
+        for _ in range(5):
+            await registry.get_manifest("cache/img", "v1")
+            assert await registry.has_blob("cache/img", Digest.parse(image.config.digest))
+        assert len(tokens.token_requests()) == 1  # one scope, one token
+        await asyncio.sleep(2.5)  # the registry now rejects that token
+        manifest = await registry.get_manifest("cache/img", "v1")
+        assert str(manifest.digest) == image.digest
+        assert len(tokens.token_requests()) == 2
+    finally:
+        await registry.close()
+
+
+async def test_chunked_upload_and_integrity(tls_registry: RegistryProcess, pki: PKI) -> None:
+    registry = client(tls_registry, pki, chunk_size=100_000)
+    data = os.urandom(350_000)
+    try:
+        mark = tls_registry.log_offset()
+        await registry.put_blob("client/chunked", blob(data), chunks(data, 30_000))
+        assert await registry.has_blob("client/chunked", Digest.of(data))
+        assert tls_registry.wait_for_log(r"PUT /v2/client/chunked/blobs/uploads/", since=mark)
+        patches = tls_registry.requests("PATCH", r"/v2/client/chunked/blobs/uploads/", since=mark)
+        assert len(patches) == 4  # 350 kB in 100 kB chunks
+        async with registry.open_blob("client/chunked", blob(data)) as stream:
+            assert b"".join([c async for c in stream]) == data
+        # a stream whose bytes do not match the descriptor never lands
+        bad = bytearray(data)
+        bad[1000] ^= 0xFF
+        for chunk_size in (100_000, 10_000_000):
+            registry.options.chunk_size = chunk_size
+            with pytest.raises(IntegrityError, match="does not match"):
+                await registry.put_blob("client/bad", blob(data), chunks(bytes(bad)))
+            assert not await registry.has_blob("client/bad", Digest.of(data))
+            assert not await registry.has_blob("client/bad", Digest.of(bytes(bad)))
+    finally:
+        await registry.close()
+
+
+async def test_mount_and_fallback(tls_registry: RegistryProcess, pki: PKI) -> None:
+    registry = client(tls_registry, pki)
+    data = os.urandom(5000)
+    try:
+        await registry.put_blob("client/mount-a", blob(data), chunks(data))
+        assert await registry.mount_blob("client/mount-b", Digest.of(data), "client/mount-a")
+        assert await registry.has_blob("client/mount-b", Digest.of(data))
+        other = os.urandom(5000)
+        # refused (blob not in the source repo): the open upload session is used for the PUT
+        assert not await registry.mount_blob("client/mount-c", Digest.of(other), "client/mount-a")
+        await registry.put_blob("client/mount-c", blob(other), chunks(other))
+        assert await registry.has_blob("client/mount-c", Digest.of(other))
+    finally:
+        await registry.close()
+
+
+async def test_tag_listing(plain_registry: RegistryProcess, pki: PKI) -> None:
+    seeder = SeedClient.for_registry(plain_registry)
+    image = seed_image(plain_registry, "client/tags", "t0", seed=22)
+    for i in range(1, 7):
+        seeder.push_manifest("client/tags", f"t{i}", image.manifest, image.media_type)
+    registry = client(plain_registry, pki, tag_page_size=2)
+    try:
+        assert sorted(await registry.list_tags("client/tags")) == [f"t{i}" for i in range(7)]
+        assert await registry.list_tags("client/never-pushed") == []
+        # distribution 2.8 ignores `n` and answers in one page, so `Link` following is covered
+        # by the unit test of `_next_link`; here the result must simply be complete.
+    finally:
+        await registry.close()
+
+
+async def test_head_and_missing(plain_registry: RegistryProcess, pki: PKI) -> None:
+    image = seed_image(plain_registry, "client/head", "v1", seed=23)
+    registry = client(plain_registry, pki)
+    try:
+        found = await registry.head_manifest("client/head", "v1")
+        assert found is not None and str(found.digest) == image.digest
+        assert await registry.head_manifest("client/head", "nope") is None
+        with pytest.raises(NotFoundError, match="not found"):
+            await registry.get_manifest("client/head", "nope")
+        by_digest = await registry.get_manifest("client/head", image.digest)
+        assert by_digest.raw == image.manifest
+    finally:
+        await registry.close()
+
+
+async def test_redirected_blob_download_drops_credentials() -> None:
+    """A registry that redirects blob GETs to another host (as to S3 storage) gets no
+    credentials sent there, and the redirected bytes are still verified against the digest.
+
+    distribution's filesystem driver never redirects, so the two hosts here are small
+    HTTP servers: the front answers like a registry that uses Basic auth and redirects.
+    """
+    data = os.urandom(20_000)
+    digest = Digest.of(data)
+    seen: list[tuple[str, str | None]] = []
+
+    async def storage(request: web.Request) -> web.StreamResponse:
+        seen.append(("storage", request.headers.get("Authorization")))
+        body = data if request.path.startswith("/good/") else data[:-1] + b"x"
+        return web.Response(body=body)
+
+    async def front(request: web.Request) -> web.StreamResponse:
+        seen.append(("front", request.headers.get("Authorization")))
+        if "Authorization" not in request.headers:
+            raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Basic realm="front"'})
+        if request.path == "/v2/":
+            return web.Response()
+        repo = request.match_info["tail"].split("/")[2]  # v2/r/<good or bad>/blobs/…
+        raise web.HTTPTemporaryRedirect(f"http://127.0.0.1:{ports[0]}/{repo}/{digest}")
+
+    runners = []
+    ports: list[int] = []
+    for handler in (storage, front):
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    registry = Registry(
+        f"127.0.0.1:{ports[1]}",
+        RegistryOptions(plain_http=True, credentials=Credentials("alice", "s3cret-Pa55")),
+    )
+    try:
+        async with registry.open_blob("r/good", blob(data)) as stream:
+            assert b"".join([c async for c in stream]) == data
+        assert ("storage", None) in seen
+        assert all(auth is None for who, auth in seen if who == "storage")
+        assert any(auth for who, auth in seen if who == "front")
+        with pytest.raises(IntegrityError, match="does not match"):
+            async with registry.open_blob("r/bad", blob(data)) as stream:
+                async for _ in stream:
+                    pass
+    finally:
+        await registry.close()
+        for runner in runners:
+            await runner.cleanup()
