@@ -1,0 +1,173 @@
+"""Safe YAML reading for planning inputs, with errors that name the file and YAML path.
+
+BOMs and plans come from registries and people, so loading is defensive: a size cap, no anchors
+or aliases (a few lines of `*a` can expand to gigabytes), and one-line errors instead of tracebacks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from transship.plan.errors import PlanError
+
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def read_text(path: Path | str) -> str:
+    """Read a UTF-8 input file, refusing huge ones before they reach the parser."""
+    where = str(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_INPUT_BYTES + 1)
+    except OSError as exc:
+        raise PlanError(f"{where}: cannot read: {exc.strerror or exc}; check the path") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise PlanError(f"{where}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{where}: not UTF-8 text (byte {exc.start}); give a text file") from None
+
+
+def load_yaml(text: str, name: str) -> Node:
+    """Parse one YAML document with `yaml.safe_load` after rejecting anchors and aliases."""
+    if len(text) > MAX_INPUT_BYTES:
+        raise PlanError(f"{name}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
+    try:
+        _reject_aliases(text, name)
+        value = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        raise PlanError(_describe_yaml_error(exc, name)) from None
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{name}: invalid YAML: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise PlanError(f"{name}: YAML nested too deeply; is this the right file?") from None
+    return Node(name, "", value)
+
+
+def _reject_aliases(text: str, name: str) -> None:
+    """Scan tokens (cheap, nothing is expanded) and refuse anchors and aliases."""
+    for token in yaml.scan(text):
+        if isinstance(token, yaml.AliasToken | yaml.AnchorToken):
+            sign = "*" if isinstance(token, yaml.AliasToken) else "&"
+            raise PlanError(
+                f"{name}:{token.start_mark.line + 1}: YAML anchors and aliases "
+                f"({sign}{token.value}) are not accepted here; write the values out in full"
+            )
+
+
+def _describe_yaml_error(exc: yaml.MarkedYAMLError, name: str) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f"{name}:{mark.line + 1}" if mark is not None else name
+    what = " ".join(part for part in (exc.context, exc.problem) if part)
+    return f"{where}: invalid YAML: {_one_line(what or 'cannot parse')}; fix the file"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe_type(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({value!r})"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class Node:
+    """A value inside a loaded document, with the file and YAML path to report errors against."""
+
+    file: str
+    path: str
+    value: object
+
+    def error(self, what: str) -> PlanError:
+        return PlanError(f"{self.file}: {self.path or '(top level)'}: {what}")
+
+    def _child_path(self, key: str | int) -> str:
+        if isinstance(key, int):
+            return f"{self.path}[{key}]"
+        if not _BARE_KEY.match(key):
+            return f'{self.path}["{key}"]'
+        return f"{self.path}.{key}" if self.path else key
+
+    def mapping(self) -> dict[str, object]:
+        """The value as a mapping with string keys."""
+        if not isinstance(self.value, dict):
+            raise self.error(f"expected a mapping, found {_describe_type(self.value)}")
+        for key in self.value:
+            if not isinstance(key, str):
+                raise self.error(f"key {key!r} must be a string; quote it")
+        return self.value
+
+    def has(self, key: str) -> bool:
+        return isinstance(self.value, dict) and key in self.value
+
+    def get(self, key: str) -> Node | None:
+        """The child at `key`, or None when it is absent or null."""
+        value = self.mapping().get(key)
+        return None if value is None else Node(self.file, self._child_path(key), value)
+
+    def child(self, key: str, hint: str = "") -> Node:
+        """The child at `key`; missing or null is an error (with an optional hint on what to do)."""
+        found = self.get(key)
+        if found is None:
+            path = self._child_path(key)
+            tail = f"; {hint}" if hint else ""
+            raise PlanError(f"{self.file}: {path}: missing{tail}")
+        return found
+
+    def items(self) -> Iterator[tuple[str, Node]]:
+        """Entries of a mapping, in document order."""
+        for key, value in self.mapping().items():
+            yield key, Node(self.file, self._child_path(key), value)
+
+    def elements(self) -> Iterator[Node]:
+        """Entries of a list (null counts as empty)."""
+        if self.value is None:
+            return
+        if not isinstance(self.value, list):
+            raise self.error(f"expected a list, found {_describe_type(self.value)}")
+        for index, value in enumerate(self.value):
+            yield Node(self.file, self._child_path(index), value)
+
+    def string(self) -> str:
+        """A non-empty string; numbers are refused because YAML may already have changed them."""
+        if not isinstance(self.value, str):
+            found = _describe_type(self.value)
+            hint = "; quote it" if isinstance(self.value, int | float) else ""
+            raise self.error(f"expected a string, found {found}{hint}")
+        if not self.value.strip():
+            raise self.error("must not be empty")
+        return self.value
+
+    def text(self) -> str:
+        """Any scalar as text, for descriptive fields (OVA names, AMI regions)."""
+        if isinstance(self.value, dict | list):
+            raise self.error(f"expected a single value, found {_describe_type(self.value)}")
+        return "" if self.value is None else str(self.value)
+
+    def only_keys(self, allowed: frozenset[str]) -> None:
+        """Refuse unknown keys, so that typos in hand-edited files do not pass silently."""
+        for key in self.mapping():
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise PlanError(
+                    f"{self.file}: {self._child_path(key)}: unknown key; expected one of {known}"
+                )

@@ -1,0 +1,63 @@
+"""Plain image lists: one reference per line, `#` comments and blank lines allowed.
+
+The simplest way to say "bring these too". Each image keeps its repository path under the
+destination prefix, so `src.example/tkg/antrea:v1` goes to `<prefix>/tkg/antrea:v1`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transship.errors import InvalidReferenceError
+from transship.plan._yaml import read_text
+from transship.plan.errors import PlanError
+from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
+from transship.reference import Reference
+
+
+def destination_under(prefix: str, source: Reference) -> str:
+    """`<prefix>/<repository path of source>`: the registry host is dropped, the path kept."""
+    return f"{prefix.strip().rstrip('/')}/{source.repository}"
+
+
+def entries_from_image_list(text: str, name: str, dest_prefix: str) -> list[PlanEntry]:
+    """Entries for every reference in the list, in file order (duplicates merge in the plan)."""
+    _check_dest_prefix(dest_prefix)
+    entries = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            entries.append(_entry(line, f"{name}:{number}", dest_prefix))
+    return entries
+
+
+def _entry(line: str, where: str, dest_prefix: str) -> PlanEntry:
+    if len(line.split()) > 1:
+        raise PlanError(f"{where}: {line!r}: one image reference per line; split the line")
+    try:
+        source = Reference.parse(line)
+        return PlanEntry.create(
+            line, destination_under(dest_prefix, source), kind=EntryKind.IMAGE, origins=(where,)
+        )
+    except InvalidReferenceError as exc:
+        raise PlanError(f"{where}: {exc}; fix or remove the line") from None
+
+
+def _check_dest_prefix(prefix: str) -> None:
+    try:
+        Reference.parse_repository(f"{prefix.strip().rstrip('/')}/x")
+    except InvalidReferenceError as exc:
+        raise PlanError(f"destination prefix {prefix!r} is not a registry prefix: {exc}") from None
+
+
+def plan_from_image_list(
+    text: str, name: str, dest_prefix: str, *, created: str | None = None
+) -> Plan:
+    """A plan for a plain image list."""
+    entries = tuple(entries_from_image_list(text, name, dest_prefix))
+    return Plan(entries, (name,), created or utc_now())
+
+
+def load_image_list(path: Path | str, dest_prefix: str) -> Plan:
+    """Read an image list file; origins name it as given."""
+    return plan_from_image_list(read_text(path), str(path), dest_prefix)

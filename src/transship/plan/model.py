@@ -1,0 +1,378 @@
+"""The plan: every image to copy, where it goes, and why it is there.
+
+A plan is the reviewable hand-off between discovery (BOMs, lists, old scripts, registries) and
+copying. It is stored as YAML so that people can read it, diff two releases and check it in.
+Entries are merged by (source, destination repository) so that a reference listed by several
+BOMs is copied once, with all the places that asked for it kept in `origins`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import yaml
+
+from transship.digest import Digest
+from transship.errors import InvalidDigestError, InvalidReferenceError
+from transship.plan._yaml import Node, load_yaml
+from transship.plan.errors import PlanError
+from transship.reference import Reference
+
+API_VERSION = "transship/v1alpha1"
+NOT_REGISTRY_NOTE = "not registry content — import separately"
+_HEADER = (
+    "# transship plan: images to copy (source -> destination repository, tags).\n"
+    "# Generated; review and diff freely. 'totals' is recomputed when the plan is read.\n"
+)
+
+
+class EntryKind(StrEnum):
+    """What an entry is, which decides how it is copied."""
+
+    IMAGE = "image"  # a single-platform image, copied by itself
+    INDEX = "index"  # a multi-platform index, copied with all its children
+    BUNDLE = "bundle"  # an imgpkg bundle: copied with every image it references (thick copy)
+    BUNDLE_REFERENCED = "bundle-referenced"  # an image a bundle needs in the bundle's repository
+    METADATA = "metadata"  # a TKG BOM or compatibility image that TKG reads at run time
+
+
+# When two inputs disagree on the kind of one entry, the more specific claim wins.
+_KIND_PRECEDENCE = (
+    EntryKind.BUNDLE,
+    EntryKind.INDEX,
+    EntryKind.METADATA,
+    EntryKind.BUNDLE_REFERENCED,
+    EntryKind.IMAGE,
+)
+
+
+def _stronger(a: EntryKind, b: EntryKind) -> EntryKind:
+    return a if _KIND_PRECEDENCE.index(a) <= _KIND_PRECEDENCE.index(b) else b
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def utc_now() -> str:
+    """The creation time format used in plans (UTC, seconds)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One thing to copy: a source reference into a destination repository under some tags."""
+
+    source: str
+    destination: str
+    tags: tuple[str, ...]
+    kind: EntryKind
+    origins: tuple[str, ...] = ()
+    source_digest: Digest | None = None
+    expanded: bool | None = None  # bundles: whether their referenced images were added
+    size: int | None = None  # bytes, when known
+
+    @classmethod
+    def create(
+        cls,
+        source: str,
+        destination: str,
+        *,
+        kind: EntryKind = EntryKind.IMAGE,
+        tags: Iterable[str] | None = None,
+        origins: Iterable[str] = (),
+        source_digest: Digest | None = None,
+        expanded: bool | None = None,
+        size: int | None = None,
+    ) -> PlanEntry:
+        """Validate and normalise; tags default to the source's tag.
+
+        Raises InvalidReferenceError (a UsageError) for a bad reference, repository or tag, so
+        that callers can add the file and line.
+        """
+        ref = Reference.parse(source)
+        if ref.tag is None and ref.digest is None:
+            ref = ref.with_tag("latest")  # what every registry client assumes
+        if ref.digest is not None:
+            if source_digest is not None and source_digest != ref.digest:
+                raise InvalidReferenceError(
+                    f"{source}: pinned to {ref.digest} but resolved to {source_digest}"
+                )
+            source_digest = ref.digest
+        dest = Reference.parse_repository(destination)
+        if tags is None:
+            tags = (ref.tag,) if ref.tag else ()
+        for tag in tags:
+            Reference.parse(f"{dest.name}:{tag}")  # validates the tag grammar
+        return cls(
+            source=str(ref),
+            destination=dest.name,
+            tags=tuple(sorted(set(tags))),
+            kind=EntryKind(kind),
+            origins=_unique(origins),
+            source_digest=source_digest,
+            expanded=expanded,
+            size=size,
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity for de-duplication: the source and the destination repository."""
+        return (self.source, self.destination)
+
+    def merged_with(self, other: PlanEntry) -> PlanEntry:
+        """Combine two entries with the same key: union of tags and origins, stronger kind."""
+        if other.key != self.key:
+            raise ValueError(f"cannot merge {self.key} with {other.key}")
+        return replace(
+            self,
+            tags=tuple(sorted(set(self.tags) | set(other.tags))),
+            kind=_stronger(self.kind, other.kind),
+            origins=_unique((*self.origins, *other.origins)),
+            source_digest=self._merged_digest(other),
+            expanded=self.expanded if self.expanded is not None else other.expanded,
+            size=self.size if self.size is not None else other.size,
+        )
+
+    def _merged_digest(self, other: PlanEntry) -> Digest | None:
+        mine, theirs = self.source_digest, other.source_digest
+        if mine is not None and theirs is not None and mine != theirs:
+            raise PlanError(
+                f"{self.source} resolved to both {mine.short} and {theirs.short} "
+                f"(from {', '.join(_unique((*self.origins, *other.origins)))}); "
+                "the tag moved between reads: plan again"
+            )
+        return mine if mine is not None else theirs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan-file form (camelCase keys, optional fields only when known)."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "sourceDigest": str(self.source_digest) if self.source_digest else None,
+            "destination": self.destination,
+            "tags": list(self.tags),
+            "kind": self.kind.value,
+        }
+        if self.expanded is not None:
+            out["expanded"] = self.expanded
+        if self.size is not None:
+            out["size"] = self.size
+        out["origins"] = list(self.origins)
+        return out
+
+
+@dataclass(frozen=True)
+class NonRegistryArtifact:
+    """Something a release needs that no registry copy can deliver (OVA, AMI, Azure image)."""
+
+    kind: str
+    name: str
+    origin: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name, "origin": self.origin}
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counts shown to people before they start a long copy."""
+
+    entries: int
+    repositories: int
+    bundles: int
+
+
+def merge_entries(entries: Iterable[PlanEntry]) -> tuple[PlanEntry, ...]:
+    """One entry per key, sorted by destination then source for stable, diffable output."""
+    by_key: dict[tuple[str, str], PlanEntry] = {}
+    for entry in entries:
+        known = by_key.get(entry.key)
+        by_key[entry.key] = entry if known is None else known.merged_with(entry)
+    return tuple(sorted(by_key.values(), key=lambda e: (e.destination, e.source)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A de-duplicated, sorted set of entries plus where they came from."""
+
+    entries: tuple[PlanEntry, ...]
+    sources: tuple[str, ...] = ()
+    created: str = field(default_factory=utc_now)
+    not_registry_content: tuple[NonRegistryArtifact, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", merge_entries(self.entries))
+        object.__setattr__(self, "sources", _unique(self.sources))
+        unique = tuple(dict.fromkeys(self.not_registry_content))
+        object.__setattr__(self, "not_registry_content", unique)
+
+    def merge(self, other: Plan) -> Plan:
+        """Both plans in one (e.g. a TKG release plus a list of extra images)."""
+        return Plan(
+            entries=(*self.entries, *other.entries),
+            sources=(*self.sources, *other.sources),
+            created=self.created,
+            not_registry_content=(*self.not_registry_content, *other.not_registry_content),
+        )
+
+    @property
+    def totals(self) -> Totals:
+        return Totals(
+            entries=len(self.entries),
+            repositories=len({e.destination for e in self.entries}),
+            bundles=sum(1 for e in self.entries if e.kind is EntryKind.BUNDLE),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        totals = self.totals
+        out: dict[str, Any] = {
+            "apiVersion": API_VERSION,
+            "kind": "Plan",
+            "created": self.created,
+            "sources": list(self.sources),
+            "totals": {
+                "entries": totals.entries,
+                "repositories": totals.repositories,
+                "bundles": totals.bundles,
+            },
+            "entries": [entry.to_dict() for entry in self.entries],
+        }
+        if self.not_registry_content:
+            out["notRegistryContent"] = {
+                "note": NOT_REGISTRY_NOTE,
+                "artifacts": [a.to_dict() for a in self.not_registry_content],
+            }
+        return out
+
+    def to_yaml(self) -> str:
+        """Readable block YAML; strings that look like numbers are quoted by the dumper."""
+        body = yaml.safe_dump(
+            self.to_dict(), sort_keys=False, allow_unicode=True, width=4096, indent=2
+        )
+        return _HEADER + body
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_yaml(cls, text: str, path: str) -> Plan:
+        """Read a plan written by `to_yaml` (or `to_json`), checking every field."""
+        return _plan_from_node(load_yaml(text, path))
+
+
+_PLAN_KEYS = frozenset(
+    {"apiVersion", "kind", "created", "sources", "totals", "entries", "notRegistryContent"}
+)
+_ENTRY_KEYS = frozenset(
+    {"source", "sourceDigest", "destination", "tags", "kind", "expanded", "size", "origins"}
+)
+_ARTIFACT_KEYS = frozenset({"kind", "name", "origin"})
+
+
+def _plan_from_node(root: Node) -> Plan:
+    root.only_keys(_PLAN_KEYS)
+    api = root.child("apiVersion", f"a plan starts with 'apiVersion: {API_VERSION}'")
+    if api.value != API_VERSION:
+        raise api.error(
+            f"unsupported plan version {api.value!r}; this transship reads {API_VERSION}"
+        )
+    kind = root.child("kind")
+    if kind.value != "Plan":
+        raise kind.error(f"expected 'Plan', found {kind.value!r}; is this a plan file?")
+    created = root.child("created").string()
+    sources = tuple(node.string() for node in _list(root, "sources"))
+    totals = root.get("totals")
+    if totals is not None:
+        totals.mapping()  # derived data: checked for shape only, recomputed below
+    entries = _entries_from_node(root)
+    artifacts = _artifacts_from_node(root.get("notRegistryContent"))
+    return Plan(tuple(entries), sources, created, tuple(artifacts))
+
+
+def _list(parent: Node, key: str) -> list[Node]:
+    found = parent.get(key)
+    return [] if found is None else list(found.elements())
+
+
+def _entries_from_node(root: Node) -> list[PlanEntry]:
+    entries: list[PlanEntry] = []
+    seen: dict[tuple[str, str], str] = {}
+    for node in _list(root, "entries"):
+        entry = _entry_from_node(node)
+        if entry.key in seen:
+            raise node.error(
+                f"same source and destination as {seen[entry.key]}; merge the two entries"
+            )
+        seen[entry.key] = node.path
+        entries.append(entry)
+    return entries
+
+
+def _entry_from_node(node: Node) -> PlanEntry:
+    node.only_keys(_ENTRY_KEYS)
+    choices = ", ".join(k.value for k in EntryKind)
+    kind_node = node.child("kind", f"give one of {choices}")
+    try:
+        kind = EntryKind(kind_node.string())
+    except ValueError:
+        raise kind_node.error(f"unknown kind {kind_node.value!r}; use one of {choices}") from None
+    try:
+        return PlanEntry.create(
+            node.child("source", "give the image reference to copy").string(),
+            node.child("destination", "give the destination repository").string(),
+            kind=kind,
+            tags=[tag.string() for tag in _list(node, "tags")],
+            origins=[origin.string() for origin in _list(node, "origins")],
+            source_digest=_digest(node.get("sourceDigest")),
+            expanded=_optional_bool(node.get("expanded")),
+            size=_optional_size(node.get("size")),
+        )
+    except InvalidReferenceError as exc:
+        raise node.error(f"{exc}; correct the entry") from None
+
+
+def _digest(node: Node | None) -> Digest | None:
+    if node is None:
+        return None
+    try:
+        return Digest.parse(node.string())
+    except InvalidDigestError as exc:
+        raise node.error(f"{exc}; use 'sha256:<64 hex digits>' or null") from None
+
+
+def _optional_bool(node: Node | None) -> bool | None:
+    if node is None:
+        return None
+    if not isinstance(node.value, bool):
+        raise node.error("expected true or false")
+    return node.value
+
+
+def _optional_size(node: Node | None) -> int | None:
+    if node is None:
+        return None
+    if isinstance(node.value, bool) or not isinstance(node.value, int) or node.value < 0:
+        raise node.error("expected a size in bytes (a whole number, 0 or more)")
+    return node.value
+
+
+def _artifacts_from_node(node: Node | None) -> list[NonRegistryArtifact]:
+    if node is None:
+        return []
+    node.only_keys(frozenset({"note", "artifacts"}))
+    artifacts = []
+    for item in _list(node, "artifacts"):
+        item.only_keys(_ARTIFACT_KEYS)
+        artifacts.append(
+            NonRegistryArtifact(
+                kind=item.child("kind").string(),
+                name=item.child("name").string(),
+                origin=item.child("origin").string(),
+            )
+        )
+    return artifacts
