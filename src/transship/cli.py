@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,8 +24,13 @@ from transship.engine import CopyEngine, CopyTask, EngineOptions, TaskResult
 from transship.errors import ExitCode, TransshipError, UsageError
 from transship.fsutil import write_atomic
 from transship.manifest import Platform
+from transship.plan._yaml import read_text
+from transship.plan.imagelist import load_image_list
+from transship.plan.model import Plan, PlanEntry
+from transship.plan.oldscript import load_old_script
 from transship.progress import LogObserver, RichObserver, summary_table
 from transship.reference import Reference
+from transship.relocate import phases, task_for, write_images_lock
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -96,8 +102,33 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("source")
-@click.argument("destination")
+@click.argument("source", required=False)
+@click.argument("destination", required=False)
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Copy every entry of a plan file (transship plan -o).",
+)
+@click.option(
+    "--images",
+    "images_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Copy every image of a list (one reference per line, # comments).",
+)
+@click.option(
+    "--script",
+    "script_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Copy what a gen-publish-images.sh output file would have copied.",
+)
+@click.option(
+    "--dest",
+    "dest_prefix",
+    envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
+    metavar="PREFIX",
+    help="Destination prefix for --images/--script: each image keeps its path below it.",
+)
 @side_options("src", "source")
 @side_options("dest", "destination")
 @click.option(
@@ -108,53 +139,89 @@ def cli() -> None:
     help="From a multi-arch index copy only this platform's image (as crane does).",
 )
 @click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JSON report: per entry source, destination, digest, status, bytes.",
+)
+@click.option(
+    "--lock-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write an imgpkg ImagesLock of the relocated references.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 def copy(
-    source: str,
-    destination: str,
+    source: str | None,
+    destination: str | None,
+    plan_file: Path | None,
+    images_file: Path | None,
+    script_file: Path | None,
+    dest_prefix: str | None,
     platforms: tuple[str, ...],
     parallel: int,
     report: Path | None,
+    lock_output: Path | None,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
 ) -> int:
-    """Copy SOURCE image or index to DESTINATION, registry to registry, byte for byte.
+    """Copy images registry to registry, byte for byte, each blob once.
 
-    DESTINATION without a tag takes the source's tag; a source given by digest only is
-    pushed by digest.
+    Either SOURCE DESTINATION (one image or index; DESTINATION without a tag takes the
+    source's tag, a source given by digest only is pushed by digest), or a whole set with
+    --plan, --images or --script.
     """
     _setup_logging(verbose, quiet)
+    src_settings = _settings("src", kwargs, parallel)
+    dest_settings = tkg_dest_defaults(_settings("dest", kwargs, parallel))
+    chosen = [x for x in (plan_file, images_file, script_file) if x is not None]
+    if source is not None or destination is not None:
+        if chosen or source is None or destination is None:
+            raise UsageError("give SOURCE and DESTINATION, or one of --plan/--images/--script")
+        try:
+            wanted = tuple(Platform.parse(p) for p in platforms)
+        except ValueError as exc:
+            raise UsageError(f"--platform: {exc}") from None
+        plan_phases = [[_single_entry(source, destination)]]
+    else:
+        if len(chosen) != 1:
+            raise UsageError("give SOURCE and DESTINATION, or one of --plan/--images/--script")
+        if platforms:
+            raise UsageError("--platform applies to a single SOURCE DESTINATION copy only")
+        wanted = ()
+        plan_phases = phases(_load_plan(plan_file, images_file, script_file, dest_prefix))
+
+    async def run(sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
+        task_phases = [
+            [replace(task_for(e, sources.get, dests.get), platforms=wanted) for e in group]
+            for group in plan_phases
+        ]
+        return await _run_engine(task_phases, report, lock_output, quiet, parallel)
+
+    return _execute(run, src_settings, dest_settings)
+
+
+def _single_entry(source: str, destination: str) -> PlanEntry:
     src = Reference.parse(source)
     dst = Reference.parse(destination)
     if dst.digest is not None:
         raise UsageError(f"destination {destination!r} must not carry a digest (it is kept)")
-    try:
-        wanted = tuple(Platform.parse(p) for p in platforms)
-    except ValueError as exc:
-        raise UsageError(f"--platform: {exc}") from None
     tag = dst.tag or (src.tag if src.digest is None or src.tag else None)
-    src_settings = _settings("src", kwargs, parallel)
-    dest_settings = tkg_dest_defaults(_settings("dest", kwargs, parallel))
+    return PlanEntry.create(str(src), dst.name, tags=(tag,) if tag else ())
 
-    async def run(sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
-        task = CopyTask(
-            source=sources.get(src.registry),
-            source_repository=src.repository,
-            source_identifier=src.identifier,
-            dest=dests.get(dst.registry),
-            dest_repository=dst.repository,
-            dest_tags=(tag,) if tag else (),
-            platforms=wanted,
-            label=f"{src} -> {dst.with_tag(tag)}",
-            source_label=str(src),
-            dest_label=str(dst.with_tag(tag)),
-        )
-        return await _run_engine([task], sources, dests, report, quiet, parallel)
 
-    return _execute(run, src_settings, dest_settings)
+def _load_plan(
+    plan_file: Path | None, images_file: Path | None, script_file: Path | None, prefix: str | None
+) -> Plan:
+    if plan_file is not None:
+        return Plan.from_yaml(read_text(plan_file), str(plan_file))
+    if images_file is not None:
+        if not prefix:
+            raise UsageError("--images needs --dest PREFIX (or TKG_CUSTOM_IMAGE_REPOSITORY)")
+        return load_image_list(images_file, prefix)
+    assert script_file is not None
+    return load_old_script(script_file, prefix)
 
 
 def _execute(
@@ -177,26 +244,30 @@ def _execute(
 
 
 async def _run_engine(
-    tasks: Sequence[CopyTask],
-    sources: RegistryPool,
-    dests: RegistryPool,
+    task_phases: Sequence[Sequence[CopyTask]],
     report: Path | None,
+    lock_output: Path | None,
     quiet: bool,
     parallel: int,
 ) -> list[TaskResult]:
     console = Console(stderr=True)
+    total = sum(len(p) for p in task_phases)
     observer: RichObserver | LogObserver
     if console.is_terminal and not quiet:
-        observer = RichObserver(console, len(tasks))
+        observer = RichObserver(console, total)
     else:
-        observer = LogObserver(len(tasks), quiet=quiet)
+        observer = LogObserver(total, quiet=quiet)
     engine = CopyEngine(EngineOptions(parallel_images=parallel), observer)
     start = time.monotonic()
+    results: list[TaskResult] = []
     with observer:
-        results = await engine.run(tasks)
+        for tasks in task_phases:
+            results += await engine.run(tasks)
     seconds = time.monotonic() - start
     if report is not None:
         write_report(report, results, seconds)
+    if lock_output is not None:
+        write_images_lock(lock_output, results)
     if not quiet:
         console.print(summary_table(results, engine.stats, seconds))
     return results

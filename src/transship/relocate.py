@@ -1,0 +1,67 @@
+"""From a plan to copy tasks, in the order a destination must receive them.
+
+Images and indexes first, bundles last: imgpkg and kapp-controller read a bundle's referenced
+images from the bundle's repository, so a bundle tag must never exist before they do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from transship.endpoint import Endpoint
+from transship.engine import CopyTask, TaskResult
+from transship.fsutil import write_atomic
+from transship.plan.model import EntryKind, Plan, PlanEntry
+from transship.reference import Reference
+
+EndpointFor = Callable[[str], Endpoint]
+
+
+def task_for(entry: PlanEntry, source_for: EndpointFor, dest_for: EndpointFor) -> CopyTask:
+    """One plan entry as an engine task; a resolved digest pins the source."""
+    src = Reference.parse(entry.source)
+    dest = Reference.parse_repository(entry.destination)
+    identifier = str(entry.source_digest) if entry.source_digest else src.identifier
+    shown_tags = ",".join(entry.tags) if entry.tags else str(entry.source_digest or "")
+    return CopyTask(
+        source=source_for(src.registry),
+        source_repository=src.repository,
+        source_identifier=identifier,
+        dest=dest_for(dest.registry),
+        dest_repository=dest.repository,
+        dest_tags=entry.tags,
+        label=f"{entry.source} -> {dest.name}:{shown_tags}",
+        source_label=entry.source,
+        dest_label=f"{dest.name}:{shown_tags}" if entry.tags else dest.name,
+    )
+
+
+def phases(plan: Plan) -> list[list[PlanEntry]]:
+    """Entries grouped so that each group may run only after the previous one finished."""
+    first = [e for e in plan.entries if e.kind != EntryKind.BUNDLE]
+    last = [e for e in plan.entries if e.kind == EntryKind.BUNDLE]
+    return [group for group in (first, last) if group]
+
+
+def write_images_lock(path: Path, results: Sequence[TaskResult]) -> None:
+    """An imgpkg-style ImagesLock of the relocated references (by digest)."""
+    images = []
+    for result in results:
+        if result.status == "failed" or result.digest is None:
+            continue
+        dest = (
+            result.task.dest_label.rsplit(":", 1)[0]
+            if result.task.dest_tags
+            else (result.task.dest_label)
+        )
+        images.append(
+            {
+                "image": f"{dest}@{result.digest}",
+                "annotations": {"kbld.carvel.dev/id": result.task.source_label},
+            }
+        )
+    doc = {"apiVersion": "imgpkg.carvel.dev/v1alpha1", "kind": "ImagesLock", "images": images}
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
