@@ -1,0 +1,112 @@
+"""Whole-plan copies: each blob once, mounts across repositories, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+import yaml
+from clirunner import CLI
+from harness.pki import PKI
+from harness.registry import AccessLogEntry, RegistryProcess
+from harness.seed import SeedClient, build_images_sharing_base, seed_index
+from harness.skopeo import Skopeo
+
+CREDS = "alice:s3cret-Pa55"
+
+
+def uploaded_digests(entries: list[AccessLogEntry]) -> list[str]:
+    out = []
+    for e in entries:
+        m = re.search(r"digest=([^&]+)", e.path)
+        if m:
+            out.append(unquote(m.group(1)))
+    return out
+
+
+def seed_corpus(reg: RegistryProcess, prefix: str, layer: int = 40_000) -> tuple[list[str], dict]:
+    """Six images sharing one base layer across three repositories, plus an index."""
+    client = SeedClient.for_registry(reg)
+    refs = []
+    images = build_images_sharing_base(31, 6, base_sizes=(300_000,), layer_sizes=(layer,))
+    for i, image in enumerate(images):
+        repo = f"{prefix}/app{i % 3}"
+        client.push_image(repo, image, f"v{i}")
+        refs.append(f"{reg.host}/{repo}:v{i}")
+    index = seed_index(reg, f"{prefix}/multi", "v1", seed=32)
+    refs.append(f"{reg.host}/{prefix}/multi:v1")
+    unique = {b.digest for img in images for b in img.pushable_blobs} | set(index.blob_digests)
+    return refs, {"images": images, "index": index, "unique_blobs": unique}
+
+
+def test_plan_copy_sends_each_blob_once_and_mounts(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, pki: PKI, skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
+    refs, corpus = seed_corpus(plain_registry, "corpus1")
+    dest = make_registry("tls_basic")
+    listing = tmp_path / "images.txt"
+    listing.write_text("# corpus\n" + "\n".join(refs + refs[:2]) + "\n")  # duplicates too
+    report, lock = tmp_path / "report.json", tmp_path / "lock.yml"
+    out = cli("copy", "--images", str(listing), "--dest", f"{dest.host}/mirror",
+              "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS,
+              "--report", str(report), "--lock-output", str(lock))
+    assert out.code == 0, out.err
+    dest.wait_for_log(r"PUT /v2/mirror/corpus1/multi/manifests/v1")
+    uploads = uploaded_digests(dest.blob_uploads())
+    assert sorted(uploads) == sorted(corpus["unique_blobs"])  # every blob exactly once
+    assert dest.blob_mounts()  # the shared base went to the other repositories by mount
+    for ref in refs:
+        path = ref.split("/", 1)[1]
+        assert skopeo(dest, f"mirror/{path}") == skopeo(plain_registry, path)
+    doc = json.loads(report.read_text())
+    assert {e["status"] for e in doc["entries"]} == {"copied"} and len(doc["entries"]) == 7
+    mark = dest.log_offset()
+    again = cli("copy", "--images", str(listing), "--dest", f"{dest.host}/mirror",
+                "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS)
+    assert again.code == 0, again.err
+    dest.wait_for_log(r"HEAD /v2/mirror/corpus1/multi/manifests/v1", since=mark)
+    requests = [e for e in dest.access_log(since=mark) if e.path != "/v2/"]
+    assert len(requests) == 7 and {e.method for e in requests} == {"HEAD"}
+    locked = yaml.safe_load(lock.read_text())
+    assert locked["kind"] == "ImagesLock" and len(locked["images"]) == 7
+    assert all("@sha256:" in i["image"] for i in locked["images"])
+
+
+def test_kill_and_resume_resends_nothing_that_landed(
+    plain_registry: RegistryProcess, make_registry, pki: PKI, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    refs, corpus = seed_corpus(plain_registry, "corpus2", layer=3_000_000)
+    dest = make_registry("tls_basic")
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    args = [sys.executable, "-m", "transship", "copy", "--images", str(listing),
+            "--dest", f"{dest.host}/mirror", "--dest-ca", str(pki.ca_pem_path), "-q",
+            "--parallel", "2"]
+    env = {**os.environ, "TRANSSHIP_DEST_CREDS": CREDS, "DOCKER_CONFIG": str(tmp_path)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not dest.blob_uploads() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.2)
+    first = set(uploaded_digests(dest.blob_uploads()))
+    assert first and first != corpus["unique_blobs"], "the kill came too late to test resume"
+    mark = dest.log_offset()
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    dest.wait_for_log(r"PUT /v2/mirror/corpus2/multi/manifests/v1", since=mark)
+    second = uploaded_digests(dest.blob_uploads(since=mark))
+    assert not first & set(second), "a blob that had landed was sent again"
+    assert first | set(second) == corpus["unique_blobs"]
+    for ref in refs:
+        path = ref.split("/", 1)[1]
+        assert skopeo(dest, f"mirror/{path}") == skopeo(plain_registry, path)
