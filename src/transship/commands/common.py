@@ -1,0 +1,219 @@
+"""What every command shares: side options, logging, running the engine, reports, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from transship.connect import RegistryPool, SideSettings
+from transship.engine import CopyEngine, CopyTask, EngineOptions, TaskResult
+from transship.errors import ExitCode, UsageError
+from transship.fsutil import write_atomic
+from transship.plan._yaml import read_text
+from transship.plan.imagelist import load_image_list
+from transship.plan.model import Plan
+from transship.plan.oldscript import load_old_script
+from transship.progress import LogObserver, RichObserver, summary_table
+from transship.relocate import write_images_lock
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def side_options(side: str, what: str) -> Callable[[F], F]:
+    """The TLS / auth options of one side: `--src-ca`, `--dest-creds`, …"""
+    env = side.upper()
+
+    def decorate(func: F) -> F:
+        options = [
+            click.option(
+                f"--{side}-ca",
+                metavar="FILE|BASE64",
+                help=f"CA certificate of the {what} registry: a PEM file or its base64 (TKG form).",
+            ),
+            click.option(
+                f"--{side}-insecure",
+                is_flag=True,
+                help=f"Do not verify the {what} registry's TLS certificate.",
+            ),
+            click.option(
+                f"--{side}-plain-http",
+                is_flag=True,
+                help=f"Talk plain HTTP to the {what} registry (loopback falls back by itself).",
+            ),
+            click.option(
+                f"--{side}-creds",
+                metavar="USER:PASSWORD",
+                envvar=f"TRANSSHIP_{env}_CREDS",
+                show_envvar=True,
+                help=f"Credentials for the {what} registry (default: ~/.docker/config.json).",
+            ),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def side_settings(side: str, kwargs: dict[str, Any], connections: int) -> SideSettings:
+    return SideSettings(
+        side=side,
+        ca=kwargs.pop(f"{side}_ca"),
+        insecure=kwargs.pop(f"{side}_insecure"),
+        plain_http=kwargs.pop(f"{side}_plain_http"),
+        creds=kwargs.pop(f"{side}_creds"),
+        max_connections=connections,
+    )
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose > 1:
+        level = logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def plan_source_options(func: F) -> F:
+    """`--plan`, `--images`, `--script` and `--dest PREFIX`: where a set of images comes from."""
+    options = [
+        click.option(
+            "--plan",
+            "plan_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="A plan file (transship plan -o).",
+        ),
+        click.option(
+            "--images",
+            "images_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="An image list: one reference per line, # comments.",
+        ),
+        click.option(
+            "--script",
+            "script_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="A gen-publish-images.sh output file (imgpkg copy lines).",
+        ),
+        click.option(
+            "--dest",
+            "dest_prefix",
+            envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
+            metavar="PREFIX",
+            help="Destination prefix for --images/--script: paths are kept below it.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def load_plan_source(
+    plan_file: Path | None, images_file: Path | None, script_file: Path | None, prefix: str | None
+) -> Plan | None:
+    """The plan named by exactly one of the source options (None if none was given)."""
+    chosen = [x for x in (plan_file, images_file, script_file) if x is not None]
+    if not chosen:
+        return None
+    if len(chosen) > 1:
+        raise UsageError("give only one of --plan, --images and --script")
+    if plan_file is not None:
+        return Plan.from_yaml(read_text(plan_file), str(plan_file))
+    if images_file is not None:
+        if not prefix:
+            raise UsageError("--images needs --dest PREFIX (or TKG_CUSTOM_IMAGE_REPOSITORY)")
+        return load_image_list(images_file, prefix)
+    assert script_file is not None
+    return load_old_script(script_file, prefix)
+
+
+def execute(
+    body: Callable[[RegistryPool, RegistryPool], Awaitable[list[TaskResult]]],
+    src_settings: SideSettings,
+    dest_settings: SideSettings,
+) -> int:
+    async def main() -> list[TaskResult]:
+        sources = RegistryPool(src_settings)
+        dests = RegistryPool(dest_settings)
+        try:
+            result: list[TaskResult] = await body(sources, dests)
+            return result
+        finally:
+            await sources.close()
+            await dests.close()
+
+    results = asyncio.run(main())
+    return exit_code_for(results)
+
+
+async def run_engine(
+    task_phases: Sequence[Sequence[CopyTask]],
+    report: Path | None,
+    lock_output: Path | None,
+    quiet: bool,
+    parallel: int,
+) -> list[TaskResult]:
+    console = Console(stderr=True)
+    total = sum(len(p) for p in task_phases)
+    observer: RichObserver | LogObserver
+    if console.is_terminal and not quiet:
+        observer = RichObserver(console, total)
+    else:
+        observer = LogObserver(total, quiet=quiet)
+    engine = CopyEngine(EngineOptions(parallel_images=parallel), observer)
+    start = time.monotonic()
+    results: list[TaskResult] = []
+    with observer:
+        for tasks in task_phases:
+            results += await engine.run(tasks)
+    seconds = time.monotonic() - start
+    if report is not None:
+        write_report(report, results, seconds)
+    if lock_output is not None:
+        write_images_lock(lock_output, results)
+    if not quiet:
+        console.print(summary_table(results, engine.stats, seconds))
+    return results
+
+
+def write_report(path: Path, results: Sequence[TaskResult], seconds: float) -> None:
+    entries = [
+        {
+            "source": r.task.source_label,
+            "destination": r.task.dest_label,
+            "digest": str(r.digest) if r.digest else None,
+            "status": r.status,
+            "bytes": r.bytes_sent,
+            "seconds": round(r.seconds, 3),
+            "error": str(r.error) if r.error else None,
+        }
+        for r in results
+    ]
+    doc = {"version": 1, "seconds": round(seconds, 3), "entries": entries}
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")
+
+
+def exit_code_for(results: Sequence[TaskResult]) -> int:
+    """0 if all went well; a single failure keeps its own code; otherwise partial (2)."""
+    failed = [r for r in results if r.status == "failed"]
+    if not failed:
+        return ExitCode.OK
+    if len(results) == 1 and failed[0].error is not None:
+        error = failed[0].error
+        print(f"transship: error: {error}", file=sys.stderr)
+        return int(error.exit_code)
+    return ExitCode.PARTIAL
