@@ -10,16 +10,7 @@ import time
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from transship.engine import CopyTask, Stats, TaskResult
@@ -35,51 +26,59 @@ def human_bytes(n: float) -> str:
 
 
 class RichObserver:
-    """Overall bytes and rate, images done/total and the number of active transfers."""
+    """Two live rows: images done/total, and bytes sent with rate and active transfers."""
 
     def __init__(self, console: Console, total_tasks: int) -> None:
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description:<8}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             console=console,
             transient=False,
         )
-        self._images: TaskID = self.progress.add_task("images", total=total_tasks)
-        self._bytes: TaskID = self.progress.add_task("bytes  ", total=None)
+        self._images: TaskID = self.progress.add_task(
+            "images", total=total_tasks, detail=f"0/{total_tasks}"
+        )
+        self._bytes: TaskID = self.progress.add_task("bytes", total=None, detail="")
+        self.total = total_tasks
+        self.done = 0
+        self.sent = 0
         self.active = 0
+        self.start = time.monotonic()
 
     def __enter__(self) -> RichObserver:
         self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._describe()
         self.progress.stop()
 
     def task_started(self, task: CopyTask) -> None:
         pass
 
     def task_finished(self, result: TaskResult) -> None:
-        self.progress.advance(self._images)
-        if result.status == "failed" and self.progress.tasks[self._images].total != 1:
+        self.done += 1
+        self.progress.update(self._images, advance=1, detail=f"{self.done}/{self.total}")
+        if result.status == "failed" and self.total != 1:
             self.progress.console.print(f"[red]failed[/] {result.task.label}: {result.error}")
 
     def blob_started(self, descriptor: Descriptor) -> None:
         self.active += 1
-        self._describe()
 
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None:
-        self.progress.advance(self._bytes, nbytes)
+        self.sent += nbytes
+        self._describe()
 
     def blob_finished(self, descriptor: Descriptor) -> None:
         self.active -= 1
         self._describe()
 
     def _describe(self) -> None:
-        self.progress.update(self._bytes, description=f"bytes ({self.active} active)")
+        rate = self.sent / max(time.monotonic() - self.start, 1e-6)
+        detail = f"{human_bytes(self.sent)}  {human_bytes(rate)}/s  {self.active} active"
+        self.progress.update(self._bytes, detail=detail)
 
 
 class LogObserver:
