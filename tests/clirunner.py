@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 import pytest
 
 from transship.cli import main
+
+#: Every secret the suite uses; none may ever appear in anything transship prints or writes.
+SECRETS = (
+    "s3cret-Pa55",
+    "wrong-password",
+    base64.b64encode(b"alice:s3cret-Pa55").decode(),
+    base64.b64encode(b"alice:wrong-password").decode(),
+)
+
+
+def assert_no_secrets(text: str, where: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, f"a credential leaked into {where}"
 
 
 @dataclass
@@ -36,6 +50,7 @@ class CLI:
             code = 0
         captured = self.capsys.readouterr()
         assert "Traceback" not in captured.err, captured.err
+        assert_no_secrets(captured.out + captured.err, "CLI output")
         return Outcome(code, captured.out, captured.err)
 
 

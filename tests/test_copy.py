@@ -365,3 +365,49 @@ def test_invalid_reference_and_bad_ca(cli: CLI, source_image: str, pki: PKI) -> 
     assert out.code == ExitCode.USAGE and "not a PEM certificate" in out.error_line
     out = cli("copy", source_image, "127.0.0.1:9/x:v1", "--dest-ca", "/nonexistent/ca.pem")
     assert out.code == ExitCode.USAGE and "does not exist" in out.error_line
+
+
+def test_debug_output_and_report_never_contain_secrets(
+    source_image: str,
+    token_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
+    tmp_path: Path,
+) -> None:
+    """Run as a user would, at the chattiest log level, and grep everything it wrote."""
+    import os
+    import subprocess
+    import sys
+
+    from clirunner import assert_no_secrets
+
+    for reg, password in ((token_registry, "s3cret-Pa55"), (tls_registry, "wrong-password")):
+        report = tmp_path / f"report-{reg.mode}.json"
+        env = {
+            **os.environ,
+            "DOCKER_CONFIG": str(tmp_path),
+            "TRANSSHIP_DEST_CREDS": f"alice:{password}",
+        }
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "transship",
+                "copy",
+                source_image,
+                reg.ref("secret/x:v1"),
+                "--dest-ca",
+                str(pki.ca_pem_path),
+                "-vv",
+                "--report",
+                str(report),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode in (0, ExitCode.AUTH), proc.stderr
+        assert "DEBUG" in proc.stderr  # the debug log really was on
+        assert_no_secrets(proc.stdout + proc.stderr, "debug output")
+        assert_no_secrets(report.read_text(), "the report")
