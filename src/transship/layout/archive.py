@@ -1,0 +1,307 @@
+"""A layout inside a tar file: read in place (no second copy on the stick), and written once.
+
+`OCILayoutTar` indexes the archive's members once (name → data offset and size) and reads a blob
+with `os.pread` at its offset, so many tasks read one file descriptor concurrently without a
+shared seek position. The archive is untrusted: a member that could mean anything but "a regular
+file at a relative path, once" is refused with a one-line error naming it, even though nothing
+is ever extracted or written while reading.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+from transship.digest import Digest, Hasher
+from transship.errors import IntegrityError, InvalidDigestError
+from transship.layout.directory import _fsync_dir, _read_bounded
+from transship.layout.errors import LayoutError, UnsafeArchiveError, io_error
+from transship.layout.index import (
+    INDEX_FILE,
+    LAYOUT_FILE,
+    MAX_INDEX_BYTES,
+    MAX_LAYOUT_FILE_BYTES,
+    LayoutIndex,
+    check_layout_file,
+)
+from transship.layout.reader import CHUNK, BlobFile, LayoutReader
+from transship.manifest import Descriptor, Manifest
+
+MAX_MEMBERS = 1_000_000
+MAX_MEMBER_BYTES = 1 << 40  # 1 TiB: no layer is that big; a header saying so is hostile
+
+_COMPRESSED = {
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\xfd7zXZ\x00": "xz",
+    b"BZh": "bzip2",
+}
+
+
+class _TarBlob:
+    """A member's bytes: `pread` at an absolute offset, so concurrent readers never interfere."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd = fd
+        self._offset = offset
+        self._pos = 0
+        self.size = size
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self.size - self._pos)
+        if n <= 0:
+            return b""
+        data = os.pread(self._fd, n, self._offset + self._pos)
+        if not data:
+            raise LayoutError(f"archive ends inside a member (at offset {self._offset})")
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def scan_tar(path: Path, file_size: int) -> dict[str, tuple[int, int]]:
+    """Regular files by normalised name → (data offset, size); refuses anything unsafe."""
+    files: dict[str, tuple[int, int]] = {}
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for count, info in enumerate(tar):
+                if count >= MAX_MEMBERS:
+                    raise UnsafeArchiveError(f"{path}: more than {MAX_MEMBERS} members")
+                name = _check_member(path, info, seen, file_size)
+                if name is not None:
+                    files[name] = (info.offset_data, info.size)
+    except tarfile.TarError as exc:
+        raise LayoutError(f"{path}: not a readable tar archive ({exc})") from None
+    return files
+
+
+def _check_member(path: Path, info: tarfile.TarInfo, seen: set[str], file_size: int) -> str | None:
+    """The normalised name of a regular file, None for a directory; raises for the rest."""
+    name = info.name
+
+    def refuse(reason: str) -> UnsafeArchiveError:
+        return UnsafeArchiveError(f"{path}: refusing tar member {name!r}: {reason}")
+
+    if not name:
+        raise refuse("empty name")
+    if name.startswith("/"):
+        raise refuse("absolute path")
+    parts = name.split("/")
+    if ".." in parts:
+        raise refuse("'..' path component")
+    if info.issym():
+        raise refuse(f"symbolic link (to {info.linkname!r})")
+    if info.islnk():
+        raise refuse(f"hard link (to {info.linkname!r})")
+    if info.ischr() or info.isblk():
+        raise refuse("device node")
+    if info.isfifo():
+        raise refuse("FIFO")
+    if info.issparse():
+        raise refuse("sparse file")
+    if not (info.isdir() or info.isreg()):
+        raise refuse(f"unsupported member type {info.type!r}")
+    norm = "/".join(p for p in parts if p not in ("", "."))
+    if norm:
+        if norm in seen:
+            raise refuse("duplicate member")
+        seen.add(norm)
+    if info.isdir():
+        return None
+    if info.size > MAX_MEMBER_BYTES or info.offset_data + info.size > file_size:
+        raise refuse(f"size {info.size} runs past the end of the archive ({file_size} bytes)")
+    return norm
+
+
+class OCILayoutTar(LayoutReader):
+    """A read-only `Endpoint` over an OCI layout packed in an (uncompressed) tar file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.label = f"oci-archive:{self.path}"
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise io_error(f"{self.label}: opening archive", exc) from None
+        try:
+            self._blobs, self._index = self._load()
+        except OSError as exc:
+            os.close(self._fd)
+            raise io_error(f"{self.label}: reading archive", exc) from None
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._closed = False
+
+    def _load(self) -> tuple[dict[Digest, tuple[int, int]], LayoutIndex]:
+        size = os.fstat(self._fd).st_size
+        head = os.pread(self._fd, 8, 0)
+        for magic, kind in _COMPRESSED.items():
+            if head.startswith(magic):
+                raise LayoutError(
+                    f"{self.label}: {kind}-compressed; transship reads tar archives in place, "
+                    "decompress it first"
+                )
+        files = scan_tar(self.path, size)
+        blobs: dict[Digest, tuple[int, int]] = {}
+        for name, where in files.items():
+            parts = name.split("/")
+            if len(parts) == 3 and parts[0] == "blobs":
+                try:
+                    blobs[Digest.parse(f"{parts[1]}:{parts[2]}")] = where
+                except InvalidDigestError:
+                    continue  # not addressable by any digest, so never read
+        layout = self._member(files, LAYOUT_FILE, MAX_LAYOUT_FILE_BYTES)
+        check_layout_file(layout, self.label)
+        return blobs, LayoutIndex.parse(
+            self._member(files, INDEX_FILE, MAX_INDEX_BYTES), self.label
+        )
+
+    def _member(self, files: dict[str, tuple[int, int]], name: str, limit: int) -> bytes:
+        found = files.get(name)
+        if found is None:
+            raise LayoutError(f"{self.label}: not an OCI layout archive (no top-level {name})")
+        offset, size = found
+        if size > limit:
+            raise LayoutError(f"{self.label}: {name} is over {limit} bytes")
+        return _TarBlob(self._fd, offset, size).read(size)
+
+    def _blob_size(self, digest: Digest) -> int | None:
+        found = self._blobs.get(digest)
+        return found[1] if found else None
+
+    def _open_blob_file(self, digest: Digest) -> BlobFile | None:
+        found = self._blobs.get(digest)
+        return _TarBlob(self._fd, *found) if found else None
+
+    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
+        raise LayoutError(f"{self.label} is read-only; save into a layout directory instead")
+
+    async def put_blob(
+        self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
+    ) -> int:
+        raise LayoutError(f"{self.label} is read-only; save into a layout directory instead")
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+
+class _HashingReader(io.RawIOBase):
+    """What tarfile copies from: the blob file, hashed on the way through."""
+
+    def __init__(self, handle: BinaryIO, hasher: Hasher) -> None:
+        super().__init__()
+        self._handle = handle
+        self._hasher = hasher
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._handle.read(n)
+        self._hasher.update(data)
+        return data
+
+
+def write_tar(layout_dir: Path | str, tar_path: Path | str) -> int:
+    """Pack a layout directory into `tar_path` atomically; returns the number of blobs.
+
+    Each blob is stored once, re-verified against its digest while it is copied (a damaged
+    stick is caught before the archive is shipped). Only `oci-layout`, `index.json` and
+    `blobs/<alg>/<hex>` go in, in a fixed order with fixed metadata: the same layout gives the
+    same bytes. Refuses while another process holds the layout's writer lock.
+    """
+    src = Path(layout_dir)
+    dest = Path(tar_path)
+    label = f"oci:{src}"
+    try:
+        lock_fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise io_error(f"{label}: opening layout", exc) from None
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LayoutError(
+                f"{label}: another writer holds this layout (open elsewhere)"
+            ) from None
+        return _write_tar_locked(src, dest, label)
+    except OSError as exc:
+        raise io_error(f"{label}: writing {dest}", exc) from None
+    finally:
+        os.close(lock_fd)
+
+
+def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
+    layout = _read_bounded(src / LAYOUT_FILE, MAX_LAYOUT_FILE_BYTES)
+    check_layout_file(layout, label)
+    index = _read_bounded(src / INDEX_FILE, MAX_INDEX_BYTES)
+    LayoutIndex.parse(index, label)  # refuse to pack an index nobody could read back
+    blobs: list[tuple[str, Digest, Path]] = []
+    blob_root = src / "blobs"
+    for alg_dir in sorted(blob_root.iterdir()) if blob_root.is_dir() else []:
+        if not alg_dir.is_dir():
+            continue
+        for blob in sorted(alg_dir.iterdir()):
+            try:
+                digest = Digest.parse(f"{alg_dir.name}:{blob.name}")
+            except InvalidDigestError:
+                continue  # not a blob (a stray temp file of another tool)
+            if blob.is_file():
+                blobs.append((f"blobs/{digest.algorithm}/{digest.hex}", digest, blob))
+    algorithms = sorted({digest.algorithm for _, digest, _ in blobs})
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            with tarfile.TarFile(
+                fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
+            ) as tar:
+                tar.addfile(_info(LAYOUT_FILE, len(layout)), io.BytesIO(layout))
+                tar.addfile(_info(INDEX_FILE, len(index)), io.BytesIO(index))
+                tar.addfile(_info("blobs", 0, directory=True))
+                for algorithm in algorithms:
+                    tar.addfile(_info(f"blobs/{algorithm}", 0, directory=True))
+                for arcname, digest, blob in blobs:
+                    with open(blob, "rb") as handle:
+                        size = os.fstat(handle.fileno()).st_size
+                        hasher = Hasher(digest, size)
+                        tar.addfile(_info(arcname, size), _HashingReader(handle, hasher))
+                    try:
+                        hasher.verify("blob")
+                    except IntegrityError as exc:
+                        raise IntegrityError(f"{label}: {exc.message}") from None
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(blobs)
+
+
+def _info(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if directory:
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+    else:
+        info.mode = 0o644
+    return info

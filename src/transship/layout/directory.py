@@ -1,0 +1,339 @@
+"""`OCILayout`: an OCI Image Layout directory as an `Endpoint`, so `save` and `load` are `copy`.
+
+Writes never leave a partial file under a final name: a blob streams into `.transship-tmp/`,
+is hashed on the way, fsynced and renamed into `blobs/<alg>/<hex>` only if digest and size
+match. `index.json` is rewritten atomically, at most every `flush_interval` seconds and on
+`close()`, after fsyncing the blob directories it refers to: a killed `save` loses at most the
+last few tags, and a rerun finds every finished blob in place.
+
+A writable layout is locked (`flock` on the directory) so two writers cannot interleave their
+`index.json` rewrites; that lock is also what makes removing a crashed run's temp files safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import stat
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+from transship.digest import Digest, Hasher
+from transship.errors import IntegrityError, TransshipError
+from transship.fsutil import write_atomic
+from transship.layout.errors import LayoutError, io_error
+from transship.layout.index import (
+    INDEX_FILE,
+    LAYOUT_BYTES,
+    LAYOUT_FILE,
+    MAX_INDEX_BYTES,
+    MAX_LAYOUT_FILE_BYTES,
+    LayoutIndex,
+    check_layout_file,
+    check_tag,
+)
+from transship.layout.reader import CHUNK, BlobFile, LayoutReader
+from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
+
+log = logging.getLogger("transship.layout")
+
+TMP_DIR = ".transship-tmp"
+
+
+class _FileBlob:
+    """A blob file opened for reading; `size` from fstat, so it is the bytes we will read."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.size = os.fstat(handle.fileno()).st_size
+
+    def read(self, n: int) -> bytes:
+        return self._handle.read(n)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class OCILayout(LayoutReader):
+    """One layout directory; all repositories share its blob store (see `transship.layout`)."""
+
+    def __init__(self, path: Path | str, *, writable: bool, flush_interval: float = 2.0) -> None:
+        self.path = Path(path)
+        self.label = f"oci:{self.path}"
+        self.writable = writable
+        self.flush_interval = flush_interval
+        self._lock_fd: int | None = None
+        self._changes = 0  # index generations: changed vs. saved
+        self._saved = 0
+        self._last_flush = 0.0
+        self._dirs_to_sync: set[Path] = set()
+        self._flush_lock = asyncio.Lock()
+        self._deferred: asyncio.Task[None] | None = None
+        self._closed = False
+        try:
+            self._index = self._open()
+        except OSError as exc:
+            self._unlock()
+            raise io_error(f"{self.label}: opening layout", exc) from None
+        except BaseException:
+            self._unlock()
+            raise
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def _open(self) -> LayoutIndex:
+        layout_file = self.path / LAYOUT_FILE
+        if self.writable:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock()
+            if not layout_file.exists():
+                if any(p.name != TMP_DIR for p in self.path.iterdir()):
+                    raise LayoutError(
+                        f"{self.label}: not an OCI layout (no {LAYOUT_FILE} file) and not "
+                        "empty; refusing to write into it"
+                    )
+                write_atomic(layout_file, LAYOUT_BYTES)
+            self._clean_tmp()
+        elif not self.path.is_dir():
+            raise LayoutError(f"{self.label}: no such directory")
+        elif not layout_file.is_file():
+            raise LayoutError(f"{self.label}: not an OCI layout (no {LAYOUT_FILE} file)")
+        check_layout_file(_read_bounded(layout_file, MAX_LAYOUT_FILE_BYTES), self.label)
+        index_file = self.path / INDEX_FILE
+        if index_file.exists():
+            return LayoutIndex.parse(_read_bounded(index_file, MAX_INDEX_BYTES), self.label)
+        if not self.writable:
+            raise LayoutError(f"{self.label}: not an OCI layout (no {INDEX_FILE} file)")
+        index = LayoutIndex.empty()
+        write_atomic(index_file, index.serialize())
+        return index
+
+    def _lock(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LayoutError(
+                f"{self.label}: another writer holds this layout (open elsewhere)"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def _clean_tmp(self) -> None:
+        """Temp files of a killed run: safe to delete, we hold the writer lock."""
+        tmp = self.path / TMP_DIR
+        if tmp.is_dir():
+            for leftover in tmp.iterdir():
+                leftover.unlink(missing_ok=True)
+
+    # -- storage primitives -----------------------------------------------------------------
+
+    def _blob_path(self, digest: Digest) -> Path:
+        """Only ever built from a validated Digest: algorithm and hex are safe path parts."""
+        return self.path / "blobs" / digest.algorithm / digest.hex
+
+    def _blob_size(self, digest: Digest) -> int | None:
+        try:
+            st = os.stat(self._blob_path(digest))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise io_error(f"{self.label}: blob {digest.short}", exc) from None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def _open_blob_file(self, digest: Digest) -> BlobFile | None:
+        try:
+            handle = open(self._blob_path(digest), "rb")  # noqa: SIM115 - closed by _FileBlob
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return _FileBlob(handle)
+
+    def _temp_file(self) -> tuple[BinaryIO, Path]:
+        tmp_dir = self.path / TMP_DIR
+        tmp_dir.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
+        return os.fdopen(fd, "wb"), Path(name)
+
+    def _publish(self, handle: BinaryIO, tmp: Path, final: Path) -> None:
+        """fsync, then rename: the final name only ever holds complete, verified bytes."""
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        self._dirs_to_sync.add(final.parent)
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise LayoutError(f"{self.label} is opened read-only")
+        if self._closed:
+            raise LayoutError(f"{self.label} is closed")
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def put_blob(
+        self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Stream into a temp file, hashing; rename into place only if digest and size match."""
+        self._check_writable()
+        where = f"writing blob {descriptor.digest.short} to {self.label}"
+        hasher = Hasher(descriptor.digest, descriptor.size)
+        try:
+            handle, tmp = await asyncio.to_thread(self._temp_file)
+        except OSError as exc:
+            raise io_error(where, exc) from None
+        try:
+            pending: list[bytes] = []
+            pending_size = 0
+            async for chunk in chunks:
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
+                    await asyncio.to_thread(_write_hashed, handle, hasher, pending)
+                    pending, pending_size = [], 0
+            if pending:
+                await asyncio.to_thread(_write_hashed, handle, hasher, pending)
+            hasher.verify("blob")
+            await asyncio.to_thread(self._publish, handle, tmp, self._blob_path(descriptor.digest))
+        except BaseException as exc:
+            handle.close()
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, IntegrityError):
+                raise IntegrityError(f"{self.label}: {exc.message}") from None
+            if isinstance(exc, OSError):
+                raise io_error(where, exc) from None
+            raise
+        return hasher.size
+
+    def _store_manifest(self, manifest: Manifest) -> None:
+        final = self._blob_path(manifest.digest)
+        if self._blob_size(manifest.digest) == len(manifest.raw):
+            handle = self._open_blob_file(manifest.digest)
+            if handle is not None:
+                try:
+                    if handle.read(MAX_MANIFEST_BYTES + 1) == manifest.raw:
+                        return  # already there (a manifest pushed under several tags)
+                finally:
+                    handle.close()
+        out, tmp = self._temp_file()
+        try:
+            out.write(manifest.raw)
+            self._publish(out, tmp, final)
+        except BaseException:
+            out.close()
+            tmp.unlink(missing_ok=True)
+            raise
+
+    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
+        """Store the exact bytes as a blob; a tag also (re)points the index.json entry."""
+        self._check_writable()
+        where = self._where(repository, tag or str(manifest.digest))
+        if tag is not None:
+            check_tag(tag, where)
+        actual = Digest.of(manifest.raw, manifest.digest.algorithm)
+        if actual != manifest.digest:
+            raise IntegrityError(f"{where}: manifest bytes hash to {actual.short}")
+        try:
+            await asyncio.to_thread(self._store_manifest, manifest)
+        except OSError as exc:
+            raise io_error(f"{where}: writing manifest", exc) from None
+        if tag is not None:
+            self._index.set(repository, tag, manifest.descriptor)
+            self._changes += 1
+            await self._index_changed()
+
+    # -- index.json -------------------------------------------------------------------------
+
+    async def _index_changed(self) -> None:
+        """Flush now if the last flush is old enough, else once `flush_interval` has passed."""
+        now = time.monotonic()
+        due = self._last_flush + self.flush_interval
+        if now >= due:
+            await self.flush()
+        elif self._deferred is None:
+            self._deferred = asyncio.create_task(self._flush_later(due - now))
+
+    async def _flush_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._deferred = None
+        try:
+            await self.flush()
+        except TransshipError as exc:  # close() flushes again and raises
+            log.warning("%s", exc)
+
+    async def flush(self) -> None:
+        """Make every finished blob durable, then rewrite index.json atomically."""
+        async with self._flush_lock:
+            if self._saved == self._changes and not self._dirs_to_sync:
+                return
+            generation = self._changes
+            data = self._index.serialize() if self._saved != generation else None
+            dirs = set(self._dirs_to_sync)
+            self._dirs_to_sync -= dirs
+            try:
+                await asyncio.to_thread(self._write_index, data, dirs)
+            except OSError as exc:
+                self._dirs_to_sync |= dirs
+                raise io_error(f"{self.label}: writing {INDEX_FILE}", exc) from None
+            self._saved = generation
+            self._last_flush = time.monotonic()
+
+    def _write_index(self, data: bytes | None, dirs: set[Path]) -> None:
+        for directory in sorted(dirs):
+            _fsync_dir(directory)
+        if data is not None:
+            write_atomic(self.path / INDEX_FILE, data)
+            _fsync_dir(self.path)
+
+    async def close(self) -> None:
+        """Write the pending index, drop the temp directory if empty, release the lock."""
+        if self._closed:
+            return
+        try:
+            if self._deferred is not None:
+                self._deferred.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._deferred
+                self._deferred = None
+            if self.writable:
+                await self.flush()
+                with contextlib.suppress(OSError):
+                    (self.path / TMP_DIR).rmdir()
+        finally:
+            self._closed = True
+            self._unlock()
+
+
+def _write_hashed(handle: BinaryIO, hasher: Hasher, pieces: list[bytes]) -> None:
+    """Hash and write off the event loop; an oversize stream raises before it is written."""
+    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    hasher.update(data)
+    handle.write(data)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames in `directory` durable (a crash must not lose a blob index.json names)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise LayoutError(f"{path}: larger than {limit} bytes; not a layout file")
+    return data

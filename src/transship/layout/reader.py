@@ -1,0 +1,182 @@
+"""The read half of an `Endpoint` over an OCI layout, shared by directories and tar archives.
+
+Subclasses only say how to find a blob's bytes (`_open_blob_file`, `_blob_size`); naming, lookup
+and verification live here once. Every byte handed out is checked against its digest, as the
+registry endpoint does: a layout on a USB stick is as untrusted as a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from transship.digest import Digest, Hasher
+from transship.errors import IntegrityError, NotFoundError, TransshipError
+from transship.layout.errors import io_error
+from transship.layout.index import LayoutIndex, ref_name
+from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
+
+CHUNK = 1024 * 1024
+
+
+class BlobFile(Protocol):
+    """An open blob: `size` bytes readable in order; `read` may block (run it in a thread)."""
+
+    size: int
+
+    def read(self, n: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class LayoutReader:
+    """get/head manifest, has/open blob, mount and tags over `_index` and the blob primitives."""
+
+    label: str
+    _index: LayoutIndex
+
+    # -- storage primitives -----------------------------------------------------------------
+
+    def _blob_size(self, digest: Digest) -> int | None:
+        """Size of the stored blob, None if absent. Must be cheap: no reading."""
+        raise NotImplementedError
+
+    def _open_blob_file(self, digest: Digest) -> BlobFile | None:
+        """Open the stored blob for reading, None if absent (blocking: called in a thread)."""
+        raise NotImplementedError
+
+    # -- manifests --------------------------------------------------------------------------
+
+    def _where(self, repository: str, identifier: str) -> str:
+        if ":" in identifier and repository:
+            return f"{self.label}:{repository}@{identifier}"
+        if ":" in identifier:
+            return f"{self.label}@{identifier}"
+        return f"{self.label}:{ref_name(repository, identifier)}"
+
+    def _read_manifest(self, digest: Digest, where: str) -> bytes | None:
+        try:
+            handle = self._open_blob_file(digest)
+            if handle is None:
+                return None
+            try:
+                if handle.size > MAX_MANIFEST_BYTES:
+                    raise IntegrityError(
+                        f"{where}: manifest is {handle.size} bytes, "
+                        f"over the {MAX_MANIFEST_BYTES} limit"
+                    )
+                parts = []
+                remaining = handle.size
+                while remaining > 0:
+                    part = handle.read(remaining)
+                    if not part:
+                        break
+                    parts.append(part)
+                    remaining -= len(part)
+                return b"".join(parts)
+            finally:
+                handle.close()
+        except OSError as exc:
+            raise io_error(f"{where}: reading manifest", exc) from None
+
+    async def get_manifest(self, repository: str, identifier: str) -> Manifest:
+        """By tag through index.json, by digest straight from the blob store; always verified."""
+        where = self._where(repository, identifier)
+        media_type: str | None = None
+        size: int | None = None
+        if ":" in identifier:
+            digest = Digest.parse(identifier)
+        else:
+            found = self._index.lookup(repository, identifier)
+            if found is None:
+                raise NotFoundError(f"manifest {where} not found")
+            digest, media_type, size = found.digest, found.media_type, found.size
+        raw = await asyncio.to_thread(self._read_manifest, digest, where)
+        if raw is None:
+            raise NotFoundError(f"manifest {where} not found (no blob {digest.short})")
+        actual = Digest.of(raw, digest.algorithm)
+        if actual != digest:
+            raise IntegrityError(
+                f"{where}: manifest bytes hash to {actual.short}, not {digest.short}"
+            )
+        if size is not None and size != len(raw):
+            raise IntegrityError(f"{where}: manifest has {len(raw)} bytes, index.json says {size}")
+        return Manifest.parse(raw, media_type, where)
+
+    async def head_manifest(self, repository: str, identifier: str) -> Descriptor | None:
+        """None when absent or damaged, so the engine copies it again rather than trusting it."""
+        if ":" not in identifier:
+            found = self._index.lookup(repository, identifier)
+            if found is None or self._blob_size(found.digest) != found.size:
+                return None
+            return Descriptor(found.media_type, found.digest, found.size)
+        digest = Digest.parse(identifier)
+        size = self._blob_size(digest)
+        if size is None or size > MAX_MANIFEST_BYTES:
+            return None
+        where = self._where(repository, identifier)
+        raw = await asyncio.to_thread(self._read_manifest, digest, where)
+        if raw is None or Digest.of(raw, digest.algorithm) != digest:
+            return None
+        try:
+            manifest = Manifest.parse(raw, None, where)
+        except TransshipError:
+            return None  # a blob, not a manifest: a registry would say 404 too
+        return Descriptor(manifest.media_type, digest, len(raw))
+
+    async def list_tags(self, repository: str) -> list[str]:
+        return self._index.tags(repository)
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:
+        """One store for every repository; `size`, when given, must match too."""
+        found = self._blob_size(digest)
+        return found is not None and (size is None or found == size)
+
+    async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
+        """Every repository shares the store: present is mounted."""
+        return await self.has_blob(repository, digest)
+
+    @asynccontextmanager
+    async def open_blob(
+        self, repository: str, descriptor: Descriptor
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        where = f"blob {self.label}@{descriptor.digest.short}"
+        try:
+            handle = await asyncio.to_thread(self._open_blob_file, descriptor.digest)
+        except OSError as exc:
+            raise io_error(where, exc) from None
+        if handle is None:
+            raise NotFoundError(f"{where} not found")
+        try:
+            if handle.size != descriptor.size:
+                raise IntegrityError(
+                    f"{where}: stored blob has {handle.size} bytes, "
+                    f"the descriptor says {descriptor.size}"
+                )
+            yield self._verified_chunks(handle, descriptor, where)
+        finally:
+            handle.close()
+
+    async def _verified_chunks(
+        self, handle: BlobFile, descriptor: Descriptor, where: str
+    ) -> AsyncIterator[bytes]:
+        hasher = Hasher(descriptor.digest, descriptor.size)
+        try:
+            while chunk := await asyncio.to_thread(_read_hashed, handle, hasher):
+                yield chunk
+            hasher.verify("blob")
+        except IntegrityError as exc:
+            raise IntegrityError(f"{self.label}: {exc.message}") from None
+        except OSError as exc:
+            raise io_error(where, exc) from None
+
+
+def _read_hashed(handle: BlobFile, hasher: Hasher) -> bytes:
+    """Read and hash one chunk off the event loop (hashlib releases the GIL on big buffers)."""
+    chunk = handle.read(CHUNK)
+    if chunk:
+        hasher.update(chunk)
+    return chunk
