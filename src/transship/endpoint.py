@@ -39,8 +39,8 @@ class Endpoint(Protocol):
         """Store the exact bytes under their digest, and under `tag` if given."""
         ...
 
-    async def has_blob(self, repository: str, digest: Digest) -> bool:
-        """True if the blob is present and readable in `repository`."""
+    async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:
+        """True if the blob is present in `repository` (with `size` bytes, when given)."""
         ...
 
     def open_blob(

@@ -295,7 +295,7 @@ class CopyEngine:
         """HEAD, then stream source → destination with bounded retries."""
         lane = self._small if blob.size <= SMALL_BLOB else self._big
         async with lane:
-            if await task.dest.has_blob(task.dest_repository, blob.digest):
+            if await task.dest.has_blob(task.dest_repository, blob.digest, blob.size):
                 self.stats.blobs_present += 1
                 return
             attempt = 0

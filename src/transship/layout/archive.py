@@ -23,8 +23,10 @@ from transship.errors import IntegrityError, InvalidDigestError
 from transship.layout.directory import _fsync_dir, _read_bounded
 from transship.layout.errors import LayoutError, UnsafeArchiveError, io_error
 from transship.layout.index import (
+    EXTRA_DIR,
     INDEX_FILE,
     LAYOUT_FILE,
+    MAX_EXTRA_BYTES,
     MAX_INDEX_BYTES,
     MAX_LAYOUT_FILE_BYTES,
     LayoutIndex,
@@ -152,6 +154,11 @@ class OCILayoutTar(LayoutReader):
                     "decompress it first"
                 )
         files = scan_tar(self.path, size)
+        self._extras = {
+            name.removeprefix(f"{EXTRA_DIR}/"): where
+            for name, where in files.items()
+            if name.startswith(f"{EXTRA_DIR}/") and name.count("/") == 1
+        }
         blobs: dict[Digest, tuple[int, int]] = {}
         for name, where in files.items():
             parts = name.split("/")
@@ -173,6 +180,15 @@ class OCILayoutTar(LayoutReader):
         offset, size = found
         if size > limit:
             raise LayoutError(f"{self.label}: {name} is over {limit} bytes")
+        return _TarBlob(self._fd, offset, size).read(size)
+
+    def read_extra(self, name: str) -> bytes | None:
+        found = self._extras.get(name)
+        if found is None:
+            return None
+        offset, size = found
+        if size > MAX_EXTRA_BYTES:
+            raise LayoutError(f"{self.label}: {EXTRA_DIR}/{name} is over {MAX_EXTRA_BYTES} bytes")
         return _TarBlob(self._fd, offset, size).read(size)
 
     def _blob_size(self, digest: Digest) -> int | None:
@@ -271,6 +287,12 @@ def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
             ) as tar:
                 tar.addfile(_info(LAYOUT_FILE, len(layout)), io.BytesIO(layout))
                 tar.addfile(_info(INDEX_FILE, len(index)), io.BytesIO(index))
+                extras = sorted(p for p in (src / EXTRA_DIR).glob("*") if p.is_file())
+                if extras:
+                    tar.addfile(_info(EXTRA_DIR, 0, directory=True))
+                for extra in extras:
+                    data = _read_bounded(extra, MAX_EXTRA_BYTES)
+                    tar.addfile(_info(f"{EXTRA_DIR}/{extra.name}", len(data)), io.BytesIO(data))
                 tar.addfile(_info("blobs", 0, directory=True))
                 for algorithm in algorithms:
                     tar.addfile(_info(f"blobs/{algorithm}", 0, directory=True))

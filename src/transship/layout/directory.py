@@ -29,9 +29,11 @@ from transship.errors import IntegrityError, TransshipError
 from transship.fsutil import write_atomic
 from transship.layout.errors import LayoutError, io_error
 from transship.layout.index import (
+    EXTRA_DIR,
     INDEX_FILE,
     LAYOUT_BYTES,
     LAYOUT_FILE,
+    MAX_EXTRA_BYTES,
     MAX_INDEX_BYTES,
     MAX_LAYOUT_FILE_BYTES,
     LayoutIndex,
@@ -138,6 +140,17 @@ class OCILayout(LayoutReader):
                 leftover.unlink(missing_ok=True)
 
     # -- storage primitives -----------------------------------------------------------------
+
+    def read_extra(self, name: str) -> bytes | None:
+        path = self.path / EXTRA_DIR / name
+        if not path.is_file():
+            return None
+        return _read_bounded(path, MAX_EXTRA_BYTES)
+
+    def write_extra(self, name: str, data: bytes | str) -> None:
+        """Write `transship/NAME` atomically (the plan, the checksum list)."""
+        self._check_writable()
+        write_atomic(self.path / EXTRA_DIR / name, data)
 
     def _blob_path(self, digest: Digest) -> Path:
         """Only ever built from a validated Digest: algorithm and hex are safe path parts."""

@@ -28,6 +28,8 @@ LAYOUT_BYTES = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
 
 MAX_INDEX_BYTES = 64 * 1024 * 1024  # ~150k entries; anything bigger is not an index we wrote
 MAX_LAYOUT_FILE_BYTES = 4096
+EXTRA_DIR = "transship"  # the plan and checksum list travel beside the layout
+MAX_EXTRA_BYTES = 64 * 1024 * 1024
 
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 # containers/image (skopeo 1.9) validates `oci:DIR:REF` against the image-spec ref grammar
@@ -126,6 +128,14 @@ class LayoutIndex:
     def names(self) -> list[str]:
         """Every ref name, in index order."""
         return list(self._named)
+
+    def entries(self) -> list[tuple[str, str, Descriptor]]:
+        """Every named entry as (repository, tag, descriptor), in index order."""
+        out = []
+        for name, (_, descriptor) in self._named.items():
+            repository, tag = split_ref_name(name)
+            out.append((repository, tag, descriptor))
+        return out
 
     def descriptors(self) -> list[Descriptor]:
         """Every top-level entry, named or not (skopeo lists an index's children unnamed)."""

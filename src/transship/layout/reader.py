@@ -36,6 +36,14 @@ class LayoutReader:
     label: str
     _index: LayoutIndex
 
+    def entries(self) -> list[tuple[str, str, Descriptor]]:
+        """Every (repository, tag, descriptor) the layout names."""
+        return self._index.entries()
+
+    def read_extra(self, name: str) -> bytes | None:
+        """A file of transship's own beside the layout (`transship/NAME`), None if absent."""
+        raise NotImplementedError
+
     # -- storage primitives -----------------------------------------------------------------
 
     def _blob_size(self, digest: Digest) -> int | None:

@@ -188,13 +188,14 @@ class Registry:
 
     # -- blobs ------------------------------------------------------------------------------
 
-    async def has_blob(self, repository: str, digest: Digest) -> bool:
+    async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:
         async with self.transport.request(
             "HEAD", f"/v2/{repository}/blobs/{digest}", scopes=pull(repository)
         ) as resp:
             self._count("blobs_head")
             if resp.status == 200:
-                return True
+                length = resp.content_length
+                return size is None or length is None or length == size
             if resp.status == 404:
                 return False
             raise await registry_error(resp, f"blob {self.host}/{repository}@{digest.short}")

@@ -1,0 +1,233 @@
+"""Save to and load from OCI layout archives: the plan's names inside an archive, and back.
+
+Inside an archive a repository is named *relative* to the plan's destination prefix
+(`tkg/antrea` rather than `harbor.corp/tkg/antrea`), so `load --dest NEW/PREFIX` re-roots every
+image under the prefix the air-gapped side uses — the `TKG_CUSTOM_IMAGE_REPOSITORY` rule.
+The archive also carries `transship/archive.json` (format, prefix, bundle repositories),
+`transship/plan.yaml` and `transship/SHA256SUMS` (every file, `sha256sum -c` compatible).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from transship.digest import Digest
+from transship.endpoint import Endpoint
+from transship.engine import CopyTask
+from transship.errors import UsageError
+from transship.layout import OCILayout, OCILayoutTar
+from transship.layout.reader import LayoutReader
+from transship.plan.model import EntryKind, Plan, PlanEntry
+from transship.reference import Reference
+from transship.relocate import EndpointFor
+
+ARCHIVE_FORMAT = "transship-archive/v1"
+#: a tag standing for "no tag": digest-only entries must still be named in index.json
+_DIGEST_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
+
+
+def destination_prefix(plan: Plan) -> str:
+    """The longest repository-path prefix shared by every destination (at least the host)."""
+    paths = [entry.destination.split("/") for entry in plan.entries]
+    if not paths:
+        return ""
+    common = paths[0]
+    for parts in paths[1:]:
+        n = 0
+        while n < min(len(common), len(parts)) and common[n] == parts[n]:
+            n += 1
+        common = common[:n]
+    shortest = min(len(p) for p in paths)
+    common = common[: min(len(common), shortest - 1)]  # never a whole repository name
+    return "/".join(common)
+
+
+def relative_repository(destination: str, prefix: str) -> str:
+    return destination[len(prefix) + 1 :] if prefix else destination
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    """What `transship/archive.json` says; absent for layouts written by other tools."""
+
+    prefix: str = ""
+    bundle_repositories: frozenset[str] = frozenset()
+
+    @classmethod
+    def for_plan(cls, plan: Plan, prefix: str | None = None) -> ArchiveInfo:
+        """`prefix`: the destination prefix the plan was made for, when known; otherwise the
+        longest prefix all destinations share."""
+        prefix = prefix.rstrip("/") if prefix else destination_prefix(plan)
+        for entry in plan.entries:
+            if not entry.destination.startswith(f"{prefix}/"):
+                raise UsageError(
+                    f"plan entry {entry.source} goes to {entry.destination}, not under {prefix}"
+                )
+        bundles = frozenset(
+            relative_repository(e.destination, prefix)
+            for e in plan.entries
+            if e.kind == EntryKind.BUNDLE
+        )
+        return cls(prefix, bundles)
+
+    def to_json(self) -> str:
+        doc = {
+            "format": ARCHIVE_FORMAT,
+            "destinationPrefix": self.prefix,
+            "bundleRepositories": sorted(self.bundle_repositories),
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+    @classmethod
+    def read(cls, layout: LayoutReader) -> ArchiveInfo:
+        raw = layout.read_extra("archive.json")
+        if raw is None:
+            return cls()
+        try:
+            doc = json.loads(raw)
+            if doc.get("format") != ARCHIVE_FORMAT:
+                raise ValueError(doc.get("format"))
+            return cls(str(doc["destinationPrefix"]), frozenset(doc["bundleRepositories"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UsageError(
+                f"{layout.label}: transship/archive.json is not a {ARCHIVE_FORMAT} file"
+            ) from None
+
+
+def save_tasks(
+    plan: Plan, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout
+) -> list[list[CopyTask]]:
+    """Plan entries as tasks into the layout, bundles in a second phase."""
+    first: list[CopyTask] = []
+    last: list[CopyTask] = []
+    for entry in plan.entries:
+        task = _save_task(entry, info, source_for, layout)
+        (last if entry.kind == EntryKind.BUNDLE else first).append(task)
+    return [group for group in (first, last) if group]
+
+
+def _save_task(
+    entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout
+) -> CopyTask:
+    src = Reference.parse(entry.source)
+    repository = relative_repository(entry.destination, info.prefix)
+    tags = entry.tags
+    if not tags:
+        if entry.source_digest is None:
+            raise UsageError(f"{entry.source}: an untagged entry needs a digest")
+        tags = (f"sha256-{entry.source_digest.hex}",)
+    identifier = str(entry.source_digest) if entry.source_digest else src.identifier
+    return CopyTask(
+        source=source_for(src.registry),
+        source_repository=src.repository,
+        source_identifier=identifier,
+        dest=layout,
+        dest_repository=repository,
+        dest_tags=tags,
+        label=f"{entry.source} -> {layout.label}:{repository}",
+        source_label=entry.source,
+        dest_label=f"{repository}:{','.join(tags)}",
+    )
+
+
+def open_archive(path: Path) -> OCILayout | OCILayoutTar:
+    """A layout directory or an uncompressed tar of one, read in place."""
+    if path.is_dir():
+        return OCILayout(path, writable=False)
+    if path.is_file():
+        return OCILayoutTar(path)
+    raise UsageError(f"archive {path} does not exist")
+
+
+def load_tasks(
+    layout: OCILayout | OCILayoutTar, info: ArchiveInfo, prefix: str | None, dest_for: EndpointFor
+) -> list[list[CopyTask]]:
+    """Every named manifest of the archive as a task to `prefix`/repository, bundles last."""
+    root = prefix or info.prefix
+    if not root:
+        raise UsageError(f"{layout.label}: no destination known; pass --dest REGISTRY/PROJECT")
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for repository, tag, descriptor in layout.entries():
+        tags = grouped.setdefault((repository, str(descriptor.digest)), [])
+        if not _DIGEST_TAG.match(tag):
+            tags.append(tag)
+    first: list[CopyTask] = []
+    last: list[CopyTask] = []
+    for (repository, digest), tags in sorted(grouped.items()):
+        if not repository:
+            raise UsageError(
+                f"{layout.label}: entry '{tags[0] if tags else digest}' has no repository; "
+                "name images 'repository:tag' in the layout"
+            )
+        dest = Reference.parse_repository(f"{root}/{repository}")
+        task = CopyTask(
+            source=layout,
+            source_repository=repository,
+            source_identifier=digest,
+            dest=dest_for(dest.registry),
+            dest_repository=dest.repository,
+            dest_tags=tuple(sorted(tags)),
+            label=f"{repository}:{','.join(tags) or digest} -> {dest.name}",
+            source_label=f"{layout.label}:{repository}@{digest}",
+            dest_label=f"{dest.name}:{','.join(sorted(tags))}" if tags else dest.name,
+        )
+        (last if repository in info.bundle_repositories else first).append(task)
+    return [group for group in (first, last) if group]
+
+
+def checksum_list(layout_dir: Path, names: Sequence[str]) -> str:
+    """`sha256sum -c` lines for the layout's own files and every blob (named by its hash)."""
+    import hashlib
+
+    lines = []
+    for name in names:
+        data = (layout_dir / name).read_bytes()
+        lines.append(f"{hashlib.sha256(data).hexdigest()}  {name}")
+    blob_dir = layout_dir / "blobs" / "sha256"
+    for blob in sorted(blob_dir.iterdir()) if blob_dir.is_dir() else []:
+        if re.fullmatch(r"[0-9a-f]{64}", blob.name):
+            lines.append(f"{blob.name}  blobs/sha256/{blob.name}")
+    return "\n".join(lines) + "\n"
+
+
+def source_points(plan: Plan, source_for: EndpointFor) -> list[tuple[Endpoint, str, str]]:
+    """Where each entry's manifest is read from: (endpoint, repository, tag or digest)."""
+    points = []
+    for entry in plan.entries:
+        src = Reference.parse(entry.source)
+        identifier = str(entry.source_digest) if entry.source_digest else src.identifier
+        points.append((source_for(src.registry), src.repository, identifier))
+    return points
+
+
+async def measure(
+    points: Sequence[tuple[Endpoint, str, str]], existing: LayoutReader | None
+) -> tuple[int, int, int]:
+    """(bytes to write, blobs to write, manifests) for a save, reading manifests only."""
+    seen: dict[str, int] = {}
+    manifests = 0
+
+    async def walk(endpoint: Endpoint, repository: str, identifier: str, depth: int) -> None:
+        nonlocal manifests
+        manifest = await endpoint.get_manifest(repository, identifier)
+        manifests += 1
+        seen[str(manifest.digest)] = manifest.size
+        if manifest.is_index and depth < 4:
+            for child in manifest.manifests:
+                await walk(endpoint, repository, str(child.digest), depth + 1)
+        for blob in manifest.blobs():
+            if not blob.urls:
+                seen[str(blob.digest)] = blob.size
+
+    for endpoint, repository, identifier in points:
+        await walk(endpoint, repository, identifier, 0)
+    missing = {
+        digest: size
+        for digest, size in seen.items()
+        if existing is None or not await existing.has_blob("", Digest.parse(digest), size)
+    }
+    return sum(missing.values()), len(missing), manifests

@@ -1,0 +1,260 @@
+"""`transship save`, `load` and `archive verify|list`: across the air gap on removable media."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from transship.airgap import (
+    ArchiveInfo,
+    checksum_list,
+    load_tasks,
+    measure,
+    open_archive,
+    save_tasks,
+    source_points,
+)
+from transship.commands.common import (
+    execute,
+    load_plan_source,
+    plan_source_options,
+    run_engine,
+    setup_logging,
+    side_options,
+    side_settings,
+)
+from transship.connect import RegistryPool, SideSettings, tkg_dest_defaults
+from transship.digest import Digest
+from transship.engine import TaskResult
+from transship.errors import ExitCode, IntegrityError, TransshipError, UsageError
+from transship.fsutil import write_atomic
+from transship.layout import OCILayout, write_tar
+from transship.layout.reader import LayoutReader
+from transship.manifest import Manifest
+from transship.progress import human_bytes
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@click.command()
+@plan_source_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A layout directory, or FILE.tar (built in FILE.tar.partial/, then packed).",
+)
+@side_options("src", "source")
+@click.option("--dry-run", is_flag=True, help="Only print the bytes to write and check free disk.")
+@click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
+@click.option("-v", "--verbose", count=True)
+@click.option("-q", "--quiet", is_flag=True)
+def save(
+    plan_file: Path | None,
+    images_file: Path | None,
+    script_file: Path | None,
+    dest_prefix: str | None,
+    output: Path,
+    dry_run: bool,
+    parallel: int,
+    report: Path | None,
+    verbose: int,
+    quiet: bool,
+    **kwargs: Any,
+) -> int:
+    """Save a plan's images into an OCI image layout (directory or tar), each blob once.
+
+    Interrupted? Run the same command again: blobs already written and verified are kept.
+    """
+    setup_logging(verbose, quiet)
+    # Inside the archive, names are relative to the destination prefix; an image list
+    # without one keeps each image's path below a placeholder host.
+    prefix = dest_prefix or (None if plan_file else "archive.local")
+    plan = load_plan_source(plan_file, images_file, script_file, prefix)
+    if plan is None:
+        raise UsageError("save needs one of --plan, --images or --script")
+    src_settings = side_settings("src", kwargs, parallel)
+    is_tar = output.suffix == ".tar"
+    layout_dir = output.with_name(output.name + PARTIAL_SUFFIX) if is_tar else output
+    if is_tar and output.exists() and not layout_dir.exists() and not dry_run:
+        raise UsageError(f"{output} exists; remove it or choose another name")
+    info = ArchiveInfo.for_plan(plan, prefix)
+    console = Console(stderr=True)
+
+    async def run(sources: RegistryPool, _dests: RegistryPool) -> list[TaskResult]:
+        if dry_run:
+            existing = OCILayout(layout_dir, writable=False) if layout_dir.exists() else None
+            points = source_points(plan, sources.get)
+            size, blobs, manifests = await measure(points, existing)
+            free = shutil.disk_usage(_existing_parent(layout_dir)).free
+            console.print(
+                f"save would write {human_bytes(size)} ({blobs} blobs, {manifests} manifests) "
+                f"to {output}; free space there: {human_bytes(free)}"
+                + (" (twice that while packing the tar)" if is_tar else "")
+            )
+            if size * (2 if is_tar else 1) > free:
+                raise UsageError(f"not enough free space at {_existing_parent(layout_dir)}")
+            return []
+        layout = OCILayout(layout_dir, writable=True)
+        try:
+            layout.write_extra("archive.json", info.to_json())
+            layout.write_extra("plan.yaml", plan.to_yaml())
+            results = await run_engine(
+                save_tasks(plan, info, sources.get, layout), report, None, quiet, parallel
+            )
+        finally:
+            await layout.close()
+        if any(r.status == "failed" for r in results):
+            return results
+        sums = checksum_list(
+            layout_dir,
+            ["oci-layout", "index.json", "transship/archive.json", "transship/plan.yaml"],
+        )
+        write_atomic(layout_dir / "transship" / "SHA256SUMS", sums)
+        if is_tar:
+            blobs = await asyncio.to_thread(write_tar, layout_dir, output)
+            shutil.rmtree(layout_dir)
+            if not quiet:
+                console.print(f"wrote {output} ({blobs} blobs)")
+        return results
+
+    return execute(run, src_settings, SideSettings(side="dest"))  # no destination registry
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+@click.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option(
+    "--dest",
+    "dest_prefix",
+    envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
+    metavar="PREFIX",
+    help="Registry/project to load into; each image keeps its path below it.",
+)
+@side_options("dest", "destination")
+@click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
+@click.option(
+    "--lock-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write an imgpkg ImagesLock of the loaded references.",
+)
+@click.option("-v", "--verbose", count=True)
+@click.option("-q", "--quiet", is_flag=True)
+def load(
+    archive: Path,
+    dest_prefix: str | None,
+    parallel: int,
+    report: Path | None,
+    lock_output: Path | None,
+    verbose: int,
+    quiet: bool,
+    **kwargs: Any,
+) -> int:
+    """Push everything in ARCHIVE (layout directory or tar) to a registry, under --dest."""
+    setup_logging(verbose, quiet)
+    dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
+    layout = open_archive(archive)
+    info = ArchiveInfo.read(layout)
+
+    async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
+        try:
+            phases = load_tasks(layout, info, dest_prefix, dests.get)
+            return await run_engine(phases, report, lock_output, quiet, parallel)
+        finally:
+            await layout.close()
+
+    return execute(run, SideSettings(side="src"), dest_settings)  # no source registry
+
+
+@click.group("archive")
+def archive_group() -> None:
+    """Inspect archives written by `transship save` (or any OCI layout)."""
+
+
+@archive_group.command("list")
+@click.argument("archive", type=click.Path(path_type=Path))
+def archive_list(archive: Path) -> int:
+    """Show what ARCHIVE holds: repository, tags, digest, media type."""
+    layout = open_archive(archive)
+    table = Table(title=f"{layout.label}")
+    for column in ("repository", "tag", "digest", "media type"):
+        table.add_column(column)
+    for repository, tag, descriptor in layout.entries():
+        table.add_row(repository, tag, descriptor.digest.short, descriptor.media_type)
+    Console().print(table)
+    asyncio.run(layout.close())
+    return 0
+
+
+@archive_group.command("verify")
+@click.argument("archive", type=click.Path(path_type=Path))
+def archive_verify(archive: Path) -> int:
+    """Re-hash every blob offline and check every manifest's references are present."""
+    layout = open_archive(archive)
+    try:
+        problems, blobs, manifests = asyncio.run(_verify_archive(layout))
+    finally:
+        asyncio.run(layout.close())
+    for problem in problems:
+        print(f"transship: {problem}", file=sys.stderr)
+    corrupt = any("does not match" in p or "bytes" in p for p in problems)
+    print(
+        f"{layout.label}: {manifests} manifests and {blobs} blobs checked, "
+        f"{len(problems)} problem(s)"
+    )
+    if not problems:
+        return ExitCode.OK
+    return ExitCode.INTEGRITY if corrupt else ExitCode.INCOMPLETE
+
+
+async def _verify_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
+    problems: list[str] = []
+    checked_blobs: set[Digest] = set()
+    checked_manifests: set[Digest] = set()
+
+    async def check_manifest(repository: str, identifier: str, where: str) -> None:
+        try:
+            manifest: Manifest = await layout.get_manifest(repository, identifier)
+        except TransshipError as exc:
+            problems.append(f"{where}: {exc}")
+            return
+        if manifest.digest in checked_manifests:
+            return
+        checked_manifests.add(manifest.digest)
+        for child in manifest.manifests:
+            await check_manifest(repository, str(child.digest), f"{where} child")
+        for blob in manifest.blobs():
+            if blob.urls or blob.digest in checked_blobs:
+                continue
+            checked_blobs.add(blob.digest)
+            if not await layout.has_blob(repository, blob.digest):
+                problems.append(f"{where}: blob {blob.digest.short} is missing")
+                continue
+            try:
+                async with layout.open_blob(repository, blob) as chunks:
+                    async for _ in chunks:
+                        pass
+            except IntegrityError as exc:
+                problems.append(f"{where}: {exc}")
+
+    for repository, tag, _descriptor in layout.entries():
+        await check_manifest(repository, tag, f"{repository}:{tag}")
+    return problems, len(checked_blobs), len(checked_manifests)
+
+
+COMMANDS = [save, load, archive_group]

@@ -1,0 +1,224 @@
+"""save → removable media → load, with real registries on both sides and skopeo as referee."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+from clirunner import CLI
+from harness.pki import PKI
+from harness.registry import RegistryProcess
+from harness.seed import SeedClient, build_images_sharing_base, seed_index
+from harness.skopeo import Skopeo
+
+from transship.errors import ExitCode
+
+CREDS = "alice:s3cret-Pa55"
+
+
+def corpus(reg: RegistryProcess, prefix: str, layer: int = 30_000) -> tuple[list[str], set[str]]:
+    client = SeedClient.for_registry(reg)
+    refs = []
+    images = build_images_sharing_base(41, 4, base_sizes=(200_000,), layer_sizes=(layer,))
+    for i, image in enumerate(images):
+        client.push_image(f"{prefix}/app{i % 2}", image, f"v{i}")
+        refs.append(f"{reg.host}/{prefix}/app{i % 2}:v{i}")
+    index = seed_index(reg, f"{prefix}/multi", "v1", seed=42, fmt="docker")
+    refs.append(f"{reg.host}/{prefix}/multi:v1")
+    blobs = {b.digest for img in images for b in img.pushable_blobs} | set(index.blob_digests)
+    manifests = {img.digest for img in images} | set(index.manifest_digests)
+    return refs, blobs | manifests
+
+
+def write_list(tmp_path: Path, refs: list[str]) -> Path:
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    return listing
+
+
+def test_save_dir_then_load_into_tls_registry(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    pki: PKI,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
+    refs, stored = corpus(plain_registry, "gap1")
+    archive = tmp_path / "usb" / "tkg"
+    out = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(archive), "-q")
+    assert out.code == 0, out.err
+    files = {p.name for p in (archive / "blobs" / "sha256").iterdir()}
+    assert files == {d.split(":")[1] for d in stored}  # every blob and manifest exactly once
+    assert (archive / "transship" / "plan.yaml").is_file()
+    sums = subprocess.run(["sha256sum", "-c", "--quiet", "transship/SHA256SUMS"], cwd=archive)
+    assert sums.returncode == 0
+    # another OCI tool reads what transship wrote
+    raw = skopeo.run("inspect", "--raw", f"oci:{archive}:gap1/app0:v0").stdout
+    assert raw == skopeo(plain_registry, "gap1/app0:v0")
+
+    dest = make_registry("tls_basic")
+    out = cli(
+        "load",
+        str(archive),
+        "--dest",
+        f"{dest.host}/internal",
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "-q",
+    )
+    assert out.code == 0, out.err
+    for ref in refs:
+        path = ref.split("/", 1)[1]
+        assert skopeo(dest, f"internal/{path}") == skopeo(plain_registry, path)
+    listed = cli("archive", "list", str(archive))
+    assert listed.code == 0 and "gap1/multi" in listed.out
+    verified = cli("archive", "verify", str(archive))
+    assert verified.code == 0 and "0 problem(s)" in verified.out
+
+
+def test_save_tar_read_in_place_and_by_skopeo(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    pki: PKI,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
+    refs, _stored = corpus(plain_registry, "gap2")
+    tar = tmp_path / "tkg.tar"
+    dry = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(tar), "--dry-run")
+    assert dry.code == 0 and "save would write" in dry.err and not tar.exists()
+    out = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(tar), "-q")
+    assert out.code == 0, out.err
+    assert tar.is_file() and not (tmp_path / "tkg.tar.partial").exists()
+    # skopeo looks up OCI-typed entries only (a Docker manifest list is not found by name)
+    raw = skopeo.run("inspect", "--raw", f"oci-archive:{tar}:gap2/app0:v0").stdout
+    assert raw == skopeo(plain_registry, "gap2/app0:v0")
+    dest = make_registry("plain")
+    out = cli("load", str(tar), "--dest", f"{dest.host}/x", "-q")
+    assert out.code == 0, out.err
+    assert skopeo(dest, "x/gap2/app0:v0") == raw
+    assert skopeo(dest, "x/gap2/multi:v1") == skopeo(plain_registry, "gap2/multi:v1")
+
+
+def test_load_a_layout_that_skopeo_wrote(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    index = seed_index(plain_registry, "gap3/multi", "v1", seed=43)
+    layout = tmp_path / "skopeo-layout"
+    skopeo.run(
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        f"docker://{plain_registry.ref('gap3/multi:v1')}",
+        f"oci:{layout}:tkg/multi:v1",
+    )
+    dest = make_registry("plain")
+    out = cli("load", str(layout), "--dest", f"{dest.host}/p", "-q")
+    assert out.code == 0, out.err
+    assert skopeo(dest, "p/tkg/multi:v1") == index.manifest
+
+
+def test_killed_save_resumes_without_downloading_again(
+    plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    refs, stored = corpus(plain_registry, "gap4", layer=4_000_000)
+    archive = tmp_path / "layout"
+    args = [
+        sys.executable,
+        "-m",
+        "transship",
+        "save",
+        "--images",
+        str(write_list(tmp_path, refs)),
+        "-o",
+        str(archive),
+        "-q",
+        "--parallel",
+        "2",
+    ]
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    mark = plain_registry.log_offset()
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
+    blob_dir = archive / "blobs" / "sha256"
+    deadline = time.monotonic() + 30
+    while (
+        time.monotonic() < deadline
+        and len(list(blob_dir.glob("*")) if blob_dir.exists() else []) < 2
+    ):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = {p.name for p in blob_dir.iterdir()}
+    assert kept and len(kept) < len(stored), "the kill came too late to test resume"
+    mark = plain_registry.log_offset()
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    plain_registry.wait_for_log(r"GET /v2/gap4/", since=mark)
+    fetched = {
+        unquote(m.group(1)).split(":")[1]
+        for e in plain_registry.requests("GET", r"/blobs/", since=mark)
+        if (m := re.search(r"/blobs/(sha256[^/?]+)", e.path))
+    }
+    assert not fetched & kept, "a blob already written was downloaded again"
+    assert {p.name for p in blob_dir.iterdir()} == {d.split(":")[1] for d in stored}
+
+
+def test_tampered_blob_is_named_and_nothing_depends_on_it(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    refs, _stored = corpus(plain_registry, "gap5")
+    archive = tmp_path / "layout"
+    assert (
+        cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(archive), "-q").code == 0
+    )
+    # flip a byte in the unique top layer of app0:v0
+    manifest = skopeo.run("inspect", "--raw", f"oci:{archive}:gap5/app0:v0").stdout
+    import json
+
+    layer = json.loads(manifest)["layers"][-1]["digest"].split(":")[1]
+    path = archive / "blobs" / "sha256" / layer
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    verified = cli("archive", "verify", str(archive))
+    assert verified.code == ExitCode.INTEGRITY and layer[:12] in verified.err
+    dest = make_registry("plain")
+    out = cli("load", str(archive), "--dest", f"{dest.host}/t", "-q")
+    assert out.code == ExitCode.PARTIAL
+    assert layer[:12] in out.err and "gap5/app0:v0" in out.err
+    assert not dest.has_blob(f"sha256:{layer}")
+    probe = skopeo.run(
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        f"docker://{dest.ref('t/gap5/app0:v0')}",
+        check=False,
+    )
+    assert probe.returncode != 0  # no manifest was pushed on top of the bad blob
+    assert skopeo(dest, "t/gap5/app1:v1") == skopeo(plain_registry, "gap5/app1:v1")
+
+
+def test_malicious_tar_is_refused(cli: CLI, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        for name in ("oci-layout", "../escape"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    out = cli("load", str(evil), "--dest", "127.0.0.1:9/x")
+    assert out.code == ExitCode.USAGE
+    assert "../escape" in out.error_line
+    assert not (tmp_path.parent / "escape").exists()
