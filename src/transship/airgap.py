@@ -21,6 +21,7 @@ from transship.engine import CopyTask
 from transship.errors import UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import LayoutReader
+from transship.layout.volumes import find_parts_file
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
 from transship.relocate import EndpointFor
@@ -56,6 +57,7 @@ class ArchiveInfo:
 
     prefix: str = ""
     bundle_repositories: frozenset[str] = frozenset()
+    base: str | None = None  # an incremental archive: the archive it was saved on top of
 
     @classmethod
     def for_plan(cls, plan: Plan, prefix: str | None = None) -> ArchiveInfo:
@@ -79,6 +81,7 @@ class ArchiveInfo:
             "format": ARCHIVE_FORMAT,
             "destinationPrefix": self.prefix,
             "bundleRepositories": sorted(self.bundle_repositories),
+            "base": self.base,
         }
         return json.dumps(doc, indent=2) + "\n"
 
@@ -91,7 +94,12 @@ class ArchiveInfo:
             doc = json.loads(raw)
             if doc.get("format") != ARCHIVE_FORMAT:
                 raise ValueError(doc.get("format"))
-            return cls(str(doc["destinationPrefix"]), frozenset(doc["bundleRepositories"]))
+            base = doc.get("base")
+            return cls(
+                str(doc["destinationPrefix"]),
+                frozenset(doc["bundleRepositories"]),
+                str(base) if base else None,
+            )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UsageError(
                 f"{layout.label}: transship/archive.json is not a {ARCHIVE_FORMAT} file"
@@ -135,7 +143,9 @@ def _save_task(
 
 
 def open_archive(path: Path) -> OCILayout | OCILayoutTar:
-    """A layout directory or an uncompressed tar of one, read in place."""
+    """A layout directory, an uncompressed tar of one, or split volumes, read in place."""
+    if find_parts_file(path) is not None:
+        return OCILayoutTar(path)
     if path.is_dir():
         return OCILayout(path, writable=False)
     if path.is_file():
@@ -231,3 +241,4 @@ async def measure(
         if existing is None or not await existing.has_blob("", Digest.parse(digest), size)
     }
     return sum(missing.values()), len(missing), manifests
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ from transship.digest import Digest
 from transship.engine import TaskResult
 from transship.errors import ExitCode, IntegrityError, TransshipError, UsageError
 from transship.fsutil import write_atomic
-from transship.layout import OCILayout, write_tar
+from transship.layout import OCILayout, OCILayoutTar, write_tar
 from transship.layout.reader import LayoutReader
+from transship.layout.volumes import parse_size, split_archive
 from transship.manifest import Manifest
 from transship.progress import human_bytes
 
@@ -53,6 +55,18 @@ PARTIAL_SUFFIX = ".partial"
     help="A layout directory, or FILE.tar (built in FILE.tar.partial/, then packed).",
 )
 @side_options("src", "source")
+@click.option(
+    "--split-size",
+    metavar="SIZE",
+    help="With FILE.tar: cut it into volumes of SIZE (4G, 700M) for removable media.",
+)
+@click.option(
+    "--since",
+    "since",
+    type=click.Path(exists=True, path_type=Path),
+    metavar="OLD_ARCHIVE",
+    help="Incremental: write only blobs OLD_ARCHIVE does not hold (load OLD first).",
+)
 @click.option("--dry-run", is_flag=True, help="Only print the bytes to write and check free disk.")
 @click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
@@ -64,6 +78,8 @@ def save(
     script_file: Path | None,
     dest_prefix: str | None,
     output: Path,
+    split_size: str | None,
+    since: Path | None,
     dry_run: bool,
     parallel: int,
     report: Path | None,
@@ -84,15 +100,23 @@ def save(
         raise UsageError("save needs one of --plan, --images or --script")
     src_settings = side_settings("src", kwargs, parallel)
     is_tar = output.suffix == ".tar"
+    part_size = parse_size(split_size) if split_size else None
+    if part_size and not is_tar:
+        raise UsageError("--split-size needs -o FILE.tar")
+    base = open_archive(since) if since else None
     layout_dir = output.with_name(output.name + PARTIAL_SUFFIX) if is_tar else output
     if is_tar and output.exists() and not layout_dir.exists() and not dry_run:
         raise UsageError(f"{output} exists; remove it or choose another name")
     info = ArchiveInfo.for_plan(plan, prefix)
+    if base is not None:
+        info = replace(info, base=since.name if since else None)
     console = Console(stderr=True)
 
     async def run(sources: RegistryPool, _dests: RegistryPool) -> list[TaskResult]:
         if dry_run:
-            existing = OCILayout(layout_dir, writable=False) if layout_dir.exists() else None
+            existing = OCILayout(layout_dir, writable=False) if layout_dir.exists() else base
+            if existing is not None and base is not None:
+                existing.base = base
             points = source_points(plan, sources.get)
             size, blobs, manifests = await measure(points, existing)
             free = shutil.disk_usage(_existing_parent(layout_dir)).free
@@ -105,6 +129,7 @@ def save(
                 raise UsageError(f"not enough free space at {_existing_parent(layout_dir)}")
             return []
         layout = OCILayout(layout_dir, writable=True)
+        layout.base = base
         try:
             layout.write_extra("archive.json", info.to_json())
             layout.write_extra("plan.yaml", plan.to_yaml())
@@ -113,6 +138,8 @@ def save(
             )
         finally:
             await layout.close()
+            if base is not None:
+                await base.close()
         if any(r.status == "failed" for r in results):
             return results
         sums = checksum_list(
@@ -123,8 +150,12 @@ def save(
         if is_tar:
             blobs = await asyncio.to_thread(write_tar, layout_dir, output)
             shutil.rmtree(layout_dir)
+            written = f"{output} ({blobs} blobs)"
+            if part_size:
+                parts = await asyncio.to_thread(split_archive, output, part_size)
+                written = f"{len(parts)} volumes {parts[0].name}… ({blobs} blobs)"
             if not quiet:
-                console.print(f"wrote {output} ({blobs} blobs)")
+                console.print(f"wrote {written}")
         return results
 
     return execute(run, src_settings, SideSettings(side="dest"))  # no destination registry
@@ -170,6 +201,7 @@ def load(
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
     layout = open_archive(archive)
     info = ArchiveInfo.read(layout)
+    layout.base_name = info.base
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
@@ -206,10 +238,18 @@ def archive_list(archive: Path) -> int:
 def archive_verify(archive: Path) -> int:
     """Re-hash every blob offline and check every manifest's references are present."""
     layout = open_archive(archive)
+    info = ArchiveInfo.read(layout)
     try:
-        problems, blobs, manifests = asyncio.run(_verify_archive(layout))
+        problems = layout.verify_volumes() if isinstance(layout, OCILayoutTar) else []
+        found, blobs, manifests = asyncio.run(_verify_archive(layout))
+        problems += found
     finally:
         asyncio.run(layout.close())
+    if info.base:
+        in_base = [p for p in problems if p.endswith("is missing")]
+        problems = [p for p in problems if not p.endswith("is missing")]
+        if in_base:
+            print(f"{len(in_base)} blobs are expected from the base archive {info.base}")
     for problem in problems:
         print(f"transship: {problem}", file=sys.stderr)
     corrupt = any("does not match" in p or "bytes" in p for p in problems)

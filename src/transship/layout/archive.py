@@ -14,7 +14,7 @@ import io
 import os
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,6 +33,7 @@ from transship.layout.index import (
     check_layout_file,
 )
 from transship.layout.reader import CHUNK, BlobFile, LayoutReader
+from transship.layout.volumes import Volumes, find_parts_file
 from transship.manifest import Descriptor, Manifest
 
 MAX_MEMBERS = 1_000_000
@@ -49,8 +50,8 @@ _COMPRESSED = {
 class _TarBlob:
     """A member's bytes: `pread` at an absolute offset, so concurrent readers never interfere."""
 
-    def __init__(self, fd: int, offset: int, size: int) -> None:
-        self._fd = fd
+    def __init__(self, pread: Callable[[int, int], bytes], offset: int, size: int) -> None:
+        self._pread = pread
         self._offset = offset
         self._pos = 0
         self.size = size
@@ -59,7 +60,7 @@ class _TarBlob:
         n = min(n, self.size - self._pos)
         if n <= 0:
             return b""
-        data = os.pread(self._fd, n, self._offset + self._pos)
+        data = self._pread(n, self._offset + self._pos)
         if not data:
             raise LayoutError(f"archive ends inside a member (at offset {self._offset})")
         self._pos += len(data)
@@ -69,12 +70,14 @@ class _TarBlob:
         pass
 
 
-def scan_tar(path: Path, file_size: int) -> dict[str, tuple[int, int]]:
+def scan_tar(
+    path: Path, file_size: int, fileobj: BinaryIO | None = None
+) -> dict[str, tuple[int, int]]:
     """Regular files by normalised name → (data offset, size); refuses anything unsafe."""
     files: dict[str, tuple[int, int]] = {}
     seen: set[str] = set()
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with tarfile.open(path if fileobj is None else None, mode="r:", fileobj=fileobj) as tar:
             for count, info in enumerate(tar):
                 if count >= MAX_MEMBERS:
                     raise UnsafeArchiveError(f"{path}: more than {MAX_MEMBERS} members")
@@ -130,30 +133,56 @@ class OCILayoutTar(LayoutReader):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.label = f"oci-archive:{self.path}"
+        self._volumes: Volumes | None = None
+        self._fd = -1
         try:
-            self._fd = os.open(self.path, os.O_RDONLY)
+            parts_file = find_parts_file(self.path)
+            if parts_file is not None:
+                self._volumes = Volumes(parts_file)
+            else:
+                self._fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
             raise io_error(f"{self.label}: opening archive", exc) from None
         try:
             self._blobs, self._index = self._load()
         except OSError as exc:
-            os.close(self._fd)
+            self._release()
             raise io_error(f"{self.label}: reading archive", exc) from None
         except BaseException:
-            os.close(self._fd)
+            self._release()
             raise
         self._closed = False
 
+    def _pread(self, n: int, offset: int) -> bytes:
+        if self._volumes is not None:
+            return self._volumes.pread(n, offset)
+        return os.pread(self._fd, n, offset)
+
+    def _release(self) -> None:
+        if self._volumes is not None:
+            self._volumes.close()
+        elif self._fd >= 0:
+            os.close(self._fd)
+
+    def verify_volumes(self) -> list[str]:
+        """Re-hash split volumes against their list (nothing to do for a single tar)."""
+        return self._volumes.verify() if self._volumes is not None else []
+
     def _load(self) -> tuple[dict[Digest, tuple[int, int]], LayoutIndex]:
-        size = os.fstat(self._fd).st_size
-        head = os.pread(self._fd, 8, 0)
+        if self._volumes is not None:
+            size = self._volumes.size
+            reader: BinaryIO | None = io.BufferedReader(self._volumes.reader(), CHUNK)
+        else:
+            size = os.fstat(self._fd).st_size
+            reader = None
+        head = self._pread(8, 0)
         for magic, kind in _COMPRESSED.items():
             if head.startswith(magic):
                 raise LayoutError(
                     f"{self.label}: {kind}-compressed; transship reads tar archives in place, "
                     "decompress it first"
                 )
-        files = scan_tar(self.path, size)
+        files = scan_tar(self.path, size, reader)
         self._extras = {
             name.removeprefix(f"{EXTRA_DIR}/"): where
             for name, where in files.items()
@@ -180,7 +209,7 @@ class OCILayoutTar(LayoutReader):
         offset, size = found
         if size > limit:
             raise LayoutError(f"{self.label}: {name} is over {limit} bytes")
-        return _TarBlob(self._fd, offset, size).read(size)
+        return _TarBlob(self._pread, offset, size).read(size)
 
     def read_extra(self, name: str) -> bytes | None:
         found = self._extras.get(name)
@@ -189,7 +218,7 @@ class OCILayoutTar(LayoutReader):
         offset, size = found
         if size > MAX_EXTRA_BYTES:
             raise LayoutError(f"{self.label}: {EXTRA_DIR}/{name} is over {MAX_EXTRA_BYTES} bytes")
-        return _TarBlob(self._fd, offset, size).read(size)
+        return _TarBlob(self._pread, offset, size).read(size)
 
     def _blob_size(self, digest: Digest) -> int | None:
         found = self._blobs.get(digest)
@@ -197,7 +226,7 @@ class OCILayoutTar(LayoutReader):
 
     def _open_blob_file(self, digest: Digest) -> BlobFile | None:
         found = self._blobs.get(digest)
-        return _TarBlob(self._fd, *found) if found else None
+        return _TarBlob(self._pread, *found) if found else None
 
     async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
         raise LayoutError(f"{self.label} is read-only; save into a layout directory instead")
@@ -210,7 +239,7 @@ class OCILayoutTar(LayoutReader):
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            os.close(self._fd)
+            self._release()
 
 
 class _HashingReader(io.RawIOBase):

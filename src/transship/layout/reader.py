@@ -35,6 +35,9 @@ class LayoutReader:
 
     label: str
     _index: LayoutIndex
+    #: an incremental archive: blobs that live in this base archive (read or written)
+    base: LayoutReader | None = None
+    base_name: str | None = None
 
     def entries(self) -> list[tuple[str, str, Descriptor]]:
         """Every (repository, tag, descriptor) the layout names."""
@@ -139,9 +142,15 @@ class LayoutReader:
     # -- blobs ------------------------------------------------------------------------------
 
     async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:
-        """One store for every repository; `size`, when given, must match too."""
+        """One store for every repository; `size`, when given, must match too.
+
+        Saving on top of a base archive, a blob the base holds counts as present: the
+        increment then carries only what the base lacks.
+        """
         found = self._blob_size(digest)
-        return found is not None and (size is None or found == size)
+        if found is not None and (size is None or found == size):
+            return True
+        return self.base is not None and await self.base.has_blob(repository, digest, size)
 
     async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
         """Every repository shares the store: present is mounted."""
@@ -157,6 +166,11 @@ class LayoutReader:
         except OSError as exc:
             raise io_error(where, exc) from None
         if handle is None:
+            if self.base_name:
+                raise NotFoundError(
+                    f"{where} not found: this archive is incremental on top of "
+                    f"{self.base_name}; load that archive into the registry first"
+                )
             raise NotFoundError(f"{where} not found")
         try:
             if handle.size != descriptor.size:
