@@ -15,10 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import aiohttp  # noqa: E402
-from harness.registry import RegistryProcess  # noqa: E402
-from harness.seed import SeedClient  # noqa: E402
-from harness.seed import sha256_digest  # noqa: E402
+import aiohttp
+from harness.registry import RegistryProcess
+from harness.seed import (
+    SeedClient,
+    sha256_digest,
+)
 
 SIZE = 256 * 1024 * 1024
 HEADS = 2000

@@ -1,7 +1,9 @@
 """From a plan to copy tasks, in the order a destination must receive them.
 
 Images and indexes first, bundles last: imgpkg and kapp-controller read a bundle's referenced
-images from the bundle's repository, so a bundle tag must never exist before they do.
+images from the bundle's repository, so a bundle tag must never exist before they do. A bundle's
+ImageLocations record (generated in memory, `transship.generated`) comes after the bundle: imgpkg
+trusts it without checking, so it must only appear once everything it vouches for is there.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ import yaml
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask, TaskResult
 from transship.fsutil import write_atomic
+from transship.generated import image_locations_endpoint
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
 
 EndpointFor = Callable[[str], Endpoint]
+
+
+def source_endpoint(entry: PlanEntry, source_for: EndpointFor) -> Endpoint:
+    """Where an entry is read from: its registry, or memory for images transship generates."""
+    if entry.kind == EntryKind.IMAGE_LOCATIONS:
+        return image_locations_endpoint(entry.locations)
+    return source_for(Reference.parse(entry.source).registry)
 
 
 def task_for(entry: PlanEntry, source_for: EndpointFor, dest_for: EndpointFor) -> CopyTask:
@@ -27,7 +37,7 @@ def task_for(entry: PlanEntry, source_for: EndpointFor, dest_for: EndpointFor) -
     identifier = str(entry.source_digest) if entry.source_digest else src.identifier
     shown_tags = ",".join(entry.tags) if entry.tags else str(entry.source_digest or "")
     return CopyTask(
-        source=source_for(src.registry),
+        source=source_endpoint(entry, source_for),
         source_repository=src.repository,
         source_identifier=identifier,
         dest=dest_for(dest.registry),
@@ -41,9 +51,11 @@ def task_for(entry: PlanEntry, source_for: EndpointFor, dest_for: EndpointFor) -
 
 def phases(plan: Plan) -> list[list[PlanEntry]]:
     """Entries grouped so that each group may run only after the previous one finished."""
-    first = [e for e in plan.entries if e.kind != EntryKind.BUNDLE]
-    last = [e for e in plan.entries if e.kind == EntryKind.BUNDLE]
-    return [group for group in (first, last) if group]
+    later = (EntryKind.BUNDLE, EntryKind.IMAGE_LOCATIONS)
+    first = [e for e in plan.entries if e.kind not in later]
+    bundles = [e for e in plan.entries if e.kind == EntryKind.BUNDLE]
+    records = [e for e in plan.entries if e.kind == EntryKind.IMAGE_LOCATIONS]
+    return [group for group in (first, bundles, records) if group]
 
 
 def write_images_lock(path: Path, results: Sequence[TaskResult]) -> None:

@@ -1,7 +1,10 @@
 """Planning: work out every image a release needs and where each goes, before copying.
 
-This package is offline: it reads files (TKG/TKR BOMs, compatibility documents, image lists,
-the vendor scripts' output, saved plans) and never talks to a registry.
+What is exported here is offline: it reads files (TKG/TKR BOMs, compatibility documents, image
+lists, the vendor scripts' output, saved plans) and never talks to a registry. The
+registry-facing steps live in their own modules and reach registries only through an `Endpoint`:
+`transship.plan.resolve` (digests, sizes, bundle detection and expansion) and
+`transship.plan.tkgregistry` (a TKG release read from a registry, as TKG reads it).
 """
 
 from transship.plan._yaml import read_text
