@@ -295,3 +295,54 @@ def test_incremental_archive_chain(
     for ref in refs:
         path = ref.split("/", 1)[1]
         assert skopeo(dest, f"i/{path}") == skopeo(plain_registry, path)
+
+
+def test_bundles_cross_the_gap_in_order(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """A resolved plan with a nested bundle: save, then load keeps imgpkg's order and tags."""
+    from test_bundles import Corpus
+
+    corpus = Corpus(plain_registry, "gap8", 760)
+    plan_file = tmp_path / "plan.yaml"
+    out = cli(
+        "plan",
+        "images",
+        str(write_list(tmp_path, [corpus.root_ref])),
+        "--dest",
+        "harbor.example/mirror",
+        "-o",
+        str(plan_file),
+        "-q",
+    )
+    assert out.code == 0, out.err
+    archive = tmp_path / "bundles.tar"
+    out = cli(
+        "save",
+        "--plan",
+        str(plan_file),
+        "--dest",
+        "harbor.example/mirror",
+        "-o",
+        str(archive),
+        "-q",
+    )
+    assert out.code == 0, out.err
+    dest = make_registry("plain")
+    out = cli("load", str(archive), "--dest", f"{dest.host}/air", "-q")
+    assert out.code == 0, out.err
+    repo = f"air/{corpus.repo_path}"
+    dest.wait_for_log(r"PUT /v2/\S+/manifests/sha256-[0-9a-f]+\.image-locations\.imgpkg")
+    puts = [
+        e.path.rsplit("/", 1)[1]
+        for e in dest.access_log()
+        if e.method == "PUT" and "/manifests/" in e.path
+    ]
+    bundle_tag_at = puts.index("v1.5.3")
+    for item in (corpus.package, corpus.contour_image, corpus.envoy):
+        assert puts.index(f"sha256-{item.digest[7:]}.imgpkg") < bundle_tag_at
+    records = [i for i, p in enumerate(puts) if p.endswith(".image-locations.imgpkg")]
+    assert records and min(records) > bundle_tag_at
+    assert skopeo(dest, f"{repo}:v1.5.3") == corpus.root.manifest
+    tags = set(SeedClient.for_registry(dest).list_tags(repo))
+    assert f"sha256-{corpus.root.digest[7:]}.image-locations.imgpkg" in tags

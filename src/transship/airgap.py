@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transship.digest import Digest
@@ -22,9 +22,9 @@ from transship.errors import UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import find_parts_file
-from transship.plan.model import EntryKind, Plan, PlanEntry
+from transship.plan.model import Plan, PlanEntry
 from transship.reference import Reference
-from transship.relocate import EndpointFor
+from transship.relocate import EndpointFor, phases, source_endpoint
 
 ARCHIVE_FORMAT = "transship-archive/v1"
 #: a tag standing for "no tag": digest-only entries must still be named in index.json
@@ -56,7 +56,8 @@ class ArchiveInfo:
     """What `transship/archive.json` says; absent for layouts written by other tools."""
 
     prefix: str = ""
-    bundle_repositories: frozenset[str] = frozenset()
+    #: "repository:tag" → the plan phase it belongs to (0, the default, is omitted)
+    phase_of: dict[str, int] = field(default_factory=dict)
     base: str | None = None  # an incremental archive: the archive it was saved on top of
 
     @classmethod
@@ -69,18 +70,19 @@ class ArchiveInfo:
                 raise UsageError(
                     f"plan entry {entry.source} goes to {entry.destination}, not under {prefix}"
                 )
-        bundles = frozenset(
-            relative_repository(e.destination, prefix)
-            for e in plan.entries
-            if e.kind == EntryKind.BUNDLE
-        )
-        return cls(prefix, bundles)
+        phase_of = {}
+        for number, group in enumerate(phases(plan)):
+            for entry in group if number else ():
+                repository = relative_repository(entry.destination, prefix)
+                for tag in archive_tags(entry):
+                    phase_of[f"{repository}:{tag}"] = number
+        return cls(prefix, phase_of)
 
     def to_json(self) -> str:
         doc = {
             "format": ARCHIVE_FORMAT,
             "destinationPrefix": self.prefix,
-            "bundleRepositories": sorted(self.bundle_repositories),
+            "phases": dict(sorted(self.phase_of.items())),
             "base": self.base,
         }
         return json.dumps(doc, indent=2) + "\n"
@@ -95,27 +97,28 @@ class ArchiveInfo:
             if doc.get("format") != ARCHIVE_FORMAT:
                 raise ValueError(doc.get("format"))
             base = doc.get("base")
-            return cls(
-                str(doc["destinationPrefix"]),
-                frozenset(doc["bundleRepositories"]),
-                str(base) if base else None,
-            )
+            phase_of = {str(k): int(v) for k, v in dict(doc["phases"]).items()}
+            return cls(str(doc["destinationPrefix"]), phase_of, str(base) if base else None)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UsageError(
                 f"{layout.label}: transship/archive.json is not a {ARCHIVE_FORMAT} file"
             ) from None
 
 
+def archive_tags(entry: PlanEntry) -> tuple[str, ...]:
+    """Tags inside an archive: digest-only entries get `sha256-<hex>` so index.json names them."""
+    if entry.tags:
+        return entry.tags
+    if entry.source_digest is None:
+        raise UsageError(f"{entry.source}: an untagged entry needs a digest")
+    return (f"sha256-{entry.source_digest.hex}",)
+
+
 def save_tasks(
     plan: Plan, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout
 ) -> list[list[CopyTask]]:
-    """Plan entries as tasks into the layout, bundles in a second phase."""
-    first: list[CopyTask] = []
-    last: list[CopyTask] = []
-    for entry in plan.entries:
-        task = _save_task(entry, info, source_for, layout)
-        (last if entry.kind == EntryKind.BUNDLE else first).append(task)
-    return [group for group in (first, last) if group]
+    """Plan entries as tasks into the layout, in the plan's phases."""
+    return [[_save_task(e, info, source_for, layout) for e in group] for group in phases(plan)]
 
 
 def _save_task(
@@ -123,14 +126,10 @@ def _save_task(
 ) -> CopyTask:
     src = Reference.parse(entry.source)
     repository = relative_repository(entry.destination, info.prefix)
-    tags = entry.tags
-    if not tags:
-        if entry.source_digest is None:
-            raise UsageError(f"{entry.source}: an untagged entry needs a digest")
-        tags = (f"sha256-{entry.source_digest.hex}",)
+    tags = archive_tags(entry)
     identifier = str(entry.source_digest) if entry.source_digest else src.identifier
     return CopyTask(
-        source=source_for(src.registry),
+        source=source_endpoint(entry, source_for),
         source_repository=src.repository,
         source_identifier=identifier,
         dest=layout,
@@ -161,12 +160,14 @@ def load_tasks(
     if not root:
         raise UsageError(f"{layout.label}: no destination known; pass --dest REGISTRY/PROJECT")
     grouped: dict[tuple[str, str], list[str]] = {}
+    phase: dict[tuple[str, str], int] = {}
     for repository, tag, descriptor in layout.entries():
-        tags = grouped.setdefault((repository, str(descriptor.digest)), [])
+        key = (repository, str(descriptor.digest))
+        tags = grouped.setdefault(key, [])
+        phase[key] = max(phase.get(key, 0), info.phase_of.get(f"{repository}:{tag}", 0))
         if not _DIGEST_TAG.match(tag):
             tags.append(tag)
-    first: list[CopyTask] = []
-    last: list[CopyTask] = []
+    groups: dict[int, list[CopyTask]] = {}
     for (repository, digest), tags in sorted(grouped.items()):
         if not repository:
             raise UsageError(
@@ -185,8 +186,8 @@ def load_tasks(
             source_label=f"{layout.label}:{repository}@{digest}",
             dest_label=f"{dest.name}:{','.join(sorted(tags))}" if tags else dest.name,
         )
-        (last if repository in info.bundle_repositories else first).append(task)
-    return [group for group in (first, last) if group]
+        groups.setdefault(phase[(repository, digest)], []).append(task)
+    return [groups[n] for n in sorted(groups)]
 
 
 def checksum_list(layout_dir: Path, names: Sequence[str]) -> str:
@@ -210,7 +211,7 @@ def source_points(plan: Plan, source_for: EndpointFor) -> list[tuple[Endpoint, s
     for entry in plan.entries:
         src = Reference.parse(entry.source)
         identifier = str(entry.source_digest) if entry.source_digest else src.identifier
-        points.append((source_for(src.registry), src.repository, identifier))
+        points.append((source_endpoint(entry, source_for), src.repository, identifier))
     return points
 
 
@@ -241,4 +242,3 @@ async def measure(
         if existing is None or not await existing.has_blob("", Digest.parse(digest), size)
     }
     return sum(missing.values()), len(missing), manifests
-

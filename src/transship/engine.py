@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.errors import (
+    DependencyError,
     IntegrityError,
     NotFoundError,
     RetryableError,
@@ -136,6 +137,35 @@ class CopyEngine:
     async def run(self, tasks: Iterable[CopyTask]) -> list[TaskResult]:
         """Run every task; one failing task never stops the others."""
         return list(await asyncio.gather(*(self._run_task(t) for t in tasks)))
+
+    async def run_phases(self, phases: Sequence[Sequence[CopyTask]]) -> list[TaskResult]:
+        """Run groups in order. A task is not attempted when an earlier group failed for the
+        same destination repository: a bundle must not be tagged, nor its ImageLocations
+        written, over referenced images that did not land (imgpkg trusts both blindly)."""
+        results: list[TaskResult] = []
+        failed: set[tuple[int, str]] = set()
+        for tasks in phases:
+            runnable = []
+            for task in tasks:
+                if (id(task.dest), task.dest_repository) in failed:
+                    skipped = TaskResult(
+                        task,
+                        "failed",
+                        error=DependencyError(
+                            f"{task.dest_label or task.label}: not pushed, because an image it "
+                            f"depends on in {task.dest_repository} failed"
+                        ),
+                    )
+                    self.observer.task_finished(skipped)
+                    results.append(skipped)
+                else:
+                    runnable.append(task)
+            done = await self.run(runnable)
+            failed |= {
+                (id(r.task.dest), r.task.dest_repository) for r in done if r.status == "failed"
+            }
+            results += done
+        return results
 
     async def _run_task(self, task: CopyTask) -> TaskResult:
         async with self._images:

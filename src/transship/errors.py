@@ -116,3 +116,9 @@ class UnsupportedMediaTypeError(UsageError):
     """A manifest we refuse to copy, such as Docker schema 1."""
 
     exit_code = ExitCode.REGISTRY
+
+
+class DependencyError(TransshipError):
+    """Not attempted: content it depends on failed earlier in the same run."""
+
+    exit_code = ExitCode.PARTIAL

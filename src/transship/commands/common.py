@@ -176,10 +176,8 @@ async def run_engine(
         observer = LogObserver(total, quiet=quiet)
     engine = CopyEngine(EngineOptions(parallel_images=parallel), observer)
     start = time.monotonic()
-    results: list[TaskResult] = []
     with observer:
-        for tasks in task_phases:
-            results += await engine.run(tasks)
+        results = await engine.run_phases(task_phases)
     seconds = time.monotonic() - start
     if report is not None:
         write_report(report, results, seconds)

@@ -178,3 +178,12 @@ def describe_certificate(cert: x509.Certificate) -> PeerCertificate:
         not_after=cert.not_valid_after_utc.isoformat(),
         self_signed=cert.issuer == cert.subject,
     )
+
+
+def refuse_private_key(bundle: CABundle) -> None:
+    """A CA that travels into TKG settings must never carry a key: it would reach every node."""
+    if b"PRIVATE KEY-----" in bundle.pem:
+        raise CertificateError(
+            f"{bundle.origin} contains a private key; give only the CA certificate "
+            "(the key must never leave the CA)"
+        )
