@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from transship.errors import UsageError
 
 
@@ -15,4 +17,7 @@ class UnsafeArchiveError(LayoutError):
 
 def io_error(where: str, exc: OSError) -> LayoutError:
     """One line naming what failed, without a traceback: `oci:/x: cannot write blob: No space`."""
-    return LayoutError(f"{where}: {exc.strerror or exc}")
+    hint = None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some space and run the same command again: what was written is kept"
+    return LayoutError(f"{where}: {exc.strerror or exc}", hint=hint)
