@@ -20,6 +20,7 @@ from transship.errors import (
     DependencyError,
     IntegrityError,
     NotFoundError,
+    RegistryError,
     RetryableError,
     TransshipError,
     UsageError,
@@ -28,7 +29,11 @@ from transship.manifest import Descriptor, Manifest, Platform
 
 log = logging.getLogger("transship.engine")
 
-SMALL_BLOB = 1024 * 1024  # configs and tiny layers get their own lane
+SMALL_BLOB = 1024 * 1024
+#: a manifest PUT refused for content that should be there: worth one more look
+_CONTENT_RACE_CODES = frozenset(
+    {"BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN", "DIGEST_INVALID"}
+)  # configs and tiny layers get their own lane
 MAX_INDEX_DEPTH = 4
 
 Status = Literal["copied", "skipped", "failed"]
@@ -194,9 +199,41 @@ class CopyEngine:
             return "skipped", manifest.digest
         await self._copy_manifest(task, manifest, depth=0, seen=frozenset())
         for tag in tags:
-            await task.dest.put_manifest(task.dest_repository, manifest, tag)
-            self.stats.manifests_pushed += 1
+            await self._push_manifest(task, manifest, tag)
         return "copied", manifest.digest
+
+    async def _push_manifest(self, task: CopyTask, manifest: Manifest, tag: str | None) -> None:
+        """PUT a manifest; if the registry says content it needs is unknown, check and retry.
+
+        With another writer pushing the same blobs at the same moment, distribution can
+        briefly report a blob we just HEADed or mounted as unknown (seen with two transship
+        processes on overlapping plans). The content is verified again before each retry.
+        """
+        for attempt in range(1, 4):
+            try:
+                await task.dest.put_manifest(task.dest_repository, manifest, tag)
+                self.stats.manifests_pushed += 1
+                return
+            except RegistryError as exc:
+                if attempt == 3 or not set(exc.codes) & _CONTENT_RACE_CODES:
+                    raise
+                self.stats.retries += 1
+                await asyncio.sleep(self.options.retry_base * attempt)
+                await self._recheck(task, manifest)
+
+    async def _recheck(self, task: CopyTask, manifest: Manifest) -> None:
+        """HEAD what `manifest` references at the destination; send again what is missing."""
+        sink = self._sink(task.dest)
+        for child in manifest.manifests:
+            found = await task.dest.head_manifest(task.dest_repository, str(child.digest))
+            if found is None:
+                sink.manifests.pop((task.dest_repository, child.digest), None)
+                await self._copy_child(task, child, 1, frozenset({manifest.digest}))
+        for blob in manifest.blobs():
+            if not blob.urls and not await task.dest.has_blob(
+                task.dest_repository, blob.digest, blob.size
+            ):
+                await self._transfer(task, blob)
 
     async def _dest_has(
         self, dest: Endpoint, repository: str, digest: Digest, tags: tuple[str, ...]
@@ -249,8 +286,7 @@ class CopyEngine:
                 *(self._ensure_blob(task, blob) for blob in manifest.blobs() if not blob.urls)
             )
         if not task.dest_tags or depth > 0:
-            await task.dest.put_manifest(task.dest_repository, manifest, None)
-            self.stats.manifests_pushed += 1
+            await self._push_manifest(task, manifest, None)
 
     async def _copy_child(
         self, task: CopyTask, child: Descriptor, depth: int, seen: frozenset[Digest]

@@ -93,9 +93,17 @@ class RegistryError(TransshipError):
 
     exit_code = ExitCode.REGISTRY
 
-    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        hint: str | None = None,
+        codes: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+        self.codes = codes  # distribution error codes, e.g. MANIFEST_BLOB_UNKNOWN
 
 
 class RetryableError(RegistryError):

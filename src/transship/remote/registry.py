@@ -73,7 +73,9 @@ async def registry_error(resp: aiohttp.ClientResponse, what: str) -> Exception:
         return PermissionDeniedError(f"{what}: permission denied{suffix}")
     if status in (429,) or status >= 500:
         return RetryableError(f"{what}: registry answered {status}{suffix}", status=status)
-    return RegistryError(f"{what}: registry answered {status}{suffix}", status=status)
+    return RegistryError(
+        f"{what}: registry answered {status}{suffix}", status=status, codes=tuple(codes)
+    )
 
 
 class Registry:
