@@ -116,3 +116,23 @@ def make_registry(
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
     """`skopeo(registry, "repo:tag") -> bytes` (inspect --raw), plus `.run(*args)`."""
     return Skopeo.create(tmp_path_factory.mktemp("skopeo"))
+
+
+@pytest.fixture
+def make_fault_proxy() -> Iterator[Callable[..., Any]]:
+    """Factory for fault-injecting proxies (`harness.faultproxy`), stopped after the test:
+    `make_fault_proxy(registry, *faults, seed=0, **kw) -> FaultProxy`, already started, in front
+    of `registry` (plain HTTP towards the client; trusts the registry's CA upstream)."""
+    from harness.faultproxy import FaultProxy
+
+    proxies: list[FaultProxy] = []
+
+    def make(registry: RegistryProcess, *faults: Any, seed: int = 0, **kw: Any) -> FaultProxy:
+        kw.setdefault("max_lifetime", 300)
+        proxy = FaultProxy.for_registry(registry, faults, seed=seed, **kw).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()

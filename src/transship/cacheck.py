@@ -310,7 +310,7 @@ async def _not_tls(target: Target, reason: str, timeout: float) -> CheckResult:
         target,
         Verdict.PLAIN_HTTP,
         "speaks plain HTTP, not TLS: TKG and the container runtimes on the nodes need HTTPS",
-        hint="configure TLS on the registry (or the port of its HTTPS listener)",
+        hint="enable TLS on the registry, or give the port of its HTTPS listener",
     )
     if status in (200, 401):
         what = "a registry" + (" (asks for credentials)" if status == 401 else "")

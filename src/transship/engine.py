@@ -30,6 +30,8 @@ from transship.manifest import Descriptor, Manifest, Platform
 log = logging.getLogger("transship.engine")
 
 SMALL_BLOB = 1024 * 1024
+#: an upload the registry refused as damaged in transit or lost: send it again
+_UPLOAD_RETRY_CODES = frozenset({"DIGEST_INVALID", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"})
 #: a manifest PUT refused for content that should be there: worth one more look
 _CONTENT_RACE_CODES = frozenset(
     {"BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN", "DIGEST_INVALID"}
@@ -183,14 +185,41 @@ class CopyEngine:
             except TransshipError as exc:
                 log.debug("task %s failed", task.label, exc_info=True)
                 result = TaskResult(task, "failed", error=exc)
+            except Exception as exc:  # a bug or an unforeseen error: fail this task, not the run
+                log.warning("task %s failed unexpectedly", task.label, exc_info=True)
+                result = TaskResult(
+                    task, "failed", error=RegistryError(f"{task.label}: unexpected {exc!r}")
+                )
             result.seconds = time.monotonic() - start
             result.bytes_sent = self.stats.bytes_uploaded - before
             self.observer.task_finished(result)
             return result
 
+    async def _fetch_manifest(self, task: CopyTask, identifier: str) -> Manifest:
+        """GET a source manifest, retrying a cut or corrupted answer a bounded number of times."""
+        attempt = 0
+        while True:
+            try:
+                return await task.source.get_manifest(task.source_repository, identifier)
+            except (RetryableError, IntegrityError) as exc:
+                attempt += 1
+                # An HTTP status was already retried by the transport; what is left worth
+                # another GET is a body cut short or corrupted on the way.
+                answered = isinstance(exc, RetryableError) and exc.status is not None
+                if answered or attempt >= self.options.blob_attempts:
+                    raise
+                self.stats.retries += 1
+                await asyncio.sleep(self._retry_delay(attempt, exc))
+
+    def _retry_delay(self, attempt: int, exc: Exception) -> float:
+        delay: float = self.options.retry_base * (2 ** (attempt - 1))
+        if isinstance(exc, RetryableError) and exc.retry_after:
+            delay = max(delay, min(exc.retry_after, 120.0))
+        return delay
+
     async def copy_one(self, task: CopyTask) -> tuple[Status, Digest]:
         """Copy one task's manifest graph; 'skipped' when the destination already has it."""
-        manifest = await task.source.get_manifest(task.source_repository, task.source_identifier)
+        manifest = await self._fetch_manifest(task, task.source_identifier)
         if task.platforms and manifest.is_index:
             manifest = await self._pick_platform(task, manifest)
         tags = task.dest_tags
@@ -263,7 +292,7 @@ class CopyEngine:
                 f"{task.source_label or task.label}: platform {wanted} matches {len(matches)} "
                 "manifests; name one platform (os/arch/variant), or omit --platform to copy all"
             )
-        return await task.source.get_manifest(task.source_repository, str(matches[0].digest))
+        return await self._fetch_manifest(task, str(matches[0].digest))
 
     async def _copy_manifest(
         self, task: CopyTask, manifest: Manifest, depth: int, seen: frozenset[Digest]
@@ -306,7 +335,7 @@ class CopyEngine:
         if found is not None and found.digest == child.digest:
             self.stats.manifests_present += 1
             return
-        manifest = await task.source.get_manifest(task.source_repository, str(child.digest))
+        manifest = await self._fetch_manifest(task, str(child.digest))
         await self._copy_manifest(task, manifest, depth, seen)
 
     # -- blobs ------------------------------------------------------------------------------
@@ -369,16 +398,18 @@ class CopyEngine:
                 try:
                     await self._stream(task, blob)
                     return
-                except (RetryableError, IntegrityError) as exc:
+                except (RetryableError, IntegrityError, RegistryError) as exc:
                     attempt += 1
-                    if attempt >= self.options.blob_attempts:
+                    transient = (
+                        not isinstance(exc, RegistryError)
+                        or isinstance(exc, RetryableError)
+                        or bool(set(exc.codes) & _UPLOAD_RETRY_CODES)
+                    )
+                    if not transient or attempt >= self.options.blob_attempts:
                         raise
                     self.stats.retries += 1
-                    delay = self.options.retry_base * (2 ** (attempt - 1))
-                    if isinstance(exc, RetryableError) and exc.retry_after:
-                        delay = max(delay, min(exc.retry_after, 120.0))
                     log.info("retrying blob %s after: %s", blob.digest.short, exc)
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(self._retry_delay(attempt, exc))
 
     async def _stream(self, task: CopyTask, blob: Descriptor) -> None:
         self.observer.blob_started(blob)

@@ -114,16 +114,15 @@ class Registry:
                 raise IntegrityError(
                     f"{where}: manifest is {length} bytes, over the {MAX_MANIFEST_BYTES} limit"
                 )
-            raw = await resp.content.read(MAX_MANIFEST_BYTES + 1)
-            while len(raw) <= MAX_MANIFEST_BYTES:
-                more = await resp.content.read(MAX_MANIFEST_BYTES + 1 - len(raw))
-                if not more:
-                    break
-                raw += more
+            try:
+                raw = await _read_bounded(resp, MAX_MANIFEST_BYTES + 1)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+                raise RetryableError(f"{where}: manifest download interrupted") from None
+            if length is not None and len(raw) != length:
+                raise RetryableError(f"{where}: manifest body cut short ({len(raw)} of {length})")
             content_type = resp.headers.get("Content-Type")
             header_digest = resp.headers.get("Docker-Content-Digest")
         self._count("manifests_get")
-        manifest = Manifest.parse(raw, content_type, where)
         if requested is not None:
             actual = Digest.of(raw, requested.algorithm)
             if actual != requested:
@@ -140,7 +139,7 @@ class Registry:
                     f"{where}: manifest bytes do not match the registry's "
                     f"Docker-Content-Digest {claimed.short}"
                 )
-        return manifest
+        return Manifest.parse(raw, content_type, where)  # only bytes whose digest checked out
 
     async def head_manifest(self, repository: str, identifier: str) -> Descriptor | None:
         async with self.transport.request(
@@ -280,10 +279,17 @@ class Registry:
         hasher = Hasher(descriptor.digest, descriptor.size)
 
         async def hashed() -> AsyncIterator[bytes]:
+            # Each chunk is sent only when the next one has arrived, and the last only after
+            # the whole stream verified: a bad blob never reaches the registry complete.
+            held: bytes | None = None
             async for chunk in chunks:
                 hasher.update(chunk)
-                yield chunk
+                if held is not None:
+                    yield held
+                held = chunk
             hasher.verify("blob")  # raising here aborts the request: nothing is committed
+            if held is not None:
+                yield held
 
         if descriptor.size > self.options.chunk_size:
             location = await self._patch_chunks(repository, location, hashed(), descriptor, where)
@@ -376,10 +382,26 @@ class Registry:
                     return tags
                 if resp.status != 200:
                     raise await registry_error(resp, f"listing tags of {self.host}/{repository}")
-                doc = await resp.json(content_type=None)
+                try:
+                    doc = await resp.json(content_type=None)
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ValueError):
+                    raise RetryableError(
+                        f"listing tags of {self.host}/{repository}: bad body"
+                    ) from None
                 tags += [str(t) for t in (doc.get("tags") or [])]
                 path = _next_link(resp.headers.get("Link"), str(resp.url))
         return tags
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Read a body up to `limit` bytes (a manifest is never allowed to be larger)."""
+    raw = b""
+    while len(raw) < limit:
+        more = await resp.content.read(limit - len(raw))
+        if not more:
+            break
+        raw += more
+    return raw
 
 
 def _with_digest(location: str, digest: Digest) -> str:

@@ -197,7 +197,7 @@ class Transport:
                     ) from exc
                 if attempt >= self.options.retries:
                     raise UnreachableError(f"cannot reach {self.host}: {exc}") from None
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 if attempt >= self.options.retries or isinstance(
                     exc, aiohttp.ClientConnectorDNSError
                 ):
@@ -299,8 +299,8 @@ class Transport:
                 self.requests_sent += 1
                 body = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise UnreachableError(
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise RetryableError(
                 f"cannot reach the token service of {self.host} ({realm}): {_describe(exc)}"
             ) from None
         if status in (401, 403):

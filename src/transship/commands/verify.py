@@ -1,0 +1,151 @@
+"""`transship verify`: is everything a plan promised at the destination, byte for byte?
+
+Run it after `copy` or `load`, before pointing TKG at the registry: a missing child of an index
+or a tag that moved shows up here, not as an ImagePullBackOff on a half-created cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from transship.commands.common import (
+    load_plan_source,
+    plan_source_options,
+    setup_logging,
+    side_options,
+    side_settings,
+)
+from transship.connect import RegistryPool, SideSettings, tkg_dest_defaults
+from transship.errors import ExitCode, UsageError
+from transship.fsutil import write_atomic
+from transship.plan.model import Plan
+from transship.verify import VerifyOptions, VerifyResult, verify_plan
+
+MAX_ROWS = 200
+
+
+def problems_table(result: VerifyResult, limit: int = MAX_ROWS) -> Table:
+    """What is missing or different, one row per problem (the report has them all)."""
+    table = Table(title="missing or different at the destination")
+    for column in ("problem", "at the destination", "expected", "found", "detail / source"):
+        table.add_column(column, overflow="fold")
+    rows = result.problems
+    for check, problem in rows[:limit]:
+        detail = problem.detail or f"from {check.entry.source}"
+        table.add_row(
+            problem.kind,
+            problem.reference,
+            problem.expected.short if problem.expected else "",
+            problem.found.short if problem.found else "",
+            detail,
+        )
+    if len(rows) > limit:
+        table.caption = f"… and {len(rows) - limit} more: see --report"
+    return table
+
+
+def wide_console(*, stderr: bool) -> Console:
+    """A terminal's own width; 200 columns for logs and pipes, so references are not folded."""
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, width=max(console.width, 200))
+
+
+def print_result(result: VerifyResult, console: Console) -> None:
+    if result.problems:
+        console.print(problems_table(result))
+    for bundle in result.unexpanded_bundles():
+        console.print(
+            f"note: bundle {bundle.destination} was not expanded in the plan: the images it "
+            "references were not checked (plan it with resolution to list them)",
+            highlight=False,
+        )
+    console.print(result.summary(), highlight=False, soft_wrap=True)
+
+
+async def run_verify(
+    plan: Plan,
+    src_settings: SideSettings,
+    dest_settings: SideSettings,
+    options: VerifyOptions,
+) -> VerifyResult:
+    """Open both sides, verify, close: shared by `verify` and `tkg config`."""
+    sources = RegistryPool(src_settings)
+    dests = RegistryPool(dest_settings)
+    try:
+        return await verify_plan(plan, sources.get, dests.get, options)
+    finally:
+        await sources.close()
+        await dests.close()
+
+
+@click.command()
+@plan_source_options
+@side_options("dest", "destination")
+@side_options("src", "source")
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also HEAD every blob of every manifest (config and layers).",
+)
+@click.option(
+    "--no-resolve",
+    is_flag=True,
+    help="Do not ask the source for digests the plan lacks: check those entries for presence.",
+)
+@click.option("--parallel", default=32, show_default=True, help="Requests in flight at once.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JSON report: per entry the expected digest, status and every problem.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="No table or summary: only the exit code.")
+def verify(
+    plan_file: Path | None,
+    images_file: Path | None,
+    script_file: Path | None,
+    dest_prefix: str | None,
+    deep: bool,
+    no_resolve: bool,
+    parallel: int,
+    report: Path | None,
+    verbose: int,
+    quiet: bool,
+    **kwargs: Any,
+) -> int:
+    """Check that every planned image is at the destination with the planned digest.
+
+    For every entry of --plan, --images or --script: each planned tag exists and names the
+    expected digest (the plan's sourceDigest, else the source's current digest, read with the
+    --src-* options); every child of an index is there (HEAD by digest); with --deep every blob
+    of every manifest is there too. Bundles are checked like images; the images a bundle
+    references are checked as the plan's bundle-referenced entries.
+
+    Exit 0 when everything is there, 9 when anything is missing or different (the table and
+    --report say what), or the usual error code when the registry cannot be checked at all.
+    """
+    setup_logging(verbose, quiet)
+    dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
+    src_settings = side_settings("src", kwargs, parallel)
+    plan = load_plan_source(plan_file, images_file, script_file, dest_prefix)
+    if plan is None:
+        raise UsageError("give what to verify: --plan FILE, --images FILE or --script FILE")
+    options = VerifyOptions(deep=deep, resolve=not no_resolve, parallel=parallel)
+    result = asyncio.run(run_verify(plan, src_settings, dest_settings, options))
+    if report is not None:
+        write_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
+    if not quiet:
+        print_result(result, wide_console(stderr=False))
+    return ExitCode.OK if result.complete else ExitCode.INCOMPLETE
+
+
+COMMANDS = [verify]

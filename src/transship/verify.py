@@ -1,0 +1,442 @@
+"""Is everything a plan promised at the destination, with the same digests? Nothing is copied.
+
+The vendor's procedure ends with a script that "succeeded" and a cluster that fails to pull an
+image hours later. This answers the question before anyone runs `tanzu`: every planned tag names
+the planned digest, every child of an index is there, and with `deep` every blob too.
+
+Cost, in the normal case, is one HEAD per planned tag (as a no-op copy); an index adds a GET and
+a HEAD per child; `deep` adds a GET per image manifest and a HEAD per distinct blob. Requests
+run concurrently under one semaphore, and each manifest or blob is asked about once however many
+entries share it. The expected digest is the plan's `sourceDigest`, else the source registry's
+answer for the source reference (one HEAD), else (with `resolve=False`) unknown: the entry is
+then checked for presence only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from transship.digest import Digest
+from transship.endpoint import Endpoint
+from transship.errors import (
+    AuthenticationError,
+    ExitCode,
+    NotFoundError,
+    PermissionDeniedError,
+    TLSError,
+    TransshipError,
+    UnreachableError,
+)
+from transship.generated import build_image_locations
+from transship.manifest import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
+from transship.plan.model import EntryKind, Plan, PlanEntry
+from transship.reference import Reference
+from transship.relocate import source_endpoint
+
+T = TypeVar("T")
+EndpointFor = Callable[[str], Endpoint]
+
+MISSING = "missing"  # a planned tag (or the digest of an untagged entry) is not there
+DIFFERENT = "different"  # the tag is there but names another digest
+CHILD_MISSING = "child-missing"  # an index is there, one of its children is not
+BLOB_MISSING = "blob-missing"  # (deep) a manifest is there, one of its blobs is not
+ERROR = "error"  # the entry could not be checked (source gone, no permission, ...)
+
+_STATUS_ORDER = ((ERROR, "error"), (DIFFERENT, "different"), (MISSING, "missing"))
+
+
+class IncompleteError(TransshipError):
+    """The destination lacks content a plan (or TKG) needs: refuse to go on."""
+
+    exit_code = ExitCode.INCOMPLETE
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing missing or different, named by the reference a person can look up."""
+
+    kind: str
+    reference: str
+    expected: Digest | None = None
+    found: Digest | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "problem": self.kind,
+            "reference": self.reference,
+            "expected": str(self.expected) if self.expected else None,
+            "found": str(self.found) if self.found else None,
+            "detail": self.detail or None,
+        }
+
+
+@dataclass
+class EntryCheck:
+    """The outcome for one plan entry."""
+
+    entry: PlanEntry
+    expected: Digest | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """ok, error, different, missing, or incomplete (there, but content is missing)."""
+        kinds = {p.kind for p in self.problems}
+        for kind, status in _STATUS_ORDER:
+            if kind in kinds:
+                return status
+        return "incomplete" if kinds else "ok"
+
+    @property
+    def pinned(self) -> bool:
+        return self.expected is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.entry.source,
+            "destination": self.entry.destination,
+            "tags": list(self.entry.tags),
+            "kind": self.entry.kind.value,
+            "expected": str(self.expected) if self.expected else None,
+            "status": self.status,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+@dataclass
+class Counters:
+    manifest_heads: int = 0
+    manifest_gets: int = 0
+    blob_heads: int = 0
+    source_heads: int = 0
+
+
+@dataclass
+class VerifyResult:
+    """Every entry's outcome plus what it cost."""
+
+    checks: list[EntryCheck]
+    counters: Counters
+    seconds: float
+    deep: bool
+
+    @property
+    def complete(self) -> bool:
+        return all(c.status == "ok" for c in self.checks)
+
+    @property
+    def problems(self) -> list[tuple[EntryCheck, Problem]]:
+        return [(c, p) for c in self.checks for p in c.problems]
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("ok", "missing", "different", "incomplete", "error")}
+        for check in self.checks:
+            out[check.status] += 1
+        out["entries"] = len(self.checks)
+        out["unpinned"] = sum(1 for c in self.checks if not c.pinned and c.status != "error")
+        return out
+
+    def unexpanded_bundles(self) -> list[PlanEntry]:
+        """Bundles whose referenced images the plan does not list: those were not checked."""
+        return [
+            c.entry
+            for c in self.checks
+            if c.entry.kind is EntryKind.BUNDLE and not c.entry.expanded
+        ]
+
+    def summary(self) -> str:
+        """One line for people: complete, or what is wrong in numbers."""
+        n = self.counts()
+        tags = sum(max(1, len(c.entry.tags)) for c in self.checks)
+        cost = (
+            f"{self.counters.manifest_heads} manifest HEADs, {self.counters.manifest_gets} GETs"
+            + (f", {self.counters.blob_heads} blob HEADs" if self.deep else "")
+            + f", {self.seconds:.1f} s"
+        )
+        if self.complete:
+            line = f"complete: {n['entries']} entries, {tags} tags present with the planned "
+            line += f"digests ({cost})"
+        else:
+            bad = n["entries"] - n["ok"]
+            parts = [
+                f"{n[key]} {words}"
+                for key, words in (
+                    ("missing", "missing"),
+                    ("different", "different"),
+                    ("incomplete", "with missing content"),
+                    ("error", "not checked"),
+                )
+                if n[key]
+            ]
+            line = f"INCOMPLETE: {bad} of {n['entries']} entries — {', '.join(parts)} ({cost})"
+        if n["unpinned"]:
+            line += f"; {n['unpinned']} checked for presence only (no digest known)"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "complete": self.complete,
+            "deep": self.deep,
+            "seconds": round(self.seconds, 3),
+            "counts": self.counts(),
+            "requests": {
+                "manifestHeads": self.counters.manifest_heads,
+                "manifestGets": self.counters.manifest_gets,
+                "blobHeads": self.counters.blob_heads,
+                "sourceHeads": self.counters.source_heads,
+            },
+            "entries": [c.to_dict() for c in self.checks],
+        }
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    deep: bool = False
+    resolve: bool = True  # ask the source for digests the plan lacks
+    parallel: int = 32
+
+
+class _Once(Generic[T]):
+    """Run each keyed request once; concurrent askers share the answer (or the error)."""
+
+    def __init__(self) -> None:
+        self._futures: dict[Hashable, asyncio.Future[T]] = {}
+
+    async def get(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
+        known = self._futures.get(key)
+        if known is not None:
+            return await asyncio.shield(known)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._futures[key] = future
+        try:
+            value = await make()
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here: the first asker re-raises it
+            raise
+        future.set_result(value)
+        return value
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Errors that would fail every entry the same way: stop and say it once."""
+    if isinstance(exc, PermissionDeniedError):
+        return False  # per repository (e.g. a Harbor project the robot account lacks)
+    return isinstance(exc, TLSError | UnreachableError | AuthenticationError)
+
+
+class Verifier:
+    """Checks a plan against its destinations through the `Endpoint` interface."""
+
+    def __init__(
+        self, source_for: EndpointFor, dest_for: EndpointFor, options: VerifyOptions
+    ) -> None:
+        self.source_for = source_for
+        self.dest_for = dest_for
+        self.options = options
+        self.counters = Counters()
+        self._limit = asyncio.Semaphore(max(1, options.parallel))
+        self._manifests: _Once[Manifest | None] = _Once()
+        self._presence: _Once[bool] = _Once()
+
+    async def run(self, plan: Plan) -> VerifyResult:
+        start = time.monotonic()
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._check_entry(e)) for e in plan.entries]
+        except BaseExceptionGroup as failed:
+            raise _first_error(failed) from None
+        checks = [task.result() for task in tasks]
+        return VerifyResult(checks, self.counters, time.monotonic() - start, self.options.deep)
+
+    async def _limited(self, request: Awaitable[T]) -> T:
+        async with self._limit:
+            return await request
+
+    # -- one entry ---------------------------------------------------------------------------
+
+    async def _check_entry(self, entry: PlanEntry) -> EntryCheck:
+        check = EntryCheck(entry)
+        dest_ref = Reference.parse_repository(entry.destination)
+        try:
+            check.expected = await self._expected(entry)
+        except TransshipError as exc:
+            if is_fatal(exc):
+                raise _with_resolve_hint(exc) from None
+            where = f"{dest_ref.name}:{','.join(entry.tags)}" if entry.tags else dest_ref.name
+            check.problems.append(Problem(ERROR, where, detail=f"no source digest: {exc}"))
+            return check
+        try:
+            await self._check_destination(check, self.dest_for(dest_ref.registry), dest_ref)
+        except TransshipError as exc:
+            if is_fatal(exc):
+                raise
+            check.problems.append(Problem(ERROR, dest_ref.name, check.expected, detail=str(exc)))
+        return check
+
+    async def _expected(self, entry: PlanEntry) -> Digest | None:
+        if entry.source_digest is not None:
+            return entry.source_digest
+        if entry.kind is EntryKind.IMAGE_LOCATIONS:
+            return build_image_locations(entry.locations).digest
+        if not self.options.resolve:
+            return None
+        src = Reference.parse(entry.source)
+        endpoint = source_endpoint(entry, self.source_for)
+        self.counters.source_heads += 1
+        found = await self._limited(endpoint.head_manifest(src.repository, src.identifier))
+        if found is None:
+            raise NotFoundError(f"{entry.source} is not at the source (any more)")
+        return found.digest
+
+    async def _check_destination(self, check: EntryCheck, dest: Endpoint, ref: Reference) -> None:
+        expected = check.expected
+        identifiers = check.entry.tags or ((str(expected),) if expected else ())
+        if not identifiers:
+            check.problems.append(
+                Problem(ERROR, ref.name, detail="the entry has neither tags nor a digest to check")
+            )
+            return
+        self.counters.manifest_heads += len(identifiers)
+        found = await asyncio.gather(
+            *(self._limited(dest.head_manifest(ref.repository, i)) for i in identifiers)
+        )
+        present: Descriptor | None = None
+        for identifier, descriptor in zip(identifiers, found, strict=True):
+            where = f"{ref.name}{'@' if ':' in identifier else ':'}{identifier}"
+            if descriptor is None:
+                check.problems.append(Problem(MISSING, where, expected))
+            elif expected is not None and descriptor.digest != expected:
+                check.problems.append(Problem(DIFFERENT, where, expected, descriptor.digest))
+            else:
+                present = descriptor
+        if present is not None:
+            await self._check_content(check, dest, ref, present)
+
+    # -- what a manifest references ---------------------------------------------------------
+
+    async def _check_content(
+        self, check: EntryCheck, dest: Endpoint, ref: Reference, top: Descriptor
+    ) -> None:
+        """Index children always; blobs with `deep`. The top manifest is only read if needed."""
+        maybe_index = top.media_type in INDEX_TYPES or top.media_type not in MANIFEST_TYPES
+        if not (maybe_index or check.entry.kind is EntryKind.INDEX or self.options.deep):
+            return
+        manifest = await self._manifest(dest, ref, top.digest)
+        if manifest is None:  # deleted between the HEAD and the GET
+            check.problems.append(Problem(MISSING, f"{ref.name}@{top.digest}", top.digest))
+            return
+        await self._walk(check, dest, ref, manifest)
+
+    async def _walk(
+        self, check: EntryCheck, dest: Endpoint, ref: Reference, manifest: Manifest
+    ) -> None:
+        if manifest.is_index:
+            await asyncio.gather(
+                *(self._check_child(check, dest, ref, manifest, c) for c in manifest.manifests)
+            )
+            return
+        if not self.options.deep:
+            return
+        blobs = [b for b in manifest.blobs() if not b.urls]  # foreign layers are not copied
+        found = await asyncio.gather(*(self._has_blob(dest, ref, b) for b in blobs))
+        for blob, there in zip(blobs, found, strict=True):
+            if not there:
+                role = "config" if blob is manifest.config else "layer"
+                check.problems.append(
+                    Problem(
+                        BLOB_MISSING,
+                        f"{ref.name}@{blob.digest}",
+                        blob.digest,
+                        detail=f"{role} of {manifest.digest.short}",
+                    )
+                )
+
+    async def _check_child(
+        self,
+        check: EntryCheck,
+        dest: Endpoint,
+        ref: Reference,
+        parent: Manifest,
+        child: Descriptor,
+    ) -> None:
+        descend = self.options.deep or child.media_type in INDEX_TYPES
+        if descend:
+            manifest = await self._manifest(dest, ref, child.digest)
+            there = manifest is not None
+        else:
+            there = await self._has_manifest(dest, ref, child.digest)
+        if not there:
+            platform = f"{child.platform} " if child.platform else ""
+            check.problems.append(
+                Problem(
+                    CHILD_MISSING,
+                    f"{ref.name}@{child.digest}",
+                    child.digest,
+                    detail=f"{platform}child of {parent.digest.short}",
+                )
+            )
+        elif descend and manifest is not None:
+            await self._walk(check, dest, ref, manifest)
+
+    # -- shared, once-only requests ----------------------------------------------------------
+
+    async def _manifest(self, dest: Endpoint, ref: Reference, digest: Digest) -> Manifest | None:
+        async def fetch() -> Manifest | None:
+            self.counters.manifest_gets += 1
+            try:
+                return await self._limited(dest.get_manifest(ref.repository, str(digest)))
+            except NotFoundError:
+                return None
+
+        return await self._manifests.get((dest.label, ref.repository, digest), fetch)
+
+    async def _has_manifest(self, dest: Endpoint, ref: Reference, digest: Digest) -> bool:
+        async def head() -> bool:
+            self.counters.manifest_heads += 1
+            found = await self._limited(dest.head_manifest(ref.repository, str(digest)))
+            return found is not None
+
+        return await self._presence.get(("manifest", dest.label, ref.repository, digest), head)
+
+    async def _has_blob(self, dest: Endpoint, ref: Reference, blob: Descriptor) -> bool:
+        async def head() -> bool:
+            self.counters.blob_heads += 1
+            return await self._limited(dest.has_blob(ref.repository, blob.digest, blob.size))
+
+        return await self._presence.get(("blob", dest.label, ref.repository, blob.digest), head)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first of our own errors in a task group's failure (else the group itself)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _first_error(exc)
+            if inner is not exc:
+                return inner
+        elif isinstance(exc, TransshipError | KeyboardInterrupt):
+            return exc
+    return group
+
+
+def _with_resolve_hint(exc: TransshipError) -> TransshipError:
+    """A source that cannot be reached: say how to verify without it."""
+    extra = "or check presence only, without the source: --no-resolve"
+    exc.hint = f"{exc.hint}; {extra}" if exc.hint else extra
+    return exc
+
+
+async def verify_plan(
+    plan: Plan, source_for: EndpointFor, dest_for: EndpointFor, options: VerifyOptions
+) -> VerifyResult:
+    """Check every entry of `plan` at its destination (see the module docstring)."""
+    return await Verifier(source_for, dest_for, options).run(plan)
