@@ -71,11 +71,22 @@ def main() -> None:
             TRANSSHIP_DEST_CREDS=f"{internal.username}:{internal.password}",
             TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE=ca_b64,
         )
-        for attempt in ("copy", "copy again: nothing is sent"):
-            say(f"transship {attempt}")
-            for name, _kind, _fmt in IMAGES:
-                run([TRANSSHIP, "copy", f"{up.host}/{name}", f"{internal.host}/{name}", "-q"], env)
-            print("  done")
+        images = work / "images.txt"
+        images.write_text("".join(f"{up.host}/{name}\n" for name, _k, _f in IMAGES))
+        plan = work / "plan.yaml"
+        dest = f"{internal.host}/tkg-mirror"
+        say("plan: resolve every image to a digest, with sizes")
+        run([TRANSSHIP, "plan", "images", str(images), "--dest", dest, "-o", str(plan)], env)
+        say("is the internal registry's certificate right? (TKG's base64 CA from the environment)")
+        run([TRANSSHIP, "ca", "check", internal.host], env)
+        say("copy the whole plan: each blob once, concurrently")
+        run([TRANSSHIP, "copy", "--plan", str(plan), "--report", str(work / "report.json")], env)
+        say("copy again: nothing is sent, one HEAD per image")
+        run([TRANSSHIP, "copy", "--plan", str(plan), "-q"], env)
+        say("verify the destination against the plan")
+        run([TRANSSHIP, "verify", "--plan", str(plan)], env)
+        say("the settings for the tanzu CLI")
+        run([TRANSSHIP, "tkg", "config", "--dest", dest, "--plan", str(plan)], env)
 
         say("checking every digest with skopeo (independent client)")
         certs = work / "certs"
@@ -88,7 +99,8 @@ def main() -> None:
             ).stdout
             dst = subprocess.run(
                 ["skopeo", "inspect", "--raw", "--cert-dir", str(certs), "--creds",
-                 f"{internal.username}:{internal.password}", f"docker://{internal.host}/{name}"],
+                 f"{internal.username}:{internal.password}",
+                 f"docker://{internal.host}/tkg-mirror/{name}"],
                 capture_output=True, check=True,
             ).stdout
             same = "identical" if src == dst else "DIFFERENT"
