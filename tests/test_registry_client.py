@@ -190,3 +190,36 @@ async def test_redirected_blob_download_drops_credentials() -> None:
         await registry.close()
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_redirect_from_https_to_plain_http_is_refused(pki: PKI) -> None:
+    """Blob bytes must not leave TLS: an HTTPS registry redirecting to http:// is refused."""
+    import ssl
+
+    from transship.errors import RegistryError
+
+    data = os.urandom(1000)
+
+    async def front(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v2/":
+            return web.Response()
+        raise web.HTTPTemporaryRedirect("http://127.0.0.1:9/blob")
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki.server.chain_path, pki.server.key_path)
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", front)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    registry = Registry(f"127.0.0.1:{port}", RegistryOptions(ca=load_ca(str(pki.ca_pem_path))))
+    try:
+        with pytest.raises(RegistryError, match="redirected to plain HTTP"):
+            async with registry.open_blob("r/x", blob(data)) as stream:
+                async for _ in stream:
+                    pass
+    finally:
+        await registry.close()
+        await runner.cleanup()
