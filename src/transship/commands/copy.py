@@ -11,6 +11,7 @@ import click
 from transship.commands.common import (
     execute,
     load_plan_source,
+    plan_source_options,
     run_engine,
     setup_logging,
     side_options,
@@ -28,31 +29,7 @@ from transship.relocate import phases, task_for
 @click.command()
 @click.argument("source", required=False)
 @click.argument("destination", required=False)
-@click.option(
-    "--plan",
-    "plan_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Copy every entry of a plan file (transship plan -o).",
-)
-@click.option(
-    "--images",
-    "images_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Copy every image of a list (one reference per line, # comments).",
-)
-@click.option(
-    "--script",
-    "script_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Copy what a gen-publish-images.sh output file would have copied.",
-)
-@click.option(
-    "--dest",
-    "dest_prefix",
-    envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
-    metavar="PREFIX",
-    help="Destination prefix for --images/--script: each image keeps its path below it.",
-)
+@plan_source_options
 @side_options("src", "source")
 @side_options("dest", "destination")
 @click.option(
