@@ -604,3 +604,26 @@ def test_copy_lands_bundles_referenced_images_and_image_locations(
     assert again.code == 0, again.err
     requests = [e for e in dest.access_log(since=mark) if e.path != "/v2/"]
     assert requests and {e.method for e in requests} == {"HEAD"}
+
+
+def test_copy_images_list_expands_bundles_too(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """`copy --images` resolves like `plan`: a bundle is never copied without its images."""
+    corpus = Corpus(plain_registry, "copy2", 750)
+    dest = make_registry("plain")
+    out = cli(
+        "copy",
+        "--images",
+        str(write_list(tmp_path, corpus.root_ref)),
+        "--dest",
+        f"{dest.host}/mirror",
+        "-q",
+    )
+    assert out.code == 0, out.err
+    repo = f"mirror/{corpus.repo_path}"
+    tags = set(SeedClient.for_registry(dest).list_tags(repo))
+    for item in (corpus.package, corpus.contour_image, corpus.envoy):
+        assert f"sha256-{item.digest[7:]}.imgpkg" in tags
+        assert skopeo(dest, f"{repo}@{item.digest}") == item.manifest
+    assert f"sha256-{corpus.root.digest[7:]}.image-locations.imgpkg" in tags

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from transship.connect import RegistryPool, tkg_dest_defaults
 from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.manifest import Platform
-from transship.plan.model import PlanEntry
+from transship.plan.model import EntryKind, Plan, PlanEntry
+from transship.plan.resolve import ResolveOptions, resolve_plan
 from transship.reference import Reference
 from transship.relocate import phases, task_for
 
@@ -84,23 +86,64 @@ def copy(
             wanted = tuple(Platform.parse(p) for p in platforms)
         except ValueError as exc:
             raise UsageError(f"--platform: {exc}") from None
-        plan_phases = [[_single_entry(source, destination)]]
+        single: Plan | None = Plan((_single_entry(source, destination),))
+        resolve = False
     else:
         if plan is None:
             raise UsageError("give SOURCE and DESTINATION, or one of --plan/--images/--script")
         if platforms:
             raise UsageError("--platform applies to a single SOURCE DESTINATION copy only")
         wanted = ()
-        plan_phases = phases(plan)
+        single = None
+        # A list or an old script names tags only: resolve it like `transship plan` does, so
+        # bundles are found by their label and copied with every image they reference.
+        resolve = plan_file is None
 
     async def run(sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
+        chosen = single or plan
+        assert chosen is not None
+        held_back: list[PlanEntry] = []
+        if resolve:
+            chosen, held_back = await _resolve_for_copy(chosen, sources, parallel, quiet)
+        plan_phases = phases(chosen)
         task_phases = [
             [replace(task_for(e, sources.get, dests.get), platforms=wanted) for e in group]
             for group in plan_phases
         ]
-        return await run_engine(task_phases, report, lock_output, quiet, parallel)
+        results = await run_engine(task_phases, report, lock_output, quiet, parallel)
+        for entry in held_back:  # counted as failed: the exit code says partial
+            task = task_for(entry, sources.get, dests.get)
+            results.append(TaskResult(task, "failed", error=UsageError(entry.source)))
+        return results
 
     return execute(run, src_settings, dest_settings)
+
+
+async def _resolve_for_copy(
+    plan: Plan, sources: RegistryPool, parallel: int, quiet: bool
+) -> tuple[Plan, list[PlanEntry]]:
+    """Resolve a list or script as `transship plan` would, without letting one bad image stop
+    the rest: an entry that could not be resolved is copied as listed (the engine retries and
+    reports it), and a bundle that could not be expanded is held back, never copied thin."""
+    resolution = await resolve_plan(
+        plan, sources.get, ResolveOptions(parallel=parallel, keep_going=True)
+    )
+    for warning in resolution.warnings if not quiet else ():
+        print(f"transship: warning: {warning}", file=sys.stderr)
+    resolved = resolution.plan
+    present = {e.source for e in resolved.entries}
+    listed = {e.source: e for e in plan.entries}
+    retry = [listed[g.source] for g in resolved.gaps if g.source in listed]
+    retry = [e for e in retry if e.source not in present]
+    held_back = [e for e in resolved.entries if e.kind == EntryKind.BUNDLE and e.expanded is False]
+    for entry in held_back:
+        print(
+            f"transship: error: bundle {entry.source} could not be expanded, so it is not "
+            "copied (a bundle without its images would break imgpkg); see the warnings above",
+            file=sys.stderr,
+        )
+    keep = tuple(e for e in resolved.entries if e not in held_back) + tuple(retry)
+    return Plan(keep, resolved.sources), held_back
 
 
 def _single_entry(source: str, destination: str) -> PlanEntry:
