@@ -237,7 +237,10 @@ class RegistryProcess:
         """Start the process and wait until `/v2/` answers; retries on a port race.
 
         `port` reuses a given port (e.g. to come back after an outage), else a free one.
+        Starting a running registry is a no-op, so `with RegistryProcess(...).start()` is safe.
         """
+        if self.running:
+            return self
         binary = require_binary("docker-registry")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
