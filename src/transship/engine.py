@@ -134,6 +134,7 @@ class CopyEngine:
         self.observer: Observer = observer or NullObserver()
         self.stats = Stats()
         self._sinks: dict[int, _Sink] = {}
+        self._task_bytes: dict[int, int] = {}  # bytes each running task itself uploaded
         self._images = asyncio.Semaphore(self.options.parallel_images)
         self._big = asyncio.Semaphore(self.options.parallel_blobs)
         self._small = asyncio.Semaphore(self.options.parallel_small_blobs)
@@ -178,7 +179,7 @@ class CopyEngine:
         async with self._images:
             self.observer.task_started(task)
             start = time.monotonic()
-            before = self.stats.bytes_uploaded
+            self._task_bytes[id(task)] = 0
             try:
                 status, digest = await self.copy_one(task)
                 result = TaskResult(task, status, digest)
@@ -191,7 +192,7 @@ class CopyEngine:
                     task, "failed", error=RegistryError(f"{task.label}: unexpected {exc!r}")
                 )
             result.seconds = time.monotonic() - start
-            result.bytes_sent = self.stats.bytes_uploaded - before
+            result.bytes_sent = self._task_bytes.pop(id(task), 0)
             self.observer.task_finished(result)
             return result
 
@@ -390,7 +391,11 @@ class CopyEngine:
         """HEAD, then stream source → destination with bounded retries."""
         lane = self._small if blob.size <= SMALL_BLOB else self._big
         async with lane:
-            if await task.dest.has_blob(task.dest_repository, blob.digest, blob.size):
+            # "Mount it from this very repository": one request that answers "already here"
+            # (201) or opens the upload session the PUT then uses (202), where HEAD + POST
+            # would take two. Endpoints without mounts answer from their own store.
+            repo = task.dest_repository
+            if await task.dest.mount_blob(repo, blob.digest, repo):
                 self.stats.blobs_present += 1
                 return
             attempt = 0
@@ -426,3 +431,5 @@ class CopyEngine:
             self.observer.blob_finished(blob)
         self.stats.blobs_uploaded += 1
         self.stats.bytes_uploaded += blob.size
+        if id(task) in self._task_bytes:
+            self._task_bytes[id(task)] += blob.size

@@ -28,6 +28,7 @@ from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
 from transship.remote.transport import Transport, TransportOptions
 
 CHUNK = 1024 * 1024
+_MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -88,6 +89,8 @@ class Registry:
         self.transport = Transport(host, self.options)
         # upload sessions opened by a refused mount, reused by the following put_blob
         self._pending_uploads: dict[tuple[str, Digest], str] = {}
+        self._manifests: dict[tuple[str, Digest], Manifest] = {}
+        self._manifest_bytes_cached = 0  # bounded: memory stays flat for any plan
         self.counters = self.options.counters
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -99,8 +102,23 @@ class Registry:
     # -- manifests --------------------------------------------------------------------------
 
     async def get_manifest(self, repository: str, identifier: str) -> Manifest:
-        where = f"{self.host}/{repository}{'@' if ':' in identifier else ':'}{identifier}"
+        """GET (or reuse) a manifest. By digest it is immutable, so what this run already read
+        — planning resolves every manifest before the engine copies it — is not read again."""
         requested = Digest.parse(identifier) if ":" in identifier else None
+        if requested is not None:
+            cached = self._manifests.get((repository, requested))
+            if cached is not None:
+                return cached
+        manifest = await self._get_manifest(repository, identifier, requested)
+        if self._manifest_bytes_cached + manifest.size <= _MANIFEST_CACHE_BYTES:
+            self._manifests[(repository, manifest.digest)] = manifest
+            self._manifest_bytes_cached += manifest.size
+        return manifest
+
+    async def _get_manifest(
+        self, repository: str, identifier: str, requested: Digest | None
+    ) -> Manifest:
+        where = f"{self.host}/{repository}{'@' if ':' in identifier else ':'}{identifier}"
         async with self.transport.request(
             "GET",
             f"/v2/{repository}/manifests/{identifier}",
@@ -237,10 +255,13 @@ class Registry:
 
     async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
         """Cross-repository mount; a refusal leaves an upload session for `put_blob` to use."""
+        scopes = push(repository)
+        if from_repository != repository:
+            scopes += pull(from_repository)
         async with self.transport.request(
             "POST",
             f"/v2/{repository}/blobs/uploads/",
-            scopes=push(repository) + pull(from_repository),
+            scopes=scopes,
             params={"mount": str(digest), "from": from_repository},
         ) as resp:
             if resp.status == 201:
@@ -273,21 +294,28 @@ class Registry:
     async def put_blob(
         self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
     ) -> int:
-        """Upload from a stream, hashing as it goes; a wrong hash aborts before the commit."""
+        """Upload from a stream that verifies itself (every endpoint's `open_blob` does).
+
+        The last chunk is held back until the stream has ended cleanly, so a stream that fails
+        its own check aborts the request before the registry has the whole blob; the registry
+        checks `?digest=` as well. Bytes are hashed once, where they are read.
+        """
         where = f"uploading blob {descriptor.digest.short} to {self.host}/{repository}"
         location = await self._start_upload(repository, descriptor.digest)
-        hasher = Hasher(descriptor.digest, descriptor.size)
-
         async def hashed() -> AsyncIterator[bytes]:
             # Each chunk is sent only when the next one has arrived, and the last only after
-            # the whole stream verified: a bad blob never reaches the registry complete.
+            # the source stream finished (and so verified): a bad blob never arrives whole.
             held: bytes | None = None
+            sent = 0
             async for chunk in chunks:
-                hasher.update(chunk)
                 if held is not None:
                     yield held
                 held = chunk
-            hasher.verify("blob")  # raising here aborts the request: nothing is committed
+                sent += len(chunk)
+                if sent > descriptor.size:
+                    raise IntegrityError(f"{where}: source sends more than {descriptor.size} bytes")
+            if sent != descriptor.size:
+                raise IntegrityError(f"{where}: source sent {sent} of {descriptor.size} bytes")
             if held is not None:
                 yield held
 
