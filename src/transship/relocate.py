@@ -8,6 +8,8 @@ trusts it without checking, so it must only appear once everything it vouches fo
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,10 +17,12 @@ import yaml
 
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask, TaskResult
+from transship.errors import TransshipError
 from transship.fsutil import write_atomic
 from transship.generated import image_locations_endpoint
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
+from transship.remote.registry import Registry
 
 EndpointFor = Callable[[str], Endpoint]
 
@@ -77,3 +81,40 @@ def write_images_lock(path: Path, results: Sequence[TaskResult]) -> None:
         )
     doc = {"apiVersion": "imgpkg.carvel.dev/v1alpha1", "kind": "ImagesLock", "images": images}
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+async def preflight(task_phases: Sequence[Sequence[CopyTask]], parallel: int = 16) -> None:
+    """Before moving bytes: can we push into every destination repository of the plan?
+
+    Opens (and cancels) one upload per distinct registry repository. Every refusal is printed
+    as its own line; the first one is raised, so the exit code says what kind it was.
+    """
+    targets: dict[tuple[int, str], tuple[Registry, str]] = {}
+    for tasks in task_phases:
+        for task in tasks:
+            if isinstance(task.dest, Registry):
+                targets.setdefault(
+                    (id(task.dest), task.dest_repository), (task.dest, task.dest_repository)
+                )
+    limit = asyncio.Semaphore(parallel)
+
+    async def check(registry: Registry, repository: str) -> TransshipError | None:
+        async with limit:
+            try:
+                await registry.check_push(repository)
+            except TransshipError as exc:
+                return exc
+            return None
+
+    found = await asyncio.gather(*(check(r, repo) for r, repo in targets.values()))
+    problems = [p for p in found if p is not None]
+    for problem in problems:
+        print(f"transship: preflight: {problem}", file=sys.stderr)
+    if problems:
+        first = problems[0]
+        first.message = (
+            f"preflight: {len(problems)} of {len(targets)} destination repositories refuse a "
+            f"push; first: {first.message}"
+        )
+        first.args = (first.message,)
+        raise first

@@ -41,6 +41,7 @@ from transship.layout.reader import LayoutReader
 from transship.layout.volumes import parse_size, split_archive
 from transship.manifest import Manifest
 from transship.progress import human_bytes
+from transship.relocate import preflight as check_destinations
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -184,6 +185,11 @@ def _existing_parent(path: Path) -> Path:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write an imgpkg ImagesLock of the loaded references.",
 )
+@click.option(
+    "--preflight",
+    is_flag=True,
+    help="Before moving bytes, check every destination repository accepts a push.",
+)
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True)
 def load(
@@ -192,6 +198,7 @@ def load(
     parallel: int,
     report: Path | None,
     lock_output: Path | None,
+    preflight: bool,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
@@ -206,6 +213,8 @@ def load(
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
             phases = load_tasks(layout, info, dest_prefix, dests.get)
+            if preflight:
+                await check_destinations(phases, parallel)
             return await run_engine(phases, report, lock_output, quiet, parallel)
         finally:
             await layout.close()

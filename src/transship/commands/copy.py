@@ -26,6 +26,7 @@ from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.plan.resolve import ResolveOptions, resolve_plan
 from transship.reference import Reference
 from transship.relocate import phases, task_for
+from transship.relocate import preflight as check_destinations
 
 
 @click.command()
@@ -52,6 +53,11 @@ from transship.relocate import phases, task_for
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write an imgpkg ImagesLock of the relocated references.",
 )
+@click.option(
+    "--preflight",
+    is_flag=True,
+    help="Before moving bytes, check every destination repository accepts a push.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 def copy(
@@ -65,6 +71,7 @@ def copy(
     parallel: int,
     report: Path | None,
     lock_output: Path | None,
+    preflight: bool,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
@@ -110,6 +117,8 @@ def copy(
             [replace(task_for(e, sources.get, dests.get), platforms=wanted) for e in group]
             for group in plan_phases
         ]
+        if preflight:
+            await check_destinations(task_phases, parallel)
         results = await run_engine(task_phases, report, lock_output, quiet, parallel)
         for entry in held_back:  # counted as failed: the exit code says partial
             task = task_for(entry, sources.get, dests.get)

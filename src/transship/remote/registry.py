@@ -23,9 +23,10 @@ from transship.errors import (
     PermissionDeniedError,
     RegistryError,
     RetryableError,
+    TransshipError,
 )
 from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
-from transship.remote.transport import Transport, TransportOptions
+from transship.remote.transport import Transport, TransportOptions, project_hint
 
 CHUNK = 1024 * 1024
 _MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
@@ -190,7 +191,8 @@ class Registry:
             data=manifest.raw,
         ) as resp:
             if resp.status not in (200, 201, 202):
-                raise await registry_error(resp, f"pushing manifest {where}")
+                error = await registry_error(resp, f"pushing manifest {where}")
+                raise _push_hint(error, repository)
             header = resp.headers.get("Docker-Content-Digest")
         self._count("manifests_put")
         if header and header != str(manifest.digest):
@@ -288,8 +290,20 @@ class Registry:
             "POST", f"/v2/{repository}/blobs/uploads/", scopes=push(repository)
         ) as resp:
             if resp.status not in (202, 201):
-                raise await registry_error(resp, f"starting upload to {self.host}/{repository}")
+                raise _push_hint(
+                    await registry_error(resp, f"starting upload to {self.host}/{repository}"),
+                    repository,
+                )
             return self._location(resp)
+
+    async def check_push(self, repository: str) -> None:
+        """Preflight: open an upload session and cancel it; raises what a real push would."""
+        location = await self._start_upload(repository, _NO_DIGEST)
+        try:  # best effort: distribution wants the delete right for this; sessions expire anyway
+            async with self.transport.request("DELETE", location, scopes=push(repository)):
+                pass
+        except TransshipError:
+            pass
 
     async def put_blob(
         self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
@@ -430,6 +444,17 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             break
         raw += more
     return raw
+
+
+_NO_DIGEST = Digest("sha256", "0" * 64)  # preflight uploads are never committed
+
+
+def _push_hint(error: Exception, repository: str) -> Exception:
+    """A push refused as "repository unknown" or "denied" on Harbor means a missing project."""
+    refused = isinstance(error, NotFoundError | AuthenticationError)
+    if refused and isinstance(error, TransshipError) and error.hint is None and "/" in repository:
+        error.hint = project_hint((f"repository:{repository}:push",))
+    return error
 
 
 def _with_digest(location: str, digest: Digest) -> str:

@@ -423,7 +423,7 @@ class Transport:
                 return
             raise PermissionDeniedError(
                 f"{self.host}: the user has no permission for {', '.join(scopes)}",
-                hint="ask the registry admin for push/pull rights on that repository or project",
+                hint=project_hint(scopes),
             )
         raise AuthenticationError(
             f"wrong username or password for {self.host}",
@@ -463,6 +463,18 @@ class Transport:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url, params = target.geturl(), None
         raise RegistryError(f"{self.host}: too many redirects")
+
+
+def project_hint(scopes: tuple[str, ...]) -> str:
+    """Harbor answers a push into a project that does not exist as if permission were lacking."""
+    pushes = [s.split(":")[1] for s in scopes if s.endswith("push") and s.count(":") == 2]
+    if not pushes:
+        return "ask the registry admin for pull rights on that repository or project"
+    project = pushes[0].split("/")[0]
+    return (
+        f"on Harbor, create the project '{project}' first (a missing project looks like "
+        "this); otherwise ask for push rights on it"
+    )
 
 
 def _our_error(exc: BaseException) -> TransshipError | None:
