@@ -60,6 +60,13 @@ def test_save_dir_then_load_into_tls_registry(
     files = {p.name for p in (archive / "blobs" / "sha256").iterdir()}
     assert files == {d.split(":")[1] for d in stored}  # every blob and manifest exactly once
     assert (archive / "transship" / "plan.yaml").is_file()
+    index = json.loads((archive / "index.json").read_text())
+    notes = {
+        m["annotations"]["org.opencontainers.image.ref.name"]: m["annotations"]
+        for m in index["manifests"]
+    }
+    assert notes["gap1/app0:v0"]["io.transship.source"] == refs[0]
+    assert notes["gap1/app0:v0"]["io.transship.destination"] == "archive.local/gap1/app0:v0"
     sums = subprocess.run(["sha256sum", "-c", "--quiet", "transship/SHA256SUMS"], cwd=archive)
     assert sums.returncode == 0
     # another OCI tool reads what transship wrote

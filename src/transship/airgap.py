@@ -114,10 +114,22 @@ def archive_tags(entry: PlanEntry) -> tuple[str, ...]:
     return (f"sha256-{entry.source_digest.hex}",)
 
 
+ANNOTATION_SOURCE = "io.transship.source"
+ANNOTATION_DESTINATION = "io.transship.destination"
+
+
 def save_tasks(
     plan: Plan, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout
 ) -> list[list[CopyTask]]:
-    """Plan entries as tasks into the layout, in the plan's phases."""
+    """Plan entries as tasks into the layout, in the plan's phases; each index.json entry will
+    say where its image came from and where the plan sends it."""
+    for entry in plan.entries:
+        repository = relative_repository(entry.destination, info.prefix)
+        for tag in archive_tags(entry):
+            layout.annotations[(repository, tag)] = {
+                ANNOTATION_SOURCE: entry.source,
+                ANNOTATION_DESTINATION: f"{entry.destination}:{tag}",
+            }
     return [[_save_task(e, info, source_for, layout) for e in group] for group in phases(plan)]
 
 

@@ -70,6 +70,8 @@ class OCILayout(LayoutReader):
         self.label = f"oci:{self.path}"
         self.writable = writable
         self.flush_interval = flush_interval
+        #: (repository, tag) → annotations for its index.json entry (`save`: source, destination)
+        self.annotations: dict[tuple[str, str], dict[str, str]] = {}
         self._lock_fd: int | None = None
         self._changes = 0  # index generations: changed vs. saved
         self._saved = 0
@@ -262,7 +264,8 @@ class OCILayout(LayoutReader):
         except OSError as exc:
             raise io_error(f"{where}: writing manifest", exc) from None
         if tag is not None:
-            self._index.set(repository, tag, manifest.descriptor)
+            extra = self.annotations.get((repository, tag))
+            self._index.set(repository, tag, manifest.descriptor, extra)
             self._changes += 1
             await self._index_changed()
 

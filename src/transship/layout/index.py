@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from transship.errors import IntegrityError, UsageError
@@ -141,14 +142,24 @@ class LayoutIndex:
         """Every top-level entry, named or not (skopeo lists an index's children unnamed)."""
         return [descriptor for _, descriptor in self._entries]
 
-    def set(self, repository: str, tag: str, descriptor: Descriptor) -> None:
-        """Point (repository, tag) at `descriptor`, replacing the entry holding that name."""
+    def set(
+        self,
+        repository: str,
+        tag: str,
+        descriptor: Descriptor,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        """Point (repository, tag) at `descriptor`, replacing the entry holding that name.
+
+        `extra` annotations (where the image came from, where it goes) are written too; the
+        name annotations always win."""
         name = ref_name(repository, tag)
         entry: dict[str, Any] = {
             "mediaType": descriptor.media_type,
             "digest": str(descriptor.digest),
             "size": descriptor.size,
             "annotations": {
+                **(extra or {}),
                 REF_NAME: name,
                 ANNOTATION_REPOSITORY: repository,
                 ANNOTATION_TAG: tag,
