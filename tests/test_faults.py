@@ -563,3 +563,84 @@ def test_soak_mixed_faults_both_sides(
         )
     assert sum(injected.values()) >= 5, injected  # the soak really injected faults
     assert 0.01 <= share <= 0.12, share
+
+
+def test_load_from_archive_under_mixed_faults(
+    cli: CLI,
+    corpus: Corpus,
+    dest: RegistryProcess,
+    make_fault_proxy: MakeProxy,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
+    """The air-gapped half: an archive loaded through a destination that fails ~5 % of requests
+    completes (after at most two reruns) with every digest equal."""
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{corpus.registry.host}/{n}\n" for n in corpus.content))
+    archive = tmp_path / "corpus.tar"
+    out = cli("save", "--images", str(listing), "-o", str(archive), "--src-plain-http", "-q")
+    assert out.code == ExitCode.OK, out.err
+    dest_proxy = make_fault_proxy(dest, *soak_faults(0.05 / 8), seed=11)
+    for _attempt in range(SOAK_MAX_RUNS):
+        out = cli(
+            "load",
+            str(archive),
+            "--dest",
+            f"{dest_proxy.host}/loaded",
+            "--dest-plain-http",
+            "--dest-creds",
+            CREDS,
+            "-q",
+        )
+        assert out.code in (ExitCode.OK, ExitCode.PARTIAL), out.err
+        if out.code == ExitCode.OK:
+            break
+    assert out.code == ExitCode.OK, out.err
+    assert sum(dest_proxy.injected.values()) > 0
+    for name in corpus.content:  # load re-roots the archive's names under --dest
+        raw = skopeo(dest, f"loaded/{name}")
+        assert raw == corpus.content[name].manifest
+
+
+def test_repeated_kill_9_then_rerun_resends_at_most_what_was_in_flight(
+    corpus: Corpus, make_registry: MakeRegistry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """Several kills at random moments, each followed by another start; the final state is
+    complete, and no blob whose upload had completed is ever uploaded again."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dest = make_registry("plain")
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{corpus.registry.host}/{n}\n" for n in corpus.content))
+    args = [
+        sys.executable,
+        "-m",
+        "transship",
+        "copy",
+        "--images",
+        str(listing),
+        "--dest",
+        f"{dest.host}/k",
+        "-q",
+        "--parallel",
+        "2",
+    ]
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    rng = random.Random(7)
+    for _kill in range(4):
+        proc = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.4, 0.9))  # the interpreter itself takes ~0.3 s to start
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    dest.wait_for_log(r"PUT /v2/k/")
+    digests = [e.path.split("digest=")[1].split("&")[0] for e in dest.blob_uploads()]
+    assert len(digests) == len(set(digests)), "a blob that had landed was uploaded again"
+    for name in corpus.content:
+        assert skopeo(dest, f"k/{name}") == corpus.content[name].manifest
