@@ -130,10 +130,10 @@ def save_tasks(
                 ANNOTATION_SOURCE: entry.source,
                 ANNOTATION_DESTINATION: f"{entry.destination}:{tag}",
             }
-    return [[_save_task(e, info, source_for, layout) for e in group] for group in phases(plan)]
+    return [[save_task(e, info, source_for, layout) for e in group] for group in phases(plan)]
 
 
-def _save_task(
+def save_task(
     entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout
 ) -> CopyTask:
     src = Reference.parse(entry.source)
@@ -177,7 +177,9 @@ def load_tasks(
         key = (repository, str(descriptor.digest))
         tags = grouped.setdefault(key, [])
         phase[key] = max(phase.get(key, 0), info.phase_of.get(f"{repository}:{tag}", 0))
-        if not _DIGEST_TAG.match(tag):
+        # `sha256-<hex>` naming the manifest itself only stands for "untagged"; the same form
+        # naming another digest is a referrers tag-schema index and travels as a tag
+        if not (_DIGEST_TAG.match(tag) and tag == f"sha256-{descriptor.digest.hex}"):
             tags.append(tag)
     groups: dict[int, list[CopyTask]] = {}
     for (repository, digest), tags in sorted(grouped.items()):

@@ -20,6 +20,7 @@ from transship.engine import CopyTask, TaskResult
 from transship.errors import TransshipError
 from transship.fsutil import write_atomic
 from transship.generated import image_locations_endpoint
+from transship.plan.attachments import attachment_phases
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
 from transship.remote.registry import Registry
@@ -54,12 +55,15 @@ def task_for(entry: PlanEntry, source_for: EndpointFor, dest_for: EndpointFor) -
 
 
 def phases(plan: Plan) -> list[list[PlanEntry]]:
-    """Entries grouped so that each group may run only after the previous one finished."""
-    later = (EntryKind.BUNDLE, EntryKind.IMAGE_LOCATIONS)
+    """Entries grouped so that each group may run only after the previous one finished:
+    images, then bundles, then ImageLocations records, then attachments (signatures,
+    attestations, referrers) after the manifests they are attached to."""
+    later = (EntryKind.BUNDLE, EntryKind.IMAGE_LOCATIONS, EntryKind.ATTACHMENT)
     first = [e for e in plan.entries if e.kind not in later]
     bundles = [e for e in plan.entries if e.kind == EntryKind.BUNDLE]
     records = [e for e in plan.entries if e.kind == EntryKind.IMAGE_LOCATIONS]
-    return [group for group in (first, bundles, records) if group]
+    groups = (first, bundles, records, *attachment_phases(plan.entries))
+    return [group for group in groups if group]
 
 
 def write_images_lock(path: Path, results: Sequence[TaskResult]) -> None:

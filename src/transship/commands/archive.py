@@ -19,6 +19,7 @@ from transship.airgap import (
     load_tasks,
     measure,
     open_archive,
+    save_task,
     save_tasks,
     source_points,
 )
@@ -26,6 +27,7 @@ from transship.commands.common import (
     execute,
     load_plan_source,
     plan_source_options,
+    resolve_listed,
     run_engine,
     setup_logging,
     side_options,
@@ -40,6 +42,7 @@ from transship.layout import OCILayout, OCILayoutTar, write_tar
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import parse_size, split_archive
 from transship.manifest import Manifest
+from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.progress import human_bytes
 from transship.relocate import preflight as check_destinations
 
@@ -68,6 +71,11 @@ PARTIAL_SUFFIX = ".partial"
     metavar="OLD_ARCHIVE",
     help="Incremental: write only blobs OLD_ARCHIVE does not hold (load OLD first).",
 )
+@click.option(
+    "--no-attachments",
+    is_flag=True,
+    help="Leave signatures, attestations and referrers behind (saved by default).",
+)
 @click.option("--dry-run", is_flag=True, help="Only print the bytes to write and check free disk.")
 @click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
@@ -81,6 +89,7 @@ def save(
     output: Path,
     split_size: str | None,
     since: Path | None,
+    no_attachments: bool,
     dry_run: bool,
     parallel: int,
     report: Path | None,
@@ -108,12 +117,22 @@ def save(
     layout_dir = output.with_name(output.name + PARTIAL_SUFFIX) if is_tar else output
     if is_tar and output.exists() and not layout_dir.exists() and not dry_run:
         raise UsageError(f"{output} exists; remove it or choose another name")
-    info = ArchiveInfo.for_plan(plan, prefix)
-    if base is not None:
-        info = replace(info, base=since.name if since else None)
     console = Console(stderr=True)
+    listed = plan
 
     async def run(sources: RegistryPool, _dests: RegistryPool) -> list[TaskResult]:
+        plan = listed
+        held_back: list[PlanEntry] = []
+        if plan_file is None:  # a list or a script: resolve it, so bundles travel whole
+            plan, held_back = await resolve_listed(
+                plan, sources, parallel, quiet, attachments=not no_attachments
+            )
+        elif no_attachments:
+            kept = tuple(e for e in plan.entries if e.kind != EntryKind.ATTACHMENT)
+            plan = Plan(kept, plan.sources)
+        info = ArchiveInfo.for_plan(plan, prefix)
+        if base is not None:
+            info = replace(info, base=since.name if since else None)
         if dry_run:
             existing = OCILayout(layout_dir, writable=False) if layout_dir.exists() else base
             if existing is not None and base is not None:
@@ -141,6 +160,10 @@ def save(
             await layout.close()
             if base is not None:
                 await base.close()
+        for entry in held_back:  # counted as failed, never saved thin: the exit code says so
+            task = save_task(entry, info, sources.get, layout)
+            error = UsageError(f"bundle {entry.source} could not be expanded")
+            results.append(TaskResult(task, "failed", error=error))
         if any(r.status == "failed" for r in results):
             return results
         sums = checksum_list(

@@ -19,9 +19,11 @@ from transship.engine import CopyEngine, CopyTask, EngineOptions, TaskResult
 from transship.errors import ExitCode, UsageError
 from transship.fsutil import write_atomic
 from transship.plan._yaml import read_text
+from transship.plan.attachments import without_attachments_of
 from transship.plan.imagelist import load_image_list
-from transship.plan.model import Plan
+from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.plan.oldscript import load_old_script
+from transship.plan.resolve import ResolveOptions, resolve_plan
 from transship.progress import LogObserver, RichObserver, summary_table
 from transship.relocate import write_images_lock
 
@@ -215,3 +217,36 @@ def exit_code_for(results: Sequence[TaskResult]) -> int:
         print(f"transship: error: {error}", file=sys.stderr)
         return int(error.exit_code)
     return ExitCode.PARTIAL
+
+
+async def resolve_listed(
+    plan: Plan, sources: RegistryPool, parallel: int, quiet: bool, *, attachments: bool
+) -> tuple[Plan, list[PlanEntry]]:
+    """Resolve a list or script as `transship plan` would, without letting one bad image stop
+    the rest: an entry that could not be resolved is copied as listed (the engine retries and
+    reports it), and a bundle that could not be expanded is held back, never copied thin."""
+    resolution = await resolve_plan(
+        plan,
+        sources.get,
+        ResolveOptions(parallel=parallel, keep_going=True, attachments=attachments),
+    )
+    for warning in resolution.warnings if not quiet else ():
+        print(f"transship: warning: {warning}", file=sys.stderr)
+    resolved = resolution.plan
+    present = {e.source for e in resolved.entries}
+    listed = {e.source: e for e in plan.entries}
+    retry = [listed[g.source] for g in resolved.gaps if g.source in listed]
+    retry = [e for e in retry if e.source not in present]
+    for gap in resolved.gaps if not quiet else ():
+        if gap.source not in listed:
+            print(f"transship: warning: not copied: {gap.source}: {gap.reason}", file=sys.stderr)
+    held_back = [e for e in resolved.entries if e.kind == EntryKind.BUNDLE and e.expanded is False]
+    for entry in held_back:
+        print(
+            f"transship: error: bundle {entry.source} could not be expanded, so it is not "
+            "copied (a bundle without its images would break imgpkg); see the warnings above",
+            file=sys.stderr,
+        )
+    kept = without_attachments_of((e for e in resolved.entries if e not in held_back), held_back)
+    keep = kept + tuple(retry)
+    return Plan(keep, resolved.sources), held_back

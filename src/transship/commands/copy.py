@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from transship.commands.common import (
     execute,
     load_plan_source,
     plan_source_options,
+    resolve_listed,
     run_engine,
     setup_logging,
     side_options,
@@ -23,7 +23,6 @@ from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.manifest import Platform
 from transship.plan.model import EntryKind, Plan, PlanEntry
-from transship.plan.resolve import ResolveOptions, resolve_plan
 from transship.reference import Reference
 from transship.relocate import phases, task_for
 from transship.relocate import preflight as check_destinations
@@ -54,6 +53,11 @@ from transship.relocate import preflight as check_destinations
     help="Write an imgpkg ImagesLock of the relocated references.",
 )
 @click.option(
+    "--no-attachments",
+    is_flag=True,
+    help="Leave signatures, attestations and referrers behind (copied by default).",
+)
+@click.option(
     "--preflight",
     is_flag=True,
     help="Before moving bytes, check every destination repository accepts a push.",
@@ -71,6 +75,7 @@ def copy(
     parallel: int,
     report: Path | None,
     lock_output: Path | None,
+    no_attachments: bool,
     preflight: bool,
     verbose: int,
     quiet: bool,
@@ -111,7 +116,12 @@ def copy(
         assert chosen is not None
         held_back: list[PlanEntry] = []
         if resolve:
-            chosen, held_back = await _resolve_for_copy(chosen, sources, parallel, quiet)
+            chosen, held_back = await resolve_listed(
+                chosen, sources, parallel, quiet, attachments=not no_attachments
+            )
+        elif no_attachments:
+            kept = tuple(e for e in chosen.entries if e.kind != EntryKind.ATTACHMENT)
+            chosen = Plan(kept, chosen.sources)
         plan_phases = phases(chosen)
         task_phases = [
             [replace(task_for(e, sources.get, dests.get), platforms=wanted) for e in group]
@@ -126,33 +136,6 @@ def copy(
         return results
 
     return execute(run, src_settings, dest_settings)
-
-
-async def _resolve_for_copy(
-    plan: Plan, sources: RegistryPool, parallel: int, quiet: bool
-) -> tuple[Plan, list[PlanEntry]]:
-    """Resolve a list or script as `transship plan` would, without letting one bad image stop
-    the rest: an entry that could not be resolved is copied as listed (the engine retries and
-    reports it), and a bundle that could not be expanded is held back, never copied thin."""
-    resolution = await resolve_plan(
-        plan, sources.get, ResolveOptions(parallel=parallel, keep_going=True)
-    )
-    for warning in resolution.warnings if not quiet else ():
-        print(f"transship: warning: {warning}", file=sys.stderr)
-    resolved = resolution.plan
-    present = {e.source for e in resolved.entries}
-    listed = {e.source: e for e in plan.entries}
-    retry = [listed[g.source] for g in resolved.gaps if g.source in listed]
-    retry = [e for e in retry if e.source not in present]
-    held_back = [e for e in resolved.entries if e.kind == EntryKind.BUNDLE and e.expanded is False]
-    for entry in held_back:
-        print(
-            f"transship: error: bundle {entry.source} could not be expanded, so it is not "
-            "copied (a bundle without its images would break imgpkg); see the warnings above",
-            file=sys.stderr,
-        )
-    keep = tuple(e for e in resolved.entries if e not in held_back) + tuple(retry)
-    return Plan(keep, resolved.sources), held_back
 
 
 def _single_entry(source: str, destination: str) -> PlanEntry:

@@ -1,7 +1,8 @@
 """`transship plan …`: work out what to copy, and how much, before copying.
 
 Every subcommand ends the same way: the plan is resolved against the source registries (digests,
-sizes, bundle detection and expansion) unless `--no-resolve`, written with `-o` (atomically) or
+sizes, bundle detection and expansion, attached signatures/attestations/referrers unless
+`--no-attachments`) unless `--no-resolve`, written with `-o` (atomically) or
 printed to stdout, and summarised for people on stderr. `transship copy --plan FILE` consumes it.
 """
 
@@ -54,6 +55,12 @@ def _common_options(func: F) -> F:
             "--no-resolve",
             is_flag=True,
             help="Do not ask the registries: no digests, sizes or bundle expansion.",
+        ),
+        click.option(
+            "--no-attachments",
+            is_flag=True,
+            help="Leave signatures, attestations, SBOMs and other OCI referrers (cosign's "
+            "sha256-<hex>.sig/.att/.sbom tags, referrers API and tag schema) behind.",
         ),
         click.option(
             "--keep-going",
@@ -198,7 +205,11 @@ def _run(
     if kwargs["parallel"] < 1:
         raise UsageError("--parallel must be at least 1")
     settings = side_settings("src", kwargs, kwargs["parallel"])
-    options = ResolveOptions(parallel=kwargs["parallel"], keep_going=kwargs["keep_going"])
+    options = ResolveOptions(
+        parallel=kwargs["parallel"],
+        keep_going=kwargs["keep_going"],
+        attachments=not kwargs["no_attachments"],
+    )
 
     async def main() -> Resolution:
         pool = RegistryPool(settings)
@@ -220,11 +231,12 @@ def _finish(resolution: Resolution, kwargs: dict[str, Any]) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
     if not kwargs["quiet"]:
-        _summarise(resolution, output)
+        searched = not (kwargs["no_resolve"] or kwargs["no_attachments"])
+        _summarise(resolution, output, searched)
     return int(ExitCode.PARTIAL) if plan.gaps else int(ExitCode.OK)
 
 
-def _summarise(resolution: Resolution, output: Path | None) -> None:
+def _summarise(resolution: Resolution, output: Path | None, attachments: bool = True) -> None:
     """Warnings, gaps, non-registry content and the totals table, for people, on stderr."""
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     plan = resolution.plan
@@ -237,13 +249,16 @@ def _summarise(resolution: Resolution, output: Path | None) -> None:
         console.print(f"{NOT_REGISTRY_NOTE}:", markup=False)
         for artifact in plan.not_registry_content:
             console.print(f"  {artifact.kind}: {artifact.name}", markup=False)
-    console.print(totals_table(resolution))
+    console.print(totals_table(resolution, attachments))
     if output is not None:
         console.print(f"plan written to {output}", markup=False)
 
 
-def totals_table(resolution: Resolution) -> Table:
-    """Entries, repositories, bundles, and bytes: unique versus image-by-image."""
+def totals_table(resolution: Resolution, attachments: bool = True) -> Table:
+    """Entries, repositories, bundles, attachments, and bytes: unique versus image-by-image.
+
+    `attachments`: whether they were looked for, so that none found and none asked for differ.
+    """
     totals = resolution.totals
     plan = resolution.plan
     table = Table(title="plan", show_header=False, title_justify="left")
@@ -258,6 +273,10 @@ def totals_table(resolution: Resolution) -> Table:
     locations = sum(1 for e in plan.entries if e.kind is EntryKind.IMAGE_LOCATIONS)
     if locations:
         table.add_row("ImageLocations records", str(locations))
+    if attachments or totals.attachments:
+        table.add_row("attachments", str(totals.attachments))
+    else:
+        table.add_row("attachments", "not looked for")
     if totals.blobs is not None and totals.bytes is not None and totals.naive_bytes is not None:
         table.add_row("unique blobs", str(totals.blobs))
         table.add_row("bytes to copy (each blob once)", human_bytes(totals.bytes))

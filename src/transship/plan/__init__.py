@@ -3,8 +3,9 @@
 What is exported here is offline: it reads files (TKG/TKR BOMs, compatibility documents, image
 lists, the vendor scripts' output, saved plans) and never talks to a registry. The
 registry-facing steps live in their own modules and reach registries only through an `Endpoint`:
-`transship.plan.resolve` (digests, sizes, bundle detection and expansion) and
-`transship.plan.tkgregistry` (a TKG release read from a registry, as TKG reads it).
+`transship.plan.resolve` (digests, sizes, bundle detection and expansion),
+`transship.plan.attachments` (signatures, attestations, SBOMs and OCI referrers of what is planned)
+and `transship.plan.tkgregistry` (a TKG release read from a registry, as TKG reads it).
 """
 
 from transship.plan._yaml import read_text

@@ -13,6 +13,9 @@ destination repository (imgpkg-format.md §3, §7). So this module:
   destination repository by digest with imgpkg's `sha256-<hex>.imgpkg` tag, read from
   `<bundle repository>@<digest>` first and its original location second (as imgpkg does), and
   each completely expanded bundle gets its ImageLocations record (`transship.generated`);
+* finds what is attached to every resolved manifest (cosign signatures, attestations, SBOMs,
+  OCI 1.1 referrers) and plans it into the same destination repository
+  (`transship.plan.attachments`, on unless `ResolveOptions.attachments` is False);
 * counts what a copy will move: unique blobs and bytes versus a naive image-by-image copy.
 """
 
@@ -65,6 +68,7 @@ class ResolveOptions:
     parallel: int = 16  # registry requests in flight
     keep_going: bool = False  # per-entry failures become warnings and plan gaps
     expand_bundles: bool = True
+    attachments: bool = True  # signatures, attestations, SBOMs and referrers travel along
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class ContentTotals:
     blobs: int | None  # unique blobs (configs and layers); None when not resolved
     bytes: int | None  # unique bytes: unique blobs + unique manifests
     naive_bytes: int | None  # every entry copied on its own, nothing shared
+    attachments: int = 0  # attachment entries (signatures, attestations, referrers)
 
     @property
     def saved_bytes(self) -> int | None:
@@ -135,7 +140,9 @@ def content_totals(plan: Plan, contents: dict[tuple[str, str], Content] | None) 
     base = plan.totals
     known = contents is not None and all(e.key in contents for e in plan.entries)
     if not known or contents is None:
-        return ContentTotals(base.entries, base.repositories, base.bundles, None, None, None)
+        return ContentTotals(
+            base.entries, base.repositories, base.bundles, None, None, None, base.attachments
+        )
     blobs: dict[Digest, int] = {}
     manifests: dict[Digest, int] = {}
     naive = 0
@@ -145,7 +152,9 @@ def content_totals(plan: Plan, contents: dict[tuple[str, str], Content] | None) 
         manifests.update(content.manifests)
         naive += content.size
     unique = sum(blobs.values()) + sum(manifests.values())
-    return ContentTotals(base.entries, base.repositories, base.bundles, len(blobs), unique, naive)
+    return ContentTotals(
+        base.entries, base.repositories, base.bundles, len(blobs), unique, naive, base.attachments
+    )
 
 
 def unresolved(plan: Plan) -> Resolution:
@@ -210,6 +219,11 @@ class SourceReader:
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         async with self._slots:
             return await call()
+
+    async def cached(self, key: tuple[str, ...], call: Callable[[], Awaitable[T]]) -> T:
+        """One request per key for the whole run, within the request limit (tag lists,
+        referrers): callers outside this module share the reader's cache and slots."""
+        return await self._shared(key, lambda: self._call(call))
 
     async def manifest(self, ref: Reference) -> Manifest:
         endpoint = self.source_for(ref.registry)
@@ -330,6 +344,13 @@ class SourceReader:
             raise BundleError(f"{what} {ref}: {found.name} is not UTF-8 text") from None
 
 
+def image_content(manifest: Manifest) -> Content:
+    """An image manifest's content without reading anything else (no config labels)."""
+    content = Content({manifest.digest: manifest.size})
+    _add_blobs(manifest, content)
+    return content
+
+
 def _add_blobs(manifest: Manifest, content: Content) -> None:
     for blob in manifest.blobs():
         if not blob.urls:  # foreign layers are never copied, so never counted
@@ -376,7 +397,16 @@ class _Resolver:
         entries = [e for o in outcomes for e in o.entries]
         contents = {k: c for o in outcomes for k, c in o.contents.items()}
         gaps = [g for o in outcomes for g in o.gaps]
-        warnings = tuple(dict.fromkeys(w for o in outcomes for w in o.warnings))
+        warnings = [w for o in outcomes for w in o.warnings]
+        if self.options.attachments:
+            # imported here: attachments builds on this module's reader and content model
+            from transship.plan.attachments import find_attachments
+
+            found = await find_attachments(entries, contents, self.reader, self.options)
+            entries += found.entries
+            contents.update(found.contents)
+            gaps += found.gaps
+            warnings += found.warnings
         resolved = Plan(
             entries=tuple(entries),
             sources=plan.sources,
@@ -384,7 +414,8 @@ class _Resolver:
             not_registry_content=plan.not_registry_content,
             gaps=(*plan.gaps, *gaps),
         )
-        return Resolution(resolved, warnings, content_totals(resolved, contents))
+        unique = tuple(dict.fromkeys(warnings))
+        return Resolution(resolved, unique, content_totals(resolved, contents))
 
     async def _entry(self, entry: PlanEntry) -> _Outcome:
         outcome = _Outcome()
@@ -432,7 +463,7 @@ class _Resolver:
     def _kind(self, entry: PlanEntry, resolved: Resolved, outcome: _Outcome) -> EntryKind:
         """The content decides; disagreements with the names are worth a warning."""
         hinted = entry.kind is EntryKind.BUNDLE
-        if entry.kind in (EntryKind.METADATA, EntryKind.BUNDLE_REFERENCED):
+        if entry.kind in (EntryKind.METADATA, EntryKind.BUNDLE_REFERENCED, EntryKind.ATTACHMENT):
             return entry.kind
         if resolved.manifest.is_index:
             if hinted:
