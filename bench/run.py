@@ -428,18 +428,45 @@ class Bench:
     # -- tools ------------------------------------------------------------------------------
 
     def transship(self) -> None:
+        """`transship plan images` once (timed as transship-plan), then `copy --plan` cold
+        (transship) and again into the complete destination (transship-noop). With
+        `--transship-mode images` it runs the one-command form `copy --images` instead."""
         dest = self.fresh_dest("transship")
         logs = self.work / "tools" / "transship"
         env = tool_env(logs / "home")
+        plan = logs / "plan.yaml"
+        if self.args.transship_mode == "plan":
+            planning = timed(
+                [
+                    TRANSSHIP,
+                    "plan",
+                    "images",
+                    self.images,
+                    "--dest",
+                    f"{dest.host}/{PREFIX}",
+                    "-o",
+                    plan,
+                    "-q",
+                ],
+                env,
+                logs,
+                "transship-plan",
+            )
+            plan_run = ToolRun("transship-plan", planning.seconds)
+            self._add(plan_run, planning, "transship-plan")
+            plan_run.note += " resolves the list (digests, bundles, attachments); copies nothing;"
+            plan_run.complete = planning.code == 0 and plan.exists()
+            self.runs.append(plan_run)
+            print(f"transship-plan: {planning.seconds:.1f}s", flush=True)
+            source: list[str | Path] = ["--plan", plan]
+        else:
+            source = ["--images", self.images, "--dest", f"{dest.host}/{PREFIX}"]
         for name in ("transship", "transship-noop"):
             report = logs / f"{name}.report.json"
             cmd: list[str | Path] = [
                 TRANSSHIP,
                 "copy",
-                "--images",
-                self.images,
-                "--dest",
-                f"{dest.host}/{PREFIX}",
+                *source,
                 "--dest-ca",
                 str(self.pki.ca.cert_path),
                 "--dest-creds",
@@ -722,6 +749,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed-threads", type=int, default=8, help="parallel pushes when seeding")
     parser.add_argument("--floor-workers", type=int, default=8, help="rawfloor workers")
     parser.add_argument("--parallel", type=int, help="transship --parallel (default: its own)")
+    parser.add_argument(
+        "--transship-mode",
+        choices=("plan", "images"),
+        default="plan",
+        help="plan: `plan images` then `copy --plan` (default); images: `copy --images`",
+    )
     parser.add_argument(
         "--skopeo-user",
         default="nobody",

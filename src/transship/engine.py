@@ -220,18 +220,21 @@ class CopyEngine:
 
     async def copy_one(self, task: CopyTask) -> tuple[Status, Digest]:
         """Copy one task's manifest graph; 'skipped' when the destination already has it."""
-        if not task.platforms and ":" in task.source_identifier:
+        pinned = not task.platforms and ":" in task.source_identifier
+        if pinned:
             # Pinned by digest (a resolved plan): ask the destination first, so a complete
             # destination costs one HEAD per tag and nothing at the source.
-            pinned = Digest.parse(task.source_identifier)
-            if await self._dest_has(task.dest, task.dest_repository, pinned, task.dest_tags):
+            digest = Digest.parse(task.source_identifier)
+            if await self._dest_has(task.dest, task.dest_repository, digest, task.dest_tags):
                 self.stats.manifests_present += 1
-                return "skipped", pinned
+                return "skipped", digest
         manifest = await self._fetch_manifest(task, task.source_identifier)
         if task.platforms and manifest.is_index:
             manifest = await self._pick_platform(task, manifest)
         tags = task.dest_tags
-        if await self._dest_has(task.dest, task.dest_repository, manifest.digest, tags):
+        if not pinned and await self._dest_has(
+            task.dest, task.dest_repository, manifest.digest, tags
+        ):
             self.stats.manifests_present += 1
             return "skipped", manifest.digest
         await self._copy_manifest(task, manifest, depth=0, seen=frozenset())
