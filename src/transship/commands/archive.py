@@ -27,6 +27,7 @@ from transship.commands.common import (
     execute,
     load_plan_source,
     plan_source_options,
+    push_options,
     resolve_listed,
     run_engine,
     setup_logging,
@@ -201,20 +202,7 @@ def _existing_parent(path: Path) -> Path:
     help="Registry/project to load into; each image keeps its path below it.",
 )
 @side_options("dest", "destination")
-@click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
-@click.option(
-    "--lock-output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write an imgpkg ImagesLock of the loaded references.",
-)
-@click.option(
-    "--preflight",
-    is_flag=True,
-    help="Before moving bytes, check every destination repository accepts a push.",
-)
-@click.option("-v", "--verbose", count=True)
-@click.option("-q", "--quiet", is_flag=True)
+@push_options
 def load(
     archive: Path,
     dest_prefix: str | None,

@@ -90,6 +90,34 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     )
 
 
+def push_options(func: F) -> F:
+    """What every command that pushes into a registry takes: parallelism, outputs, preflight,
+    verbosity (`--parallel`, `--report`, `--lock-output`, `--preflight`, `-v`, `-q`)."""
+    options = [
+        click.option("--parallel", default=16, show_default=True, help="Images in flight at once."),
+        click.option(
+            "--report",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write a JSON report: per entry source, destination, digest, status, bytes.",
+        ),
+        click.option(
+            "--lock-output",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write an imgpkg ImagesLock of the relocated references.",
+        ),
+        click.option(
+            "--preflight",
+            is_flag=True,
+            help="Before moving bytes, check every destination repository accepts a push.",
+        ),
+        click.option("-v", "--verbose", count=True, help="More logging (-vv for debug)."),
+        click.option("-q", "--quiet", is_flag=True, help="Only errors."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def plan_source_options(func: F) -> F:
     """`--plan`, `--images`, `--script` and `--dest PREFIX`: where a set of images comes from."""
     options = [

@@ -12,6 +12,7 @@ from transship.commands.common import (
     execute,
     load_plan_source,
     plan_source_options,
+    push_options,
     resolve_listed,
     run_engine,
     setup_logging,
@@ -41,29 +42,12 @@ from transship.relocate import preflight as check_destinations
     metavar="OS/ARCH[/VARIANT]",
     help="From a multi-arch index copy only this platform's image (as crane does).",
 )
-@click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
-@click.option(
-    "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write a JSON report: per entry source, destination, digest, status, bytes.",
-)
-@click.option(
-    "--lock-output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write an imgpkg ImagesLock of the relocated references.",
-)
 @click.option(
     "--no-attachments",
     is_flag=True,
     help="Leave signatures, attestations and referrers behind (copied by default).",
 )
-@click.option(
-    "--preflight",
-    is_flag=True,
-    help="Before moving bytes, check every destination repository accepts a push.",
-)
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@push_options
 def copy(
     source: str | None,
     destination: str | None,
