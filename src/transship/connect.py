@@ -76,14 +76,6 @@ class RegistryPool:
             self._registries[host] = registry
         return registry
 
-    def counters(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for registry in self._registries.values():
-            for key, value in registry.counters.items():
-                total[key] = total.get(key, 0) + value
-            total["requests"] = total.get("requests", 0) + registry.transport.requests_sent
-        return total
-
     async def close(self) -> None:
         for registry in self._registries.values():
             await registry.close()

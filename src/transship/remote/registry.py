@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import aiohttp
@@ -40,7 +40,6 @@ class RegistryOptions(TransportOptions):
     chunk_size: int = 256 * 1024 * 1024
     read_chunk: int = CHUNK
     tag_page_size: int = 1000
-    counters: dict[str, int] = field(default_factory=dict)
 
 
 def pull(repository: str) -> tuple[str, ...]:
@@ -92,10 +91,6 @@ class Registry:
         self._pending_uploads: dict[tuple[str, Digest], str] = {}
         self._manifests: dict[tuple[str, Digest], Manifest] = {}
         self._manifest_bytes_cached = 0  # bounded: memory stays flat for any plan
-        self.counters = self.options.counters
-
-    def _count(self, key: str, n: int = 1) -> None:
-        self.counters[key] = self.counters.get(key, 0) + n
 
     async def close(self) -> None:
         await self.transport.close()
@@ -141,7 +136,6 @@ class Registry:
                 raise RetryableError(f"{where}: manifest body cut short ({len(raw)} of {length})")
             content_type = resp.headers.get("Content-Type")
             header_digest = resp.headers.get("Docker-Content-Digest")
-        self._count("manifests_get")
         if requested is not None:
             actual = Digest.of(raw, requested.algorithm)
             if actual != requested:
@@ -167,7 +161,6 @@ class Registry:
             scopes=pull(repository),
             headers={"Accept": ACCEPT},
         ) as resp:
-            self._count("manifests_head")
             if resp.status == 404:
                 return None
             if resp.status != 200:
@@ -194,7 +187,6 @@ class Registry:
                 error = await registry_error(resp, f"pushing manifest {where}")
                 raise _push_hint(error, repository)
             header = resp.headers.get("Docker-Content-Digest")
-        self._count("manifests_put")
         if header and header != str(manifest.digest):
             raise IntegrityError(
                 f"{where}: registry stored the manifest as {header}, expected {manifest.digest}"
@@ -213,7 +205,6 @@ class Registry:
         async with self.transport.request(
             "HEAD", f"/v2/{repository}/blobs/{digest}", scopes=pull(repository)
         ) as resp:
-            self._count("blobs_head")
             if resp.status == 200:
                 length = resp.content_length
                 return size is None or length is None or length == size
@@ -252,8 +243,6 @@ class Registry:
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise RetryableError(f"{where}: download interrupted ({type(exc).__name__})") from None
         hasher.verify("blob")
-        self._count("blobs_get")
-        self._count("bytes_get", hasher.size)
 
     async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
         """Cross-repository mount; a refusal leaves an upload session for `put_blob` to use."""
@@ -267,7 +256,6 @@ class Registry:
             params={"mount": str(digest), "from": from_repository},
         ) as resp:
             if resp.status == 201:
-                self._count("blobs_mounted")
                 return True
             if resp.status == 202 and resp.headers.get("Location"):
                 self._pending_uploads[(repository, digest)] = self._location(resp)
@@ -282,8 +270,9 @@ class Registry:
             raise RegistryError(f"{self.host}: upload answer without a Location header")
         return urljoin(str(resp.url), location)
 
-    async def _start_upload(self, repository: str, digest: Digest) -> str:
-        pending = self._pending_uploads.pop((repository, digest), None)
+    async def _start_upload(self, repository: str, digest: Digest | None) -> str:
+        """A new upload session, or the one a refused mount of `digest` left open."""
+        pending = self._pending_uploads.pop((repository, digest), None) if digest else None
         if pending:
             return pending
         async with self.transport.request(
@@ -298,7 +287,7 @@ class Registry:
 
     async def check_push(self, repository: str) -> None:
         """Preflight: open an upload session and cancel it; raises what a real push would."""
-        location = await self._start_upload(repository, _NO_DIGEST)
+        location = await self._start_upload(repository, None)
         try:  # best effort: distribution wants the delete right for this; sessions expire anyway
             async with self.transport.request("DELETE", location, scopes=push(repository)):
                 pass
@@ -352,8 +341,6 @@ class Registry:
         ) as resp:
             if resp.status not in (201, 204):
                 raise await registry_error(resp, where)
-        self._count("blobs_put")
-        self._count("bytes_put", descriptor.size)
         return descriptor.size
 
     async def _patch_chunks(
@@ -444,9 +431,6 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             break
         raw += more
     return raw
-
-
-_NO_DIGEST = Digest("sha256", "0" * 64)  # preflight uploads are never committed
 
 
 def _push_hint(error: Exception, repository: str) -> Exception:

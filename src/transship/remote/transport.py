@@ -108,7 +108,6 @@ class Transport:
         self._ping_lock = asyncio.Lock()
         self._challenge: Challenge | None = None
         self._tokens = TokenCache()
-        self.requests_sent = 0
 
     # -- connection -------------------------------------------------------------------------
 
@@ -179,7 +178,6 @@ class Transport:
         for attempt in range(self.options.retries + 1):
             try:
                 async with self._client().get(f"{base}/v2/", allow_redirects=False) as resp:
-                    self.requests_sent += 1
                     await resp.read()
                     if resp.status in RETRY_STATUSES and attempt < self.options.retries:
                         await asyncio.sleep(self._delay(attempt, resp))
@@ -296,7 +294,6 @@ class Transport:
                 headers = {"Authorization": creds.basic()} if creds and creds.username else {}
                 ctx = session.get(realm, params=query, headers=headers)
             async with ctx as resp:
-                self.requests_sent += 1
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
@@ -446,7 +443,6 @@ class Transport:
             resp = await session.request(
                 method, url, headers=headers, params=params, data=data, allow_redirects=False
             )
-            self.requests_sent += 1
             if not follow_redirects or resp.status not in REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
