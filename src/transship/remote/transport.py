@@ -12,7 +12,6 @@ import ipaddress
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -102,7 +101,6 @@ class Transport:
     def __init__(self, host: str, options: TransportOptions) -> None:
         self.host = host
         self.options = options
-        self._ssl: ssl.SSLContext | None = None
         self._session: aiohttp.ClientSession | None = None
         self._base: str | None = None
         self._ping_lock = asyncio.Lock()
@@ -113,9 +111,9 @@ class Transport:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._ssl = ssl_context(self.options.ca, verify=self.options.verify_tls)
+            context = ssl_context(self.options.ca, verify=self.options.verify_tls)
             connector = aiohttp.TCPConnector(
-                limit=self.options.max_connections, ssl=self._ssl, ttl_dns_cache=300
+                limit=self.options.max_connections, ssl=context, ttl_dns_cache=300
             )
             timeout = aiohttp.ClientTimeout(
                 total=None,
