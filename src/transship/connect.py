@@ -69,6 +69,7 @@ class RegistryPool:
                 ca_option=f"--{s.side}-ca",
                 insecure_option=f"--{s.side}-insecure",
                 creds_option=f"--{s.side}-creds",
+                destination=s.side == "dest",
             )
             if s.chunk_size:
                 options.chunk_size = s.chunk_size

@@ -39,6 +39,7 @@ from transship.digest import Digest
 from transship.engine import TaskResult
 from transship.errors import ExitCode, IntegrityError, TransshipError, UsageError
 from transship.fsutil import write_atomic
+from transship.harbor.cli import after_push, before_push, project_options, project_settings
 from transship.layout import OCILayout, OCILayoutTar, write_tar
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import parse_size, split_archive
@@ -203,6 +204,7 @@ def _existing_parent(path: Path) -> Path:
 )
 @side_options("dest", "destination")
 @push_options
+@project_options
 def load(
     archive: Path,
     dest_prefix: str | None,
@@ -216,6 +218,7 @@ def load(
 ) -> int:
     """Push everything in ARCHIVE (layout directory or tar) to a registry, under --dest."""
     setup_logging(verbose, quiet)
+    projects = project_settings(kwargs)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
     layout = open_archive(archive)
     info = ArchiveInfo.read(layout)
@@ -224,9 +227,12 @@ def load(
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
             phases = load_tasks(layout, info, dest_prefix, dests.get)
+            await before_push(phases, projects, preflight=preflight, quiet=quiet)
             if preflight:
                 await check_destinations(phases, parallel)
-            return await run_engine(phases, report, lock_output, quiet, parallel)
+            results = await run_engine(phases, report, lock_output, quiet, parallel)
+            await after_push(results)
+            return results
         finally:
             await layout.close()
 

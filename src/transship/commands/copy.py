@@ -22,6 +22,7 @@ from transship.commands.common import (
 from transship.connect import RegistryPool, tkg_dest_defaults
 from transship.engine import TaskResult
 from transship.errors import UsageError
+from transship.harbor.cli import after_push, before_push, project_options, project_settings
 from transship.manifest import Platform
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
@@ -48,6 +49,7 @@ from transship.relocate import preflight as check_destinations
     help="Leave signatures, attestations and referrers behind (copied by default).",
 )
 @push_options
+@project_options
 def copy(
     source: str | None,
     destination: str | None,
@@ -72,6 +74,7 @@ def copy(
     --plan, --images or --script.
     """
     setup_logging(verbose, quiet)
+    projects = project_settings(kwargs)
     src_settings = side_settings("src", kwargs, parallel)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
     plan = load_plan_source(plan_file, images_file, script_file, dest_prefix)
@@ -111,9 +114,11 @@ def copy(
             [replace(task_for(e, sources.get, dests.get), platforms=wanted) for e in group]
             for group in plan_phases
         ]
+        await before_push(task_phases, projects, preflight=preflight, quiet=quiet)
         if preflight:
             await check_destinations(task_phases, parallel)
         results = await run_engine(task_phases, report, lock_output, quiet, parallel)
+        await after_push(results)
         for entry in held_back:  # counted as failed: the exit code says partial
             task = task_for(entry, sources.get, dests.get)
             results.append(TaskResult(task, "failed", error=UsageError(entry.source)))
