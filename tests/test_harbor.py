@@ -319,3 +319,45 @@ def test_quota_refusal_is_one_line_and_stops_uploads_into_the_project(
              and r.method in ("POST", "PUT", "PATCH") and "/blobs/" in r.path]
     assert after == []
     assert h.projects["full"].used <= limit
+
+
+# -- verify: attachments are Harbor accessories ----------------------------------------------
+
+
+@pytest.mark.parametrize("referrers_api", [True, False])
+def test_verify_confirms_signatures_and_referrers_are_accessories(
+    cli: CLI,
+    harbor: MakeHarbor,
+    plain_registry: RegistryProcess,
+    pki: PKI,
+    tmp_path: Path,
+    referrers_api: bool,
+) -> None:
+    from test_attachments import seed
+
+    h = harbor(referrers_api=referrers_api)
+    seeded = seed(plain_registry, f"hbacc{int(referrers_api)}")
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"{seeded.host}/{seeded.repo('app')}:v1\n")
+    plan = tmp_path / "plan.yaml"
+    out = cli("plan", "images", str(listing), "--dest", f"{h.host}/signed", "-o", str(plan))
+    assert out.code == 0, out.err
+    out = cli("copy", "--plan", str(plan), "--create-projects", *dest_args(pki), "-q")
+    assert out.code == 0, out.err
+    mark = len(h.records)
+    out = cli("verify", "--plan", str(plan), *dest_args(pki))
+    assert out.code == 0, out.out + out.err
+    asked = [r.path for r in h.records[mark:] if r.status == 200]
+    if referrers_api:
+        assert any("/referrers/" in p for p in asked)
+        assert not any("/accessories" in p for p in asked)
+    else:
+        assert any(p.endswith("/accessories?page_size=100") for p in asked)
+    assert "neither the referrers nor the accessories API" not in out.err
+    # retention-safe: verify never GETs an image manifest at Harbor (a GET counts as a pull)
+    assert not [r for r in h.records[mark:] if r.method == "GET" and "/manifests/" in r.path]
+    # Harbor lost track of the SBOM referrer: present as a manifest, but not attached
+    h.forget_accessory(seeded.sbom.digest)
+    out = cli("verify", "--plan", str(plan), *dest_args(pki))
+    assert out.code == ExitCode.INCOMPLETE, out.out + out.err
+    assert "not-an-accessory" in out.out and seeded.sbom.digest[:19] in out.out

@@ -161,8 +161,10 @@ class HarborEmulator:
         self._tokens: dict[str, tuple[str | None, dict[str, frozenset[str]]]] = {}
         self._uploads: dict[str, _Upload] = {}
         self._sizes: dict[str, int] = {}  # blob digest → size, as seen on upload
-        #: (repository, subject digest) → referrer descriptors
+        #: (repository, subject digest) → accessories as referrer descriptors (OCI `subject`
+        #: referrers and cosign `sha256-<hex>.sig` signatures, as Harbor attaches both)
         self._referrers: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._accessory_types: dict[str, str] = {}  # accessory digest → Harbor type
         self._lock = threading.Lock()
         self._port = 0
         self._thread: threading.Thread | None = None
@@ -384,8 +386,14 @@ class HarborEmulator:
                 return web.json_response(self._project_json(project)), user
             if parts[2:] == ["summary"]:
                 return web.json_response(self._summary(project)), user
+            if len(parts) == 6 and parts[2] == "repositories" and parts[4] == "artifacts":
+                repo = f"{project.name}/{unquote(parts[3])}"
+                artifact = await self._artifact(repo, parts[5])
+                if artifact is None:
+                    return _errors(404, "NOT_FOUND", f"artifact {repo}@{parts[5]} not found"), user
+                return web.json_response(artifact), user
             if (
-                len(parts) == 8
+                len(parts) == 7
                 and parts[2] == "repositories"
                 and parts[4] == "artifacts"
                 and parts[6] == "accessories"
@@ -482,35 +490,57 @@ class HarborEmulator:
 
     async def _accessories(self, repo: str, reference: str) -> list[dict[str, Any]]:
         digest = reference if ":" in reference else await self._resolve(repo, reference)
-        found: list[dict[str, Any]] = []
-        for item in self._referrers.get((repo, digest), []):
-            kind = item.get("artifactType") or ""
-            found.append(
-                _accessory(
-                    len(found) + 1,
-                    repo,
-                    digest,
-                    item["digest"],
-                    item["size"],
-                    _accessory_type(kind),
-                )
+        with self._lock:
+            items = list(self._referrers.get((repo, digest), []))
+        return [
+            _accessory(
+                n,
+                repo,
+                digest,
+                item["digest"],
+                item["size"],
+                self._accessory_types.get(item["digest"], "subject.accessory"),
             )
-        sig_tag = f"sha256-{digest.partition(':')[2]}.sig"
-        status, headers, _ = await self._upstream(
-            "HEAD", f"/v2/{repo}/manifests/{sig_tag}", {"Accept": _ACCEPT}
+            for n, item in enumerate(items, 1)
+        ]
+
+    async def _artifact(self, repo: str, reference: str) -> dict[str, Any] | None:
+        """swagger `Artifact` (`getArtifact`): Harbor reads it from its database; the emulator
+        from the registry behind it (not a pull through the front, so not recorded as one)."""
+        status, headers, raw = await self._upstream(
+            "GET", f"/v2/{repo}/manifests/{reference}", {"Accept": _ACCEPT}
         )
-        if status == 200:
-            found.append(
-                _accessory(
-                    len(found) + 1,
-                    repo,
-                    digest,
-                    headers.get("Docker-Content-Digest", ""),
-                    int(headers.get("Content-Length", "0")),
-                    "signature.cosign",
-                )
-            )
-        return found
+        if status != 200:
+            return None
+        doc = json.loads(raw)
+        references = [
+            {
+                "parent_id": 1,
+                "child_id": n,
+                "child_digest": child["digest"],
+                "platform": child.get("platform"),
+                "annotations": child.get("annotations") or {},
+                "urls": child.get("urls") or [],
+            }
+            for n, child in enumerate(doc.get("manifests") or [], 2)
+        ]
+        media_type = headers.get("Content-Type", "")
+        return {
+            "id": 1,
+            "type": "IMAGE",
+            "media_type": (doc.get("config") or {}).get("mediaType", media_type),
+            "manifest_media_type": media_type,
+            "digest": headers.get("Docker-Content-Digest", ""),
+            "size": len(raw),
+            "references": references,
+        }
+
+    def forget_accessory(self, digest: str) -> None:
+        """Drop an accessory from the referrers and accessories lists (as if Harbor had not
+        attached it, e.g. pushed where Harbor did not recognise it)."""
+        with self._lock:
+            for listed in self._referrers.values():
+                listed[:] = [d for d in listed if d["digest"] != digest]
 
     async def _resolve(self, repo: str, tag: str) -> str:
         _, headers, _ = await self._upstream(
@@ -765,17 +795,23 @@ class HarborEmulator:
                     project.blobs.add(digest)
                     project.used += self._sizes.get(digest, 0)
             elif is_put_manifest(kind, request.method, status):
-                self._index_referrer(name, manifest_body, upstream, request)
+                self._index_referrer(name, rest.lstrip("/"), manifest_body, upstream, request)
 
     def _index_referrer(
-        self, name: str, raw: bytes, upstream: aiohttp.ClientResponse, request: web.BaseRequest
+        self,
+        name: str,
+        reference: str,
+        raw: bytes,
+        upstream: aiohttp.ClientResponse,
+        request: web.BaseRequest,
     ) -> None:
+        """Harbor attaches a manifest to another when its `subject` names it, or when it is a
+        cosign signature tagged `sha256-<hex>.sig`."""
         try:
             doc = json.loads(raw)
         except ValueError:
             return
-        subject = doc.get("subject") if isinstance(doc, dict) else None
-        if not isinstance(subject, dict) or "digest" not in subject:
+        if not isinstance(doc, dict):
             return
         digest = upstream.headers.get("Docker-Content-Digest", "")
         descriptor: dict[str, Any] = {
@@ -783,12 +819,24 @@ class HarborEmulator:
             "digest": digest,
             "size": len(raw),
         }
-        kind = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+        subject = doc.get("subject")
+        cosign = _COSIGN_SIG.match(reference)
+        if isinstance(subject, dict) and "digest" in subject:
+            target = str(subject["digest"])
+            kind = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType") or ""
+            harbor_type = _accessory_type(kind)
+        elif cosign is not None:
+            target = f"sha256:{cosign['hex']}"
+            kind = "application/vnd.dev.cosign.artifact.sig.v1+json"
+            harbor_type = "signature.cosign"
+        else:
+            return
         if kind:
             descriptor["artifactType"] = kind
         if doc.get("annotations"):
             descriptor["annotations"] = doc["annotations"]
-        listed = self._referrers.setdefault((name, str(subject["digest"])), [])
+        self._accessory_types[digest] = harbor_type
+        listed = self._referrers.setdefault((name, target), [])
         if all(d["digest"] != digest for d in listed):
             listed.append(descriptor)
 

@@ -25,6 +25,7 @@ from transship.commands.common import (
 from transship.connect import RegistryPool, SideSettings, tkg_dest_defaults
 from transship.errors import ExitCode, UsageError
 from transship.fsutil import write_atomic
+from transship.harbor.accessories import HarborIndexLister, check_accessories
 from transship.plan.model import Plan
 from transship.verify import VerifyOptions, VerifyResult, verify_plan
 
@@ -81,7 +82,9 @@ async def run_verify(
     sources = RegistryPool(src_settings)
     dests = RegistryPool(dest_settings)
     try:
-        return await verify_plan(plan, sources.get, dests.get, options)
+        result = await verify_plan(plan, sources.get, dests.get, options)
+        await check_accessories(result, dests.get)  # on Harbor: attached as accessories?
+        return result
     finally:
         await sources.close()
         await dests.close()
@@ -139,7 +142,9 @@ def verify(
     plan = load_plan_source(plan_file, images_file, script_file, dest_prefix)
     if plan is None:
         raise UsageError("give what to verify: --plan FILE, --images FILE or --script FILE")
-    options = VerifyOptions(deep=deep, resolve=not no_resolve, parallel=parallel)
+    options = VerifyOptions(
+        deep=deep, resolve=not no_resolve, parallel=parallel, index_lister=HarborIndexLister()
+    )
     result = asyncio.run(run_verify(plan, src_settings, dest_settings, options))
     if report is not None:
         write_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")

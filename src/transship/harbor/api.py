@@ -218,6 +218,27 @@ class HarborAPI:
             raise RegistryError(f"Harbor at {self.host}: unreadable accessories list") from None
 
 
+    async def artifact_children(
+        self, project: str, repository: str, digest: str
+    ) -> list[tuple[str, dict[str, Any] | None]] | None:
+        """`GET /projects/{p}/repositories/{r}/artifacts/{digest}`: the child digests (and
+        platforms) of an index from Harbor's database — an API call, not a registry pull."""
+        repo = quote(quote(repository, safe=""), safe="")
+        status, raw, _ = await self._call(
+            "GET", f"/projects/{quote(project, safe='')}/repositories/{repo}/artifacts/{digest}"
+        )
+        if status != 200:
+            return None
+        try:
+            references = json.loads(raw).get("references") or []
+            return [
+                (str(r["child_digest"]), r.get("platform") if isinstance(r, dict) else None)
+                for r in references
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
 def _message(raw: bytes) -> str:
     """The first message of a swagger `Errors` body."""
     try:
