@@ -17,7 +17,7 @@ from clirunner import CLI
 from harness.harbor import ADMIN_PASSWORD, HarborEmulator
 from harness.pki import PKI
 from harness.registry import RegistryProcess
-from harness.seed import seed_image
+from harness.seed import seed_image, seed_index
 
 from transship.errors import ExitCode, PermissionDeniedError, RegistryError
 from transship.harbor.api import HarborAPI, parse_quota
@@ -361,3 +361,40 @@ def test_verify_confirms_signatures_and_referrers_are_accessories(
     out = cli("verify", "--plan", str(plan), *dest_args(pki))
     assert out.code == ExitCode.INCOMPLETE, out.out + out.err
     assert "not-an-accessory" in out.out and seeded.sbom.digest[:19] in out.out
+
+
+def test_load_creates_the_project_and_a_rerun_only_heads(
+    cli: CLI, harbor: MakeHarbor, plain_registry: RegistryProcess, pki: PKI, tmp_path: Path
+) -> None:
+    h = harbor()
+    seed_image(plain_registry, "hbl/app", "v1", seed=161)
+    seed_index(plain_registry, "hbl/multi", "v1", seed=162)
+    listing = tmp_path / "images.txt"
+    listing.write_text(
+        plain_registry.ref("hbl/app:v1") + "\n" + plain_registry.ref("hbl/multi:v1") + "\n"
+    )
+    archive = tmp_path / "usb" / "tkg"
+    out = cli("save", "--images", str(listing), "-o", str(archive), "-q")
+    assert out.code == 0, out.err
+    out = cli("load", str(archive), "--dest", f"{h.host}/tkg-offline", "--create-projects",
+              *dest_args(pki))
+    assert out.code == 0, out.err
+    assert "created Harbor project 'tkg-offline'" in out.err
+    assert h.projects["tkg-offline"].used > 0
+    mark = len(h.records)
+    out = cli("load", str(archive), "--dest", f"{h.host}/tkg-offline", "--create-projects",
+              *dest_args(pki), "-q")
+    assert out.code == 0, out.err
+    v2 = [r for r in h.records[mark:] if r.path.startswith("/v2/") and r.path != "/v2/"]
+    assert v2 and {r.method for r in v2} == {"HEAD"}  # never a GET (a pull) at Harbor
+
+
+def test_create_projects_on_a_plain_registry_is_harmless(
+    cli: CLI, plain_registry: RegistryProcess, make_registry: Callable[..., RegistryProcess]
+) -> None:
+    seed_image(plain_registry, "hbp/app", "v1", seed=163)
+    dest = make_registry("plain")
+    out = cli("copy", plain_registry.ref("hbp/app:v1"), dest.ref("any/app:v1"),
+              "--create-projects")
+    assert out.code == 0, out.err
+    assert f"{dest.host} is not Harbor" in out.err

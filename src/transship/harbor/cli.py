@@ -69,6 +69,12 @@ async def before_push(
     if not (settings.create or preflight):
         return
     report = await ensure_projects(task_phases, settings)
+    for host in report.other_hosts if settings.create and not quiet else ():
+        print(
+            f"transship: {host} is not Harbor (its API did not answer as Harbor's): "
+            "--create-projects has nothing to create there",
+            file=sys.stderr,
+        )
     for host, name in report.created if not quiet else ():
         print(f"transship: created Harbor project '{name}' on {host}", file=sys.stderr)
     for host, name in report.raced if not quiet else ():

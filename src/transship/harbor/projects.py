@@ -40,6 +40,7 @@ class MissingProject:
 @dataclass
 class ProjectReport:
     harbor_hosts: list[str] = field(default_factory=list)
+    other_hosts: list[str] = field(default_factory=list)  # answered, but not as Harbor
     created: list[tuple[str, str]] = field(default_factory=list)  # (host, project)
     raced: list[tuple[str, str]] = field(default_factory=list)  # 409: someone else made it
     missing: list[MissingProject] = field(default_factory=list)
@@ -96,6 +97,7 @@ async def ensure_projects(
     for registry, projects in destination_projects(task_phases).items():
         api = HarborAPI(registry)
         if await api.detect() is None:
+            report.other_hosts.append(registry.host)
             continue  # not Harbor: repositories appear on push there
         report.harbor_hosts.append(registry.host)
         names = sorted(projects)

@@ -187,7 +187,11 @@ class Registry:
             header = resp.headers.get("Docker-Content-Digest")
             media_type = (resp.headers.get("Content-Type") or "").split(";")[0]
             size = resp.content_length or 0
-        if not header:
+        if not header and ":" in identifier:
+            # asked by digest: the 200 says it is there; no GET (some registries count a GET
+            # as a pull, which moves retention)
+            return Descriptor(media_type, Digest.parse(identifier), size)
+        if not header:  # a tag on a registry that does not say its digest: read it
             manifest = await self.get_manifest(repository, identifier)
             return manifest.descriptor
         return Descriptor(media_type, Digest.parse(header), size)
