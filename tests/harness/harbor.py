@@ -100,6 +100,7 @@ class Project:
     owner: str
     storage_limit: int = -1  # bytes; -1: unlimited
     used: int = 0
+    reserved: int = 0  # uploads admitted and not finished yet (Harbor reserves, then commits)
     blobs: set[str] = field(default_factory=set)
     created: str = ""
 
@@ -650,34 +651,50 @@ class HarborEmulator:
                 return _errors(403, "DENIED", "requested access to the resource is denied"), user
         if kind == "referrers" and request.method == "GET" and self.referrers_api:
             return self._referrers_index(name, rest.lstrip("/"), request), user
-        refused = self._check_quota(request, name, kind, rest)
+        refused, reserved = self._check_quota(request, name, kind, rest)
         if refused is not None:
             async for _chunk in request.content.iter_any():  # read it all: the client then
                 pass  # sees the answer, not a reset
             return refused, user
-        return await self._forward(request, name, kind, rest), user
+        try:
+            return await self._forward(request, name, kind, rest), user
+        finally:
+            if reserved:
+                with self._lock:
+                    self.projects[project].reserved -= reserved
 
     def _check_quota(
         self, request: web.BaseRequest, name: str, kind: str, rest: str
-    ) -> web.StreamResponse | None:
-        """Refuse the upload's last request when the blob would overflow the project."""
-        if kind != "blobs" or request.method != "PUT" or "digest" not in request.query:
-            return None
-        project = self.projects[name.split("/")[0]]
-        digest = request.query["digest"]
-        session = self._uploads.get(rest.rsplit("/", 1)[-1])
-        size = (session.received if session else 0) + (request.content_length or 0)
-        if project.storage_limit < 0 or digest in project.blobs:
-            return None
-        if project.used + size <= project.storage_limit:
-            return None
+    ) -> tuple[web.StreamResponse | None, int]:
+        """Refuse an upload's last request (or a mount) that would overflow the project;
+        otherwise reserve its size until the registry answered, as Harbor does, so uploads
+        in flight together cannot all squeeze under the limit."""
+        if kind != "blobs":
+            return None, 0
+        if request.method == "PUT" and "digest" in request.query:
+            digest = request.query["digest"]
+            session = self._uploads.get(rest.rsplit("/", 1)[-1])
+            size = (session.received if session else 0) + (request.content_length or 0)
+        elif request.method == "POST" and "mount" in request.query:
+            digest = request.query["mount"]
+            size = self._sizes.get(digest, 0)
+        else:
+            return None, 0
+        with self._lock:
+            project = self.projects[name.split("/")[0]]
+            if project.storage_limit < 0 or digest in project.blobs:
+                return None, 0
+            current = project.used + project.reserved
+            if current + size <= project.storage_limit:
+                project.reserved += size
+                return None, size
         message = (
             f"Quota exceeded when processing the request of adding {human(size)} of storage "
-            f"resource, which when updated to current usage of {human(project.used)} will "
+            f"resource, which when updated to current usage of {human(current)} will "
             f"exceed the configured upper limit of {human(project.storage_limit)}."
         )
         code = "DENIED" if self.quota_status == 403 else "PRECONDITION"
-        return _errors(self.quota_status, code, message)
+        return _errors(self.quota_status, code, message), 0
 
     def _referrers_index(
         self, name: str, digest: str, request: web.BaseRequest

@@ -140,13 +140,15 @@ async def explain_full_projects(results: Sequence[TaskResult]) -> list[str]:
     The refusal error itself is rewritten to that line too, so a single-image run reports it
     as its error.
     """
-    groups: dict[int, tuple[NamespaceFullError, list[CopyTask]]] = {}
+    # keyed by destination and namespace: tasks in flight together may each have been refused
+    groups: dict[tuple[int, str], tuple[NamespaceFullError, list[CopyTask]]] = {}
     for result in results:
         error = result.error
         if result.status != "failed" or not isinstance(error, NamespaceFullError):
             continue
         first = error.first or error
-        groups.setdefault(id(first), (first, []))[1].append(result.task)
+        key = (id(result.task.dest), first.namespace)
+        groups.setdefault(key, (first, []))[1].append(result.task)
     lines = []
     for first, tasks in groups.values():
         try:
