@@ -191,6 +191,14 @@ def test_quota_words_and_sizes() -> None:
     assert parse_quota("-1") == -1 and parse_quota("4096") == 4096
 
 
+def test_project_options_need_create_projects(cli: CLI) -> None:
+    out = cli("copy", "127.0.0.1:9/a/b:v1", "127.0.0.1:9/c/d:v1", "--project-quota", "10G")
+    assert out.code == ExitCode.USAGE and "--create-projects" in out.error_line
+    out = cli("copy", "127.0.0.1:9/a/b:v1", "127.0.0.1:9/c/d:v1", "--create-projects",
+              "--project-quota", "ten")
+    assert out.code == ExitCode.USAGE and "--project-quota 'ten'" in out.error_line
+
+
 # -- copy / load ------------------------------------------------------------------------------
 
 
@@ -387,6 +395,7 @@ def test_load_creates_the_project_and_a_rerun_only_heads(
     assert out.code == 0, out.err
     assert "created Harbor project 'tkg-offline'" in out.err
     assert h.projects["tkg-offline"].used > 0
+    assert not h.requests("GET", r"^/v2/.+/manifests/")  # the first load never GETs either
     mark = len(h.records)
     out = cli("load", str(archive), "--dest", f"{h.host}/tkg-offline", "--create-projects",
               *dest_args(pki), "-q")
