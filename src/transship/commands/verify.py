@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ async def run_verify(
     """Open both sides, verify, close: shared by `verify` and `tkg config`."""
     sources = RegistryPool(src_settings)
     dests = RegistryPool(dest_settings)
+    if options.index_lister is None:  # on Harbor, index children without a manifest GET
+        options = replace(options, index_lister=HarborIndexLister())
     try:
         result = await verify_plan(plan, sources.get, dests.get, options)
         await check_accessories(result, dests.get)  # on Harbor: attached as accessories?
@@ -142,9 +145,7 @@ def verify(
     plan = load_plan_source(plan_file, images_file, script_file, dest_prefix)
     if plan is None:
         raise UsageError("give what to verify: --plan FILE, --images FILE or --script FILE")
-    options = VerifyOptions(
-        deep=deep, resolve=not no_resolve, parallel=parallel, index_lister=HarborIndexLister()
-    )
+    options = VerifyOptions(deep=deep, resolve=not no_resolve, parallel=parallel)
     result = asyncio.run(run_verify(plan, src_settings, dest_settings, options))
     if report is not None:
         write_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
