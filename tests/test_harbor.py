@@ -287,7 +287,10 @@ def test_push_into_missing_project_without_the_flag(
         assert "absent" not in h.projects
 
 
-@pytest.mark.parametrize(("status", "parallel"), [(403, 1), (412, 1), (403, 16)])
+@pytest.mark.parametrize(
+    ("status", "wording", "parallel"),
+    [(403, "quota", 1), (412, "quota", 1), (403, "upper-limit", 16)],
+)
 def test_quota_refusal_is_one_line_and_stops_uploads_into_the_project(
     cli: CLI,
     harbor: MakeHarbor,
@@ -295,9 +298,10 @@ def test_quota_refusal_is_one_line_and_stops_uploads_into_the_project(
     pki: PKI,
     tmp_path: Path,
     status: int,
+    wording: str,
     parallel: int,
 ) -> None:
-    h = harbor(quota_status=status)
+    h = harbor(quota_status=status, quota_wording=wording)
     limit = 300_000
     h.add_project("full", storage_limit=limit)
     h.add_project("roomy")

@@ -28,7 +28,9 @@ The registry front behaves as Harbor does for what transship relies on:
   project answers 404 `NAME_UNKNOWN`. Either way a Basic header sent up front is accepted.
 - Storage quota: a blob upload that would take a project over its `storage_limit` is refused with
   `quota_status` (403 `DENIED` by default, 412 `PRECONDITION` as older Harbor) and Harbor's
-  "…will exceed the configured upper limit of …" message; the registry never receives it.
+  message: "Quota exceeded when processing the request of adding …" (`quota_wording="quota"`,
+  1.9 on) or, as Harbor 2.x prints it, without the word ("adding … will exceed the configured
+  upper limit of …", `quota_wording="upper-limit"`); the registry never receives the blob.
 - `GET /v2/<name>/referrers/<digest>` (Harbor ≥ 2.8) from the `subject` of manifests pushed
   through the emulator (`referrers_api=False` answers 404 like older Harbor).
 
@@ -126,7 +128,8 @@ class HarborEmulator:
     Settings are attributes read per request: `users` (name → password; `admin` is the system
     admin), `robots_may_create` (robot accounts holding the system "create project"
     permission), `creation_restriction` ("adminonly" — Harbor's default — or "everyone"),
-    `read_only_users` (may pull, never push), `quota_status`, `referrers_api`, `version`.
+    `read_only_users` (may pull, never push), `quota_status`, `quota_wording`,
+    `referrers_api`, `version`.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class HarborEmulator:
         robots_may_create: frozenset[str] = frozenset(),
         read_only_users: frozenset[str] = frozenset(),
         quota_status: int = 403,
+        quota_wording: Literal["quota", "upper-limit"] = "quota",
         referrers_api: bool = True,
         version: str = "v2.10.0-emulated",
     ) -> None:
@@ -154,6 +158,7 @@ class HarborEmulator:
         self.robots_may_create = robots_may_create
         self.read_only_users = read_only_users
         self.quota_status = quota_status
+        self.quota_wording = quota_wording
         self.referrers_api = referrers_api
         self.version = version
         self.projects: dict[str, Project] = {}
@@ -689,10 +694,12 @@ class HarborEmulator:
                 project.reserved += size
                 return None, size
         message = (
-            f"Quota exceeded when processing the request of adding {human(size)} of storage "
-            f"resource, which when updated to current usage of {human(current)} will "
-            f"exceed the configured upper limit of {human(project.storage_limit)}."
+            f"adding {human(size)} of storage resource, which when updated to current usage "
+            f"of {human(current)} will exceed the configured upper limit of "
+            f"{human(project.storage_limit)}."
         )
+        if self.quota_wording == "quota":
+            message = "Quota exceeded when processing the request of " + message
         code = "DENIED" if self.quota_status == 403 else "PRECONDITION"
         return _errors(self.quota_status, code, message), 0
 
