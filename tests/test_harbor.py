@@ -273,6 +273,13 @@ def test_user_without_the_role_gets_one_line(
     assert "user 'bob'" in line and "project 'bobs'" in line
     assert "system administrator role" in line
     assert "bobs" not in h.projects
+    # where everyone may create projects, a robot account still needs the permission
+    h.creation_restriction = "everyone"
+    out = cli("copy", plain_registry.ref("hb/d:v1"), h.ref("bots/d:v1"), "--create-projects",
+              *dest_args(pki, ROBOT))
+    assert out.code == ExitCode.AUTH
+    assert "robot account with the 'create project' system permission" in out.error_line
+    assert "restricted to admins" not in out.error_line
 
 
 def test_push_into_missing_project_without_the_flag(

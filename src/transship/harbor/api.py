@@ -61,6 +61,7 @@ class HarborAPI:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.host = registry.host
+        self.info: HarborInfo | None = None  # from the last detect()
 
     @property
     def user(self) -> str | None:
@@ -119,9 +120,10 @@ class HarborAPI:
             return None
         version = doc.get("harbor_version")
         restriction = doc.get("project_creation_restriction")
-        return HarborInfo(
+        self.info = HarborInfo(
             str(version) if version else None, str(restriction) if restriction else None
         )
+        return self.info
 
     async def project_exists(self, name: str) -> bool:
         """`HEAD /projects?project_name=` (swagger `headProject`)."""
@@ -156,10 +158,19 @@ class HarborAPI:
         detail = _message(raw)
         who = f"user '{self.user}'" if self.user else "an anonymous caller"
         if status == 403:
+            if self.info is not None and self.info.creation_restriction == "everyone":
+                needed = (
+                    "a user account, or a robot account with the 'create project' system "
+                    "permission"
+                )
+            else:
+                needed = (
+                    "the system administrator role (or a robot account with the 'create "
+                    "project' system permission) while project creation is restricted to admins"
+                )
             raise ProjectRefused(
                 f"Harbor at {self.host} does not let {who} create project '{name}': it needs "
-                "the system administrator role (or a robot account with the 'create project' "
-                "system permission) while project creation is restricted to admins",
+                + needed,
                 status=403,
                 hint=f"Harbor says: {detail}" if detail else None,
             )
