@@ -20,7 +20,8 @@ from typing import BinaryIO
 
 from transship.digest import Digest, Hasher
 from transship.errors import IntegrityError, InvalidDigestError
-from transship.layout.directory import _fsync_dir, _read_bounded
+from transship.fsutil import fsync_dir
+from transship.layout.directory import _read_bounded
 from transship.layout.errors import LayoutError, UnsafeArchiveError, io_error
 from transship.layout.index import (
     EXTRA_DIR,
@@ -337,7 +338,7 @@ def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
