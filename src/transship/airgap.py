@@ -1,9 +1,10 @@
 """Save to and load from OCI layout archives: the plan's names inside an archive, and back.
 
-Inside an archive a repository is named *relative* to the plan's destination prefix
-(`tkg/antrea` rather than `harbor.corp/tkg/antrea`), so `load --dest NEW/PREFIX` re-roots every
-image under the prefix the air-gapped side uses — the `TKG_CUSTOM_IMAGE_REPOSITORY` rule.
-The archive also carries `transship/archive.json` (format, prefix, bundle repositories),
+Inside an archive a repository is named *relative* to the destination prefix the plan was made
+for (`--dest harbor.corp` and `harbor.corp/tkg/antrea` give `tkg/antrea`), so `load` without
+`--dest` lands every image where the plan said, and `load --dest NEW` replaces exactly that
+prefix — the `TKG_CUSTOM_IMAGE_REPOSITORY` rule. The archive also carries
+`transship/archive.json` (format, prefix and where it came from, bundle repositories),
 `transship/plan.yaml` and `transship/SHA256SUMS` (every file, `sha256sum -c` compatible).
 """
 
@@ -23,10 +24,16 @@ from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import find_parts_file
 from transship.plan.model import Plan, PlanEntry
-from transship.reference import Reference
+from transship.reference import Reference, parse_prefix
 from transship.relocate import EndpointFor, phases, source_endpoint
 
 ARCHIVE_FORMAT = "transship-archive/v1"
+#: where an archive's prefix came from (archive.json `prefixOrigin`)
+PREFIX_PLANNED = "plan"  # the --dest the plan was made for: load lands where the plan said
+PREFIX_COMMON = "common"  # the plan recorded none: the longest prefix its destinations share
+PREFIX_NONE = "none"  # saved from a list without --dest: a placeholder, load needs --dest
+PREFIX_LEGACY = "legacy"  # archive.json without prefixOrigin (before it existed): as "common"
+_ORIGINS = frozenset({PREFIX_PLANNED, PREFIX_COMMON, PREFIX_NONE})
 #: a tag standing for "no tag": digest-only entries must still be named in index.json
 _DIGEST_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
 
@@ -59,12 +66,22 @@ class ArchiveInfo:
     #: "repository:tag" → the plan phase it belongs to (0, the default, is omitted)
     phase_of: dict[str, int] = field(default_factory=dict)
     base: str | None = None  # an incremental archive: the archive it was saved on top of
+    prefix_origin: str = PREFIX_LEGACY  # PREFIX_*: what `prefix` is
 
     @classmethod
-    def for_plan(cls, plan: Plan, prefix: str | None = None) -> ArchiveInfo:
-        """`prefix`: the destination prefix the plan was made for, when known; otherwise the
-        longest prefix all destinations share."""
-        prefix = prefix.rstrip("/") if prefix else destination_prefix(plan)
+    def for_plan(
+        cls, plan: Plan, prefix: str | None = None, *, placeholder: bool = False
+    ) -> ArchiveInfo:
+        """Names relative to `prefix` if given, else to the prefix the plan was made for,
+        else (older plans) to the longest prefix all destinations share. `placeholder`: the
+        prefix stands for "no destination known" (a list saved without --dest)."""
+        origin = PREFIX_NONE if placeholder else PREFIX_PLANNED
+        if prefix:
+            prefix = parse_prefix(prefix)
+        elif plan.destination_prefix:
+            prefix = plan.destination_prefix
+        else:
+            prefix, origin = destination_prefix(plan), PREFIX_COMMON
         for entry in plan.entries:
             if not entry.destination.startswith(f"{prefix}/"):
                 raise UsageError(
@@ -76,12 +93,13 @@ class ArchiveInfo:
                 repository = relative_repository(entry.destination, prefix)
                 for tag in archive_tags(entry):
                     phase_of[f"{repository}:{tag}"] = number
-        return cls(prefix, phase_of)
+        return cls(prefix, phase_of, prefix_origin=origin)
 
     def to_json(self) -> str:
         doc = {
             "format": ARCHIVE_FORMAT,
             "destinationPrefix": self.prefix,
+            "prefixOrigin": self.prefix_origin,
             "phases": dict(sorted(self.phase_of.items())),
             "base": self.base,
         }
@@ -98,7 +116,11 @@ class ArchiveInfo:
                 raise ValueError(doc.get("format"))
             base = doc.get("base")
             phase_of = {str(k): int(v) for k, v in dict(doc["phases"]).items()}
-            return cls(str(doc["destinationPrefix"]), phase_of, str(base) if base else None)
+            origin = str(doc.get("prefixOrigin", PREFIX_LEGACY))
+            if origin not in _ORIGINS | {PREFIX_LEGACY}:
+                raise ValueError(origin)
+            prefix = str(doc["destinationPrefix"])
+            return cls(prefix, phase_of, str(base) if base else None, origin)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UsageError(
                 f"{layout.label}: transship/archive.json is not a {ARCHIVE_FORMAT} file"
@@ -167,10 +189,16 @@ def open_archive(path: Path) -> OCILayout | OCILayoutTar:
 def load_tasks(
     layout: OCILayout | OCILayoutTar, info: ArchiveInfo, prefix: str | None, dest_for: EndpointFor
 ) -> list[list[CopyTask]]:
-    """Every named manifest of the archive as a task to `prefix`/repository, bundles last."""
-    root = prefix or info.prefix
-    if not root:
-        raise UsageError(f"{layout.label}: no destination known; pass --dest REGISTRY/PROJECT")
+    """Every named manifest of the archive as a task to `prefix`/repository, bundles last.
+
+    Without `prefix` each image goes where the plan said (the archive's prefix + its name)."""
+    if prefix:
+        root = parse_prefix(prefix, "--dest")
+    elif info.prefix and info.prefix_origin != PREFIX_NONE:
+        root = info.prefix
+    else:
+        why = "was saved without --dest" if info.prefix else "names no destination"
+        raise UsageError(f"{layout.label} {why}; pass --dest REGISTRY/PROJECT")
     grouped: dict[tuple[str, str], list[str]] = {}
     phase: dict[tuple[str, str], int] = {}
     for repository, tag, descriptor in layout.entries():

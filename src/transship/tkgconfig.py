@@ -69,20 +69,6 @@ def _text(value: str | bool) -> str:
     return value
 
 
-def repository_prefix(text: str) -> str:
-    """Validate a `host[:port]/path` prefix as TKG takes it: no scheme, tag or trailing '/'."""
-    value = text.strip().rstrip("/")
-    if "://" in value:
-        raise UsageError(f"{text!r}: give the repository without a scheme (host/project)")
-    host, slash, _path = value.partition("/")
-    if not slash or not ("." in host or ":" in host or host == "localhost"):
-        raise UsageError(
-            f"{text!r}: give the registry host and a project, e.g. harbor.example.com/tkg"
-        )
-    Reference.parse_repository(value)  # the path must be a valid repository name
-    return value
-
-
 def compatibility_repository(settings: TkgSettings) -> Reference:
     """Where TKG lists compatibility tags: `<prefix>/<compatibility path>`."""
     path = settings.compatibility_path.strip("/")

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from transship.airgap import (
+    PREFIX_COMMON,
+    PREFIX_LEGACY,
     ArchiveInfo,
     checksum_list,
     load_tasks,
@@ -48,6 +50,8 @@ from transship.progress import human_bytes
 from transship.relocate import preflight as check_destinations
 
 PARTIAL_SUFFIX = ".partial"
+#: the prefix of a list saved without --dest: load must be told where to go
+PLACEHOLDER = "archive.local"
 
 
 @click.command()
@@ -105,7 +109,7 @@ def save(
     setup_logging(verbose, quiet)
     # Inside the archive, names are relative to the destination prefix; an image list
     # without one keeps each image's path below a placeholder host.
-    prefix = dest_prefix or (None if plan_file else "archive.local")
+    prefix = dest_prefix or (None if plan_file else PLACEHOLDER)
     plan = load_plan_source(plan_file, images_file, script_file, prefix)
     if plan is None:
         raise UsageError("save needs one of --plan, --images or --script")
@@ -130,8 +134,11 @@ def save(
             )
         elif no_attachments:
             kept = tuple(e for e in plan.entries if e.kind != EntryKind.ATTACHMENT)
-            plan = Plan(kept, plan.sources)
-        info = ArchiveInfo.for_plan(plan, prefix)
+            plan = Plan(kept, plan.sources, destination_prefix=plan.destination_prefix)
+        # a plan file carries the prefix it was made for; --dest given with it overrides it
+        info = ArchiveInfo.for_plan(
+            plan, dest_prefix if plan_file else None, placeholder=not (dest_prefix or plan_file)
+        )
         if base is not None:
             info = replace(info, base=since.name if since else None)
         if dry_run:
@@ -199,7 +206,7 @@ def _existing_parent(path: Path) -> Path:
     "dest_prefix",
     envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
     metavar="PREFIX",
-    help="Registry/project to load into; each image keeps its path below it.",
+    help="Replace the planned destination prefix (default: load where the plan said).",
 )
 @side_options("dest", "destination")
 @push_options
@@ -214,12 +221,21 @@ def load(
     quiet: bool,
     **kwargs: Any,
 ) -> int:
-    """Push everything in ARCHIVE (layout directory or tar) to a registry, under --dest."""
+    """Push everything in ARCHIVE (layout directory or tar) to a registry: where its plan said,
+    or with --dest PREFIX replacing the destination prefix the plan was made for."""
     setup_logging(verbose, quiet)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
     layout = open_archive(archive)
     info = ArchiveInfo.read(layout)
     layout.base_name = info.base
+    if dest_prefix and info.prefix_origin in (PREFIX_COMMON, PREFIX_LEGACY) and not quiet:
+        print(
+            f"transship: warning: {layout.label} does not record the destination prefix its "
+            f"plan was made for (an older transship or plan wrote it): its names are relative "
+            f"to {info.prefix!r}, the longest prefix its destinations share, and --dest replaces "
+            "that; see `transship archive list`",
+            file=sys.stderr,
+        )
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
@@ -243,7 +259,9 @@ def archive_group() -> None:
 def archive_list(archive: Path) -> int:
     """Show what ARCHIVE holds: repository, tags, digest, media type."""
     layout = open_archive(archive)
-    table = Table(title=f"{layout.label}")
+    info = ArchiveInfo.read(layout)
+    prefix = f" (names relative to {info.prefix})" if info.prefix else ""
+    table = Table(title=f"{layout.label}{prefix}")
     for column in ("repository", "tag", "digest", "media type"):
         table.add_column(column)
     for repository, tag, descriptor in layout.entries():

@@ -277,4 +277,4 @@ async def resolve_listed(
         )
     kept = without_attachments_of((e for e in resolved.entries if e not in held_back), held_back)
     keep = kept + tuple(retry)
-    return Plan(keep, resolved.sources), held_back
+    return Plan(keep, resolved.sources, destination_prefix=resolved.destination_prefix), held_back

@@ -105,7 +105,7 @@ def copy(
             )
         elif no_attachments:
             kept = tuple(e for e in chosen.entries if e.kind != EntryKind.ATTACHMENT)
-            chosen = Plan(kept, chosen.sources)
+            chosen = Plan(kept, chosen.sources, destination_prefix=chosen.destination_prefix)
         plan_phases = phases(chosen)
         task_phases = [
             [replace(task_for(e, sources.get, dests.get), platforms=wanted) for e in group]

@@ -18,7 +18,7 @@ from transship.commands.verify import print_result, run_verify, wide_console
 from transship.connect import RegistryPool, SideSettings
 from transship.errors import TransshipError
 from transship.plan.model import Plan
-from transship.reference import Reference
+from transship.reference import Reference, parse_prefix
 from transship.remote.tls import load_ca, refuse_private_key
 from transship.tkgconfig import (
     CA_CERTIFICATE_KEY,
@@ -27,7 +27,6 @@ from transship.tkgconfig import (
     REPOSITORY_KEY,
     TkgSettings,
     compatibility_repository,
-    repository_prefix,
     require_tkg_release,
     write_cluster_config,
 )
@@ -146,7 +145,7 @@ def tkg_config(
     Standard output holds only the commands, so `transship tkg config … | sh` applies them.
     """
     setup_logging(verbose, quiet)
-    repository = repository_prefix(dest)
+    repository = parse_prefix(dest, "--dest", need_path=True)
     ca_base64: str | None = None
     if ca:
         bundle = load_ca(ca)

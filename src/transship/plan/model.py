@@ -23,7 +23,7 @@ from transship.errors import InvalidDigestError, InvalidReferenceError
 from transship.generated import ImageLocation, build_image_locations
 from transship.plan._yaml import Node, load_yaml
 from transship.plan.errors import PlanError
-from transship.reference import Reference
+from transship.reference import Reference, parse_prefix
 
 API_VERSION = "transship/v1alpha1"
 NOT_REGISTRY_NOTE = "not registry content — import separately"
@@ -242,6 +242,9 @@ class Plan:
     created: str = field(default_factory=utc_now)
     not_registry_content: tuple[NonRegistryArtifact, ...] = ()
     gaps: tuple[Gap, ...] = ()
+    #: the `--dest` prefix the plan was made for (None: not known, e.g. hand-written entries);
+    #: an archive saved from the plan names its repositories relative to it
+    destination_prefix: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", merge_entries(self.entries))
@@ -258,6 +261,7 @@ class Plan:
             created=self.created,
             not_registry_content=(*self.not_registry_content, *other.not_registry_content),
             gaps=(*self.gaps, *other.gaps),
+            destination_prefix=_merged_prefix(self.destination_prefix, other.destination_prefix),
         )
 
     @property
@@ -276,6 +280,7 @@ class Plan:
             "kind": "Plan",
             "created": self.created,
             "sources": list(self.sources),
+            **({"destinationPrefix": self.destination_prefix} if self.destination_prefix else {}),
             "totals": {
                 "entries": totals.entries,
                 "repositories": totals.repositories,
@@ -311,8 +316,25 @@ class Plan:
 
 
 _PLAN_KEYS = frozenset(
-    {"apiVersion", "kind", "created", "sources", "totals", "entries", "notRegistryContent", "gaps"}
+    {
+        "apiVersion",
+        "kind",
+        "created",
+        "sources",
+        "destinationPrefix",
+        "totals",
+        "entries",
+        "notRegistryContent",
+        "gaps",
+    }
 )
+
+
+def _merged_prefix(mine: str | None, theirs: str | None) -> str | None:
+    """Two plans for one prefix keep it; plans for two different prefixes have none."""
+    if mine is None or theirs is None:
+        return mine or theirs
+    return mine if mine == theirs else None
 _ENTRY_KEYS = frozenset(
     {
         "source",
@@ -348,7 +370,24 @@ def _plan_from_node(root: Node) -> Plan:
     entries = _entries_from_node(root)
     artifacts = _artifacts_from_node(root.get("notRegistryContent"))
     gaps = tuple(_gap_from_node(node) for node in _list(root, "gaps"))
-    return Plan(tuple(entries), sources, created, tuple(artifacts), gaps)
+    prefix = _prefix_from_node(root.get("destinationPrefix"))
+    if prefix is not None:
+        for entry, node in zip(entries, _list(root, "entries"), strict=True):
+            if not entry.destination.startswith(f"{prefix}/"):
+                raise node.error(
+                    f"destination {entry.destination} is not under the plan's destinationPrefix "
+                    f"{prefix}; plan again"
+                )
+    return Plan(tuple(entries), sources, created, tuple(artifacts), gaps, prefix)
+
+
+def _prefix_from_node(node: Node | None) -> str | None:
+    if node is None:
+        return None
+    try:
+        return parse_prefix(node.string(), "")
+    except InvalidReferenceError as exc:
+        raise node.error(str(exc)) from None
 
 
 def _list(parent: Node, key: str) -> list[Node]:

@@ -25,7 +25,7 @@ from transship.plan.errors import PlanError
 from transship.plan.imagelist import destination_under
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
 from transship.plan.tkg import METADATA_REPOSITORY_NAMES
-from transship.reference import Reference
+from transship.reference import Reference, parse_prefix
 
 _COMMANDS = frozenset({"imgpkg", "imgpkg.exe"})
 _SHELL_SCAFFOLDING = frozenset({"set", "if", "then", "fi", "echo", "base64", "export"})
@@ -106,9 +106,15 @@ def plan_from_old_script(
     *,
     created: str | None = None,
 ) -> Plan:
-    """A plan reproducing what the script would have copied, without its duplicates."""
-    entries = tuple(entries_from_old_script(text, name, dest_prefix, source_prefix))
-    return Plan(entries, (name,), created or utc_now())
+    """A plan reproducing what the script would have copied, without its duplicates.
+
+    It records `dest_prefix` as the prefix it was made for only if every destination is below
+    it (the script's own upload lines may name other places)."""
+    prefix = parse_prefix(dest_prefix) if dest_prefix is not None else None
+    entries = tuple(entries_from_old_script(text, name, prefix, source_prefix))
+    if prefix is not None and not all(e.destination.startswith(f"{prefix}/") for e in entries):
+        prefix = None
+    return Plan(entries, (name,), created or utc_now(), destination_prefix=prefix)
 
 
 def load_old_script(

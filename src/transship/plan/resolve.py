@@ -413,6 +413,7 @@ class _Resolver:
             created=plan.created,
             not_registry_content=plan.not_registry_content,
             gaps=(*plan.gaps, *gaps),
+            destination_prefix=plan.destination_prefix,
         )
         unique = tuple(dict.fromkeys(warnings))
         return Resolution(resolved, unique, content_totals(resolved, contents))

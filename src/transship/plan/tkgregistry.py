@@ -42,7 +42,7 @@ from transship.plan.tkg import (
     plan_from_boms,
     tkr_bom_tag,
 )
-from transship.reference import Reference
+from transship.reference import Reference, parse_prefix
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class _Chain:
         self.release = release
         self.reader = reader
         self.keep_going = keep_going
-        self.source = _prefix(release.source, "--source")
+        self.source = parse_prefix(release.source, "--source")
         self.digests: dict[str, Digest] = {}  # reference read -> the digest that was read
         self.gaps: list[Gap] = []
 
@@ -222,15 +222,6 @@ class _Chain:
                         )
                     )
         return Plan(tuple(entries))
-
-
-def _prefix(prefix: str, option: str) -> str:
-    cleaned = prefix.strip().rstrip("/")
-    try:
-        Reference.parse_repository(f"{cleaned}/x")
-    except InvalidReferenceError as exc:
-        raise PlanError(f"{option} {prefix!r} is not a registry prefix: {exc}") from None
-    return cleaned
 
 
 # --- the same release from files ----------------------------------------------------------
