@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask
-from transship.errors import UsageError
+from transship.errors import TransshipError, UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import find_parts_file
@@ -172,6 +172,7 @@ def save_task(
         label=f"{entry.source} -> {layout.label}:{repository}",
         source_label=entry.source,
         dest_label=f"{repository}:{','.join(tags)}",
+        size=entry.size,
     )
 
 
@@ -284,3 +285,37 @@ async def measure(
         if existing is None or not await existing.has_blob("", Digest.parse(digest), size)
     }
     return sum(missing.values()), len(missing), manifests
+
+
+async def with_sizes(
+    layout: LayoutReader, task_phases: Sequence[Sequence[CopyTask]]
+) -> tuple[list[list[CopyTask]], int]:
+    """Load tasks with the bytes of their manifest graphs, and the archive's unique bytes, for
+    progress: read from the archive's own manifests (local; no blob is read). A task whose
+    manifests cannot be read keeps no size; the engine reports what is wrong with it."""
+    unique: dict[Digest, int] = {}
+
+    async def walk(repository: str, identifier: str, depth: int, found: dict[Digest, int]) -> None:
+        manifest = await layout.get_manifest(repository, identifier)
+        found[manifest.digest] = manifest.size
+        if manifest.is_index and depth < 4:
+            for child in manifest.manifests:
+                await walk(repository, str(child.digest), depth + 1, found)
+        for blob in manifest.blobs():
+            if not blob.urls:
+                found[blob.digest] = blob.size
+
+    sized: list[list[CopyTask]] = []
+    for tasks in task_phases:
+        group = []
+        for task in tasks:
+            found: dict[Digest, int] = {}
+            try:
+                await walk(task.source_repository, task.source_identifier, 0, found)
+            except TransshipError:
+                group.append(task)
+                continue
+            unique.update(found)
+            group.append(replace(task, size=sum(found.values())))
+        sized.append(group)
+    return sized, sum(unique.values())

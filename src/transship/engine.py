@@ -55,6 +55,9 @@ class CopyTask:
     label: str = ""
     source_label: str = ""
     dest_label: str = ""
+    #: bytes of its manifest graph (manifests and blobs) when the plan knows them: progress
+    #: counts down from these; the engine itself never relies on them
+    size: int | None = None
 
 
 @dataclass

@@ -51,6 +51,7 @@ def task_for(entry: PlanEntry, source_for: EndpointFor, dest_for: EndpointFor) -
         label=f"{entry.source} -> {dest.name}:{shown_tags}",
         source_label=entry.source,
         dest_label=f"{dest.name}:{shown_tags}" if entry.tags else dest.name,
+        size=entry.size,
     )
 
 

@@ -24,6 +24,7 @@ from transship.airgap import (
     save_task,
     save_tasks,
     source_points,
+    with_sizes,
 )
 from transship.commands.common import (
     execute,
@@ -134,7 +135,12 @@ def save(
             )
         elif no_attachments:
             kept = tuple(e for e in plan.entries if e.kind != EntryKind.ATTACHMENT)
-            plan = Plan(kept, plan.sources, destination_prefix=plan.destination_prefix)
+            plan = Plan(
+                kept,
+                plan.sources,
+                destination_prefix=plan.destination_prefix,
+                unique_bytes=plan.unique_bytes,  # an estimate: attachments are small
+            )
         # a plan file carries the prefix it was made for; --dest given with it overrides it
         info = ArchiveInfo.for_plan(
             plan, dest_prefix if plan_file else None, placeholder=not (dest_prefix or plan_file)
@@ -162,7 +168,12 @@ def save(
             layout.write_extra("archive.json", info.to_json())
             layout.write_extra("plan.yaml", plan.to_yaml())
             results = await run_engine(
-                save_tasks(plan, info, sources.get, layout), report, None, quiet, parallel
+                save_tasks(plan, info, sources.get, layout),
+                report,
+                None,
+                quiet,
+                parallel,
+                plan.unique_bytes,
             )
         finally:
             await layout.close()
@@ -239,10 +250,11 @@ def load(
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
-            phases = load_tasks(layout, info, dest_prefix, dests.get)
+            planned = load_tasks(layout, info, dest_prefix, dests.get)
+            phases, unique = await with_sizes(layout, planned)
             if preflight:
                 await check_destinations(phases, parallel)
-            return await run_engine(phases, report, lock_output, quiet, parallel)
+            return await run_engine(phases, report, lock_output, quiet, parallel, unique)
         finally:
             await layout.close()
 

@@ -24,7 +24,7 @@ from transship.plan.imagelist import load_image_list
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.plan.oldscript import load_old_script
 from transship.plan.resolve import ResolveOptions, resolve_plan
-from transship.progress import LogObserver, RichObserver, summary_table
+from transship.progress import ByteBudget, LogObserver, RichObserver, summary_table
 from transship.relocate import write_images_lock
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -196,14 +196,18 @@ async def run_engine(
     lock_output: Path | None,
     quiet: bool,
     parallel: int,
+    unique_bytes: int | None = None,
 ) -> list[TaskResult]:
+    """Run the phases with progress: `unique_bytes` (the plan's, each blob once) and the tasks'
+    sizes give the total to send and the ETA."""
     console = Console(stderr=True)
     total = sum(len(p) for p in task_phases)
+    budget = ByteBudget((t for p in task_phases for t in p), unique_bytes)
     observer: RichObserver | LogObserver
     if console.is_terminal and not quiet:
-        observer = RichObserver(console, total)
+        observer = RichObserver(console, total, budget)
     else:
-        observer = LogObserver(total, quiet=quiet)
+        observer = LogObserver(total, budget, quiet=quiet)
     engine = CopyEngine(EngineOptions(parallel_images=parallel), observer)
     start = time.monotonic()
     with observer:
@@ -277,4 +281,10 @@ async def resolve_listed(
         )
     kept = without_attachments_of((e for e in resolved.entries if e not in held_back), held_back)
     keep = kept + tuple(retry)
-    return Plan(keep, resolved.sources, destination_prefix=resolved.destination_prefix), held_back
+    kept_plan = Plan(
+        keep,
+        resolved.sources,
+        destination_prefix=resolved.destination_prefix,
+        unique_bytes=resolved.unique_bytes,  # an estimate if some were held back
+    )
+    return kept_plan, held_back

@@ -105,7 +105,7 @@ def copy(
             )
         elif no_attachments:
             kept = tuple(e for e in chosen.entries if e.kind != EntryKind.ATTACHMENT)
-            chosen = Plan(kept, chosen.sources, destination_prefix=chosen.destination_prefix)
+            chosen = replace(chosen, entries=kept, gaps=())
         plan_phases = phases(chosen)
         task_phases = [
             [replace(task_for(e, sources.get, dests.get), platforms=wanted) for e in group]
@@ -113,7 +113,9 @@ def copy(
         ]
         if preflight:
             await check_destinations(task_phases, parallel)
-        results = await run_engine(task_phases, report, lock_output, quiet, parallel)
+        results = await run_engine(
+            task_phases, report, lock_output, quiet, parallel, chosen.unique_bytes
+        )
         for entry in held_back:  # counted as failed: the exit code says partial
             task = task_for(entry, sources.get, dests.get)
             results.append(TaskResult(task, "failed", error=UsageError(entry.source)))

@@ -29,7 +29,8 @@ API_VERSION = "transship/v1alpha1"
 NOT_REGISTRY_NOTE = "not registry content — import separately"
 _HEADER = (
     "# transship plan: images to copy (source -> destination repository, tags).\n"
-    "# Generated; review and diff freely. 'totals' is recomputed when the plan is read.\n"
+    "# Generated; review and diff freely. 'totals' is recomputed when the plan is read\n"
+    "# (except 'bytes', each blob once, as resolved).\n"
 )
 
 
@@ -245,6 +246,9 @@ class Plan:
     #: the `--dest` prefix the plan was made for (None: not known, e.g. hand-written entries);
     #: an archive saved from the plan names its repositories relative to it
     destination_prefix: str | None = None
+    #: bytes to copy, each blob and manifest once, as resolved (None: not resolved); what
+    #: progress counts down from, so it is kept in the plan file (`totals.bytes`)
+    unique_bytes: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", merge_entries(self.entries))
@@ -290,6 +294,8 @@ class Plan:
         }
         if totals.attachments:  # only then: plans without attachments read as before
             out["totals"]["attachments"] = totals.attachments
+        if self.unique_bytes is not None:
+            out["totals"]["bytes"] = self.unique_bytes
         if self.not_registry_content:
             out["notRegistryContent"] = {
                 "note": NOT_REGISTRY_NOTE,
@@ -365,8 +371,10 @@ def _plan_from_node(root: Node) -> Plan:
     created = root.child("created").string()
     sources = tuple(node.string() for node in _list(root, "sources"))
     totals = root.get("totals")
+    unique_bytes = None
     if totals is not None:
         totals.mapping()  # derived data: checked for shape only, recomputed below
+        unique_bytes = _optional_size(totals.get("bytes"))  # except this: kept as resolved
     entries = _entries_from_node(root)
     artifacts = _artifacts_from_node(root.get("notRegistryContent"))
     gaps = tuple(_gap_from_node(node) for node in _list(root, "gaps"))
@@ -378,7 +386,7 @@ def _plan_from_node(root: Node) -> Plan:
                     f"destination {entry.destination} is not under the plan's destinationPrefix "
                     f"{prefix}; plan again"
                 )
-    return Plan(tuple(entries), sources, created, tuple(artifacts), gaps, prefix)
+    return Plan(tuple(entries), sources, created, tuple(artifacts), gaps, prefix, unique_bytes)
 
 
 def _prefix_from_node(node: Node | None) -> str | None:

@@ -416,7 +416,8 @@ class _Resolver:
             destination_prefix=plan.destination_prefix,
         )
         unique = tuple(dict.fromkeys(warnings))
-        return Resolution(resolved, unique, content_totals(resolved, contents))
+        totals = content_totals(resolved, contents)
+        return Resolution(replace(resolved, unique_bytes=totals.bytes), unique, totals)
 
     async def _entry(self, entry: PlanEntry) -> _Outcome:
         outcome = _Outcome()
