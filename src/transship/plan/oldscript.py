@@ -238,7 +238,7 @@ def _unpaired_destination(export: _Copy, dest_prefix: str | None, source_prefix:
             "(from-tar) script's lines or give a destination prefix"
         )
     source = _parse_reference(export.source or "", export.where)
-    prefix = (source_prefix or "").strip().rstrip("/")
+    prefix = parse_prefix(source_prefix, "source prefix") if source_prefix else ""
     if prefix and source.name.startswith(prefix + "/"):
         return f"{dest_prefix.strip().rstrip('/')}/{source.name[len(prefix) + 1 :]}"
     return destination_under(dest_prefix, source)
