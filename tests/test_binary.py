@@ -169,6 +169,7 @@ def test_save_include_tool_then_the_extracted_copy_loads(
     verified = run_bare(tool, "archive", "verify", str(parts[0]), cwd=far)
     assert verified.returncode == 0, verified.stderr
     assert "compatible with this" in verified.stdout and "0 problem(s)" in verified.stdout
+    assert f"carries {TOOL_FILE}" in verified.stdout
     dest = make_registry("plain")
     loaded = run_bare(tool, "load", str(parts[0]), "--dest", f"{dest.host}/far", "-q", cwd=far)
     assert loaded.returncode == 0, loaded.stderr
@@ -238,3 +239,25 @@ def test_archive_verify_names_the_writer_and_refuses_another_format(
     assert "transship-archive/v2" in out.error_line and "--occurrence" in out.error_line
     out = cli("load", str(archive), "--dest", "127.0.0.1:9/x")
     assert out.code == ExitCode.INCOMPATIBLE
+
+
+def test_archive_verify_checks_the_carried_tool_against_sha256sums(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    seed_image(plain_registry, "bin/sums", "v1", seed=1505)
+    images = tmp_path / "images.txt"
+    images.write_text(f"{plain_registry.host}/bin/sums:v1\n")
+    archive = tmp_path / "arch"
+    assert cli("save", "--images", str(images), "-o", str(archive), "-q").code == 0
+    tool = os.urandom(4096)
+    (archive / TOOL_FILE).parent.mkdir(parents=True)
+    (archive / TOOL_FILE).write_bytes(tool)
+    sums = archive / "transship" / "SHA256SUMS"
+    out = cli("archive", "verify", str(archive))
+    assert out.code == ExitCode.INCOMPLETE and "is not listed in" in out.err
+    sums.write_text(sums.read_text() + f"{hashlib.sha256(tool).hexdigest()}  {TOOL_FILE}\n")
+    out = cli("archive", "verify", str(archive))
+    assert out.code == 0 and f"carries {TOOL_FILE} (4096 bytes" in out.out
+    (archive / TOOL_FILE).write_bytes(b"x" + tool[1:])
+    out = cli("archive", "verify", str(archive))
+    assert out.code == ExitCode.INTEGRITY and "does not match" in out.err

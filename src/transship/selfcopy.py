@@ -18,7 +18,8 @@ from pathlib import Path
 from transship.buildinfo import is_single_file
 from transship.errors import UsageError
 from transship.layout.archive import tool_head_size
-from transship.layout.index import TOOL_FILE
+from transship.layout.index import EXTRA_DIR, TOOL_FILE
+from transship.layout.reader import LayoutReader
 
 BUILD_HINT = "build it with `bash scripts/build-binary.sh` and run dist/transship"
 
@@ -68,3 +69,22 @@ def place_tool(tool: Path | None, layout_dir: Path) -> None:
 def file_sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def carried_tool(layout: LayoutReader) -> tuple[str | None, list[str]]:
+    """For `archive verify`: a note on the carried tool (None if there is none) and problems
+    (its sha256 is not the one `SHA256SUMS` lists)."""
+    name = TOOL_FILE.removeprefix(f"{EXTRA_DIR}/")
+    tool = layout.read_extra(name)
+    if tool is None:
+        return None, []
+    actual = hashlib.sha256(tool).hexdigest()
+    listed = None
+    for line in (layout.read_extra("SHA256SUMS") or b"").decode(errors="replace").splitlines():
+        digest, _, listed_name = line.partition("  ")
+        if listed_name == TOOL_FILE:
+            listed = digest
+    if listed != actual:
+        why = "is not listed in" if listed is None else "does not match"
+        return None, [f"{TOOL_FILE}: its sha256 {actual[:12]}… {why} transship/SHA256SUMS"]
+    return f"carries {TOOL_FILE} ({len(tool)} bytes, sha256 {actual[:12]}…, as listed)", []

@@ -47,7 +47,7 @@ from transship.manifest import Manifest
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.progress import human_bytes
 from transship.relocate import preflight as check_destinations
-from transship.selfcopy import check_split_size, place_tool, running_tool
+from transship.selfcopy import carried_tool, check_split_size, place_tool, running_tool
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -281,6 +281,8 @@ def archive_verify(archive: Path) -> int:
         problems = layout.verify_volumes() if isinstance(layout, OCILayoutTar) else []
         found, blobs, manifests = asyncio.run(_verify_archive(layout))
         problems += found
+        tool_note, tool_problems = carried_tool(layout)
+        problems += tool_problems
     finally:
         asyncio.run(layout.close())
     if info.base:
@@ -288,6 +290,8 @@ def archive_verify(archive: Path) -> int:
         problems = [p for p in problems if not p.endswith("is missing")]
         if in_base:
             print(f"{len(in_base)} blobs are expected from the base archive {info.base}")
+    if tool_note:
+        print(f"{layout.label}: {tool_note}")
     for problem in problems:
         print(f"transship: {problem}", file=sys.stderr)
     corrupt = any("does not match" in p or "bytes" in p for p in problems)

@@ -187,7 +187,7 @@ class OCILayoutTar(LayoutReader):
         self._extras = {
             name.removeprefix(f"{EXTRA_DIR}/"): where
             for name, where in files.items()
-            if name.startswith(f"{EXTRA_DIR}/") and name.count("/") == 1
+            if (name.startswith(f"{EXTRA_DIR}/") and name.count("/") == 1) or name == TOOL_FILE
         }
         blobs: dict[Digest, tuple[int, int]] = {}
         for name, where in files.items():
