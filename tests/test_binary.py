@@ -164,6 +164,12 @@ def test_save_include_tool_then_the_extracted_copy_loads(
         sums = tar.extractfile("transship/SHA256SUMS").read().decode()  # type: ignore[union-attr]
         writer = json.loads(tar.extractfile("transship/archive.json").read())["writer"]  # type: ignore[union-attr]
     assert f"{sha256_file(binary)}  {TOOL_FILE}\n" in sums
+    # the same archive unsplit: plain `tar -xf tkg.tar transship/bin/transship` finds it too
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "whole" / "tkg.tar").write_bytes(whole)
+    untar = subprocess.run(["tar", "-xf", "tkg.tar", TOOL_FILE], cwd=tmp_path / "whole")
+    assert untar.returncode == 0
+    assert sha256_file(tmp_path / "whole" / TOOL_FILE) == sha256_file(binary)
     assert writer["program"] == "transship" and writer["commit"] != "unknown"
 
     verified = run_bare(tool, "archive", "verify", str(parts[0]), cwd=far)
