@@ -267,3 +267,21 @@ def test_archive_verify_checks_the_carried_tool_against_sha256sums(
     (archive / TOOL_FILE).write_bytes(b"x" + tool[1:])
     out = cli("archive", "verify", str(archive))
     assert out.code == ExitCode.INTEGRITY and "does not match" in out.err
+
+
+def test_system_roots_fall_back_to_the_distributions_bundle(tmp_path: Path) -> None:
+    """A Debian-built libcrypto on RHEL finds nothing at /usr/lib/ssl: use RHEL's bundle."""
+    import ssl
+
+    from transship.buildinfo import system_roots_file
+
+    rhel = tmp_path / "ca-bundle.crt"
+    rhel.write_text("-----BEGIN CERTIFICATE-----\n")
+    candidates = [str(tmp_path / "absent.crt"), str(rhel)]
+    nothing = ssl.DefaultVerifyPaths(None, None, "SSL_CERT_FILE", "", "SSL_CERT_DIR", "")  # type: ignore[arg-type]
+    assert system_roots_file({}, nothing, candidates) == str(rhel)
+    # the compiled-in place exists, or the user chose: left alone
+    found = ssl.DefaultVerifyPaths(str(rhel), None, "SSL_CERT_FILE", "", "SSL_CERT_DIR", "")  # type: ignore[arg-type]
+    assert system_roots_file({}, found, candidates) is None
+    assert system_roots_file({"SSL_CERT_FILE": "/x.pem"}, nothing, candidates) is None
+    assert system_roots_file({}, nothing, [str(tmp_path / "absent.crt")]) is None

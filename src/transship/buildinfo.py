@@ -9,8 +9,11 @@ its source checkout instead, and says "unknown" when there is none.
 from __future__ import annotations
 
 import importlib
+import os
+import ssl
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -53,3 +56,39 @@ def is_single_file() -> bool:
 def version_line() -> str:
     kind = "single-file build" if is_single_file() else "python install"
     return f"transship {__version__} (commit {commit()}, {kind})"
+
+
+#: Where distributions keep their CA bundle (the list Go's crypto/x509 searches on Linux).
+CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Gentoo, Arch
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/ca-bundle.pem",  # openSUSE
+    "/etc/pki/tls/cacert.pem",  # OpenELEC
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  # CentOS, RHEL 7
+    "/etc/ssl/cert.pem",  # Alpine
+)
+
+
+def system_roots_file(
+    env: Mapping[str, str], defaults: ssl.DefaultVerifyPaths, candidates: Sequence[str] = CA_BUNDLES
+) -> str | None:
+    """The CA bundle to point OpenSSL at, or None to leave it alone.
+
+    The single-file build carries the build machine's libcrypto, which looks for system roots
+    where that distribution keeps them (`/usr/lib/ssl` on Debian). Elsewhere (RHEL, SUSE,
+    Alpine) nothing is there; then the distribution's own bundle is used. An `SSL_CERT_FILE` or
+    `SSL_CERT_DIR` the user set always wins.
+    """
+    if env.get("SSL_CERT_FILE") or env.get("SSL_CERT_DIR"):
+        return None
+    if defaults.cafile or defaults.capath:  # set only when the file / directory exists
+        return None
+    return next((c for c in candidates if Path(c).is_file()), None)
+
+
+def adopt_system_roots() -> None:
+    """In the single-file build, make the system's CA bundle the default trust (see above)."""
+    if is_single_file():
+        found = system_roots_file(os.environ, ssl.get_default_verify_paths())
+        if found:
+            os.environ["SSL_CERT_FILE"] = found

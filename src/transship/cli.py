@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import click
 
-from transship.buildinfo import version_line
+from transship.buildinfo import adopt_system_roots, version_line
 from transship.commands import all_commands
 from transship.errors import ExitCode, TransshipError
 
@@ -58,6 +58,7 @@ def cli() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: no tracebacks for user mistakes, one line and a distinct exit code."""
+    adopt_system_roots()
     try:
         code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except TransshipError as exc:

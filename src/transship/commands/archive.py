@@ -151,6 +151,7 @@ def save(
                 existing.base = base
             points = source_points(plan, sources.get)
             size, blobs, manifests = await measure(points, existing)
+            size += tool.stat().st_size if tool else 0
             free = shutil.disk_usage(_existing_parent(layout_dir)).free
             console.print(
                 f"save would write {human_bytes(size)} ({blobs} blobs, {manifests} manifests) "
