@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import stat
 import tempfile
@@ -75,7 +76,8 @@ class OCILayout(LayoutReader):
         self._lock_fd: int | None = None
         self._changes = 0  # index generations: changed vs. saved
         self._saved = 0
-        self._last_flush = 0.0
+        self._last_flush = -math.inf  # never flushed: the first change is written at once, even
+        # on a machine booted less than `flush_interval` ago (monotonic time starts near zero)
         self._dirs_to_sync: set[Path] = set()
         self._flush_lock = asyncio.Lock()
         self._deferred: asyncio.Task[None] | None = None
