@@ -128,8 +128,11 @@ class ArchiveInfo:
         reads it (an incompatible one never gets this far: `read` refuses it)."""
         if not self.recorded:
             return "no transship/archive.json: a plain OCI layout, read as such"
-        who = f"transship {self.writer}" if self.writer else "a transship before 0.1.0"
-        return f"written by {who}, format {ARCHIVE_FORMAT}: compatible with this {__version__}"
+        who = f"transship {self.writer}" if self.writer else "a transship (version not recorded)"
+        return (
+            f"written by {who}, format {ARCHIVE_FORMAT}: compatible with this transship "
+            f"({__version__}, same archive format)"
+        )
 
 
 def _writer(value: object) -> str | None:

@@ -20,6 +20,8 @@ from pathlib import Path
 from transship import __version__
 
 BUILD_INFO_MODULE = "_transship_build_info"
+#: the commit as scripts/build-binary.sh names it: abbreviated hash, never a tag name
+GIT_DESCRIBE = ("describe", "--always", "--dirty", "--abbrev=12", "--exclude=*")
 
 
 @cache
@@ -36,7 +38,7 @@ def commit() -> str:
     source = Path(__file__).resolve().parent
     try:
         done = subprocess.run(
-            ["git", "-C", str(source), "describe", "--always", "--dirty", "--abbrev=12"],
+            ["git", "-C", str(source), *GIT_DESCRIBE],
             capture_output=True,
             text=True,
             timeout=5,
