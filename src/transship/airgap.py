@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from transship import __version__
+from transship.buildinfo import commit
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask
-from transship.errors import TransshipError, UsageError
+from transship.errors import IncompatibleArchiveError, TransshipError, UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import find_parts_file
@@ -27,6 +29,9 @@ from transship.plan.model import Plan, PlanEntry
 from transship.reference import Reference, parse_prefix
 from transship.relocate import EndpointFor, phases, source_endpoint
 
+#: The compatibility rule: a transship reads exactly the archive format it writes. The format
+#: changes only when a reader of the old one would misread the new archive; added keys (such as
+#: `writer`) do not change it. The writer's version and commit are recorded for people.
 ARCHIVE_FORMAT = "transship-archive/v1"
 #: where an archive's prefix came from (archive.json `prefixOrigin`)
 PREFIX_PLANNED = "plan"  # the --dest the plan was made for: load lands where the plan said
@@ -67,6 +72,9 @@ class ArchiveInfo:
     phase_of: dict[str, int] = field(default_factory=dict)
     base: str | None = None  # an incremental archive: the archive it was saved on top of
     prefix_origin: str = PREFIX_LEGACY  # PREFIX_*: what `prefix` is
+    #: who wrote it ("version (commit …)"); None for archives from before it was recorded
+    writer: str | None = None
+    recorded: bool = True  # False: no archive.json (a layout written by another tool)
 
     @classmethod
     def for_plan(
@@ -102,6 +110,7 @@ class ArchiveInfo:
             "prefixOrigin": self.prefix_origin,
             "phases": dict(sorted(self.phase_of.items())),
             "base": self.base,
+            "writer": {"program": "transship", "version": __version__, "commit": commit()},
         }
         return json.dumps(doc, indent=2) + "\n"
 
@@ -109,9 +118,18 @@ class ArchiveInfo:
     def read(cls, layout: LayoutReader) -> ArchiveInfo:
         raw = layout.read_extra("archive.json")
         if raw is None:
-            return cls()
+            return cls(recorded=False)
         try:
             doc = json.loads(raw)
+            writer = _writer(doc.get("writer"))
+            if doc.get("format") != ARCHIVE_FORMAT and isinstance(doc.get("format"), str):
+                raise IncompatibleArchiveError(
+                    f"{layout.label}: written by transship {writer or '(version not recorded)'} "
+                    f"in format {str(doc['format'])[:80]!r}; this transship {__version__} "
+                    f"reads {ARCHIVE_FORMAT} only",
+                    hint="use the transship that wrote it: an archive saved with --include-tool "
+                    "carries it, `tar -xf ARCHIVE --occurrence transship/bin/transship`",
+                )
             if doc.get("format") != ARCHIVE_FORMAT:
                 raise ValueError(doc.get("format"))
             base = doc.get("base")
@@ -120,11 +138,32 @@ class ArchiveInfo:
             if origin not in _ORIGINS | {PREFIX_LEGACY}:
                 raise ValueError(origin)
             prefix = str(doc["destinationPrefix"])
-            return cls(prefix, phase_of, str(base) if base else None, origin)
+            return cls(prefix, phase_of, str(base) if base else None, origin, writer)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UsageError(
                 f"{layout.label}: transship/archive.json is not a {ARCHIVE_FORMAT} file"
             ) from None
+
+    def compatibility(self) -> str:
+        """One line for `archive verify`: who wrote the archive and whether this transship
+        reads it (an incompatible one never gets this far: `read` refuses it)."""
+        if not self.recorded:
+            return "no transship/archive.json: a plain OCI layout, read as such"
+        who = f"transship {self.writer}" if self.writer else "a transship (version not recorded)"
+        return (
+            f"written by {who}, format {ARCHIVE_FORMAT}: compatible with this transship "
+            f"({__version__}, same archive format)"
+        )
+
+
+def _writer(value: object) -> str | None:
+    """'0.1.0 (commit abc)' from archive.json's `writer`, bounded and printable."""
+    if not isinstance(value, dict):
+        return None
+    version = str(value.get("version", "?"))[:40]
+    found = str(value.get("commit", "unknown"))[:60]
+    text = f"{version} (commit {found})"
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def archive_tags(entry: PlanEntry) -> tuple[str, ...]:
@@ -239,8 +278,8 @@ def checksum_list(layout_dir: Path, names: Sequence[str]) -> str:
 
     lines = []
     for name in names:
-        data = (layout_dir / name).read_bytes()
-        lines.append(f"{hashlib.sha256(data).hexdigest()}  {name}")
+        with (layout_dir / name).open("rb") as handle:
+            lines.append(f"{hashlib.file_digest(handle, 'sha256').hexdigest()}  {name}")
     blob_dir = layout_dir / "blobs" / "sha256"
     for blob in sorted(blob_dir.iterdir()) if blob_dir.is_dir() else []:
         if re.fullmatch(r"[0-9a-f]{64}", blob.name):

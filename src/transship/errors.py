@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     INTEGRITY = 7  # digest or size mismatch, corrupt content
     REGISTRY = 8  # the registry refused or answered outside the protocol
     INCOMPLETE = 9  # verify found missing or different content
+    INCOMPATIBLE = 14  # an archive in a format this transship does not read (10-13: ca check)
 
 
 class TransshipError(Exception):
@@ -86,6 +87,12 @@ class IntegrityError(TransshipError):
     """Content does not match its digest or size: never accepted, never pushed upon."""
 
     exit_code = ExitCode.INTEGRITY
+
+
+class IncompatibleArchiveError(TransshipError):
+    """An archive written in a format this version of transship does not read."""
+
+    exit_code = ExitCode.INCOMPATIBLE
 
 
 class RegistryError(TransshipError):

@@ -43,12 +43,14 @@ from transship.engine import TaskResult
 from transship.errors import ExitCode, IntegrityError, TransshipError, UsageError
 from transship.fsutil import write_atomic
 from transship.layout import OCILayout, OCILayoutTar, write_tar
+from transship.layout.index import TOOL_FILE
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import parse_size, split_archive
 from transship.manifest import Manifest
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.progress import human_bytes
 from transship.relocate import preflight as check_destinations
+from transship.selfcopy import carried_tool, check_split_size, place_tool, running_tool
 
 PARTIAL_SUFFIX = ".partial"
 #: the prefix of a list saved without --dest: load must be told where to go
@@ -82,6 +84,11 @@ PLACEHOLDER = "archive.local"
     is_flag=True,
     help="Leave signatures, attestations and referrers behind (saved by default).",
 )
+@click.option(
+    "--include-tool",
+    is_flag=True,
+    help="Carry this single-file transship in the archive as transship/bin/transship.",
+)
 @click.option("--dry-run", is_flag=True, help="Only print the bytes to write and check free disk.")
 @click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
@@ -96,6 +103,7 @@ def save(
     split_size: str | None,
     since: Path | None,
     no_attachments: bool,
+    include_tool: bool,
     dry_run: bool,
     parallel: int,
     report: Path | None,
@@ -119,6 +127,9 @@ def save(
     part_size = parse_size(split_size) if split_size else None
     if part_size and not is_tar:
         raise UsageError("--split-size needs -o FILE.tar")
+    tool = running_tool() if include_tool else None
+    if tool is not None and part_size:
+        check_split_size(tool, part_size)
     base = open_archive(since) if since else None
     layout_dir = output.with_name(output.name + PARTIAL_SUFFIX) if is_tar else output
     if is_tar and output.exists() and not layout_dir.exists() and not dry_run:
@@ -153,6 +164,7 @@ def save(
                 existing.base = base
             points = source_points(plan, sources.get)
             size, blobs, manifests = await measure(points, existing)
+            size += tool.stat().st_size if tool else 0
             free = shutil.disk_usage(_existing_parent(layout_dir)).free
             console.print(
                 f"save would write {human_bytes(size)} ({blobs} blobs, {manifests} manifests) "
@@ -185,9 +197,11 @@ def save(
             results.append(TaskResult(task, "failed", error=error))
         if any(r.status == "failed" for r in results):
             return results
+        place_tool(tool, layout_dir)
         sums = checksum_list(
             layout_dir,
-            ["oci-layout", "index.json", "transship/archive.json", "transship/plan.yaml"],
+            ["oci-layout", "index.json", "transship/archive.json", "transship/plan.yaml"]
+            + ([TOOL_FILE] if tool else []),
         )
         write_atomic(layout_dir / "transship" / "SHA256SUMS", sums)
         if is_tar:
@@ -288,11 +302,18 @@ def archive_list(archive: Path) -> int:
 def archive_verify(archive: Path) -> int:
     """Re-hash every blob offline and check every manifest's references are present."""
     layout = open_archive(archive)
-    info = ArchiveInfo.read(layout)
+    try:
+        info = ArchiveInfo.read(layout)
+    except TransshipError:
+        asyncio.run(layout.close())
+        raise
+    print(f"{layout.label}: {info.compatibility()}")
     try:
         problems = layout.verify_volumes() if isinstance(layout, OCILayoutTar) else []
         found, blobs, manifests = asyncio.run(_verify_archive(layout))
         problems += found
+        tool_note, tool_problems = carried_tool(layout)
+        problems += tool_problems
     finally:
         asyncio.run(layout.close())
     if info.base:
@@ -300,6 +321,8 @@ def archive_verify(archive: Path) -> int:
         problems = [p for p in problems if not p.endswith("is missing")]
         if in_base:
             print(f"{len(in_base)} blobs are expected from the base archive {info.base}")
+    if tool_note:
+        print(f"{layout.label}: {tool_note}")
     for problem in problems:
         print(f"transship: {problem}", file=sys.stderr)
     corrupt = any("does not match" in p or "bytes" in p for p in problems)
