@@ -58,6 +58,9 @@ def connection_failure(exc: BaseException) -> str | None:
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
             return "connection refused"
+        over_tls = getattr(exc.args[0], "is_ssl", False)  # args[0]: aiohttp's ConnectionKey
+        if over_tls and isinstance(exc.os_error, ConnectionResetError | ConnectionAbortedError):
+            return "the TLS handshake fails (the server closes the connection)"
         return _reason(exc)
     return None
 
