@@ -164,8 +164,8 @@ class HostHealth:
         self._down = HostDownError(
             f"registry {self.host} is unreachable: {self._cause} on every attempt for "
             f"{elapsed:.0f} s, so nothing more is started against it",
-            hint="check the host name, port and network path; what landed stays, and the "
-            "same command run again picks up from there",
+            hint="check the host name, port and network path, then run the same command "
+            "again: it picks up where this one stopped",
         )
         self._notify()
 
