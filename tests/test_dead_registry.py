@@ -372,9 +372,10 @@ def test_a_name_that_does_not_resolve(cli: CLI, tmp_path: Path) -> None:
     assert host in out.error_line and "does not resolve" in out.error_line
 
 
-@pytest.fixture
-def failing_handshake() -> Iterator[str]:
-    """A TCP port whose server answers every TLS ClientHello with a handshake_failure alert."""
+@pytest.fixture(params=["alert", "close"])
+def failing_handshake(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A TCP port whose server answers every TLS ClientHello with a handshake_failure alert,
+    or closes the connection before any handshake (a TLS front whose backend is gone)."""
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.2)
     alive = True
@@ -386,6 +387,8 @@ def failing_handshake() -> Iterator[str]:
             except TimeoutError:
                 continue
             with conn:
+                if request.param == "close":
+                    continue
                 conn.settimeout(2)
                 try:
                     conn.recv(4096)
