@@ -18,6 +18,7 @@ from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.errors import (
     DependencyError,
+    HostDownError,
     IntegrityError,
     NotFoundError,
     RegistryError,
@@ -141,6 +142,9 @@ class CopyEngine:
         self._images = asyncio.Semaphore(self.options.parallel_images)
         self._big = asyncio.Semaphore(self.options.parallel_blobs)
         self._small = asyncio.Semaphore(self.options.parallel_small_blobs)
+        #: set when a registry is found down: no task starts after it, and the caller ends
+        #: the run with this one error instead of a failure per entry
+        self.stopped: HostDownError | None = None
 
     def _sink(self, dest: Endpoint) -> _Sink:
         return self._sinks.setdefault(id(dest), _Sink())
@@ -156,6 +160,9 @@ class CopyEngine:
         results: list[TaskResult] = []
         failed: set[tuple[int, str]] = set()
         for tasks in phases:
+            if self.stopped is not None:
+                results += [self._not_started(task, self.stopped) for task in tasks]
+                continue
             runnable = []
             for task in tasks:
                 if (id(task.dest), task.dest_repository) in failed:
@@ -178,14 +185,23 @@ class CopyEngine:
             results += done
         return results
 
+    def _not_started(self, task: CopyTask, cause: HostDownError) -> TaskResult:
+        return TaskResult(task, "failed", error=cause)
+
     async def _run_task(self, task: CopyTask) -> TaskResult:
         async with self._images:
+            if self.stopped is not None:
+                return self._not_started(task, self.stopped)
             self.observer.task_started(task)
             start = time.monotonic()
             self._task_bytes[id(task)] = 0
             try:
                 status, digest = await self.copy_one(task)
                 result = TaskResult(task, status, digest)
+            except HostDownError as exc:  # the run stops; the caller says why, once
+                log.debug("task %s stopped", task.label, exc_info=True)
+                self.stopped = self.stopped or exc
+                result = TaskResult(task, "failed", error=exc)
             except TransshipError as exc:
                 log.debug("task %s failed", task.label, exc_info=True)
                 result = TaskResult(task, "failed", error=exc)
@@ -196,7 +212,8 @@ class CopyEngine:
                 )
             result.seconds = time.monotonic() - start
             result.bytes_sent = self._task_bytes.pop(id(task), 0)
-            self.observer.task_finished(result)
+            if not isinstance(result.error, HostDownError):
+                self.observer.task_finished(result)
             return result
 
     async def _fetch_manifest(self, task: CopyTask, identifier: str) -> Manifest:

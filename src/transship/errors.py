@@ -83,6 +83,14 @@ class UnreachableError(TransshipError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class HostDownError(UnreachableError):
+    """Every attempt to reach a registry failed to connect for a while (`remote.health`).
+
+    Fatal for the run, not for one entry: every later request would fail the same way, so
+    commands stop starting work and say it once.
+    """
+
+
 class IntegrityError(TransshipError):
     """Content does not match its digest or size: never accepted, never pushed upon."""
 

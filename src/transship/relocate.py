@@ -17,7 +17,7 @@ import yaml
 
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask, TaskResult
-from transship.errors import TransshipError
+from transship.errors import HostDownError, TransshipError
 from transship.fsutil import write_atomic
 from transship.generated import image_locations_endpoint
 from transship.plan.attachments import attachment_phases
@@ -107,6 +107,8 @@ async def preflight(task_phases: Sequence[Sequence[CopyTask]], parallel: int = 1
         async with limit:
             try:
                 await registry.check_push(repository)
+            except HostDownError:
+                raise  # one line for the registry, not one per repository
             except TransshipError as exc:
                 return exc
             return None

@@ -219,6 +219,8 @@ async def run_engine(
         write_images_lock(lock_output, results)
     if not quiet:
         console.print(summary_table(results, engine.stats, seconds))
+    if engine.stopped is not None:  # a registry is down: one line and exit 6, not one per entry
+        raise engine.stopped
     return results
 
 

@@ -39,7 +39,7 @@ import aiohttp
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
-from transship.errors import RegistryError, RetryableError, TransshipError
+from transship.errors import HostDownError, RegistryError, RetryableError, TransshipError
 from transship.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor
 from transship.plan.model import EntryKind, Gap, PlanEntry
 from transship.plan.resolve import Content, Resolved, ResolveOptions, SourceReader, image_content
@@ -353,6 +353,8 @@ class _Finder:
 
     def _failed(self, place: _Place, exc: TransshipError) -> None:
         """Stop, naming the subject and the way out; or, with keep_going, a gap."""
+        if isinstance(exc, HostDownError):  # the registry, not this subject: stop the run
+            raise exc
         if not self.keep_going:
             shown = copy.copy(exc)  # errors are shared through the reader's cache
             shown.message = f"looking for attachments of {place}: {exc.message}"

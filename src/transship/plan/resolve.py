@@ -31,7 +31,7 @@ from typing import TypeVar, cast
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
-from transship.errors import NotFoundError, TransshipError
+from transship.errors import HostDownError, NotFoundError, TransshipError
 from transship.generated import (
     GENERATED_REGISTRY,
     ImageLocation,
@@ -425,6 +425,8 @@ class _Resolver:
             await self._resolve_entry(entry, outcome)
         except TransshipError as exc:
             where = f" (from {entry.origins[0]})" if entry.origins else ""
+            if isinstance(exc, HostDownError):  # not this entry's fault: stop, whatever keep_going
+                raise
             if not self.options.keep_going:
                 shown = copy.copy(exc)  # the error may be shared by entries: never mutate it
                 shown.message = f"{exc.message}{where}"
@@ -553,6 +555,8 @@ class _BundleWalk:
         for candidate in candidates:
             try:
                 return await self.reader.resolve(candidate)
+            except HostDownError:
+                raise
             except TransshipError as exc:
                 failure = exc
         assert failure is not None
@@ -580,7 +584,7 @@ class _BundleWalk:
 
     def _missing(self, source: str, exc: TransshipError, origin: str) -> bool:
         """A hole below a bundle: fatal, or a gap (and no ImageLocations) with --keep-going."""
-        if not self.resolver.options.keep_going:
+        if not self.resolver.options.keep_going or isinstance(exc, HostDownError):
             raise exc
         self.outcome.gaps.append(Gap(source, str(exc), (origin,)))
         return False

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transship.digest import Digest
-from transship.errors import InvalidReferenceError, NotFoundError, TransshipError
+from transship.errors import HostDownError, InvalidReferenceError, NotFoundError, TransshipError
 from transship.plan._yaml import load_yaml, read_text
 from transship.plan.errors import PlanError
 from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
@@ -190,6 +190,8 @@ class _Chain:
             if not isinstance(result, TransshipError):
                 raise result
             default = tkg_bom.default_tkr
+            if isinstance(result, HostDownError):
+                raise result  # the registry is down, not this TKR: stop whatever keep_going
             if not self.keep_going or (default is not None and tag == tkr_bom_tag(default)):
                 raise result  # TKG cannot work without its default TKR: never a mere gap
             source = str(self.ref(tkg_bom.tkr_bom_path, tag))
