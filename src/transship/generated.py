@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from transship.digest import Digest
 from transship.errors import IntegrityError, NotFoundError, UsageError
-from transship.manifest import DOCKER_MANIFEST, Descriptor, Manifest
+from transship.manifest import DOCKER_MANIFEST, Descriptor, Manifest, Referrer
 
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -266,6 +266,19 @@ class GeneratedEndpoint:
 
     async def list_tags(self, repository: str) -> list[str]:
         return sorted(tag for repo, tag in self._tags if repo == repository)
+
+    async def list_referrers(
+        self, repository: str, digest: Digest
+    ) -> tuple[Referrer, ...] | None:
+        """Manifests added here whose `subject` is `digest` (generated content has none yet)."""
+        return tuple(
+            Referrer(m.descriptor, m.artifact_type)
+            for m in self._manifests.values()
+            if m.subject is not None and m.subject.digest == digest
+        )
+
+    async def check_push(self, repository: str) -> None:
+        raise UsageError(f"{self.label} is read-only")
 
     async def close(self) -> None:
         pass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from transship.endpoint import Endpoint
+from transship.endpoint import Endpoint, PushCheck
 from transship.engine import CopyTask, TaskResult
 from transship.errors import TransshipError
 from transship.fsutil import write_atomic
@@ -23,7 +23,6 @@ from transship.generated import image_locations_endpoint
 from transship.plan.attachments import attachment_phases
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
-from transship.remote.registry import Registry
 
 EndpointFor = Callable[[str], Endpoint]
 
@@ -93,16 +92,16 @@ async def preflight(task_phases: Sequence[Sequence[CopyTask]], parallel: int = 1
     Opens (and cancels) one upload per distinct registry repository. Every refusal is printed
     as its own line; the first one is raised, so the exit code says what kind it was.
     """
-    targets: dict[tuple[int, str], tuple[Registry, str]] = {}
+    targets: dict[tuple[int, str], tuple[PushCheck, str]] = {}
     for tasks in task_phases:
         for task in tasks:
-            if isinstance(task.dest, Registry):
+            if isinstance(task.dest, PushCheck):
                 targets.setdefault(
                     (id(task.dest), task.dest_repository), (task.dest, task.dest_repository)
                 )
     limit = asyncio.Semaphore(parallel)
 
-    async def check(registry: Registry, repository: str) -> TransshipError | None:
+    async def check(registry: PushCheck, repository: str) -> TransshipError | None:
         async with limit:
             try:
                 await registry.check_push(repository)

@@ -23,7 +23,8 @@ from transship.plan.attachments import without_attachments_of
 from transship.plan.imagelist import load_image_list
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.plan.oldscript import load_old_script
-from transship.plan.resolve import ResolveOptions, resolve_plan
+from transship.plan.reader import ResolveOptions
+from transship.plan.resolve import resolve_plan
 from transship.progress import LogObserver, RichObserver, summary_table
 from transship.relocate import write_images_lock
 

@@ -189,6 +189,10 @@ class OCILayout(LayoutReader):
         os.replace(tmp, final)
         self._dirs_to_sync.add(final.parent)
 
+    async def check_push(self, repository: str) -> None:
+        """Preflight: a push lands if the layout is open for writing."""
+        self._check_writable()
+
     def _check_writable(self) -> None:
         if not self.writable:
             raise LayoutError(f"{self.label} is opened read-only")

@@ -22,14 +22,8 @@ from transship.errors import InvalidReferenceError, NotFoundError, TransshipErro
 from transship.plan._yaml import load_yaml, read_text
 from transship.plan.errors import PlanError
 from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
-from transship.plan.resolve import (
-    EndpointFor,
-    Resolution,
-    ResolveOptions,
-    SourceReader,
-    resolve_plan,
-    unresolved,
-)
+from transship.plan.reader import EndpointFor, ResolveOptions, SourceReader
+from transship.plan.resolve import Resolution, resolve_plan, unresolved
 from transship.plan.tkg import (
     TKG_COMPATIBILITY_PATH,
     Bom,

@@ -25,7 +25,7 @@ from transship.errors import (
     RetryableError,
     TransshipError,
 )
-from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
+from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
 from transship.remote.transport import Transport, TransportOptions, project_hint
 
 CHUNK = 1024 * 1024
@@ -284,6 +284,14 @@ class Registry:
                     repository,
                 )
             return self._location(resp)
+
+    async def list_referrers(
+        self, repository: str, digest: Digest
+    ) -> tuple[Referrer, ...] | None:
+        """The referrers API's list (all pages), or None when this registry has no such API."""
+        from transship.remote.referrers import list_referrers  # it builds on this module
+
+        return await list_referrers(self, repository, digest)
 
     async def check_push(self, repository: str) -> None:
         """Preflight: open an upload session and cancel it; raises what a real push would."""
