@@ -38,7 +38,7 @@ from harness.skopeo import Skopeo
 
 from transship.connect import RegistryPool, SideSettings
 from transship.digest import Digest
-from transship.errors import UsageError
+from transship.errors import BundleError, PlanError, UsageError
 from transship.generated import (
     GeneratedEndpoint,
     ImageLocation,
@@ -47,7 +47,6 @@ from transship.generated import (
     image_locations_yaml,
     imgpkg_tag,
 )
-from transship.plan.errors import BundleError, PlanError
 from transship.plan.imgpkg import parse_images_lock
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.plan.resolve import Resolution, ResolveOptions, resolve_plan

@@ -13,10 +13,17 @@ from typing import Any
 import click
 from rich.console import Console
 
-from transship.commands.common import load_plan_source, setup_logging, side_options, side_settings
-from transship.commands.verify import print_result, run_verify, wide_console
+from transship.commands.common import (
+    load_plan_source,
+    run_verify,
+    setup_logging,
+    side_options,
+    side_settings,
+)
+from transship.commands.rendering import print_result, wide_console
 from transship.connect import RegistryPool, SideSettings
-from transship.errors import TransshipError
+from transship.errors import IncompleteError, TransshipError
+from transship.ops.verify import VerifyOptions
 from transship.plan.model import Plan
 from transship.reference import Reference
 from transship.remote.tls import load_ca, refuse_private_key
@@ -31,7 +38,6 @@ from transship.tkgconfig import (
     require_tkg_release,
     write_cluster_config,
 )
-from transship.verify import IncompleteError, VerifyOptions
 
 FORCE_HINT = "copy or load the missing content first, or pass --force to emit the settings anyway"
 

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, TransshipError
+from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
 from transship.fsutil import write_atomic
-from transship.layout.errors import LayoutError, io_error
 from transship.layout.index import (
     EXTRA_DIR,
     INDEX_FILE,

@@ -13,8 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Protocol
 
 from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, NotFoundError, TransshipError
-from transship.layout.errors import LayoutError, io_error
+from transship.errors import IntegrityError, LayoutError, NotFoundError, TransshipError, io_error
 from transship.layout.index import LayoutIndex, ref_name
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
 

@@ -8,8 +8,8 @@ registry-facing steps live in their own modules and reach registries only throug
 and `transship.plan.tkgregistry` (a TKG release read from a registry, as TKG reads it).
 """
 
+from transship.errors import PlanError
 from transship.plan._yaml import read_text
-from transship.plan.errors import PlanError
 from transship.plan.imagelist import (
     destination_under,
     entries_from_image_list,

@@ -19,10 +19,9 @@ from typing import Any
 import yaml
 
 from transship.digest import Digest
-from transship.errors import InvalidDigestError, InvalidReferenceError
+from transship.errors import InvalidDigestError, InvalidReferenceError, PlanError
 from transship.generated import ImageLocation, build_image_locations
 from transship.plan._yaml import Node, load_yaml
-from transship.plan.errors import PlanError
 from transship.reference import Reference
 
 API_VERSION = "transship/v1alpha1"

@@ -19,9 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from transship.errors import InvalidReferenceError
+from transship.errors import InvalidReferenceError, PlanError
 from transship.plan._yaml import read_text
-from transship.plan.errors import PlanError
 from transship.plan.imagelist import destination_under
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
 from transship.plan.tkg import METADATA_REPOSITORY_NAMES

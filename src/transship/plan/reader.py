@@ -14,8 +14,8 @@ from typing import TypeVar, cast
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
+from transship.errors import BundleError, PlanError
 from transship.manifest import Descriptor, Manifest
-from transship.plan.errors import BundleError, PlanError
 from transship.plan.imgpkg import (
     BUNDLE_LABEL,
     IMAGES_LOCK_FILE,

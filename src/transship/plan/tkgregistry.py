@@ -18,9 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transship.digest import Digest
-from transship.errors import InvalidReferenceError, NotFoundError, TransshipError
+from transship.errors import InvalidReferenceError, NotFoundError, PlanError, TransshipError
 from transship.plan._yaml import load_yaml, read_text
-from transship.plan.errors import PlanError
 from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
 from transship.plan.reader import EndpointFor, ResolveOptions, SourceReader
 from transship.plan.resolve import Resolution, resolve_plan, unresolved
