@@ -2,8 +2,9 @@
 
 Images and indexes first, bundles last: imgpkg and kapp-controller read a bundle's referenced
 images from the bundle's repository, so a bundle tag must never exist before they do. A bundle's
-ImageLocations record (generated in memory, `transship.generated`) comes after the bundle: imgpkg
-trusts it without checking, so it must only appear once everything it vouches for is there.
+ImageLocations record (generated in memory, `transship.imgpkg.locations`) comes after the
+bundle: imgpkg trusts it without checking, so it must only appear once everything it vouches
+for is there.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask
 from transship.errors import UsageError
-from transship.generated import image_locations_endpoint
+from transship.imgpkg.locations import image_locations_endpoint
 from transship.manifest import Platform
 from transship.plan.attachments import attachment_phases
 from transship.plan.model import EntryKind, Plan, PlanEntry

@@ -32,7 +32,7 @@ from transship.errors import (
     TransshipError,
     UnreachableError,
 )
-from transship.generated import build_image_locations
+from transship.imgpkg.locations import build_image_locations
 from transship.layout import OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.manifest import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest

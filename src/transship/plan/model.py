@@ -20,7 +20,7 @@ import yaml
 
 from transship.digest import Digest
 from transship.errors import InvalidDigestError, InvalidReferenceError, PlanError
-from transship.generated import ImageLocation, build_image_locations
+from transship.imgpkg.locations import ImageLocation, build_image_locations
 from transship.plan._yaml import Node, load_yaml
 from transship.reference import Reference
 

@@ -15,8 +15,7 @@ from typing import TypeVar, cast
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.errors import BundleError, PlanError
-from transship.manifest import Descriptor, Manifest
-from transship.plan.imgpkg import (
+from transship.imgpkg.bundle import (
     BUNDLE_LABEL,
     IMAGES_LOCK_FILE,
     IMGPKG_DIR,
@@ -26,6 +25,7 @@ from transship.plan.imgpkg import (
     only_regular_file,
     parse_images_lock,
 )
+from transship.manifest import Descriptor, Manifest
 from transship.reference import Reference
 
 EndpointFor = Callable[[str], Endpoint]

@@ -12,7 +12,7 @@ destination repository (imgpkg-format.md §3, §7). So this module:
 * expands each bundle, recursively: every referenced image is planned into the *bundle's*
   destination repository by digest with imgpkg's `sha256-<hex>.imgpkg` tag, read from
   `<bundle repository>@<digest>` first and its original location second (as imgpkg does), and
-  each completely expanded bundle gets its ImageLocations record (`transship.generated`);
+  each completely expanded bundle gets its ImageLocations record (`transship.imgpkg.locations`);
 * finds what is attached to every resolved manifest (cosign signatures, attestations, SBOMs,
   OCI 1.1 referrers) and plans it into the same destination repository
   (`transship.plan.attachments`, on unless `ResolveOptions.attachments` is False);
@@ -24,26 +24,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from transship.digest import Digest
-from transship.errors import NotFoundError, TransshipError
-from transship.generated import (
-    GENERATED_REGISTRY,
-    ImageLocation,
-    build_image_locations,
-    image_locations_tag,
+from transship.errors import TransshipError
+from transship.imgpkg.bundle import (
+    BUNDLE_LABEL,
+)
+from transship.imgpkg.locations import (
     imgpkg_tag,
 )
+from transship.imgpkg.walk import BundleWalk, locations_content
 from transship.plan.attachments import find_attachments
-from transship.plan.imgpkg import (
-    BUNDLE_LABEL,
-    IMAGES_LOCK_FILE,
-    IMGPKG_DIR,
-    LockedImage,
-)
 from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
 from transship.plan.reader import (
     Content,
@@ -225,8 +218,7 @@ class _Resolver:
 
     async def _resolve_entry(self, entry: PlanEntry, outcome: _Outcome) -> None:
         if entry.kind is EntryKind.IMAGE_LOCATIONS:  # already generated: nothing to ask
-            image = build_image_locations(entry.locations)
-            outcome.add(entry, Content({image.digest: image.manifest.size}, _sizes(image.blobs)))
+            outcome.add(entry, locations_content(entry.locations))
             return
         ref = Reference.parse(entry.source)
         if entry.source_digest is not None:
@@ -245,7 +237,8 @@ class _Resolver:
         )
         if kind is EntryKind.BUNDLE:
             if self.options.expand_bundles:
-                complete = await _BundleWalk(self, entry.destination, outcome).walk(resolved)
+                walk = BundleWalk(self.reader, entry.destination, outcome, self.options.keep_going)
+                complete = await walk.walk(resolved)
                 done = replace(done, expanded=complete)
             else:
                 done = replace(done, expanded=False)
@@ -276,116 +269,3 @@ class _Resolver:
                 "copying it as a plain image"
             )
         return EntryKind.IMAGE
-
-
-def _sizes(blobs: dict[Digest, bytes]) -> dict[Digest, int]:
-    return {digest: len(data) for digest, data in blobs.items()}
-
-
-class _BundleWalk:
-    """One root bundle's expansion into its destination repository (imgpkg copy -b)."""
-
-    def __init__(self, resolver: _Resolver, destination: str, outcome: _Outcome) -> None:
-        self.resolver = resolver
-        self.reader = resolver.reader
-        self.destination = destination
-        self.outcome = outcome
-        self.walked: dict[Digest, asyncio.Future[bool]] = {}
-
-    async def walk(self, bundle: Resolved) -> bool:
-        """Plan everything below `bundle`; True when nothing is missing (ImageLocations added)."""
-        known = self.walked.get(bundle.digest)
-        if known is not None:
-            return await asyncio.shield(known)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.walked[bundle.digest] = future
-        try:
-            complete = await self._walk(bundle)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here: other walkers re-raise it themselves
-            raise
-        future.set_result(complete)
-        return complete
-
-    async def _walk(self, bundle: Resolved) -> bool:
-        try:
-            locked = await self.reader.images_lock(bundle)
-        except TransshipError as exc:
-            return self._missing(str(bundle.reference), exc, str(bundle.reference))
-        rows: dict[Digest, LockedImage] = {}
-        for image in locked:  # imgpkg keys its cache by digest: the last spelling wins
-            assert image.reference.digest is not None
-            rows[image.reference.digest] = image
-        results = await asyncio.gather(*(self._child(bundle, row) for row in rows.values()))
-        found = {r.digest: r for r in results if r is not None}
-        nested = [r for r in found.values() if r.is_bundle]
-        walked = await asyncio.gather(*(self.walk(r) for r in nested))
-        deeper = {r.digest: done for r, done in zip(nested, walked, strict=True)}
-        for resolved in found.values():
-            self._add_referenced(bundle, resolved, deeper.get(resolved.digest))
-        complete = len(found) == len(rows) and all(deeper.values())
-        if complete:
-            locations = [
-                ImageLocation(row.image, found[digest].is_bundle) for digest, row in rows.items()
-            ]
-            self._add_locations(bundle, locations)
-        return complete
-
-    async def _child(self, bundle: Resolved, row: LockedImage) -> Resolved | None:
-        """Resolve one images.yml row where imgpkg looks: the bundle's repository, then origin."""
-        digest = row.reference.digest
-        assert digest is not None
-        local = Reference(bundle.reference.registry, bundle.reference.repository, None, digest)
-        candidates = [local] if local == row.reference else [local, row.reference]
-        failure: TransshipError | None = None
-        for candidate in candidates:
-            try:
-                return await self.reader.resolve(candidate)
-            except TransshipError as exc:
-                failure = exc
-        assert failure is not None
-        if len(candidates) > 1:
-            failure = NotFoundError(
-                f"bundle {bundle.reference}: {row.image} is neither in {local.name} nor "
-                f"readable at its original location ({failure})"
-            )
-        self._missing(row.image, failure, f"{bundle.reference} {IMGPKG_DIR}/{IMAGES_LOCK_FILE}")
-        return None
-
-    def _add_referenced(self, bundle: Resolved, resolved: Resolved, expanded: bool | None) -> None:
-        """An image the bundle needs, by digest, in the bundle's destination repository."""
-        entry = PlanEntry.create(
-            str(resolved.reference.with_tag(None)),
-            self.destination,
-            kind=EntryKind.BUNDLE_REFERENCED,
-            tags=(imgpkg_tag(resolved.digest),),
-            origins=(f"{bundle.reference} {IMGPKG_DIR}/{IMAGES_LOCK_FILE}",),
-            source_digest=resolved.digest,
-            size=resolved.content.size,
-            expanded=expanded,
-        )
-        self.outcome.add(entry, resolved.content)
-
-    def _missing(self, source: str, exc: TransshipError, origin: str) -> bool:
-        """A hole below a bundle: fatal, or a gap (and no ImageLocations) with --keep-going."""
-        if not self.resolver.options.keep_going:
-            raise exc
-        self.outcome.gaps.append(Gap(source, str(exc), (origin,)))
-        return False
-
-    def _add_locations(self, bundle: Resolved, locations: Sequence[ImageLocation]) -> None:
-        image = build_image_locations(locations)
-        source = f"{GENERATED_REGISTRY}/{bundle.reference.repository}@{image.digest}"
-        entry = PlanEntry.create(
-            source,
-            self.destination,
-            kind=EntryKind.IMAGE_LOCATIONS,
-            tags=(image_locations_tag(bundle.digest), imgpkg_tag(image.digest)),
-            origins=(f"ImageLocations of {bundle.reference}",),
-            source_digest=image.digest,
-            size=image.size,
-            locations=locations,
-        )
-        content = Content({image.digest: image.manifest.size}, _sizes(image.blobs))
-        self.outcome.add(entry, content)
