@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from transship.plan import (
-    Bom,
-    Compatibility,
     EntryKind,
     Plan,
     PlanError,
+)
+from transship.tkg.bom import (
+    Bom,
+    Compatibility,
     TkgCompatibility,
     TkrCompatibility,
     highest_v_tag,

@@ -6,6 +6,7 @@ credentials; callers must not interpolate secrets into them. The hierarchy says 
     TransshipError
     ├── UsageError             bad input (1): references, digests, options, files people give us
     │   ├── InvalidReferenceError, InvalidDigestError
+    │   ├── CertificateError   a CA file or text that is not a usable CA
     │   ├── PlanError          a BOM, image list, script or plan file
     │   └── LayoutError        a layout or archive that cannot be used (malformed, read-only)
     │       └── UnsafeArchiveError
@@ -154,6 +155,10 @@ class DependencyError(TransshipError):
     """Not attempted: content it depends on failed earlier in the same run."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class CertificateError(UsageError):
+    """A CA given to us is not a usable CA certificate."""
 
 
 class PlanError(UsageError):

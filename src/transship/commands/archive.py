@@ -23,7 +23,7 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
-from transship.connect import RegistryPool, SideSettings, tkg_dest_defaults
+from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.layout.volumes import parse_size
@@ -34,6 +34,7 @@ from transship.ops.tasks import without_attachments
 from transship.ops.verify import ArchiveCheck, verify_archive
 from transship.plan.model import PlanEntry
 from transship.progress import human_bytes
+from transship.tkg.env import tkg_dest_defaults
 
 
 @click.command()

@@ -25,8 +25,8 @@ from transship.ops.verify import VerifyOptions, VerifyResult, verify_plan
 from transship.plan._yaml import read_text
 from transship.plan.imagelist import load_image_list
 from transship.plan.model import Plan, PlanEntry
-from transship.plan.oldscript import load_old_script
 from transship.progress import LogObserver, RichObserver, summary_table
+from transship.tkg.script import load_old_script
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -19,12 +19,13 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
-from transship.connect import RegistryPool, tkg_dest_defaults
+from transship.connect import RegistryPool
 from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.manifest import Platform
 from transship.ops.tasks import copy_phases, single_entry, task_for, without_attachments
 from transship.plan.model import Plan, PlanEntry
+from transship.tkg.env import tkg_dest_defaults
 
 
 @click.command()

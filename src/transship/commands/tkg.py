@@ -26,8 +26,9 @@ from transship.errors import IncompleteError, TransshipError
 from transship.ops.verify import VerifyOptions
 from transship.plan.model import Plan
 from transship.reference import Reference
-from transship.remote.tls import load_ca, refuse_private_key
-from transship.tkgconfig import (
+from transship.remote.tls import load_ca
+from transship.tkg.ca import refuse_private_key, tkg_ca_form
+from transship.tkg.config import (
     CA_CERTIFICATE_KEY,
     COMPATIBILITY_PATH_KEY,
     DEFAULT_COMPATIBILITY_PATH,
@@ -157,7 +158,7 @@ def tkg_config(
     if ca:
         bundle = load_ca(ca)
         refuse_private_key(bundle)
-        ca_base64 = bundle.base64()
+        ca_base64 = tkg_ca_form(bundle)
     settings = TkgSettings(repository, skip_tls_verify, ca_base64, compatibility_path.strip("/"))
     compatibility = compatibility_repository(settings)
     plan = load_plan_source(plan_file, images_file, script_file, repository)

@@ -22,10 +22,10 @@ from transship.commands.common import (
     side_settings,
 )
 from transship.commands.rendering import print_result, wide_console
-from transship.connect import tkg_dest_defaults
 from transship.errors import ExitCode, UsageError
 from transship.fsutil import write_atomic
 from transship.ops.verify import VerifyOptions
+from transship.tkg.env import tkg_dest_defaults
 
 
 @click.command()

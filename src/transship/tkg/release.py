@@ -23,7 +23,8 @@ from transship.plan._yaml import load_yaml, read_text
 from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
 from transship.plan.reader import EndpointFor, ResolveOptions, SourceReader
 from transship.plan.resolve import Resolution, resolve_plan, unresolved
-from transship.plan.tkg import (
+from transship.reference import Reference
+from transship.tkg.bom import (
     TKG_COMPATIBILITY_PATH,
     Bom,
     Compatibility,
@@ -35,7 +36,6 @@ from transship.plan.tkg import (
     plan_from_boms,
     tkr_bom_tag,
 )
-from transship.reference import Reference
 
 
 @dataclass(frozen=True)
