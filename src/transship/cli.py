@@ -14,6 +14,7 @@ import click
 from transship import __version__
 from transship.commands import all_commands
 from transship.errors import ExitCode, TransshipError
+from transship.harbor.advice import install as install_harbor_advice
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +25,7 @@ def cli() -> None:
 
 for _command in all_commands():
     cli.add_command(_command)
+install_harbor_advice()  # registries answer in their dialects; errors are rendered with that
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,7 +15,6 @@ credentials; callers must not interpolate secrets into them. The hierarchy says 
     ├── AuthenticationError (3)
     │   └── PermissionDeniedError
     ├── NotFoundError (4)
-    │   └── RepositoryMissingError   a push refused because the repository's parent is missing
     ├── TLSError (5), UnreachableError (6)
     ├── IntegrityError (7)
     │   └── BundleError        an imgpkg bundle or BOM image whose content cannot be read
@@ -30,7 +29,7 @@ credentials; callers must not interpolate secrets into them. The hierarchy says 
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 
 
@@ -58,11 +57,34 @@ class TransshipError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        #: facts for advisors: a push into this repository was refused (401/403/404)
+        self.refused_push: str | None = None
 
     def __str__(self) -> str:
-        if self.hint:
-            return f"{self.message} ({self.hint})"
+        hint = self.hint or advice_for(self)
+        if hint:
+            return f"{self.message} ({hint})"
         return self.message
+
+
+#: turns an error's facts into what to do, for a kind of registry (`transship.harbor`);
+#: the core raises facts only, and vendor wings register what those facts mean for them
+Advisor = Callable[[TransshipError], str | None]
+_ADVISORS: list[Advisor] = []
+
+
+def register_advisor(advisor: Advisor) -> None:
+    if advisor not in _ADVISORS:
+        _ADVISORS.append(advisor)
+
+
+def advice_for(error: TransshipError) -> str | None:
+    """The first registered advisor's hint for `error`, if any."""
+    for advisor in _ADVISORS:
+        hint = advisor(error)
+        if hint:
+            return hint
+    return None
 
 
 class UsageError(TransshipError):
@@ -206,17 +228,6 @@ def io_error(where: str, exc: OSError) -> StorageError:
     return StorageError(f"{where}: {exc.strerror or exc}", hint=hint, errno=exc.errno)
 
 
-class RepositoryMissingError(NotFoundError):
-    """A push was refused in a way that means the repository's parent (a registry project or
-    namespace) does not exist; `repository` and `scopes` say where. The wire layer raises it
-    with facts only; a vendor wing (`transship.harbor`) turns it into advice."""
-
-    def __init__(self, message: str, *, repository: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.repository = repository
-        self.status = status
-
-
 class IncompleteError(TransshipError):
     """The destination lacks content a plan (or TKG) needs: refuse to go on."""
 
@@ -239,3 +250,4 @@ class PreflightError(TransshipError):
         self.problems = tuple(problems)
         self.asked = asked
         self.exit_code = first.exit_code
+        self.refused_push = first.refused_push

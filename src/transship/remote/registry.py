@@ -26,7 +26,7 @@ from transship.errors import (
     TransshipError,
 )
 from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
-from transship.remote.transport import Transport, TransportOptions, project_hint
+from transship.remote.transport import Transport, TransportOptions
 
 CHUNK = 1024 * 1024
 _MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
@@ -442,10 +442,11 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 def _push_hint(error: Exception, repository: str) -> Exception:
-    """A push refused as "repository unknown" or "denied" on Harbor means a missing project."""
+    """A push refused as "repository unknown" or "denied": record the fact for advisors
+    (`transship.harbor` knows it means a missing project there)."""
     refused = isinstance(error, NotFoundError | AuthenticationError)
     if refused and isinstance(error, TransshipError) and error.hint is None and "/" in repository:
-        error.hint = project_hint((f"repository:{repository}:push",))
+        error.refused_push = repository
     return error
 
 
