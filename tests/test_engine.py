@@ -8,14 +8,17 @@ every byte as a registry would.
 from __future__ import annotations
 
 import asyncio
+import json
 
 from harness.seed import Image, Index, build_image, build_index
 
 from transship.digest import Digest
 from transship.engine import CopyEngine, CopyTask, EngineOptions, TaskResult
 from transship.errors import DependencyError, IntegrityError, NotFoundError
-from transship.manifest import Manifest, Platform
+from transship.manifest import OCI_MANIFEST, Manifest, Platform
 from transship.memory import GeneratedImage, MemoryEndpoint
+
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 
 
 def generated(image: Image, *, corrupt: bool = False) -> GeneratedImage:
@@ -190,3 +193,40 @@ def test_a_manifest_refused_for_unknown_content_is_rechecked_and_retried() -> No
     assert dest.refused == 1 and engine.stats.retries == 1
     first = Digest.parse(image.layers[0].digest)
     assert asyncio.run(dest.has_blob("mirror/app", first))
+
+
+def test_referrers_travel_by_digest_and_the_destination_lists_them() -> None:
+    """Pushing a referrer is `put_manifest` by digest; an endpoint with an index lists it."""
+    image = build_image(10)
+    empty = b"{}"
+    sbom = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/spdx+json",
+            "config": {"mediaType": OCI_EMPTY, "digest": str(Digest.of(empty)), "size": 2},
+            "layers": [],
+            "subject": {
+                "mediaType": image.media_type, "digest": image.digest, "size": image.size,
+            },
+        }
+    ).encode()
+    referrer = GeneratedImage(Manifest.parse(sbom, OCI_MANIFEST, "test"), {Digest.of(empty): empty})
+    source = source_with("app", "v1", image)
+    source.add(referrer, "app")
+    dest = MemoryEndpoint(label="dst", writable=True)
+    subject = Digest.parse(image.digest)
+    assert asyncio.run(dest.list_referrers("mirror/app", subject)) == ()
+    results = asyncio.run(
+        CopyEngine().run_phases(
+            [
+                [task(source, dest, "mirror/app", "v1")],
+                [task(source, dest, "mirror/app", identifier=str(referrer.digest))],
+            ]
+        )
+    )
+    assert [r.status for r in results] == ["copied", "copied"]
+    [found] = asyncio.run(dest.list_referrers("mirror/app", subject))
+    assert found.descriptor.digest == referrer.digest
+    assert found.artifact_type == "application/spdx+json"
+    assert asyncio.run(dest.list_referrers("elsewhere/app", subject)) == ()
