@@ -15,6 +15,7 @@ then checked for presence only.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -426,10 +427,12 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _with_resolve_hint(exc: TransshipError) -> TransshipError:
-    """A source that cannot be reached: say how to verify without it."""
+    """A source that cannot be reached: say how to verify without it (on a copy: the error
+    may be shared by other entries, and is never rewritten)."""
     extra = "or check presence only, without the source: --no-resolve"
-    exc.hint = f"{exc.hint}; {extra}" if exc.hint else extra
-    return exc
+    shown = copy.copy(exc)
+    shown.hint = f"{exc.hint}; {extra}" if exc.hint else extra
+    return shown
 
 
 async def verify_plan(
