@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -257,9 +257,15 @@ class Verifier:
         checks = [task.result() for task in tasks]
         return VerifyResult(checks, self.counters, time.monotonic() - start, self.options.deep)
 
-    async def _limited(self, request: Awaitable[T]) -> T:
-        async with self._limit:
-            return await request
+    async def _limited(self, request: Coroutine[Any, Any, T]) -> T:
+        started = False
+        try:
+            async with self._limit:
+                started = True
+                return await request
+        finally:
+            if not started:  # cancelled while waiting (a registry found down): never awaited
+                request.close()
 
     # -- one entry ---------------------------------------------------------------------------
 
