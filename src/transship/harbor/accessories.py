@@ -24,13 +24,12 @@ from typing import Any
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.errors import TransshipError
-from transship.harbor.api import HarborAPI, HarborInfo
+from transship.harbor.api import HarborAPI, HarborInfo, RegistryOf
 from transship.manifest import Descriptor, Platform
-from transship.plan.attachments import referrers
+from transship.ops.verify import EntryCheck, Problem, VerifyResult
 from transship.plan.model import EntryKind
 from transship.reference import Reference
 from transship.remote.registry import Registry
-from transship.verify import EntryCheck, Problem, VerifyResult
 
 NOT_ACCESSORY = "not-an-accessory"
 
@@ -54,7 +53,7 @@ def expected_accessory(check: EntryCheck) -> bool:
 
 
 async def check_accessories(
-    result: VerifyResult, dest_for: Callable[[str], Endpoint]
+    result: VerifyResult, dest_for: Callable[[str], Endpoint], registry_of: RegistryOf
 ) -> AccessoryReport:
     """Add a problem to every attachment Harbor does not list as its subject's accessory."""
     report = AccessoryReport()
@@ -72,8 +71,8 @@ async def check_accessories(
         return await harbors[registry.host] is not None
 
     async def check_group(host: str, repository: str, subject: Digest) -> None:
-        dest = dest_for(host)
-        if not isinstance(dest, Registry) or not await is_harbor(dest):
+        dest = registry_of(dest_for(host))
+        if dest is None or not await is_harbor(dest):
             return
         checks = groups[(host, repository, subject)]
         listed = await _listed(dest, repository, subject)
@@ -109,7 +108,7 @@ async def _listed(
 ) -> tuple[set[Digest], str] | None:
     """The digests Harbor lists for `subject`, and which API said so."""
     try:
-        found = await referrers(registry, repository, subject)
+        found = await registry.list_referrers(repository, subject)
     except TransshipError:
         found = None
     if found is not None:
@@ -126,19 +125,21 @@ class HarborIndexLister:
     artifact API, so `verify` never GETs a manifest there (Harbor counts a GET as a pull,
     which skews "retain recently pulled" rules; skopeo #1516)."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry_of: RegistryOf) -> None:
+        self._registry_of = registry_of
         self._harbor: dict[str, asyncio.Future[HarborInfo | None]] = {}
 
     async def __call__(
         self, dest: Endpoint, repository: str, digest: Digest
     ) -> tuple[Descriptor, ...] | None:
-        if not isinstance(dest, Registry) or "/" not in repository:
+        registry = self._registry_of(dest)
+        if registry is None or "/" not in repository:
             return None
-        api = HarborAPI(dest)
-        if dest.host not in self._harbor:
-            self._harbor[dest.host] = asyncio.ensure_future(api.detect())
+        api = HarborAPI(registry)
+        if registry.host not in self._harbor:
+            self._harbor[registry.host] = asyncio.ensure_future(api.detect())
         try:
-            if await asyncio.shield(self._harbor[dest.host]) is None:
+            if await asyncio.shield(self._harbor[registry.host]) is None:
                 return None
         except TransshipError:
             return None

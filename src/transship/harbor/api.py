@@ -10,6 +10,7 @@ pool and TLS trust the registry calls use. Paths and shapes follow goharbor/harb
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +27,11 @@ from transship.errors import (
     UsageError,
 )
 from transship.remote.registry import Registry
+
+#: The registry behind an endpoint, from the endpoint factory (`RegistryPool.registry_of`);
+#: None for an endpoint that is no registry. Harbor's API is reached through that registry's
+#: transport (same TLS trust and credentials).
+RegistryOf = Callable[[object], Registry | None]
 
 API = "/api/v2.0"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from transship.engine import CopyTask
 from transship.errors import ExitCode, TransshipError
-from transship.harbor.api import HarborAPI
+from transship.harbor.api import HarborAPI, RegistryOf
 from transship.remote.registry import Registry
 
 
@@ -52,13 +52,15 @@ class MissingProjectsError(TransshipError):
     exit_code = ExitCode.NOT_FOUND
 
 
-def destination_projects(task_phases: Sequence[Sequence[CopyTask]]) -> dict[Registry, set[str]]:
+def destination_projects(
+    task_phases: Sequence[Sequence[CopyTask]], registry_of: RegistryOf
+) -> dict[Registry, set[str]]:
     """Registry destinations and the projects (first path component) the tasks push into."""
     found: dict[int, tuple[Registry, set[str]]] = {}
     for tasks in task_phases:
         for task in tasks:
-            dest = task.dest
-            if isinstance(dest, Registry) and "/" in task.dest_repository:
+            dest = registry_of(task.dest)
+            if dest is not None and "/" in task.dest_repository:
                 found.setdefault(id(dest), (dest, set()))[1].add(task.dest_repository.split("/")[0])
     return {registry: projects for registry, projects in found.values()}
 
@@ -89,12 +91,12 @@ def create_command(api: HarborAPI, base: str, name: str, settings: ProjectSettin
 
 
 async def ensure_projects(
-    task_phases: Sequence[Sequence[CopyTask]], settings: ProjectSettings
+    task_phases: Sequence[Sequence[CopyTask]], settings: ProjectSettings, registry_of: RegistryOf
 ) -> ProjectReport:
     """Look up every destination project on each Harbor destination; create the missing ones
     if `settings.create`, else list them with the command that creates each."""
     report = ProjectReport()
-    for registry, projects in destination_projects(task_phases).items():
+    for registry, projects in destination_projects(task_phases, registry_of).items():
         api = HarborAPI(registry)
         if await api.detect() is None:
             report.other_hosts.append(registry.host)

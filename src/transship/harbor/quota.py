@@ -21,7 +21,7 @@ from transship.errors import (
     RegistryError,
     TransshipError,
 )
-from transship.harbor.api import HarborAPI, HarborInfo
+from transship.harbor.api import HarborAPI, HarborInfo, RegistryOf
 from transship.remote.registry import Registry
 
 #: words Harbor's quota refusals carry (1.9–2.0: "Quota exceeded …"; 2.x: "… will exceed the
@@ -89,10 +89,11 @@ class QuotaReader:
         )
 
 
-def install_quota_readers(registries: Iterable[object]) -> None:
+def install_quota_readers(endpoints: Iterable[object], registry_of: RegistryOf) -> None:
     """Give every destination registry the quota reader (once)."""
-    for registry in registries:
-        if isinstance(registry, Registry) and registry.refusal_hook is None:
+    for endpoint in endpoints:
+        registry = registry_of(endpoint)
+        if registry is not None and registry.refusal_hook is None:
             registry.refusal_hook = QuotaReader(registry)
 
 

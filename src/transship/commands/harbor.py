@@ -1,4 +1,4 @@
-"""The Harbor options of `copy` and `load`, and what they print.
+"""The Harbor options of `copy` and `load`, and what they print (the work is `transship.harbor`).
 
 `--create-projects` (with `--project-public`, `--project-quota`) makes missing destination
 projects; `--preflight` without it lists them, each with the command that creates it. A push
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from transship.connect import RegistryPool
 from transship.engine import CopyTask, TaskResult
 from transship.errors import UsageError
 from transship.harbor.api import parse_quota
@@ -60,15 +61,16 @@ def project_settings(kwargs: dict[str, Any]) -> ProjectSettings:
 async def before_push(
     task_phases: Sequence[Sequence[CopyTask]],
     settings: ProjectSettings,
+    dests: RegistryPool,
     *,
     preflight: bool,
     quiet: bool,
 ) -> None:
     """Quota readers on every destination; projects checked (and made) when asked to."""
-    install_quota_readers(t.dest for tasks in task_phases for t in tasks)
+    install_quota_readers((t.dest for tasks in task_phases for t in tasks), dests.registry_of)
     if not (settings.create or preflight):
         return
-    report = await ensure_projects(task_phases, settings)
+    report = await ensure_projects(task_phases, settings, dests.registry_of)
     for host in report.other_hosts if settings.create and not quiet else ():
         print(
             f"transship: {host} is not Harbor (its API did not answer as Harbor's): "
