@@ -19,9 +19,11 @@ from harness.pki import PKI
 from harness.registry import RegistryProcess
 from harness.seed import seed_image, seed_index
 
+from transship.connect import RegistryPool, SideSettings
 from transship.errors import ExitCode, PermissionDeniedError, RegistryError
 from transship.harbor.api import HarborAPI, parse_quota
 from transship.harbor.quota import is_quota_refusal
+from transship.layout import OCILayout
 from transship.plan.model import Plan, PlanEntry
 from transship.remote.auth import Credentials
 from transship.remote.registry import Registry, RegistryOptions
@@ -189,6 +191,22 @@ def test_quota_words_and_sizes() -> None:
     assert not is_quota_refusal(RegistryError("quota", status=400))
     assert parse_quota("10G") == 10 * 1024**3 and parse_quota("500MiB") == 500 * 1024**2
     assert parse_quota("-1") == -1 and parse_quota("4096") == 4096
+
+
+async def test_the_wing_reaches_only_registries_the_factory_opened(tmp_path: Path) -> None:
+    """Harbor's API is reached through a registry of the destination pool; any other endpoint
+    (a layout, the other side's registry) is no Harbor destination."""
+    dests = RegistryPool(SideSettings(side="dest"))
+    sources = RegistryPool(SideSettings(side="src"))
+    try:
+        registry = dests.get("127.0.0.1:5000")
+        assert dests.registry_of(registry) is registry
+        assert registry.options.destination  # existence checks ask for pull,push
+        assert dests.registry_of(sources.get("127.0.0.1:5000")) is None
+        assert dests.registry_of(OCILayout(tmp_path / "oci", writable=True)) is None
+    finally:
+        await dests.close()
+        await sources.close()
 
 
 def test_project_options_need_create_projects(cli: CLI) -> None:
