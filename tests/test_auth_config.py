@@ -11,8 +11,8 @@ import pytest
 
 from transship.errors import UsageError
 from transship.remote.auth import Challenge, from_docker_config, parse_creds
-from transship.remote.registry import _next_link
-from transship.remote.transport import backoff_delay, parse_retry_after
+from transship.remote.links import next_link
+from transship.retry import backoff_delay, parse_retry_after
 
 
 def test_challenge_parsing():
@@ -101,7 +101,7 @@ def test_retry_after_and_backoff():
 
 def test_link_pagination():
     assert (
-        _next_link('</v2/a/tags/list?n=2&last=b>; rel="next"', "https://r.example/v2/a/tags/list")
+        next_link('</v2/a/tags/list?n=2&last=b>; rel="next"', "https://r.example/v2/a/tags/list")
         == "https://r.example/v2/a/tags/list?n=2&last=b"
     )
-    assert _next_link(None, "https://r.example/") is None
+    assert next_link(None, "https://r.example/") is None

@@ -53,6 +53,7 @@ from transship.plan.imgpkg import (
 )
 from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
 from transship.reference import Reference
+from transship.retry import restarting
 
 log = logging.getLogger("transship.plan")
 
@@ -248,8 +249,9 @@ class SourceReader:
                     parts.append(chunk)
             return b"".join(parts)
 
+        # A body that failed its digest is read again, under the engine's policy.
         key = ("blob", ref.registry, ref.repository, str(descriptor.digest))
-        return await self._shared(key, lambda: self._call(read))
+        return await self._shared(key, lambda: self._call(lambda: restarting(read)))
 
     async def list_tags(self, registry: str, repository: str) -> list[str]:
         endpoint = self.source_for(registry)
