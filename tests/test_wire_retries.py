@@ -22,9 +22,19 @@ from harness.faultproxy import Fault, FaultProxy
 from harness.pki import PKI
 from harness.registry import RegistryProcess
 from harness.seed import Image, SeedClient, build_image
+from test_plan_registry import (
+    SMALL,
+    TKG_BOM,
+    TKG_COMPAT,
+    TKR_BOM,
+    TKR_COMPAT,
+    Release,
+    seed_release,
+)
 
 import transship.retry as retry
 from transship.errors import ExitCode
+from transship.plan import Plan
 
 BIG = 64 * 1024 * 1024
 MakeRegistry = Callable[..., RegistryProcess]
@@ -160,3 +170,57 @@ def test_flip_then_resume_still_fails_the_digest(
     doc = json.loads(report.read_text())
     assert doc["bytes_refetched"] >= layer.size  # the whole corrupt stream came again
     assert "bytes downloaded again" in out.err
+
+
+# -- planning reads ---------------------------------------------------------------------------
+
+READS = r"^/v2/.+/(manifests|blobs)/"
+
+
+@pytest.fixture(scope="module")
+def release(plain_registry: RegistryProcess) -> Release:
+    return seed_release(plain_registry, "wire153")
+
+
+def _plan_bom(cli: CLI, source: str) -> Any:
+    files = [str(SMALL / TKG_BOM), str(SMALL / TKR_BOM), str(TKG_COMPAT), str(TKR_COMPAT)]
+    return cli("plan", "bom", *files, "--dest", "harbor.local/tkg", "--source", source, "-q")
+
+
+def test_plan_reads_again_what_arrives_corrupt(
+    cli: CLI, release: Release, plain_registry: RegistryProcess, make_fault_proxy: MakeProxy
+) -> None:
+    """A third of the manifest and blob answers (BOM and bundle layers, configs) have a byte
+    flipped, and a few are cut: the plan is made, identical to the one made without faults."""
+    clean = _plan_bom(cli, release.source)
+    assert clean.code == ExitCode.OK, clean.err
+    flips = Fault.flip(READS, rate=0.3)
+    cuts = Fault.truncate(READS, rate=0.1)
+    proxy = make_fault_proxy(plain_registry, flips, cuts, seed=4)
+    out = _plan_bom(cli, f"{proxy.host}/wire153")
+    assert out.code == ExitCode.OK, out.err
+    assert flips.fired >= 10 and cuts.fired >= 2, proxy.summary()
+    blob_flips = proxy.log("GET", r"/blobs/", fault="flip")
+    manifest_flips = proxy.log("GET", r"/manifests/", fault="flip")
+    assert blob_flips and manifest_flips, proxy.summary()
+    faulty = Plan.from_yaml(out.out, "stdout")
+    expected = Plan.from_yaml(clean.out, "stdout")
+    assert {(e.destination, str(e.source_digest)) for e in faulty.entries} == {
+        (e.destination, str(e.source_digest)) for e in expected.entries
+    }
+
+
+def test_plan_still_fails_on_corruption_that_persists(
+    cli: CLI, release: Release, plain_registry: RegistryProcess, make_fault_proxy: MakeProxy
+) -> None:
+    """Every answer for a bundle's layer (its images.yml) is corrupt: the bounded retries run
+    out and plan fails with exit 7 naming the blob, after the engine's number of tries."""
+    bundle = release.items["packages/core/antrea:v1.2.3_vmware.4-tkg.1-advanced"]
+    assert isinstance(bundle, Image)
+    layer = bundle.layers[-1].digest
+    flip = Fault.flip(rf"/blobs/{layer}$")
+    proxy = make_fault_proxy(plain_registry, flip)
+    out = _plan_bom(cli, f"{proxy.host}/wire153")
+    assert out.code == ExitCode.INTEGRITY, out.err
+    assert "does not match its digest" in out.err
+    assert flip.fired == retry.CONTENT_POLICY.retries + 1
