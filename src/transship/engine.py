@@ -27,6 +27,7 @@ from transship.errors import (
 )
 from transship.manifest import Descriptor, Manifest, Platform
 from transship.retry import CONTENT_POLICY, RetryPolicy, worth_restarting
+from transship.singleflight import SingleFlight
 
 log = logging.getLogger("transship.engine")
 
@@ -131,9 +132,12 @@ class _Sink:
     """Per destination endpoint: which blobs landed where, and transfers in flight."""
 
     landed: dict[Digest, set[str]] = field(default_factory=dict)
-    inflight: dict[tuple[str, Digest], asyncio.Task[None]] = field(default_factory=dict)
+    #: blob transfers in flight per (repository, digest); `landed` remembers the outcome
+    blobs: SingleFlight[tuple[str, Digest], None] = field(
+        default_factory=lambda: SingleFlight(keep=False)
+    )
     first_home: dict[Digest, asyncio.Future[str]] = field(default_factory=dict)
-    manifests: dict[tuple[str, Digest], asyncio.Task[None]] = field(default_factory=dict)
+    manifests: SingleFlight[tuple[str, Digest], None] = field(default_factory=SingleFlight)
 
 
 class CopyEngine:
@@ -265,7 +269,7 @@ class CopyEngine:
         for child in manifest.manifests:
             found = await task.dest.head_manifest(task.dest_repository, str(child.digest))
             if found is None:
-                sink.manifests.pop((task.dest_repository, child.digest), None)
+                sink.manifests.forget((task.dest_repository, child.digest))
                 await self._copy_child(task, child, 1, frozenset({manifest.digest}))
         for blob in manifest.blobs():
             if not blob.urls and not await task.dest.has_blob(
@@ -331,11 +335,7 @@ class CopyEngine:
     ) -> None:
         sink = self._sink(task.dest)
         key = (task.dest_repository, child.digest)
-        pending = sink.manifests.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._land_child(task, child, depth, seen))
-            sink.manifests[key] = pending
-        await asyncio.shield(pending)
+        await sink.manifests.run(key, lambda: self._land_child(task, child, depth, seen))
 
     async def _land_child(
         self, task: CopyTask, child: Descriptor, depth: int, seen: frozenset[Digest]
@@ -355,15 +355,7 @@ class CopyEngine:
         if task.dest_repository in sink.landed.get(blob.digest, ()):
             return
         key = (task.dest_repository, blob.digest)
-        pending = sink.inflight.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._land_blob(task, blob, sink))
-            sink.inflight[key] = pending
-        try:
-            await asyncio.shield(pending)
-        finally:
-            if pending.done():
-                sink.inflight.pop(key, None)
+        await sink.blobs.run(key, lambda: self._land_blob(task, blob, sink))
 
     async def _land_blob(self, task: CopyTask, blob: Descriptor, sink: _Sink) -> None:
         """The first task needing a digest uploads it; later ones mount from where it landed."""
