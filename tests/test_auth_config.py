@@ -12,7 +12,6 @@ import pytest
 from transship.errors import UsageError
 from transship.remote.auth import Challenge, from_docker_config, parse_creds
 from transship.remote.links import next_link
-from transship.retry import backoff_delay, parse_retry_after
 
 
 def test_challenge_parsing():
@@ -88,15 +87,6 @@ def test_credential_helper_program_is_run(tmp_path: Path, monkeypatch: pytest.Mo
     missing = _config(tmp_path, {"credsStore": "absent"})
     with pytest.raises(UsageError, match="docker-credential-absent"):
         from_docker_config("reg.example", missing)
-
-
-def test_retry_after_and_backoff():
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert parse_retry_after("soon") is None
-    for attempt in range(8):
-        assert 0 <= backoff_delay(attempt, 0.5, 30, None) <= 30
-    assert backoff_delay(0, 0.5, 30, 7.0) >= 7.0
 
 
 def test_link_pagination():
