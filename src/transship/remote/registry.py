@@ -35,6 +35,7 @@ from transship.streams import CHUNK
 log = logging.getLogger("transship.remote")
 
 _MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
+_TAG_PAGE_BYTES = 64 * 1024 * 1024  # ~500k tags: far more than any page a registry sends
 
 
 @dataclass
@@ -377,23 +378,36 @@ class Registry:
     # -- tags -------------------------------------------------------------------------------
 
     async def list_tags(self, repository: str) -> list[str]:
+        """Every page of the tag list; a page cut short or unreadable is fetched again."""
         tags: list[str] = []
         path: str | None = f"/v2/{repository}/tags/list?n={self.options.tag_page_size}"
+        where = f"listing tags of {self.host}/{repository}"
+
+        def check(answer: Fetched) -> None:
+            _tag_page(answer.body, where)
+
         while path:
-            async with self.transport.request("GET", path, scopes=pull(repository)) as resp:
-                if resp.status == 404:
-                    return tags
-                if resp.status != 200:
-                    raise await registry_error(resp, f"listing tags of {self.host}/{repository}")
-                try:
-                    doc = await resp.json(content_type=None)
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ValueError):
-                    raise RetryableError(
-                        f"listing tags of {self.host}/{repository}: bad body"
-                    ) from None
-                tags += [str(t) for t in (doc.get("tags") or [])]
-                path = next_link(resp.headers.get("Link"), str(resp.url))
+            answer = await self.transport.fetch(
+                "GET", path, scopes=pull(repository), limit=_TAG_PAGE_BYTES, check=check
+            )
+            if answer.status == 404:
+                return tags
+            if answer.status != 200:
+                raise error_for(answer.status, answer.body, where)
+            if answer.too_large(_TAG_PAGE_BYTES):
+                raise RegistryError(f"{where}: a page is over {_TAG_PAGE_BYTES} bytes")
+            tags += _tag_page(answer.body, where)
+            path = next_link(answer.headers.get("Link"), answer.url)
         return tags
+
+
+def _tag_page(body: bytes, where: str) -> list[str]:
+    """The `tags` of one page; a body that is not that JSON was damaged on the way."""
+    try:
+        doc = json.loads(body)
+        return [str(t) for t in (doc.get("tags") or [])]
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+        raise IntegrityError(f"{where}: the answer is not a tag list") from None
 
 
 def _push_hint(error: Exception, repository: str) -> Exception:

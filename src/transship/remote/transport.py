@@ -166,7 +166,9 @@ class Transport:
                 if header:
                     self._challenge = Challenge.parse(header)
             elif status >= 500:
-                raise RetryableError(f"{self.host}: /v2/ answered {status}", status=status)
+                raise RetryableError(
+                    f"{self.host}: /v2/ answered {status}", status=status, exhausted=True
+                )
             self._base = base
             return
         assert last is not None
