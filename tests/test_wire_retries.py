@@ -85,6 +85,7 @@ def _layer_intact(dest: RegistryProcess, image: Image) -> None:
 
 
 def test_cut_download_resumes_with_range(
+    record_property: Callable[[str, object], None],
     big_source: tuple[RegistryProcess, Image],
     make_registry: MakeRegistry,
     make_fault_proxy: MakeProxy,
@@ -104,6 +105,7 @@ def test_cut_download_resumes_with_range(
     gets = proxy.log("GET", rf"/blobs/{layer.digest}$")
     assert len(gets) == 3
     read = sum(r.bytes_out for r in gets)
+    record_property("bytes_read_over_size", round(read / layer.size, 4))
     assert read < 1.2 * layer.size, f"read {read} bytes for a {layer.size} byte blob"
     assert [r.status for r in gets] == [200, 206, 206]
     _layer_intact(dest, image)
