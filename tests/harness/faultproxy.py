@@ -34,6 +34,9 @@ requests with that key, so concurrency does not change which requests are hit.
 `Location` headers already point at the proxy; any `Location` naming the upstream is rewritten
 too, so upload sessions always come back through the proxy.
 
+`ignore_range=True` drops `Range` headers on the way up, so the registry answers 200 with the
+whole body, as a server without range support would.
+
 Every request is logged (`records`, with monotonic timestamps) and injected faults are counted
 per kind (`injected`); `summary_table()` renders counts for a README.
 
@@ -252,6 +255,7 @@ class FaultProxy:
         seed: int = 0,
         max_lifetime: float = 600.0,
         name: str = "faultproxy",
+        ignore_range: bool = False,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -262,6 +266,9 @@ class FaultProxy:
         self.seed = seed
         self.max_lifetime = max_lifetime
         self.name = name
+        #: drop `Range` from requests, so the upstream answers 200 with the whole body (a
+        #: server or cache that does not do ranges)
+        self.ignore_range = ignore_range
         self.rules: list[Fault] = list(faults)
         self.records: list[ProxyRecord] = []
         self.injected: Counter[str] = Counter()
@@ -561,6 +568,8 @@ class FaultProxy:
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
             if name.lower() in _HOP_BY_HOP or name.lower() == "host":
+                continue
+            if self.ignore_range and name.lower() in ("range", "if-range"):
                 continue
             headers.add(name, value)
         headers["Host"] = self.host

@@ -17,8 +17,7 @@ from transship.errors import IntegrityError, NotFoundError, TransshipError
 from transship.layout.errors import io_error
 from transship.layout.index import LayoutIndex, ref_name
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
-
-CHUNK = 1024 * 1024
+from transship.streams import CHUNK
 
 
 class BlobFile(Protocol):

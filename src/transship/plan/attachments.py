@@ -33,18 +33,17 @@ import copy
 import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
-
-import aiohttp
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
-from transship.errors import HostDownError, RegistryError, RetryableError, TransshipError
+from transship.errors import HostDownError, IntegrityError, RegistryError, TransshipError
 from transship.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor
 from transship.plan.model import EntryKind, Gap, PlanEntry
 from transship.plan.resolve import Content, Resolved, ResolveOptions, SourceReader, image_content
 from transship.reference import Reference
-from transship.remote.registry import Registry, pull, registry_error
+from transship.remote.links import next_link
+from transship.remote.registry import Registry, error_for, pull
+from transship.remote.transport import Fetched
 
 #: cosign's tag suffixes, and what each one holds (for the plan's origins)
 COSIGN_SUFFIXES: Mapping[str, str] = {
@@ -102,15 +101,6 @@ def parse_referrers(raw: bytes, where: str) -> tuple[Referrer, ...]:
     return tuple(found)
 
 
-def next_page(link: str | None, current: str) -> str | None:
-    """The `rel="next"` target of a `Link` header (RFC 8288), absolute; None on the last page."""
-    for part in (link or "").split(","):
-        url, _, params = part.partition(";")
-        if "rel=next" in params.replace(" ", "").replace('"', ""):
-            return urljoin(current, url.strip().strip("<>"))
-    return None
-
-
 async def referrers(
     endpoint: Endpoint, repository: str, digest: Digest
 ) -> tuple[Referrer, ...] | None:
@@ -125,36 +115,37 @@ async def referrers(
     found: list[Referrer] = []
     path: str | None = f"/v2/{repository}/referrers/{digest}"
     pages = 0
+
+    def check(answer: Fetched) -> None:
+        """A list that does not parse was damaged on the way: fetched again (bounded)."""
+        try:
+            parse_referrers(answer.body, where)
+        except TransshipError as exc:
+            raise IntegrityError(exc.message) from None
+
     while path is not None:
-        async with endpoint.transport.request(
-            "GET", path, scopes=pull(repository), headers={"Accept": OCI_INDEX}
-        ) as resp:
-            if resp.status in API_MISSING and pages == 0:
-                return None
-            if resp.status != 200:
-                raise await registry_error(resp, where)
-            raw = await _read_bounded(resp, where)
-            following = next_page(resp.headers.get("Link"), str(resp.url))
+        answer = await endpoint.transport.fetch(  # a cut or unreadable answer is fetched again
+            "GET",
+            path,
+            scopes=pull(repository),
+            headers={"Accept": OCI_INDEX},
+            limit=MAX_MANIFEST_BYTES,  # a referrers list is a manifest
+            check=check,
+        )
+        if answer.status in API_MISSING and pages == 0:
+            return None
+        if answer.status != 200:
+            raise error_for(answer.status, answer.body, where)
+        if answer.too_large(MAX_MANIFEST_BYTES):
+            raise RegistryError(f"{where}: answer is over the {MAX_MANIFEST_BYTES} byte limit")
+        raw = answer.body
+        following = next_link(answer.headers.get("Link"), answer.url)
         found += parse_referrers(raw, where)
         pages += 1
         if following is not None and pages >= MAX_REFERRERS_PAGES:
             raise RegistryError(f"{where}: more than {MAX_REFERRERS_PAGES} pages of referrers")
         path = following
     return tuple(found)
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, where: str) -> bytes:
-    """The body, refused past the manifest size limit (a referrers list is a manifest)."""
-    raw = b""
-    try:
-        while len(raw) <= MAX_MANIFEST_BYTES:
-            more = await resp.content.read(MAX_MANIFEST_BYTES + 1 - len(raw))
-            if not more:
-                return raw
-            raw += more
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
-        raise RetryableError(f"{where}: answer interrupted") from None
-    raise RegistryError(f"{where}: answer is over the {MAX_MANIFEST_BYTES} byte limit")
 
 
 # --- finding attachments ------------------------------------------------------------------

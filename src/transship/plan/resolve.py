@@ -53,6 +53,8 @@ from transship.plan.imgpkg import (
 )
 from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
 from transship.reference import Reference
+from transship.retry import restarting
+from transship.singleflight import SingleFlight
 
 log = logging.getLogger("transship.plan")
 
@@ -201,20 +203,14 @@ class SourceReader:
     def __init__(self, source_for: EndpointFor, parallel: int) -> None:
         self.source_for = source_for
         self._slots = asyncio.Semaphore(max(1, parallel))
-        self._once: dict[tuple[str, ...], asyncio.Task[object]] = {}
+        self._once: SingleFlight[tuple[str, ...], object] = SingleFlight()
 
     def cancel_pending(self) -> None:
-        for task in self._once.values():
-            if not task.done():
-                task.cancel()
+        self._once.cancel_pending()
 
     async def _shared(self, key: tuple[str, ...], make: Callable[[], Awaitable[T]]) -> T:
         """Run `make()` once per key; concurrent and later callers share its result."""
-        task = self._once.get(key)
-        if task is None:
-            task = cast("asyncio.Task[object]", asyncio.ensure_future(make()))
-            self._once[key] = task
-        return await asyncio.shield(cast("asyncio.Task[T]", task))
+        return cast(T, await self._once.run(key, make))
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         async with self._slots:
@@ -248,8 +244,9 @@ class SourceReader:
                     parts.append(chunk)
             return b"".join(parts)
 
+        # A body that failed its digest is read again, under the engine's policy.
         key = ("blob", ref.registry, ref.repository, str(descriptor.digest))
-        return await self._shared(key, lambda: self._call(read))
+        return await self._shared(key, lambda: self._call(lambda: restarting(read)))
 
     async def list_tags(self, registry: str, repository: str) -> list[str]:
         endpoint = self.source_for(registry)
@@ -260,7 +257,7 @@ class SourceReader:
         key = ("resolve", ref.registry, ref.repository, ref.identifier)
         resolved = await self._shared(key, lambda: self._resolve(ref))
         pinned = ("resolve", ref.registry, ref.repository, str(resolved.digest))
-        self._once.setdefault(pinned, self._once[key])  # a later read by digest is free
+        self._once.alias(pinned, key)  # a later read by digest is free
         return resolved
 
     async def _resolve(self, ref: Reference) -> Resolved:
@@ -503,23 +500,11 @@ class _BundleWalk:
         self.reader = resolver.reader
         self.destination = destination
         self.outcome = outcome
-        self.walked: dict[Digest, asyncio.Future[bool]] = {}
+        self.walked: SingleFlight[Digest, bool] = SingleFlight()
 
     async def walk(self, bundle: Resolved) -> bool:
         """Plan everything below `bundle`; True when nothing is missing (ImageLocations added)."""
-        known = self.walked.get(bundle.digest)
-        if known is not None:
-            return await asyncio.shield(known)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.walked[bundle.digest] = future
-        try:
-            complete = await self._walk(bundle)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here: other walkers re-raise it themselves
-            raise
-        future.set_result(complete)
-        return complete
+        return await self.walked.run(bundle.digest, lambda: self._walk(bundle))
 
     async def _walk(self, bundle: Resolved) -> bool:
         try:
