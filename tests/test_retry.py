@@ -83,6 +83,26 @@ def test_attempts_allow_exactly_the_retries() -> None:
     assert RetryPolicy(retries=0).attempts().left is False
 
 
+def test_attempts_wait_in_the_sleep_they_are_given() -> None:
+    """The wire layer passes `HostHealth.pause`: each backoff goes through it, and what it
+    raises (a host found down) ends the operation."""
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        if len(waited) == 2:
+            raise TimeoutError("the host is down")
+
+    async def run() -> None:
+        attempts = RetryPolicy(retries=5, base=1.0, cap=1.0).attempts(sleep=sleep)
+        await attempts.pause(retry_after=3.0)
+        await attempts.pause()
+
+    with pytest.raises(TimeoutError, match="down"):
+        asyncio.run(run())
+    assert waited[0] == 3.0 and 0.0 <= waited[1] <= 1.0
+
+
 def test_what_is_worth_restarting() -> None:
     assert worth_restarting(IntegrityError("blob does not match its digest"))
     assert worth_restarting(RetryableError("upload cut"))
