@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests bench scripts
 .venv/bin/mypy
+.venv/bin/lint-imports
 bash scripts/build-binary.sh
 TRANSSHIP_BINARY="$PWD/dist/transship" .venv/bin/pytest -q "$@"

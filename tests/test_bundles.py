@@ -38,17 +38,16 @@ from harness.skopeo import Skopeo
 
 from transship.connect import RegistryPool, SideSettings
 from transship.digest import Digest
-from transship.errors import UsageError
-from transship.generated import (
-    GeneratedEndpoint,
+from transship.errors import BundleError, PlanError, UsageError
+from transship.imgpkg.bundle import parse_images_lock
+from transship.imgpkg.locations import (
     ImageLocation,
     build_image_locations,
     image_locations_tag,
     image_locations_yaml,
     imgpkg_tag,
 )
-from transship.plan.errors import BundleError, PlanError
-from transship.plan.imgpkg import parse_images_lock
+from transship.memory import MemoryEndpoint
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.plan.resolve import Resolution, ResolveOptions, resolve_plan
 
@@ -250,7 +249,7 @@ class TestImageLocationsFormat:
 
     def test_generated_endpoint_serves_and_refuses_writes(self) -> None:
         image = build_image_locations(LOCATIONS)
-        endpoint = GeneratedEndpoint([image])
+        endpoint = MemoryEndpoint([image])
 
         async def check() -> None:
             got = await endpoint.get_manifest("any/repo", str(image.digest))

@@ -16,11 +16,13 @@ import pytest
 
 from transship.errors import UsageError
 from transship.plan import (
-    Bom,
-    Compatibility,
     EntryKind,
     Plan,
     PlanError,
+)
+from transship.tkg.bom import (
+    Bom,
+    Compatibility,
     TkgCompatibility,
     TkrCompatibility,
     highest_v_tag,

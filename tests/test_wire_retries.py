@@ -193,11 +193,16 @@ def test_plan_reads_again_what_arrives_corrupt(
     cli: CLI, release: Release, plain_registry: RegistryProcess, make_fault_proxy: MakeProxy
 ) -> None:
     """A third of the manifest and blob answers (BOM and bundle layers, configs) have a byte
-    flipped, and a few are cut: the plan is made, identical to the one made without faults."""
+    flipped, and a fifth are cut: the plan is made, identical to the one made without faults.
+
+    Each path is flipped at most twice and cut at most once (`per_key`), so a reader that
+    retries within its budget always gets through (no chance of every try being hit), while
+    one that does not retry fails on the first flip.
+    """
     clean = _plan_bom(cli, release.source)
     assert clean.code == ExitCode.OK, clean.err
-    flips = Fault.flip(READS, rate=0.3)
-    cuts = Fault.truncate(READS, rate=0.1)
+    flips = Fault.flip(READS, rate=0.3, per_key=2)
+    cuts = Fault.truncate(READS, rate=0.2, per_key=1)
     proxy = make_fault_proxy(plain_registry, flips, cuts, seed=4)
     out = _plan_bom(cli, f"{proxy.host}/wire153")
     assert out.code == ExitCode.OK, out.err

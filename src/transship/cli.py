@@ -14,6 +14,7 @@ import click
 from transship.buildinfo import adopt_system_roots, version_line
 from transship.commands import all_commands
 from transship.errors import ExitCode, TransshipError
+from transship.harbor.advice import install as install_harbor_advice
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -55,6 +56,7 @@ def cli() -> None:
     """Bring container images into air-gapped OCI registries, byte for byte."""
 
 
+install_harbor_advice()  # registries answer in their dialects; errors are rendered with that
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: no tracebacks for user mistakes, one line and a distinct exit code."""

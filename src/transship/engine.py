@@ -55,12 +55,35 @@ class CopyTask:
     dest_repository: str
     dest_tags: tuple[str, ...] = ()
     platforms: tuple[Platform, ...] = ()
-    label: str = ""
-    source_label: str = ""
-    dest_label: str = ""
+    #: the source as the plan names it (`harbor.corp/tkg/antrea:v1`), when it has a name of
+    #: its own; otherwise the endpoint's location, repository and identifier name it
+    source_reference: str = ""
     #: bytes of its manifest graph (manifests and blobs) when the plan knows them: progress
     #: counts down from these; the engine itself never relies on them
     size: int | None = None
+
+    @property
+    def source_name(self) -> str:
+        """The source reference for messages and reports."""
+        if self.source_reference:
+            return self.source_reference
+        separator = "@" if ":" in self.source_identifier else ":"
+        return f"{self.source.label}/{self.source_repository}{separator}{self.source_identifier}"
+
+    @property
+    def dest_name(self) -> str:
+        """The destination repository (`host/path`), without tags."""
+        return f"{self.dest.label}/{self.dest_repository}"
+
+    @property
+    def dest_reference(self) -> str:
+        """The destination repository and its tags (`host/path:v1,v2`)."""
+        tags = ",".join(self.dest_tags)
+        return f"{self.dest_name}:{tags}" if tags else self.dest_name
+
+    @property
+    def label(self) -> str:
+        return f"{self.source_name} -> {self.dest_reference}"
 
 
 @dataclass
@@ -186,7 +209,7 @@ class CopyEngine:
                         task,
                         "failed",
                         error=DependencyError(
-                            f"{task.dest_label or task.label}: not pushed, because an image it "
+                            f"{task.dest_reference}: not pushed, because an image it "
                             f"depends on in {task.dest_repository} failed"
                         ),
                     )
@@ -317,12 +340,12 @@ class CopyEngine:
         if not matches:
             have = ", ".join(str(c.platform) for c in index.manifests if c.platform)
             raise NotFoundError(
-                f"{task.source_label or task.label}: no manifest for platform {wanted} "
+                f"{task.source_name}: no manifest for platform {wanted} "
                 f"(the index has: {have or 'no platforms'})"
             )
         if len(matches) > 1:
             raise UsageError(
-                f"{task.source_label or task.label}: platform {wanted} matches {len(matches)} "
+                f"{task.source_name}: platform {wanted} matches {len(matches)} "
                 "manifests; name one platform (os/arch/variant), or omit --platform to copy all"
             )
         return await self._fetch_manifest(task, str(matches[0].digest))
@@ -333,7 +356,7 @@ class CopyEngine:
         """Land everything `manifest` references, then the manifest itself (by digest)."""
         if manifest.digest in seen or depth > MAX_INDEX_DEPTH:
             raise IntegrityError(
-                f"{task.source_label or task.label}: index nesting is cyclic or deeper than "
+                f"{task.source_name}: index nesting is cyclic or deeper than "
                 f"{MAX_INDEX_DEPTH} levels"
             )
         if manifest.is_index:

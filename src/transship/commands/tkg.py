@@ -13,14 +13,22 @@ from typing import Any
 import click
 from rich.console import Console
 
-from transship.commands.common import load_plan_source, setup_logging, side_options, side_settings
-from transship.commands.verify import print_result, run_verify, wide_console
+from transship.commands.common import (
+    load_plan_source,
+    run_verify,
+    setup_logging,
+    side_options,
+    side_settings,
+)
+from transship.commands.rendering import print_result, wide_console
 from transship.connect import RegistryPool, SideSettings
-from transship.errors import TransshipError
+from transship.errors import IncompleteError, TransshipError
+from transship.ops.verify import VerifyOptions
 from transship.plan.model import Plan
 from transship.reference import Reference, parse_prefix
-from transship.remote.tls import load_ca, refuse_private_key
-from transship.tkgconfig import (
+from transship.remote.tls import load_ca
+from transship.tkg.ca import refuse_private_key, tkg_ca_form
+from transship.tkg.config import (
     CA_CERTIFICATE_KEY,
     COMPATIBILITY_PATH_KEY,
     DEFAULT_COMPATIBILITY_PATH,
@@ -30,7 +38,6 @@ from transship.tkgconfig import (
     require_tkg_release,
     write_cluster_config,
 )
-from transship.verify import IncompleteError, VerifyOptions
 
 FORCE_HINT = "copy or load the missing content first, or pass --force to emit the settings anyway"
 
@@ -150,7 +157,7 @@ def tkg_config(
     if ca:
         bundle = load_ca(ca)
         refuse_private_key(bundle)
-        ca_base64 = bundle.base64()
+        ca_base64 = tkg_ca_form(bundle)
     settings = TkgSettings(repository, skip_tls_verify, ca_base64, compatibility_path.strip("/"))
     compatibility = compatibility_repository(settings)
     plan = load_plan_source(plan_file, images_file, script_file, repository)

@@ -19,10 +19,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, InvalidDigestError
+from transship.errors import (
+    IntegrityError,
+    InvalidDigestError,
+    LayoutError,
+    UnsafeArchiveError,
+    io_error,
+)
 from transship.fsutil import fsync_dir
 from transship.layout.directory import _read_bounded
-from transship.layout.errors import LayoutError, UnsafeArchiveError, io_error
 from transship.layout.index import (
     EXTRA_DIR,
     INDEX_FILE,

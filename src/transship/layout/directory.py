@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, TransshipError
+from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
 from transship.fsutil import fsync_dir, write_atomic
-from transship.layout.errors import LayoutError, io_error
 from transship.layout.index import (
     EXTRA_DIR,
     INDEX_FILE,
@@ -189,6 +188,10 @@ class OCILayout(LayoutReader):
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
         self._dirs_to_sync.add(final.parent)
+
+    async def check_push(self, repository: str) -> None:
+        """Preflight: a push lands if the layout is open for writing."""
+        self._check_writable()
 
     def _check_writable(self) -> None:
         if not self.writable:

@@ -14,8 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from transship.errors import IntegrityError, UsageError
-from transship.layout.errors import LayoutError
+from transship.errors import IntegrityError, LayoutError, UsageError
 from transship.manifest import OCI_INDEX, Descriptor
 
 REF_NAME = "org.opencontainers.image.ref.name"

@@ -30,20 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from transship.digest import Digest
-from transship.endpoint import Endpoint
-from transship.errors import HostDownError, IntegrityError, RegistryError, TransshipError
-from transship.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor
+from transship.errors import HostDownError, TransshipError
+from transship.manifest import Referrer, parse_referrers
 from transship.plan.model import EntryKind, Gap, PlanEntry
-from transship.plan.resolve import Content, Resolved, ResolveOptions, SourceReader, image_content
+from transship.plan.reader import Content, Resolved, ResolveOptions, SourceReader, image_content
 from transship.reference import Reference
-from transship.remote.links import next_link
-from transship.remote.registry import Registry, error_for, pull
-from transship.remote.transport import Fetched
 
 #: cosign's tag suffixes, and what each one holds (for the plan's origins)
 COSIGN_SUFFIXES: Mapping[str, str] = {
@@ -53,10 +48,6 @@ COSIGN_SUFFIXES: Mapping[str, str] = {
 }
 #: subject → attachment → its attachments; deeper chains are not followed
 MAX_ATTACHMENT_DEPTH = 2
-#: a referrers API answer this many pages long is not a registry we understand
-MAX_REFERRERS_PAGES = 100
-#: answers that mean "this registry has no referrers API" (the spec forbids 404 when it has one)
-API_MISSING = frozenset({400, 404, 405})
 
 
 def cosign_tag(digest: Digest, suffix: str) -> str:
@@ -67,85 +58,6 @@ def cosign_tag(digest: Digest, suffix: str) -> str:
 def referrers_tag(digest: Digest) -> str:
     """`sha256-<hex>`: the OCI 1.1 referrers tag schema's index of `digest`'s referrers."""
     return f"{digest.algorithm}-{digest.hex}"
-
-
-# --- the referrers API --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Referrer:
-    """One entry of a referrers list: the referrer's manifest and its artifact type."""
-
-    descriptor: Descriptor
-    artifact_type: str | None = None
-
-
-def parse_referrers(raw: bytes, where: str) -> tuple[Referrer, ...]:
-    """The `manifests` of a referrers index (API answer or tag-schema index).
-
-    `Descriptor` keeps no `artifactType`, so it is read here: it is what tells a reviewer an
-    SBOM from a signature.
-    """
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise RegistryError(f"{where}: answer is not JSON") from None
-    items = doc.get("manifests") if isinstance(doc, dict) else None
-    if not isinstance(items, list):
-        raise RegistryError(f"{where}: answer is not an OCI index (no 'manifests' list)")
-    found = []
-    for number, item in enumerate(items):
-        descriptor = Descriptor.from_json(item, f"{where} manifests[{number}]")
-        kind = item.get("artifactType")
-        found.append(Referrer(descriptor, kind if isinstance(kind, str) and kind else None))
-    return tuple(found)
-
-
-async def referrers(
-    endpoint: Endpoint, repository: str, digest: Digest
-) -> tuple[Referrer, ...] | None:
-    """Every referrer of `repository@digest` by the referrers API, all pages.
-
-    None when there is no API to ask: not a registry, or it answered 400/404/405 (a registry
-    that has the API must answer 200, with an empty list if nothing refers to the digest).
-    """
-    if not isinstance(endpoint, Registry):
-        return None
-    where = f"referrers of {endpoint.host}/{repository}@{digest.short}"
-    found: list[Referrer] = []
-    path: str | None = f"/v2/{repository}/referrers/{digest}"
-    pages = 0
-
-    def check(answer: Fetched) -> None:
-        """A list that does not parse was damaged on the way: fetched again (bounded)."""
-        try:
-            parse_referrers(answer.body, where)
-        except TransshipError as exc:
-            raise IntegrityError(exc.message) from None
-
-    while path is not None:
-        answer = await endpoint.transport.fetch(  # a cut or unreadable answer is fetched again
-            "GET",
-            path,
-            scopes=pull(repository),
-            headers={"Accept": OCI_INDEX},
-            limit=MAX_MANIFEST_BYTES,  # a referrers list is a manifest
-            check=check,
-        )
-        if answer.status in API_MISSING and pages == 0:
-            return None
-        if answer.status != 200:
-            raise error_for(answer.status, answer.body, where)
-        if answer.too_large(MAX_MANIFEST_BYTES):
-            raise RegistryError(f"{where}: answer is over the {MAX_MANIFEST_BYTES} byte limit")
-        raw = answer.body
-        following = next_link(answer.headers.get("Link"), answer.url)
-        found += parse_referrers(raw, where)
-        pages += 1
-        if following is not None and pages >= MAX_REFERRERS_PAGES:
-            raise RegistryError(f"{where}: more than {MAX_REFERRERS_PAGES} pages of referrers")
-        path = following
-    return tuple(found)
 
 
 # --- finding attachments ------------------------------------------------------------------
@@ -321,7 +233,7 @@ class _Finder:
         endpoint = self.reader.source_for(place.registry)
         key = ("referrers", place.registry, place.repository, str(place.digest))
         return await self.reader.cached(
-            key, lambda: referrers(endpoint, place.repository, place.digest)
+            key, lambda: endpoint.list_referrers(place.repository, place.digest)
         )
 
     def _add(self, place: _Place, item: _Found, destinations: frozenset[str]) -> None:

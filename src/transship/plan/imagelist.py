@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transship.errors import InvalidReferenceError
+from transship.errors import InvalidReferenceError, PlanError
 from transship.plan._yaml import read_text
-from transship.plan.errors import PlanError
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
 from transship.reference import Reference, parse_prefix
 

@@ -520,10 +520,7 @@ class Transport:
             if challenge.params.get("error") != "insufficient_scope" and not reauthed:
                 self._challenge = challenge  # expired or revoked token: fetch a new one
                 return
-            raise PermissionDeniedError(
-                f"{self.host}: the user has no permission for {', '.join(scopes)}",
-                hint=project_hint(scopes),
-            )
+            raise permission_denied(self.host, scopes)
         raise AuthenticationError(
             f"wrong username or password for {self.host}",
             hint=f"check {self.options.creds_option} or 'docker login {self.host}'",
@@ -563,16 +560,16 @@ class Transport:
         raise RegistryError(f"{self.host}: too many redirects")
 
 
-def project_hint(scopes: tuple[str, ...]) -> str:
-    """Harbor answers a push into a project that does not exist as if permission were lacking."""
+def permission_denied(host: str, scopes: tuple[str, ...]) -> PermissionDeniedError:
+    """A token without the rights asked for; a refused push names its repository (a fact
+    vendor advisors read: Harbor answers a push into a missing project this way)."""
+    error = PermissionDeniedError(f"{host}: the user has no permission for {', '.join(scopes)}")
     pushes = [s.split(":")[1] for s in scopes if s.endswith("push") and s.count(":") == 2]
-    if not pushes:
-        return "ask the registry admin for pull rights on that repository or project"
-    project = pushes[0].split("/")[0]
-    return (
-        f"on Harbor, create the project '{project}' first (a missing project looks like "
-        "this); otherwise ask for push rights on it"
-    )
+    if pushes:
+        error.refused_push = pushes[0]
+    else:
+        error.hint = "ask the registry admin for pull rights on that repository or project"
+    return error
 
 
 def _our_error(exc: BaseException) -> TransshipError | None:

@@ -25,9 +25,9 @@ from transship.errors import IncompatibleArchiveError, TransshipError, UsageErro
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import find_parts_file
+from transship.ops.tasks import EndpointFor, phases, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
 from transship.reference import Reference, parse_prefix
-from transship.relocate import EndpointFor, phases, source_endpoint
 
 #: The compatibility rule: a transship reads exactly the archive format it writes. The format
 #: changes only when a reader of the old one would misread the new archive; added keys (such as
@@ -197,20 +197,14 @@ def save_tasks(
 def save_task(
     entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout
 ) -> CopyTask:
-    src = Reference.parse(entry.source)
-    repository = relative_repository(entry.destination, info.prefix)
-    tags = archive_tags(entry)
-    identifier = str(entry.source_digest) if entry.source_digest else src.identifier
     return CopyTask(
         source=source_endpoint(entry, source_for),
-        source_repository=src.repository,
-        source_identifier=identifier,
+        source_repository=Reference.parse(entry.source).repository,
+        source_identifier=source_identifier(entry),
         dest=layout,
-        dest_repository=repository,
-        dest_tags=tags,
-        label=f"{entry.source} -> {layout.label}:{repository}",
-        source_label=entry.source,
-        dest_label=f"{repository}:{','.join(tags)}",
+        dest_repository=relative_repository(entry.destination, info.prefix),
+        dest_tags=archive_tags(entry),
+        source_reference=entry.source,
         size=entry.size,
     )
 
@@ -264,9 +258,6 @@ def load_tasks(
             dest=dest_for(dest.registry),
             dest_repository=dest.repository,
             dest_tags=tuple(sorted(tags)),
-            label=f"{repository}:{','.join(tags) or digest} -> {dest.name}",
-            source_label=f"{layout.label}:{repository}@{digest}",
-            dest_label=f"{dest.name}:{','.join(sorted(tags))}" if tags else dest.name,
         )
         groups.setdefault(phase[(repository, digest)], []).append(task)
     return [groups[n] for n in sorted(groups)]
@@ -289,12 +280,14 @@ def checksum_list(layout_dir: Path, names: Sequence[str]) -> str:
 
 def source_points(plan: Plan, source_for: EndpointFor) -> list[tuple[Endpoint, str, str]]:
     """Where each entry's manifest is read from: (endpoint, repository, tag or digest)."""
-    points = []
-    for entry in plan.entries:
-        src = Reference.parse(entry.source)
-        identifier = str(entry.source_digest) if entry.source_digest else src.identifier
-        points.append((source_endpoint(entry, source_for), src.repository, identifier))
-    return points
+    return [
+        (
+            source_endpoint(entry, source_for),
+            Reference.parse(entry.source).repository,
+            source_identifier(entry),
+        )
+        for entry in plan.entries
+    ]
 
 
 async def measure(

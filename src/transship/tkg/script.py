@@ -19,13 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from transship.errors import InvalidReferenceError
+from transship.errors import InvalidReferenceError, PlanError
 from transship.plan._yaml import read_text
-from transship.plan.errors import PlanError
 from transship.plan.imagelist import destination_under
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
-from transship.plan.tkg import METADATA_REPOSITORY_NAMES
 from transship.reference import Reference, parse_prefix
+from transship.tkg.bom import METADATA_REPOSITORY_NAMES
 
 _COMMANDS = frozenset({"imgpkg", "imgpkg.exe"})
 _SHELL_SCAFFOLDING = frozenset({"set", "if", "then", "fi", "echo", "base64", "export"})

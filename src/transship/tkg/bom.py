@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Literal
 
-from transship.errors import InvalidReferenceError
+from transship.errors import InvalidReferenceError, PlanError
 from transship.plan._yaml import Node, load_yaml, read_text
-from transship.plan.errors import PlanError
 from transship.plan.model import EntryKind, NonRegistryArtifact, Plan, PlanEntry, utc_now
 from transship.reference import Reference, parse_prefix
 

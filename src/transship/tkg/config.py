@@ -22,11 +22,10 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
 from transship.endpoint import Endpoint
-from transship.errors import UsageError
+from transship.errors import IncompleteError, UsageError
 from transship.fsutil import write_atomic
-from transship.plan.tkg import highest_v_tag
 from transship.reference import Reference
-from transship.verify import IncompleteError
+from transship.tkg.bom import highest_v_tag
 
 REPOSITORY_KEY = "TKG_CUSTOM_IMAGE_REPOSITORY"
 SKIP_TLS_VERIFY_KEY = "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY"

@@ -18,19 +18,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transship.digest import Digest
-from transship.errors import HostDownError, InvalidReferenceError, NotFoundError, TransshipError
-from transship.plan._yaml import load_yaml, read_text
-from transship.plan.errors import PlanError
-from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
-from transship.plan.resolve import (
-    EndpointFor,
-    Resolution,
-    ResolveOptions,
-    SourceReader,
-    resolve_plan,
-    unresolved,
+from transship.errors import (
+    HostDownError,
+    InvalidReferenceError,
+    NotFoundError,
+    PlanError,
+    TransshipError,
 )
-from transship.plan.tkg import (
+from transship.plan._yaml import load_yaml, read_text
+from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
+from transship.plan.reader import EndpointFor, ResolveOptions, SourceReader
+from transship.plan.resolve import Resolution, resolve_plan, unresolved
+from transship.reference import Reference, parse_prefix
+from transship.tkg.bom import (
     TKG_COMPATIBILITY_PATH,
     Bom,
     Compatibility,
@@ -42,7 +42,6 @@ from transship.plan.tkg import (
     plan_from_boms,
     tkr_bom_tag,
 )
-from transship.reference import Reference, parse_prefix
 
 
 @dataclass(frozen=True)
