@@ -45,7 +45,7 @@ from transship.plan.attachments import (
     without_attachments_of,
 )
 from transship.plan.model import EntryKind, Plan, PlanEntry
-from transship.remote.referrers import next_page
+from transship.remote.links import next_link
 from transship.remote.registry import Registry
 
 COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -412,12 +412,12 @@ def test_parse_referrers_reads_descriptors_and_artifact_types() -> None:
             parse_referrers(bad, "test")
 
 
-def test_next_page_follows_the_link_header() -> None:
+def test_next_link_follows_the_link_header() -> None:
     here = "https://r.example/v2/a/referrers/sha256:x"
     link = '</v2/a/referrers/sha256:x?n=2&last=b>; rel="next"'
-    assert next_page(link, here) == "https://r.example/v2/a/referrers/sha256:x?n=2&last=b"
-    assert next_page(None, here) is None
-    assert next_page('</x>; rel="prev"', here) is None
+    assert next_link(link, here) == "https://r.example/v2/a/referrers/sha256:x?n=2&last=b"
+    assert next_link(None, here) is None
+    assert next_link('</x>; rel="prev"', here) is None
 
 
 def test_distribution_has_no_referrers_api(seeded: Seeded) -> None:

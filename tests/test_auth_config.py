@@ -11,8 +11,7 @@ import pytest
 
 from transship.errors import UsageError
 from transship.remote.auth import Challenge, from_docker_config, parse_creds
-from transship.remote.registry import _next_link
-from transship.remote.transport import backoff_delay, parse_retry_after
+from transship.remote.links import next_link
 
 
 def test_challenge_parsing():
@@ -90,18 +89,9 @@ def test_credential_helper_program_is_run(tmp_path: Path, monkeypatch: pytest.Mo
         from_docker_config("reg.example", missing)
 
 
-def test_retry_after_and_backoff():
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert parse_retry_after("soon") is None
-    for attempt in range(8):
-        assert 0 <= backoff_delay(attempt, 0.5, 30, None) <= 30
-    assert backoff_delay(0, 0.5, 30, 7.0) >= 7.0
-
-
 def test_link_pagination():
     assert (
-        _next_link('</v2/a/tags/list?n=2&last=b>; rel="next"', "https://r.example/v2/a/tags/list")
+        next_link('</v2/a/tags/list?n=2&last=b>; rel="next"', "https://r.example/v2/a/tags/list")
         == "https://r.example/v2/a/tags/list?n=2&last=b"
     )
-    assert _next_link(None, "https://r.example/") is None
+    assert next_link(None, "https://r.example/") is None

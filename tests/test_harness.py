@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -362,3 +363,25 @@ def test_bad_certificates_fail_verification(make_registry: MakeRegistry, pki: PK
     wrong = ssl.create_default_context(cafile=str(pki.wrong_ca.cert_path))
     with pytest.raises(ssl.SSLCertVerificationError):
         _get("127.0.0.1", reg.port, "/v2/", ctx=wrong, headers={})
+
+
+def test_fault_per_key_caps_each_path(
+    plain_registry: RegistryProcess, make_fault_proxy: Callable[..., Any]
+) -> None:
+    """`per_key=1`: every path is hit once at most, so the second ask of each gets through."""
+    from harness.faultproxy import Fault
+
+    fault = Fault.http(503, r"^/v2/", "GET", per_key=1)
+    proxy = make_fault_proxy(plain_registry, fault)
+
+    def status(path: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    assert [status("/v2/") for _ in range(3)] == [503, 200, 200]
+    assert [status("/v2/_catalog") for _ in range(2)] == [503, 200]
+    assert fault.fired == 2 and fault.matched == 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +15,7 @@ from harness.seed import SeedClient, seed_image
 from harness.tokenserver import TokenServer
 
 from transship.digest import Digest
-from transship.errors import IntegrityError, NotFoundError, RegistryError
+from transship.errors import IntegrityError, NotFoundError, RegistryError, RetryableError
 from transship.manifest import Descriptor
 from transship.remote import Registry, RegistryOptions
 from transship.remote.auth import Credentials
@@ -61,6 +62,54 @@ async def test_token_cached_per_scope_and_refreshed(
         manifest = await registry.get_manifest("cache/img", "v1")
         assert str(manifest.digest) == image.digest
         assert len(tokens.token_requests()) == 2
+    finally:
+        await registry.close()
+
+
+async def test_token_service_hiccups_are_retried(make_token_server, make_registry, pki: PKI):  # type: ignore[no-untyped-def]
+    """The token fetch sits inside the retried region: a 503 from the token service, or a
+    token service that stalls past `token_timeout`, costs one more try, not the request."""
+    tokens: TokenServer = make_token_server()
+    reg = make_registry("tls_token", token_server=tokens)
+    image = seed_image(reg, "hiccup/img", "v1", seed=24)
+    other = seed_image(reg, "hiccup/other", "v1", seed=26)
+    registry = client(reg, pki, backoff_base=0.01)
+    try:
+        tokens.reset()
+        tokens.hiccups = [503]
+        manifest = await registry.get_manifest("hiccup/img", "v1")
+        assert str(manifest.digest) == image.digest
+        assert [r.status for r in tokens.token_requests(status=None)] == [503, 200]
+    finally:
+        await registry.close()
+
+    # A loaded machine signs and serves a token in well under 3 s; the stall lasts 10 s.
+    registry = client(reg, pki, backoff_base=0.01, token_timeout=3.0)
+    try:
+        tokens.reset()
+        tokens.hiccups = [10.0]
+        start = time.monotonic()
+        manifest = await registry.get_manifest("hiccup/other", "v1")
+        assert str(manifest.digest) == other.digest
+        assert time.monotonic() - start < 8.0, "waited for the stalled token service"
+        assert tokens.hiccups == [] and len(tokens.token_requests()) >= 1
+    finally:
+        await registry.close()
+
+
+async def test_token_service_down_fails_after_the_retry_budget(
+    make_token_server, make_registry, pki: PKI
+):  # type: ignore[no-untyped-def]
+    tokens: TokenServer = make_token_server()
+    reg = make_registry("tls_token", token_server=tokens)
+    seed_image(reg, "hiccup/down", "v1", seed=25)
+    registry = client(reg, pki, backoff_base=0.01, retries=2)
+    try:
+        tokens.reset()
+        tokens.hiccups = [503] * 10
+        with pytest.raises(RetryableError, match=r"token service .* answered 503"):
+            await registry.get_manifest("hiccup/down", "v1")
+        assert len(tokens.token_requests(status=503)) == 3  # the first try and 2 retries
     finally:
         await registry.close()
 

@@ -28,6 +28,8 @@ from transship.errors import (
     UsageError,
 )
 from transship.manifest import Descriptor, Manifest, Platform
+from transship.retry import CONTENT_POLICY, RetryPolicy, worth_restarting
+from transship.singleflight import SingleFlight
 
 log = logging.getLogger("transship.engine")
 
@@ -91,6 +93,7 @@ class TaskResult:
     status: Status
     digest: Digest | None = None
     bytes_sent: int = 0
+    bytes_refetched: int = 0  # source bytes this task downloaded more than once
     seconds: float = 0.0
     error: TransshipError | None = None
 
@@ -106,6 +109,9 @@ class Stats:
     manifests_pushed: int = 0
     manifests_present: int = 0
     retries: int = 0
+    #: source bytes downloaded more than once: a blob restarted after a bad digest or a
+    #: refused upload, or a resumed download whose server ignored `Range`
+    bytes_refetched: int = 0
 
 
 class Observer(Protocol):
@@ -140,8 +146,13 @@ class EngineOptions:
     parallel_images: int = 16
     parallel_blobs: int = 6
     parallel_small_blobs: int = 16
-    blob_attempts: int = 4
-    retry_base: float = 0.5
+    blob_attempts: int = CONTENT_POLICY.retries + 1
+    retry_base: float = CONTENT_POLICY.base
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The one retry policy (`transship.retry`), with the engine's own budget."""
+        return RetryPolicy(retries=self.blob_attempts - 1, base=self.retry_base)
 
 
 @dataclass
@@ -149,9 +160,12 @@ class _Sink:
     """Per destination endpoint: which blobs landed where, and transfers in flight."""
 
     landed: dict[Digest, set[str]] = field(default_factory=dict)
-    inflight: dict[tuple[str, Digest], asyncio.Task[None]] = field(default_factory=dict)
+    #: blob transfers in flight per (repository, digest); `landed` remembers the outcome
+    blobs: SingleFlight[tuple[str, Digest], None] = field(
+        default_factory=lambda: SingleFlight(keep=False)
+    )
     first_home: dict[Digest, asyncio.Future[str]] = field(default_factory=dict)
-    manifests: dict[tuple[str, Digest], asyncio.Task[None]] = field(default_factory=dict)
+    manifests: SingleFlight[tuple[str, Digest], None] = field(default_factory=SingleFlight)
 
 
 class CopyEngine:
@@ -163,6 +177,8 @@ class CopyEngine:
         self.stats = Stats()
         self._sinks: dict[int, _Sink] = {}
         self._task_bytes: dict[int, int] = {}  # bytes each running task itself uploaded
+        self._task_refetched: dict[int, int] = {}
+        self.policy = self.options.retry_policy
         self._images = asyncio.Semaphore(self.options.parallel_images)
         self._big = asyncio.Semaphore(self.options.parallel_blobs)
         self._small = asyncio.Semaphore(self.options.parallel_small_blobs)
@@ -221,6 +237,7 @@ class CopyEngine:
             self.observer.task_started(task)
             start = time.monotonic()
             self._task_bytes[id(task)] = 0
+            self._task_refetched[id(task)] = 0
             try:
                 status, digest = await self.copy_one(task)
                 result = TaskResult(task, status, digest)
@@ -240,31 +257,15 @@ class CopyEngine:
                 )
             result.seconds = time.monotonic() - start
             result.bytes_sent = self._task_bytes.pop(id(task), 0)
+            result.bytes_refetched = self._task_refetched.pop(id(task), 0)
             if not isinstance(result.error, HostDownError):
                 self.observer.task_finished(result)
             return result
 
     async def _fetch_manifest(self, task: CopyTask, identifier: str) -> Manifest:
-        """GET a source manifest, retrying a cut or corrupted answer a bounded number of times."""
-        attempt = 0
-        while True:
-            try:
-                return await task.source.get_manifest(task.source_repository, identifier)
-            except (RetryableError, IntegrityError) as exc:
-                attempt += 1
-                # An HTTP status was already retried by the transport; what is left worth
-                # another GET is a body cut short or corrupted on the way.
-                answered = isinstance(exc, RetryableError) and exc.status is not None
-                if answered or attempt >= self.options.blob_attempts:
-                    raise
-                self.stats.retries += 1
-                await asyncio.sleep(self._retry_delay(attempt, exc))
-
-    def _retry_delay(self, attempt: int, exc: Exception) -> float:
-        delay: float = self.options.retry_base * (2 ** (attempt - 1))
-        if isinstance(exc, RetryableError) and exc.retry_after:
-            delay = max(delay, min(exc.retry_after, 120.0))
-        return delay
+        """A source manifest; the endpoint retries a cut or corrupt answer itself (the wire
+        layer holds the whole body, so it alone can fetch it again)."""
+        return await task.source.get_manifest(task.source_repository, identifier)
 
     async def copy_one(self, task: CopyTask) -> tuple[Status, Digest]:
         """Copy one task's manifest graph; 'skipped' when the destination already has it."""
@@ -297,16 +298,17 @@ class CopyEngine:
         briefly report a blob we just HEADed or mounted as unknown (seen with two transship
         processes on overlapping plans). The content is verified again before each retry.
         """
-        for attempt in range(1, 4):
+        attempts = self.policy.attempts()
+        while True:
             try:
                 await task.dest.put_manifest(task.dest_repository, manifest, tag)
                 self.stats.manifests_pushed += 1
                 return
             except RegistryError as exc:
-                if attempt == 3 or not set(exc.codes) & _CONTENT_RACE_CODES:
+                if not attempts.left or not set(exc.codes) & _CONTENT_RACE_CODES:
                     raise
                 self.stats.retries += 1
-                await asyncio.sleep(self.options.retry_base * attempt)
+                await attempts.pause()
                 await self._recheck(task, manifest)
 
     async def _recheck(self, task: CopyTask, manifest: Manifest) -> None:
@@ -315,7 +317,7 @@ class CopyEngine:
         for child in manifest.manifests:
             found = await task.dest.head_manifest(task.dest_repository, str(child.digest))
             if found is None:
-                sink.manifests.pop((task.dest_repository, child.digest), None)
+                sink.manifests.forget((task.dest_repository, child.digest))
                 await self._copy_child(task, child, 1, frozenset({manifest.digest}))
         for blob in manifest.blobs():
             if not blob.urls and not await task.dest.has_blob(
@@ -381,11 +383,7 @@ class CopyEngine:
     ) -> None:
         sink = self._sink(task.dest)
         key = (task.dest_repository, child.digest)
-        pending = sink.manifests.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._land_child(task, child, depth, seen))
-            sink.manifests[key] = pending
-        await asyncio.shield(pending)
+        await sink.manifests.run(key, lambda: self._land_child(task, child, depth, seen))
 
     async def _land_child(
         self, task: CopyTask, child: Descriptor, depth: int, seen: frozenset[Digest]
@@ -405,15 +403,7 @@ class CopyEngine:
         if task.dest_repository in sink.landed.get(blob.digest, ()):
             return
         key = (task.dest_repository, blob.digest)
-        pending = sink.inflight.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._land_blob(task, blob, sink))
-            sink.inflight[key] = pending
-        try:
-            await asyncio.shield(pending)
-        finally:
-            if pending.done():
-                sink.inflight.pop(key, None)
+        await sink.blobs.run(key, lambda: self._land_blob(task, blob, sink))
 
     async def _land_blob(self, task: CopyTask, blob: Descriptor, sink: _Sink) -> None:
         """The first task needing a digest uploads it; later ones mount from where it landed."""
@@ -483,41 +473,56 @@ class CopyEngine:
             if await task.dest.mount_blob(repo, blob.digest, repo):
                 self.stats.blobs_present += 1
                 return
-            attempt = 0
+            attempts = self.policy.attempts()
             while True:
+                read = [0]  # source bytes this attempt passed on
                 try:
-                    await self._stream(task, blob)
+                    await self._stream(task, blob, read)
                     return
                 except NamespaceFullError as exc:
                     self._mark_full(task, exc)
                     raise
-                except (RetryableError, IntegrityError, RegistryError) as exc:
-                    attempt += 1
-                    transient = (
-                        not isinstance(exc, RegistryError)
-                        or isinstance(exc, RetryableError)
-                        or bool(set(exc.codes) & _UPLOAD_RETRY_CODES)
-                    )
-                    if not transient or attempt >= self.options.blob_attempts:
+                except (IntegrityError, RegistryError) as exc:
+                    if not _engine_retries(exc) or not attempts.left:
                         raise
                     self.stats.retries += 1
+                    self._refetched(task, read[0])  # all of it comes again
                     log.info("retrying blob %s after: %s", blob.digest.short, exc)
-                    await asyncio.sleep(self._retry_delay(attempt, exc))
+                    retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
+                    await attempts.pause(retry_after)
 
-    async def _stream(self, task: CopyTask, blob: Descriptor) -> None:
+    def _refetched(self, task: CopyTask, nbytes: int) -> None:
+        self.stats.bytes_refetched += nbytes
+        if id(task) in self._task_refetched:
+            self._task_refetched[id(task)] += nbytes
+
+    async def _stream(self, task: CopyTask, blob: Descriptor, read: list[int]) -> None:
         self.observer.blob_started(blob)
         try:
             async with task.source.open_blob(task.source_repository, blob) as chunks:
 
                 async def counted() -> AsyncIterator[bytes]:
                     async for chunk in chunks:
+                        read[0] += len(chunk)
                         self.observer.blob_progress(blob, len(chunk))
                         yield chunk
 
-                await task.dest.put_blob(task.dest_repository, blob, counted())
+                try:
+                    await task.dest.put_blob(task.dest_repository, blob, counted())
+                finally:  # a resumed download that had to skip bytes says how many
+                    self._refetched(task, int(getattr(chunks, "refetched", 0)))
         finally:
             self.observer.blob_finished(blob)
         self.stats.blobs_uploaded += 1
         self.stats.bytes_uploaded += blob.size
         if id(task) in self._task_bytes:
             self._task_bytes[id(task)] += blob.size
+
+
+def _engine_retries(exc: IntegrityError | RegistryError) -> bool:
+    """What only the engine can retry: a streamed blob that failed its digest, an upload whose
+    stream could not be resent by the wire layer, an upload the registry refused as damaged.
+    What the wire layer already retried until its budget ran out is not retried again."""
+    if worth_restarting(exc):
+        return True
+    return isinstance(exc, RegistryError) and bool(set(exc.codes) & _UPLOAD_RETRY_CODES)

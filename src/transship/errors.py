@@ -177,9 +177,12 @@ class RetryableError(RegistryError):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        exhausted: bool = False,
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        #: the wire layer already spent its retry budget on it: retrying again multiplies it
+        self.exhausted = exhausted
 
 
 class UnsupportedMediaTypeError(TransshipError):

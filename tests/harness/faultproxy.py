@@ -25,7 +25,9 @@ status      an immediate `status` answer (500/502/503, or 429 with optional `Ret
 
 Rules match by method (regex, full match) and path (regex searched in the raw request target,
 query included). A rule fires on every matching request, on the first `count` ones, with
-probability `rate`, or both (at most `count` times). The first rule that fires wins. Rate
+probability `rate`, or both (at most `count` times); `per_key=N` caps it at N times for any one
+request key (defined below), so a client that retries always gets through. The first rule that
+fires wins. Rate
 decisions are reproducible: each one is drawn from `Random(f"{seed}:{rule}:{request key}:{n}")`
 where the key is the method and path with upload UUIDs and `_state` removed and `n` counts earlier
 requests with that key, so concurrency does not change which requests are hit.
@@ -33,6 +35,9 @@ requests with that key, so concurrency does not change which requests are hit.
 `Host` is forwarded as the proxy's own address (with `X-Forwarded-Proto: http`), so registry
 `Location` headers already point at the proxy; any `Location` naming the upstream is rewritten
 too, so upload sessions always come back through the proxy.
+
+`ignore_range=True` drops `Range` headers on the way up, so the registry answers 200 with the
+whole body, as a server without range support would.
 
 Every request is logged (`records`, with monotonic timestamps) and injected faults are counted
 per kind (`injected`); `summary_table()` renders counts for a README.
@@ -112,6 +117,7 @@ class Fault:
     path: str = ""  # regex searched in the raw request target (path + query)
     rate: float | None = None  # probability per matching request (seeded)
     count: int | None = None  # fire at most this many times (the first matching requests)
+    per_key: int | None = None  # fire at most this many times for any one request key
     status: int = 503  # for kind "status"
     retry_after: str | None = None  # `Retry-After` value for kind "status"
     seconds: float = 1.0  # for "stall" (capped at MAX_STALL)
@@ -123,6 +129,7 @@ class Fault:
 
     matched: int = field(default=0, init=False)  # matching requests seen
     fired: int = field(default=0, init=False)  # faults actually injected
+    fired_by_key: Counter[str] = field(default_factory=Counter, init=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("reset", "stall", "trickle", "truncate", "flip", "status"):
@@ -252,6 +259,7 @@ class FaultProxy:
         seed: int = 0,
         max_lifetime: float = 600.0,
         name: str = "faultproxy",
+        ignore_range: bool = False,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -262,6 +270,9 @@ class FaultProxy:
         self.seed = seed
         self.max_lifetime = max_lifetime
         self.name = name
+        #: drop `Range` from requests, so the upstream answers 200 with the whole body (a
+        #: server or cache that does not do ranges)
+        self.ignore_range = ignore_range
         self.rules: list[Fault] = list(faults)
         self.records: list[ProxyRecord] = []
         self.injected: Counter[str] = Counter()
@@ -415,6 +426,7 @@ class FaultProxy:
             self._occurrences.clear()
             for rule in self.rules:
                 rule.matched = rule.fired = 0
+                rule.fired_by_key.clear()
 
     @property
     def request_count(self) -> int:
@@ -496,11 +508,14 @@ class FaultProxy:
                 rule.matched += 1
                 if rule.count is not None and rule.fired >= rule.count:
                     continue
+                if rule.per_key is not None and rule.fired_by_key[key] >= rule.per_key:
+                    continue
                 if rule.rate is not None:
                     draw = random.Random(f"{self.seed}:{index}:{key}:{occurrence}").random()
                     if draw >= rule.rate:
                         continue
                 rule.fired += 1  # reserved; refunded if it turns out not to apply
+                rule.fired_by_key[key] += 1
                 return index, rule
         return None
 
@@ -510,9 +525,10 @@ class FaultProxy:
             rec.rule = rule.name or str(index)
             self.injected[rule.label] += 1
 
-    def _refund(self, rule: Fault) -> None:
+    def _refund(self, rule: Fault, rec: ProxyRecord) -> None:
         with self._lock:
             rule.fired -= 1
+            rule.fired_by_key[f"{rec.method} {_normalize(rec.target)}"] -= 1
 
     # -- request handling ---------------------------------------------------------------------
 
@@ -561,6 +577,8 @@ class FaultProxy:
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
             if name.lower() in _HOP_BY_HOP or name.lower() == "host":
+                continue
+            if self.ignore_range and name.lower() in ("range", "if-range"):
                 continue
             headers.add(name, value)
         headers["Host"] = self.host
@@ -654,7 +672,7 @@ class FaultProxy:
                 self._cut(request, reset=rule.kind == "reset")
                 raise _Cut
             if empty or (rule.kind == "flip" and not 200 <= upstream.status < 300):
-                self._refund(rule)  # nothing to trickle; flips corrupt content, not errors
+                self._refund(rule, rec)  # nothing to trickle; flips corrupt content, not errors
                 picked = rule = None
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         resp.headers.extend(self._client_headers(upstream))

@@ -94,6 +94,9 @@ class TokenServer:
     - `policy`: decides granted actions; the default grants users every requested action of
       `user_actions` and anonymous callers `anonymous_actions`.
     - `tls`: a server certificate to serve HTTPS with (None: plain HTTP).
+    - `hiccups`: what the next GET requests get instead of a token, first first: an int is a
+      status answered at once (503), a float is a stall of that many seconds before the
+      normal answer. Consumed one per request; recorded like any request.
     """
 
     signer: SigningCert
@@ -106,6 +109,7 @@ class TokenServer:
     anonymous_actions: frozenset[str] = frozenset({"pull"})
     policy: AccessPolicy | None = None
     tls: ServerCert | None = None
+    hiccups: list[int | float] = field(default_factory=list)
 
     requests: list[TokenRequest] = field(default_factory=list, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -261,6 +265,10 @@ class TokenServer:
         with self._lock:
             self.requests.append(entry)
 
+    def _next_hiccup(self) -> int | float | None:
+        with self._lock:
+            return self.hiccups.pop(0) if self.hiccups else None
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -339,6 +347,13 @@ class _Handler(BaseHTTPRequestHandler):
             record(404, None, [])
             self._send_json(404, {"errors": [{"code": "NOT_FOUND"}]}, {})
             return
+        hiccup = owner._next_hiccup()
+        if isinstance(hiccup, int):
+            record(hiccup, None, [])
+            self._send_json(hiccup, {"errors": [{"code": "UNAVAILABLE"}]}, {})
+            return
+        if isinstance(hiccup, float):
+            time.sleep(hiccup)  # this connection's own thread: other requests go on
         creds = self._credentials()
         user: str | None = None
         if creds is not None:

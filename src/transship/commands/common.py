@@ -242,12 +242,18 @@ def write_report(path: Path, results: Sequence[TaskResult], seconds: float) -> N
             "digest": str(r.digest) if r.digest else None,
             "status": r.status,
             "bytes": r.bytes_sent,
+            "bytes_refetched": r.bytes_refetched,
             "seconds": round(r.seconds, 3),
             "error": str(r.error) if r.error else None,
         }
         for r in results
     ]
-    doc = {"version": 1, "seconds": round(seconds, 3), "entries": entries}
+    doc = {
+        "version": 1,
+        "seconds": round(seconds, 3),
+        "bytes_refetched": sum(r.bytes_refetched for r in results),
+        "entries": entries,
+    }
     write_atomic(path, json.dumps(doc, indent=2) + "\n")
 
 

@@ -26,6 +26,7 @@ from transship.imgpkg.locations import (
 from transship.plan.model import EntryKind, Gap, PlanEntry
 from transship.plan.reader import Content, Resolved, SourceReader
 from transship.reference import Reference
+from transship.singleflight import SingleFlight
 
 
 class PlanSink(Protocol):
@@ -56,23 +57,11 @@ class BundleWalk:
         self.destination = destination
         self.outcome = outcome
         self.keep_going = keep_going
-        self.walked: dict[Digest, asyncio.Future[bool]] = {}
+        self.walked: SingleFlight[Digest, bool] = SingleFlight()
 
     async def walk(self, bundle: Resolved) -> bool:
         """Plan everything below `bundle`; True when nothing is missing (ImageLocations added)."""
-        known = self.walked.get(bundle.digest)
-        if known is not None:
-            return await asyncio.shield(known)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.walked[bundle.digest] = future
-        try:
-            complete = await self._walk(bundle)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here: other walkers re-raise it themselves
-            raise
-        future.set_result(complete)
-        return complete
+        return await self.walked.run(bundle.digest, lambda: self._walk(bundle))
 
     async def _walk(self, bundle: Resolved) -> bool:
         try:

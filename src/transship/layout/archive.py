@@ -39,9 +39,10 @@ from transship.layout.index import (
     LayoutIndex,
     check_layout_file,
 )
-from transship.layout.reader import CHUNK, BlobFile, LayoutReader
+from transship.layout.reader import BlobFile, LayoutReader
 from transship.layout.volumes import Volumes, find_parts_file
 from transship.manifest import Descriptor, Manifest
+from transship.streams import CHUNK
 
 MAX_MEMBERS = 1_000_000
 MAX_MEMBER_BYTES = 1 << 40  # 1 TiB: no layer is that big; a header saying so is hostile

@@ -39,8 +39,9 @@ from transship.layout.index import (
     check_layout_file,
     check_tag,
 )
-from transship.layout.reader import CHUNK, BlobFile, LayoutReader
+from transship.layout.reader import BlobFile, LayoutReader
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
+from transship.streams import CHUNK, read_bounded
 
 log = logging.getLogger("transship.layout")
 
@@ -345,8 +346,9 @@ def _write_hashed(handle: BinaryIO, hasher: Hasher, pieces: list[bytes]) -> None
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:
+    """A layout file (`oci-layout`, `index.json`, an extra) whole, refused past `limit`."""
     with open(path, "rb") as handle:
-        data = handle.read(limit + 1)
+        data = read_bounded(handle, limit)
     if len(data) > limit:
         raise LayoutError(f"{path}: larger than {limit} bytes; not a layout file")
     return data

@@ -16,8 +16,7 @@ from transship.digest import Digest, Hasher
 from transship.errors import IntegrityError, LayoutError, NotFoundError, TransshipError, io_error
 from transship.layout.index import LayoutIndex, ref_name
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
-
-CHUNK = 1024 * 1024
+from transship.streams import CHUNK
 
 
 class BlobFile(Protocol):

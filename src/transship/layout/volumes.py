@@ -18,11 +18,11 @@ from pathlib import Path
 
 from transship.errors import LayoutError
 from transship.fsutil import write_atomic
+from transship.streams import CHUNK
 
 PARTS_SUFFIX = ".parts"
 PARTS_FORMAT = "transship-volumes/v1"
 _PART = re.compile(r"^(?P<base>.+)\.(?P<n>\d{3})$")
-CHUNK = 1024 * 1024
 
 
 def parse_size(text: str) -> int:

@@ -20,6 +20,7 @@ from transship.errors import UsageError
 from transship.layout.archive import tool_head_size
 from transship.layout.index import EXTRA_DIR, TOOL_FILE
 from transship.layout.reader import LayoutReader
+from transship.streams import CHUNK
 
 BUILD_HINT = "build it with `bash scripts/build-binary.sh` and run dist/transship"
 
@@ -55,7 +56,7 @@ def place_tool(tool: Path | None, layout_dir: Path) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".transship.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out, tool.open("rb") as src:
-            while chunk := src.read(1 << 20):
+            while chunk := src.read(CHUNK):
                 out.write(chunk)
             out.flush()
             os.fchmod(out.fileno(), 0o755)

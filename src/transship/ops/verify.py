@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
@@ -41,6 +41,7 @@ from transship.ops.selfcopy import carried_tool
 from transship.ops.tasks import source_endpoint
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
+from transship.singleflight import SingleFlight
 
 T = TypeVar("T")
 EndpointFor = Callable[[str], Endpoint]
@@ -205,31 +206,6 @@ class VerifyOptions:
     index_lister: IndexLister | None = None  # set by a registry-specific wing (Harbor)
 
 
-class _Once(Generic[T]):
-    """Run each keyed request once; concurrent askers share the answer (or the error)."""
-
-    def __init__(self) -> None:
-        self._futures: dict[Hashable, asyncio.Future[T]] = {}
-
-    async def get(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
-        known = self._futures.get(key)
-        if known is not None:
-            return await asyncio.shield(known)
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._futures[key] = future
-        try:
-            value = await make()
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here: the first asker re-raises it
-            raise
-        future.set_result(value)
-        return value
-
-
 def is_fatal(exc: BaseException) -> bool:
     """Errors that would fail every entry the same way: stop and say it once."""
     if isinstance(exc, PermissionDeniedError):
@@ -248,8 +224,8 @@ class Verifier:
         self.options = options
         self.counters = Counters()
         self._limit = asyncio.Semaphore(max(1, options.parallel))
-        self._manifests: _Once[Manifest | None] = _Once()
-        self._presence: _Once[bool] = _Once()
+        self._manifests: SingleFlight[Hashable, Manifest | None] = SingleFlight()
+        self._presence: SingleFlight[Hashable, bool] = SingleFlight()
 
     async def run(self, plan: Plan) -> VerifyResult:
         start = time.monotonic()
@@ -258,6 +234,9 @@ class Verifier:
                 tasks = [group.create_task(self._check_entry(e)) for e in plan.entries]
         except BaseExceptionGroup as failed:
             raise _first_error(failed) from None
+        finally:
+            self._manifests.cancel_pending()
+            self._presence.cancel_pending()
         checks = [task.result() for task in tasks]
         return VerifyResult(checks, self.counters, time.monotonic() - start, self.options.deep)
 
@@ -437,7 +416,7 @@ class Verifier:
             except NotFoundError:
                 return None
 
-        return await self._manifests.get((dest.label, ref.repository, digest), fetch)
+        return await self._manifests.run((dest.label, ref.repository, digest), fetch)
 
     async def _has_manifest(self, dest: Endpoint, ref: Reference, digest: Digest) -> bool:
         async def head() -> bool:
@@ -445,14 +424,14 @@ class Verifier:
             found = await self._limited(dest.head_manifest(ref.repository, str(digest)))
             return found is not None
 
-        return await self._presence.get(("manifest", dest.label, ref.repository, digest), head)
+        return await self._presence.run(("manifest", dest.label, ref.repository, digest), head)
 
     async def _has_blob(self, dest: Endpoint, ref: Reference, blob: Descriptor) -> bool:
         async def head() -> bool:
             self.counters.blob_heads += 1
             return await self._limited(dest.has_blob(ref.repository, blob.digest, blob.size))
 
-        return await self._presence.get(("blob", dest.label, ref.repository, blob.digest), head)
+        return await self._presence.run(("blob", dest.label, ref.repository, blob.digest), head)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

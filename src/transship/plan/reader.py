@@ -27,6 +27,8 @@ from transship.imgpkg.bundle import (
 )
 from transship.manifest import Descriptor, Manifest
 from transship.reference import Reference
+from transship.retry import restarting
+from transship.singleflight import SingleFlight
 
 EndpointFor = Callable[[str], Endpoint]
 T = TypeVar("T")
@@ -80,20 +82,14 @@ class SourceReader:
     def __init__(self, source_for: EndpointFor, parallel: int) -> None:
         self.source_for = source_for
         self._slots = asyncio.Semaphore(max(1, parallel))
-        self._once: dict[tuple[str, ...], asyncio.Task[object]] = {}
+        self._once: SingleFlight[tuple[str, ...], object] = SingleFlight()
 
     def cancel_pending(self) -> None:
-        for task in self._once.values():
-            if not task.done():
-                task.cancel()
+        self._once.cancel_pending()
 
     async def _shared(self, key: tuple[str, ...], make: Callable[[], Awaitable[T]]) -> T:
         """Run `make()` once per key; concurrent and later callers share its result."""
-        task = self._once.get(key)
-        if task is None:
-            task = cast("asyncio.Task[object]", asyncio.ensure_future(make()))
-            self._once[key] = task
-        return await asyncio.shield(cast("asyncio.Task[T]", task))
+        return cast(T, await self._once.run(key, make))
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         async with self._slots:
@@ -127,8 +123,9 @@ class SourceReader:
                     parts.append(chunk)
             return b"".join(parts)
 
+        # A body that failed its digest is read again, under the engine's policy.
         key = ("blob", ref.registry, ref.repository, str(descriptor.digest))
-        return await self._shared(key, lambda: self._call(read))
+        return await self._shared(key, lambda: self._call(lambda: restarting(read)))
 
     async def list_tags(self, registry: str, repository: str) -> list[str]:
         endpoint = self.source_for(registry)
@@ -139,7 +136,7 @@ class SourceReader:
         key = ("resolve", ref.registry, ref.repository, ref.identifier)
         resolved = await self._shared(key, lambda: self._resolve(ref))
         pinned = ("resolve", ref.registry, ref.repository, str(resolved.digest))
-        self._once.setdefault(pinned, self._once[key])  # a later read by digest is free
+        self._once.alias(pinned, key)  # a later read by digest is free
         return resolved
 
     async def _resolve(self, ref: Reference) -> Resolved:

@@ -8,8 +8,10 @@ descriptor while it streams.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -26,14 +28,17 @@ from transship.errors import (
     TransshipError,
 )
 from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
-from transship.remote.transport import Transport, TransportOptions
+from transship.remote.links import next_link
+from transship.remote.transport import Fetched, Transport, TransportOptions
+from transship.streams import CHUNK
 
-CHUNK = 1024 * 1024
+log = logging.getLogger("transship.remote")
 
 #: Reads a refused push (the error, the repository) and may return a more specific error,
 #: e.g. `NamespaceFullError`; installed by a registry-specific wing such as `transship.harbor`.
 RefusalHook = Callable[[TransshipError, str], Awaitable[TransshipError]]
 _MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
+_TAG_PAGE_BYTES = 64 * 1024 * 1024  # ~500k tags: far more than any page a registry sends
 
 
 @dataclass
@@ -61,16 +66,23 @@ async def registry_error(resp: aiohttp.ClientResponse, what: str) -> Exception:
     """Turn an error response into a typed error naming `what` was being done."""
     try:
         body = await resp.content.read(16384)
-        doc = json.loads(body) if body else {}
+    except (aiohttp.ClientError, TimeoutError):
+        body = b""
+    return error_for(resp.status, body, what)
+
+
+def error_for(status: int, body: bytes, what: str) -> Exception:
+    """A typed error for an error answer whose body (distribution's JSON errors) was read."""
+    try:
+        doc = json.loads(body[:16384]) if body else {}
         errors = doc.get("errors") or [] if isinstance(doc, dict) else []
-    except (ValueError, aiohttp.ClientError, TimeoutError):
+    except (ValueError, UnicodeDecodeError):
         errors = []
     codes = [str(e.get("code", "")) for e in errors if isinstance(e, dict)]
     detail = "; ".join(
         str(e.get("message") or e.get("code")) for e in errors if isinstance(e, dict)
     )
     suffix = f" (registry says: {detail})" if detail else ""
-    status = resp.status
     if status == 404:
         if "NAME_UNKNOWN" in codes:
             return NotFoundError(f"{what}: repository not found{suffix}")
@@ -130,45 +142,30 @@ class Registry:
     async def _get_manifest(
         self, repository: str, identifier: str, requested: Digest | None
     ) -> Manifest:
+        """One GET; a body cut short or not matching its digest is fetched again by the
+        transport under its retry budget, so planning and copying both get the retries."""
         where = f"{self.host}/{repository}{'@' if ':' in identifier else ':'}{identifier}"
-        async with self.transport.request(
+
+        def check(answer: Fetched) -> None:
+            _check_manifest_digest(answer, requested, where)
+
+        answer = await self.transport.fetch(
             "GET",
             f"/v2/{repository}/manifests/{identifier}",
             scopes=pull(repository),
             headers={"Accept": ACCEPT},
-        ) as resp:
-            if resp.status != 200:
-                raise await registry_error(resp, f"manifest {where}")
-            length = resp.content_length
-            if length is not None and length > MAX_MANIFEST_BYTES:
-                raise IntegrityError(
-                    f"{where}: manifest is {length} bytes, over the {MAX_MANIFEST_BYTES} limit"
-                )
-            try:
-                raw = await _read_bounded(resp, MAX_MANIFEST_BYTES + 1)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
-                raise RetryableError(f"{where}: manifest download interrupted") from None
-            if length is not None and len(raw) != length:
-                raise RetryableError(f"{where}: manifest body cut short ({len(raw)} of {length})")
-            content_type = resp.headers.get("Content-Type")
-            header_digest = resp.headers.get("Docker-Content-Digest")
-        if requested is not None:
-            actual = Digest.of(raw, requested.algorithm)
-            if actual != requested:
-                raise IntegrityError(
-                    f"{where}: manifest bytes hash to {actual.short}, not the requested digest"
-                )
-        elif header_digest:
-            try:
-                claimed = Digest.parse(header_digest)
-            except Exception:
-                raise IntegrityError(f"{where}: bad Docker-Content-Digest header") from None
-            if Digest.of(raw, claimed.algorithm) != claimed:
-                raise IntegrityError(
-                    f"{where}: manifest bytes do not match the registry's "
-                    f"Docker-Content-Digest {claimed.short}"
-                )
-        return Manifest.parse(raw, content_type, where)  # only bytes whose digest checked out
+            limit=MAX_MANIFEST_BYTES,
+            check=check,
+        )
+        if answer.status != 200:
+            raise error_for(answer.status, answer.body, f"manifest {where}")
+        if answer.too_large(MAX_MANIFEST_BYTES):
+            size = answer.length if answer.length is not None else len(answer.body)
+            raise IntegrityError(
+                f"{where}: manifest is {size} bytes, over the {MAX_MANIFEST_BYTES} limit"
+            )
+        content_type = answer.headers.get("Content-Type")
+        return Manifest.parse(answer.body, content_type, where)  # bytes whose digest checked out
 
     def _check_scopes(self, repository: str) -> tuple[str, ...]:
         return push(repository) if self.options.destination else pull(repository)
@@ -239,33 +236,10 @@ class Registry:
     async def open_blob(
         self, repository: str, descriptor: Descriptor
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        where = f"blob {self.host}/{repository}@{descriptor.digest.short}"
-        async with self.transport.request(
-            "GET",
-            f"/v2/{repository}/blobs/{descriptor.digest}",
-            scopes=pull(repository),
-            follow_redirects=True,
-        ) as resp:
-            if resp.status != 200:
-                raise await registry_error(resp, where)
-            if resp.content_length is not None and resp.content_length != descriptor.size:
-                raise IntegrityError(
-                    f"{where}: registry sends {resp.content_length} bytes, "
-                    f"the descriptor says {descriptor.size}"
-                )
-            yield self._verified_chunks(resp, descriptor, where)
-
-    async def _verified_chunks(
-        self, resp: aiohttp.ClientResponse, descriptor: Descriptor, where: str
-    ) -> AsyncIterator[bytes]:
-        hasher = Hasher(descriptor.digest, descriptor.size)
-        try:
-            async for chunk in resp.content.iter_chunked(self.options.read_chunk):
-                hasher.update(chunk)
-                yield chunk
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise RetryableError(f"{where}: download interrupted ({type(exc).__name__})") from None
-        hasher.verify("blob")
+        """Stream a blob, hashed as it arrives; a cut download resumes (see `BlobDownload`)."""
+        download = BlobDownload(self, repository, descriptor)
+        async with download:
+            yield download
 
     async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
         """Cross-repository mount; a refusal leaves an upload session for `put_blob` to use."""
@@ -432,34 +406,36 @@ class Registry:
     # -- tags -------------------------------------------------------------------------------
 
     async def list_tags(self, repository: str) -> list[str]:
+        """Every page of the tag list; a page cut short or unreadable is fetched again."""
         tags: list[str] = []
         path: str | None = f"/v2/{repository}/tags/list?n={self.options.tag_page_size}"
+        where = f"listing tags of {self.host}/{repository}"
+
+        def check(answer: Fetched) -> None:
+            _tag_page(answer.body, where)
+
         while path:
-            async with self.transport.request("GET", path, scopes=pull(repository)) as resp:
-                if resp.status == 404:
-                    return tags
-                if resp.status != 200:
-                    raise await registry_error(resp, f"listing tags of {self.host}/{repository}")
-                try:
-                    doc = await resp.json(content_type=None)
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ValueError):
-                    raise RetryableError(
-                        f"listing tags of {self.host}/{repository}: bad body"
-                    ) from None
-                tags += [str(t) for t in (doc.get("tags") or [])]
-                path = _next_link(resp.headers.get("Link"), str(resp.url))
+            answer = await self.transport.fetch(
+                "GET", path, scopes=pull(repository), limit=_TAG_PAGE_BYTES, check=check
+            )
+            if answer.status == 404:
+                return tags
+            if answer.status != 200:
+                raise error_for(answer.status, answer.body, where)
+            if answer.too_large(_TAG_PAGE_BYTES):
+                raise RegistryError(f"{where}: a page is over {_TAG_PAGE_BYTES} bytes")
+            tags += _tag_page(answer.body, where)
+            path = next_link(answer.headers.get("Link"), answer.url)
         return tags
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """Read a body up to `limit` bytes (a manifest is never allowed to be larger)."""
-    raw = b""
-    while len(raw) < limit:
-        more = await resp.content.read(limit - len(raw))
-        if not more:
-            break
-        raw += more
-    return raw
+def _tag_page(body: bytes, where: str) -> list[str]:
+    """The `tags` of one page; a body that is not that JSON was damaged on the way."""
+    try:
+        doc = json.loads(body)
+        return [str(t) for t in (doc.get("tags") or [])]
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+        raise IntegrityError(f"{where}: the answer is not a tag list") from None
 
 
 def _push_hint(error: Exception, repository: str) -> Exception:
@@ -475,12 +451,141 @@ def _with_digest(location: str, digest: Digest) -> str:
     return f"{location}{'&' if '?' in location else '?'}digest={digest}"
 
 
-def _next_link(header: str | None, current: str) -> str | None:
-    """RFC 5988 `Link: </v2/...?last=x>; rel="next"` → absolute URL."""
+def _check_manifest_digest(answer: Fetched, requested: Digest | None, where: str) -> None:
+    """The bytes must hash to the digest asked for, else to `Docker-Content-Digest`."""
+    raw = answer.body
+    if requested is not None:
+        actual = Digest.of(raw, requested.algorithm)
+        if actual != requested:
+            raise IntegrityError(
+                f"{where}: manifest bytes hash to {actual.short}, not the requested digest"
+            )
+        return
+    header = answer.headers.get("Docker-Content-Digest")
     if not header:
-        return None
-    for part in header.split(","):
-        url, _, params = part.partition(";")
-        if 'rel="next"' in params.replace(" ", "") or "rel=next" in params.replace(" ", ""):
-            return urljoin(current, url.strip().strip("<>"))
-    return None
+        return
+    try:
+        claimed = Digest.parse(header)
+    except TransshipError:
+        raise IntegrityError(f"{where}: bad Docker-Content-Digest header") from None
+    if Digest.of(raw, claimed.algorithm) != claimed:
+        raise IntegrityError(
+            f"{where}: manifest bytes do not match the registry's "
+            f"Docker-Content-Digest {claimed.short}"
+        )
+
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+class BlobDownload:
+    """One blob GET that survives cuts: hashed as it streams, resumed from the bytes already
+    hashed with `Range: bytes=N-` (as go-containerregistry and regclient do), under the
+    transport's retry policy. A server that ignores `Range` (200, not 206) is read from byte 0
+    again and its first N bytes skipped, so every byte is hashed exactly once in order.
+
+    `refetched` counts bytes received more than once (the skipped ones), for the summary.
+    A digest mismatch found at the end raises IntegrityError: the bytes were already passed
+    on, so only the consumer (the engine) can start over.
+    """
+
+    def __init__(self, registry: Registry, repository: str, descriptor: Descriptor) -> None:
+        self.registry = registry
+        self.repository = repository
+        self.descriptor = descriptor
+        self.where = f"blob {registry.host}/{repository}@{descriptor.digest.short}"
+        self.refetched = 0
+        self.resumed = 0
+        self._hasher = Hasher(descriptor.digest, descriptor.size)
+        self._stack = AsyncExitStack()
+        self._resp: aiohttp.ClientResponse | None = None
+        self._skip = 0  # bytes of the current answer already hashed (a 200 to a Range GET)
+        self._stream: AsyncIterator[bytes] | None = None
+
+    async def __aenter__(self) -> BlobDownload:
+        await self._open(0)  # errors of the first answer (404, 401, ...) surface here
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _open(self, offset: int) -> None:
+        await self._stack.aclose()
+        self._stack = AsyncExitStack()
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        resp = await self._stack.enter_async_context(
+            self.registry.transport.request(
+                "GET",
+                f"/v2/{self.repository}/blobs/{self.descriptor.digest}",
+                scopes=pull(self.repository),
+                headers=headers,
+                follow_redirects=True,
+            )
+        )
+        size = self.descriptor.size
+        length = resp.content_length
+        if offset and resp.status == 206:
+            span = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if span is None or int(span.group(1)) != offset:
+                raise RetryableError(
+                    f"{self.where}: resumed at byte {offset}, the registry answered "
+                    f"Content-Range {resp.headers.get('Content-Range')!r}"
+                )
+            expected = size - offset
+            self._skip = 0
+        elif resp.status == 200:
+            expected = size
+            self._skip = offset  # Range ignored: the whole blob again, hashed bytes skipped
+        else:
+            raise await registry_error(resp, self.where)
+        if length is not None and length != expected:
+            raise IntegrityError(
+                f"{self.where}: registry sends {length} bytes, the descriptor says {size}"
+                + (f" (from byte {offset})" if offset and not self._skip else "")
+            )
+        self._resp = resp
+
+    def __aiter__(self) -> BlobDownload:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._stream is None:
+            self._stream = self._chunks()
+        return await anext(self._stream)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        hasher = self._hasher
+        attempts = self.registry.transport.attempts()  # health: backoff wakes when down
+        read_chunk = self.registry.options.read_chunk
+        while True:
+            resp = self._resp
+            assert resp is not None
+            try:
+                async for chunk in resp.content.iter_chunked(read_chunk):
+                    if self._skip:
+                        dropped = min(self._skip, len(chunk))
+                        self._skip -= dropped
+                        self.refetched += dropped
+                        chunk = chunk[dropped:]
+                        if not chunk:
+                            continue
+                    hasher.update(chunk)
+                    yield chunk
+                if hasher.size >= self.descriptor.size:
+                    break
+                failure = f"closed after {hasher.size} of {self.descriptor.size} bytes"
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                if hasher.size >= self.descriptor.size:
+                    break  # every byte arrived before the connection went: the hash decides
+                failure = type(exc).__name__
+            if not attempts.left:
+                raise RetryableError(
+                    f"{self.where}: download interrupted ({failure}); "
+                    f"gave up after {attempts.failures + 1} tries",
+                    exhausted=True,
+                )
+            log.info("%s: %s; resuming at byte %d", self.where, failure, hasher.size)
+            await attempts.pause()
+            self.resumed += 1
+            await self._open(hasher.size)
+        hasher.verify("blob")

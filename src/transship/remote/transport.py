@@ -11,12 +11,9 @@ import errno
 import ipaddress
 import json
 import logging
-import random
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -25,6 +22,7 @@ import aiohttp
 from transship import __version__
 from transship.errors import (
     AuthenticationError,
+    IntegrityError,
     PermissionDeniedError,
     RegistryError,
     RetryableError,
@@ -35,6 +33,8 @@ from transship.errors import (
 from transship.remote.auth import Challenge, Credentials, TokenCache, missing_credentials
 from transship.remote.health import HostHealth
 from transship.remote.tls import CABundle, peer_certificate_summary, ssl_context
+from transship.retry import Attempts, RetryPolicy, parse_retry_after
+from transship.streams import read_bounded_async
 
 log = logging.getLogger("transship.remote")
 
@@ -59,9 +59,15 @@ class TransportOptions:
     backoff_max: float = 30.0
     connect_timeout: float = 30.0
     read_timeout: float = 300.0
+    #: a token answer is a few hundred bytes: a service silent this long is retried
+    token_timeout: float = 30.0
     ca_option: str = "--ca"
     insecure_option: str = "--insecure"
     creds_option: str = "--creds"
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.backoff_base, self.backoff_max)
 
 
 def is_loopback(host: str) -> bool:
@@ -74,26 +80,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+@dataclass(frozen=True)
+class Fetched:
+    """A whole (bounded) answer, read inside the retried region of `Transport.fetch`."""
 
+    status: int
+    headers: Mapping[str, str]
+    url: str
+    body: bytes
+    #: `Content-Length` when the registry sent one
+    length: int | None
 
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter; `Retry-After` wins when it asks for longer."""
-    delay = random.uniform(0, min(cap, base * (2**attempt)))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, 120.0))
-    return delay
+    def too_large(self, limit: int) -> bool:
+        return len(self.body) > limit or (self.length is not None and self.length > limit)
 
 
 class Transport:
@@ -102,6 +101,7 @@ class Transport:
     def __init__(self, host: str, options: TransportOptions) -> None:
         self.host = host
         self.options = options
+        self.policy = options.retry_policy
         self._session: aiohttp.ClientSession | None = None
         self._base: str | None = None
         self._ping_lock = asyncio.Lock()
@@ -109,6 +109,11 @@ class Transport:
         self._tokens = TokenCache()
         #: connection failures of this host; hooks marked "health:" below feed and consult it
         self.health = HostHealth(host)
+
+    def attempts(self) -> Attempts:
+        """A fresh retry budget for one operation against this host. Its backoff is
+        `HostHealth.pause`: it wakes and raises `HostDownError` once the host is found down."""
+        return self.policy.attempts(sleep=self.health.pause)  # health: every backoff
 
     # -- connection -------------------------------------------------------------------------
 
@@ -173,23 +178,26 @@ class Transport:
                 if header:
                     self._challenge = Challenge.parse(header)
             elif status >= 500:
-                raise RetryableError(f"{self.host}: /v2/ answered {status}", status=status)
+                raise RetryableError(
+                    f"{self.host}: /v2/ answered {status}", status=status, exhausted=True
+                )
             self._base = base
             return
         assert last is not None
         raise last
 
     async def _ping_once(self, base: str) -> tuple[int, Mapping[str, str]]:
-        for attempt in range(self.options.retries + 1):
+        attempts = self.attempts()
+        while True:
             self.health.check()  # health: a host found down fails at once
+            retry_after: float | None = None
             try:
                 async with self._client().get(f"{base}/v2/", allow_redirects=False) as resp:
                     await resp.read()
                     self.health.answered()  # health: any answer
-                    if resp.status in RETRY_STATUSES and attempt < self.options.retries:
-                        await self.health.pause(self._delay(attempt, resp))  # health: backoff
-                        continue
-                    return resp.status, dict(resp.headers)
+                    if resp.status not in RETRY_STATUSES or not attempts.left:
+                        return resp.status, dict(resp.headers)
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise await self._tls_error(exc) from None
             except aiohttp.ClientSSLError as exc:
@@ -197,7 +205,7 @@ class Transport:
                 if "plain HTTP" in error.message:
                     raise error from None
                 self.health.failed(exc)  # health: a handshake that fails is retried and counted
-                if attempt >= self.options.retries:
+                if not attempts.left:
                     await self.health.settle()  # health: down, or this request's own error
                     raise error from None
             except aiohttp.ServerDisconnectedError as exc:
@@ -206,19 +214,17 @@ class Transport:
                         f"{self.host} closed the TLS handshake; it may speak plain HTTP",
                         hint=f"use {self.options.insecure_option} if it really is plain HTTP",
                     ) from exc
-                if attempt >= self.options.retries:
+                if not attempts.left:
                     raise UnreachableError(f"cannot reach {self.host}: {exc}") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 self.health.failed(exc)  # health: refused / DNS count, timeouts do not
-                if attempt >= self.options.retries:
+                if not attempts.left:
                     await self.health.settle()  # health: down, or this request's own error
                     raise UnreachableError(
                         f"cannot reach registry {self.host}: {_describe(exc)}",
                         hint="check the host name, port and network path",
                     ) from None
-            delay = backoff_delay(attempt, self.options.backoff_base, 5.0, None)
-            await self.health.pause(delay)  # health: backoff that wakes when the host is down
-        raise UnreachableError(f"cannot reach registry {self.host}")
+            await attempts.pause(retry_after)  # health: backoff that wakes when the host is down
 
     def _ssl_error(self, base: str, exc: Exception) -> TLSError:
         text = str(exc)
@@ -294,6 +300,9 @@ class Transport:
             query.append(("service", challenge.params["service"]))
         query += [("scope", s) for s in scopes]
         session = self._client()
+        timeout = aiohttp.ClientTimeout(
+            total=self.options.token_timeout, connect=self.options.connect_timeout
+        )
         try:
             if creds and creds.identity_token:
                 form = dict(query[:1])
@@ -303,13 +312,14 @@ class Transport:
                     client_id="transship",
                     scope=" ".join(scopes),
                 )
-                ctx = session.post(realm, data=form)
+                ctx = session.post(realm, data=form, timeout=timeout)
             else:
                 headers = {"Authorization": creds.basic()} if creds and creds.username else {}
-                ctx = session.get(realm, params=query, headers=headers)
+                ctx = session.get(realm, params=query, headers=headers, timeout=timeout)
             async with ctx as resp:
                 body = await resp.read()
                 status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise RetryableError(
                 f"cannot reach the token service of {self.host} ({realm}): {_describe(exc)}"
@@ -322,7 +332,11 @@ class Transport:
                 hint=f"check {self.options.creds_option} or 'docker login {self.host}'",
             )
         if status >= 500 or status == 429:
-            raise RetryableError(f"token service of {self.host} answered {status}", status=status)
+            raise RetryableError(
+                f"token service of {self.host} answered {status}",
+                status=status,
+                retry_after=retry_after,
+            )
         if status != 200:
             raise AuthenticationError(f"token service of {self.host} answered {status}")
         try:
@@ -335,10 +349,6 @@ class Transport:
         return token
 
     # -- requests ---------------------------------------------------------------------------
-
-    def _delay(self, attempt: int, resp: aiohttp.ClientResponse | None) -> float:
-        after = parse_retry_after(resp.headers.get("Retry-After")) if resp is not None else None
-        return backoff_delay(attempt, self.options.backoff_base, self.options.backoff_max, after)
 
     @asynccontextmanager
     async def request(
@@ -357,15 +367,99 @@ class Transport:
         `path` is a path under the registry or an absolute URL (upload locations). The response
         is yielded for any final status; the caller maps statuses to errors.
         """
+        resp = await self._send_retried(
+            method, path, scopes, headers, params, data, follow_redirects, self.attempts()
+        )
+        try:
+            yield resp
+        finally:
+            resp.release()
+
+    async def fetch(
+        self,
+        method: str,
+        path: str,
+        *,
+        scopes: tuple[str, ...],
+        limit: int,
+        headers: Mapping[str, str] | None = None,
+        check: Callable[[Fetched], None] | None = None,
+    ) -> Fetched:
+        """A whole answer of at most `limit` bytes (manifests, referrers, tag lists).
+
+        The body is read inside the retried region: a body cut short, or one `check` refuses
+        with IntegrityError (a manifest whose bytes do not match their digest), is fetched
+        again under the same budget as a 503. A body over `limit` is returned as read
+        (`too_large`), never retried; `check` runs only on 200 answers.
+        """
+        attempts = self.attempts()
+        what = f"{method} {self.host}{urlsplit(path).path}"
+        while True:
+            resp = await self._send_retried(
+                method, path, scopes, headers, None, None, True, attempts
+            )
+            try:
+                length = resp.content_length
+                body = b""
+                if length is None or length <= limit:
+                    body = await read_bounded_async(resp.content.read, limit)
+                    if length is not None and len(body) != length:
+                        raise RetryableError(f"{what}: body cut short ({len(body)} of {length})")
+                fetched = Fetched(resp.status, resp.headers, str(resp.url), body, length)
+                if check is not None and resp.status == 200 and not fetched.too_large(limit):
+                    check(fetched)
+                return fetched
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                failure: TransshipError = RetryableError(
+                    f"{what}: answer interrupted ({_describe(exc)})"
+                )
+            except (RetryableError, IntegrityError) as exc:
+                failure = exc
+            finally:
+                resp.release()
+            if not attempts.left:
+                if isinstance(failure, RetryableError):
+                    failure.exhausted = True
+                raise failure
+            log.debug("%s: %s, fetching again", what, failure)
+            await attempts.pause()
+
+    async def _send_retried(
+        self,
+        method: str,
+        path: str,
+        scopes: tuple[str, ...],
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        data: Body,
+        follow_redirects: bool,
+        attempts: Attempts,
+    ) -> aiohttp.ClientResponse:
+        """The retried region: token fetch, send, 401 dance, retryable statuses.
+
+        Returns a response with a final status for the caller to read and release. A streamed
+        body (`data` not bytes) cannot be resent once sent: its failures are raised at once for
+        the caller (the engine) to restart the stream; a token fetch that fails before it was
+        sent is retried all the same.
+        """
         base = await self.base_url()
         url = path if "://" in path else base + path
         resendable = data is None or isinstance(data, bytes)
+        where = f"{method} {self.host}{urlsplit(url).path}"
         reauthed = False
-        attempt = 0
         while True:
             self.health.check()  # health: a host found down fails at once
             hdrs = dict(headers or {})
-            auth = await self._authorization(scopes)
+            retry_after: float | None = None
+            try:
+                auth = await self._authorization(scopes)
+            except RetryableError as exc:  # the token service: nothing was sent yet
+                if not attempts.left:
+                    exc.exhausted = True
+                    raise
+                log.debug("%s: %s, retrying", where, exc)
+                await attempts.pause(exc.retry_after)
+                continue
             if auth:
                 hdrs["Authorization"] = auth
             try:
@@ -377,13 +471,12 @@ class Transport:
                 if own is not None:  # raised by our own body stream (e.g. a digest mismatch)
                     raise own from None
                 self.health.failed(exc)  # health: refused / DNS / handshake count
-                if not resendable or attempt >= self.options.retries:
+                if not resendable or not attempts.left:
                     await self.health.settle()  # health: down, or this request's own error
                     raise RetryableError(
-                        f"{method} {self.host}{urlsplit(url).path}: {_describe(exc)}"
+                        f"{where}: {_describe(exc)}", exhausted=resendable
                     ) from None
-                await self.health.pause(self._delay(attempt, None))  # health: backoff
-                attempt += 1
+                await attempts.pause()  # health: backoff (`Transport.attempts`)
                 continue
             self.health.answered()  # health: any answer, 5xx and 429 included
             if resp.status == 401:
@@ -398,25 +491,20 @@ class Transport:
                 continue
             if resp.status in RETRY_STATUSES:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                if not resendable or attempt >= self.options.retries:
+                if not resendable or not attempts.left:
                     text = await _error_text(resp)
                     resp.release()
                     raise RetryableError(
-                        f"{method} {self.host}{urlsplit(url).path} answered {resp.status}{text}",
+                        f"{where} answered {resp.status}{text}",
                         status=resp.status,
                         retry_after=retry_after,
+                        exhausted=resendable,
                     )
-                delay = self._delay(attempt, resp)
                 resp.release()
-                log.debug("%s %s: %s, retrying in %.1fs", method, url, resp.status, delay)
-                await self.health.pause(delay)  # health: backoff
-                attempt += 1
+                log.debug("%s: %s, retrying", where, resp.status)
+                await attempts.pause(retry_after)  # health: backoff (`Transport.attempts`)
                 continue
-            try:
-                yield resp
-            finally:
-                resp.release()
-            return
+            return resp
 
     async def _on_unauthorized(
         self, header: str, scopes: tuple[str, ...], sent: str | None, reauthed: bool
