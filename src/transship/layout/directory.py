@@ -40,7 +40,7 @@ from transship.layout.index import (
     check_layout_file,
     check_tag,
 )
-from transship.layout.reader import CHUNK, BlobFile, LayoutReader
+from transship.layout.reader import CHUNK, BlobFile, Extent, LayoutReader
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 
 log = logging.getLogger("transship.layout")
@@ -173,6 +173,10 @@ class OCILayout(LayoutReader):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return _FileBlob(handle)
+
+    def blob_extents(self, digest: Digest) -> list[Extent] | None:
+        size = self._blob_size(digest)
+        return None if size is None else [Extent(self._blob_path(digest), 0, size)]
 
     def _temp_file(self) -> tuple[BinaryIO, Path]:
         tmp_dir = self.path / TMP_DIR
