@@ -480,6 +480,13 @@ def test_self_signed_tls_and_htpasswd_with_skopeo(
             context=context,
         )
         assert status == 405 and error_code(body) == "UNSUPPORTED"
+        # the big layer twice over TLS: hashed the first time, then sendfile's TLS fallback
+        auth = {"Authorization": f"Basic {good}"}
+        for _ in range(2):
+            status, _, body = request(
+                server, "GET", f"/v2/tkg/apps/big/blobs/{corpus.blob.digest}", auth, context=context
+            )
+            assert status == 200 and body == corpus.blob.data
         assert " - alice [" in server.read_log()
     # a restart keeps the CA clients already trust
     ca_before = (certs / "ca.crt").read_bytes()

@@ -184,10 +184,11 @@ class BlobServer:
                 done = 0
                 while done < extent.size:
                     n = min(CHUNK, extent.size - done)
-                    chunk = await asyncio.to_thread(_pread, fd, n, extent.offset + done)
+                    chunk = await asyncio.to_thread(
+                        _pread_hashed, fd, n, extent.offset + done, hasher
+                    )
                     if not chunk:
                         break
-                    hasher.update(chunk)
                     done += len(chunk)
                     if held is not None:
                         await response.write(held)
@@ -207,8 +208,11 @@ class BlobServer:
         await response.write_eof()
 
 
-def _pread(fd: int, n: int, offset: int) -> bytes:
-    return os.pread(fd, n, offset)
+def _pread_hashed(fd: int, n: int, offset: int, hasher: Hasher) -> bytes:
+    """Read and hash off the event loop (hashlib releases the GIL on big buffers)."""
+    chunk = os.pread(fd, n, offset)
+    hasher.update(chunk)
+    return chunk
 
 
 def _hash_extents(digest: Digest, extents: Sequence[Extent]) -> None:
