@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 from clirunner import CLI
-from harness.registry import make_htpasswd
+from harness.registry import RegistryProcess, make_htpasswd
 from harness.seed import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
@@ -562,3 +562,30 @@ def test_increment_is_served_with_its_base(
     shutil.rmtree(base)
     out = cli("serve", str(increment))
     assert out.code == 1 and "--base" in out.error_line
+
+
+def test_imgpkg_bundles_keep_their_tags_and_relocate_from_serve(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    from test_bundles import Corpus as BundleCorpus
+
+    bundle = BundleCorpus(plain_registry, "srvb", 910)
+    listing = tmp_path / "images.txt"
+    listing.write_text(bundle.root_ref + "\n")
+    archive = tmp_path / "bundle.tar"
+    out = cli("save", "--images", str(listing), "--dest", "harbor.corp/tkg", "-o", str(archive))
+    assert out.code == 0, out.err
+    with ServeProcess(tmp_path / "srv", archive) as server:
+        repo = f"tkg/{bundle.repo_path}"
+        status, _, body = request(server, "GET", f"/v2/{repo}/tags/list")
+        assert status == 200
+        tags = set(json.loads(body)["tags"])
+        for item in (bundle.root, bundle.package, bundle.contour_image, bundle.envoy):
+            assert f"sha256-{item.digest[7:]}.imgpkg" in tags
+        # a bundle copied out of serve finds its images in the served repository, by tag
+        dest = make_registry("plain")
+        listing.write_text(f"{server.host}/{repo}:v1.5.3\n")
+        out = cli("copy", "--images", str(listing), "--dest", f"{dest.host}/far", "-q")
+        assert out.code == 0, out.err
+    for item in (bundle.root, bundle.package, bundle.contour_image, bundle.envoy):
+        assert skopeo(dest, f"far/{repo}@{item.digest}") == item.manifest

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -25,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from transship.errors import UsageError
+from transship.fsutil import write_atomic
 from transship.serve.api import RegistryAPI
 from transship.serve.archive import ServedArchive
 from transship.serve.auth import Htpasswd
@@ -122,8 +125,8 @@ async def serve(
         sock = _bind(listen)
         site = web.SockSite(runner, sock, ssl_context=ssl_context, backlog=256)
         await site.start()
-        host, port = sock.getsockname()[:2]
-        shown = _client_host(listen, host)
+        port = sock.getsockname()[1]
+        shown = _client_host(listen)
         address = f"{shown}:{port}"
         scheme = "https" if ssl_context else "http"
         prefix = f"/{archive.prefix}" if archive.prefix else ""
@@ -168,11 +171,10 @@ def _bind(listen: Listen) -> socket.socket:
     return sock
 
 
-def _client_host(listen: Listen, bound: str) -> str:
-    """How clients should write the address: the listen name, brackets around IPv6."""
-    host = listen.host if not listen.wildcard else socket.gethostname()
-    if host == bound and ":" in host:
-        return f"[{host}]"
+def _client_host(listen: Listen) -> str:
+    """How clients write the address: the listen name (this machine's name when listening
+    everywhere), IPv6 in brackets."""
+    host = socket.gethostname() if listen.wildcard else listen.host
     return f"[{host}]" if ":" in host else host
 
 
@@ -195,11 +197,7 @@ def tls_names(listen: Listen, extra: list[str]) -> list[str]:
 
 
 def write_ready_file(path: Path, ready: Ready, ca: Path | None) -> None:
-    import json
-    import os
-
-    from transship.fsutil import write_atomic
-
+    """JSON for scripts, written atomically: a reader never sees half of it."""
     doc = {
         "address": ready.address,
         "url": ready.url,
