@@ -7,8 +7,9 @@ The TKG-shaped corpus of bench/run.py is pushed to a docker-registry and saved o
 (freshly restarted) and `transship serve TAR` (freshly started, so every blob is hashed on its
 first serve) — into a fresh plain docker-registry, once with `transship copy --images` and once
 with `skopeo sync` (one YAML and process per destination directory, as bench/run.py does).
-Last, `--clients` concurrent clients each pull every image (manifests and blobs, bodies read
-and dropped) from each source; errors, MB/s and the server's peak RSS are reported.
+Last, `--clients` concurrent clients share out every image (manifests and blobs, bodies read
+and dropped, a base layer again for every image that has it) from each source; errors, MB/s and
+each server's peak RSS are reported.
 """
 
 from __future__ import annotations
@@ -150,8 +151,9 @@ def sync_skopeo(source_prefix: str, corpus: Corpus, dest: RegistryProcess, work:
 
 
 async def pull_all(base: str, names: list[str], clients: int) -> tuple[float, int, int]:
-    """`clients` workers, each pulling every image (starting at a different one): (seconds,
-    bytes, errors)."""
+    """`clients` workers at once, sharing the images between them (each image whole: its
+    manifests and every blob, shared base layers again for every image): (seconds, bytes,
+    errors)."""
     received = errors = 0
     connector = aiohttp.TCPConnector(limit=clients * 2)
     timeout = aiohttp.ClientTimeout(total=600)
@@ -186,8 +188,8 @@ async def pull_all(base: str, names: list[str], clients: int) -> tuple[float, in
                     await get(f"{base}/v2/{name}/blobs/{blob['digest']}")
 
         async def worker(k: int) -> None:
-            for i in range(len(names)):
-                name, _, tag = names[(i + k * 7) % len(names)].rpartition(":")
+            for ref in names[k::clients]:
+                name, _, tag = ref.rpartition(":")
                 await image(name, tag)
 
         start = time.perf_counter()
@@ -242,6 +244,7 @@ def main() -> None:
         names = [r.name for r in corpus.refs]
         upstream.restart()
         reg = asyncio.run(pull_all(upstream.url, names, args.clients))
+        reg_rss = peak_rss_mb(upstream.pid) if upstream.pid else 0.0
         with Serve(tar, work) as serve:
             cold = asyncio.run(
                 pull_all(f"http://{serve.host}", [f"bench/{n}" for n in names], args.clients)
@@ -266,7 +269,7 @@ def main() -> None:
         ("serve, second pass (sendfile)", warm),
     ):
         print(f"| {label} | {seconds:.1f} | {got / 1e6 / seconds:.0f} | {errors} |")
-    print(f"\nserve peak RSS over both passes: {rss:.0f} MB")
+    print(f"\npeak RSS: serve {rss:.0f} MB (both passes), docker-registry {reg_rss:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def test_pagination() -> None:
     assert page(tags, "2", None, None) == (["t0", "t1"], True, 2)
     assert page(tags, "2", "t3", None) == (["t4"], False, 2)
     assert page(tags, "0", None, None) == ([], False, 0)
-    for bad in ("-1", "x", "9" * 20):
+    assert page(tags, "9" * 18, None, None) == (tags, False, 10**18 - 1)
+    for bad in ("-1", "x", "9" * 20, ""):
         with pytest.raises(APIError) as caught:
             page(tags, bad, None, None)
         assert caught.value.code == "PAGINATION_NUMBER_INVALID"

@@ -176,7 +176,9 @@ def _logging(verbose: int, quiet: bool) -> None:
     main.handlers[:] = [errors]
     main.propagate = False
     main.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    logging.getLogger("aiohttp").setLevel(logging.ERROR if not verbose else logging.INFO)
+    # aiohttp logs a traceback for requests its parser rejects (a line over MAX_LINE, a
+    # garbage method); the client got its 400 and the access log has the line: enough
+    logging.getLogger("aiohttp").setLevel(logging.CRITICAL if not verbose else logging.INFO)
 
 
 COMMANDS = [serve_command]

@@ -82,7 +82,7 @@ def page(
     """Sorted items after `last`, at most `n` (or `default`); (page, more follow, n used)."""
     n = default
     if n_param is not None:
-        if not re.fullmatch(r"\d{1,9}", n_param):
+        if not re.fullmatch(r"\d{1,18}", n_param):
             raise APIError("PAGINATION_NUMBER_INVALID", {"n": n_param[:32]})
         n = int(n_param)
     items = sorted(items)
@@ -118,6 +118,12 @@ class RegistryAPI:
         except TransshipError as exc:  # the archive failed us: say so, in one line
             log.error("%s %s: %s", request.method, request.path[:200], exc)
             return APIError("UNKNOWN", message=str(exc)).response()
+        except ConnectionError:
+            raise  # the client is gone; nothing to answer
+        except Exception as exc:  # an unreadable medium, or a bug: one line (-vv: traceback)
+            log.error("%s %s: %s: %s", request.method, request.path[:200], type(exc).__name__, exc)
+            log.debug("traceback", exc_info=True)
+            return APIError("UNKNOWN", message="internal error reading the archive").response()
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
