@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--no-pulls", action="store_true", help="only the concurrent clients")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-", dir=args.workdir))
     corpus = build_corpus("release", args.scale)
@@ -227,7 +228,8 @@ def main() -> None:
             check=True,
         )
         print(f"corpus {unique_mb:.0f} MB unique, archive {tar.stat().st_size / 1e6:.0f} MB")
-        for tool, pull in (("transship copy", copy_transship), ("skopeo sync", sync_skopeo)):
+        pulls = (("transship copy", copy_transship), ("skopeo sync", sync_skopeo))
+        for tool, pull in pulls if not args.no_pulls else ():
             upstream.restart()
             with RegistryProcess(work / f"d-{tool[:4]}-reg", "plain") as dest:
                 reg_s = pull(upstream.host, corpus, dest, work / f"{tool[:4]}-reg")
@@ -261,7 +263,7 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))
     print()
-    print(f"| {args.clients} concurrent clients, every image each | wall s | MB/s | errors |")
+    print(f"| {args.clients} concurrent clients sharing out every image | wall s | MB/s | errors |")
     print("| --- | ---: | ---: | ---: |")
     for label, (seconds, got, errors) in (
         ("docker-registry", reg),

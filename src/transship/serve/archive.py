@@ -39,7 +39,7 @@ MAX_NAME = 255
 TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 #: `sha256-<hex>` naming the manifest itself stands for "untagged" in an archive (see airgap)
 _DIGEST_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
-#: manifest bytes kept in memory after a first read, so hot manifests cost no disk read
+#: manifest bytes kept in memory (parsed) after a first read
 MANIFEST_CACHE_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 4  # index → image; anything deeper is not an image graph we serve
 
@@ -76,7 +76,7 @@ class ServedArchive:
         self.prefix = prefix.strip("/")
         self.repositories: dict[str, Repository] = {}
         self.problems: list[str] = []
-        self._cache: OrderedDict[Digest, bytes] = OrderedDict()
+        self._cache: OrderedDict[Digest, Manifest] = OrderedDict()
         self._cache_bytes = 0
 
     @property
@@ -179,11 +179,12 @@ class ServedArchive:
     # -- reading ----------------------------------------------------------------------------
 
     async def manifest(self, digest: Digest, media_type: str | None = None) -> Manifest:
-        """The manifest's exact bytes, verified against its digest (from memory when hot)."""
-        raw = self._cache.get(digest)
-        if raw is not None:
+        """The manifest's exact bytes, verified against its digest (from memory when hot:
+        parsed once, so a hot manifest costs no disk read, hash or JSON parse)."""
+        cached = self._cache.get(digest)
+        if cached is not None:
             self._cache.move_to_end(digest)
-            return Manifest.parse(raw, media_type, f"{self.label}@{digest.short}")
+            return cached
         last: TransshipError | None = None
         for layer in self.layers:
             if layer.blob_extents(digest) is None:
@@ -195,20 +196,20 @@ class ServedArchive:
                 continue
             if media_type and media_type != manifest.media_type:  # the body's own type wins
                 manifest = Manifest.parse(manifest.raw, media_type, layer.label)
-            self._remember(digest, manifest.raw)
+            self._remember(digest, manifest)
             return manifest
         if last is not None:
             raise last
         raise UsageError(f"{self.label}: manifest {digest.short} is not in the archive")
 
-    def _remember(self, digest: Digest, raw: bytes) -> None:
-        if len(raw) > MANIFEST_CACHE_BYTES // 16:
+    def _remember(self, digest: Digest, manifest: Manifest) -> None:
+        if manifest.size > MANIFEST_CACHE_BYTES // 16:
             return
-        self._cache[digest] = raw
-        self._cache_bytes += len(raw)
+        self._cache[digest] = manifest
+        self._cache_bytes += manifest.size
         while self._cache_bytes > MANIFEST_CACHE_BYTES:
             _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= len(old)
+            self._cache_bytes -= old.size
 
     def blob(self, digest: Digest) -> tuple[list[Extent], Layer] | None:
         """Where a blob's bytes lie (first layer holding it), None if no layer has it."""

@@ -25,7 +25,9 @@ from transship.serve.errors import APIError
 
 log = logging.getLogger("transship.serve")
 
-CHUNK = 1024 * 1024
+#: read size of a first (hashed) serve: small enough that 32 clients at once stay in ~50 MB
+#: (a chunk held back, one in the socket buffer), big enough that thread hops cost nothing
+CHUNK = 256 * 1024
 _RANGE = re.compile(r"^\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
 
 
