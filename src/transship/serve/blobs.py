@@ -139,6 +139,13 @@ class BlobServer:
                 await self._send_hashed(request, response, digest, extents)
         except ConnectionError:
             pass  # the client went away; aiohttp logs the request as cut short
+        except OSError as exc:
+            if not response.prepared:
+                raise
+            # headers are out: no error answer is possible, only a short body the client sees
+            log.error("blob %s in %s: %s; response cut short", digest, describe(extents), exc)
+            if request.transport is not None:
+                request.transport.abort()
         return response
 
     def _refuse_corrupt(self, digest: Digest) -> None:
