@@ -589,3 +589,25 @@ def test_imgpkg_bundles_keep_their_tags_and_relocate_from_serve(
         assert out.code == 0, out.err
     for item in (bundle.root, bundle.package, bundle.contour_image, bundle.envoy):
         assert skopeo(dest, f"far/{repo}@{item.digest}") == item.manifest
+
+
+def test_given_certificate_and_key(
+    corpus: Corpus, pki, tmp_path: Path, skopeo: Skopeo, make_registry
+) -> None:
+    server = ServeProcess(
+        tmp_path / "srv",
+        corpus.layout,
+        "--tls-cert",
+        str(pki.server.chain_path),
+        "--tls-key",
+        str(pki.server.key_path),
+        cert_dir=pki.ca.cert_dir,
+    )
+    with server:
+        assert server.url.startswith("https://") and server.ready["ca"] is None
+        context = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+        status, _, body = request(server, "GET", "/v2/_catalog", context=context)
+        assert status == 200 and "tkg/apps/big" in json.loads(body)["repositories"]
+        dest = make_registry("plain")
+        skopeo.copy(server, "tkg/apps/docker-image:v1", dest, "given/img:v1")  # type: ignore[arg-type]
+        assert skopeo.digest(dest, "given/img:v1") == corpus.tags["apps/docker-image:v1"]

@@ -29,15 +29,28 @@ from transship.tkgconfig import TkgSettings
     metavar="OLD_ARCHIVE",
     help="For an increment (save --since): the archive it was saved on top of.",
 )
-@click.option("--listen", default="127.0.0.1:5000", show_default=True, metavar="HOST:PORT")
+@click.option(
+    "--listen",
+    default="127.0.0.1:5000",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address to bind (port 0: any free port, see --ready-file).",
+)
 @click.option(
     "--prefix",
     metavar="PATH",
     help="Serve images at HOST:PORT/PATH/<repository> (default: the path of the archive's "
     "destination prefix).",
 )
-@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE")
-@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE")
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Server certificate (PEM, chain allowed).",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Its key."
+)
 @click.option(
     "--tls-self-signed",
     type=click.Path(file_okay=False, path_type=Path),
