@@ -611,3 +611,25 @@ def test_given_certificate_and_key(
         dest = make_registry("plain")
         skopeo.copy(server, "tkg/apps/docker-image:v1", dest, "given/img:v1")  # type: ignore[arg-type]
         assert skopeo.digest(dest, "given/img:v1") == corpus.tags["apps/docker-image:v1"]
+
+
+def test_concurrent_first_serves_of_one_blob(corpus: Corpus, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    tar = tmp_path / "tkg.tar"
+    write_tar(corpus.layout, tar)
+    path = f"/v2/tkg/apps/big/blobs/{corpus.blob.digest}"
+    with ServeProcess(tmp_path / "srv", tar) as server, ThreadPoolExecutor(8) as pool:
+        ranges = [None, None, None, "bytes=5-20", None, None, "bytes=-7", None]
+        results = list(
+            pool.map(lambda r: request(server, "GET", path, {"Range": r} if r else None), ranges)
+        )
+    for wanted, (status, _, body) in zip(ranges, results, strict=True):
+        if wanted is None:
+            assert status == 200 and body == corpus.blob.data
+        else:
+            first, last = (5, 20) if wanted == "bytes=5-20" else (len(corpus.blob.data) - 7, None)
+            assert (
+                status == 206
+                and body == corpus.blob.data[first : None if last is None else last + 1]
+            )

@@ -5,7 +5,9 @@ crosses split volumes). The first full GET of a blob streams it through memory, 
 its last chunk back until the digest matches: on a mismatch the connection is aborted, so the
 client sees a short body and no wrong blob ever arrives whole. Once a digest has matched, later
 requests go out with `loop.sendfile` (zero-copy on plain HTTP; asyncio reads in a thread under
-TLS). A Range request on a blob not yet verified hashes the whole blob first.
+TLS). A Range request on a blob not yet verified, or a GET arriving while another client's
+first serve is still streaming it, waits for one whole-blob hash from the medium (shared by all
+such requests) and then uses `sendfile`: a popular base layer is hashed at most twice.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class BlobServer:
         self.verified: set[Digest] = set()
         self.corrupt: dict[Digest, str] = {}
         self._locks: dict[Digest, asyncio.Lock] = {}
+        self._streaming: set[Digest] = set()  # first serves in flight, hashed as they go
 
     async def respond(
         self, request: web.Request, digest: Digest, extents: list[Extent]
@@ -132,6 +135,10 @@ class BlobServer:
             extents = slice_extents(extents, first, last - first + 1)
         else:
             response.content_length = size
+            if digest not in self.verified and digest in self._streaming:
+                # another client's first serve is hashing it at that client's pace: one fast
+                # pass from the medium now serves every other client with sendfile
+                await self.verify(digest, extents)
         try:
             if wanted is not None or digest in self.verified:
                 await _sendfile(request, response, extents)
@@ -184,6 +191,19 @@ class BlobServer:
         extents: list[Extent],
     ) -> None:
         """Stream through memory, hashing; the last chunk waits for the digest to match."""
+        self._streaming.add(digest)
+        try:
+            await self._stream_hashed(request, response, digest, extents)
+        finally:
+            self._streaming.discard(digest)
+
+    async def _stream_hashed(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        digest: Digest,
+        extents: list[Extent],
+    ) -> None:
         hasher = Hasher(digest, sum(e.size for e in extents))
         await response.prepare(request)
         held: bytes | None = None
