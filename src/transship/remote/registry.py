@@ -305,7 +305,6 @@ class Registry:
         """
         where = f"uploading blob {descriptor.digest.short} to {self.host}/{repository}"
         location = await self._start_upload(repository, descriptor.digest)
-
         async def hashed() -> AsyncIterator[bytes]:
             # Each chunk is sent only when the next one has arrived, and the last only after
             # the source stream finished (and so verified): a bad blob never arrives whole.
