@@ -633,3 +633,16 @@ def test_concurrent_first_serves_of_one_blob(corpus: Corpus, tmp_path: Path) -> 
                 status == 206
                 and body == corpus.blob.data[first : None if last is None else last + 1]
             )
+
+
+def test_a_symlink_out_of_the_layout_is_never_followed(corpus: Corpus, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    shutil.copytree(corpus.layout, layout)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:secret-hash:19000::::::\n" * 40_000)  # > one chunk
+    blob = layout / "blobs" / "sha256" / corpus.blob.digest[7:]
+    blob.unlink()
+    blob.symlink_to(secret)
+    with ServeProcess(tmp_path / "srv", layout) as server:
+        status, _, body = request(server, "GET", f"/v2/tkg/apps/big/blobs/{corpus.blob.digest}")
+        assert status == 404 and error_code(body) == "BLOB_UNKNOWN" and b"root:" not in body

@@ -175,8 +175,18 @@ class OCILayout(LayoutReader):
         return _FileBlob(handle)
 
     def blob_extents(self, digest: Digest) -> list[Extent] | None:
-        size = self._blob_size(digest)
-        return None if size is None else [Extent(self._blob_path(digest), 0, size)]
+        """Only a regular file inside the layout: a symlink out of it (to a secret beside the
+        archive) is absent, so a server never sends bytes from outside the archive."""
+        path = self._blob_path(digest)
+        real = os.path.realpath(path)
+        root = os.path.realpath(self.path)
+        if not real.startswith(root + os.sep):
+            return None
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        return [Extent(Path(real), 0, st.st_size)] if stat.S_ISREG(st.st_mode) else None
 
     def _temp_file(self) -> tuple[BinaryIO, Path]:
         tmp_dir = self.path / TMP_DIR
