@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 from harness.registry import make_htpasswd
 
-from transship.airgap import ArchiveInfo
 from transship.errors import UsageError
 from transship.layout.reader import Extent
 from transship.layout.volumes import Volumes, split_archive
 from transship.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from transship.ops.archive import (
+    PREFIX_COMMON,
+    PREFIX_LEGACY,
+    PREFIX_NONE,
+    PREFIX_PLANNED,
+    ArchiveInfo,
+)
 from transship.serve.api import accepted_types, negotiate, page
 from transship.serve.archive import served_prefix, valid_name
 from transship.serve.auth import Htpasswd
@@ -125,6 +131,11 @@ def test_served_prefix_and_names() -> None:
     assert served_prefix(ArchiveInfo("harbor.corp:8443/a/b")) == "a/b"
     assert served_prefix(ArchiveInfo("archive.local")) == ""
     assert served_prefix(ArchiveInfo()) == ""
+    # each origin the archive records: a planned or common prefix is served, a placeholder not
+    for origin in (PREFIX_PLANNED, PREFIX_COMMON, PREFIX_LEGACY):
+        assert served_prefix(ArchiveInfo("harbor.corp/tkg", prefix_origin=origin)) == "tkg"
+    assert served_prefix(ArchiveInfo("archive.local/x", prefix_origin=PREFIX_NONE)) == ""
+    assert served_prefix(ArchiveInfo("harbor.corp/tkg", recorded=False)) == ""
     assert valid_name("tkg/antrea") and valid_name("a__b/c-d.e")
     for bad in ("", "A", "a/../b", "a//b", "/a", "a/", "a" * 256, "a/%2e"):
         assert not valid_name(bad), bad

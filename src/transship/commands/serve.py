@@ -16,7 +16,8 @@ from transship.serve.archive import ServedArchive
 from transship.serve.auth import Htpasswd
 from transship.serve.server import Listen, Ready, serve, tls_names, write_ready_file
 from transship.serve.tls import TLSFiles, self_signed, server_context
-from transship.tkgconfig import TkgSettings
+from transship.tkg.ca import refuse_private_key, tkg_ca_form
+from transship.tkg.config import TkgSettings
 
 
 @click.command("serve")
@@ -169,9 +170,11 @@ def _tls_files(
 def _print_ca(ca: Path, ready: Ready) -> None:
     """The CA file, its one-line base64 (TKG's form) and the `tanzu config set` lines."""
     bundle = load_ca(str(ca))
+    refuse_private_key(bundle)
+    encoded = tkg_ca_form(bundle)
     click.echo(f"CA certificate: {ca}  (skopeo --cert-dir {ca.parent})", err=True)
-    click.echo(f"CA base64: {bundle.base64()}", err=True)
-    settings = TkgSettings(repository=ready.repository, ca_base64=bundle.base64())
+    click.echo(f"CA base64: {encoded}", err=True)
+    settings = TkgSettings(repository=ready.repository, ca_base64=encoded)
     for line in settings.tanzu_commands():
         click.echo(line, err=True)
 

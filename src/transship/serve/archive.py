@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transship.airgap import ArchiveInfo, open_archive
 from transship.digest import Digest
 from transship.errors import TransshipError, UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import Extent
 from transship.manifest import Descriptor, Manifest
+from transship.ops.archive import ArchiveInfo, open_archive
 
 log = logging.getLogger("transship.serve")
 
@@ -37,7 +37,7 @@ _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 MAX_NAME = 255
 TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-#: `sha256-<hex>` naming the manifest itself stands for "untagged" in an archive (see airgap)
+#: `sha256-<hex>` naming the manifest itself stands for "untagged" in an archive (see ops.archive)
 _DIGEST_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
 #: manifest bytes kept in memory (parsed) after a first read
 MANIFEST_CACHE_BYTES = 16 * 1024 * 1024
@@ -45,11 +45,9 @@ MAX_DEPTH = 4  # index → image; anything deeper is not an image graph we serve
 
 
 def served_prefix(info: ArchiveInfo) -> str:
-    """The default `--prefix`: the path part of the archive's destination prefix.
-
-    The one place the archive's prefix is read for serving (archive.json records it)."""
-    _host, _slash, path = info.prefix.partition("/")
-    return path.strip("/")
+    """The default `--prefix`: the path part of the destination prefix the archive records
+    (`ArchiveInfo.prefix_path`; empty for a placeholder prefix or a plain OCI layout)."""
+    return info.prefix_path
 
 
 def valid_name(name: str) -> bool:

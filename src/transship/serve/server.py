@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from transship.errors import UsageError
+from transship.errors import UsageError, io_error
 from transship.fsutil import write_atomic
 from transship.serve.api import RegistryAPI
 from transship.serve.archive import ServedArchive
@@ -205,4 +205,7 @@ def write_ready_file(path: Path, ready: Ready, ca: Path | None) -> None:
         "ca": str(ca) if ca else None,
         "pid": os.getpid(),
     }
-    write_atomic(path, json.dumps(doc, indent=2) + "\n")
+    try:
+        write_atomic(path, json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise io_error(f"--ready-file {path}", exc) from None

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from transship.errors import UsageError
-from transship.fsutil import write_atomic
+from transship.errors import UsageError, io_error
+from transship.fsutil import fsync_dir, write_atomic
 
 CA_FILE = "ca.crt"
 CA_KEY_FILE = "ca-key.pem"
@@ -53,6 +53,13 @@ def server_context(files: TLSFiles) -> ssl.SSLContext:
 
 def self_signed(directory: Path, names: list[str]) -> TLSFiles:
     """The CA in DIRECTORY (made if absent) and a server certificate for `names`."""
+    try:
+        return _self_signed(directory, names)
+    except OSError as exc:  # the directory cannot be written: local storage, not usage
+        raise io_error(f"--tls-self-signed {directory}", exc) from None
+
+
+def _self_signed(directory: Path, names: list[str]) -> TLSFiles:
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = _ca(directory)
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
@@ -173,3 +180,4 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -19,13 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from transship.errors import InvalidReferenceError
+from transship.errors import InvalidReferenceError, PlanError
 from transship.plan._yaml import read_text
-from transship.plan.errors import PlanError
 from transship.plan.imagelist import destination_under
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
-from transship.plan.tkg import METADATA_REPOSITORY_NAMES
-from transship.reference import Reference
+from transship.reference import Reference, parse_prefix
+from transship.tkg.bom import METADATA_REPOSITORY_NAMES
 
 _COMMANDS = frozenset({"imgpkg", "imgpkg.exe"})
 _SHELL_SCAFFOLDING = frozenset({"set", "if", "then", "fi", "echo", "base64", "export"})
@@ -106,9 +105,15 @@ def plan_from_old_script(
     *,
     created: str | None = None,
 ) -> Plan:
-    """A plan reproducing what the script would have copied, without its duplicates."""
-    entries = tuple(entries_from_old_script(text, name, dest_prefix, source_prefix))
-    return Plan(entries, (name,), created or utc_now())
+    """A plan reproducing what the script would have copied, without its duplicates.
+
+    It records `dest_prefix` as the prefix it was made for only if every destination is below
+    it (the script's own upload lines may name other places)."""
+    prefix = parse_prefix(dest_prefix) if dest_prefix is not None else None
+    entries = tuple(entries_from_old_script(text, name, prefix, source_prefix))
+    if prefix is not None and not all(e.destination.startswith(f"{prefix}/") for e in entries):
+        prefix = None
+    return Plan(entries, (name,), created or utc_now(), destination_prefix=prefix)
 
 
 def load_old_script(
@@ -232,7 +237,7 @@ def _unpaired_destination(export: _Copy, dest_prefix: str | None, source_prefix:
             "(from-tar) script's lines or give a destination prefix"
         )
     source = _parse_reference(export.source or "", export.where)
-    prefix = (source_prefix or "").strip().rstrip("/")
+    prefix = parse_prefix(source_prefix, "source prefix") if source_prefix else ""
     if prefix and source.name.startswith(prefix + "/"):
         return f"{dest_prefix.strip().rstrip('/')}/{source.name[len(prefix) + 1 :]}"
     return destination_under(dest_prefix, source)
