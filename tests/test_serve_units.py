@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from harness.registry import make_htpasswd
 
-from transship.errors import UsageError
+from transship.errors import StorageError, UsageError
 from transship.layout.reader import Extent
 from transship.layout.volumes import Volumes, split_archive
 from transship.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
@@ -27,7 +27,8 @@ from transship.serve.archive import served_prefix, valid_name
 from transship.serve.auth import Htpasswd
 from transship.serve.blobs import RangeNotSatisfiable, parse_range, slice_extents
 from transship.serve.errors import APIError
-from transship.serve.server import Listen, tls_names
+from transship.serve.server import Listen, Ready, tls_names, write_ready_file
+from transship.serve.tls import self_signed
 
 
 @pytest.mark.parametrize(
@@ -183,3 +184,17 @@ def test_error_body_is_the_spec_form() -> None:
             }
         ]
     }
+
+
+def test_local_writes_that_fail_are_storage_errors(tmp_path: Path) -> None:
+    """A TLS directory or ready file that cannot be written is local I/O, not bad usage."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="--tls-self-signed") as caught:
+        self_signed(blocker / "certs", ["localhost"])
+    assert not isinstance(caught.value, UsageError)
+    ready = Ready("127.0.0.1:5000", "http://127.0.0.1:5000", "127.0.0.1:5000/tkg", 1, 1)
+    with pytest.raises(StorageError, match="--ready-file"):
+        write_ready_file(blocker / "ready.json", ready, None)
+    write_ready_file(tmp_path / "ready.json", ready, None)
+    assert json.loads((tmp_path / "ready.json").read_text())["repository"] == "127.0.0.1:5000/tkg"
