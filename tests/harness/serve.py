@@ -25,12 +25,15 @@ class ServeProcess:
         *args: str,
         credentials: tuple[str, str] | None = None,
         cert_dir: Path | None = None,
+        program: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.archive = archive
         self.args = list(args)
         self.credentials = credentials
         self.cert_dir = cert_dir
+        #: what runs `transship` (default: this venv's; `env -i dist/transship` for the build)
+        self.program = program or [sys.executable, "-m", "transship"]
         self.ready_file = workdir / "ready.json"
         self.log_path = workdir / "serve.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -39,7 +42,7 @@ class ServeProcess:
     def start(self, timeout: float = 60.0) -> ServeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "transship", "serve", str(self.archive)]
+        cmd = [*self.program, "serve", str(self.archive)]
         cmd += ["--listen", "127.0.0.1:0", "--ready-file", str(self.ready_file), *self.args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TKG_")}
         self._log = self.log_path.open("wb")
