@@ -10,6 +10,7 @@ import http.client
 import json
 import shutil
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,8 +429,15 @@ def test_hostile_requests_get_spec_errors(served: ServeProcess, corpus: Corpus) 
 def test_access_log_and_ready_file(served: ServeProcess) -> None:
     request(served, "GET", "/v2/", {"User-Agent": "probe/1.0"})
     assert served.ready["url"] == f"http://{served.host}"
-    lines = [ln for ln in served.read_log().splitlines() if '"GET /v2/ HTTP/1.1" 200' in ln]
-    assert lines and lines[-1].startswith("127.0.0.1 - - [") and lines[-1].endswith('"probe/1.0"')
+    # the server logs a request once its response is sent: the client may read the log first
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [ln for ln in served.read_log().splitlines() if '"probe/1.0"' in ln]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert lines and lines[-1].startswith("127.0.0.1 - - [")
+    assert '"GET /v2/ HTTP/1.1" 200' in lines[-1] and lines[-1].endswith('"probe/1.0"')
 
 
 # -- TLS, auth, integrity, lifecycle ------------------------------------------------------------

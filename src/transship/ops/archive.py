@@ -59,6 +59,12 @@ def destination_prefix(plan: Plan) -> str:
     return "/".join(common)
 
 
+def stands_for_untagged(tag: str, digest: Digest) -> bool:
+    """`sha256-<hex>` naming the manifest itself only stands for "untagged" (`archive_tags`);
+    the same form naming another digest is a referrers tag-schema index, a real tag."""
+    return bool(_DIGEST_TAG.match(tag)) and tag == f"sha256-{digest.hex}"
+
+
 def relative_repository(destination: str, prefix: str) -> str:
     return destination[len(prefix) + 1 :] if prefix else destination
 
@@ -249,9 +255,7 @@ def load_tasks(
         key = (repository, str(descriptor.digest))
         tags = grouped.setdefault(key, [])
         phase[key] = max(phase.get(key, 0), info.phase_of.get(f"{repository}:{tag}", 0))
-        # `sha256-<hex>` naming the manifest itself only stands for "untagged"; the same form
-        # naming another digest is a referrers tag-schema index and travels as a tag
-        if not (_DIGEST_TAG.match(tag) and tag == f"sha256-{descriptor.digest.hex}"):
+        if not stands_for_untagged(tag, descriptor.digest):
             tags.append(tag)
     groups: dict[int, list[CopyTask]] = {}
     for (repository, digest), tags in sorted(grouped.items()):

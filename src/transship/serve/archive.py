@@ -26,7 +26,7 @@ from transship.errors import TransshipError, UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import Extent
 from transship.manifest import Descriptor, Manifest
-from transship.ops.archive import ArchiveInfo, open_archive
+from transship.ops.archive import ArchiveInfo, open_archive, stands_for_untagged
 
 log = logging.getLogger("transship.serve")
 
@@ -37,8 +37,6 @@ _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 MAX_NAME = 255
 TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-#: `sha256-<hex>` naming the manifest itself stands for "untagged" in an archive (see ops.archive)
-_DIGEST_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
 #: manifest bytes kept in memory (parsed) after a first read
 MANIFEST_CACHE_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 4  # index → image; anything deeper is not an image graph we serve
@@ -140,8 +138,7 @@ class ServedArchive:
                 self.problems.append(f"{name}:{tag}: {exc}")
                 continue
             self.repositories[name] = repo
-            untagged = _DIGEST_TAG.match(tag) and tag == f"sha256-{descriptor.digest.hex}"
-            if not untagged and TAG.match(tag):
+            if not stands_for_untagged(tag, descriptor.digest) and TAG.match(tag):
                 repo.tags[tag] = descriptor
 
     async def _walk(
