@@ -58,12 +58,21 @@ class RegistryPool:
                 ca_option=f"--{s.side}-ca",
                 insecure_option=f"--{s.side}-insecure",
                 creds_option=f"--{s.side}-creds",
+                destination=s.side == "dest",
             )
             if s.chunk_size:
                 options.chunk_size = s.chunk_size
             registry = Registry(host, options)
             self._registries[host] = registry
         return registry
+
+    def registry_of(self, endpoint: object) -> Registry | None:
+        """The registry this pool opened that is `endpoint`, for a wing that talks to that
+        registry's own API (Harbor's); None for any other endpoint (a layout, the other side)."""
+        for registry in self._registries.values():
+            if registry is endpoint:
+                return registry
+        return None
 
     async def close(self) -> None:
         for registry in self._registries.values():

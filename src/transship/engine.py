@@ -20,6 +20,7 @@ from transship.errors import (
     DependencyError,
     HostDownError,
     IntegrityError,
+    NamespaceFullError,
     NotFoundError,
     RegistryError,
     RetryableError,
@@ -165,6 +166,8 @@ class CopyEngine:
         self._images = asyncio.Semaphore(self.options.parallel_images)
         self._big = asyncio.Semaphore(self.options.parallel_blobs)
         self._small = asyncio.Semaphore(self.options.parallel_small_blobs)
+        #: per destination: namespaces that refused more content (no new upload starts there)
+        self._full: dict[int, list[NamespaceFullError]] = {}
         #: set when a registry is found down: no task starts after it, and the caller ends
         #: the run with this one error instead of a failure per entry
         self.stopped: HostDownError | None = None
@@ -227,6 +230,8 @@ class CopyEngine:
                 result = TaskResult(task, "failed", error=exc)
             except TransshipError as exc:
                 log.debug("task %s failed", task.label, exc_info=True)
+                if isinstance(exc, NamespaceFullError):
+                    self._mark_full(task, exc)
                 result = TaskResult(task, "failed", error=exc)
             except Exception as exc:  # a bug or an unforeseen error: fail this task, not the run
                 log.warning("task %s failed unexpectedly", task.label, exc_info=True)
@@ -440,10 +445,37 @@ class CopyEngine:
             return True
         return False
 
+    # -- a destination namespace that refuses more content (e.g. over quota) ------------------
+
+    def _mark_full(self, task: CopyTask, exc: NamespaceFullError) -> None:
+        if exc.first is None and self._refusal(task) is None:
+            self._full.setdefault(id(task.dest), []).append(exc)
+
+    def _refusal(self, task: CopyTask) -> NamespaceFullError | None:
+        for full in self._full.get(id(task.dest), ()):
+            if full.covers(task.dest_repository):
+                return full
+        return None
+
+    def _check_room(self, task: CopyTask) -> None:
+        """No new upload starts in a namespace that already refused content in this run."""
+        full = self._refusal(task)
+        if full is not None:
+            raise NamespaceFullError(
+                f"{task.dest_reference}: not copied: {full.namespace} refused more "
+                "content earlier in this run",
+                namespace=full.namespace,
+                limit=full.limit,
+                used=full.used,
+                first=full,
+            )
+
     async def _transfer(self, task: CopyTask, blob: Descriptor) -> None:
         """HEAD, then stream source → destination with bounded retries."""
+        self._check_room(task)
         lane = self._small if blob.size <= SMALL_BLOB else self._big
         async with lane:
+            self._check_room(task)
             # "Mount it from this very repository": one request that answers "already here"
             # (201) or opens the upload session the PUT then uses (202), where HEAD + POST
             # would take two. Endpoints without mounts answer from their own store.
@@ -456,6 +488,9 @@ class CopyEngine:
                 try:
                     await self._stream(task, blob)
                     return
+                except NamespaceFullError as exc:
+                    self._mark_full(task, exc)
+                    raise
                 except (RetryableError, IntegrityError, RegistryError) as exc:
                     attempt += 1
                     transient = (

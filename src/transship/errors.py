@@ -266,3 +266,28 @@ class PreflightError(TransshipError):
         self.asked = asked
         self.exit_code = first.exit_code
         self.refused_push = first.refused_push
+
+
+class NamespaceFullError(RegistryError):
+    """The destination refuses more content under `namespace` (a repository prefix, such as a
+    project over its storage quota). The engine starts no new upload there; a registry-specific
+    wing (`transship.harbor`) decides which refusals mean this. `first` is None on the refusal
+    itself and names it on the tasks that were then not attempted."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        namespace: str,
+        limit: int | None = None,
+        used: int | None = None,
+        first: NamespaceFullError | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.namespace = namespace
+        self.limit = limit
+        self.used = used
+        self.first = first
+
+    def covers(self, repository: str) -> bool:
+        return repository == self.namespace or repository.startswith(self.namespace + "/")

@@ -23,6 +23,7 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
+from transship.commands.harbor import after_push, before_push, project_options, project_settings
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
@@ -172,6 +173,7 @@ def save(
 )
 @side_options("dest", "destination")
 @push_options
+@project_options
 def load(
     archive: Path,
     dest_prefix: str | None,
@@ -186,6 +188,7 @@ def load(
     """Push everything in ARCHIVE (layout directory or tar) to a registry: where its plan said,
     or with --dest PREFIX replacing the destination prefix the plan was made for."""
     setup_logging(verbose, quiet)
+    projects = project_settings(kwargs)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
     job = LoadJob.open(archive)
     warning = job.prefix_warning(dest_prefix)
@@ -195,9 +198,12 @@ def load(
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
             phases, unique = await job.tasks(dest_prefix, dests.get)
+            await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
             if preflight:
                 await check_destinations(phases, parallel)
-            return await run_engine(phases, report, lock_output, quiet, parallel, unique)
+            results = await run_engine(phases, report, lock_output, quiet, parallel, unique)
+            await after_push(results)
+            return results
         finally:
             await job.close()
 

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, EngineOptions, TaskResult
 from transship.errors import ExitCode, PreflightError, UsageError
 from transship.fsutil import write_atomic
+from transship.harbor.accessories import HarborIndexLister, check_accessories
 from transship.imgpkg.lock import write_images_lock
 from transship.ops.listed import resolve_listed as resolve_listed_plan
 from transship.ops.preflight import preflight
@@ -288,8 +290,13 @@ async def run_verify(
     """Open both sides, verify, close: shared by `verify` and `tkg config`."""
     sources = RegistryPool(src_settings)
     dests = RegistryPool(dest_settings)
+    if options.index_lister is None:  # on Harbor, index children without a manifest GET
+        options = replace(options, index_lister=HarborIndexLister(dests.registry_of))
     try:
-        return await verify_plan(plan, sources.get, dests.get, options)
+        result = await verify_plan(plan, sources.get, dests.get, options)
+        # on Harbor: are signatures and referrers attached as accessories?
+        await check_accessories(result, dests.get, dests.registry_of)
+        return result
     finally:
         await sources.close()
         await dests.close()

@@ -19,6 +19,7 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
+from transship.commands.harbor import after_push, before_push, project_options, project_settings
 from transship.connect import RegistryPool
 from transship.engine import TaskResult
 from transship.errors import UsageError
@@ -47,6 +48,7 @@ from transship.tkg.env import tkg_dest_defaults
     help="Leave signatures, attestations and referrers behind (copied by default).",
 )
 @push_options
+@project_options
 def copy(
     source: str | None,
     destination: str | None,
@@ -71,6 +73,7 @@ def copy(
     --plan, --images or --script.
     """
     setup_logging(verbose, quiet)
+    projects = project_settings(kwargs)
     src_settings = side_settings("src", kwargs, parallel)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
     plan = load_plan_source(plan_file, images_file, script_file, dest_prefix)
@@ -105,11 +108,13 @@ def copy(
         elif no_attachments:
             chosen = without_attachments(chosen)
         task_phases = copy_phases(chosen, sources.get, dests.get, wanted)
+        await before_push(task_phases, projects, dests, preflight=preflight, quiet=quiet)
         if preflight:
             await check_destinations(task_phases, parallel)
         results = await run_engine(
             task_phases, report, lock_output, quiet, parallel, chosen.unique_bytes
         )
+        await after_push(results)
         for entry in held_back:  # counted as failed: the exit code says partial
             task = task_for(entry, sources.get, dests.get)
             results.append(TaskResult(task, "failed", error=UsageError(entry.source)))

@@ -3,6 +3,7 @@
 Harbor answers a push into a project that does not exist like a permission problem (404
 `NAME_UNKNOWN`, or a token without push and then 401/403). The wire layer records the refused
 repository on the error (`TransshipError.refused_push`); this turns that fact into advice.
+The project API itself (detect, look up, create, quota) is `transship.harbor.api`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def missing_project_advice(error: TransshipError) -> str | None:
     project = repository.split("/")[0]
     return (
         f"on Harbor, create the project '{project}' first (a missing project looks like "
-        "this); otherwise ask for push rights on it"
+        "this; `--create-projects` makes it through Harbor's API); otherwise ask for push "
+        "rights on it"
     )
 
 

@@ -44,6 +44,9 @@ from transship.reference import Reference
 
 T = TypeVar("T")
 EndpointFor = Callable[[str], Endpoint]
+#: An index's children at a destination without a manifest GET (some registries count a GET as
+#: a pull, which moves retention); None when this destination offers no such listing.
+IndexLister = Callable[[Endpoint, str, Digest], Coroutine[Any, Any, tuple[Descriptor, ...] | None]]
 
 MISSING = "missing"  # a planned tag (or the digest of an untagged entry) is not there
 DIFFERENT = "different"  # the tag is there but names another digest
@@ -199,6 +202,7 @@ class VerifyOptions:
     deep: bool = False
     resolve: bool = True  # ask the source for digests the plan lacks
     parallel: int = 32
+    index_lister: IndexLister | None = None  # set by a registry-specific wing (Harbor)
 
 
 class _Once(Generic[T]):
@@ -336,6 +340,8 @@ class Verifier:
         maybe_index = top.media_type in INDEX_TYPES or top.media_type not in MANIFEST_TYPES
         if not (maybe_index or check.entry.kind is EntryKind.INDEX or self.options.deep):
             return
+        if not self.options.deep and await self._listed_children(check, dest, ref, top.digest):
+            return
         manifest = await self._manifest(dest, ref, top.digest)
         if manifest is None:  # deleted between the HEAD and the GET
             check.problems.append(Problem(MISSING, f"{ref.name}@{top.digest}", top.digest))
@@ -392,6 +398,34 @@ class Verifier:
             )
         elif descend and manifest is not None:
             await self._walk(check, dest, ref, manifest)
+
+    async def _listed_children(
+        self, check: EntryCheck, dest: Endpoint, ref: Reference, digest: Digest, depth: int = 0
+    ) -> bool:
+        """Children by the destination's own listing and HEADs, never a GET; False if it has
+        no listing (the caller then reads the index)."""
+        lister = self.options.index_lister
+        if lister is None or depth > 4:
+            return False
+        children = await self._limited(lister(dest, ref.repository, digest))
+        if children is None:
+            return False
+        for child in children:
+            self.counters.manifest_heads += 1
+            found = await self._limited(dest.head_manifest(ref.repository, str(child.digest)))
+            if found is None:
+                platform = f"{child.platform} " if child.platform else ""
+                check.problems.append(
+                    Problem(
+                        CHILD_MISSING,
+                        f"{ref.name}@{child.digest}",
+                        child.digest,
+                        detail=f"{platform}child of {digest.short}",
+                    )
+                )
+            elif found.media_type in INDEX_TYPES:
+                await self._listed_children(check, dest, ref, child.digest, depth + 1)
+        return True
 
     # -- shared, once-only requests ----------------------------------------------------------
 

@@ -8,7 +8,7 @@ descriptor while it streams.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -29,6 +29,10 @@ from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest,
 from transship.remote.transport import Transport, TransportOptions
 
 CHUNK = 1024 * 1024
+
+#: Reads a refused push (the error, the repository) and may return a more specific error,
+#: e.g. `NamespaceFullError`; installed by a registry-specific wing such as `transship.harbor`.
+RefusalHook = Callable[[TransshipError, str], Awaitable[TransshipError]]
 _MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
 
 
@@ -40,6 +44,9 @@ class RegistryOptions(TransportOptions):
     chunk_size: int = 256 * 1024 * 1024
     read_chunk: int = CHUNK
     tag_page_size: int = 1000
+    #: a push destination: existence checks ask for pull,push as `docker push` does, so a
+    #: refusal (e.g. Harbor's for a project that does not exist) is read as one of pushing
+    destination: bool = False
 
 
 def pull(repository: str) -> tuple[str, ...]:
@@ -91,6 +98,15 @@ class Registry:
         self._pending_uploads: dict[tuple[str, Digest], str] = {}
         self._manifests: dict[tuple[str, Digest], Manifest] = {}
         self._manifest_bytes_cached = 0  # bounded: memory stays flat for any plan
+        self.refusal_hook: RefusalHook | None = None
+
+    async def _refused(self, error: Exception, repository: str) -> Exception:
+        """Let the installed hook read a refused push; network errors are not refusals."""
+        if self.refusal_hook is None or not isinstance(error, TransshipError):
+            return error
+        if isinstance(error, RetryableError):
+            return error
+        return await self.refusal_hook(error, repository)
 
     async def close(self) -> None:
         await self.transport.close()
@@ -154,11 +170,14 @@ class Registry:
                 )
         return Manifest.parse(raw, content_type, where)  # only bytes whose digest checked out
 
+    def _check_scopes(self, repository: str) -> tuple[str, ...]:
+        return push(repository) if self.options.destination else pull(repository)
+
     async def head_manifest(self, repository: str, identifier: str) -> Descriptor | None:
         async with self.transport.request(
             "HEAD",
             f"/v2/{repository}/manifests/{identifier}",
-            scopes=pull(repository),
+            scopes=self._check_scopes(repository),
             headers={"Accept": ACCEPT},
         ) as resp:
             if resp.status == 404:
@@ -168,7 +187,11 @@ class Registry:
             header = resp.headers.get("Docker-Content-Digest")
             media_type = (resp.headers.get("Content-Type") or "").split(";")[0]
             size = resp.content_length or 0
-        if not header:
+        if not header and ":" in identifier:
+            # asked by digest: the 200 says it is there; no GET (some registries count a GET
+            # as a pull, which moves retention)
+            return Descriptor(media_type, Digest.parse(identifier), size)
+        if not header:  # a tag on a registry that does not say its digest: read it
             manifest = await self.get_manifest(repository, identifier)
             return manifest.descriptor
         return Descriptor(media_type, Digest.parse(header), size)
@@ -185,7 +208,7 @@ class Registry:
         ) as resp:
             if resp.status not in (200, 201, 202):
                 error = await registry_error(resp, f"pushing manifest {where}")
-                raise _push_hint(error, repository)
+                raise await self._refused(_push_hint(error, repository), repository)
             header = resp.headers.get("Docker-Content-Digest")
         if header and header != str(manifest.digest):
             raise IntegrityError(
@@ -203,7 +226,7 @@ class Registry:
 
     async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:
         async with self.transport.request(
-            "HEAD", f"/v2/{repository}/blobs/{digest}", scopes=pull(repository)
+            "HEAD", f"/v2/{repository}/blobs/{digest}", scopes=self._check_scopes(repository)
         ) as resp:
             if resp.status == 200:
                 length = resp.content_length
@@ -279,10 +302,8 @@ class Registry:
             "POST", f"/v2/{repository}/blobs/uploads/", scopes=push(repository)
         ) as resp:
             if resp.status not in (202, 201):
-                raise _push_hint(
-                    await registry_error(resp, f"starting upload to {self.host}/{repository}"),
-                    repository,
-                )
+                error = await registry_error(resp, f"starting upload to {self.host}/{repository}")
+                raise await self._refused(_push_hint(error, repository), repository)
             return self._location(resp)
 
     async def list_referrers(
@@ -348,7 +369,7 @@ class Registry:
             data=body,
         ) as resp:
             if resp.status not in (201, 204):
-                raise await registry_error(resp, where)
+                raise await self._refused(await registry_error(resp, where), repository)
         return descriptor.size
 
     async def _patch_chunks(
@@ -398,7 +419,7 @@ class Registry:
                 data=segment(),
             ) as resp:
                 if resp.status != 202:
-                    raise await registry_error(resp, where)
+                    raise await self._refused(await registry_error(resp, where), repository)
                 location = self._location(resp)
             offset += sent
             if offset >= descriptor.size and not leftover:

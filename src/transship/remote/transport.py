@@ -131,6 +131,10 @@ class Transport:
             )
         return self._session
 
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session (same TLS trust), for a wing's calls to a registry's own API."""
+        return self._client()
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
