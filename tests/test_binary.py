@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from clirunner import CLI
 from harness.pki import PKI
-from harness.registry import RegistryProcess
+from harness.registry import RegistryProcess, make_htpasswd
 from harness.seed import seed_image, seed_index
+from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 
 from transship.errors import ExitCode
@@ -181,6 +182,48 @@ def test_save_include_tool_then_the_extracted_copy_loads(
     assert loaded.returncode == 0, loaded.stderr
     assert skopeo(dest, "far/bin/app:v1") == skopeo(plain_registry, "bin/app:v1")
     assert skopeo(dest, "far/bin/idx:v2") == skopeo(plain_registry, "bin/idx:v2")
+
+
+def test_the_file_serves_a_split_archive_with_tls_and_htpasswd(
+    binary: Path,
+    plain_registry: RegistryProcess,
+    make_registry,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
+    """`serve` in the one-file build (loaded lazily, bcrypt and the TLS stack bundled), in an
+    empty environment: skopeo copies out of the split archive with the source digests."""
+    seed_image(plain_registry, "srv/app", "v1", seed=1504, layer_sizes=(400_000,))
+    seed_index(plain_registry, "srv/idx", "v2", seed=1505)
+    images = tmp_path / "images.txt"
+    images.write_text(f"{plain_registry.host}/srv/app:v1\n{plain_registry.host}/srv/idx:v2\n")
+    archive = tmp_path / "media" / "srv.tar"
+    saved = run_bare(
+        binary,
+        *("save", "--images", str(images), "-o", str(archive), "--split-size", "300000"),
+        *("--dest", "harbor.corp/far", "-q"),
+        cwd=tmp_path,
+    )
+    assert saved.returncode == 0, saved.stderr
+    certs = tmp_path / "certs"
+    htpasswd = make_htpasswd(tmp_path / "htpasswd", {"alice": "s3cret-Pa55"})
+    server = ServeProcess(
+        tmp_path / "srv",
+        tmp_path / "media" / "srv.tar.001",
+        *("--tls-self-signed", str(certs), "--htpasswd", str(htpasswd)),
+        credentials=("alice", "s3cret-Pa55"),
+        cert_dir=certs,
+        program=["env", "-i", str(binary)],
+    )
+    dest = make_registry("plain")
+    with server:
+        assert server.tls and server.ready["repository"] == f"{server.host}/far"
+        for name in ("srv/app:v1", "srv/idx:v2"):
+            skopeo.copy(server, f"far/{name}", dest, name)  # type: ignore[arg-type]
+            assert skopeo(dest, name) == skopeo(plain_registry, name)
+    log = server.read_log()
+    assert "Traceback" not in log and "s3cret" not in log
+    assert "CA base64: " in log and "TKG_CUSTOM_IMAGE_REPOSITORY " in log
 
 
 def test_include_tool_from_a_venv_says_how_to_build_it(cli: CLI, tmp_path: Path) -> None:

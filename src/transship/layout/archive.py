@@ -39,7 +39,7 @@ from transship.layout.index import (
     LayoutIndex,
     check_layout_file,
 )
-from transship.layout.reader import BlobFile, LayoutReader
+from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.layout.volumes import Volumes, find_parts_file
 from transship.manifest import Descriptor, Manifest
 from transship.streams import CHUNK
@@ -235,6 +235,15 @@ class OCILayoutTar(LayoutReader):
     def _open_blob_file(self, digest: Digest) -> BlobFile | None:
         found = self._blobs.get(digest)
         return _TarBlob(self._pread, *found) if found else None
+
+    def blob_extents(self, digest: Digest) -> list[Extent] | None:
+        found = self._blobs.get(digest)
+        if found is None:
+            return None
+        offset, size = found
+        if self._volumes is not None:
+            return self._volumes.extents(offset, size)
+        return [Extent(self.path, offset, size)]
 
     async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
         raise LayoutError(f"{self.label} is read-only; save into a layout directory instead")

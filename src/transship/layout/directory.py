@@ -39,7 +39,7 @@ from transship.layout.index import (
     check_layout_file,
     check_tag,
 )
-from transship.layout.reader import BlobFile, LayoutReader
+from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from transship.streams import CHUNK, read_bounded
 
@@ -173,6 +173,20 @@ class OCILayout(LayoutReader):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return _FileBlob(handle)
+
+    def blob_extents(self, digest: Digest) -> list[Extent] | None:
+        """Only a regular file inside the layout: a symlink out of it (to a secret beside the
+        archive) is absent, so a server never sends bytes from outside the archive."""
+        path = self._blob_path(digest)
+        real = os.path.realpath(path)
+        root = os.path.realpath(self.path)
+        if not real.startswith(root + os.sep):
+            return None
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        return [Extent(Path(real), 0, st.st_size)] if stat.S_ISREG(st.st_mode) else None
 
     def _temp_file(self) -> tuple[BinaryIO, Path]:
         tmp_dir = self.path / TMP_DIR

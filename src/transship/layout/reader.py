@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from pathlib import Path
+from typing import NamedTuple, Protocol
 
 from transship.digest import Digest, Hasher
 from transship.errors import IntegrityError, LayoutError, NotFoundError, TransshipError, io_error
@@ -26,6 +27,14 @@ class BlobFile(Protocol):
 
     def read(self, n: int) -> bytes: ...
     def close(self) -> None: ...
+
+
+class Extent(NamedTuple):
+    """A run of a blob's bytes inside one file: what `sendfile` needs to serve it in place."""
+
+    path: Path
+    offset: int
+    size: int
 
 
 class LayoutReader:
@@ -53,6 +62,11 @@ class LayoutReader:
 
     def _open_blob_file(self, digest: Digest) -> BlobFile | None:
         """Open the stored blob for reading, None if absent (blocking: called in a thread)."""
+        raise NotImplementedError
+
+    def blob_extents(self, digest: Digest) -> list[Extent] | None:
+        """Where the stored blob's bytes lie, in order (several runs when it spans split
+        volumes); None if absent. Lets a server send them in place, with no copy."""
         raise NotImplementedError
 
     # -- manifests --------------------------------------------------------------------------

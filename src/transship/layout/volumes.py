@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transship.errors import LayoutError
 from transship.fsutil import write_atomic
+from transship.layout.reader import Extent
 from transship.streams import CHUNK
 
 PARTS_SUFFIX = ".parts"
@@ -144,6 +145,19 @@ class Volumes:
             offset += len(data)
             n -= len(data)
         return bytes(out)
+
+    def extents(self, offset: int, n: int) -> list[Extent]:
+        """The (volume, offset, size) runs holding bytes [offset, offset + n) of the archive."""
+        out = []
+        for part in self.parts:
+            if n <= 0 or offset >= part.start + part.size:
+                continue
+            local = offset - part.start
+            take = min(n, part.size - local)
+            out.append(Extent(part.path, local, take))
+            offset += take
+            n -= take
+        return out
 
     def verify(self) -> list[str]:
         """Problems found re-hashing every part against the volume list."""

@@ -59,6 +59,12 @@ def destination_prefix(plan: Plan) -> str:
     return "/".join(common)
 
 
+def stands_for_untagged(tag: str, digest: Digest) -> bool:
+    """`sha256-<hex>` naming the manifest itself only stands for "untagged" (`archive_tags`);
+    the same form naming another digest is a referrers tag-schema index, a real tag."""
+    return bool(_DIGEST_TAG.match(tag)) and tag == f"sha256-{digest.hex}"
+
+
 def relative_repository(destination: str, prefix: str) -> str:
     return destination[len(prefix) + 1 :] if prefix else destination
 
@@ -102,6 +108,16 @@ class ArchiveInfo:
                 for tag in archive_tags(entry):
                     phase_of[f"{repository}:{tag}"] = number
         return cls(prefix, phase_of, prefix_origin=origin)
+
+    @property
+    def prefix_path(self) -> str:
+        """The path part of the destination prefix (`tkg-1.5` of `harbor.corp/tkg-1.5`): what
+        `TKG_CUSTOM_IMAGE_REPOSITORY` names below its host. Empty when the prefix is only a
+        placeholder (a list saved without --dest) or the archive records none."""
+        if not self.recorded or self.prefix_origin == PREFIX_NONE:
+            return ""
+        _host, _slash, path = self.prefix.partition("/")
+        return path.strip("/")
 
     def to_json(self) -> str:
         doc = {
@@ -239,9 +255,7 @@ def load_tasks(
         key = (repository, str(descriptor.digest))
         tags = grouped.setdefault(key, [])
         phase[key] = max(phase.get(key, 0), info.phase_of.get(f"{repository}:{tag}", 0))
-        # `sha256-<hex>` naming the manifest itself only stands for "untagged"; the same form
-        # naming another digest is a referrers tag-schema index and travels as a tag
-        if not (_DIGEST_TAG.match(tag) and tag == f"sha256-{descriptor.digest.hex}"):
+        if not stands_for_untagged(tag, descriptor.digest):
             tags.append(tag)
     groups: dict[int, list[CopyTask]] = {}
     for (repository, digest), tags in sorted(grouped.items()):

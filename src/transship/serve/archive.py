@@ -1,0 +1,228 @@
+"""What an archive serves: repository names, tags, manifests, blobs and referrers, read in place.
+
+An archive (and, for an increment, the bases under it) is opened through the layout readers and
+indexed once at start: every named manifest is read, verified and walked, so the server knows
+which manifests and blobs each repository holds and which manifests refer to which subject. After
+that, a request is a dictionary lookup; nothing is extracted, and a name never becomes a path.
+
+Names: an archive entry `tkg/antrea:v1` saved for destination prefix `harbor.corp/tkg-1.5` is
+served as `<prefix>/tkg/antrea:v1`, where the served prefix defaults to the path part of the
+archive's destination prefix (`tkg-1.5`), so `TKG_CUSTOM_IMAGE_REPOSITORY=<listen>/tkg-1.5`
+reaches it. An entry of the empty repository (what `skopeo copy … oci:DIR:NAME` writes) is
+served at the prefix itself, when there is one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transship.digest import Digest
+from transship.errors import TransshipError, UsageError
+from transship.layout import OCILayout, OCILayoutTar
+from transship.layout.reader import Extent
+from transship.manifest import Descriptor, Manifest
+from transship.ops.archive import ArchiveInfo, open_archive, stands_for_untagged
+
+log = logging.getLogger("transship.serve")
+
+Layer = OCILayout | OCILayoutTar
+
+#: the distribution spec's repository name grammar, path component by path component
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+MAX_NAME = 255
+TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+#: manifest bytes kept in memory (parsed) after a first read
+MANIFEST_CACHE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 4  # index → image; anything deeper is not an image graph we serve
+
+
+def served_prefix(info: ArchiveInfo) -> str:
+    """The default `--prefix`: the path part of the destination prefix the archive records
+    (`ArchiveInfo.prefix_path`; empty for a placeholder prefix or a plain OCI layout)."""
+    return info.prefix_path
+
+
+def valid_name(name: str) -> bool:
+    return len(name) <= MAX_NAME and bool(NAME.match(name))
+
+
+@dataclass
+class Repository:
+    """One served repository: its tags and everything reachable from them."""
+
+    name: str
+    tags: dict[str, Descriptor] = field(default_factory=dict)
+    manifests: dict[Digest, str] = field(default_factory=dict)  # digest → media type
+    blobs: set[Digest] = field(default_factory=set)
+    #: subject digest → descriptors of manifests whose `subject` is it (OCI 1.1 referrers)
+    referrers: dict[Digest, dict[Digest, dict[str, Any]]] = field(default_factory=dict)
+
+
+class ServedArchive:
+    """An archive and its bases, indexed for serving; `open` builds it, `close` releases it."""
+
+    def __init__(self, layers: list[Layer], prefix: str) -> None:
+        self.layers = layers  # the archive first, then its base(s)
+        self.prefix = prefix.strip("/")
+        self.repositories: dict[str, Repository] = {}
+        self.problems: list[str] = []
+        self._cache: OrderedDict[Digest, Manifest] = OrderedDict()
+        self._cache_bytes = 0
+
+    @property
+    def label(self) -> str:
+        return " + ".join(layer.label for layer in self.layers)
+
+    @classmethod
+    async def open(
+        cls, archive: Path, bases: list[Path], prefix: str | None
+    ) -> tuple[ServedArchive, ArchiveInfo]:
+        """Open ARCHIVE (directory, tar, volumes) and its bases; index everything they name."""
+        layers: list[Layer] = []
+        try:
+            layers.append(open_archive(archive))
+            info = ArchiveInfo.read(layers[0])
+            for base in _base_paths(archive, info, bases):
+                layers.append(open_archive(base))
+            chosen = served_prefix(info) if prefix is None else prefix.strip("/")
+            if chosen and not valid_name(chosen):
+                raise UsageError(
+                    f"--prefix {chosen!r} is not a repository path "
+                    "(lowercase letters, digits and . _ - separated by /)"
+                )
+            served = cls(layers, chosen)
+            await served._index()
+        except BaseException:
+            for layer in layers:
+                await layer.close()
+            raise
+        return served, info
+
+    async def close(self) -> None:
+        for layer in self.layers:
+            await layer.close()
+
+    # -- indexing ---------------------------------------------------------------------------
+
+    def served_name(self, repository: str) -> str:
+        if not repository:
+            return self.prefix
+        return f"{self.prefix}/{repository}" if self.prefix else repository
+
+    async def _index(self) -> None:
+        named: dict[tuple[str, str], Descriptor] = {}
+        for layer in reversed(self.layers):  # the archive's own names win over its base's
+            for repository, tag, descriptor in layer.entries():
+                named[(repository, tag)] = descriptor
+        walked: set[tuple[str, Digest]] = set()
+        for (repository, tag), descriptor in named.items():
+            name = self.served_name(repository)
+            if not name:
+                self.problems.append(
+                    f"entry {tag!r} has no repository; give --prefix to serve it at that path"
+                )
+                continue
+            if not valid_name(name):
+                self.problems.append(f"{name}:{tag} is not a valid repository name; not served")
+                continue
+            repo = self.repositories.get(name) or Repository(name)
+            try:
+                await self._walk(repo, descriptor, walked, 0)
+            except TransshipError as exc:
+                self.problems.append(f"{name}:{tag}: {exc}")
+                continue
+            self.repositories[name] = repo
+            if not stands_for_untagged(tag, descriptor.digest) and TAG.match(tag):
+                repo.tags[tag] = descriptor
+
+    async def _walk(
+        self, repo: Repository, descriptor: Descriptor, walked: set[tuple[str, Digest]], depth: int
+    ) -> None:
+        key = (repo.name, descriptor.digest)
+        if key in walked:
+            return
+        manifest = await self.manifest(descriptor.digest, descriptor.media_type)
+        if depth < MAX_DEPTH:
+            for child in manifest.manifests:
+                await self._walk(repo, child, walked, depth + 1)
+        walked.add(key)
+        repo.manifests[manifest.digest] = manifest.media_type
+        for blob in manifest.blobs():
+            if not blob.urls:  # a foreign layer lives elsewhere; never in the archive
+                repo.blobs.add(blob.digest)
+        if manifest.subject is not None:
+            entry: dict[str, Any] = {
+                "mediaType": manifest.media_type,
+                "digest": str(manifest.digest),
+                "size": manifest.size,
+            }
+            artifact_type = manifest.artifact_type or (
+                manifest.config.media_type if manifest.config else None
+            )
+            if artifact_type:
+                entry["artifactType"] = artifact_type
+            if manifest.annotations:
+                entry["annotations"] = manifest.annotations
+            repo.referrers.setdefault(manifest.subject.digest, {})[manifest.digest] = entry
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def manifest(self, digest: Digest, media_type: str | None = None) -> Manifest:
+        """The manifest's exact bytes, verified against its digest (from memory when hot:
+        parsed once, so a hot manifest costs no disk read, hash or JSON parse)."""
+        cached = self._cache.get(digest)
+        if cached is not None:
+            self._cache.move_to_end(digest)
+            return cached
+        last: TransshipError | None = None
+        for layer in self.layers:
+            if layer.blob_extents(digest) is None:
+                continue
+            try:
+                manifest = await layer.get_manifest("", str(digest))
+            except TransshipError as exc:
+                last = exc
+                continue
+            if media_type and media_type != manifest.media_type:  # the body's own type wins
+                manifest = Manifest.parse(manifest.raw, media_type, layer.label)
+            self._remember(digest, manifest)
+            return manifest
+        if last is not None:
+            raise last
+        raise UsageError(f"{self.label}: manifest {digest.short} is not in the archive")
+
+    def _remember(self, digest: Digest, manifest: Manifest) -> None:
+        if manifest.size > MANIFEST_CACHE_BYTES // 16:
+            return
+        self._cache[digest] = manifest
+        self._cache_bytes += manifest.size
+        while self._cache_bytes > MANIFEST_CACHE_BYTES:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.size
+
+    def blob(self, digest: Digest) -> tuple[list[Extent], Layer] | None:
+        """Where a blob's bytes lie (first layer holding it), None if no layer has it."""
+        for layer in self.layers:
+            extents = layer.blob_extents(digest)
+            if extents is not None:
+                return extents, layer
+        return None
+
+
+def _base_paths(archive: Path, info: ArchiveInfo, given: list[Path]) -> list[Path]:
+    """The bases of an increment: as given, else the file archive.json names beside it."""
+    if given or not info.base:
+        return given
+    beside = archive.parent / info.base if archive.is_file() else archive.with_name(info.base)
+    if beside.exists():
+        return [beside]
+    raise UsageError(
+        f"{archive} is an increment on top of {info.base}; "
+        f"serve it together with its base: --base PATH/{info.base}"
+    )

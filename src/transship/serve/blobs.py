@@ -1,0 +1,285 @@
+"""Blob bodies: sent in place with `sendfile`, hashed the first time, never wrong silently.
+
+A blob's bytes are runs of one or more files (a layout's blob file, a tar member, a member that
+crosses split volumes). The first full GET of a blob streams it through memory, hashed, and holds
+its last chunk back until the digest matches: on a mismatch the connection is aborted, so the
+client sees a short body and no wrong blob ever arrives whole. Once a digest has matched, later
+requests go out with `loop.sendfile` (zero-copy on plain HTTP; asyncio reads in a thread under
+TLS). A Range request on a blob not yet verified, or a GET arriving while another client's
+first serve is still streaming it, waits for one whole-blob hash from the medium (shared by all
+such requests) and then uses `sendfile`: a popular base layer is hashed at most twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from transship.digest import Digest, Hasher
+from transship.errors import IntegrityError
+from transship.layout.reader import Extent
+from transship.serve.errors import APIError
+
+log = logging.getLogger("transship.serve")
+
+#: read size of a first (hashed) serve: small enough that 32 clients at once stay in ~50 MB
+#: (a chunk held back, one in the socket buffer), big enough that thread hops cost nothing
+SERVE_READ = 256 * 1024
+_RANGE = re.compile(r"^\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
+
+
+class RangeNotSatisfiable(Exception):
+    """The Range header cannot be served (reversed, past the end, malformed)."""
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One `bytes=` range as (first, last) inclusive; None means "send everything".
+
+    Other units and multiple ranges are ignored (RFC 9110 lets a server send the whole
+    representation); a malformed, reversed or unsatisfiable range raises. Numbers longer
+    than 19 digits are malformed: no blob is that big.
+    """
+    if header is None:
+        return None
+    unit, eq, spec = header.strip().partition("=")
+    if not eq or unit.strip().lower() != "bytes":
+        return None
+    if "," in spec:
+        return None
+    m = _RANGE.match(spec)
+    if not m or (not m[1] and not m[2]):
+        raise RangeNotSatisfiable(f"malformed range {header[:64]!r}")
+    if not m[1]:  # suffix: the last N bytes
+        suffix = int(m[2])
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable("empty suffix range")
+        return max(0, size - suffix), size - 1
+    first = int(m[1])
+    last = int(m[2]) if m[2] else size - 1
+    if m[2] and last < first:
+        raise RangeNotSatisfiable(f"reversed range {first}-{last}")
+    if first >= size:
+        raise RangeNotSatisfiable(f"range starts at {first}, the blob has {size} bytes")
+    return first, min(last, size - 1)
+
+
+def slice_extents(extents: Sequence[Extent], first: int, length: int) -> list[Extent]:
+    """The runs holding bytes [first, first + length) of the concatenated extents."""
+    out = []
+    for extent in extents:
+        if length <= 0:
+            break
+        if first >= extent.size:
+            first -= extent.size
+            continue
+        take = min(length, extent.size - first)
+        out.append(Extent(extent.path, extent.offset + first, take))
+        length -= take
+        first = 0
+    return out
+
+
+def describe(extents: Sequence[Extent]) -> str:
+    """Where a blob lies, for the log: `tkg.tar.002 at 1234 (5678 bytes)`, and so on."""
+    return ", then ".join(f"{e.path} at offset {e.offset} ({e.size} bytes)" for e in extents)
+
+
+class BlobServer:
+    """Sends blob bodies; remembers which digests were verified and which are corrupt."""
+
+    def __init__(self) -> None:
+        self.verified: set[Digest] = set()
+        self.corrupt: dict[Digest, str] = {}
+        self._locks: dict[Digest, asyncio.Lock] = {}
+        self._streaming: set[Digest] = set()  # first serves in flight, hashed as they go
+
+    async def respond(
+        self, request: web.Request, digest: Digest, extents: list[Extent]
+    ) -> web.StreamResponse:
+        self._refuse_corrupt(digest)
+        size = sum(e.size for e in extents)
+        etag = f'"{digest}"'
+        headers = {
+            "Docker-Content-Digest": str(digest),
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "max-age=31536000",
+        }
+        if etag in _etags(request.headers.get("If-None-Match")):
+            return web.Response(status=304, headers=headers)
+        try:
+            wanted = parse_range(request.headers.get("Range"), size)
+        except RangeNotSatisfiable as exc:
+            raise APIError(
+                "RANGE_INVALID", str(exc), headers={"Content-Range": f"bytes */{size}"}
+            ) from None
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_type = "application/octet-stream"
+        if request.method == "HEAD":
+            response.content_length = size
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        if wanted is not None:
+            first, last = wanted
+            if digest not in self.verified:
+                await self.verify(digest, extents)
+            response.set_status(206)
+            response.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+            response.content_length = last - first + 1
+            extents = slice_extents(extents, first, last - first + 1)
+        else:
+            response.content_length = size
+            if digest not in self.verified and digest in self._streaming:
+                # another client's first serve is hashing it at that client's pace: one fast
+                # pass from the medium now serves every other client with sendfile
+                await self.verify(digest, extents)
+        try:
+            if wanted is not None or digest in self.verified:
+                await _sendfile(request, response, extents)
+            else:
+                await self._send_hashed(request, response, digest, extents)
+        except ConnectionError:
+            pass  # the client went away; aiohttp logs the request as cut short
+        except OSError as exc:
+            if not response.prepared:
+                raise
+            # headers are out: no error answer is possible, only a short body the client sees
+            log.error("blob %s in %s: %s; response cut short", digest, describe(extents), exc)
+            if request.transport is not None:
+                request.transport.abort()
+        return response
+
+    def _refuse_corrupt(self, digest: Digest) -> None:
+        if digest in self.corrupt:
+            raise APIError(
+                "UNKNOWN",
+                {"digest": str(digest)},
+                message=f"blob {digest.short} is corrupt in the served archive; "
+                "copy the archive again from the source media",
+            )
+
+    def _mismatch(self, digest: Digest, extents: Sequence[Extent], exc: IntegrityError) -> None:
+        where = describe(extents)
+        self.corrupt[digest] = where
+        log.error("corrupt blob %s in %s: %s; not served", digest, where, exc.message)
+
+    async def verify(self, digest: Digest, extents: list[Extent]) -> None:
+        """Hash the whole blob once (concurrent callers wait for the same pass)."""
+        lock = self._locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if digest not in self.verified and digest not in self.corrupt:
+                try:
+                    await asyncio.to_thread(_hash_extents, digest, extents)
+                except IntegrityError as exc:
+                    self._mismatch(digest, extents, exc)
+                else:
+                    self.verified.add(digest)
+        self._locks.pop(digest, None)
+        self._refuse_corrupt(digest)
+
+    async def _send_hashed(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        digest: Digest,
+        extents: list[Extent],
+    ) -> None:
+        """Stream through memory, hashing; the last chunk waits for the digest to match."""
+        self._streaming.add(digest)
+        try:
+            await self._stream_hashed(request, response, digest, extents)
+        finally:
+            self._streaming.discard(digest)
+
+    async def _stream_hashed(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        digest: Digest,
+        extents: list[Extent],
+    ) -> None:
+        hasher = Hasher(digest, sum(e.size for e in extents))
+        await response.prepare(request)
+        held: bytes | None = None
+        for extent in extents:
+            fd = await asyncio.to_thread(os.open, extent.path, os.O_RDONLY)
+            try:
+                done = 0
+                while done < extent.size:
+                    n = min(SERVE_READ, extent.size - done)
+                    chunk = await asyncio.to_thread(
+                        _pread_hashed, fd, n, extent.offset + done, hasher
+                    )
+                    if not chunk:
+                        break
+                    done += len(chunk)
+                    if held is not None:
+                        await response.write(held)
+                    held = chunk
+            finally:
+                os.close(fd)
+        try:
+            hasher.verify("blob")
+        except IntegrityError as exc:
+            self._mismatch(digest, extents, exc)
+            if request.transport is not None:
+                request.transport.abort()  # a short body: the client cannot take it as whole
+            return
+        if held is not None:
+            await response.write(held)
+        self.verified.add(digest)
+        await response.write_eof()
+
+
+def _pread_hashed(fd: int, n: int, offset: int, hasher: Hasher) -> bytes:
+    """Read and hash off the event loop (hashlib releases the GIL on big buffers)."""
+    chunk = os.pread(fd, n, offset)
+    hasher.update(chunk)
+    return chunk
+
+
+def _hash_extents(digest: Digest, extents: Sequence[Extent]) -> None:
+    hasher = Hasher(digest, sum(e.size for e in extents))
+    for extent in extents:
+        with open(extent.path, "rb") as handle:
+            fd = handle.fileno()
+            done = 0
+            while done < extent.size:
+                chunk = os.pread(fd, min(SERVE_READ, extent.size - done), extent.offset + done)
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                done += len(chunk)
+    hasher.verify("blob")
+
+
+async def _sendfile(
+    request: web.Request, response: web.StreamResponse, extents: Sequence[Extent]
+) -> None:
+    """Headers through aiohttp, then each run straight from its file (as FileResponse does)."""
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    for extent in extents:
+        if extent.size == 0:
+            continue  # count 0 would mean "to the end of the file"
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("connection lost")
+        handle = await asyncio.to_thread(open, extent.path, "rb")
+        try:
+            await loop.sendfile(transport, handle, extent.offset, extent.size)
+        finally:
+            handle.close()
+    await response.write_eof()
+
+
+def _etags(header: str | None) -> set[str]:
+    if not header:
+        return set()
+    return {part.strip().removeprefix("W/") for part in header.split(",")}

@@ -1,0 +1,200 @@
+"""Pure parts of `serve`: ranges, content negotiation, pagination, listen addresses, htpasswd,
+where a blob lies in split volumes, the served prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from harness.registry import make_htpasswd
+
+from transship.errors import StorageError, UsageError
+from transship.layout.reader import Extent
+from transship.layout.volumes import Volumes, split_archive
+from transship.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from transship.ops.archive import (
+    PREFIX_COMMON,
+    PREFIX_LEGACY,
+    PREFIX_NONE,
+    PREFIX_PLANNED,
+    ArchiveInfo,
+)
+from transship.serve.api import accepted_types, negotiate, page
+from transship.serve.archive import served_prefix, valid_name
+from transship.serve.auth import Htpasswd
+from transship.serve.blobs import RangeNotSatisfiable, parse_range, slice_extents
+from transship.serve.errors import APIError
+from transship.serve.server import Listen, Ready, tls_names, write_ready_file
+from transship.serve.tls import self_signed
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("bytes=0-9", (0, 9)),
+        ("bytes=5-", (5, 99)),
+        ("bytes=-10", (90, 99)),
+        ("bytes=-1000", (0, 99)),
+        ("bytes=90-5000", (90, 99)),
+        ("bytes=0-0", (0, 0)),
+        ("items=0-5", None),  # another unit: ignored
+        ("bytes=0-1,5-6", None),  # several ranges: the whole blob
+    ],
+)
+def test_parse_range(header: str | None, expected: tuple[int, int] | None) -> None:
+    assert parse_range(header, 100) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=9-1", "bytes=100-", "bytes=-0", "bytes=-", "bytes=a-b", "bytes=" + "1" * 20 + "-"],
+)
+def test_unsatisfiable_ranges(header: str) -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(header, 100)
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range("bytes=0-", 0)  # nothing to give from an empty blob
+
+
+def test_slice_extents_across_volumes() -> None:
+    runs = [Extent(Path("a"), 100, 10), Extent(Path("b"), 0, 20)]
+    assert slice_extents(runs, 0, 30) == runs
+    assert slice_extents(runs, 5, 10) == [Extent(Path("a"), 105, 5), Extent(Path("b"), 0, 5)]
+    assert slice_extents(runs, 12, 3) == [Extent(Path("b"), 2, 3)]
+
+
+def test_volume_extents(tmp_path: Path) -> None:
+    tar = tmp_path / "x.tar"
+    tar.write_bytes(bytes(range(256)) * 40)  # 10240 bytes
+    split_archive(tar, 4096)
+    volumes = Volumes(tmp_path / "x.tar.parts")
+    try:
+        runs = volumes.extents(4000, 5000)
+        assert [(r.path.name, r.offset, r.size) for r in runs] == [
+            ("x.tar.001", 4000, 96),
+            ("x.tar.002", 0, 4096),
+            ("x.tar.003", 0, 808),
+        ]
+        data = b"".join(r.path.read_bytes()[r.offset : r.offset + r.size] for r in runs)
+        assert data == volumes.pread(5000, 4000)
+    finally:
+        volumes.close()
+
+
+def test_content_negotiation_as_distribution() -> None:
+    assert accepted_types([]) is None
+    assert accepted_types(["*/*"]) is None
+    both = accepted_types([f"{OCI_MANIFEST}, {DOCKER_MANIFEST};q=0.5", OCI_INDEX])
+    assert both == {OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX}
+    assert accepted_types([f"{OCI_INDEX};q=0, {DOCKER_MANIFEST}"]) == {DOCKER_MANIFEST}
+    docker = frozenset({DOCKER_MANIFEST})
+    assert negotiate(OCI_INDEX, None, True) == "stored"
+    assert negotiate(DOCKER_MANIFEST_LIST, docker, True) == "platform"
+    assert negotiate(DOCKER_MANIFEST_LIST, docker, False) == "stored"  # by digest: as stored
+    for stored in (OCI_MANIFEST, OCI_INDEX):
+        with pytest.raises(APIError) as caught:
+            negotiate(stored, docker, True)
+        assert caught.value.code == "MANIFEST_UNKNOWN" and caught.value.status == 404
+
+
+def test_pagination() -> None:
+    tags = [f"t{i}" for i in range(5)]
+    assert page(tags, None, None, None) == (tags, False, None)
+    assert page(tags, "2", None, None) == (["t0", "t1"], True, 2)
+    assert page(tags, "2", "t3", None) == (["t4"], False, 2)
+    assert page(tags, "0", None, None) == ([], False, 0)
+    assert page(tags, "9" * 18, None, None) == (tags, False, 10**18 - 1)
+    for bad in ("-1", "x", "9" * 20, ""):
+        with pytest.raises(APIError) as caught:
+            page(tags, bad, None, None)
+        assert caught.value.code == "PAGINATION_NUMBER_INVALID"
+
+
+def test_listen_and_certificate_names() -> None:
+    assert Listen.parse("5000") == Listen("127.0.0.1", 5000)
+    assert Listen.parse("[::1]:5001") == Listen("::1", 5001)
+    assert Listen.parse("localhost:5000").loopback
+    assert not Listen.parse("0.0.0.0:5000").loopback
+    assert not Listen.parse("10.0.0.5:5000").loopback
+    for bad in ("nohost", "host:port", "1.2.3.4:70000", ":5000"):
+        with pytest.raises(UsageError):
+            Listen.parse(bad)
+    assert tls_names(Listen("10.0.0.5", 5000), ["reg.lab"]) == ["10.0.0.5", "reg.lab"]
+    assert tls_names(Listen("127.0.0.1", 5000), []) == ["127.0.0.1", "localhost"]
+
+
+def test_served_prefix_and_names() -> None:
+    assert served_prefix(ArchiveInfo("harbor.corp/tkg-1.5")) == "tkg-1.5"
+    assert served_prefix(ArchiveInfo("harbor.corp:8443/a/b")) == "a/b"
+    assert served_prefix(ArchiveInfo("archive.local")) == ""
+    assert served_prefix(ArchiveInfo()) == ""
+    # each origin the archive records: a planned or common prefix is served, a placeholder not
+    for origin in (PREFIX_PLANNED, PREFIX_COMMON, PREFIX_LEGACY):
+        assert served_prefix(ArchiveInfo("harbor.corp/tkg", prefix_origin=origin)) == "tkg"
+    assert served_prefix(ArchiveInfo("archive.local/x", prefix_origin=PREFIX_NONE)) == ""
+    assert served_prefix(ArchiveInfo("harbor.corp/tkg", recorded=False)) == ""
+    assert valid_name("tkg/antrea") and valid_name("a__b/c-d.e")
+    for bad in ("", "A", "a/../b", "a//b", "/a", "a/", "a" * 256, "a/%2e"):
+        assert not valid_name(bad), bad
+
+
+def test_htpasswd(tmp_path: Path) -> None:
+    path = make_htpasswd(tmp_path / "htpasswd", {"alice": "s3cret-Pa55", "bob": "other"})
+    auth = Htpasswd.load(path)
+
+    def header(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    async def check() -> None:
+        assert await auth.require(header("alice", "s3cret-Pa55")) == "alice"
+        assert await auth.require(header("alice", "s3cret-Pa55")) == "alice"  # remembered
+        for bad in (
+            header("alice", "wrong-password"),
+            header("carol", "s3cret-Pa55"),
+            "Bearer abc",
+            "Basic !!!",
+            None,
+        ):
+            with pytest.raises(APIError) as caught:
+                await auth.require(bad)
+            assert caught.value.status == 401
+
+    asyncio.run(check())
+    weak = tmp_path / "weak"
+    weak.write_text("# users\nalice:$apr1$abc$def\n")
+    with pytest.raises(UsageError, match=f"{weak}:2: .*htpasswd -B"):
+        Htpasswd.load(weak)
+
+
+def test_error_body_is_the_spec_form() -> None:
+    response = APIError("BLOB_UNKNOWN", {"digest": "sha256:x"}).response()
+    assert response.status == 404
+    assert response.body is not None
+    doc = json.loads(bytes(response.body))  # type: ignore[arg-type]
+    assert doc == {
+        "errors": [
+            {
+                "code": "BLOB_UNKNOWN",
+                "message": "blob unknown to registry",
+                "detail": {"digest": "sha256:x"},
+            }
+        ]
+    }
+
+
+def test_local_writes_that_fail_are_storage_errors(tmp_path: Path) -> None:
+    """A TLS directory or ready file that cannot be written is local I/O, not bad usage."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="--tls-self-signed") as caught:
+        self_signed(blocker / "certs", ["localhost"])
+    assert not isinstance(caught.value, UsageError)
+    ready = Ready("127.0.0.1:5000", "http://127.0.0.1:5000", "127.0.0.1:5000/tkg", 1, 1)
+    with pytest.raises(StorageError, match="--ready-file"):
+        write_ready_file(blocker / "ready.json", ready, None)
+    write_ready_file(tmp_path / "ready.json", ready, None)
+    assert json.loads((tmp_path / "ready.json").read_text())["repository"] == "127.0.0.1:5000/tkg"
