@@ -34,6 +34,7 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
+from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars
 from transship.connect import RegistryPool, SideSettings, tkg_dest_defaults
 from transship.digest import Digest
 from transship.engine import TaskResult
@@ -193,19 +194,34 @@ def _existing_parent(path: Path) -> Path:
 
 
 @click.command()
-@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("archive", type=click.Path(path_type=Path), required=False)
 @click.option(
     "--dest",
     "dest_prefix",
     envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
     metavar="PREFIX",
-    help="Registry/project to load into; each image keeps its path below it.",
+    help="Registry/project to load into; each image keeps its path below it "
+    "(for one imgpkg tar: the repository, as imgpkg's --to-repo).",
+)
+@click.option(
+    "--script",
+    "fromtar_script",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Load the imgpkg tars of a publish-images-fromtar.sh, as one plan.",
+)
+@click.option(
+    "--tars",
+    "tars_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="With --script: where its tars are (default: beside the script).",
 )
 @side_options("dest", "destination")
 @push_options
 def load(
-    archive: Path,
+    archive: Path | None,
     dest_prefix: str | None,
+    fromtar_script: Path | None,
+    tars_dir: Path | None,
     parallel: int,
     report: Path | None,
     lock_output: Path | None,
@@ -214,9 +230,28 @@ def load(
     quiet: bool,
     **kwargs: Any,
 ) -> int:
-    """Push everything in ARCHIVE (layout directory or tar) to a registry, under --dest."""
+    """Push everything in ARCHIVE to a registry, under --dest.
+
+    ARCHIVE: an OCI layout directory or tar (transship save), an imgpkg tar (imgpkg copy
+    --to-tar), or a download-bundle directory (publish-images-fromtar.yaml); or give --script
+    publish-images-fromtar.sh. Sets of imgpkg tars load as one plan, each blob sent once.
+    """
     setup_logging(verbose, quiet)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
+    # -- imgpkg tars (transship.imgpkg): handled apart, OCI archives fall through ----------
+    targets = imgpkg_targets(archive, fromtar_script, tars_dir, dest_prefix)
+    if targets is not None:
+        return load_imgpkg_tars(
+            targets,
+            dest_settings,
+            parallel=parallel,
+            report=report,
+            lock_output=lock_output,
+            preflight=preflight,
+            quiet=quiet,
+        )
+    assert archive is not None
+    # -- end imgpkg tars --------------------------------------------------------------------
     layout = open_archive(archive)
     info = ArchiveInfo.read(layout)
     layout.base_name = info.base

@@ -153,6 +153,11 @@ class ImgpkgTar(LayoutReader):
     def _pread(self, n: int, offset: int) -> bytes:
         return os.pread(self._fd, n, offset)
 
+    def release(self) -> None:
+        """Close the file now (synchronous: for error paths outside the event loop)."""
+        self._closed = True
+        self._release()
+
     def _release(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
