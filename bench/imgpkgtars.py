@@ -1,0 +1,165 @@
+"""The vendor's air-gap shape, measured: a TKG-shaped set of imgpkg tars (one per reference, as
+`gen-publish-images-totar.sh` and `download-bundle` write them) loaded into a fresh registry,
+against a `transship load` of the equivalent OCI archive. Run by hand (never in CI):
+
+    .venv/bin/python bench/imgpkgtars.py [--scale 0.5] [--workdir /dev/shm]
+
+Same corpus as bench/run.py (`--walk release`, 189 references). The tars are written by
+transship's imgpkg tar writer (`transship.imgpkg.tarwriter`, byte-identical to imgpkg v0.36 on
+the fixtures) from the upstream registry: an image or index per tar, a bundle tar holds the
+bundle and every image it locks (nested bundles too), like `imgpkg copy -b --to-tar`. A
+`publish-images-fromtar.yaml` maps each tar to its repository path. Bytes sent are the sizes
+of the blob uploads the destination's access log shows completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench"), str(ROOT / "src")]
+
+from corpus import Corpus, build_corpus, push_corpus, write_outputs  # noqa: E402
+from harness.registry import RegistryProcess  # noqa: E402
+
+from transship.imgpkg.tarball import ROOT_BUNDLE_LABEL  # noqa: E402
+from transship.imgpkg.tarwriter import TarSource, write_imgpkg_tar  # noqa: E402
+from transship.remote.registry import Registry, RegistryOptions  # noqa: E402
+
+TRANSSHIP = str(ROOT / ".venv" / "bin" / "transship")
+
+
+def tar_name(repository: str, tag: str) -> str:
+    """TKG's naming: the image path with `/` and `:` replaced by `-`, then `.tar`."""
+    return f"{repository.replace('/', '-')}-{tag}.tar"
+
+
+async def write_tars(corpus: Corpus, host: str, out: Path, parallel: int = 8) -> dict[str, str]:
+    """One tar per reference; returns {tar file name: repository path} (the fromtar YAML)."""
+    registry = Registry(host, RegistryOptions(plain_http=True))
+    listing: dict[str, str] = {}
+    limit = asyncio.Semaphore(parallel)
+
+    async def one(ref: object) -> None:
+        from corpus import CorpusRef
+
+        assert isinstance(ref, CorpusRef)
+        base = f"{host}/{ref.repository}"
+        sources = [
+            TarSource(
+                registry,
+                ref.repository,
+                ref.tag,
+                base,
+                tag=ref.tag,
+                labels=((ROOT_BUNDLE_LABEL, ""),) if ref.kind == "bundle" else (),
+            )
+        ]
+        for image in ref.closure() if ref.kind == "bundle" else []:
+            sources.append(
+                TarSource(
+                    registry,
+                    image.repository,
+                    image.digest,
+                    f"{host}/{image.repository}",
+                    orig_ref=f"{host}/{image.repository}@{image.digest}",
+                )
+            )
+        name = tar_name(ref.repository, ref.tag)
+        async with limit:
+            await write_imgpkg_tar(out / name, sources)
+        listing[name] = ref.repository
+
+    try:
+        await asyncio.gather(*(one(ref) for ref in corpus.refs))
+    finally:
+        await registry.close()
+    return listing
+
+
+def run(args: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([TRANSSHIP, *args, "-q"], env=env, check=True)
+    return time.perf_counter() - start
+
+
+def sent_bytes(registry: RegistryProcess, sizes: dict[str, int]) -> int:
+    total = 0
+    for entry in registry.blob_uploads():
+        digest = entry.path.split("digest=", 1)[-1].split("&", 1)[0].replace("%3A", ":")
+        total += sizes.get(digest, 0)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=0.5)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-imgpkgtars-", dir=args.workdir))
+    corpus = build_corpus("release", args.scale)
+    unique = corpus.totals()["unique_bytes"]
+    sizes = {digest: blob.size for digest, blob in corpus.blobs.items()}
+    env = {**os.environ, "DOCKER_CONFIG": str(work)}
+    rows: list[tuple[str, float, str]] = []
+    try:
+        with RegistryProcess(work / "upstream", "plain") as upstream:
+            push_corpus(upstream, corpus)
+            images, _doc = write_outputs(corpus, upstream.host, work / "corpus")
+            tars = work / "tars"
+            tars.mkdir()
+            start = time.perf_counter()
+            listing = asyncio.run(write_tars(corpus, upstream.host, tars))
+            took = time.perf_counter() - start
+            (tars / "publish-images-fromtar.yaml").write_text(
+                "".join(f"{name}: {path}\n" for name, path in sorted(listing.items()))
+            )
+            held = sum(p.stat().st_size for p in tars.glob("*.tar"))
+            rows.append(
+                (
+                    f"write {len(listing)} imgpkg tars",
+                    took,
+                    f"tars hold {held / 1e6:.0f} MB = {held / unique:.2f} × unique bytes",
+                )
+            )
+            archive = work / "tkg.tar"
+            run(["save", "--images", str(images), "-o", str(archive)], env)
+        with RegistryProcess(work / "oci", "plain") as dest:
+            seconds = run(["load", str(archive), "--dest", f"{dest.host}/tkg"], env)
+            sent = sent_bytes(dest, sizes)
+            rows.append(
+                ("load OCI archive", seconds, f"sent {sent / 1e6:.0f} MB = {sent / unique:.3f}×")
+            )
+            oci_seconds = seconds
+        with RegistryProcess(work / "fromtar", "plain") as dest:
+            seconds = run(["load", str(tars), "--dest", f"{dest.host}/tkg"], env)
+            sent = sent_bytes(dest, sizes)
+            rows.append(
+                (
+                    "load imgpkg tars (download-bundle dir)",
+                    seconds,
+                    f"sent {sent / 1e6:.0f} MB = {sent / unique:.3f}× unique; "
+                    f"{seconds / oci_seconds:.2f}× the OCI load time",
+                )
+            )
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"corpus: {len(corpus.refs)} refs, {unique / 1e6:.1f} MB unique, scale {args.scale}")
+    print("| step | wall s | note |")
+    print("| --- | ---: | --- |")
+    for name, seconds, note in rows:
+        print(f"| {name} | {seconds:.2f} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
