@@ -214,3 +214,59 @@ def test_a_damaged_tar_fails_alone(cli: CLI, make_registry, skopeo: Skopeo, tmp_
     assert not reg.has_blob(
         "sha256:11d9617bb5ca99bc8d77c7e5c2a8d408b6b5c784be8e5937d258f81c880ef808"
     )
+
+
+def test_save_as_imgpkg_tars_then_load_them(
+    cli: CLI, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """save --format imgpkg-tars writes the vendor's layout; reading it back gives the same
+    digests, bundle relocation included."""
+    upstream: RegistryProcess = make_registry("plain")
+    for name, repo in (("image-app-a", "src/app-a"), ("bundle-app-bundle", "src/app-bundle")):
+        out = cli("load", str(FIXTURES / f"{name}.tar"), "--dest", f"{upstream.host}/{repo}", "-q")
+        assert out.code == 0, out.err
+    images = tmp_path / "images.txt"
+    images.write_text(f"{upstream.host}/src/app-a:v1.0.0\n{upstream.host}/src/app-bundle:v0.1.0\n")
+    media = tmp_path / "media"
+    args = ["save", "--images", str(images), "--dest", "air.example/tkg", "-o", str(media)]
+    out = cli(*args, "--format", "imgpkg-tars", "-q")
+    assert out.code == 0, out.err
+    assert sorted(p.name for p in media.glob("*.tar")) == [
+        "src-app-a-v1.0.0.tar",
+        "src-app-bundle-v0.1.0.tar",
+    ]
+    assert (media / "publish-images-fromtar.yaml").read_text() == (
+        "src-app-a-v1.0.0.tar: src/app-a\nsrc-app-bundle-v0.1.0.tar: src/app-bundle\n"
+    )
+    script = (media / "publish-images-fromtar.sh").read_text()
+    assert "imgpkg copy --tar src-app-a-v1.0.0.tar --to-repo air.example/tkg/src/app-a\n" in script
+    # a rerun keeps the finished tars
+    before = {p.name: p.stat().st_mtime_ns for p in media.glob("*.tar")}
+    assert cli(*args, "--format", "imgpkg-tars", "-q").code == 0
+    assert {p.name: p.stat().st_mtime_ns for p in media.glob("*.tar")} == before
+    # the other side: upload-bundle's way in, through the YAML
+    dest: RegistryProcess = make_registry("plain")
+    out = cli("load", str(media), "--dest", f"{dest.host}/tkg", "-q")
+    assert out.code == 0, out.err
+    assert skopeo.digest(dest, "tkg/src/app-a:v1.0.0") == APP_A
+    assert skopeo.digest(dest, "tkg/src/app-bundle:v0.1.0") == BUNDLE
+    for image in (APP_A, APP_B):
+        assert skopeo.digest(dest, f"tkg/src/app-bundle@{image}") == image
+
+
+async def test_completeness_check_catches_a_missing_tag(plain_registry: RegistryProcess) -> None:
+    from transship.engine import CopyTask, TaskResult
+    from transship.imgpkg.fromtar import IncompleteError, check_complete
+    from transship.imgpkg.tarball import ImgpkgTar
+    from transship.remote.registry import Registry, RegistryOptions
+
+    tar = ImgpkgTar(FIXTURES / "image-app-a.tar")
+    registry = Registry(plain_registry.host, RegistryOptions(plain_http=True))
+    try:
+        task = CopyTask(tar, "", APP_A, registry, "complete/never-pushed", ("v1.0.0",))
+        (result,) = await check_complete([TaskResult(task, "copied", tar.items[0].digest)])
+        assert result.status == "failed" and isinstance(result.error, IncompleteError)
+        assert "v1.0.0 is missing" in str(result.error)
+    finally:
+        await registry.close()
+        await tar.close()

@@ -34,7 +34,7 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
-from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars
+from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars, save_imgpkg_tars
 from transship.connect import RegistryPool, SideSettings, tkg_dest_defaults
 from transship.digest import Digest
 from transship.engine import TaskResult
@@ -79,6 +79,15 @@ PARTIAL_SUFFIX = ".partial"
     help="Leave signatures, attestations and referrers behind (saved by default).",
 )
 @click.option("--dry-run", is_flag=True, help="Only print the bytes to write and check free disk.")
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["oci", "imgpkg-tars"]),
+    default="oci",
+    show_default=True,
+    help="imgpkg-tars: -o DIR gets one imgpkg tar per image plus publish-images-fromtar.yaml/.sh "
+    "(for upload-bundle).",
+)
 @click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
 @click.option("-v", "--verbose", count=True)
@@ -93,6 +102,7 @@ def save(
     since: Path | None,
     no_attachments: bool,
     dry_run: bool,
+    out_format: str,
     parallel: int,
     report: Path | None,
     verbose: int,
@@ -111,7 +121,9 @@ def save(
     if plan is None:
         raise UsageError("save needs one of --plan, --images or --script")
     src_settings = side_settings("src", kwargs, parallel)
-    is_tar = output.suffix == ".tar"
+    if out_format == "imgpkg-tars" and (split_size or since or dry_run):
+        raise UsageError("--format imgpkg-tars takes none of --split-size, --since, --dry-run")
+    is_tar = output.suffix == ".tar" and out_format == "oci"
     part_size = parse_size(split_size) if split_size else None
     if part_size and not is_tar:
         raise UsageError("--split-size needs -o FILE.tar")
@@ -135,6 +147,8 @@ def save(
         info = ArchiveInfo.for_plan(plan, prefix)
         if base is not None:
             info = replace(info, base=since.name if since else None)
+        if out_format == "imgpkg-tars":  # transship.commands.imgpkgtar
+            return await save_imgpkg_tars(plan, info.prefix, sources.get, output, quiet, held_back)
         if dry_run:
             existing = OCILayout(layout_dir, writable=False) if layout_dir.exists() else base
             if existing is not None and base is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ from transship.commands.common import (
     write_report,
 )
 from transship.connect import RegistryPool, SideSettings
-from transship.engine import TaskResult
+from transship.engine import CopyTask, TaskResult
 from transship.errors import UsageError
 from transship.fsutil import write_atomic
 from transship.generated import GeneratedEndpoint
 from transship.imgpkg.fromtar import (
+    FROMTAR_YAML,
     TarLoad,
     TarTarget,
     check_complete,
@@ -39,7 +41,11 @@ from transship.imgpkg.fromtar import (
     targets_from_directory,
     targets_from_script,
 )
+from transship.imgpkg.totar import FROMTAR_SCRIPT, tar_jobs, write_tar_set
+from transship.plan.model import Plan, PlanEntry
 from transship.progress import human_bytes
+from transship.reference import Reference
+from transship.relocate import EndpointFor
 from transship.relocate import preflight as check_destinations
 
 
@@ -184,3 +190,57 @@ def plan_imgpkg_tars(
         for tar in load.tars:
             tar.release()
     return 0
+
+
+async def save_imgpkg_tars(
+    plan: Plan,
+    prefix: str,
+    source_for: EndpointFor,
+    out_dir: Path,
+    quiet: bool,
+    held_back: Sequence[PlanEntry] = (),
+) -> list[TaskResult]:
+    """`save --format imgpkg-tars`: one imgpkg tar per entry, plus the from-tar YAML and
+    script; one result per tar (and a failure per bundle that could not be expanded), so the
+    exit code is `save`'s."""
+    if out_dir.suffix == ".tar":
+        raise UsageError(f"{out_dir}: --format imgpkg-tars writes a directory of tars")
+    jobs = tar_jobs(plan, prefix, source_for)
+    written = await write_tar_set(jobs, out_dir, prefix)
+    where = GeneratedEndpoint(label=f"imgpkg-tars:{out_dir}")
+    results = []
+    for job, error in written:
+        source = job.sources[0]
+        task = CopyTask(
+            source=source.endpoint,
+            source_repository=source.repository,
+            source_identifier=source.identifier,
+            dest=where,
+            dest_repository=job.relative,
+            label=f"{job.entry.source} -> {out_dir / job.name}",
+            source_label=job.entry.source,
+            dest_label=str(out_dir / job.name),
+        )
+        results.append(TaskResult(task, "failed" if error else "copied", error=error))
+    for entry in held_back:  # never written thin: counted as failed
+        ref = Reference.parse(entry.source)
+        task = CopyTask(
+            source=source_for(ref.registry),
+            source_repository=ref.repository,
+            source_identifier=ref.identifier,
+            dest=where,
+            dest_repository=entry.destination,
+            label=entry.source,
+        )
+        error = UsageError(f"bundle {entry.source} could not be expanded")
+        results.append(TaskResult(task, "failed", error=error))
+    if not quiet:
+        failed = sum(1 for r in results if r.status == "failed")
+        Console(stderr=True).print(
+            f"wrote {len(jobs) - failed} of {len(jobs)} imgpkg tars, {FROMTAR_YAML} and "
+            f"{FROMTAR_SCRIPT} to {out_dir}"
+        )
+        for result in results:
+            if result.error is not None:
+                print(f"transship: error: {result.error}", file=sys.stderr)
+    return results

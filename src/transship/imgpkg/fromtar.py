@@ -332,8 +332,8 @@ def _byte_counts(tars: Sequence[ImgpkgTar]) -> tuple[int, int]:
 
 
 async def check_complete(results: Sequence[TaskResult], parallel: int = 16) -> list[TaskResult]:
-    """Look every pushed manifest up again at the destination, under each tag and by digest;
-    a result whose content is not all there becomes a failure (exit code 9, incomplete)."""
+    """Look every pushed manifest up again at the destination, under each tag (by digest if it
+    has none); a result whose content is not all there becomes a failure (9, incomplete)."""
     limit = asyncio.Semaphore(parallel)
 
     async def check(result: TaskResult) -> TaskResult:
@@ -341,7 +341,8 @@ async def check_complete(results: Sequence[TaskResult], parallel: int = 16) -> l
             return result
         task = result.task
         async with limit:
-            for identifier in (str(result.digest), *task.dest_tags):
+            # a tag that names the digest proves the manifest is there: by digest only untagged
+            for identifier in task.dest_tags or (str(result.digest),):
                 try:
                     found = await task.dest.head_manifest(task.dest_repository, identifier)
                 except TransshipError as exc:
