@@ -270,3 +270,79 @@ async def test_completeness_check_catches_a_missing_tag(plain_registry: Registry
     finally:
         await registry.close()
         await tar.close()
+
+
+def _uploaded_digests(reg: RegistryProcess, since: int = 0) -> set[str]:
+    from urllib.parse import unquote
+
+    out = set()
+    for entry in reg.blob_uploads(since=since):
+        out.add(unquote(entry.path.split("digest=", 1)[1].split("&", 1)[0]))
+    return out
+
+
+def test_killed_load_of_a_tar_set_resumes_without_sending_again(
+    make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """Tars written by transship's writer at some scale: twelve images sharing a 3 MB base,
+    one tar each (so the base is in every tar); kill -9 mid-load, then run again."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from harness.seed import SeedClient, build_images_sharing_base
+
+    from transship.imgpkg.tarwriter import TarSource, write_imgpkg_tar
+    from transship.remote.registry import Registry, RegistryOptions
+
+    upstream: RegistryProcess = make_registry("plain")
+    client = SeedClient.for_registry(upstream)
+    images = build_images_sharing_base(
+        7, 12, fmt="docker", base_sizes=(3_000_000,), layer_sizes=(300_000,)
+    )
+    for i, image in enumerate(images):
+        client.push_image(f"kill/app{i}", image, "v1")
+    media = tmp_path / "media"
+
+    async def write() -> None:
+        registry = Registry(upstream.host, RegistryOptions(plain_http=True))
+        try:
+            for i in range(len(images)):
+                source = TarSource(
+                    registry, f"kill/app{i}", "v1", f"{upstream.host}/kill/app{i}", tag="v1"
+                )
+                await write_imgpkg_tar(media / f"kill-app{i}-v1.tar", [source])
+        finally:
+            await registry.close()
+
+    asyncio.run(write())
+    (media / "publish-images-fromtar.yaml").write_text(
+        "".join(f"kill-app{i}-v1.tar: kill/app{i}\n" for i in range(len(images)))
+    )
+    held = sum(p.stat().st_size for p in media.glob("*.tar"))
+    unique = sum({b.digest: b.size for im in images for b in im.pushable_blobs}.values())
+    assert held > 3 * unique  # the set holds the shared base a dozen times
+
+    dest: RegistryProcess = make_registry("plain")
+    args = [sys.executable, "-m", "transship", "load", str(media), "--dest", f"{dest.host}/air"]
+    args += ["-q", "--parallel", "2"]
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not dest.blob_uploads():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _uploaded_digests(dest)
+    assert before and len(before) < len({b.digest for im in images for b in im.pushable_blobs})
+    mark = dest.log_offset()
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    after = _uploaded_digests(dest, since=mark)
+    assert not before & after, "a blob that had landed was sent again"
+    assert len(before | after) == len({b.digest for im in images for b in im.pushable_blobs})
+    for i, image in enumerate(images):
+        assert skopeo.digest(dest, f"air/kill/app{i}:v1") == image.digest

@@ -206,6 +206,7 @@ class ImgpkgTar(LayoutReader):
                     f"{found[1]} bytes, {where} says {expected}"
                 )
         self.items = parsed.items
+        self._by_digest = {item.digest: item for item in self.items}
         self._memory = parsed.memory
         self._index = LayoutIndex.empty()
         for item in self.items:
@@ -214,10 +215,7 @@ class ImgpkgTar(LayoutReader):
 
     def item(self, digest: Digest) -> TarItem | None:
         """The top-level item with this manifest digest, if any."""
-        for item in self.items:
-            if item.digest == digest:
-                return item
-        return None
+        return self._by_digest.get(digest)
 
     def layer_bytes(self) -> int:
         """Bytes of every layer member the manifests use: what a load reads at most."""
