@@ -346,3 +346,18 @@ def test_killed_load_of_a_tar_set_resumes_without_sending_again(
     assert len(before | after) == len({b.digest for im in images for b in im.pushable_blobs})
     for i, image in enumerate(images):
         assert skopeo.digest(dest, f"air/kill/app{i}:v1") == image.digest
+
+
+def test_a_tampered_tar_is_one_error_line(cli: CLI, tmp_path: Path) -> None:
+    with tarfile.open(FIXTURES / "image-app-a.tar") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]  # type: ignore[union-attr]
+    info, data = members[0]
+    members[0] = (info, data.replace(b'\\"size\\":146', b'\\"size\\":147'))
+    path = tmp_path / "tampered.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as out:
+        for member, content in members:
+            member.size = len(content)
+            out.addfile(member, io.BytesIO(content))
+    result = cli("load", str(path), "--dest", "127.0.0.1:1/never")
+    assert result.code == ExitCode.INTEGRITY
+    assert "tampered.tar" in result.error_line and "bytes hash to" in result.error_line
