@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -86,10 +87,19 @@ async def write_tars(corpus: Corpus, host: str, out: Path, parallel: int = 8) ->
     return listing
 
 
-def run(args: list[str], env: dict[str, str]) -> float:
+CPU: dict[str, list[float]] = {}
+
+
+def run(args: list[str], env: dict[str, str], kind: str = "") -> float:
+    """Wall seconds of one transship run; its CPU seconds (user + sys) go to CPU[kind]."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([TRANSSHIP, *args, "-q"], env=env, check=True)
-    return time.perf_counter() - start
+    took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    CPU.setdefault(kind, []).append(cpu)
+    return took
 
 
 def sent_bytes(registry: RegistryProcess, sizes: dict[str, int]) -> int:
@@ -143,7 +153,7 @@ def main() -> None:
             for kind, source in (("oci", archive), ("tars", tars)):
                 with RegistryProcess(work / f"{kind}-{round_}", "plain") as dest:
                     times[kind].append(
-                        run(["load", str(source), "--dest", f"{dest.host}/tkg"], env)
+                        run(["load", str(source), "--dest", f"{dest.host}/tkg"], env, kind)
                     )
                     sent[kind] = sent_bytes(dest, sizes)
                 shutil.rmtree(work / f"{kind}-{round_}", ignore_errors=True)
@@ -154,7 +164,8 @@ def main() -> None:
                 "load OCI archive (median)",
                 oci,
                 f"sent {sent['oci'] / 1e6:.0f} MB = {sent['oci'] / unique:.3f}× unique; "
-                f"runs {', '.join(f'{t:.1f}' for t in times['oci'])}",
+                f"runs {', '.join(f'{t:.1f}' for t in times['oci'])}; transship CPU s "
+                f"{statistics.median(CPU['oci']):.1f}",
             )
         )
         rows.append(
@@ -163,7 +174,8 @@ def main() -> None:
                 fromtar,
                 f"sent {sent['tars'] / 1e6:.0f} MB = {sent['tars'] / unique:.3f}× unique; "
                 f"{fromtar / oci:.2f}× the OCI load time; "
-                f"runs {', '.join(f'{t:.1f}' for t in times['tars'])}",
+                f"runs {', '.join(f'{t:.1f}' for t in times['tars'])}; transship CPU s "
+                f"{statistics.median(CPU['tars']):.1f}",
             )
         )
     finally:

@@ -266,7 +266,7 @@ async def test_completeness_check_catches_a_missing_tag(plain_registry: Registry
         task = CopyTask(tar, "", APP_A, registry, "complete/never-pushed", ("v1.0.0",))
         (result,) = await check_complete([TaskResult(task, "copied", tar.items[0].digest)])
         assert result.status == "failed" and isinstance(result.error, IncompleteError)
-        assert "v1.0.0 is missing" in str(result.error)
+        assert "tag v1.0.0 is missing" in str(result.error)
     finally:
         await registry.close()
         await tar.close()

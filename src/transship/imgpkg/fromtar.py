@@ -332,27 +332,41 @@ def _byte_counts(tars: Sequence[ImgpkgTar]) -> tuple[int, int]:
 
 
 async def check_complete(results: Sequence[TaskResult], parallel: int = 16) -> list[TaskResult]:
-    """Look every pushed manifest up again at the destination, under each tag (by digest if it
-    has none); a result whose content is not all there becomes a failure (9, incomplete)."""
+    """Ask the destination again, after the run, whether everything pushed is there: one tag
+    listing per repository (every planned tag must be listed), a HEAD by digest for what has no
+    tag. A result whose content is not all there becomes a failure (9, incomplete).
+
+    One request per repository rather than one per tag: on a busy registry the check must not
+    cost as much as the load."""
     limit = asyncio.Semaphore(parallel)
+    groups: dict[tuple[int, str], list[TaskResult]] = {}
+    for result in results:
+        if result.status != "failed" and result.digest is not None:
+            key = (id(result.task.dest), result.task.dest_repository)
+            groups.setdefault(key, []).append(result)
+    checked: dict[int, TaskResult] = {}
 
-    async def check(result: TaskResult) -> TaskResult:
-        if result.status == "failed" or result.digest is None:
-            return result
-        task = result.task
+    def incomplete(result: TaskResult, what: str) -> TaskResult:
+        error = IncompleteError(f"{result.task.dest_label}: after the load, {what}")
+        return replace(result, status="failed", error=error)
+
+    async def check(group: list[TaskResult]) -> None:
+        dest, repository = group[0].task.dest, group[0].task.dest_repository
         async with limit:
-            # a tag that names the digest proves the manifest is there: by digest only untagged
-            for identifier in task.dest_tags or (str(result.digest),):
-                try:
-                    found = await task.dest.head_manifest(task.dest_repository, identifier)
-                except TransshipError as exc:
-                    return replace(result, status="failed", error=exc)
-                if found is None or found.digest != result.digest:
-                    error = IncompleteError(
-                        f"{task.dest_label}: after the load, {identifier} is "
-                        f"{'missing' if found is None else found.digest.short} at the destination"
-                    )
-                    return replace(result, status="failed", error=error)
-        return result
+            try:
+                listed = set(await dest.list_tags(repository))
+            except TransshipError as exc:
+                for result in group:
+                    checked[id(result)] = replace(result, status="failed", error=exc)
+                return
+            for result in group:
+                missing = [t for t in result.task.dest_tags if t not in listed]
+                if missing:
+                    checked[id(result)] = incomplete(result, f"tag {missing[0]} is missing")
+                elif not result.task.dest_tags:
+                    found = await dest.head_manifest(repository, str(result.digest))
+                    if found is None or found.digest != result.digest:
+                        checked[id(result)] = incomplete(result, f"{result.digest} is missing")
 
-    return list(await asyncio.gather(*(check(r) for r in results)))
+    await asyncio.gather(*(check(group) for group in groups.values()))
+    return [checked.get(id(result), result) for result in results]
