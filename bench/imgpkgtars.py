@@ -156,7 +156,8 @@ def main() -> None:
                         run(["load", str(source), "--dest", f"{dest.host}/tkg"], env, kind)
                     )
                     sent[kind] = sent_bytes(dest, sizes)
-                shutil.rmtree(work / f"{kind}-{round_}", ignore_errors=True)
+                if not args.keep:
+                    shutil.rmtree(work / f"{kind}-{round_}", ignore_errors=True)
         oci = statistics.median(times["oci"])
         fromtar = statistics.median(times["tars"])
         rows.append(
