@@ -361,3 +361,18 @@ def test_a_tampered_tar_is_one_error_line(cli: CLI, tmp_path: Path) -> None:
     result = cli("load", str(path), "--dest", "127.0.0.1:1/never")
     assert result.code == ExitCode.INTEGRITY
     assert "tampered.tar" in result.error_line and "bytes hash to" in result.error_line
+
+
+def test_download_bundle_yaml_cannot_climb_out_of_the_prefix(cli: CLI, tmp_path: Path) -> None:
+    directory = _set_dir(tmp_path)
+    (directory / "publish-images-fromtar.yaml").write_text("image-app-a.tar: ../../other/x\n")
+    out = cli("plan", "imgpkg-tars", str(directory), "--dest", "r.example/tkg")
+    assert out.code == ExitCode.USAGE
+    assert "climbs out of the destination prefix" in out.error_line
+    (directory / "publish-images-fromtar.yaml").write_text("image-app-a.tar: /app/a\n")
+    listing = tmp_path / "p.json"
+    out = cli("plan", "imgpkg-tars", str(directory), "--dest", "r.example/tkg", "-o", str(listing))
+    assert out.code == 0, out.err
+    assert {p["destination"] for p in json.loads(listing.read_text())["push"]} == {
+        "r.example/tkg/app/a"
+    }

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transship.digest import Digest
@@ -147,8 +147,11 @@ def targets_from_directory(directory: Path, dest_prefix: str | None) -> list[Tar
     targets = []
     for tar_name, node in root.items():
         where = f"{listing}: {tar_name}"
-        path = node.string()
-        joined = posixpath.normpath(posixpath.join(dest_prefix.strip(), path.strip()))
+        path = node.string().strip().strip("/")
+        if ".." in path.split("/"):
+            raise node.error(f"{path!r} climbs out of the destination prefix; refusing")
+        # Go's filepath.Join: a leading '/' does not reset the path, '//' collapses
+        joined = posixpath.normpath(f"{dest_prefix.strip().rstrip('/')}/{path}")
         tar = _find_tar(tar_name, directory, where, f"it is listed in {FROMTAR_YAML}")
         targets.append(TarTarget(tar, _repository(joined, where), where))
     if not targets:
@@ -194,7 +197,6 @@ class TarLoad:
     rows: list[Row]
     stored_bytes: int = 0  # every blob and manifest of every tar, counted per tar
     unique_bytes: int = 0  # the same, each digest once: what a full load sends at most
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def saved_bytes(self) -> int:
