@@ -94,8 +94,18 @@ def run(args: list[str], env: dict[str, str], kind: str = "") -> float:
     """Wall seconds of one transship run; its CPU seconds (user + sys) go to CPU[kind]."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([TRANSSHIP, *args, "-q"], env=env, check=True)
+    proc = subprocess.run(
+        [TRANSSHIP, *args, "-q"] if kind != "tars" else [TRANSSHIP, *args, "-v"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     took = time.perf_counter() - start
+    for line in proc.stderr.splitlines():
+        if "imgpkg tars:" in line:
+            print(f"  {kind}: {took:.1f} s wall; {line.split('imgpkg tars: ', 1)[1]}", flush=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     CPU.setdefault(kind, []).append(cpu)

@@ -8,6 +8,7 @@ not imgpkg input goes back to the OCI-archive path untouched.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ from transship.progress import human_bytes
 from transship.reference import Reference
 from transship.relocate import EndpointFor
 from transship.relocate import preflight as check_destinations
+
+log = logging.getLogger("transship.imgpkg")
 
 
 def imgpkg_targets(
@@ -91,17 +94,26 @@ def load_imgpkg_tars(
     console = Console(stderr=True)
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
+        start = time.monotonic()
         load = plan_load(targets, dests.get)
+        planned = time.monotonic()
         try:
             if not quiet:
                 console.print(summary_line(load))
             if preflight:
                 await check_destinations(load.phases, parallel)
-            start = time.monotonic()
             results = await run_engine(load.phases, None, lock_output, quiet, parallel)
+            pushed = time.monotonic()
             results = await check_complete(results, parallel)
+            done = time.monotonic()
+            log.info(
+                "imgpkg tars: read in %.2f s, pushed in %.2f s, checked in %.2f s",
+                planned - start,
+                pushed - planned,
+                done - pushed,
+            )
             if report is not None:
-                write_report(report, results, time.monotonic() - start)
+                write_report(report, results, done - start)
             return results
         finally:
             await load.close()
