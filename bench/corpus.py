@@ -67,6 +67,9 @@ from harness.seed import RegistryLike, SeedClient  # noqa: E402
 
 from transship.plan import (  # noqa: E402
     EntryKind,
+)
+from transship.reference import Reference  # noqa: E402
+from transship.tkg.bom import (  # noqa: E402
     TkgCompatibility,
     TkrCompatibility,
     load_bom,
@@ -74,7 +77,6 @@ from transship.plan import (  # noqa: E402
     plan_from_boms,
     tkr_bom_filename,
 )
-from transship.reference import Reference  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "tkg"
 TKG_BOM = "tkg-bom-v1.5.3.yaml"

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from clirunner import CLI
 from harness.pki import PKI
 from harness.registry import RegistryProcess
-from harness.seed import SeedClient, build_images_sharing_base, seed_index
+from harness.seed import SeedClient, build_images_sharing_base, seed_image, seed_index
 from harness.skopeo import Skopeo
 
 from transship.errors import ExitCode
@@ -366,3 +366,75 @@ def test_bundles_cross_the_gap_in_order(
     assert skopeo(dest, f"{repo}:v1.5.3") == corpus.root.manifest
     tags = set(SeedClient.for_registry(dest).list_tags(repo))
     assert f"sha256-{corpus.root.digest[7:]}.image-locations.imgpkg" in tags
+
+
+def catalog(reg: RegistryProcess) -> set[str]:
+    answer = SeedClient.for_registry(reg).request("GET", "/v2/_catalog")
+    return set(json.loads(answer.body)["repositories"])
+
+
+def test_archive_from_a_plan_loads_where_the_plan_said(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """Every image under tkg/…: the archive keeps the plan's --dest, not the longest common
+    prefix (which would be DEST/tkg), so `load --dest NEW` replaces exactly the planned prefix."""
+    images = {
+        "tkg/kube-apiserver": seed_image(plain_registry, "tkg/kube-apiserver", "v1.22", seed=91),
+        "tkg/antrea": seed_image(plain_registry, "tkg/antrea", "v1.2", seed=92),
+    }
+    multi = seed_index(plain_registry, "tkg/pause", "3.5", seed=93)
+    refs = [
+        plain_registry.ref("tkg/kube-apiserver:v1.22"),
+        plain_registry.ref("tkg/antrea:v1.2"),
+        plain_registry.ref("tkg/pause:3.5"),
+    ]
+    dest = make_registry("plain")
+    plan_file = tmp_path / "plan.yaml"
+    out = cli("plan", "images", str(write_list(tmp_path, refs)), "--dest", dest.host,
+              "-o", str(plan_file), "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    assert f"destinationPrefix: {dest.host}\n" in plan_file.read_text()
+    archive = tmp_path / "usb" / "tkg.tar"
+    out = cli("save", "--plan", str(plan_file), "-o", str(archive), "-q")
+    assert out.code == 0, out.err
+
+    out = cli("load", str(archive), "-q")  # no --dest: where the plan said
+    assert out.code == 0, out.err
+    assert catalog(dest) == {"tkg/kube-apiserver", "tkg/antrea", "tkg/pause"}
+    assert skopeo(dest, "tkg/kube-apiserver:v1.22") == images["tkg/kube-apiserver"].manifest
+    assert skopeo(dest, "tkg/pause:3.5") == multi.manifest
+
+    other = make_registry("plain")
+    out = cli("load", str(archive), "--dest", other.host, "-q")  # replaces exactly DEST
+    assert out.code == 0, out.err
+    out = cli("load", str(archive), "--dest", f"{other.host}/corp", "-q")
+    assert out.code == 0, out.err
+    assert catalog(other) == {
+        *("tkg/kube-apiserver", "tkg/antrea", "tkg/pause"),
+        *("corp/tkg/kube-apiserver", "corp/tkg/antrea", "corp/tkg/pause"),
+    }
+    assert skopeo(other, "corp/tkg/antrea:v1.2") == images["tkg/antrea"].manifest
+    out = cli("load", str(archive), "--dest", "https://x.example/t")
+    assert out.code == ExitCode.USAGE and "--dest 'https://x.example/t'" in out.error_line
+
+    # an archive from before the fix: no prefixOrigin; its prefix is used as recorded, with a
+    # warning that it may be the longest common prefix rather than the planned --dest
+    layout = tmp_path / "old"
+    assert cli("save", "--plan", str(plan_file), "-o", str(layout), "-q").code == 0
+    info_file = layout / "transship" / "archive.json"
+    doc = json.loads(info_file.read_text())
+    assert (doc["destinationPrefix"], doc["prefixOrigin"]) == (dest.host, "plan")
+    del doc["prefixOrigin"]
+    info_file.write_text(json.dumps(doc))
+    old = make_registry("plain")
+    out = cli("load", str(layout), "--dest", f"{old.host}/x")
+    assert out.code == 0, out.err
+    assert "does not record the destination prefix its plan was made for" in out.err
+    assert catalog(old) == {"x/tkg/kube-apiserver", "x/tkg/antrea", "x/tkg/pause"}
+
+    # a list saved without --dest names no destination: load asks for one
+    unplanned = tmp_path / "unplanned"
+    out = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(unplanned), "-q")
+    assert out.code == 0, out.err
+    out = cli("load", str(unplanned))
+    assert out.code == ExitCode.USAGE and "was saved without --dest" in out.error_line

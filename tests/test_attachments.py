@@ -37,19 +37,15 @@ from harness.skopeo import Skopeo
 
 from transship.digest import Digest
 from transship.errors import RegistryError
-from transship.manifest import Descriptor
-from transship.plan import attachments
+from transship.manifest import Descriptor, Referrer, parse_referrers
 from transship.plan.attachments import (
-    Referrer,
     attachment_phases,
     cosign_tag,
-    next_page,
-    parse_referrers,
-    referrers,
     referrers_tag,
     without_attachments_of,
 )
 from transship.plan.model import EntryKind, Plan, PlanEntry
+from transship.remote.referrers import next_page
 from transship.remote.registry import Registry
 
 COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -324,10 +320,10 @@ def test_copy_plan_lands_attachments_beside_their_images(
 def test_a_failed_lookup_stops_the_plan_or_is_a_gap(
     cli: CLI, seeded: Seeded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def refused(endpoint: object, repository: str, digest: Digest) -> None:
+    async def refused(registry: object, repository: str, digest: Digest) -> None:
         raise RegistryError(f"referrers of {repository}: registry answered 418", status=418)
 
-    monkeypatch.setattr(attachments, "referrers", refused)
+    monkeypatch.setattr(Registry, "list_referrers", refused)
     listing = image_list(tmp_path, seeded)
     out = cli("plan", "images", str(listing), "--dest", f"harbor.local/{DEST}")
     assert out.code == 8
@@ -359,12 +355,12 @@ def test_plan_takes_referrers_from_the_api_and_merges_the_tag_schema_list(
                 seeded.sbom.config, (), {})  # Harbor lists cosign's images as referrers too
     api_answer = json.loads(referrers_index(seeded.sbom, extra, sig))
 
-    async def api(endpoint: object, repository: str, digest: Digest) -> tuple[Referrer, ...]:
+    async def api(registry: object, repository: str, digest: Digest) -> tuple[Referrer, ...]:
         if str(digest) != seeded.app.digest:
             return ()
         return parse_referrers(json.dumps(api_answer).encode(), "api")
 
-    monkeypatch.setattr(attachments, "referrers", api)
+    monkeypatch.setattr(Registry, "list_referrers", api)
     out = cli("plan", "images", str(image_list(tmp_path, seeded)), "--dest",
               f"harbor.local/{DEST}", "--format", "json", "-q")
     assert out.code == 0, out.err
@@ -428,7 +424,9 @@ def test_distribution_has_no_referrers_api(seeded: Seeded) -> None:
     async def ask() -> object:
         registry = Registry(seeded.host)
         try:
-            return await referrers(registry, seeded.repo("app"), Digest.parse(seeded.app.digest))
+            return await registry.list_referrers(
+                seeded.repo("app"), Digest.parse(seeded.app.digest)
+            )
         finally:
             await registry.close()
 

@@ -38,17 +38,16 @@ from harness.skopeo import Skopeo
 
 from transship.connect import RegistryPool, SideSettings
 from transship.digest import Digest
-from transship.errors import UsageError
-from transship.generated import (
-    GeneratedEndpoint,
+from transship.errors import BundleError, PlanError, UsageError
+from transship.imgpkg.bundle import parse_images_lock
+from transship.imgpkg.locations import (
     ImageLocation,
     build_image_locations,
     image_locations_tag,
     image_locations_yaml,
     imgpkg_tag,
 )
-from transship.plan.errors import BundleError, PlanError
-from transship.plan.imgpkg import parse_images_lock
+from transship.memory import MemoryEndpoint
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.plan.resolve import Resolution, ResolveOptions, resolve_plan
 
@@ -250,7 +249,7 @@ class TestImageLocationsFormat:
 
     def test_generated_endpoint_serves_and_refuses_writes(self) -> None:
         image = build_image_locations(LOCATIONS)
-        endpoint = GeneratedEndpoint([image])
+        endpoint = MemoryEndpoint([image])
 
         async def check() -> None:
             got = await endpoint.get_manifest("any/repo", str(image.digest))
@@ -525,8 +524,38 @@ def test_unreadable_bundles_are_one_line_errors_or_gaps(
     assert out.err.count("transship: gap:") == 3
 
 
-def test_bundle_errors_are_typed() -> None:
-    assert issubclass(BundleError, Exception) and BundleError("x").exit_code == 7
+def test_bundle_errors_are_typed(plain_registry: RegistryProcess) -> None:
+    """Every way a labelled bundle can be unreadable raises BundleError (integrity, exit 7)
+    naming the bundle, never a generic or untyped error."""
+    client = SeedClient.for_registry(plain_registry)
+    host = plain_registry.host
+    bad_lock = imgpkg_image(
+        [(".", None), (".imgpkg", None), (".imgpkg/images.yml", b"kind: Nope\n")],
+        IMGPKG_BUNDLE_LABEL,
+    )
+    not_utf8 = imgpkg_image(
+        [(".", None), (".imgpkg", None), (".imgpkg/images.yml", b"\xff\xfe\x00bad")],
+        IMGPKG_BUNDLE_LABEL,
+    )
+    cases = {
+        "two-layers": (build_image(731, fmt="docker", labels=IMGPKG_BUNDLE_LABEL), "has 2 layers"),
+        "no-lock": (
+            imgpkg_image([(".", None), ("config.yml", b"a: 1\n")], IMGPKG_BUNDLE_LABEL),
+            "no .imgpkg/images.yml in its layer",
+        ),
+        "bad-lock": (bad_lock, ".imgpkg/images.yml"),
+        "not-utf8": (not_utf8, "is not UTF-8 text"),
+    }
+    for name, (image, message) in cases.items():
+        client.push_image(f"typed/{name}", image, "v1")
+        ref = f"{host}/typed/{name}:v1"
+        plan = Plan((PlanEntry.create(ref, f"harbor.local/t/typed/{name}"),))
+        with pytest.raises(BundleError) as info:
+            resolve(plan)
+        error = info.value
+        assert type(error) is BundleError, name
+        assert error.exit_code == 7 and message in str(error), (name, str(error))
+        assert f"{ref}@{image.digest}" in str(error) and "\n" not in str(error), name
 
 
 def test_copy_lands_bundles_referenced_images_and_image_locations(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import ssl
 from pathlib import Path
 
 import pytest
 from clirunner import CLI
 from harness.pki import PKI
 from harness.registry import RegistryProcess
-from harness.seed import seed_image, seed_index
+from harness.seed import SeedClient, build_image, seed_image, seed_index
 from harness.skopeo import Skopeo
 from harness.tokenserver import TokenServer
 
@@ -270,8 +271,31 @@ def test_insecure_skips_verification_for_that_side_only(
     make_registry,
     pki: PKI,  # type: ignore[no-untyped-def]
 ) -> None:
-    reg = make_registry("tls", cert=pki.expired)
-    out = cli("copy", source_image, reg.ref("e/insecure:v1"), "--dest-insecure")
+    """Both registries serve an expired certificate from the trusted CA: `--dest-insecure`
+    lets the destination through and still refuses the source, and the other way round."""
+    src = make_registry("tls", cert=pki.expired)
+    dest = make_registry("tls", cert=pki.expired)
+    seeder = SeedClient.for_registry(src)
+    seeder.ssl_context = ssl._create_unverified_context()  # the seeder only, not transship
+    image = build_image(23)
+    seeder.push_image("e/src", image, "v1")
+    trust = ("--src-ca", str(pki.ca_pem_path), "--dest-ca", str(pki.ca_pem_path))
+    source, target = src.ref("e/src:v1"), dest.ref("e/insecure:v1")
+
+    out = cli("copy", source, target, *trust, "--dest-insecure")
+    assert out.code == ExitCode.TLS  # the source side is still verified
+    assert src.host in out.error_line and "expired" in out.error_line
+    out = cli("copy", source, target, *trust, "--src-insecure")
+    assert out.code == ExitCode.TLS  # and the destination side when only the source is lax
+    assert dest.host in out.error_line and "expired" in out.error_line
+    assert src.host not in out.error_line.replace(target, "")
+
+    out = cli("copy", source, target, *trust, "--src-insecure", "--dest-insecure")
+    assert out.code == 0, out.err
+    check = SeedClient.for_registry(dest)
+    check.ssl_context = ssl._create_unverified_context()
+    assert check.get_manifest("e/insecure", "v1")[0] == image.manifest
+    out = cli("copy", source_image, dest.ref("e/plain:v1"), "--dest-insecure")  # plain source
     assert out.code == 0, out.err
 
 

@@ -119,8 +119,17 @@ def test_registry_process_ignores_hostile_environment(
     monkeypatch.setenv("REGISTRY_HTTP_ADDR", "127.0.0.1:1")
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
     reg = make_registry("tls_basic")
+    assert reg.pid is not None
+    environ = Path(f"/proc/{reg.pid}/environ").read_bytes().split(b"\0")
+    leaked = sorted(v.split(b"=")[0] for v in environ if v.startswith((b"REGISTRY_", b"SSL_")))
+    assert leaked == []  # none of the hostile variables reached the registry process
+    # it serves on its own port with its own auth, despite REGISTRY_HTTP_ADDR / _AUTH_FILE
+    anonymous = SeedClient.for_registry(reg, anonymous=True)
+    assert anonymous.request("GET", "/v2/").status == 401
     image = build_image(11)
-    SeedClient.for_registry(reg).push_image("env/check", image, "v1")
+    client = SeedClient.for_registry(reg)  # trusts the test CA, whatever SSL_CERT_FILE says
+    assert client.push_image("env/check", image, "v1") == image.digest
+    assert client.get_manifest("env/check", "v1")[0] == image.manifest
 
 
 # ---- seeding and independent verification ------------------------------------------------

@@ -18,7 +18,7 @@ from harness.registry import RegistryProcess
 from harness.skopeo import Skopeo
 
 from transship.errors import ExitCode
-from transship.generated import ImageLocation, build_image_locations
+from transship.imgpkg.locations import ImageLocation, build_image_locations
 
 FIXTURES = Path(__file__).parent / "data" / "imgpkg-tars"
 APP_A = "sha256:98eabb44fe0612b082ca13bd7797c064c574975be98184de5302c89ff7a1f4e6"
@@ -256,7 +256,8 @@ def test_save_as_imgpkg_tars_then_load_them(
 
 async def test_completeness_check_catches_a_missing_tag(plain_registry: RegistryProcess) -> None:
     from transship.engine import CopyTask, TaskResult
-    from transship.imgpkg.fromtar import IncompleteError, check_complete
+    from transship.errors import IncompleteError
+    from transship.imgpkg.fromtar import check_complete
     from transship.imgpkg.tarball import ImgpkgTar
     from transship.remote.registry import Registry, RegistryOptions
 

@@ -409,7 +409,7 @@ async def test_engine_copies_layout_to_layout(tmp_path: Path) -> None:
     dest = OCILayout(dst_root, writable=True)
     engine = CopyEngine()
     tasks = [
-        CopyTask(source, "tkg/antrea", "v1", dest, repo, (tag,), label=f"{repo}:{tag}")
+        CopyTask(source, "tkg/antrea", "v1", dest, repo, (tag,))
         for repo, tag in (("mirror/antrea", "v1"), ("mirror/antrea", "stable"), ("copy2", "v1"))
     ]
     results = await engine.run(tasks)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from transship.errors import UsageError
 from transship.plan import (
     EntryKind,
     PlanError,
@@ -73,8 +75,9 @@ def test_errors_name_file_and_line(text: str, message: str) -> None:
 
 
 def test_bad_prefix() -> None:
-    with pytest.raises(PlanError, match="destination prefix ''"):
-        entries_from_image_list("a.example/x:v1\n", "images.txt", "")
+    for bad in ("", "tkg", "https://h.example/x", "h.example/X"):
+        with pytest.raises(UsageError, match=f"destination prefix '{re.escape(bad)}' is not a"):
+            entries_from_image_list("a.example/x:v1\n", "images.txt", bad)
 
 
 def test_load_from_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -166,6 +167,23 @@ class TestPlanFile:
         assert "  tags:\n  - '3.5'\n" in text  # quoted: would otherwise read back as a float
         assert "not registry content — import separately" in text
         assert "sourceDigest: sha256:" + "a" * 64 in text
+
+    def test_destination_prefix_and_unique_bytes_are_kept(self) -> None:
+        plan = replace(sample_plan(), destination_prefix="harbor.local", unique_bytes=4321)
+        text = plan.to_yaml()
+        assert "destinationPrefix: harbor.local\n" in text and "  bytes: 4321\n" in text
+        assert Plan.from_yaml(text, "plan.yaml") == plan
+        assert Plan.from_yaml(plan.to_json(), "plan.json") == plan
+        elsewhere = text.replace("destinationPrefix: harbor.local", "destinationPrefix: o.example")
+        with pytest.raises(PlanError, match=r"entries\[0\]: destination .* not under .*o.example"):
+            Plan.from_yaml(elsewhere, "plan.yaml")
+        schemed = text.replace("destinationPrefix: harbor.local", "destinationPrefix: http://h.x")
+        with pytest.raises(PlanError, match=r"destinationPrefix: 'http://h\.x' is not a registry"):
+            Plan.from_yaml(schemed, "plan.yaml")
+        same = Plan((), destination_prefix="harbor.local")
+        assert plan.merge(same).destination_prefix == "harbor.local"
+        assert plan.merge(Plan(())).destination_prefix == "harbor.local"
+        assert plan.merge(Plan((), destination_prefix="o.example")).destination_prefix is None
 
     def test_json_has_the_same_content_and_reads_back(self) -> None:
         plan = sample_plan()

@@ -23,15 +23,19 @@ from transship.plan import (
     EntryKind,
     Plan,
     PlanError,
+)
+from transship.tkg.bom import (
     TkgCompatibility,
     TkrCompatibility,
-    entries_from_old_script,
-    load_old_script,
     parse_bom,
     parse_compatibility,
     plan_from_boms,
-    plan_from_old_script,
     tkr_bom_filename,
+)
+from transship.tkg.script import (
+    entries_from_old_script,
+    load_old_script,
+    plan_from_old_script,
 )
 
 DATA = Path(__file__).parent / "data" / "tkg"

@@ -40,10 +40,11 @@ from test_bundles import (
 
 from transship.connect import RegistryPool, SideSettings
 from transship.digest import Digest
-from transship.plan import Plan, parse_bom, parse_compatibility, plan_from_boms
+from transship.plan import Plan
 from transship.plan.model import EntryKind
 from transship.plan.resolve import Resolution, ResolveOptions
-from transship.plan.tkgregistry import TkgRelease, plan_tkg_release
+from transship.tkg.bom import parse_bom, parse_compatibility, plan_from_boms
+from transship.tkg.release import TkgRelease, plan_tkg_release
 
 DATA = Path(__file__).parent / "data"
 SMALL = DATA / "tkg-small"

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from transship.errors import UsageError
 from transship.plan import (
-    Bom,
-    Compatibility,
     EntryKind,
     Plan,
     PlanError,
+)
+from transship.tkg.bom import (
+    Bom,
+    Compatibility,
     TkgCompatibility,
     TkrCompatibility,
     highest_v_tag,
@@ -170,7 +173,7 @@ class TestBomErrors:
             (
                 BOM_HEAD + IMAGE + "        tag: v1\nova: []\nimageConfig:\n"
                 "  imageRepository: r.example/TKG\n",
-                r"^b.yaml: imageConfig.imageRepository: not a registry prefix",
+                r"^b.yaml: imageConfig.imageRepository: 'r.example/TKG' is not a registry prefix",
             ),
             (
                 BOM_HEAD
@@ -381,5 +384,5 @@ class TestReleasePlan:
             plan_from_boms(tkr, [tkr], [], DEST)
         with pytest.raises(PlanError, match="already given"):
             plan_from_boms(tkg, [tkr, tkr], [], DEST)
-        with pytest.raises(PlanError, match="destination prefix 'Harbor/UP' is not a registry"):
+        with pytest.raises(UsageError, match="destination prefix 'Harbor/UP' is not a registry"):
             plan_from_boms(tkg, [tkr], [], "Harbor/UP")

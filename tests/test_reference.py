@@ -6,7 +6,7 @@ import pytest
 
 from transship.digest import Digest
 from transship.errors import ExitCode, InvalidReferenceError
-from transship.reference import Reference
+from transship.reference import Reference, parse_prefix
 
 D = "sha256:" + "a" * 64
 
@@ -90,3 +90,23 @@ def test_digest_validation():
         with pytest.raises(Exception) as info:
             Digest.parse(bad)
         assert info.value.exit_code == ExitCode.USAGE  # type: ignore[attr-defined]
+
+
+def test_one_prefix_check_for_every_prefix() -> None:
+    assert parse_prefix(" harbor.corp/tkg/ ") == "harbor.corp/tkg"
+    assert parse_prefix("127.0.0.1:5443") == "127.0.0.1:5443"
+    assert parse_prefix("localhost/a/b") == "localhost/a/b"
+    for bad, why in [
+        ("", "give host"),
+        ("tkg/antrea", "'tkg' is not a registry host"),
+        ("https://harbor.corp/tkg", "without a scheme"),
+        ("harbor.corp/tkg:v1", "is not a registry prefix"),
+        ("harbor.corp/tkg@sha256:" + "a" * 64, "is not a registry prefix"),
+        ("harbor.corp//tkg", "empty path component"),
+    ]:
+        with pytest.raises(InvalidReferenceError, match=why) as info:
+            parse_prefix(bad, "--dest")
+        assert str(info.value).startswith(f"--dest {bad!r} is not a registry prefix")
+        assert info.value.exit_code == ExitCode.USAGE
+    with pytest.raises(InvalidReferenceError, match="and a project"):
+        parse_prefix("harbor.corp", "--dest", need_path=True)

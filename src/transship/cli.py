@@ -11,23 +11,56 @@ from collections.abc import Sequence
 
 import click
 
-from transship import __version__
+from transship.buildinfo import adopt_system_roots, version_line
 from transship.commands import all_commands
 from transship.errors import ExitCode, TransshipError
+from transship.harbor.advice import install as install_harbor_advice
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="transship")
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_line())
+        ctx.exit()
+
+
+class _Commands(click.Group):
+    """Imports the subcommands on first use: `--version` starts without loading aiohttp & co."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for command in all_commands():
+                self.add_command(command)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and the commit it was built from.",
+)
 def cli() -> None:
     """Bring container images into air-gapped OCI registries, byte for byte."""
 
 
-for _command in all_commands():
-    cli.add_command(_command)
-
+install_harbor_advice()  # registries answer in their dialects; errors are rendered with that
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: no tracebacks for user mistakes, one line and a distinct exit code."""
+    adopt_system_roots()
     try:
         code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except TransshipError as exc:

@@ -7,7 +7,6 @@ exactly which flag fixes it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from transship.remote.auth import Credentials, from_docker_config, parse_creds
@@ -35,16 +34,6 @@ class SideSettings:
         if self.creds:
             return parse_creds(self.creds, f"--{self.side}-creds")
         return from_docker_config(host)
-
-
-def tkg_dest_defaults(settings: SideSettings) -> SideSettings:
-    """Fill destination CA / skip-verify from TKG's own variables when not given explicitly."""
-    if settings.ca is None and os.environ.get("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"):
-        settings.ca = os.environ["TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"]
-    skip = os.environ.get("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", "").lower()
-    if skip == "true":
-        settings.insecure = True
-    return settings
 
 
 class RegistryPool:

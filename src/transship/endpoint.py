@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from transship.digest import Digest
-from transship.manifest import Descriptor, Manifest
+from transship.manifest import Descriptor, Manifest, Referrer
 
 
 class BlobStream(Protocol):
@@ -63,6 +63,26 @@ class Endpoint(Protocol):
         """All tags of a repository (empty if the repository does not exist)."""
         ...
 
+    async def list_referrers(
+        self, repository: str, digest: Digest
+    ) -> tuple[Referrer, ...] | None:
+        """Manifests whose `subject` is `digest` (OCI 1.1), or None when this endpoint has no
+        referrers API; the referrers tag schema (a `sha256-<hex>` tag) then stands in for it.
+
+        Pushing a referrer is `put_manifest` by digest: an endpoint with an API indexes it from
+        its `subject` by itself.
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections and file handles; write any pending index."""
+        ...
+
+
+@runtime_checkable
+class PushCheck(Protocol):
+    """Optional capability: say before any byte moves whether a push would be accepted."""
+
+    async def check_push(self, repository: str) -> None:
+        """Raise what a real push into `repository` would raise; return if it would land."""
         ...

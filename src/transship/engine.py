@@ -18,6 +18,7 @@ from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.errors import (
     DependencyError,
+    HostDownError,
     IntegrityError,
     NotFoundError,
     RegistryError,
@@ -52,9 +53,35 @@ class CopyTask:
     dest_repository: str
     dest_tags: tuple[str, ...] = ()
     platforms: tuple[Platform, ...] = ()
-    label: str = ""
-    source_label: str = ""
-    dest_label: str = ""
+    #: the source as the plan names it (`harbor.corp/tkg/antrea:v1`), when it has a name of
+    #: its own; otherwise the endpoint's location, repository and identifier name it
+    source_reference: str = ""
+    #: bytes of its manifest graph (manifests and blobs) when the plan knows them: progress
+    #: counts down from these; the engine itself never relies on them
+    size: int | None = None
+
+    @property
+    def source_name(self) -> str:
+        """The source reference for messages and reports."""
+        if self.source_reference:
+            return self.source_reference
+        separator = "@" if ":" in self.source_identifier else ":"
+        return f"{self.source.label}/{self.source_repository}{separator}{self.source_identifier}"
+
+    @property
+    def dest_name(self) -> str:
+        """The destination repository (`host/path`), without tags."""
+        return f"{self.dest.label}/{self.dest_repository}"
+
+    @property
+    def dest_reference(self) -> str:
+        """The destination repository and its tags (`host/path:v1,v2`)."""
+        tags = ",".join(self.dest_tags)
+        return f"{self.dest_name}:{tags}" if tags else self.dest_name
+
+    @property
+    def label(self) -> str:
+        return f"{self.source_name} -> {self.dest_reference}"
 
 
 @dataclass
@@ -138,6 +165,9 @@ class CopyEngine:
         self._images = asyncio.Semaphore(self.options.parallel_images)
         self._big = asyncio.Semaphore(self.options.parallel_blobs)
         self._small = asyncio.Semaphore(self.options.parallel_small_blobs)
+        #: set when a registry is found down: no task starts after it, and the caller ends
+        #: the run with this one error instead of a failure per entry
+        self.stopped: HostDownError | None = None
 
     def _sink(self, dest: Endpoint) -> _Sink:
         return self._sinks.setdefault(id(dest), _Sink())
@@ -153,6 +183,9 @@ class CopyEngine:
         results: list[TaskResult] = []
         failed: set[tuple[int, str]] = set()
         for tasks in phases:
+            if self.stopped is not None:
+                results += [self._not_started(task, self.stopped) for task in tasks]
+                continue
             runnable = []
             for task in tasks:
                 if (id(task.dest), task.dest_repository) in failed:
@@ -160,7 +193,7 @@ class CopyEngine:
                         task,
                         "failed",
                         error=DependencyError(
-                            f"{task.dest_label or task.label}: not pushed, because an image it "
+                            f"{task.dest_reference}: not pushed, because an image it "
                             f"depends on in {task.dest_repository} failed"
                         ),
                     )
@@ -175,14 +208,23 @@ class CopyEngine:
             results += done
         return results
 
+    def _not_started(self, task: CopyTask, cause: HostDownError) -> TaskResult:
+        return TaskResult(task, "failed", error=cause)
+
     async def _run_task(self, task: CopyTask) -> TaskResult:
         async with self._images:
+            if self.stopped is not None:
+                return self._not_started(task, self.stopped)
             self.observer.task_started(task)
             start = time.monotonic()
             self._task_bytes[id(task)] = 0
             try:
                 status, digest = await self.copy_one(task)
                 result = TaskResult(task, status, digest)
+            except HostDownError as exc:  # the run stops; the caller says why, once
+                log.debug("task %s stopped", task.label, exc_info=True)
+                self.stopped = self.stopped or exc
+                result = TaskResult(task, "failed", error=exc)
             except TransshipError as exc:
                 log.debug("task %s failed", task.label, exc_info=True)
                 result = TaskResult(task, "failed", error=exc)
@@ -193,7 +235,8 @@ class CopyEngine:
                 )
             result.seconds = time.monotonic() - start
             result.bytes_sent = self._task_bytes.pop(id(task), 0)
-            self.observer.task_finished(result)
+            if not isinstance(result.error, HostDownError):
+                self.observer.task_finished(result)
             return result
 
     async def _fetch_manifest(self, task: CopyTask, identifier: str) -> Manifest:
@@ -295,12 +338,12 @@ class CopyEngine:
         if not matches:
             have = ", ".join(str(c.platform) for c in index.manifests if c.platform)
             raise NotFoundError(
-                f"{task.source_label or task.label}: no manifest for platform {wanted} "
+                f"{task.source_name}: no manifest for platform {wanted} "
                 f"(the index has: {have or 'no platforms'})"
             )
         if len(matches) > 1:
             raise UsageError(
-                f"{task.source_label or task.label}: platform {wanted} matches {len(matches)} "
+                f"{task.source_name}: platform {wanted} matches {len(matches)} "
                 "manifests; name one platform (os/arch/variant), or omit --platform to copy all"
             )
         return await self._fetch_manifest(task, str(matches[0].digest))
@@ -311,7 +354,7 @@ class CopyEngine:
         """Land everything `manifest` references, then the manifest itself (by digest)."""
         if manifest.digest in seen or depth > MAX_INDEX_DEPTH:
             raise IntegrityError(
-                f"{task.source_label or task.label}: index nesting is cyclic or deeper than "
+                f"{task.source_name}: index nesting is cyclic or deeper than "
                 f"{MAX_INDEX_DEPTH} levels"
             )
         if manifest.is_index:

@@ -1,11 +1,35 @@
-"""Error types: each carries a one-line human message and the exit code the CLI uses.
+"""Every error type of transship: a one-line human message and the exit code the CLI uses.
 
 Errors are raised where the fact is known and rendered once, by the CLI. Messages never contain
-credentials; callers must not interpolate secrets into them.
+credentials; callers must not interpolate secrets into them. The hierarchy says what went wrong:
+
+    TransshipError
+    ├── UsageError             bad input (1): references, digests, options, files people give us
+    │   ├── InvalidReferenceError, InvalidDigestError
+    │   ├── CertificateError   a CA file or text that is not a usable CA
+    │   ├── PlanError          a BOM, image list, script or plan file
+    │   └── LayoutError        a layout or archive that cannot be used (malformed, read-only)
+    │       └── UnsafeArchiveError
+    ├── StorageError           local I/O failed (disk full, no permission): not usage, but the
+    │                          README's code for an unreadable or unwritable file (1)
+    ├── AuthenticationError (3)
+    │   └── PermissionDeniedError
+    ├── NotFoundError (4)
+    ├── TLSError (5), UnreachableError (6)
+    ├── IntegrityError (7)
+    │   └── BundleError        an imgpkg bundle or BOM image whose content cannot be read
+    ├── RegistryError (8)
+    │   └── RetryableError     transient (5xx, 429, reset): worth another try
+    ├── UnsupportedMediaTypeError (8)
+    ├── DependencyError (2)    not attempted: something it depends on failed
+    ├── IncompleteError (9)    the destination lacks what a plan needs
+    └── PreflightError         destinations that refuse a push (the first refusal's code)
 """
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 
 
@@ -22,6 +46,7 @@ class ExitCode(IntEnum):
     INTEGRITY = 7  # digest or size mismatch, corrupt content
     REGISTRY = 8  # the registry refused or answered outside the protocol
     INCOMPLETE = 9  # verify found missing or different content
+    INCOMPATIBLE = 14  # an archive in a format this transship does not read (10-13: ca check)
 
 
 class TransshipError(Exception):
@@ -33,11 +58,34 @@ class TransshipError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        #: facts for advisors: a push into this repository was refused (401/403/404)
+        self.refused_push: str | None = None
 
     def __str__(self) -> str:
-        if self.hint:
-            return f"{self.message} ({self.hint})"
+        hint = self.hint or advice_for(self)
+        if hint:
+            return f"{self.message} ({hint})"
         return self.message
+
+
+#: turns an error's facts into what to do, for a kind of registry (`transship.harbor`);
+#: the core raises facts only, and vendor wings register what those facts mean for them
+Advisor = Callable[[TransshipError], str | None]
+_ADVISORS: list[Advisor] = []
+
+
+def register_advisor(advisor: Advisor) -> None:
+    if advisor not in _ADVISORS:
+        _ADVISORS.append(advisor)
+
+
+def advice_for(error: TransshipError) -> str | None:
+    """The first registered advisor's hint for `error`, if any."""
+    for advisor in _ADVISORS:
+        hint = advisor(error)
+        if hint:
+            return hint
+    return None
 
 
 class UsageError(TransshipError):
@@ -82,10 +130,24 @@ class UnreachableError(TransshipError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class HostDownError(UnreachableError):
+    """Every attempt to reach a registry failed to connect for a while (`remote.health`).
+
+    Fatal for the run, not for one entry: every later request would fail the same way, so
+    commands stop starting work and say it once.
+    """
+
+
 class IntegrityError(TransshipError):
     """Content does not match its digest or size: never accepted, never pushed upon."""
 
     exit_code = ExitCode.INTEGRITY
+
+
+class IncompatibleArchiveError(TransshipError):
+    """An archive written in a format this version of transship does not read."""
+
+    exit_code = ExitCode.INCOMPATIBLE
 
 
 class RegistryError(TransshipError):
@@ -120,7 +182,7 @@ class RetryableError(RegistryError):
         self.retry_after = retry_after
 
 
-class UnsupportedMediaTypeError(UsageError):
+class UnsupportedMediaTypeError(TransshipError):
     """A manifest we refuse to copy, such as Docker schema 1."""
 
     exit_code = ExitCode.REGISTRY
@@ -130,3 +192,77 @@ class DependencyError(TransshipError):
     """Not attempted: content it depends on failed earlier in the same run."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class CertificateError(UsageError):
+    """A CA given to us is not a usable CA certificate."""
+
+
+class PlanError(UsageError):
+    """An input file for planning is unreadable, malformed or inconsistent."""
+
+
+class BundleError(IntegrityError):
+    """An image labelled as an imgpkg bundle (or a BOM image) whose content cannot be read."""
+
+
+class LayoutError(UsageError):
+    """A layout or archive that cannot be used: missing, malformed, read-only, locked."""
+
+
+class UnsafeArchiveError(LayoutError):
+    """A tar member we refuse to read: traversal, links, devices, duplicates, absurd sizes."""
+
+
+class StorageError(TransshipError):
+    """Local storage failed under us (disk full, quota, permission, I/O error).
+
+    Not the user's input being wrong, so not a `UsageError`; the exit code stays the README's
+    code for a file that cannot be read or written (1).
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, *, hint: str | None = None, errno: int | None = None):
+        super().__init__(message, hint=hint)
+        self.errno = errno
+
+    @property
+    def out_of_space(self) -> bool:
+        return self.errno in _NO_SPACE
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def io_error(where: str, exc: OSError) -> StorageError:
+    """One line naming what failed, without a traceback: `oci:/x: cannot write blob: No space`."""
+    hint = None
+    if exc.errno in _NO_SPACE:
+        hint = "free some space and run the same command again: what was written is kept"
+    return StorageError(f"{where}: {exc.strerror or exc}", hint=hint, errno=exc.errno)
+
+
+class IncompleteError(TransshipError):
+    """The destination lacks content a plan (or TKG) needs: refuse to go on."""
+
+    exit_code = ExitCode.INCOMPLETE
+
+
+class PreflightError(TransshipError):
+    """Some destination repositories refuse a push; each refusal is kept for the renderer.
+
+    The exit code is the first refusal's, so a script can tell "no permission" from "down".
+    """
+
+    def __init__(self, problems: Sequence[TransshipError], asked: int) -> None:
+        first = problems[0]
+        super().__init__(
+            f"preflight: {len(problems)} of {asked} destination repositories refuse a push; "
+            f"first: {first.message}",
+            hint=first.hint,
+        )
+        self.problems = tuple(problems)
+        self.asked = asked
+        self.exit_code = first.exit_code
+        self.refused_push = first.refused_push

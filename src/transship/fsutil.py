@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of one."""
+"""Durable file writes: a crash leaves the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
@@ -7,8 +7,18 @@ import tempfile
 from pathlib import Path
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make renames in `directory` durable: after a crash the new name is there, or the old."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path`."""
+    """Write to a temporary file in the same directory, fsync, rename over `path`, then fsync
+    the directory so the rename itself survives a crash."""
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -21,3 +31,4 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)

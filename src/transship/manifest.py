@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transship.digest import Digest
-from transship.errors import IntegrityError, UnsupportedMediaTypeError
+from transship.errors import IntegrityError, RegistryError, UnsupportedMediaTypeError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -182,3 +182,35 @@ class Manifest:
             artifact_type=artifact_type,
             annotations=dict(annotations),
         )
+
+
+# --- referrers (OCI 1.1): manifests whose `subject` is another manifest ----------------------
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """One entry of a referrers list: the referrer's manifest and its artifact type."""
+
+    descriptor: Descriptor
+    artifact_type: str | None = None
+
+
+def parse_referrers(raw: bytes, where: str) -> tuple[Referrer, ...]:
+    """The `manifests` of a referrers index (API answer or tag-schema index).
+
+    `Descriptor` keeps no `artifactType`, so it is read here: it is what tells a reviewer an
+    SBOM from a signature.
+    """
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise RegistryError(f"{where}: answer is not JSON") from None
+    items = doc.get("manifests") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise RegistryError(f"{where}: answer is not an OCI index (no 'manifests' list)")
+    found = []
+    for number, item in enumerate(items):
+        descriptor = Descriptor.from_json(item, f"{where} manifests[{number}]")
+        kind = item.get("artifactType")
+        found.append(Referrer(descriptor, kind if isinstance(kind, str) and kind else None))
+    return tuple(found)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -25,10 +25,68 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-class RichObserver:
-    """Two live rows: images done/total, and bytes sent with rate and active transfers."""
+def format_duration(seconds: float) -> str:
+    """`M:SS`, or `H:MM:SS` from an hour on: what an ETA reads like."""
+    whole = max(round(seconds), 0)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
-    def __init__(self, console: Console, total_tasks: int) -> None:
+
+def eta_seconds(done: int, total: int | None, elapsed: float) -> float | None:
+    """Seconds left at the average rate so far; None while there is nothing to go on."""
+    if total is None or done <= 0 or elapsed <= 0:
+        return None
+    return max(total - done, 0) / (done / elapsed)
+
+
+def bytes_detail(done: int, total: int | None, elapsed: float) -> str:
+    """`90.0 MB / 117.0 MB  12.0 MB/s  ETA 0:02`: done out of the total, rate, time left."""
+    rate = done / max(elapsed, 1e-6)
+    text = human_bytes(done) if total is None else f"{human_bytes(done)} / {human_bytes(total)}"
+    text += f"  {human_bytes(rate)}/s"
+    eta = eta_seconds(done, total, elapsed)
+    if eta is not None:
+        text += f"  ETA {format_duration(eta)}"
+    return text
+
+
+class ByteBudget:
+    """Bytes sent out of the bytes still to send, counted down from the plan's sizes.
+
+    A task starts with a share of the estimate: its plan size (its whole manifest graph),
+    scaled so the shares add up to the plan's unique bytes, since a blob several images share
+    is sent once. When a task finishes its share is replaced by what it really sent, so blobs
+    the destination already had, mounted, or got from another task drop out: once every task
+    is done the total is exact. Unknown without sizes (a single copy, an unresolved plan).
+    """
+
+    def __init__(self, tasks: Iterable[CopyTask], unique_bytes: int | None = None) -> None:
+        sizes = {id(t): t.size for t in tasks if t.size is not None}
+        naive = sum(sizes.values())
+        estimate = naive if unique_bytes is None else min(unique_bytes, naive)
+        scale = estimate / naive if naive else 0.0
+        self.known = bool(sizes)
+        self.done = 0  # bytes read from sources into destinations, retries included
+        self._shares = {key: size * scale for key, size in sizes.items()}
+        self._total = float(estimate)
+
+    def sent(self, nbytes: int) -> None:
+        self.done += nbytes
+
+    def finished(self, result: TaskResult) -> None:
+        self._total += result.bytes_sent - self._shares.pop(id(result.task), 0.0)
+
+    @property
+    def total(self) -> int | None:
+        """Bytes sent plus bytes still to send (never below what was sent)."""
+        return max(round(self._total), self.done) if self.known else None
+
+
+class RichObserver:
+    """Two live rows: images done/total, and bytes sent out of the total, rate, ETA, transfers."""
+
+    def __init__(self, console: Console, total_tasks: int, budget: ByteBudget) -> None:
         self.progress = Progress(
             TextColumn("{task.description:<8}"),
             BarColumn(),
@@ -40,10 +98,10 @@ class RichObserver:
         self._images: TaskID = self.progress.add_task(
             "images", total=total_tasks, detail=f"0/{total_tasks}"
         )
-        self._bytes: TaskID = self.progress.add_task("bytes", total=None, detail="")
+        self._bytes: TaskID = self.progress.add_task("bytes", total=budget.total, detail="")
         self.total = total_tasks
+        self.budget = budget
         self.done = 0
-        self.sent = 0
         self.active = 0
         self.start = time.monotonic()
 
@@ -60,15 +118,17 @@ class RichObserver:
 
     def task_finished(self, result: TaskResult) -> None:
         self.done += 1
+        self.budget.finished(result)
         self.progress.update(self._images, advance=1, detail=f"{self.done}/{self.total}")
         if result.status == "failed" and self.total != 1:
             self.progress.console.print(f"[red]failed[/] {result.task.label}: {result.error}")
+        self._describe()
 
     def blob_started(self, descriptor: Descriptor) -> None:
         self.active += 1
 
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None:
-        self.sent += nbytes
+        self.budget.sent(nbytes)
         self._describe()
 
     def blob_finished(self, descriptor: Descriptor) -> None:
@@ -76,24 +136,35 @@ class RichObserver:
         self._describe()
 
     def _describe(self) -> None:
-        rate = self.sent / max(time.monotonic() - self.start, 1e-6)
-        detail = f"{human_bytes(self.sent)}  {human_bytes(rate)}/s  {self.active} active"
-        self.progress.update(self._bytes, detail=detail)
+        elapsed = time.monotonic() - self.start
+        detail = bytes_detail(self.budget.done, self.budget.total, elapsed)
+        detail += f"  {self.active} active"
+        self.progress.update(
+            self._bytes, completed=self.budget.done, total=self.budget.total, detail=detail
+        )
 
 
 class LogObserver:
-    """Plain lines for logs and CI: one per finished image, plus a heartbeat every interval."""
+    """Plain lines for logs and CI: the total to send at the start, one line per finished
+    image, and a heartbeat (bytes out of the total, rate, ETA) every interval."""
 
-    def __init__(self, total_tasks: int, interval: float = 10.0, quiet: bool = False) -> None:
+    def __init__(
+        self, total_tasks: int, budget: ByteBudget, interval: float = 10.0, quiet: bool = False
+    ) -> None:
         self.total = total_tasks
+        self.budget = budget
         self.done = 0
-        self.bytes = 0
         self.interval = interval
         self.quiet = quiet
         self.start = time.monotonic()
         self._last = self.start
 
     def __enter__(self) -> LogObserver:
+        if self.budget.total is not None:
+            self._emit(
+                f"progress: 0/{self.total} images, {human_bytes(self.budget.total)} to send "
+                f"({self.budget.total} bytes)"
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -108,6 +179,7 @@ class LogObserver:
 
     def task_finished(self, result: TaskResult) -> None:
         self.done += 1
+        self.budget.finished(result)
         what = result.task.label
         if result.status == "failed":
             if self.total > 1:  # a single failure is reported once, by the CLI
@@ -119,15 +191,12 @@ class LogObserver:
         pass
 
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None:
-        self.bytes += nbytes
+        self.budget.sent(nbytes)
         now = time.monotonic()
         if now - self._last >= self.interval:
             self._last = now
-            rate = self.bytes / max(now - self.start, 1e-6)
-            self._emit(
-                f"progress: {self.done}/{self.total} images, {human_bytes(self.bytes)} "
-                f"sent, {human_bytes(rate)}/s"
-            )
+            detail = bytes_detail(self.budget.done, self.budget.total, now - self.start)
+            self._emit(f"progress: {self.done}/{self.total} images, {detail}")
 
     def blob_finished(self, descriptor: Descriptor) -> None:
         pass

@@ -128,3 +128,33 @@ class Reference:
         if self.digest:
             text += f"@{self.digest}"
         return text
+
+
+def parse_prefix(text: str, what: str = "destination prefix", *, need_path: bool = False) -> str:
+    """Validate a registry prefix `host[:port][/path]` that repository paths are put under
+    (the TKG_CUSTOM_IMAGE_REPOSITORY form); returns it without white space or trailing '/'.
+
+    The one check for every prefix transship takes (`--dest`, `--source`, a BOM's
+    imageRepository, a plan's or archive's recorded prefix): no scheme, tag or digest, and the
+    registry host spelled out, so that `tkg` is never silently read as `docker.io/tkg`.
+    `need_path`: a bare host is not enough (TKG wants a project below it).
+    """
+    value = text.strip().rstrip("/")
+
+    def fail(why: str) -> InvalidReferenceError:
+        return InvalidReferenceError(f"{what} {text!r} is not a registry prefix: {why}".lstrip())
+
+    if "://" in value:
+        raise fail("give it without a scheme, as host[:port]/path")
+    host, _, path = value.partition("/")
+    if not host:
+        raise fail("give host[:port]/path, e.g. harbor.example.com/tkg")
+    if not (_looks_like_domain(host) and _DOMAIN.match(host)):
+        raise fail(f"{host!r} is not a registry host[:port]; give e.g. harbor.example.com/tkg")
+    if need_path and not path:
+        raise fail("give the registry host and a project, e.g. harbor.example.com/tkg")
+    try:
+        Reference.parse_repository(f"{value}/x")
+    except InvalidReferenceError as exc:
+        raise fail(str(exc).removeprefix("invalid image reference ")) from None
+    return value

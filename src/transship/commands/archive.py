@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +11,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from transship.airgap import (
-    ArchiveInfo,
-    checksum_list,
-    load_tasks,
-    measure,
-    open_archive,
-    save_task,
-    save_tasks,
-    source_points,
-)
 from transship.commands.common import (
+    check_destinations,
     execute,
     load_plan_source,
     plan_source_options,
@@ -34,21 +23,20 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
-from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars, save_imgpkg_tars
-from transship.connect import RegistryPool, SideSettings, tkg_dest_defaults
-from transship.digest import Digest
+from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars, save_tar_set
+from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
-from transship.errors import ExitCode, IntegrityError, TransshipError, UsageError
-from transship.fsutil import write_atomic
-from transship.layout import OCILayout, OCILayoutTar, write_tar
-from transship.layout.reader import LayoutReader
-from transship.layout.volumes import parse_size, split_archive
-from transship.manifest import Manifest
-from transship.plan.model import EntryKind, Plan, PlanEntry
+from transship.errors import UsageError
+from transship.layout.volumes import parse_size
+from transship.ops.archive import open_archive
+from transship.ops.load import LoadJob
+from transship.ops.save import PLACEHOLDER, SaveJob, SaveTarget, archive_info, estimate
+from transship.ops.selfcopy import running_tool
+from transship.ops.tasks import without_attachments
+from transship.ops.verify import ArchiveCheck, verify_archive
+from transship.plan.model import PlanEntry
 from transship.progress import human_bytes
-from transship.relocate import preflight as check_destinations
-
-PARTIAL_SUFFIX = ".partial"
+from transship.tkg.env import tkg_dest_defaults
 
 
 @click.command()
@@ -78,6 +66,11 @@ PARTIAL_SUFFIX = ".partial"
     is_flag=True,
     help="Leave signatures, attestations and referrers behind (saved by default).",
 )
+@click.option(
+    "--include-tool",
+    is_flag=True,
+    help="Carry this single-file transship in the archive as transship/bin/transship.",
+)
 @click.option("--dry-run", is_flag=True, help="Only print the bytes to write and check free disk.")
 @click.option(
     "--format",
@@ -101,6 +94,7 @@ def save(
     split_size: str | None,
     since: Path | None,
     no_attachments: bool,
+    include_tool: bool,
     dry_run: bool,
     out_format: str,
     parallel: int,
@@ -116,21 +110,22 @@ def save(
     setup_logging(verbose, quiet)
     # Inside the archive, names are relative to the destination prefix; an image list
     # without one keeps each image's path below a placeholder host.
-    prefix = dest_prefix or (None if plan_file else "archive.local")
+    prefix = dest_prefix or (None if plan_file else PLACEHOLDER)
     plan = load_plan_source(plan_file, images_file, script_file, prefix)
     if plan is None:
         raise UsageError("save needs one of --plan, --images or --script")
     src_settings = side_settings("src", kwargs, parallel)
-    if out_format == "imgpkg-tars" and (split_size or since or dry_run):
-        raise UsageError("--format imgpkg-tars takes none of --split-size, --since, --dry-run")
-    is_tar = output.suffix == ".tar" and out_format == "oci"
-    part_size = parse_size(split_size) if split_size else None
-    if part_size and not is_tar:
-        raise UsageError("--split-size needs -o FILE.tar")
-    base = open_archive(since) if since else None
-    layout_dir = output.with_name(output.name + PARTIAL_SUFFIX) if is_tar else output
-    if is_tar and output.exists() and not layout_dir.exists() and not dry_run:
-        raise UsageError(f"{output} exists; remove it or choose another name")
+    imgpkg_tars = out_format == "imgpkg-tars"
+    if imgpkg_tars and (split_size or since or dry_run or include_tool):
+        raise UsageError(
+            "--format imgpkg-tars takes none of --split-size, --since, --dry-run, --include-tool"
+        )
+    tool = running_tool() if include_tool else None
+    target = SaveTarget(output, parse_size(split_size) if split_size else None, since, tool)
+    if not imgpkg_tars:
+        target.check(dry_run=dry_run)
+    if since is not None:
+        asyncio.run(open_archive(since).close())  # a bad --since is refused before any request
     console = Console(stderr=True)
     listed = plan
 
@@ -142,69 +137,47 @@ def save(
                 plan, sources, parallel, quiet, attachments=not no_attachments
             )
         elif no_attachments:
-            kept = tuple(e for e in plan.entries if e.kind != EntryKind.ATTACHMENT)
-            plan = Plan(kept, plan.sources)
-        info = ArchiveInfo.for_plan(plan, prefix)
-        if base is not None:
-            info = replace(info, base=since.name if since else None)
-        if out_format == "imgpkg-tars":  # transship.commands.imgpkgtar
-            return await save_imgpkg_tars(plan, info.prefix, sources.get, output, quiet, held_back)
+            plan = without_attachments(plan)
+        # a plan file carries the prefix it was made for; --dest given with it overrides it
+        info = archive_info(
+            plan,
+            dest_prefix if plan_file else None,
+            target,
+            placeholder=not (dest_prefix or plan_file),
+        )
+        if imgpkg_tars:  # transship.ops.imgpkgtar
+            return await save_tar_set(plan, info.prefix, sources.get, output, quiet, held_back)
         if dry_run:
-            existing = OCILayout(layout_dir, writable=False) if layout_dir.exists() else base
-            if existing is not None and base is not None:
-                existing.base = base
-            points = source_points(plan, sources.get)
-            size, blobs, manifests = await measure(points, existing)
-            free = shutil.disk_usage(_existing_parent(layout_dir)).free
+            found = await estimate(plan, target, sources.get)
             console.print(
-                f"save would write {human_bytes(size)} ({blobs} blobs, {manifests} manifests) "
-                f"to {output}; free space there: {human_bytes(free)}"
-                + (" (twice that while packing the tar)" if is_tar else "")
+                f"save would write {human_bytes(found.bytes)} ({found.blobs} blobs, "
+                f"{found.manifests} manifests) to {output}; free space there: "
+                f"{human_bytes(found.free)}"
+                + (" (twice that while packing the tar)" if found.packing else "")
             )
-            if size * (2 if is_tar else 1) > free:
-                raise UsageError(f"not enough free space at {_existing_parent(layout_dir)}")
+            found.require_space()
             return []
-        layout = OCILayout(layout_dir, writable=True)
-        layout.base = base
+        job = SaveJob.open(plan, info, target, sources.get)
         try:
-            layout.write_extra("archive.json", info.to_json())
-            layout.write_extra("plan.yaml", plan.to_yaml())
             results = await run_engine(
-                save_tasks(plan, info, sources.get, layout), report, None, quiet, parallel
+                job.tasks, report, None, quiet, parallel, plan.unique_bytes
             )
         finally:
-            await layout.close()
-            if base is not None:
-                await base.close()
-        for entry in held_back:  # counted as failed, never saved thin: the exit code says so
-            task = save_task(entry, info, sources.get, layout)
-            error = UsageError(f"bundle {entry.source} could not be expanded")
-            results.append(TaskResult(task, "failed", error=error))
+            await job.close()
+        results += job.held_back(held_back, sources.get)  # failed: the exit code says so
         if any(r.status == "failed" for r in results):
             return results
-        sums = checksum_list(
-            layout_dir,
-            ["oci-layout", "index.json", "transship/archive.json", "transship/plan.yaml"],
-        )
-        write_atomic(layout_dir / "transship" / "SHA256SUMS", sums)
-        if is_tar:
-            blobs = await asyncio.to_thread(write_tar, layout_dir, output)
-            shutil.rmtree(layout_dir)
-            written = f"{output} ({blobs} blobs)"
-            if part_size:
-                parts = await asyncio.to_thread(split_archive, output, part_size)
-                written = f"{len(parts)} volumes {parts[0].name}… ({blobs} blobs)"
-            if not quiet:
-                console.print(f"wrote {written}")
+        written = await job.finish()
+        if written.volumes and not quiet:
+            console.print(
+                f"wrote {len(written.volumes)} volumes {written.volumes[0].name}… "
+                f"({written.blobs} blobs)"
+            )
+        elif written.blobs is not None and not quiet:
+            console.print(f"wrote {written.path} ({written.blobs} blobs)")
         return results
 
     return execute(run, src_settings, SideSettings(side="dest"))  # no destination registry
-
-
-def _existing_parent(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 @click.command()
@@ -214,8 +187,8 @@ def _existing_parent(path: Path) -> Path:
     "dest_prefix",
     envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
     metavar="PREFIX",
-    help="Registry/project to load into; each image keeps its path below it "
-    "(for one imgpkg tar: the repository, as imgpkg's --to-repo).",
+    help="Replace the planned destination prefix (default: load where the plan said); for "
+    "one imgpkg tar: the repository, as imgpkg's --to-repo.",
 )
 @click.option(
     "--script",
@@ -244,7 +217,8 @@ def load(
     quiet: bool,
     **kwargs: Any,
 ) -> int:
-    """Push everything in ARCHIVE to a registry, under --dest.
+    """Push everything in ARCHIVE to a registry: where its plan said, or with --dest PREFIX
+    replacing the destination prefix the plan was made for.
 
     ARCHIVE: an OCI layout directory or tar (transship save), an imgpkg tar (imgpkg copy
     --to-tar), or a download-bundle directory (publish-images-fromtar.yaml); or give --script
@@ -252,9 +226,8 @@ def load(
     """
     setup_logging(verbose, quiet)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
-    # -- imgpkg tars (transship.imgpkg): handled apart, OCI archives fall through ----------
     targets = imgpkg_targets(archive, fromtar_script, tars_dir, dest_prefix)
-    if targets is not None:
+    if targets is not None:  # imgpkg tars (transship.ops.imgpkgtar); OCI archives go on
         return load_imgpkg_tars(
             targets,
             dest_settings,
@@ -264,20 +237,20 @@ def load(
             preflight=preflight,
             quiet=quiet,
         )
-    assert archive is not None
-    # -- end imgpkg tars --------------------------------------------------------------------
-    layout = open_archive(archive)
-    info = ArchiveInfo.read(layout)
-    layout.base_name = info.base
+    assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
+    job = LoadJob.open(archive)
+    warning = job.prefix_warning(dest_prefix)
+    if warning and not quiet:
+        print(f"transship: warning: {warning}", file=sys.stderr)
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
-            phases = load_tasks(layout, info, dest_prefix, dests.get)
+            phases, unique = await job.tasks(dest_prefix, dests.get)
             if preflight:
                 await check_destinations(phases, parallel)
-            return await run_engine(phases, report, lock_output, quiet, parallel)
+            return await run_engine(phases, report, lock_output, quiet, parallel, unique)
         finally:
-            await layout.close()
+            await job.close()
 
     return execute(run, SideSettings(side="src"), dest_settings)  # no source registry
 
@@ -291,14 +264,16 @@ def archive_group() -> None:
 @click.argument("archive", type=click.Path(path_type=Path))
 def archive_list(archive: Path) -> int:
     """Show what ARCHIVE holds: repository, tags, digest, media type."""
-    layout = open_archive(archive)
-    table = Table(title=f"{layout.label}")
+    job = LoadJob.open(archive)
+    info = job.info
+    prefix = f" (names relative to {info.prefix})" if info.prefix else ""
+    table = Table(title=f"{job.layout.label}{prefix}")
     for column in ("repository", "tag", "digest", "media type"):
         table.add_column(column)
-    for repository, tag, descriptor in layout.entries():
+    for repository, tag, descriptor in job.layout.entries():
         table.add_row(repository, tag, descriptor.digest.short, descriptor.media_type)
     Console().print(table)
-    asyncio.run(layout.close())
+    asyncio.run(job.close())
     return 0
 
 
@@ -306,64 +281,27 @@ def archive_list(archive: Path) -> int:
 @click.argument("archive", type=click.Path(path_type=Path))
 def archive_verify(archive: Path) -> int:
     """Re-hash every blob offline and check every manifest's references are present."""
-    layout = open_archive(archive)
-    info = ArchiveInfo.read(layout)
+    job = LoadJob.open(archive)
+    print(f"{job.layout.label}: {job.info.compatibility()}")
     try:
-        problems = layout.verify_volumes() if isinstance(layout, OCILayoutTar) else []
-        found, blobs, manifests = asyncio.run(_verify_archive(layout))
-        problems += found
+        check = asyncio.run(verify_archive(job.layout, job.info.base))
     finally:
-        asyncio.run(layout.close())
-    if info.base:
-        in_base = [p for p in problems if p.endswith("is missing")]
-        problems = [p for p in problems if not p.endswith("is missing")]
-        if in_base:
-            print(f"{len(in_base)} blobs are expected from the base archive {info.base}")
-    for problem in problems:
+        asyncio.run(job.close())
+    print_archive_check(check)
+    return int(check.exit_code)
+
+
+def print_archive_check(check: ArchiveCheck) -> None:
+    if check.from_base:
+        print(f"{check.from_base} blobs are expected from the base archive {check.base}")
+    if check.tool_note:
+        print(f"{check.label}: {check.tool_note}")
+    for problem in check.problems:
         print(f"transship: {problem}", file=sys.stderr)
-    corrupt = any("does not match" in p or "bytes" in p for p in problems)
     print(
-        f"{layout.label}: {manifests} manifests and {blobs} blobs checked, "
-        f"{len(problems)} problem(s)"
+        f"{check.label}: {check.manifests} manifests and {check.blobs} blobs checked, "
+        f"{len(check.problems)} problem(s)"
     )
-    if not problems:
-        return ExitCode.OK
-    return ExitCode.INTEGRITY if corrupt else ExitCode.INCOMPLETE
-
-
-async def _verify_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
-    problems: list[str] = []
-    checked_blobs: set[Digest] = set()
-    checked_manifests: set[Digest] = set()
-
-    async def check_manifest(repository: str, identifier: str, where: str) -> None:
-        try:
-            manifest: Manifest = await layout.get_manifest(repository, identifier)
-        except TransshipError as exc:
-            problems.append(f"{where}: {exc}")
-            return
-        if manifest.digest in checked_manifests:
-            return
-        checked_manifests.add(manifest.digest)
-        for child in manifest.manifests:
-            await check_manifest(repository, str(child.digest), f"{where} child")
-        for blob in manifest.blobs():
-            if blob.urls or blob.digest in checked_blobs:
-                continue
-            checked_blobs.add(blob.digest)
-            if not await layout.has_blob(repository, blob.digest):
-                problems.append(f"{where}: blob {blob.digest.short} is missing")
-                continue
-            try:
-                async with layout.open_blob(repository, blob) as chunks:
-                    async for _ in chunks:
-                        pass
-            except IntegrityError as exc:
-                problems.append(f"{where}: {exc}")
-
-    for repository, tag, _descriptor in layout.entries():
-        await check_manifest(repository, tag, f"{repository}:{tag}")
-    return problems, len(checked_blobs), len(checked_manifests)
 
 
 COMMANDS = [save, load, archive_group]

@@ -16,7 +16,8 @@ import click
 from transship.cacheck import Target, check_registry
 from transship.errors import UsageError
 from transship.fsutil import write_atomic
-from transship.remote.tls import CABundle, load_ca, refuse_private_key
+from transship.remote.tls import CABundle, load_ca
+from transship.tkg.ca import refuse_private_key, tkg_ca_form
 
 CA_ENV = "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"
 
@@ -55,7 +56,7 @@ def ca_encode(file: str, quiet: bool) -> int:
             raise UsageError(f"CA file {file} does not exist or is not a file")
         bundle = load_ca(str(path))
     refuse_private_key(bundle)
-    click.echo(bundle.base64())
+    click.echo(tkg_ca_form(bundle))
     if not quiet:
         click.echo(f"transship: encoded {_describe(bundle)}", err=True)
     return 0

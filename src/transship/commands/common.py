@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,17 +14,19 @@ import click
 from rich.console import Console
 
 from transship.connect import RegistryPool, SideSettings
-from transship.engine import CopyEngine, CopyTask, EngineOptions, TaskResult
-from transship.errors import ExitCode, UsageError
+from transship.engine import CopyTask, EngineOptions, TaskResult
+from transship.errors import ExitCode, PreflightError, UsageError
 from transship.fsutil import write_atomic
+from transship.imgpkg.lock import write_images_lock
+from transship.ops.listed import resolve_listed as resolve_listed_plan
+from transship.ops.preflight import preflight
+from transship.ops.run import run_phases
+from transship.ops.verify import VerifyOptions, VerifyResult, verify_plan
 from transship.plan._yaml import read_text
-from transship.plan.attachments import without_attachments_of
 from transship.plan.imagelist import load_image_list
-from transship.plan.model import EntryKind, Plan, PlanEntry
-from transship.plan.oldscript import load_old_script
-from transship.plan.resolve import ResolveOptions, resolve_plan
-from transship.progress import LogObserver, RichObserver, summary_table
-from transship.relocate import write_images_lock
+from transship.plan.model import Plan, PlanEntry
+from transship.progress import ByteBudget, LogObserver, RichObserver, summary_table
+from transship.tkg.script import load_old_script
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -196,33 +197,46 @@ async def run_engine(
     lock_output: Path | None,
     quiet: bool,
     parallel: int,
+    unique_bytes: int | None = None,
 ) -> list[TaskResult]:
+    """Run the phases with progress: `unique_bytes` (the plan's, each blob once) and the tasks'
+    sizes give the total to send and the ETA."""
     console = Console(stderr=True)
     total = sum(len(p) for p in task_phases)
+    budget = ByteBudget((t for p in task_phases for t in p), unique_bytes)
     observer: RichObserver | LogObserver
     if console.is_terminal and not quiet:
-        observer = RichObserver(console, total)
+        observer = RichObserver(console, total, budget)
     else:
-        observer = LogObserver(total, quiet=quiet)
-    engine = CopyEngine(EngineOptions(parallel_images=parallel), observer)
-    start = time.monotonic()
+        observer = LogObserver(total, budget, quiet=quiet)
     with observer:
-        results = await engine.run_phases(task_phases)
-    seconds = time.monotonic() - start
+        outcome = await run_phases(task_phases, EngineOptions(parallel_images=parallel), observer)
     if report is not None:
-        write_report(report, results, seconds)
+        write_report(report, outcome.results, outcome.seconds)
     if lock_output is not None:
-        write_images_lock(lock_output, results)
+        write_images_lock(lock_output, outcome.results)
     if not quiet:
-        console.print(summary_table(results, engine.stats, seconds))
-    return results
+        console.print(summary_table(outcome.results, outcome.stats, outcome.seconds))
+    if outcome.stopped is not None:  # a registry is down: one line and exit 6, not one per entry
+        raise outcome.stopped
+    return outcome.results
+
+
+async def check_destinations(task_phases: Sequence[Sequence[CopyTask]], parallel: int) -> None:
+    """`--preflight`: every refusal on its own line, then the error (rendered by the CLI)."""
+    try:
+        await preflight(task_phases, parallel)
+    except PreflightError as exc:
+        for problem in exc.problems:
+            print(f"transship: preflight: {problem}", file=sys.stderr)
+        raise
 
 
 def write_report(path: Path, results: Sequence[TaskResult], seconds: float) -> None:
     entries = [
         {
-            "source": r.task.source_label,
-            "destination": r.task.dest_label,
+            "source": r.task.source_name,
+            "destination": r.task.dest_reference,
             "digest": str(r.digest) if r.digest else None,
             "status": r.status,
             "bytes": r.bytes_sent,
@@ -250,31 +264,32 @@ def exit_code_for(results: Sequence[TaskResult]) -> int:
 async def resolve_listed(
     plan: Plan, sources: RegistryPool, parallel: int, quiet: bool, *, attachments: bool
 ) -> tuple[Plan, list[PlanEntry]]:
-    """Resolve a list or script as `transship plan` would, without letting one bad image stop
-    the rest: an entry that could not be resolved is copied as listed (the engine retries and
-    reports it), and a bundle that could not be expanded is held back, never copied thin."""
-    resolution = await resolve_plan(
-        plan,
-        sources.get,
-        ResolveOptions(parallel=parallel, keep_going=True, attachments=attachments),
-    )
-    for warning in resolution.warnings if not quiet else ():
+    """Resolve a list or script (`ops.listed`) and tell people what was left out and why."""
+    listed = await resolve_listed_plan(plan, sources.get, parallel, attachments=attachments)
+    for warning in listed.warnings if not quiet else ():
         print(f"transship: warning: {warning}", file=sys.stderr)
-    resolved = resolution.plan
-    present = {e.source for e in resolved.entries}
-    listed = {e.source: e for e in plan.entries}
-    retry = [listed[g.source] for g in resolved.gaps if g.source in listed]
-    retry = [e for e in retry if e.source not in present]
-    for gap in resolved.gaps if not quiet else ():
-        if gap.source not in listed:
-            print(f"transship: warning: not copied: {gap.source}: {gap.reason}", file=sys.stderr)
-    held_back = [e for e in resolved.entries if e.kind == EntryKind.BUNDLE and e.expanded is False]
-    for entry in held_back:
+    for gap in listed.not_copied if not quiet else ():
+        print(f"transship: warning: not copied: {gap.source}: {gap.reason}", file=sys.stderr)
+    for entry in listed.held_back:
         print(
             f"transship: error: bundle {entry.source} could not be expanded, so it is not "
             "copied (a bundle without its images would break imgpkg); see the warnings above",
             file=sys.stderr,
         )
-    kept = without_attachments_of((e for e in resolved.entries if e not in held_back), held_back)
-    keep = kept + tuple(retry)
-    return Plan(keep, resolved.sources), held_back
+    return listed.plan, list(listed.held_back)
+
+
+async def run_verify(
+    plan: Plan,
+    src_settings: SideSettings,
+    dest_settings: SideSettings,
+    options: VerifyOptions,
+) -> VerifyResult:
+    """Open both sides, verify, close: shared by `verify` and `tkg config`."""
+    sources = RegistryPool(src_settings)
+    dests = RegistryPool(dest_settings)
+    try:
+        return await verify_plan(plan, sources.get, dests.get, options)
+    finally:
+        await sources.close()
+        await dests.close()

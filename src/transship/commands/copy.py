@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from transship.commands.common import (
+    check_destinations,
     execute,
     load_plan_source,
     plan_source_options,
@@ -19,14 +19,13 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
-from transship.connect import RegistryPool, tkg_dest_defaults
+from transship.connect import RegistryPool
 from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.manifest import Platform
-from transship.plan.model import EntryKind, Plan, PlanEntry
-from transship.reference import Reference
-from transship.relocate import phases, task_for
-from transship.relocate import preflight as check_destinations
+from transship.ops.tasks import copy_phases, single_entry, task_for, without_attachments
+from transship.plan.model import Plan, PlanEntry
+from transship.tkg.env import tkg_dest_defaults
 
 
 @click.command()
@@ -82,7 +81,7 @@ def copy(
             wanted = tuple(Platform.parse(p) for p in platforms)
         except ValueError as exc:
             raise UsageError(f"--platform: {exc}") from None
-        single: Plan | None = Plan((_single_entry(source, destination),))
+        single: Plan | None = Plan((single_entry(source, destination),))
         resolve = False
     else:
         if plan is None:
@@ -104,31 +103,19 @@ def copy(
                 chosen, sources, parallel, quiet, attachments=not no_attachments
             )
         elif no_attachments:
-            kept = tuple(e for e in chosen.entries if e.kind != EntryKind.ATTACHMENT)
-            chosen = Plan(kept, chosen.sources)
-        plan_phases = phases(chosen)
-        task_phases = [
-            [replace(task_for(e, sources.get, dests.get), platforms=wanted) for e in group]
-            for group in plan_phases
-        ]
+            chosen = without_attachments(chosen)
+        task_phases = copy_phases(chosen, sources.get, dests.get, wanted)
         if preflight:
             await check_destinations(task_phases, parallel)
-        results = await run_engine(task_phases, report, lock_output, quiet, parallel)
+        results = await run_engine(
+            task_phases, report, lock_output, quiet, parallel, chosen.unique_bytes
+        )
         for entry in held_back:  # counted as failed: the exit code says partial
             task = task_for(entry, sources.get, dests.get)
             results.append(TaskResult(task, "failed", error=UsageError(entry.source)))
         return results
 
     return execute(run, src_settings, dest_settings)
-
-
-def _single_entry(source: str, destination: str) -> PlanEntry:
-    src = Reference.parse(source)
-    dst = Reference.parse(destination)
-    if dst.digest is not None:
-        raise UsageError(f"destination {destination!r} must not carry a digest (it is kept)")
-    tag = dst.tag or (src.tag if src.digest is None or src.tag else None)
-    return PlanEntry.create(str(src), dst.name, tags=(tag,) if tag else ())
 
 
 COMMANDS = [copy]

@@ -1,74 +1,40 @@
-"""imgpkg tars on the command line: `load` of one tar, a from-tar script or a download-bundle
-directory, and `plan imgpkg-tars` listing what such a load pushes and what de-duplication saves.
+"""imgpkg tars on the command line: options and rendering over `transship.ops.imgpkgtar`.
 
-`load` (commands.archive) hands its arguments here first (`load_imgpkg_tars`); anything that is
-not imgpkg input goes back to the OCI-archive path untouched.
+`load` (commands.archive) asks `imgpkg_targets` first; anything that is not imgpkg input goes
+on to the OCI-archive path untouched. `plan imgpkg-tars` lists what such a load pushes and what
+de-duplication across the tars saves.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from transship.commands.common import (
+    check_destinations,
     execute,
     run_engine,
     setup_logging,
     write_report,
 )
 from transship.connect import RegistryPool, SideSettings
-from transship.engine import CopyTask, TaskResult
+from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.fsutil import write_atomic
-from transship.generated import GeneratedEndpoint
-from transship.imgpkg.fromtar import (
-    FROMTAR_YAML,
-    TarLoad,
-    TarTarget,
-    check_complete,
-    is_download_bundle_dir,
-    looks_like_imgpkg_tar,
-    plan_load,
-    single_target,
-    targets_from_directory,
-    targets_from_script,
-)
-from transship.imgpkg.totar import FROMTAR_SCRIPT, tar_jobs, write_tar_set
+from transship.imgpkg.fromtar import FROMTAR_YAML, TarLoad, TarTarget
+from transship.imgpkg.totar import FROMTAR_SCRIPT
+from transship.ops.imgpkgtar import TarLoadJob, imgpkg_targets, save_imgpkg_tars, tar_listing
+from transship.ops.tasks import EndpointFor
 from transship.plan.model import Plan, PlanEntry
 from transship.progress import human_bytes
-from transship.reference import Reference
-from transship.relocate import EndpointFor
-from transship.relocate import preflight as check_destinations
 
-log = logging.getLogger("transship.imgpkg")
-
-
-def imgpkg_targets(
-    archive: Path | None, script: Path | None, tars_dir: Path | None, dest: str | None
-) -> list[TarTarget] | None:
-    """The tars to load, or None when the input is not imgpkg's (an OCI archive)."""
-    if script is not None:
-        if archive is not None:
-            raise UsageError("give --script or an ARCHIVE, not both")
-        return targets_from_script(script, tars_dir, dest)
-    if archive is None:
-        raise UsageError("load needs an ARCHIVE (or --script publish-images-fromtar.sh)")
-    if tars_dir is not None:
-        raise UsageError("--tars goes with --script")
-    if is_download_bundle_dir(archive):
-        return targets_from_directory(archive, dest)
-    if looks_like_imgpkg_tar(archive):
-        return [single_target(archive, dest)]
-    return None
+__all__ = ["imgpkg_targets", "load_imgpkg_tars", "plan_imgpkg_tars", "save_tar_set"]
 
 
 def summary_line(load: TarLoad) -> str:
@@ -94,29 +60,21 @@ def load_imgpkg_tars(
     console = Console(stderr=True)
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
-        start = time.monotonic()
-        load = plan_load(targets, dests.get)
-        planned = time.monotonic()
+        job = TarLoadJob.open(targets, dests.get)
         try:
             if not quiet:
-                console.print(summary_line(load))
+                console.print(summary_line(job.load))
             if preflight:
-                await check_destinations(load.phases, parallel)
-            results = await run_engine(load.phases, None, lock_output, quiet, parallel)
-            pushed = time.monotonic()
-            results = await check_complete(results, parallel)
-            done = time.monotonic()
-            log.info(
-                "imgpkg tars: read in %.2f s, pushed in %.2f s, checked in %.2f s",
-                planned - start,
-                pushed - planned,
-                done - pushed,
+                await check_destinations(job.phases, parallel)
+            results = await run_engine(
+                job.phases, None, lock_output, quiet, parallel, job.load.unique_bytes
             )
-            if report is not None:
-                write_report(report, results, done - start)
+            results = await job.finish(results, parallel)
+            if report is not None:  # after the final check, so holes are in it
+                write_report(report, results, job.seconds)
             return results
         finally:
-            await load.close()
+            await job.close()
 
     return execute(run, SideSettings(side="src"), dest_settings)
 
@@ -167,25 +125,8 @@ def plan_imgpkg_tars(
     targets = imgpkg_targets(archive, script_file, tars_dir, dest)
     if targets is None:
         raise UsageError(f"{archive}: not an imgpkg tar nor a download-bundle directory")
-    # nothing is contacted: a stand-in endpoint per destination registry
-    load = plan_load(targets, lambda host: GeneratedEndpoint(label=host))
+    load, doc = tar_listing(targets)
     try:
-        doc: dict[str, Any] = {
-            "tars": len(load.tars),
-            "storedBytes": load.stored_bytes,
-            "uniqueBytes": load.unique_bytes,
-            "savedBytes": load.saved_bytes,
-            "push": [
-                {
-                    "tar": row.tar,
-                    "destination": row.destination,
-                    "tags": list(row.tags),
-                    "digest": str(row.digest),
-                    "kind": row.kind,
-                }
-                for row in load.rows
-            ],
-        }
         if output is not None:
             write_atomic(output, json.dumps(doc, indent=2) + "\n")
         else:
@@ -204,7 +145,7 @@ def plan_imgpkg_tars(
     return 0
 
 
-async def save_imgpkg_tars(
+async def save_tar_set(
     plan: Plan,
     prefix: str,
     source_for: EndpointFor,
@@ -212,47 +153,14 @@ async def save_imgpkg_tars(
     quiet: bool,
     held_back: Sequence[PlanEntry] = (),
 ) -> list[TaskResult]:
-    """`save --format imgpkg-tars`: one imgpkg tar per entry, plus the from-tar YAML and
-    script; one result per tar (and a failure per bundle that could not be expanded), so the
-    exit code is `save`'s."""
-    if out_dir.suffix == ".tar":
-        raise UsageError(f"{out_dir}: --format imgpkg-tars writes a directory of tars")
-    jobs = tar_jobs(plan, prefix, source_for)
-    written = await write_tar_set(jobs, out_dir, prefix)
-    where = GeneratedEndpoint(label=f"imgpkg-tars:{out_dir}")
-    results = []
-    for job, error in written:
-        source = job.sources[0]
-        task = CopyTask(
-            source=source.endpoint,
-            source_repository=source.repository,
-            source_identifier=source.identifier,
-            dest=where,
-            dest_repository=job.relative,
-            label=f"{job.entry.source} -> {out_dir / job.name}",
-            source_label=job.entry.source,
-            dest_label=str(out_dir / job.name),
-        )
-        results.append(TaskResult(task, "failed" if error else "copied", error=error))
-    for entry in held_back:  # never written thin: counted as failed
-        ref = Reference.parse(entry.source)
-        task = CopyTask(
-            source=source_for(ref.registry),
-            source_repository=ref.repository,
-            source_identifier=ref.identifier,
-            dest=where,
-            dest_repository=entry.destination,
-            label=entry.source,
-        )
-        error = UsageError(f"bundle {entry.source} could not be expanded")
-        results.append(TaskResult(task, "failed", error=error))
+    """`save --format imgpkg-tars`, rendered: what was written, then each failure."""
+    outcome = await save_imgpkg_tars(plan, prefix, source_for, out_dir, held_back)
     if not quiet:
-        failed = sum(1 for r in results if r.status == "failed")
         Console(stderr=True).print(
-            f"wrote {len(jobs) - failed} of {len(jobs)} imgpkg tars, {FROMTAR_YAML} and "
+            f"wrote {outcome.written} of {outcome.tars} imgpkg tars, {FROMTAR_YAML} and "
             f"{FROMTAR_SCRIPT} to {out_dir}"
         )
-        for result in results:
+        for result in outcome.results:
             if result.error is not None:
                 print(f"transship: error: {result.error}", file=sys.stderr)
-    return results
+    return outcome.results

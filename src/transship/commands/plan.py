@@ -25,11 +25,12 @@ from transship.errors import ExitCode, UsageError
 from transship.fsutil import write_atomic
 from transship.plan.imagelist import load_image_list
 from transship.plan.model import NOT_REGISTRY_NOTE, EntryKind, Plan
-from transship.plan.oldscript import load_old_script
-from transship.plan.resolve import Resolution, ResolveOptions, resolve_plan, unresolved
-from transship.plan.tkg import DEFAULT_SOURCE_PREFIX
-from transship.plan.tkgregistry import TkgRelease, plan_from_files, plan_tkg_release
+from transship.plan.reader import ResolveOptions
+from transship.plan.resolve import Resolution, resolve_plan, unresolved
 from transship.progress import human_bytes
+from transship.tkg.bom import DEFAULT_SOURCE_PREFIX
+from transship.tkg.release import TkgRelease, plan_from_files, plan_tkg_release
+from transship.tkg.script import load_old_script
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")

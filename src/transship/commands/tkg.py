@@ -13,25 +13,31 @@ from typing import Any
 import click
 from rich.console import Console
 
-from transship.commands.common import load_plan_source, setup_logging, side_options, side_settings
-from transship.commands.verify import print_result, run_verify, wide_console
+from transship.commands.common import (
+    load_plan_source,
+    run_verify,
+    setup_logging,
+    side_options,
+    side_settings,
+)
+from transship.commands.rendering import print_result, wide_console
 from transship.connect import RegistryPool, SideSettings
-from transship.errors import TransshipError
+from transship.errors import IncompleteError, TransshipError
+from transship.ops.verify import VerifyOptions
 from transship.plan.model import Plan
-from transship.reference import Reference
-from transship.remote.tls import load_ca, refuse_private_key
-from transship.tkgconfig import (
+from transship.reference import Reference, parse_prefix
+from transship.remote.tls import load_ca
+from transship.tkg.ca import refuse_private_key, tkg_ca_form
+from transship.tkg.config import (
     CA_CERTIFICATE_KEY,
     COMPATIBILITY_PATH_KEY,
     DEFAULT_COMPATIBILITY_PATH,
     REPOSITORY_KEY,
     TkgSettings,
     compatibility_repository,
-    repository_prefix,
     require_tkg_release,
     write_cluster_config,
 )
-from transship.verify import IncompleteError, VerifyOptions
 
 FORCE_HINT = "copy or load the missing content first, or pass --force to emit the settings anyway"
 
@@ -146,12 +152,12 @@ def tkg_config(
     Standard output holds only the commands, so `transship tkg config … | sh` applies them.
     """
     setup_logging(verbose, quiet)
-    repository = repository_prefix(dest)
+    repository = parse_prefix(dest, "--dest", need_path=True)
     ca_base64: str | None = None
     if ca:
         bundle = load_ca(ca)
         refuse_private_key(bundle)
-        ca_base64 = bundle.base64()
+        ca_base64 = tkg_ca_form(bundle)
     settings = TkgSettings(repository, skip_tls_verify, ca_base64, compatibility_path.strip("/"))
     compatibility = compatibility_repository(settings)
     plan = load_plan_source(plan_file, images_file, script_file, repository)

@@ -12,79 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from transship.commands.common import (
     load_plan_source,
     plan_source_options,
+    run_verify,
     setup_logging,
     side_options,
     side_settings,
 )
-from transship.connect import RegistryPool, SideSettings, tkg_dest_defaults
+from transship.commands.rendering import print_result, wide_console
 from transship.errors import ExitCode, UsageError
 from transship.fsutil import write_atomic
-from transship.plan.model import Plan
-from transship.verify import VerifyOptions, VerifyResult, verify_plan
-
-MAX_ROWS = 200
-
-
-def problems_table(result: VerifyResult, limit: int = MAX_ROWS) -> Table:
-    """What is missing or different, one row per problem (the report has them all)."""
-    table = Table(title="missing or different at the destination")
-    for column in ("problem", "at the destination", "expected", "found", "detail / source"):
-        table.add_column(column, overflow="fold")
-    rows = result.problems
-    for check, problem in rows[:limit]:
-        detail = problem.detail or f"from {check.entry.source}"
-        table.add_row(
-            problem.kind,
-            problem.reference,
-            problem.expected.short if problem.expected else "",
-            problem.found.short if problem.found else "",
-            detail,
-        )
-    if len(rows) > limit:
-        table.caption = f"… and {len(rows) - limit} more: see --report"
-    return table
-
-
-def wide_console(*, stderr: bool) -> Console:
-    """A terminal's own width; 200 columns for logs and pipes, so references are not folded."""
-    console = Console(stderr=stderr)
-    if console.is_terminal:
-        return console
-    return Console(stderr=stderr, width=max(console.width, 200))
-
-
-def print_result(result: VerifyResult, console: Console) -> None:
-    if result.problems:
-        console.print(problems_table(result))
-    for bundle in result.unexpanded_bundles():
-        console.print(
-            f"note: bundle {bundle.destination} was not expanded in the plan: the images it "
-            "references were not checked (plan it with resolution to list them)",
-            highlight=False,
-        )
-    console.print(result.summary(), highlight=False, soft_wrap=True)
-
-
-async def run_verify(
-    plan: Plan,
-    src_settings: SideSettings,
-    dest_settings: SideSettings,
-    options: VerifyOptions,
-) -> VerifyResult:
-    """Open both sides, verify, close: shared by `verify` and `tkg config`."""
-    sources = RegistryPool(src_settings)
-    dests = RegistryPool(dest_settings)
-    try:
-        return await verify_plan(plan, sources.get, dests.get, options)
-    finally:
-        await sources.close()
-        await dests.close()
+from transship.ops.verify import VerifyOptions
+from transship.tkg.env import tkg_dest_defaults
 
 
 @click.command()

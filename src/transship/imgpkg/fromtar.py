@@ -5,7 +5,7 @@ directory (`publish-images-fromtar.yaml`).
 What imgpkg does per tar (imgpkg-format.md §3.2, §5): every top-level item of `manifest.json`
 goes into the one destination repository by digest, tagged `sha256-<hex>.imgpkg`, items carrying
 a `Tag` also get that tag; bundles come after the images they list, and (since imgpkg v0.37)
-each bundle gets its ImageLocations record (`transship.generated`), after the bundle.
+each bundle gets its ImageLocations record (`transship.imgpkg.locations`), after the bundle.
 
 What transship adds: all tars are tasks of one engine run against one destination endpoint per
 registry, so a blob shared by fifty tars is uploaded once and mounted elsewhere; tasks are pinned
@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask, TaskResult
-from transship.errors import ExitCode, TransshipError, UsageError
-from transship.generated import (
+from transship.errors import IncompleteError, LayoutError, PlanError, TransshipError, UsageError
+from transship.imgpkg.bundle import (
+    IMAGES_LOCK_FILE,
+    IMGPKG_DIR,
+    MAX_LAYER_BYTES,
+    find_file,
+    parse_images_lock,
+)
+from transship.imgpkg.copyline import parse_copy_lines
+from transship.imgpkg.locations import (
     DOCKER_LAYER,
     ImageLocation,
     build_image_locations,
@@ -34,27 +42,13 @@ from transship.generated import (
     imgpkg_tag,
 )
 from transship.imgpkg.tarball import ImgpkgTar, TarItem, is_imgpkg_tar
-from transship.layout.errors import LayoutError
 from transship.plan._yaml import load_yaml, read_text
-from transship.plan.errors import PlanError
-from transship.plan.imgpkg import (
-    IMAGES_LOCK_FILE,
-    IMGPKG_DIR,
-    MAX_LAYER_BYTES,
-    find_file,
-    parse_images_lock,
-)
-from transship.plan.oldscript import _parse_lines
 from transship.reference import Reference
-from transship.relocate import EndpointFor
+
+#: the destination endpoint for a registry host (a `RegistryPool.get`, or a stand-in)
+EndpointFor = Callable[[str], Endpoint]
 
 FROMTAR_YAML = "publish-images-fromtar.yaml"
-
-
-class IncompleteError(TransshipError):
-    """The destination lacks something the load pushed (checked after the run)."""
-
-    exit_code = ExitCode.INCOMPLETE
 
 
 @dataclass(frozen=True)
@@ -97,7 +91,7 @@ def targets_from_script(
     longest prefix the script's destinations share is replaced by it.
     """
     name = str(script)
-    copies = [c for c in _parse_lines(read_text(script), name) if c is not None]
+    copies = [c for c in parse_copy_lines(read_text(script), name) if c is not None]
     base = tars_dir or script.parent
     targets = []
     for copy in copies:
@@ -303,7 +297,6 @@ def plan_load(targets: Sequence[TarTarget], dest_for: EndpointFor) -> TarLoad:
             kind = "image-locations"
         else:
             source, source_label, kind = tar, f"{tar.path.name}:{what.name}", _kind(what)
-        shown = ",".join(tags)
         groups.setdefault(phase, []).append(
             CopyTask(
                 source=source,
@@ -312,9 +305,8 @@ def plan_load(targets: Sequence[TarTarget], dest_for: EndpointFor) -> TarLoad:
                 dest=dest_for(registry),
                 dest_repository=repository,
                 dest_tags=tuple(tags),
-                label=f"{source_label} -> {dest_name}:{shown}",
-                source_label=source_label,
-                dest_label=f"{dest_name}:{shown}",
+                source_reference=source_label,
+                size=tar.graph_size(what.manifest) if what else None,
             )
         )
         rows.append(Row(tar.path.name, dest_name, tuple(tags), digest, kind))
@@ -349,7 +341,7 @@ async def check_complete(results: Sequence[TaskResult], parallel: int = 16) -> l
     checked: dict[int, TaskResult] = {}
 
     def incomplete(result: TaskResult, what: str) -> TaskResult:
-        error = IncompleteError(f"{result.task.dest_label}: after the load, {what}")
+        error = IncompleteError(f"{result.task.dest_reference}: after the load, {what}")
         return replace(result, status="failed", error=error)
 
     async def check(group: list[TaskResult]) -> None:

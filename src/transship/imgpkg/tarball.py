@@ -27,12 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from transship.digest import Digest
-from transship.errors import IntegrityError, InvalidDigestError, TransshipError
-from transship.layout.archive import _COMPRESSED, _TarBlob, scan_tar
-from transship.layout.errors import LayoutError, io_error
+from transship.errors import (
+    IntegrityError,
+    InvalidDigestError,
+    LayoutError,
+    TransshipError,
+    io_error,
+)
+from transship.layout.archive import COMPRESSED_MAGIC, TarMember, scan_tar
 from transship.layout.index import LayoutIndex
 from transship.layout.reader import BlobFile, LayoutReader
-from transship.manifest import Descriptor, Manifest
+from transship.manifest import Descriptor, Manifest, Referrer
 from transship.reference import Reference
 
 MANIFEST_FILE = "manifest.json"
@@ -117,7 +122,7 @@ def is_imgpkg_tar(path: Path) -> bool:
             head = handle.read(512)
     except OSError:
         return False
-    if len(head) < 512 or any(head.startswith(magic) for magic in _COMPRESSED):
+    if len(head) < 512 or any(head.startswith(magic) for magic in COMPRESSED_MAGIC):
         return False
     try:
         info = tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
@@ -166,7 +171,7 @@ class ImgpkgTar(LayoutReader):
     def _load(self) -> None:
         size = os.fstat(self._fd).st_size
         head = self._pread(8, 0)
-        for magic, kind in _COMPRESSED.items():
+        for magic, kind in COMPRESSED_MAGIC.items():
             if head.startswith(magic):
                 raise LayoutError(
                     f"{self.label}: {kind}-compressed; imgpkg writes plain tars, "
@@ -181,7 +186,7 @@ class ImgpkgTar(LayoutReader):
             raise LayoutError(
                 f"{self.label}: {MANIFEST_FILE} is over {MAX_MANIFEST_JSON_BYTES} bytes"
             )
-        raw = _TarBlob(self._pread, offset, length).read(length)
+        raw = TarMember(self._pread, offset, length).read(length)
         self._members: dict[Digest, tuple[int, int]] = {}
         for name, member in files.items():
             match = _LAYER_MEMBER.match(name)
@@ -240,6 +245,18 @@ class ImgpkgTar(LayoutReader):
                         Manifest.parse(raw, child.media_type, self.label), depth + 1
                     )
 
+    def graph_size(self, manifest: Manifest) -> int:
+        """Bytes of a manifest's whole graph (manifests, configs, layers; each once): the
+        task's share of a load's progress total."""
+        seen: dict[Digest, int] = {}
+        for node in self._walk(manifest):
+            seen[node.digest] = node.size
+            if node.config is not None:
+                seen[node.config.digest] = node.config.size
+            for layer in node.layers:
+                seen[layer.digest] = layer.size
+        return sum(seen.values())
+
     def manifests(self) -> dict[Digest, int]:
         """Every manifest (top-level and children) with its size."""
         out: dict[Digest, int] = {}
@@ -256,7 +273,7 @@ class ImgpkgTar(LayoutReader):
         offset, size = found
         if size > limit:
             raise LayoutError(f"{self.label}: layer {digest.short} is over {limit} bytes")
-        data = _TarBlob(self._pread, offset, size).read(size)
+        data = TarMember(self._pread, offset, size).read(size)
         if Digest.of(data, digest.algorithm) != digest:
             raise IntegrityError(f"{self.label}: layer {digest.short} does not match its digest")
         return data
@@ -280,7 +297,13 @@ class ImgpkgTar(LayoutReader):
         if self._fd < 0:
             raise LayoutError(f"{self.label} is closed")
         found = self._members.get(digest)
-        return _TarBlob(self._pread, *found) if found else None
+        return TarMember(self._pread, *found) if found else None
+
+    async def list_referrers(self, repository: str, digest: Digest) -> tuple[Referrer, ...] | None:
+        """None: an imgpkg tar has no referrers API; signatures `imgpkg copy
+        --cosign-signatures` wrote are items with `sha256-<hex>.sig` tags, found through
+        `list_tags` as on a registry without the API."""
+        return None
 
     async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
         raise LayoutError(f"{self.label} is read-only")

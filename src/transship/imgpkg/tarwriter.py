@@ -21,9 +21,8 @@ from typing import Any
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
-from transship.errors import IntegrityError, UsageError
+from transship.errors import IntegrityError, UsageError, io_error
 from transship.imgpkg.tarball import MANIFEST_FILE, MAX_NESTING
-from transship.layout.errors import io_error
 from transship.manifest import Descriptor, Manifest
 
 _BLOCK = 512

@@ -22,12 +22,11 @@ from pathlib import Path
 
 from transship.errors import TransshipError, UsageError
 from transship.fsutil import write_atomic
-from transship.imgpkg.fromtar import FROMTAR_YAML
+from transship.imgpkg.fromtar import FROMTAR_YAML, EndpointFor
 from transship.imgpkg.tarball import ROOT_BUNDLE_LABEL, ImgpkgTar
 from transship.imgpkg.tarwriter import TarSource, write_imgpkg_tar
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
-from transship.relocate import EndpointFor
 
 FROMTAR_SCRIPT = "publish-images-fromtar.sh"
 _SKIPPED = (EntryKind.BUNDLE_REFERENCED, EntryKind.IMAGE_LOCATIONS, EntryKind.ATTACHMENT)

@@ -21,9 +21,9 @@ with tag NAME, or as repository/tag when NAME is `repo:tag`. Entries without a r
 lists an index's children that way) are not tags.
 """
 
+from transship.errors import LayoutError, UnsafeArchiveError
 from transship.layout.archive import OCILayoutTar, scan_tar, write_tar
 from transship.layout.directory import OCILayout
-from transship.layout.errors import LayoutError, UnsafeArchiveError
 from transship.layout.index import (
     ANNOTATION_REPOSITORY,
     ANNOTATION_TAG,

@@ -19,9 +19,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, InvalidDigestError
-from transship.layout.directory import _fsync_dir, _read_bounded
-from transship.layout.errors import LayoutError, UnsafeArchiveError, io_error
+from transship.errors import (
+    IntegrityError,
+    InvalidDigestError,
+    LayoutError,
+    UnsafeArchiveError,
+    io_error,
+)
+from transship.fsutil import fsync_dir
+from transship.layout.directory import _read_bounded
 from transship.layout.index import (
     EXTRA_DIR,
     INDEX_FILE,
@@ -29,6 +35,7 @@ from transship.layout.index import (
     MAX_EXTRA_BYTES,
     MAX_INDEX_BYTES,
     MAX_LAYOUT_FILE_BYTES,
+    TOOL_FILE,
     LayoutIndex,
     check_layout_file,
 )
@@ -39,7 +46,9 @@ from transship.manifest import Descriptor, Manifest
 MAX_MEMBERS = 1_000_000
 MAX_MEMBER_BYTES = 1 << 40  # 1 TiB: no layer is that big; a header saying so is hostile
 
-_COMPRESSED = {
+#: leading bytes of a compressed stream: a tar (OCI archive or imgpkg tar) read in place must
+#: not be one
+COMPRESSED_MAGIC = {
     b"\x1f\x8b": "gzip",
     b"\x28\xb5\x2f\xfd": "zstd",
     b"\xfd7zXZ\x00": "xz",
@@ -47,8 +56,10 @@ _COMPRESSED = {
 }
 
 
-class _TarBlob:
-    """A member's bytes: `pread` at an absolute offset, so concurrent readers never interfere."""
+class TarMember:
+    """A member's bytes: `pread` at an absolute offset, so concurrent readers never interfere.
+
+    Public for every tar read in place (`OCILayoutTar`, the imgpkg wing's `ImgpkgTar`)."""
 
     def __init__(self, pread: Callable[[int, int], bytes], offset: int, size: int) -> None:
         self._pread = pread
@@ -176,7 +187,7 @@ class OCILayoutTar(LayoutReader):
             size = os.fstat(self._fd).st_size
             reader = None
         head = self._pread(8, 0)
-        for magic, kind in _COMPRESSED.items():
+        for magic, kind in COMPRESSED_MAGIC.items():
             if head.startswith(magic):
                 raise LayoutError(
                     f"{self.label}: {kind}-compressed; transship reads tar archives in place, "
@@ -186,7 +197,7 @@ class OCILayoutTar(LayoutReader):
         self._extras = {
             name.removeprefix(f"{EXTRA_DIR}/"): where
             for name, where in files.items()
-            if name.startswith(f"{EXTRA_DIR}/") and name.count("/") == 1
+            if (name.startswith(f"{EXTRA_DIR}/") and name.count("/") == 1) or name == TOOL_FILE
         }
         blobs: dict[Digest, tuple[int, int]] = {}
         for name, where in files.items():
@@ -209,7 +220,7 @@ class OCILayoutTar(LayoutReader):
         offset, size = found
         if size > limit:
             raise LayoutError(f"{self.label}: {name} is over {limit} bytes")
-        return _TarBlob(self._pread, offset, size).read(size)
+        return TarMember(self._pread, offset, size).read(size)
 
     def read_extra(self, name: str) -> bytes | None:
         found = self._extras.get(name)
@@ -218,7 +229,7 @@ class OCILayoutTar(LayoutReader):
         offset, size = found
         if size > MAX_EXTRA_BYTES:
             raise LayoutError(f"{self.label}: {EXTRA_DIR}/{name} is over {MAX_EXTRA_BYTES} bytes")
-        return _TarBlob(self._pread, offset, size).read(size)
+        return TarMember(self._pread, offset, size).read(size)
 
     def _blob_size(self, digest: Digest) -> int | None:
         found = self._blobs.get(digest)
@@ -226,7 +237,7 @@ class OCILayoutTar(LayoutReader):
 
     def _open_blob_file(self, digest: Digest) -> BlobFile | None:
         found = self._blobs.get(digest)
-        return _TarBlob(self._pread, *found) if found else None
+        return TarMember(self._pread, *found) if found else None
 
     async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
         raise LayoutError(f"{self.label} is read-only; save into a layout directory instead")
@@ -263,9 +274,11 @@ def write_tar(layout_dir: Path | str, tar_path: Path | str) -> int:
     """Pack a layout directory into `tar_path` atomically; returns the number of blobs.
 
     Each blob is stored once, re-verified against its digest while it is copied (a damaged
-    stick is caught before the archive is shipped). Only `oci-layout`, `index.json` and
-    `blobs/<alg>/<hex>` go in, in a fixed order with fixed metadata: the same layout gives the
-    same bytes. Refuses while another process holds the layout's writer lock.
+    stick is caught before the archive is shipped). Only `oci-layout`, `index.json`,
+    `transship/*` and `blobs/<alg>/<hex>` go in, in a fixed order with fixed metadata: the same
+    layout gives the same bytes. A carried tool (`transship/bin/transship`) goes first, so it
+    sits whole at a known offset in the first volume of a split archive (`tool_head_size`).
+    Refuses while another process holds the layout's writer lock.
     """
     src = Path(layout_dir)
     dest = Path(tar_path)
@@ -314,10 +327,14 @@ def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
             with tarfile.TarFile(
                 fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
             ) as tar:
+                tool = src / TOOL_FILE
+                carried = tool.is_file()
+                if carried:
+                    _add_tool(tar, tool)
                 tar.addfile(_info(LAYOUT_FILE, len(layout)), io.BytesIO(layout))
                 tar.addfile(_info(INDEX_FILE, len(index)), io.BytesIO(index))
                 extras = sorted(p for p in (src / EXTRA_DIR).glob("*") if p.is_file())
-                if extras:
+                if extras and not carried:
                     tar.addfile(_info(EXTRA_DIR, 0, directory=True))
                 for extra in extras:
                     data = _read_bounded(extra, MAX_EXTRA_BYTES)
@@ -337,14 +354,30 @@ def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return len(blobs)
 
 
-def _info(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
+def tool_head_size(tool_size: int) -> int:
+    """Bytes from the start of the tar to the end of a carried tool of `tool_size` bytes:
+    three 512-byte headers (`transship/`, `transship/bin/`, the file), then its padded data."""
+    return 3 * tarfile.BLOCKSIZE + -(-tool_size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _add_tool(tar: tarfile.TarFile, tool: Path) -> None:
+    tar.addfile(_info(EXTRA_DIR, 0, directory=True))
+    tar.addfile(_info(TOOL_FILE.rsplit("/", 1)[0], 0, directory=True))
+    with open(tool, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        tar.addfile(_info(TOOL_FILE, size, executable=True), handle)
+
+
+def _info(
+    name: str, size: int, *, directory: bool = False, executable: bool = False
+) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
@@ -354,5 +387,5 @@ def _info(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
         info.type = tarfile.DIRTYPE
         info.mode = 0o755
     else:
-        info.mode = 0o644
+        info.mode = 0o755 if executable else 0o644
     return info

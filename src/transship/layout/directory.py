@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, TransshipError
-from transship.fsutil import write_atomic
-from transship.layout.errors import LayoutError, io_error
+from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
+from transship.fsutil import fsync_dir, write_atomic
 from transship.layout.index import (
     EXTRA_DIR,
     INDEX_FILE,
@@ -75,7 +74,7 @@ class OCILayout(LayoutReader):
         self._lock_fd: int | None = None
         self._changes = 0  # index generations: changed vs. saved
         self._saved = 0
-        self._last_flush = 0.0
+        self._last_flush: float | None = None  # monotonic time of the last flush; None: never
         self._dirs_to_sync: set[Path] = set()
         self._flush_lock = asyncio.Lock()
         self._deferred: asyncio.Task[None] | None = None
@@ -189,6 +188,10 @@ class OCILayout(LayoutReader):
         os.replace(tmp, final)
         self._dirs_to_sync.add(final.parent)
 
+    async def check_push(self, repository: str) -> None:
+        """Preflight: a push lands if the layout is open for writing."""
+        self._check_writable()
+
     def _check_writable(self) -> None:
         if not self.writable:
             raise LayoutError(f"{self.label} is opened read-only")
@@ -272,9 +275,13 @@ class OCILayout(LayoutReader):
     # -- index.json -------------------------------------------------------------------------
 
     async def _index_changed(self) -> None:
-        """Flush now if the last flush is old enough, else once `flush_interval` has passed."""
+        """Flush now if the last flush is old enough, else once `flush_interval` has passed.
+
+        The first change is always written at once: nothing may depend on how long the machine
+        has been up (`time.monotonic()` counts from boot).
+        """
         now = time.monotonic()
-        due = self._last_flush + self.flush_interval
+        due = now if self._last_flush is None else self._last_flush + self.flush_interval
         if now >= due:
             await self.flush()
         elif self._deferred is None:
@@ -307,10 +314,9 @@ class OCILayout(LayoutReader):
 
     def _write_index(self, data: bytes | None, dirs: set[Path]) -> None:
         for directory in sorted(dirs):
-            _fsync_dir(directory)
+            fsync_dir(directory)
         if data is not None:
-            write_atomic(self.path / INDEX_FILE, data)
-            _fsync_dir(self.path)
+            write_atomic(self.path / INDEX_FILE, data)  # fsyncs the layout directory too
 
     async def close(self) -> None:
         """Write the pending index, drop the temp directory if empty, release the lock."""
@@ -336,15 +342,6 @@ def _write_hashed(handle: BinaryIO, hasher: Hasher, pieces: list[bytes]) -> None
     data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
     hasher.update(data)
     handle.write(data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make renames in `directory` durable (a crash must not lose a blob index.json names)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:

@@ -14,8 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from transship.errors import IntegrityError, UsageError
-from transship.layout.errors import LayoutError
+from transship.errors import IntegrityError, LayoutError, UsageError
 from transship.manifest import OCI_INDEX, Descriptor
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -30,6 +29,8 @@ LAYOUT_BYTES = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
 MAX_INDEX_BYTES = 64 * 1024 * 1024  # ~150k entries; anything bigger is not an index we wrote
 MAX_LAYOUT_FILE_BYTES = 4096
 EXTRA_DIR = "transship"  # the plan and checksum list travel beside the layout
+#: the single-file transship an archive may carry (`save --include-tool`): first in the tar
+TOOL_FILE = f"{EXTRA_DIR}/bin/transship"
 MAX_EXTRA_BYTES = 64 * 1024 * 1024
 
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")

@@ -13,10 +13,9 @@ from contextlib import asynccontextmanager
 from typing import Protocol
 
 from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, NotFoundError, TransshipError
-from transship.layout.errors import io_error
+from transship.errors import IntegrityError, LayoutError, NotFoundError, TransshipError, io_error
 from transship.layout.index import LayoutIndex, ref_name
-from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
+from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
 
 CHUNK = 1024 * 1024
 
@@ -135,6 +134,17 @@ class LayoutReader:
         except TransshipError:
             return None  # a blob, not a manifest: a registry would say 404 too
         return Descriptor(manifest.media_type, digest, len(raw))
+
+    async def list_referrers(
+        self, repository: str, digest: Digest
+    ) -> tuple[Referrer, ...] | None:
+        """None: a layout has no referrers API; a tag-schema index (`sha256-<hex>`) it holds
+        is found through `list_tags`, as on a registry without the API."""
+        return None
+
+    async def check_push(self, repository: str) -> None:
+        """A push would be refused unless a writable subclass says otherwise."""
+        raise LayoutError(f"{self.label} is read-only")
 
     async def list_tags(self, repository: str) -> list[str]:
         return self._index.tags(repository)

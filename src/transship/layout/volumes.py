@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from transship.errors import LayoutError
 from transship.fsutil import write_atomic
-from transship.layout.errors import LayoutError
 
 PARTS_SUFFIX = ".parts"
 PARTS_FORMAT = "transship-volumes/v1"

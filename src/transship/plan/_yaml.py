@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from transship.plan.errors import PlanError
+from transship.errors import PlanError
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

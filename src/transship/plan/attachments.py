@@ -30,21 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
-
-import aiohttp
 
 from transship.digest import Digest
-from transship.endpoint import Endpoint
-from transship.errors import RegistryError, RetryableError, TransshipError
-from transship.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor
+from transship.errors import HostDownError, TransshipError
+from transship.manifest import Referrer, parse_referrers
 from transship.plan.model import EntryKind, Gap, PlanEntry
-from transship.plan.resolve import Content, Resolved, ResolveOptions, SourceReader, image_content
+from transship.plan.reader import Content, Resolved, ResolveOptions, SourceReader, image_content
 from transship.reference import Reference
-from transship.remote.registry import Registry, pull, registry_error
 
 #: cosign's tag suffixes, and what each one holds (for the plan's origins)
 COSIGN_SUFFIXES: Mapping[str, str] = {
@@ -54,10 +48,6 @@ COSIGN_SUFFIXES: Mapping[str, str] = {
 }
 #: subject → attachment → its attachments; deeper chains are not followed
 MAX_ATTACHMENT_DEPTH = 2
-#: a referrers API answer this many pages long is not a registry we understand
-MAX_REFERRERS_PAGES = 100
-#: answers that mean "this registry has no referrers API" (the spec forbids 404 when it has one)
-API_MISSING = frozenset({400, 404, 405})
 
 
 def cosign_tag(digest: Digest, suffix: str) -> str:
@@ -68,93 +58,6 @@ def cosign_tag(digest: Digest, suffix: str) -> str:
 def referrers_tag(digest: Digest) -> str:
     """`sha256-<hex>`: the OCI 1.1 referrers tag schema's index of `digest`'s referrers."""
     return f"{digest.algorithm}-{digest.hex}"
-
-
-# --- the referrers API --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Referrer:
-    """One entry of a referrers list: the referrer's manifest and its artifact type."""
-
-    descriptor: Descriptor
-    artifact_type: str | None = None
-
-
-def parse_referrers(raw: bytes, where: str) -> tuple[Referrer, ...]:
-    """The `manifests` of a referrers index (API answer or tag-schema index).
-
-    `Descriptor` keeps no `artifactType`, so it is read here: it is what tells a reviewer an
-    SBOM from a signature.
-    """
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise RegistryError(f"{where}: answer is not JSON") from None
-    items = doc.get("manifests") if isinstance(doc, dict) else None
-    if not isinstance(items, list):
-        raise RegistryError(f"{where}: answer is not an OCI index (no 'manifests' list)")
-    found = []
-    for number, item in enumerate(items):
-        descriptor = Descriptor.from_json(item, f"{where} manifests[{number}]")
-        kind = item.get("artifactType")
-        found.append(Referrer(descriptor, kind if isinstance(kind, str) and kind else None))
-    return tuple(found)
-
-
-def next_page(link: str | None, current: str) -> str | None:
-    """The `rel="next"` target of a `Link` header (RFC 8288), absolute; None on the last page."""
-    for part in (link or "").split(","):
-        url, _, params = part.partition(";")
-        if "rel=next" in params.replace(" ", "").replace('"', ""):
-            return urljoin(current, url.strip().strip("<>"))
-    return None
-
-
-async def referrers(
-    endpoint: Endpoint, repository: str, digest: Digest
-) -> tuple[Referrer, ...] | None:
-    """Every referrer of `repository@digest` by the referrers API, all pages.
-
-    None when there is no API to ask: not a registry, or it answered 400/404/405 (a registry
-    that has the API must answer 200, with an empty list if nothing refers to the digest).
-    """
-    if not isinstance(endpoint, Registry):
-        return None
-    where = f"referrers of {endpoint.host}/{repository}@{digest.short}"
-    found: list[Referrer] = []
-    path: str | None = f"/v2/{repository}/referrers/{digest}"
-    pages = 0
-    while path is not None:
-        async with endpoint.transport.request(
-            "GET", path, scopes=pull(repository), headers={"Accept": OCI_INDEX}
-        ) as resp:
-            if resp.status in API_MISSING and pages == 0:
-                return None
-            if resp.status != 200:
-                raise await registry_error(resp, where)
-            raw = await _read_bounded(resp, where)
-            following = next_page(resp.headers.get("Link"), str(resp.url))
-        found += parse_referrers(raw, where)
-        pages += 1
-        if following is not None and pages >= MAX_REFERRERS_PAGES:
-            raise RegistryError(f"{where}: more than {MAX_REFERRERS_PAGES} pages of referrers")
-        path = following
-    return tuple(found)
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, where: str) -> bytes:
-    """The body, refused past the manifest size limit (a referrers list is a manifest)."""
-    raw = b""
-    try:
-        while len(raw) <= MAX_MANIFEST_BYTES:
-            more = await resp.content.read(MAX_MANIFEST_BYTES + 1 - len(raw))
-            if not more:
-                return raw
-            raw += more
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
-        raise RetryableError(f"{where}: answer interrupted") from None
-    raise RegistryError(f"{where}: answer is over the {MAX_MANIFEST_BYTES} byte limit")
 
 
 # --- finding attachments ------------------------------------------------------------------
@@ -330,7 +233,7 @@ class _Finder:
         endpoint = self.reader.source_for(place.registry)
         key = ("referrers", place.registry, place.repository, str(place.digest))
         return await self.reader.cached(
-            key, lambda: referrers(endpoint, place.repository, place.digest)
+            key, lambda: endpoint.list_referrers(place.repository, place.digest)
         )
 
     def _add(self, place: _Place, item: _Found, destinations: frozenset[str]) -> None:
@@ -353,6 +256,8 @@ class _Finder:
 
     def _failed(self, place: _Place, exc: TransshipError) -> None:
         """Stop, naming the subject and the way out; or, with keep_going, a gap."""
+        if isinstance(exc, HostDownError):  # the registry, not this subject: stop the run
+            raise exc
         if not self.keep_going:
             shown = copy.copy(exc)  # errors are shared through the reader's cache
             shown.message = f"looking for attachments of {place}: {exc.message}"

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transship.errors import InvalidReferenceError
+from transship.errors import InvalidReferenceError, PlanError
 from transship.plan._yaml import read_text
-from transship.plan.errors import PlanError
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
-from transship.reference import Reference
+from transship.reference import Reference, parse_prefix
 
 
 def destination_under(prefix: str, source: Reference) -> str:
@@ -22,7 +21,7 @@ def destination_under(prefix: str, source: Reference) -> str:
 
 def entries_from_image_list(text: str, name: str, dest_prefix: str) -> list[PlanEntry]:
     """Entries for every reference in the list, in file order (duplicates merge in the plan)."""
-    _check_dest_prefix(dest_prefix)
+    dest_prefix = parse_prefix(dest_prefix)
     entries = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -43,19 +42,14 @@ def _entry(line: str, where: str, dest_prefix: str) -> PlanEntry:
         raise PlanError(f"{where}: {exc}; fix or remove the line") from None
 
 
-def _check_dest_prefix(prefix: str) -> None:
-    try:
-        Reference.parse_repository(f"{prefix.strip().rstrip('/')}/x")
-    except InvalidReferenceError as exc:
-        raise PlanError(f"destination prefix {prefix!r} is not a registry prefix: {exc}") from None
-
-
 def plan_from_image_list(
     text: str, name: str, dest_prefix: str, *, created: str | None = None
 ) -> Plan:
     """A plan for a plain image list."""
     entries = tuple(entries_from_image_list(text, name, dest_prefix))
-    return Plan(entries, (name,), created or utc_now())
+    return Plan(
+        entries, (name,), created or utc_now(), destination_prefix=parse_prefix(dest_prefix)
+    )
 
 
 def load_image_list(path: Path | str, dest_prefix: str) -> Plan:

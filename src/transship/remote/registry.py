@@ -25,8 +25,8 @@ from transship.errors import (
     RetryableError,
     TransshipError,
 )
-from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
-from transship.remote.transport import Transport, TransportOptions, project_hint
+from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
+from transship.remote.transport import Transport, TransportOptions
 
 CHUNK = 1024 * 1024
 _MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
@@ -285,6 +285,14 @@ class Registry:
                 )
             return self._location(resp)
 
+    async def list_referrers(
+        self, repository: str, digest: Digest
+    ) -> tuple[Referrer, ...] | None:
+        """The referrers API's list (all pages), or None when this registry has no such API."""
+        from transship.remote.referrers import list_referrers  # it builds on this module
+
+        return await list_referrers(self, repository, digest)
+
     async def check_push(self, repository: str) -> None:
         """Preflight: open an upload session and cancel it; raises what a real push would."""
         location = await self._start_upload(repository, None)
@@ -434,10 +442,11 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 def _push_hint(error: Exception, repository: str) -> Exception:
-    """A push refused as "repository unknown" or "denied" on Harbor means a missing project."""
+    """A push refused as "repository unknown" or "denied": record the fact for advisors
+    (`transship.harbor` knows it means a missing project there)."""
     refused = isinstance(error, NotFoundError | AuthenticationError)
     if refused and isinstance(error, TransshipError) and error.hint is None and "/" in repository:
-        error.hint = project_hint((f"repository:{repository}:push",))
+        error.refused_push = repository
     return error
 
 

@@ -1,7 +1,7 @@
-"""Trust: system roots by default, a per-registry CA (PEM file, PEM text or TKG's base64 form).
+"""Trust: system roots by default, a per-registry CA (PEM file, PEM text or base64 of PEM).
 
-TKG's `TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE` holds the PEM CA base64-encoded on one line,
-so every place that takes a CA accepts either form.
+Some tools keep a PEM CA base64-encoded on one line in a variable (TKG does, see
+`transship.tkg.ca`), so every place that takes a CA accepts either form.
 """
 
 from __future__ import annotations
@@ -15,13 +15,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from transship.errors import UsageError
+from transship.errors import CertificateError
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
-
-
-class CertificateError(UsageError):
-    """A CA given to us is not a usable CA certificate."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +34,6 @@ class CABundle:
     @property
     def subjects(self) -> list[str]:
         return [c.subject.rfc4514_string() for c in self.certificates]
-
-    def base64(self) -> str:
-        """The single-line form TKG takes (same bytes as `base64 -w 0 FILE`)."""
-        return base64.b64encode(self.pem).decode("ascii")
 
 
 def load_ca(value: str, *, require_ca: bool = True) -> CABundle:
@@ -178,12 +170,3 @@ def describe_certificate(cert: x509.Certificate) -> PeerCertificate:
         not_after=cert.not_valid_after_utc.isoformat(),
         self_signed=cert.issuer == cert.subject,
     )
-
-
-def refuse_private_key(bundle: CABundle) -> None:
-    """A CA that travels into TKG settings must never carry a key: it would reach every node."""
-    if b"PRIVATE KEY-----" in bundle.pem:
-        raise CertificateError(
-            f"{bundle.origin} contains a private key; give only the CA certificate "
-            "(the key must never leave the CA)"
-        )

@@ -33,6 +33,7 @@ from transship.errors import (
     UnreachableError,
 )
 from transship.remote.auth import Challenge, Credentials, TokenCache, missing_credentials
+from transship.remote.health import HostHealth
 from transship.remote.tls import CABundle, peer_certificate_summary, ssl_context
 
 log = logging.getLogger("transship.remote")
@@ -106,6 +107,8 @@ class Transport:
         self._ping_lock = asyncio.Lock()
         self._challenge: Challenge | None = None
         self._tokens = TokenCache()
+        #: connection failures of this host; hooks marked "health:" below feed and consult it
+        self.health = HostHealth(host)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -174,17 +177,25 @@ class Transport:
 
     async def _ping_once(self, base: str) -> tuple[int, Mapping[str, str]]:
         for attempt in range(self.options.retries + 1):
+            self.health.check()  # health: a host found down fails at once
             try:
                 async with self._client().get(f"{base}/v2/", allow_redirects=False) as resp:
                     await resp.read()
+                    self.health.answered()  # health: any answer
                     if resp.status in RETRY_STATUSES and attempt < self.options.retries:
-                        await asyncio.sleep(self._delay(attempt, resp))
+                        await self.health.pause(self._delay(attempt, resp))  # health: backoff
                         continue
                     return resp.status, dict(resp.headers)
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise await self._tls_error(exc) from None
             except aiohttp.ClientSSLError as exc:
-                raise self._ssl_error(base, exc) from None
+                error = self._ssl_error(base, exc)
+                if "plain HTTP" in error.message:
+                    raise error from None
+                self.health.failed(exc)  # health: a handshake that fails is retried and counted
+                if attempt >= self.options.retries:
+                    await self.health.settle()  # health: down, or this request's own error
+                    raise error from None
             except aiohttp.ServerDisconnectedError as exc:
                 if base.startswith("https"):
                     raise TLSError(
@@ -194,14 +205,15 @@ class Transport:
                 if attempt >= self.options.retries:
                     raise UnreachableError(f"cannot reach {self.host}: {exc}") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                if attempt >= self.options.retries or isinstance(
-                    exc, aiohttp.ClientConnectorDNSError
-                ):
+                self.health.failed(exc)  # health: refused / DNS count, timeouts do not
+                if attempt >= self.options.retries:
+                    await self.health.settle()  # health: down, or this request's own error
                     raise UnreachableError(
                         f"cannot reach registry {self.host}: {_describe(exc)}",
                         hint="check the host name, port and network path",
                     ) from None
-            await asyncio.sleep(backoff_delay(attempt, self.options.backoff_base, 5.0, None))
+            delay = backoff_delay(attempt, self.options.backoff_base, 5.0, None)
+            await self.health.pause(delay)  # health: backoff that wakes when the host is down
         raise UnreachableError(f"cannot reach registry {self.host}")
 
     def _ssl_error(self, base: str, exc: Exception) -> TLSError:
@@ -347,6 +359,7 @@ class Transport:
         reauthed = False
         attempt = 0
         while True:
+            self.health.check()  # health: a host found down fails at once
             hdrs = dict(headers or {})
             auth = await self._authorization(scopes)
             if auth:
@@ -359,13 +372,16 @@ class Transport:
                 own = _our_error(exc)
                 if own is not None:  # raised by our own body stream (e.g. a digest mismatch)
                     raise own from None
+                self.health.failed(exc)  # health: refused / DNS / handshake count
                 if not resendable or attempt >= self.options.retries:
+                    await self.health.settle()  # health: down, or this request's own error
                     raise RetryableError(
                         f"{method} {self.host}{urlsplit(url).path}: {_describe(exc)}"
                     ) from None
-                await asyncio.sleep(self._delay(attempt, None))
+                await self.health.pause(self._delay(attempt, None))  # health: backoff
                 attempt += 1
                 continue
+            self.health.answered()  # health: any answer, 5xx and 429 included
             if resp.status == 401:
                 header = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
@@ -389,7 +405,7 @@ class Transport:
                 delay = self._delay(attempt, resp)
                 resp.release()
                 log.debug("%s %s: %s, retrying in %.1fs", method, url, resp.status, delay)
-                await asyncio.sleep(delay)
+                await self.health.pause(delay)  # health: backoff
                 attempt += 1
                 continue
             try:
@@ -416,10 +432,7 @@ class Transport:
             if challenge.params.get("error") != "insufficient_scope" and not reauthed:
                 self._challenge = challenge  # expired or revoked token: fetch a new one
                 return
-            raise PermissionDeniedError(
-                f"{self.host}: the user has no permission for {', '.join(scopes)}",
-                hint=project_hint(scopes),
-            )
+            raise permission_denied(self.host, scopes)
         raise AuthenticationError(
             f"wrong username or password for {self.host}",
             hint=f"check {self.options.creds_option} or 'docker login {self.host}'",
@@ -459,16 +472,16 @@ class Transport:
         raise RegistryError(f"{self.host}: too many redirects")
 
 
-def project_hint(scopes: tuple[str, ...]) -> str:
-    """Harbor answers a push into a project that does not exist as if permission were lacking."""
+def permission_denied(host: str, scopes: tuple[str, ...]) -> PermissionDeniedError:
+    """A token without the rights asked for; a refused push names its repository (a fact
+    vendor advisors read: Harbor answers a push into a missing project this way)."""
+    error = PermissionDeniedError(f"{host}: the user has no permission for {', '.join(scopes)}")
     pushes = [s.split(":")[1] for s in scopes if s.endswith("push") and s.count(":") == 2]
-    if not pushes:
-        return "ask the registry admin for pull rights on that repository or project"
-    project = pushes[0].split("/")[0]
-    return (
-        f"on Harbor, create the project '{project}' first (a missing project looks like "
-        "this); otherwise ask for push rights on it"
-    )
+    if pushes:
+        error.refused_push = pushes[0]
+    else:
+        error.hint = "ask the registry admin for pull rights on that repository or project"
+    return error
 
 
 def _our_error(exc: BaseException) -> TransshipError | None:

@@ -1,9 +1,10 @@
 """Save to and load from OCI layout archives: the plan's names inside an archive, and back.
 
-Inside an archive a repository is named *relative* to the plan's destination prefix
-(`tkg/antrea` rather than `harbor.corp/tkg/antrea`), so `load --dest NEW/PREFIX` re-roots every
-image under the prefix the air-gapped side uses — the `TKG_CUSTOM_IMAGE_REPOSITORY` rule.
-The archive also carries `transship/archive.json` (format, prefix, bundle repositories),
+Inside an archive a repository is named *relative* to the destination prefix the plan was made
+for (`--dest harbor.corp` and `harbor.corp/tkg/antrea` give `tkg/antrea`), so `load` without
+`--dest` lands every image where the plan said, and `load --dest NEW` replaces exactly that
+prefix — the `TKG_CUSTOM_IMAGE_REPOSITORY` rule. The archive also carries
+`transship/archive.json` (format, prefix and where it came from, bundle repositories),
 `transship/plan.yaml` and `transship/SHA256SUMS` (every file, `sha256sum -c` compatible).
 """
 
@@ -12,21 +13,32 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from transship import __version__
+from transship.buildinfo import commit
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask
-from transship.errors import UsageError
+from transship.errors import IncompatibleArchiveError, TransshipError, UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import find_parts_file
+from transship.ops.tasks import EndpointFor, phases, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
-from transship.reference import Reference
-from transship.relocate import EndpointFor, phases, source_endpoint
+from transship.reference import Reference, parse_prefix
 
+#: The compatibility rule: a transship reads exactly the archive format it writes. The format
+#: changes only when a reader of the old one would misread the new archive; added keys (such as
+#: `writer`) do not change it. The writer's version and commit are recorded for people.
 ARCHIVE_FORMAT = "transship-archive/v1"
+#: where an archive's prefix came from (archive.json `prefixOrigin`)
+PREFIX_PLANNED = "plan"  # the --dest the plan was made for: load lands where the plan said
+PREFIX_COMMON = "common"  # the plan recorded none: the longest prefix its destinations share
+PREFIX_NONE = "none"  # saved from a list without --dest: a placeholder, load needs --dest
+PREFIX_LEGACY = "legacy"  # archive.json without prefixOrigin (before it existed): as "common"
+_ORIGINS = frozenset({PREFIX_PLANNED, PREFIX_COMMON, PREFIX_NONE})
 #: a tag standing for "no tag": digest-only entries must still be named in index.json
 _DIGEST_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
 
@@ -59,12 +71,25 @@ class ArchiveInfo:
     #: "repository:tag" → the plan phase it belongs to (0, the default, is omitted)
     phase_of: dict[str, int] = field(default_factory=dict)
     base: str | None = None  # an incremental archive: the archive it was saved on top of
+    prefix_origin: str = PREFIX_LEGACY  # PREFIX_*: what `prefix` is
+    #: who wrote it ("version (commit …)"); None for archives from before it was recorded
+    writer: str | None = None
+    recorded: bool = True  # False: no archive.json (a layout written by another tool)
 
     @classmethod
-    def for_plan(cls, plan: Plan, prefix: str | None = None) -> ArchiveInfo:
-        """`prefix`: the destination prefix the plan was made for, when known; otherwise the
-        longest prefix all destinations share."""
-        prefix = prefix.rstrip("/") if prefix else destination_prefix(plan)
+    def for_plan(
+        cls, plan: Plan, prefix: str | None = None, *, placeholder: bool = False
+    ) -> ArchiveInfo:
+        """Names relative to `prefix` if given, else to the prefix the plan was made for,
+        else (older plans) to the longest prefix all destinations share. `placeholder`: the
+        prefix stands for "no destination known" (a list saved without --dest)."""
+        origin = PREFIX_NONE if placeholder else PREFIX_PLANNED
+        if prefix:
+            prefix = parse_prefix(prefix)
+        elif plan.destination_prefix:
+            prefix = plan.destination_prefix
+        else:
+            prefix, origin = destination_prefix(plan), PREFIX_COMMON
         for entry in plan.entries:
             if not entry.destination.startswith(f"{prefix}/"):
                 raise UsageError(
@@ -76,14 +101,16 @@ class ArchiveInfo:
                 repository = relative_repository(entry.destination, prefix)
                 for tag in archive_tags(entry):
                     phase_of[f"{repository}:{tag}"] = number
-        return cls(prefix, phase_of)
+        return cls(prefix, phase_of, prefix_origin=origin)
 
     def to_json(self) -> str:
         doc = {
             "format": ARCHIVE_FORMAT,
             "destinationPrefix": self.prefix,
+            "prefixOrigin": self.prefix_origin,
             "phases": dict(sorted(self.phase_of.items())),
             "base": self.base,
+            "writer": {"program": "transship", "version": __version__, "commit": commit()},
         }
         return json.dumps(doc, indent=2) + "\n"
 
@@ -91,18 +118,52 @@ class ArchiveInfo:
     def read(cls, layout: LayoutReader) -> ArchiveInfo:
         raw = layout.read_extra("archive.json")
         if raw is None:
-            return cls()
+            return cls(recorded=False)
         try:
             doc = json.loads(raw)
+            writer = _writer(doc.get("writer"))
+            if doc.get("format") != ARCHIVE_FORMAT and isinstance(doc.get("format"), str):
+                raise IncompatibleArchiveError(
+                    f"{layout.label}: written by transship {writer or '(version not recorded)'} "
+                    f"in format {str(doc['format'])[:80]!r}; this transship {__version__} "
+                    f"reads {ARCHIVE_FORMAT} only",
+                    hint="use the transship that wrote it: an archive saved with --include-tool "
+                    "carries it, `tar -xf ARCHIVE --occurrence transship/bin/transship`",
+                )
             if doc.get("format") != ARCHIVE_FORMAT:
                 raise ValueError(doc.get("format"))
             base = doc.get("base")
             phase_of = {str(k): int(v) for k, v in dict(doc["phases"]).items()}
-            return cls(str(doc["destinationPrefix"]), phase_of, str(base) if base else None)
+            origin = str(doc.get("prefixOrigin", PREFIX_LEGACY))
+            if origin not in _ORIGINS | {PREFIX_LEGACY}:
+                raise ValueError(origin)
+            prefix = str(doc["destinationPrefix"])
+            return cls(prefix, phase_of, str(base) if base else None, origin, writer)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UsageError(
                 f"{layout.label}: transship/archive.json is not a {ARCHIVE_FORMAT} file"
             ) from None
+
+    def compatibility(self) -> str:
+        """One line for `archive verify`: who wrote the archive and whether this transship
+        reads it (an incompatible one never gets this far: `read` refuses it)."""
+        if not self.recorded:
+            return "no transship/archive.json: a plain OCI layout, read as such"
+        who = f"transship {self.writer}" if self.writer else "a transship (version not recorded)"
+        return (
+            f"written by {who}, format {ARCHIVE_FORMAT}: compatible with this transship "
+            f"({__version__}, same archive format)"
+        )
+
+
+def _writer(value: object) -> str | None:
+    """'0.1.0 (commit abc)' from archive.json's `writer`, bounded and printable."""
+    if not isinstance(value, dict):
+        return None
+    version = str(value.get("version", "?"))[:40]
+    found = str(value.get("commit", "unknown"))[:60]
+    text = f"{version} (commit {found})"
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def archive_tags(entry: PlanEntry) -> tuple[str, ...]:
@@ -136,20 +197,15 @@ def save_tasks(
 def save_task(
     entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout
 ) -> CopyTask:
-    src = Reference.parse(entry.source)
-    repository = relative_repository(entry.destination, info.prefix)
-    tags = archive_tags(entry)
-    identifier = str(entry.source_digest) if entry.source_digest else src.identifier
     return CopyTask(
         source=source_endpoint(entry, source_for),
-        source_repository=src.repository,
-        source_identifier=identifier,
+        source_repository=Reference.parse(entry.source).repository,
+        source_identifier=source_identifier(entry),
         dest=layout,
-        dest_repository=repository,
-        dest_tags=tags,
-        label=f"{entry.source} -> {layout.label}:{repository}",
-        source_label=entry.source,
-        dest_label=f"{repository}:{','.join(tags)}",
+        dest_repository=relative_repository(entry.destination, info.prefix),
+        dest_tags=archive_tags(entry),
+        source_reference=entry.source,
+        size=entry.size,
     )
 
 
@@ -167,10 +223,16 @@ def open_archive(path: Path) -> OCILayout | OCILayoutTar:
 def load_tasks(
     layout: OCILayout | OCILayoutTar, info: ArchiveInfo, prefix: str | None, dest_for: EndpointFor
 ) -> list[list[CopyTask]]:
-    """Every named manifest of the archive as a task to `prefix`/repository, bundles last."""
-    root = prefix or info.prefix
-    if not root:
-        raise UsageError(f"{layout.label}: no destination known; pass --dest REGISTRY/PROJECT")
+    """Every named manifest of the archive as a task to `prefix`/repository, bundles last.
+
+    Without `prefix` each image goes where the plan said (the archive's prefix + its name)."""
+    if prefix:
+        root = parse_prefix(prefix, "--dest")
+    elif info.prefix and info.prefix_origin != PREFIX_NONE:
+        root = info.prefix
+    else:
+        why = "was saved without --dest" if info.prefix else "names no destination"
+        raise UsageError(f"{layout.label} {why}; pass --dest REGISTRY/PROJECT")
     grouped: dict[tuple[str, str], list[str]] = {}
     phase: dict[tuple[str, str], int] = {}
     for repository, tag, descriptor in layout.entries():
@@ -196,9 +258,6 @@ def load_tasks(
             dest=dest_for(dest.registry),
             dest_repository=dest.repository,
             dest_tags=tuple(sorted(tags)),
-            label=f"{repository}:{','.join(tags) or digest} -> {dest.name}",
-            source_label=f"{layout.label}:{repository}@{digest}",
-            dest_label=f"{dest.name}:{','.join(sorted(tags))}" if tags else dest.name,
         )
         groups.setdefault(phase[(repository, digest)], []).append(task)
     return [groups[n] for n in sorted(groups)]
@@ -210,8 +269,8 @@ def checksum_list(layout_dir: Path, names: Sequence[str]) -> str:
 
     lines = []
     for name in names:
-        data = (layout_dir / name).read_bytes()
-        lines.append(f"{hashlib.sha256(data).hexdigest()}  {name}")
+        with (layout_dir / name).open("rb") as handle:
+            lines.append(f"{hashlib.file_digest(handle, 'sha256').hexdigest()}  {name}")
     blob_dir = layout_dir / "blobs" / "sha256"
     for blob in sorted(blob_dir.iterdir()) if blob_dir.is_dir() else []:
         if re.fullmatch(r"[0-9a-f]{64}", blob.name):
@@ -221,12 +280,14 @@ def checksum_list(layout_dir: Path, names: Sequence[str]) -> str:
 
 def source_points(plan: Plan, source_for: EndpointFor) -> list[tuple[Endpoint, str, str]]:
     """Where each entry's manifest is read from: (endpoint, repository, tag or digest)."""
-    points = []
-    for entry in plan.entries:
-        src = Reference.parse(entry.source)
-        identifier = str(entry.source_digest) if entry.source_digest else src.identifier
-        points.append((source_endpoint(entry, source_for), src.repository, identifier))
-    return points
+    return [
+        (
+            source_endpoint(entry, source_for),
+            Reference.parse(entry.source).repository,
+            source_identifier(entry),
+        )
+        for entry in plan.entries
+    ]
 
 
 async def measure(
@@ -256,3 +317,37 @@ async def measure(
         if existing is None or not await existing.has_blob("", Digest.parse(digest), size)
     }
     return sum(missing.values()), len(missing), manifests
+
+
+async def with_sizes(
+    layout: LayoutReader, task_phases: Sequence[Sequence[CopyTask]]
+) -> tuple[list[list[CopyTask]], int]:
+    """Load tasks with the bytes of their manifest graphs, and the archive's unique bytes, for
+    progress: read from the archive's own manifests (local; no blob is read). A task whose
+    manifests cannot be read keeps no size; the engine reports what is wrong with it."""
+    unique: dict[Digest, int] = {}
+
+    async def walk(repository: str, identifier: str, depth: int, found: dict[Digest, int]) -> None:
+        manifest = await layout.get_manifest(repository, identifier)
+        found[manifest.digest] = manifest.size
+        if manifest.is_index and depth < 4:
+            for child in manifest.manifests:
+                await walk(repository, str(child.digest), depth + 1, found)
+        for blob in manifest.blobs():
+            if not blob.urls:
+                found[blob.digest] = blob.size
+
+    sized: list[list[CopyTask]] = []
+    for tasks in task_phases:
+        group = []
+        for task in tasks:
+            found: dict[Digest, int] = {}
+            try:
+                await walk(task.source_repository, task.source_identifier, 0, found)
+            except TransshipError:
+                group.append(task)
+                continue
+            unique.update(found)
+            group.append(replace(task, size=sum(found.values())))
+        sized.append(group)
+    return sized, sum(unique.values())

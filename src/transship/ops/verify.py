@@ -15,8 +15,9 @@ then checked for presence only.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -25,17 +26,21 @@ from transship.endpoint import Endpoint
 from transship.errors import (
     AuthenticationError,
     ExitCode,
+    IntegrityError,
     NotFoundError,
     PermissionDeniedError,
     TLSError,
     TransshipError,
     UnreachableError,
 )
-from transship.generated import build_image_locations
+from transship.imgpkg.locations import build_image_locations
+from transship.layout import OCILayoutTar
+from transship.layout.reader import LayoutReader
 from transship.manifest import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
+from transship.ops.selfcopy import carried_tool
+from transship.ops.tasks import source_endpoint
 from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
-from transship.relocate import source_endpoint
 
 T = TypeVar("T")
 EndpointFor = Callable[[str], Endpoint]
@@ -47,12 +52,6 @@ BLOB_MISSING = "blob-missing"  # (deep) a manifest is there, one of its blobs is
 ERROR = "error"  # the entry could not be checked (source gone, no permission, ...)
 
 _STATUS_ORDER = ((ERROR, "error"), (DIFFERENT, "different"), (MISSING, "missing"))
-
-
-class IncompleteError(TransshipError):
-    """The destination lacks content a plan (or TKG) needs: refuse to go on."""
-
-    exit_code = ExitCode.INCOMPLETE
 
 
 @dataclass(frozen=True)
@@ -258,9 +257,15 @@ class Verifier:
         checks = [task.result() for task in tasks]
         return VerifyResult(checks, self.counters, time.monotonic() - start, self.options.deep)
 
-    async def _limited(self, request: Awaitable[T]) -> T:
-        async with self._limit:
-            return await request
+    async def _limited(self, request: Coroutine[Any, Any, T]) -> T:
+        started = False
+        try:
+            async with self._limit:
+                started = True
+                return await request
+        finally:
+            if not started:  # cancelled while waiting (a registry found down): never awaited
+                request.close()
 
     # -- one entry ---------------------------------------------------------------------------
 
@@ -429,10 +434,12 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _with_resolve_hint(exc: TransshipError) -> TransshipError:
-    """A source that cannot be reached: say how to verify without it."""
+    """A source that cannot be reached: say how to verify without it (on a copy: the error
+    may be shared by other entries, and is never rewritten)."""
     extra = "or check presence only, without the source: --no-resolve"
-    exc.hint = f"{exc.hint}; {extra}" if exc.hint else extra
-    return exc
+    shown = copy.copy(exc)
+    shown.hint = f"{exc.hint}; {extra}" if exc.hint else extra
+    return shown
 
 
 async def verify_plan(
@@ -440,3 +447,83 @@ async def verify_plan(
 ) -> VerifyResult:
     """Check every entry of `plan` at its destination (see the module docstring)."""
     return await Verifier(source_for, dest_for, options).run(plan)
+
+
+# --- an archive, offline ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchiveCheck:
+    """What `archive verify` found: problems, and how much it checked."""
+
+    label: str
+    problems: tuple[str, ...]
+    blobs: int
+    manifests: int
+    from_base: int = 0  # blobs missing here that the base archive of an increment holds
+    base: str | None = None
+    corrupt: bool = False  # some content does not match its digest or size
+    tool_note: str | None = None  # the carried single-file transship, when it checks out
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if not self.problems:
+            return ExitCode.OK
+        return ExitCode.INTEGRITY if self.corrupt else ExitCode.INCOMPLETE
+
+
+async def verify_archive(layout: LayoutReader, base: str | None = None) -> ArchiveCheck:
+    """Re-hash every blob and check every manifest's references are present, offline.
+
+    `base`: the archive an increment was saved on top of; blobs missing here are expected
+    there, so they are counted, not reported.
+    """
+    problems = layout.verify_volumes() if isinstance(layout, OCILayoutTar) else []
+    found, blobs, manifests = await _walk_archive(layout)
+    problems += found
+    tool_note, tool_problems = carried_tool(layout)
+    problems += tool_problems
+    from_base = 0
+    if base:
+        in_base = [p for p in problems if p.endswith("is missing")]
+        problems = [p for p in problems if not p.endswith("is missing")]
+        from_base = len(in_base)
+    corrupt = any("does not match" in p or "bytes" in p for p in problems)
+    return ArchiveCheck(
+        layout.label, tuple(problems), blobs, manifests, from_base, base, corrupt, tool_note
+    )
+
+
+async def _walk_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
+    problems: list[str] = []
+    checked_blobs: set[Digest] = set()
+    checked_manifests: set[Digest] = set()
+
+    async def check_manifest(repository: str, identifier: str, where: str) -> None:
+        try:
+            manifest: Manifest = await layout.get_manifest(repository, identifier)
+        except TransshipError as exc:
+            problems.append(f"{where}: {exc}")
+            return
+        if manifest.digest in checked_manifests:
+            return
+        checked_manifests.add(manifest.digest)
+        for child in manifest.manifests:
+            await check_manifest(repository, str(child.digest), f"{where} child")
+        for blob in manifest.blobs():
+            if blob.urls or blob.digest in checked_blobs:
+                continue
+            checked_blobs.add(blob.digest)
+            if not await layout.has_blob(repository, blob.digest):
+                problems.append(f"{where}: blob {blob.digest.short} is missing")
+                continue
+            try:
+                async with layout.open_blob(repository, blob) as chunks:
+                    async for _ in chunks:
+                        pass
+            except IntegrityError as exc:
+                problems.append(f"{where}: {exc}")
+
+    for repository, tag, _descriptor in layout.entries():
+        await check_manifest(repository, tag, f"{repository}:{tag}")
+    return problems, len(checked_blobs), len(checked_manifests)

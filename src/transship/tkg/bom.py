@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Literal
 
-from transship.errors import InvalidReferenceError
+from transship.errors import InvalidReferenceError, PlanError
 from transship.plan._yaml import Node, load_yaml, read_text
-from transship.plan.errors import PlanError
 from transship.plan.model import EntryKind, NonRegistryArtifact, Plan, PlanEntry, utc_now
-from transship.reference import Reference
+from transship.reference import Reference, parse_prefix
 
 BomKind = Literal["tkg", "tkr"]
 
@@ -216,12 +215,10 @@ def _image_repository(root: Node) -> str:
 
 
 def _prefix(node: Node) -> str:
-    prefix = node.string().rstrip("/")
     try:
-        Reference.parse_repository(f"{prefix}/x")
+        return parse_prefix(node.string(), "")
     except InvalidReferenceError as exc:
-        raise node.error(f"not a registry prefix: {exc}") from None
-    return prefix
+        raise node.error(str(exc)) from None
 
 
 def _sub_path(root: Node, key: str) -> str:
@@ -372,8 +369,8 @@ def plan_from_boms(
     from a mirror). The BOM and compatibility images themselves are added as metadata entries.
     """
     _check_inputs(tkg_bom, tkr_boms)
-    source = _check_prefix(source_prefix, "source prefix") if source_prefix else None
-    prefixes = _Prefixes(source, _check_prefix(dest_prefix, "destination prefix"))
+    source = parse_prefix(source_prefix, "source prefix") if source_prefix else None
+    prefixes = _Prefixes(source, parse_prefix(dest_prefix))
     entries: list[PlanEntry] = []
     for bom in (tkg_bom, *tkr_boms):
         entries.extend(_image_entry(image, prefixes) for image in bom.images)
@@ -390,6 +387,7 @@ def plan_from_boms(
         sources=(*(bom.name for bom in boms), *(doc.name for doc in compatibility)),
         created=created or utc_now(),
         not_registry_content=tuple(a for bom in boms for a in bom.non_registry),
+        destination_prefix=prefixes.dest,
     )
 
 
@@ -413,15 +411,6 @@ def _check_inputs(tkg_bom: Bom, tkr_boms: Sequence[Bom]) -> None:
             f"{tkg_bom.name}: default.k8sVersion {default} has no TKR BOM among the inputs; "
             f"add {tkr_bom_filename(default)}"
         )
-
-
-def _check_prefix(prefix: str, what: str) -> str:
-    cleaned = prefix.strip().rstrip("/")
-    try:
-        Reference.parse_repository(f"{cleaned}/x")
-    except InvalidReferenceError as exc:
-        raise PlanError(f"{what} {prefix!r} is not a registry prefix: {exc}") from None
-    return cleaned
 
 
 def _image_entry(image: BomImage, prefixes: _Prefixes) -> PlanEntry:

@@ -22,11 +22,10 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
 from transship.endpoint import Endpoint
-from transship.errors import UsageError
+from transship.errors import IncompleteError, UsageError
 from transship.fsutil import write_atomic
-from transship.plan.tkg import highest_v_tag
 from transship.reference import Reference
-from transship.verify import IncompleteError
+from transship.tkg.bom import highest_v_tag
 
 REPOSITORY_KEY = "TKG_CUSTOM_IMAGE_REPOSITORY"
 SKIP_TLS_VERIFY_KEY = "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY"
@@ -66,20 +65,6 @@ class TkgSettings:
 def _text(value: str | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return value
-
-
-def repository_prefix(text: str) -> str:
-    """Validate a `host[:port]/path` prefix as TKG takes it: no scheme, tag or trailing '/'."""
-    value = text.strip().rstrip("/")
-    if "://" in value:
-        raise UsageError(f"{text!r}: give the repository without a scheme (host/project)")
-    host, slash, _path = value.partition("/")
-    if not slash or not ("." in host or ":" in host or host == "localhost"):
-        raise UsageError(
-            f"{text!r}: give the registry host and a project, e.g. harbor.example.com/tkg"
-        )
-    Reference.parse_repository(value)  # the path must be a valid repository name
     return value
 
 

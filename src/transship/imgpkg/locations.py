@@ -1,10 +1,11 @@
-"""Images transship makes itself, served from memory through the `Endpoint` interface.
+"""imgpkg's ImageLocations record, built byte for byte as imgpkg builds it, served from memory.
 
-The one such image today is imgpkg's **ImageLocations** record: after a bundle is relocated,
-`imgpkg copy` pushes `<repo>:sha256-<bundle hex>.image-locations.imgpkg`, a one-file image that
-lists the images of the bundle's `.imgpkg/images.yml` and which of them are bundles. `imgpkg pull`
-and kapp-controller trust it instead of checking every digest, and *fail* on one they cannot
-read, so it is built here exactly as imgpkg builds it (format notes: imgpkg-format.md §1, §3.3;
+The one image transship makes itself is imgpkg's **ImageLocations** record: after a bundle is
+relocated, `imgpkg copy` pushes `<repo>:sha256-<bundle hex>.image-locations.imgpkg`, a one-file
+image that lists the images of the bundle's `.imgpkg/images.yml` and which of them are bundles.
+`imgpkg pull` and kapp-controller trust it instead of checking every digest, and *fail* on one
+they cannot read, so it is built here exactly as imgpkg builds it (format notes:
+imgpkg-format.md §1, §3.3;
 imgpkg `bundle/locations_configs.go`, `bundle/locations_config.go`, `image/tar_image.go`):
 
 * tar (USTAR, as Go's archive/tar writes it): a `.` directory entry (mode 0700) then
@@ -24,13 +25,13 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from transship.digest import Digest
-from transship.errors import IntegrityError, NotFoundError, UsageError
-from transship.manifest import DOCKER_MANIFEST, Descriptor, Manifest
+from transship.errors import UsageError
+from transship.manifest import DOCKER_MANIFEST, Manifest
+from transship.memory import GeneratedImage, MemoryEndpoint
 
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -59,23 +60,6 @@ class ImageLocation:
 
     image: str  # the original `<repo>@<digest>` of the bundle's images.yml (normalised)
     is_bundle: bool
-
-
-@dataclass(frozen=True)
-class GeneratedImage:
-    """A single-platform image whose every byte is held in memory."""
-
-    manifest: Manifest
-    blobs: dict[Digest, bytes] = field(repr=False)
-
-    @property
-    def digest(self) -> Digest:
-        return self.manifest.digest
-
-    @property
-    def size(self) -> int:
-        """Manifest plus blobs: what a copy of it sends."""
-        return self.manifest.size + sum(len(data) for data in self.blobs.values())
 
 
 def image_locations_yaml(locations: Iterable[ImageLocation]) -> bytes:
@@ -191,86 +175,6 @@ def _gzip_stored(data: bytes) -> bytes:
     return bytes(out)
 
 
-class GeneratedEndpoint:
-    """A read-only `Endpoint` over `GeneratedImage`s: the source of copy tasks for them.
-
-    Manifests are found by digest in any repository (they exist nowhere else) or by a tag given
-    when the image was added; writes are refused.
-    """
-
-    def __init__(self, images: Sequence[GeneratedImage] = (), label: str = "generated") -> None:
-        self.label = label
-        self._manifests: dict[Digest, Manifest] = {}
-        self._blobs: dict[Digest, bytes] = {}
-        self._tags: dict[tuple[str, str], Digest] = {}
-        for image in images:
-            self.add(image)
-
-    def add(self, image: GeneratedImage, repository: str = "", tags: Iterable[str] = ()) -> None:
-        self._manifests[image.digest] = image.manifest
-        self._blobs.update(image.blobs)
-        for tag in tags:
-            self._tags[(repository, tag)] = image.digest
-
-    def _find(self, repository: str, identifier: str) -> Manifest | None:
-        if ":" in identifier:
-            return self._manifests.get(Digest.parse(identifier))
-        digest = self._tags.get((repository, identifier))
-        return self._manifests.get(digest) if digest else None
-
-    async def get_manifest(self, repository: str, identifier: str) -> Manifest:
-        found = self._find(repository, identifier)
-        if found is None:
-            raise NotFoundError(
-                f"{self.label}/{repository}@{identifier}: transship generates no such image "
-                "(the plan may come from another transship version: plan again)"
-            )
-        return found
-
-    async def head_manifest(self, repository: str, identifier: str) -> Descriptor | None:
-        found = self._find(repository, identifier)
-        return found.descriptor if found else None
-
-    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
-        raise UsageError(f"{self.label} is read-only")
-
-    async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:
-        data = self._blobs.get(digest)
-        return data is not None and (size is None or len(data) == size)
-
-    @asynccontextmanager
-    async def open_blob(
-        self, repository: str, descriptor: Descriptor
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        data = self._blobs.get(descriptor.digest)
-        if data is None:
-            raise NotFoundError(f"{self.label}: no blob {descriptor.digest.short}")
-        if len(data) != descriptor.size:
-            raise IntegrityError(
-                f"{self.label}: blob {descriptor.digest.short} has {len(data)} bytes, "
-                f"the descriptor says {descriptor.size}"
-            )
-
-        async def chunks() -> AsyncIterator[bytes]:
-            yield data
-
-        yield chunks()
-
-    async def put_blob(
-        self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
-    ) -> int:
-        raise UsageError(f"{self.label} is read-only")
-
-    async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
-        return False
-
-    async def list_tags(self, repository: str) -> list[str]:
-        return sorted(tag for repo, tag in self._tags if repo == repository)
-
-    async def close(self) -> None:
-        pass
-
-
-def image_locations_endpoint(locations: Iterable[ImageLocation]) -> GeneratedEndpoint:
+def image_locations_endpoint(locations: Iterable[ImageLocation]) -> MemoryEndpoint:
     """An endpoint serving the ImageLocations image of `locations` (for one copy task)."""
-    return GeneratedEndpoint([build_image_locations(locations)], label="generated")
+    return MemoryEndpoint([build_image_locations(locations)], label="generated")

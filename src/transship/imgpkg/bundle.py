@@ -14,9 +14,8 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 
-from transship.errors import InvalidReferenceError
+from transship.errors import BundleError, InvalidReferenceError
 from transship.plan._yaml import Node, load_yaml
-from transship.plan.errors import BundleError
 from transship.reference import DOCKER_HUB, Reference
 
 BUNDLE_LABEL = "dev.carvel.imgpkg.bundle"

@@ -18,19 +18,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transship.digest import Digest
-from transship.errors import InvalidReferenceError, NotFoundError, TransshipError
-from transship.plan._yaml import load_yaml, read_text
-from transship.plan.errors import PlanError
-from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
-from transship.plan.resolve import (
-    EndpointFor,
-    Resolution,
-    ResolveOptions,
-    SourceReader,
-    resolve_plan,
-    unresolved,
+from transship.errors import (
+    HostDownError,
+    InvalidReferenceError,
+    NotFoundError,
+    PlanError,
+    TransshipError,
 )
-from transship.plan.tkg import (
+from transship.plan._yaml import load_yaml, read_text
+from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
+from transship.plan.reader import EndpointFor, ResolveOptions, SourceReader
+from transship.plan.resolve import Resolution, resolve_plan, unresolved
+from transship.reference import Reference, parse_prefix
+from transship.tkg.bom import (
     TKG_COMPATIBILITY_PATH,
     Bom,
     Compatibility,
@@ -42,7 +42,6 @@ from transship.plan.tkg import (
     plan_from_boms,
     tkr_bom_tag,
 )
-from transship.reference import Reference
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class _Chain:
         self.release = release
         self.reader = reader
         self.keep_going = keep_going
-        self.source = _prefix(release.source, "--source")
+        self.source = parse_prefix(release.source, "--source")
         self.digests: dict[str, Digest] = {}  # reference read -> the digest that was read
         self.gaps: list[Gap] = []
 
@@ -190,6 +189,8 @@ class _Chain:
             if not isinstance(result, TransshipError):
                 raise result
             default = tkg_bom.default_tkr
+            if isinstance(result, HostDownError):
+                raise result  # the registry is down, not this TKR: stop whatever keep_going
             if not self.keep_going or (default is not None and tag == tkr_bom_tag(default)):
                 raise result  # TKG cannot work without its default TKR: never a mere gap
             source = str(self.ref(tkg_bom.tkr_bom_path, tag))
@@ -222,15 +223,6 @@ class _Chain:
                         )
                     )
         return Plan(tuple(entries))
-
-
-def _prefix(prefix: str, option: str) -> str:
-    cleaned = prefix.strip().rstrip("/")
-    try:
-        Reference.parse_repository(f"{cleaned}/x")
-    except InvalidReferenceError as exc:
-        raise PlanError(f"{option} {prefix!r} is not a registry prefix: {exc}") from None
-    return cleaned
 
 
 # --- the same release from files ----------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Harbor knowledge: what Harbor means by its answers (and, later, its project API)."""

@@ -1,0 +1,63 @@
+"""`load`: everything an archive holds, pushed where its plan said (or under --dest), bundles
+last."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from transship.engine import CopyTask
+from transship.errors import TransshipError
+from transship.layout import OCILayout, OCILayoutTar
+from transship.ops.archive import (
+    PREFIX_COMMON,
+    PREFIX_LEGACY,
+    ArchiveInfo,
+    load_tasks,
+    open_archive,
+    with_sizes,
+)
+from transship.ops.tasks import EndpointFor
+
+
+@dataclass
+class LoadJob:
+    """An archive opened for reading, with what `transship/archive.json` says about it."""
+
+    layout: OCILayout | OCILayoutTar
+    info: ArchiveInfo
+
+    @classmethod
+    def open(cls, archive: Path) -> LoadJob:
+        layout = open_archive(archive)
+        try:
+            info = ArchiveInfo.read(layout)
+        except TransshipError:  # e.g. an incompatible format: refused, the archive closed
+            asyncio.run(layout.close())
+            raise
+        layout.base_name = info.base
+        return cls(layout, info)
+
+    def prefix_warning(self, prefix: str | None) -> str | None:
+        """Why `--dest` may not replace what the user expects, for archives that do not record
+        the prefix their plan was made for; None when there is nothing to say."""
+        if not prefix or self.info.prefix_origin not in (PREFIX_COMMON, PREFIX_LEGACY):
+            return None
+        return (
+            f"{self.layout.label} does not record the destination prefix its plan was made "
+            f"for (an older transship or plan wrote it): its names are relative to "
+            f"{self.info.prefix!r}, the longest prefix its destinations share, and --dest "
+            "replaces that; see `transship archive list`"
+        )
+
+    async def tasks(
+        self, prefix: str | None, dest_for: EndpointFor
+    ) -> tuple[list[list[CopyTask]], int]:
+        """Every named manifest as a task to `prefix` (or the planned prefix)/repository, each
+        with the bytes of its manifest graph; and the archive's unique bytes (for progress)."""
+        planned = load_tasks(self.layout, self.info, prefix, dest_for)
+        return await with_sizes(self.layout, planned)
+
+    async def close(self) -> None:
+        await self.layout.close()

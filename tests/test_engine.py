@@ -1,0 +1,232 @@
+"""The copy engine alone, over in-memory endpoints: ordering, dedup, skips and refusals.
+
+Behaviour against real registries lives in test_copy.py and test_faults.py; here the engine's
+own decisions are checked where nothing else can interfere, with `MemoryEndpoint`s that hash
+every byte as a registry would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from harness.seed import Image, Index, build_image, build_index
+
+from transship.digest import Digest
+from transship.engine import CopyEngine, CopyTask, EngineOptions, TaskResult
+from transship.errors import DependencyError, IntegrityError, NotFoundError
+from transship.manifest import OCI_MANIFEST, Manifest, Platform
+from transship.memory import GeneratedImage, MemoryEndpoint
+
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+
+
+def generated(image: Image, *, corrupt: bool = False) -> GeneratedImage:
+    """The seed image as an in-memory one; `corrupt` flips one byte of its last layer."""
+    blobs = {Digest.parse(b.digest): b.data for b in image.pushable_blobs}
+    if corrupt:
+        last = Digest.parse(image.layers[-1].digest)
+        data = bytearray(blobs[last])
+        data[0] ^= 0xFF
+        blobs[last] = bytes(data)
+    return GeneratedImage(Manifest.parse(image.manifest, image.media_type, "test"), blobs)
+
+
+def source_with(repository: str, tag: str, *items: Image | Index) -> MemoryEndpoint:
+    source = MemoryEndpoint(label="src", writable=True)
+    for item in items:
+        if isinstance(item, Index):
+            for child in item.images:
+                source.add(generated(child), repository)
+            raw = Manifest.parse(item.manifest, item.media_type, "test")
+            source.add(GeneratedImage(raw, {}), repository, (tag,))
+        else:
+            source.add(generated(item), repository, (tag,))
+    return source
+
+
+def task(
+    source: MemoryEndpoint,
+    dest: MemoryEndpoint,
+    repo: str,
+    *tags: str,
+    identifier: str = "v1",
+    platforms: tuple[Platform, ...] = (),
+) -> CopyTask:
+    return CopyTask(source, "app", identifier, dest, repo, tags, platforms)
+
+
+def run(engine: CopyEngine, *tasks: CopyTask) -> list[TaskResult]:
+    return asyncio.run(engine.run(tasks))
+
+
+def test_an_image_lands_whole_and_a_rerun_moves_nothing() -> None:
+    image = build_image(1, layer_sizes=(3000, 5000))
+    source, dest = source_with("app", "v1", image), MemoryEndpoint(label="dst", writable=True)
+    engine = CopyEngine()
+    [result] = run(engine, task(source, dest, "mirror/app", "v1"))
+    assert result.status == "copied" and str(result.digest) == image.digest
+    assert engine.stats.blobs_uploaded == len(image.pushable_blobs)
+    assert engine.stats.bytes_uploaded == sum(b.size for b in image.pushable_blobs)
+    found = asyncio.run(dest.head_manifest("mirror/app", "v1"))
+    assert found is not None and str(found.digest) == image.digest
+    for blob in image.pushable_blobs:
+        assert asyncio.run(dest.has_blob("mirror/app", Digest.parse(blob.digest), blob.size))
+
+    again = CopyEngine()
+    [second] = run(again, task(source, dest, "mirror/app", "v1"))
+    assert second.status == "skipped"
+    assert again.stats.blobs_uploaded == 0 and again.stats.manifests_pushed == 0
+
+
+def test_a_blob_crosses_once_per_destination_and_is_mounted_elsewhere() -> None:
+    """Two repositories need the same layers: one upload each, the other repository mounts."""
+    image = build_image(2, layer_sizes=(4000, 6000))
+    source, dest = source_with("app", "v1", image), MemoryEndpoint(label="dst", writable=True)
+    engine = CopyEngine()
+    results = run(
+        engine, task(source, dest, "one/app", "v1"), task(source, dest, "two/app", "v1")
+    )
+    assert [r.status for r in results] == ["copied", "copied"]
+    blobs = len(image.pushable_blobs)
+    assert engine.stats.blobs_uploaded == blobs
+    assert engine.stats.blobs_mounted == blobs
+    for repo in ("one/app", "two/app"):
+        found = asyncio.run(dest.head_manifest(repo, "v1"))
+        assert found is not None and str(found.digest) == image.digest
+
+
+def test_an_index_lands_children_first_and_a_platform_can_be_picked() -> None:
+    index = build_index(3, platforms=(("linux", "amd64"), ("linux", "arm64")))
+    source = source_with("app", "v1", index)
+    dest = MemoryEndpoint(label="dst", writable=True)
+    [result] = run(CopyEngine(), task(source, dest, "all/app", "v1"))
+    assert result.status == "copied" and str(result.digest) == index.digest
+    for child in index.images:
+        assert asyncio.run(dest.head_manifest("all/app", child.digest)) is not None
+
+    arm = next(i for i in index.images if i.platform["architecture"] == "arm64")
+    picked = task(source, dest, "arm/app", "v1", platforms=(Platform.parse("linux/arm64"),))
+    [one] = run(CopyEngine(), picked)
+    assert one.status == "copied" and str(one.digest) == arm.digest
+    assert asyncio.run(dest.head_manifest("arm/app", index.digest)) is None
+
+    missing = task(source, dest, "x/app", "v1", platforms=(Platform.parse("linux/s390x"),))
+    [none] = run(CopyEngine(), missing)
+    assert none.status == "failed" and isinstance(none.error, NotFoundError)
+    assert "linux/s390x" in str(none.error)
+
+
+def test_a_corrupt_source_blob_fails_the_task_and_nothing_is_pushed_on_it() -> None:
+    image = build_image(4, layer_sizes=(2000, 7000))
+    source = MemoryEndpoint(label="src", writable=True)
+    source.add(generated(image, corrupt=True), "app", ("v1",))
+    dest = MemoryEndpoint(label="dst", writable=True)
+    engine = CopyEngine(EngineOptions(blob_attempts=2, retry_base=0.0))
+    [result] = run(engine, task(source, dest, "mirror/app", "v1"))
+    assert result.status == "failed" and isinstance(result.error, IntegrityError)
+    bad = image.layers[-1]
+    assert not asyncio.run(dest.has_blob("mirror/app", Digest.parse(bad.digest)))
+    assert asyncio.run(dest.head_manifest("mirror/app", "v1")) is None
+
+
+def test_a_pinned_task_the_destination_has_never_reads_the_source() -> None:
+    image = build_image(5)
+    source, dest = source_with("app", "v1", image), MemoryEndpoint(label="dst", writable=True)
+    run(CopyEngine(), task(source, dest, "mirror/app", "v1"))
+    empty = MemoryEndpoint(label="gone", writable=True)  # any read would raise NotFoundError
+    pinned = task(empty, dest, "mirror/app", "v1", identifier=image.digest)
+    [result] = run(CopyEngine(), pinned)
+    assert result.status == "skipped" and str(result.digest) == image.digest
+
+
+def test_a_missing_source_fails_only_its_own_task() -> None:
+    image = build_image(6)
+    source, dest = source_with("app", "v1", image), MemoryEndpoint(label="dst", writable=True)
+    good = task(source, dest, "mirror/app", "v1")
+    gone = task(source, dest, "mirror/gone", "v1", identifier="v9")
+    results = run(CopyEngine(), good, gone)
+    assert [r.status for r in results] == ["copied", "failed"]
+    assert isinstance(results[1].error, NotFoundError)
+
+
+def test_a_later_phase_waits_for_its_repository_and_only_its_repository() -> None:
+    """A bundle is never tagged over images that did not land in its repository."""
+    image, bundle = build_image(7), build_image(8)
+    source = source_with("app", "v1", image)
+    source.add(generated(bundle), "app", ("bundle",))
+    dest = MemoryEndpoint(label="dst", writable=True)
+    broken = task(source, dest, "tkg/pkg", "v1", identifier="missing")
+    fine = task(source, dest, "tkg/other", "v1")
+    later = task(source, dest, "tkg/pkg", "b1", identifier="bundle")
+    unrelated = task(source, dest, "tkg/other", "b1", identifier="bundle")
+    results = asyncio.run(CopyEngine().run_phases([[broken, fine], [later, unrelated]]))
+    by_task = {(r.task.dest_repository, r.task.dest_tags): r for r in results}
+    assert by_task[("tkg/pkg", ("v1",))].status == "failed"
+    blocked = by_task[("tkg/pkg", ("b1",))]
+    assert blocked.status == "failed" and isinstance(blocked.error, DependencyError)
+    assert by_task[("tkg/other", ("b1",))].status == "copied"
+    assert asyncio.run(dest.head_manifest("tkg/pkg", "b1")) is None
+
+
+class _ForgetfulDestination(MemoryEndpoint):
+    """Says a blob is unknown at the first manifest push, as a registry under a concurrent
+    writer can; the engine must look again and push what is missing."""
+
+    def __init__(self) -> None:
+        super().__init__(label="dst", writable=True)
+        self.refused = 0
+
+    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
+        if self.refused == 0 and manifest.layers:
+            self.refused += 1
+            self._held[repository].discard(manifest.layers[0].digest)
+        await super().put_manifest(repository, manifest, tag)
+
+
+def test_a_manifest_refused_for_unknown_content_is_rechecked_and_retried() -> None:
+    image = build_image(9, layer_sizes=(1500, 2500))
+    source, dest = source_with("app", "v1", image), _ForgetfulDestination()
+    engine = CopyEngine(EngineOptions(retry_base=0.0))
+    [result] = run(engine, task(source, dest, "mirror/app", "v1"))
+    assert result.status == "copied", result.error
+    assert dest.refused == 1 and engine.stats.retries == 1
+    first = Digest.parse(image.layers[0].digest)
+    assert asyncio.run(dest.has_blob("mirror/app", first))
+
+
+def test_referrers_travel_by_digest_and_the_destination_lists_them() -> None:
+    """Pushing a referrer is `put_manifest` by digest; an endpoint with an index lists it."""
+    image = build_image(10)
+    empty = b"{}"
+    sbom = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/spdx+json",
+            "config": {"mediaType": OCI_EMPTY, "digest": str(Digest.of(empty)), "size": 2},
+            "layers": [],
+            "subject": {
+                "mediaType": image.media_type, "digest": image.digest, "size": image.size,
+            },
+        }
+    ).encode()
+    referrer = GeneratedImage(Manifest.parse(sbom, OCI_MANIFEST, "test"), {Digest.of(empty): empty})
+    source = source_with("app", "v1", image)
+    source.add(referrer, "app")
+    dest = MemoryEndpoint(label="dst", writable=True)
+    subject = Digest.parse(image.digest)
+    assert asyncio.run(dest.list_referrers("mirror/app", subject)) == ()
+    results = asyncio.run(
+        CopyEngine().run_phases(
+            [
+                [task(source, dest, "mirror/app", "v1")],
+                [task(source, dest, "mirror/app", identifier=str(referrer.digest))],
+            ]
+        )
+    )
+    assert [r.status for r in results] == ["copied", "copied"]
+    [found] = asyncio.run(dest.list_referrers("mirror/app", subject))
+    assert found.descriptor.digest == referrer.digest
+    assert found.artifact_type == "application/spdx+json"
+    assert asyncio.run(dest.list_referrers("elsewhere/app", subject)) == ()

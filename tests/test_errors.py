@@ -1,0 +1,60 @@
+"""The error hierarchy: what went wrong decides the type; the README's exit codes stay."""
+
+from __future__ import annotations
+
+import errno
+
+from transship.errors import (
+    AuthenticationError,
+    ExitCode,
+    NotFoundError,
+    PermissionDeniedError,
+    PreflightError,
+    StorageError,
+    UnreachableError,
+    UsageError,
+    advice_for,
+    io_error,
+)
+from transship.harbor.advice import install, missing_project_advice
+
+
+def test_a_full_disk_is_storage_not_usage_and_keeps_exit_code_1() -> None:
+    error = io_error("oci:/x: writing blob", OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(error, StorageError) and not isinstance(error, UsageError)
+    assert error.exit_code == ExitCode.USAGE == 1
+    assert error.out_of_space
+    assert str(error) == (
+        "oci:/x: writing blob: No space left on device (free some space and run the same "
+        "command again: what was written is kept)"
+    )
+    other = io_error("oci:/x", OSError(errno.EACCES, "Permission denied"))
+    assert not other.out_of_space and other.hint is None
+
+
+def test_a_refused_push_is_a_fact_the_harbor_wing_turns_into_advice() -> None:
+    error = NotFoundError("pushing manifest r.local/missing/app:v1: repository not found")
+    assert missing_project_advice(error) is None  # no fact, no advice
+    error.refused_push = "missing/app"
+    hint = missing_project_advice(error)
+    assert hint is not None and "create the project 'missing' first" in hint
+    install()
+    install()  # idempotent: one advisor, one hint
+    assert advice_for(error) == hint
+    assert str(error).endswith(f"({hint})")
+    given = AuthenticationError("wrong username or password for r.local", hint="check --creds")
+    given.refused_push = "missing/app"
+    assert str(given).endswith("(check --creds)")  # a hint given where the fact is known wins
+
+
+def test_preflight_keeps_every_refusal_and_the_first_ones_exit_code() -> None:
+    first = PermissionDeniedError("r.local: the user has no permission for push")
+    first.refused_push = "team/app"
+    second = UnreachableError("other.local: connection refused")
+    error = PreflightError([first, second], asked=5)
+    assert error.problems == (first, second)
+    assert error.exit_code == ExitCode.AUTH
+    assert error.message.startswith("preflight: 2 of 5 destination repositories refuse a push")
+    assert first.message == "r.local: the user has no permission for push"  # not rewritten
+    install()
+    assert "create the project 'team' first" in str(error)
