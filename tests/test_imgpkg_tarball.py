@@ -252,3 +252,31 @@ def test_compressed_tar_is_refused(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress((FIXTURES / "image-app-a.tar").read_bytes()))
     with pytest.raises(LayoutError, match="gzip-compressed"):
         ImgpkgTar(path)
+
+
+async def _graph_sizes(tar: ImgpkgTar, identifier: str, sizes: dict[str, int]) -> None:
+    """Every manifest's size and every blob's streamed bytes below `identifier`, by digest."""
+    manifest = await tar.get_manifest("any/repo", identifier)
+    sizes[str(manifest.digest)] = manifest.size
+    for child in manifest.manifests:
+        await _graph_sizes(tar, str(child.digest), sizes)
+    for blob in manifest.blobs():
+        async with tar.open_blob("any/repo", blob) as chunks:
+            sizes[str(blob.digest)] = sum([len(c) async for c in chunks])
+
+
+@pytest.mark.parametrize(
+    "name", ["image-app-a.tar", "index-app-multi.tar", "bundle-app-bundle.tar"]
+)
+async def test_graph_size_is_what_a_push_reads(name: str) -> None:
+    """A task's progress share (`graph_size`) is every manifest plus every blob streamed
+    through the endpoint, each once; the tar has no referrers API (the tag schema stands in)."""
+    tar = ImgpkgTar(FIXTURES / name)
+    try:
+        for item in tar.items:
+            sizes: dict[str, int] = {}
+            await _graph_sizes(tar, str(item.digest), sizes)
+            assert tar.graph_size(item.manifest) == sum(sizes.values())
+            assert await tar.list_referrers("any/repo", item.digest) is None
+    finally:
+        await tar.close()
