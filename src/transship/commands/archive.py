@@ -24,6 +24,7 @@ from transship.commands.common import (
     side_settings,
 )
 from transship.commands.harbor import after_push, before_push, project_options, project_settings
+from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars, save_tar_set
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
@@ -72,6 +73,15 @@ from transship.tkg.env import tkg_dest_defaults
     help="Carry this single-file transship in the archive as transship/bin/transship.",
 )
 @click.option("--dry-run", is_flag=True, help="Only print the bytes to write and check free disk.")
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["oci", "imgpkg-tars"]),
+    default="oci",
+    show_default=True,
+    help="imgpkg-tars: -o DIR gets one imgpkg tar per image plus publish-images-fromtar.yaml/.sh "
+    "(for upload-bundle).",
+)
 @click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
 @click.option("-v", "--verbose", count=True)
@@ -87,6 +97,7 @@ def save(
     no_attachments: bool,
     include_tool: bool,
     dry_run: bool,
+    out_format: str,
     parallel: int,
     report: Path | None,
     verbose: int,
@@ -105,9 +116,15 @@ def save(
     if plan is None:
         raise UsageError("save needs one of --plan, --images or --script")
     src_settings = side_settings("src", kwargs, parallel)
+    imgpkg_tars = out_format == "imgpkg-tars"
+    if imgpkg_tars and (split_size or since or dry_run or include_tool):
+        raise UsageError(
+            "--format imgpkg-tars takes none of --split-size, --since, --dry-run, --include-tool"
+        )
     tool = running_tool() if include_tool else None
     target = SaveTarget(output, parse_size(split_size) if split_size else None, since, tool)
-    target.check(dry_run=dry_run)
+    if not imgpkg_tars:
+        target.check(dry_run=dry_run)
     if since is not None:
         asyncio.run(open_archive(since).close())  # a bad --since is refused before any request
     console = Console(stderr=True)
@@ -129,6 +146,8 @@ def save(
             target,
             placeholder=not (dest_prefix or plan_file),
         )
+        if imgpkg_tars:  # transship.ops.imgpkgtar
+            return await save_tar_set(plan, info.prefix, sources.get, output, quiet, held_back)
         if dry_run:
             found = await estimate(plan, target, sources.get)
             console.print(
@@ -163,20 +182,35 @@ def save(
 
 
 @click.command()
-@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("archive", type=click.Path(path_type=Path), required=False)
 @click.option(
     "--dest",
     "dest_prefix",
     envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
     metavar="PREFIX",
-    help="Replace the planned destination prefix (default: load where the plan said).",
+    help="Replace the planned destination prefix (default: load where the plan said); for "
+    "one imgpkg tar: the repository, as imgpkg's --to-repo.",
+)
+@click.option(
+    "--script",
+    "fromtar_script",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Load the imgpkg tars of a publish-images-fromtar.sh, as one plan.",
+)
+@click.option(
+    "--tars",
+    "tars_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="With --script: where its tars are (default: beside the script).",
 )
 @side_options("dest", "destination")
 @push_options
 @project_options
 def load(
-    archive: Path,
+    archive: Path | None,
     dest_prefix: str | None,
+    fromtar_script: Path | None,
+    tars_dir: Path | None,
     parallel: int,
     report: Path | None,
     lock_output: Path | None,
@@ -185,11 +219,29 @@ def load(
     quiet: bool,
     **kwargs: Any,
 ) -> int:
-    """Push everything in ARCHIVE (layout directory or tar) to a registry: where its plan said,
-    or with --dest PREFIX replacing the destination prefix the plan was made for."""
+    """Push everything in ARCHIVE to a registry: where its plan said, or with --dest PREFIX
+    replacing the destination prefix the plan was made for.
+
+    ARCHIVE: an OCI layout directory or tar (transship save), an imgpkg tar (imgpkg copy
+    --to-tar), or a download-bundle directory (publish-images-fromtar.yaml); or give --script
+    publish-images-fromtar.sh. Sets of imgpkg tars load as one plan, each blob sent once.
+    """
     setup_logging(verbose, quiet)
     projects = project_settings(kwargs)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
+    targets = imgpkg_targets(archive, fromtar_script, tars_dir, dest_prefix)
+    if targets is not None:  # imgpkg tars (transship.ops.imgpkgtar); OCI archives go on
+        return load_imgpkg_tars(
+            targets,
+            dest_settings,
+            parallel=parallel,
+            report=report,
+            lock_output=lock_output,
+            preflight=preflight,
+            quiet=quiet,
+            projects=projects,
+        )
+    assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
     job = LoadJob.open(archive)
     warning = job.prefix_warning(dest_prefix)
     if warning and not quiet:

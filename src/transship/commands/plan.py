@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transship.commands.common import setup_logging, side_options, side_settings
+from transship.commands.imgpkgtar import plan_imgpkg_tars
 from transship.connect import RegistryPool
 from transship.errors import ExitCode, UsageError
 from transship.fsutil import write_atomic
@@ -291,3 +292,6 @@ def totals_table(resolution: Resolution, attachments: bool = True) -> Table:
 
 
 COMMANDS = [plan]
+
+
+plan.add_command(plan_imgpkg_tars)  # transship.commands.imgpkgtar

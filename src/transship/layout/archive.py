@@ -47,7 +47,9 @@ from transship.streams import CHUNK
 MAX_MEMBERS = 1_000_000
 MAX_MEMBER_BYTES = 1 << 40  # 1 TiB: no layer is that big; a header saying so is hostile
 
-_COMPRESSED = {
+#: leading bytes of a compressed stream: a tar (OCI archive or imgpkg tar) read in place must
+#: not be one
+COMPRESSED_MAGIC = {
     b"\x1f\x8b": "gzip",
     b"\x28\xb5\x2f\xfd": "zstd",
     b"\xfd7zXZ\x00": "xz",
@@ -55,8 +57,10 @@ _COMPRESSED = {
 }
 
 
-class _TarBlob:
-    """A member's bytes: `pread` at an absolute offset, so concurrent readers never interfere."""
+class TarMember:
+    """A member's bytes: `pread` at an absolute offset, so concurrent readers never interfere.
+
+    Public for every tar read in place (`OCILayoutTar`, the imgpkg wing's `ImgpkgTar`)."""
 
     def __init__(self, pread: Callable[[int, int], bytes], offset: int, size: int) -> None:
         self._pread = pread
@@ -184,7 +188,7 @@ class OCILayoutTar(LayoutReader):
             size = os.fstat(self._fd).st_size
             reader = None
         head = self._pread(8, 0)
-        for magic, kind in _COMPRESSED.items():
+        for magic, kind in COMPRESSED_MAGIC.items():
             if head.startswith(magic):
                 raise LayoutError(
                     f"{self.label}: {kind}-compressed; transship reads tar archives in place, "
@@ -217,7 +221,7 @@ class OCILayoutTar(LayoutReader):
         offset, size = found
         if size > limit:
             raise LayoutError(f"{self.label}: {name} is over {limit} bytes")
-        return _TarBlob(self._pread, offset, size).read(size)
+        return TarMember(self._pread, offset, size).read(size)
 
     def read_extra(self, name: str) -> bytes | None:
         found = self._extras.get(name)
@@ -226,7 +230,7 @@ class OCILayoutTar(LayoutReader):
         offset, size = found
         if size > MAX_EXTRA_BYTES:
             raise LayoutError(f"{self.label}: {EXTRA_DIR}/{name} is over {MAX_EXTRA_BYTES} bytes")
-        return _TarBlob(self._pread, offset, size).read(size)
+        return TarMember(self._pread, offset, size).read(size)
 
     def _blob_size(self, digest: Digest) -> int | None:
         found = self._blobs.get(digest)
@@ -234,7 +238,7 @@ class OCILayoutTar(LayoutReader):
 
     def _open_blob_file(self, digest: Digest) -> BlobFile | None:
         found = self._blobs.get(digest)
-        return _TarBlob(self._pread, *found) if found else None
+        return TarMember(self._pread, *found) if found else None
 
     def blob_extents(self, digest: Digest) -> list[Extent] | None:
         found = self._blobs.get(digest)

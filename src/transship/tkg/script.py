@@ -14,61 +14,16 @@ that decodes the CA certificate). Anything else is an error, so typos are not sk
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from transship.errors import InvalidReferenceError, PlanError
+from transship.imgpkg.copyline import ImgpkgCopy, parse_copy_lines
 from transship.plan._yaml import read_text
 from transship.plan.imagelist import destination_under
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
 from transship.reference import Reference, parse_prefix
 from transship.tkg.bom import METADATA_REPOSITORY_NAMES
-
-_COMMANDS = frozenset({"imgpkg", "imgpkg.exe"})
-_SHELL_SCAFFOLDING = frozenset({"set", "if", "then", "fi", "echo", "base64", "export"})
-_SOURCES = {"-i": "image", "--image": "image", "-b": "bundle", "--bundle": "bundle"}
-_VALUE_OPTIONS = frozenset(
-    {
-        "--registry-ca-cert-path",
-        "--registry-username",
-        "--registry-password",
-        "--registry-token",
-        "--registry-response-header-timeout",
-        "--registry-retry-count",
-        "--concurrency",
-        "--lock-output",
-    }
-)
-_FLAG_OPTIONS = frozenset(
-    {
-        "--registry-verify-certs",
-        "--registry-insecure",
-        "--registry-anon",
-        "--include-non-distributable-layers",
-        "--cosign-signatures",
-        "--repo-based-tags",
-        "--resume",
-        "--debug",
-        "--tty",
-        "--json",
-        "-y",
-        "--yes",
-    }
-)
-
-
-@dataclass
-class _Copy:
-    """One parsed `imgpkg copy` line."""
-
-    where: str
-    flavour: str = ""  # "image" or "bundle" when the source is a reference
-    source: str | None = None
-    from_tar: str | None = None
-    to_repo: str | None = None
-    to_tar: str | None = None
 
 
 def entries_from_old_script(
@@ -79,7 +34,7 @@ def entries_from_old_script(
     Exports to a tar that no line imports get `dest_prefix` + the source path below
     `source_prefix` (the TKG rule), or below the registry host if no source prefix is given.
     """
-    copies = [c for c in _parse_lines(text, name) if c is not None]
+    copies = [c for c in parse_copy_lines(text, name) if c is not None]
     direct = [c for c in copies if c.source and c.to_repo]
     exports = _unique_exports(c for c in copies if c.source and c.to_tar)
     imports = [c for c in copies if c.from_tar and c.to_repo]
@@ -123,87 +78,9 @@ def load_old_script(
     return plan_from_old_script(read_text(path), str(path), dest_prefix, source_prefix)
 
 
-def _parse_lines(text: str, name: str) -> list[_Copy | None]:
-    return [
-        _parse_line(line, f"{name}:{number}")
-        for number, line in enumerate(text.splitlines(), start=1)
-    ]
-
-
-def _parse_line(line: str, where: str) -> _Copy | None:
-    try:
-        words = shlex.split(line, comments=True)
-    except ValueError as exc:
-        raise PlanError(f"{where}: cannot split the line ({exc}); fix the quoting") from None
-    if not words or words[0] in _SHELL_SCAFFOLDING:
-        return None
-    if PurePath(words[0].replace("\\", "/")).name not in _COMMANDS:
-        raise PlanError(
-            f"{where}: not an 'imgpkg copy' line: {line.strip()!r}; remove or comment it out"
-        )
-    if words[1:2] != ["copy"]:
-        raise PlanError(f"{where}: only 'imgpkg copy' is understood, found {line.strip()!r}")
-    return _parse_copy(words[2:], where)
-
-
-def _parse_copy(words: list[str], where: str) -> _Copy:
-    copy = _Copy(where)
-    index = 0
-    while index < len(words):
-        option, has_value, value = words[index].partition("=")
-        if option in _FLAG_OPTIONS:
-            index += 1
-            continue
-        if not option.startswith("-"):
-            raise PlanError(f"{where}: unexpected argument {words[index]!r}; check the line")
-        if not has_value:
-            if index + 1 >= len(words):
-                raise PlanError(f"{where}: {option} needs a value")
-            value = words[index + 1]
-            index += 1
-        index += 1
-        _apply_option(copy, option, value)
-    _check_complete(copy)
-    return copy
-
-
-def _apply_option(copy: _Copy, option: str, value: str) -> None:
-    if option in _SOURCES:
-        _set_once(copy, "source", value, option)
-        copy.flavour = _SOURCES[option]
-    elif option == "--tar":
-        _set_once(copy, "from_tar", value, option)
-    elif option == "--to-repo":
-        _set_once(copy, "to_repo", value, option)
-    elif option == "--to-tar":
-        _set_once(copy, "to_tar", value, option)
-    elif option == "--lock":
-        raise PlanError(f"{copy.where}: --lock sources are not supported; list the images instead")
-    elif option not in _VALUE_OPTIONS:
-        raise PlanError(f"{copy.where}: unknown imgpkg copy option {option}; remove it")
-
-
-def _set_once(copy: _Copy, field: str, value: str, option: str) -> None:
-    if getattr(copy, field) is not None:
-        raise PlanError(f"{copy.where}: {option} given twice; keep one")
-    setattr(copy, field, value)
-
-
-def _check_complete(copy: _Copy) -> None:
-    sources = sum(x is not None for x in (copy.source, copy.from_tar))
-    targets = sum(x is not None for x in (copy.to_repo, copy.to_tar))
-    if sources != 1 or targets != 1:
-        raise PlanError(
-            f"{copy.where}: an imgpkg copy needs one source (-i, -b or --tar) and one "
-            "destination (--to-repo or --to-tar)"
-        )
-    if copy.from_tar and copy.to_tar:
-        raise PlanError(f"{copy.where}: --tar to --to-tar copies nothing to a registry")
-
-
-def _unique_exports(exports: Iterable[_Copy]) -> list[_Copy]:
+def _unique_exports(exports: Iterable[ImgpkgCopy]) -> list[ImgpkgCopy]:
     """One export per archive; two images written to one archive would overwrite each other."""
-    by_tar: dict[str, _Copy] = {}
+    by_tar: dict[str, ImgpkgCopy] = {}
     for export in exports:
         tar = export.to_tar or ""
         first = by_tar.setdefault(tar, export)
@@ -215,7 +92,7 @@ def _unique_exports(exports: Iterable[_Copy]) -> list[_Copy]:
     return list(by_tar.values())
 
 
-def _find_export(copy: _Copy, exports: list[_Copy]) -> _Copy:
+def _find_export(copy: ImgpkgCopy, exports: list[ImgpkgCopy]) -> ImgpkgCopy:
     """The line that wrote the archive this line reads: same path, else same file name."""
     for export in exports:
         if export.to_tar == copy.from_tar:
@@ -230,7 +107,9 @@ def _find_export(copy: _Copy, exports: list[_Copy]) -> _Copy:
     )
 
 
-def _unpaired_destination(export: _Copy, dest_prefix: str | None, source_prefix: str | None) -> str:
+def _unpaired_destination(
+    export: ImgpkgCopy, dest_prefix: str | None, source_prefix: str | None
+) -> str:
     if dest_prefix is None:
         raise PlanError(
             f"{export.where}: {export.source} only goes to {export.to_tar}; add the upload "
@@ -250,7 +129,7 @@ def _parse_reference(text: str, where: str) -> Reference:
         raise PlanError(f"{where}: {exc}; fix the line") from None
 
 
-def _entry(copy: _Copy, source: str, to_repo: str, origins: tuple[str, ...]) -> PlanEntry:
+def _entry(copy: ImgpkgCopy, source: str, to_repo: str, origins: tuple[str, ...]) -> PlanEntry:
     """imgpkg puts the source tag on the destination, so the entry carries that tag."""
     try:
         destination = Reference.parse(to_repo)

@@ -1,0 +1,169 @@
+"""imgpkg tars as a source and a target: `load` of one tar, a from-tar script or a
+download-bundle directory; `plan imgpkg-tars` (what such a load pushes, what de-duplication
+saves); `save --format imgpkg-tars`. The format is the imgpkg wing's (`transship.imgpkg`);
+here it becomes results for the CLI to render. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transship.engine import CopyTask, TaskResult
+from transship.errors import UsageError
+from transship.imgpkg.fromtar import (
+    TarLoad,
+    TarTarget,
+    check_complete,
+    is_download_bundle_dir,
+    looks_like_imgpkg_tar,
+    plan_load,
+    single_target,
+    targets_from_directory,
+    targets_from_script,
+)
+from transship.imgpkg.totar import tar_jobs, write_tar_set
+from transship.memory import MemoryEndpoint
+from transship.ops.tasks import EndpointFor
+from transship.plan.model import Plan, PlanEntry
+from transship.reference import Reference
+
+log = logging.getLogger("transship.imgpkg")
+
+
+def imgpkg_targets(
+    archive: Path | None, script: Path | None, tars_dir: Path | None, dest: str | None
+) -> list[TarTarget] | None:
+    """The tars to load, or None when the input is not imgpkg's (an OCI archive)."""
+    if script is not None:
+        if archive is not None:
+            raise UsageError("give --script or an ARCHIVE, not both")
+        return targets_from_script(script, tars_dir, dest)
+    if archive is None:
+        raise UsageError("load needs an ARCHIVE (or --script publish-images-fromtar.sh)")
+    if tars_dir is not None:
+        raise UsageError("--tars goes with --script")
+    if is_download_bundle_dir(archive):
+        return targets_from_directory(archive, dest)
+    if looks_like_imgpkg_tar(archive):
+        return [single_target(archive, dest)]
+    return None
+
+
+@dataclass
+class TarLoadJob:
+    """A load of imgpkg tars, opened and planned: the caller runs `load.phases` through the
+    engine (with progress), then `finish` checks the destination and times the stages."""
+
+    load: TarLoad
+    started: float
+    planned: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def open(cls, targets: Sequence[TarTarget], dest_for: EndpointFor) -> TarLoadJob:
+        start = time.monotonic()
+        return cls(plan_load(targets, dest_for), start)
+
+    @property
+    def phases(self) -> list[list[CopyTask]]:
+        return self.load.phases
+
+    async def finish(self, results: Sequence[TaskResult], parallel: int) -> list[TaskResult]:
+        """Every result checked against the destination (a hole fails its entry: exit 9)."""
+        pushed = time.monotonic()
+        checked = await check_complete(results, parallel)
+        done = time.monotonic()
+        log.info(
+            "imgpkg tars: read in %.2f s, pushed in %.2f s, checked in %.2f s",
+            self.planned - self.started,
+            pushed - self.planned,
+            done - pushed,
+        )
+        return checked
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    async def close(self) -> None:
+        await self.load.close()
+
+
+def tar_listing(targets: Sequence[TarTarget]) -> tuple[TarLoad, dict[str, Any]]:
+    """`plan imgpkg-tars`: what a load pushes, as the JSON document; nothing is contacted
+    (a stand-in endpoint per destination registry). The caller releases `load.tars`."""
+    load = plan_load(targets, lambda host: MemoryEndpoint(label=host))
+    doc: dict[str, Any] = {
+        "tars": len(load.tars),
+        "storedBytes": load.stored_bytes,
+        "uniqueBytes": load.unique_bytes,
+        "savedBytes": load.saved_bytes,
+        "push": [
+            {
+                "tar": row.tar,
+                "destination": row.destination,
+                "tags": list(row.tags),
+                "digest": str(row.digest),
+                "kind": row.kind,
+            }
+            for row in load.rows
+        ],
+    }
+    return load, doc
+
+
+@dataclass
+class TarSetOutcome:
+    """`save --format imgpkg-tars`: one result per tar (and a failure per bundle that could
+    not be expanded), so the exit code is `save`'s."""
+
+    results: list[TaskResult]
+    tars: int
+
+    @property
+    def written(self) -> int:
+        return self.tars - sum(1 for r in self.results if r.status == "failed")
+
+
+async def save_imgpkg_tars(
+    plan: Plan,
+    prefix: str,
+    source_for: EndpointFor,
+    out_dir: Path,
+    held_back: Sequence[PlanEntry] = (),
+) -> TarSetOutcome:
+    """One imgpkg tar per entry, plus the from-tar YAML and script, in `out_dir`."""
+    if out_dir.suffix == ".tar":
+        raise UsageError(f"{out_dir}: --format imgpkg-tars writes a directory of tars")
+    jobs = tar_jobs(plan, prefix, source_for)
+    written = await write_tar_set(jobs, out_dir, prefix)
+    where = MemoryEndpoint(label=f"imgpkg-tars:{out_dir}")
+    results = []
+    for job, error in written:
+        source = job.sources[0]
+        task = CopyTask(
+            source=source.endpoint,
+            source_repository=source.repository,
+            source_identifier=source.identifier,
+            dest=where,
+            dest_repository=job.name,
+            source_reference=job.entry.source,
+        )
+        results.append(TaskResult(task, "failed" if error else "copied", error=error))
+    for entry in held_back:  # never written thin: counted as failed
+        ref = Reference.parse(entry.source)
+        task = CopyTask(
+            source=source_for(ref.registry),
+            source_repository=ref.repository,
+            source_identifier=ref.identifier,
+            dest=where,
+            dest_repository=entry.destination,
+            source_reference=entry.source,
+        )
+        error = UsageError(f"bundle {entry.source} could not be expanded")
+        results.append(TaskResult(task, "failed", error=error))
+    return TarSetOutcome(results, len(jobs))
