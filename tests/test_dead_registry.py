@@ -266,7 +266,7 @@ def test_registry_stopped_mid_run_then_rerun_resumes(
         images[f"big/app{i}:v1"] = build_image(4200 + i, layer_sizes=(1_000_000,))
         client.push_image(f"big/app{i}", images[f"big/app{i}:v1"], "v1")
     # source blobs trickle, so the destination can be stopped while most are still to come
-    slow = make_fault_proxy(source, Fault.trickle(2_000_000, r"/blobs/sha256:", max_seconds=5))
+    slow = make_fault_proxy(source, Fault.trickle(500_000, r"/blobs/sha256:", max_seconds=5))
     refs = [slow.ref(name) for name in images]
     args = [
         sys.executable, "-m", "transship", "copy", "--images", str(listing(tmp_path, refs)),
