@@ -28,6 +28,7 @@ from transship.errors import (
     UsageError,
 )
 from transship.manifest import Descriptor, Manifest, Platform
+from transship.ratelimit import TokenBucket
 from transship.retry import CONTENT_POLICY, RetryPolicy, worth_restarting
 from transship.singleflight import SingleFlight
 
@@ -151,6 +152,8 @@ class EngineOptions:
     parallel_small_blobs: int = 16
     blob_attempts: int = CONTENT_POLICY.retries + 1
     retry_base: float = CONTENT_POLICY.base
+    #: `--limit-rate`: one bucket every blob transfer draws from (None: no cap)
+    rate_limit: TokenBucket | None = None
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -534,8 +537,12 @@ class CopyEngine:
         try:
             async with task.source.open_blob(task.source_repository, blob) as chunks:
 
+                limit = self.options.rate_limit
+
                 async def counted() -> AsyncIterator[bytes]:
                     async for chunk in chunks:
+                        if limit is not None:  # paced before counting: progress shows the cap
+                            await limit.take(len(chunk))
                         read[0] += len(chunk)
                         self.observer.blob_progress(blob, len(chunk))
                         yield chunk
