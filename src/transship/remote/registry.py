@@ -413,7 +413,7 @@ class Registry:
 
     async def list_tags(self, repository: str) -> list[str]:
         """Every page of the tag list (empty if the repository does not exist)."""
-        return list(await self._tag_pages(repository, missing_ok=True) or ())
+        return await self._tag_pages(repository, missing_ok=True) or []
 
     async def existing_tags(self, repository: str) -> frozenset[str] | None:
         """`TagIndex`: the tags, or None for a repository the registry names unknown
@@ -425,8 +425,9 @@ class Registry:
     async def _tag_pages(self, repository: str, *, missing_ok: bool) -> list[str] | None:
         """Every page of the tag list; a page cut short or unreadable is fetched again.
 
-        None for a 404 on the first page: any 404 when `missing_ok`, else only one that says
-        NAME_UNKNOWN (another 404 raises, so a caller falls back to asking tag by tag).
+        A 404 ends the list when `missing_ok`; otherwise only a first page answered 404
+        NAME_UNKNOWN means "no such repository" (None), and any other 404 raises, so a caller
+        falls back to asking tag by tag.
         """
         tags: list[str] = []
         path: str | None = f"/v2/{repository}/tags/list?n={self.options.tag_page_size}"
@@ -440,9 +441,11 @@ class Registry:
             answer = await self.transport.fetch(
                 "GET", path, scopes=pull(repository), limit=_TAG_PAGE_BYTES, check=check
             )
-            if answer.status == 404 and first:
+            if answer.status == 404:
+                if missing_ok:
+                    return tags
                 codes = {str(e.get("code", "")) for e in _errors_of(answer.body)}
-                if missing_ok or "NAME_UNKNOWN" in codes:
+                if first and "NAME_UNKNOWN" in codes:
                     return None
                 raise error_for(answer.status, answer.body, where)
             if answer.status != 200:
