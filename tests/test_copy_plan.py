@@ -74,7 +74,9 @@ def test_plan_copy_sends_each_blob_once_and_mounts(
     assert again.code == 0, again.err
     dest.wait_for_log(r"HEAD /v2/mirror/corpus1/multi/manifests/v1", since=mark)
     requests = [e for e in dest.access_log(since=mark) if e.path != "/v2/"]
-    assert len(requests) == 7 and {e.method for e in requests} == {"HEAD"}
+    heads = [e for e in requests if e.method == "HEAD"]
+    lists = [e for e in requests if e.method == "GET" and "/tags/list" in e.path]
+    assert len(heads) == 7 and len(lists) == 4 and len(requests) == 11  # a list per repository
     locked = yaml.safe_load(lock.read_text())
     assert locked["kind"] == "ImagesLock" and len(locked["images"]) == 7
     assert all("@sha256:" in i["image"] for i in locked["images"])

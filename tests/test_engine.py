@@ -14,8 +14,8 @@ from harness.seed import Image, Index, build_image, build_index
 
 from transship.digest import Digest
 from transship.engine import CopyEngine, CopyTask, EngineOptions, TaskResult
-from transship.errors import DependencyError, IntegrityError, NotFoundError
-from transship.manifest import OCI_MANIFEST, Manifest, Platform
+from transship.errors import DependencyError, IntegrityError, NotFoundError, PermissionDeniedError
+from transship.manifest import OCI_MANIFEST, Descriptor, Manifest, Platform
 from transship.memory import GeneratedImage, MemoryEndpoint
 
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
@@ -230,3 +230,43 @@ def test_referrers_travel_by_digest_and_the_destination_lists_them() -> None:
     assert found.descriptor.digest == referrer.digest
     assert found.artifact_type == "application/spdx+json"
     assert asyncio.run(dest.list_referrers("elsewhere/app", subject)) == ()
+
+
+class CountingEndpoint(MemoryEndpoint):
+    """A memory destination that counts HEADs and may refuse to list tags."""
+
+    def __init__(self, *, refuse_listing: bool = False) -> None:
+        super().__init__(label="dst", writable=True)
+        self.heads: list[str] = []
+        self.refuse_listing = refuse_listing
+
+    async def head_manifest(self, repository: str, identifier: str) -> Descriptor | None:
+        self.heads.append(f"{repository}:{identifier}")
+        return await super().head_manifest(repository, identifier)
+
+    async def existing_tags(self, repository: str) -> frozenset[str] | None:
+        if self.refuse_listing:
+            raise PermissionDeniedError(f"listing tags of {repository}: permission denied")
+        return await super().existing_tags(repository)
+
+
+def test_tag_list_spares_heads_and_a_refused_list_falls_back_to_heads() -> None:
+    image, other = build_image(41, layer_sizes=(3000,)), build_image(42, layer_sizes=(3000,))
+    source = source_with("app", "v1", image)
+    dest = CountingEndpoint()
+    [cold] = run(CopyEngine(), task(source, dest, "mirror/app", "v1", "v2"))
+    assert cold.status == "copied" and dest.heads == []  # a missing repository: no HEAD at all
+    [again] = run(CopyEngine(), task(source, dest, "mirror/app", "v1", "v2"))
+    assert again.status == "skipped" and dest.heads == ["mirror/app:v1", "mirror/app:v2"]
+    # the tag moved at the destination: listed, HEADed, found elsewhere, copied again
+    dest.add(generated(other), "mirror/app", ("v2",))
+    [moved] = run(CopyEngine(), task(source, dest, "mirror/app", "v1", "v2"))
+    assert moved.status == "copied"
+    found = asyncio.run(dest.head_manifest("mirror/app", "v2"))
+    assert found is not None and str(found.digest) == image.digest
+
+    refusing = CountingEndpoint(refuse_listing=True)
+    [first] = run(CopyEngine(), task(source, refusing, "mirror/app", "v1"))
+    assert first.status == "copied" and refusing.heads == ["mirror/app:v1"]  # asked tag by tag
+    [rerun] = run(CopyEngine(), task(source, refusing, "mirror/app", "v1"))
+    assert rerun.status == "skipped"

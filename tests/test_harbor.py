@@ -262,8 +262,10 @@ def test_create_projects_then_copy_and_rerun_is_a_no_op(
     later = h.records[mark:]
     assert not [r for r in later if r.method == "POST"]  # exists: not created again
     v2 = [r for r in later if r.path.startswith("/v2/") and r.path != "/v2/"]
-    # retention-safe: the destination is only ever HEADed, never a manifest GET (a "pull")
-    assert v2 and {r.method for r in v2} == {"HEAD"}
+    # retention-safe: the destination's manifests are only ever HEADed, never GET (a "pull");
+    # the one GET is the repository's tag list
+    assert v2 and {r.method for r in v2 if "/tags/list" not in r.path} == {"HEAD"}
+    assert [r for r in v2 if r.method == "GET"] == [r for r in v2 if "/tags/list" in r.path]
 
 
 def test_robot_account_creates_projects(
@@ -431,7 +433,9 @@ def test_load_creates_the_project_and_a_rerun_only_heads(
               *dest_args(pki), "-q")
     assert out.code == 0, out.err
     v2 = [r for r in h.records[mark:] if r.path.startswith("/v2/") and r.path != "/v2/"]
-    assert v2 and {r.method for r in v2} == {"HEAD"}  # never a GET (a pull) at Harbor
+    # never a manifest GET (a pull) at Harbor: HEADs, and one tag list per repository
+    assert v2 and {r.method for r in v2 if "/tags/list" not in r.path} == {"HEAD"}
+    assert [r for r in v2 if r.method == "GET"] == [r for r in v2 if "/tags/list" in r.path]
 
 
 def test_create_projects_on_a_plain_registry_is_harmless(

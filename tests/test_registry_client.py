@@ -165,6 +165,9 @@ async def test_tag_listing(plain_registry: RegistryProcess, pki: PKI) -> None:
     try:
         assert sorted(await registry.list_tags("client/tags")) == [f"t{i}" for i in range(7)]
         assert await registry.list_tags("client/never-pushed") == []
+        # the engine's TagIndex: a set, and None (not empty) for a repository never pushed
+        assert await registry.existing_tags("client/tags") == {f"t{i}" for i in range(7)}
+        assert await registry.existing_tags("client/never-pushed") is None
         # distribution 2.8 ignores `n` and answers in one page, so `Link` following is covered
         # by the unit test of `_next_link`; here the result must simply be complete.
     finally:

@@ -86,3 +86,17 @@ class PushCheck(Protocol):
     async def check_push(self, repository: str) -> None:
         """Raise what a real push into `repository` would raise; return if it would land."""
         ...
+
+
+@runtime_checkable
+class TagIndex(Protocol):
+    """Optional capability: which tags a repository holds, in one answer (or a few pages).
+
+    The engine asks it once per destination repository instead of one HEAD per planned tag:
+    a tag that is absent needs no HEAD, and a missing repository (None) holds no manifests at
+    all. A tag that is present is still HEADed, since the list cannot say where it points.
+    """
+
+    async def existing_tags(self, repository: str) -> frozenset[str] | None:
+        """The repository's tags, or None when the repository does not exist."""
+        ...

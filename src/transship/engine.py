@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from transship.digest import Digest
-from transship.endpoint import Endpoint
+from transship.endpoint import Endpoint, TagIndex
 from transship.errors import (
     DependencyError,
     HostDownError,
@@ -28,6 +28,7 @@ from transship.errors import (
     UsageError,
 )
 from transship.manifest import Descriptor, Manifest, Platform
+from transship.ratelimit import TokenBucket
 from transship.retry import CONTENT_POLICY, RetryPolicy, worth_restarting
 from transship.singleflight import SingleFlight
 
@@ -43,6 +44,9 @@ _CONTENT_RACE_CODES = frozenset(
 MAX_INDEX_DEPTH = 4
 
 Status = Literal["copied", "skipped", "failed"]
+#: what the engine knows of a destination repository's tags: the set, None for a repository
+#: that does not exist, or "unknown" (no `TagIndex`, or the list was refused): ask tag by tag
+TagView = frozenset[str] | None | Literal["unknown"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,8 @@ class EngineOptions:
     parallel_small_blobs: int = 16
     blob_attempts: int = CONTENT_POLICY.retries + 1
     retry_base: float = CONTENT_POLICY.base
+    #: `--limit-rate`: one bucket every blob transfer draws from (None: no cap)
+    rate_limit: TokenBucket | None = None
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -166,6 +172,8 @@ class _Sink:
     )
     first_home: dict[Digest, asyncio.Future[str]] = field(default_factory=dict)
     manifests: SingleFlight[tuple[str, Digest], None] = field(default_factory=SingleFlight)
+    #: each repository's tags as listed once, at its first task of the run
+    tags: SingleFlight[str, TagView] = field(default_factory=SingleFlight)
 
 
 class CopyEngine:
@@ -328,12 +336,39 @@ class CopyEngine:
     async def _dest_has(
         self, dest: Endpoint, repository: str, digest: Digest, tags: tuple[str, ...]
     ) -> bool:
-        """One HEAD per tag (or by digest when untagged): the whole cost of a no-op rerun."""
+        """One HEAD per tag (or by digest when untagged): the whole cost of a no-op rerun.
+
+        A tag the repository's tag list lacks, or a repository that does not exist, needs no
+        HEAD: a cold destination then costs one tag list per repository. A tag that is listed
+        is still HEADed, since it may have moved.
+        """
+        view = await self._tag_view(dest, repository)
+        if view is None:
+            return False
+        if tags and isinstance(view, frozenset) and not view.issuperset(tags):
+            return False
         for identifier in tags or (str(digest),):
             found = await dest.head_manifest(repository, identifier)
             if found is None or found.digest != digest:
                 return False
         return True
+
+    async def _tag_view(self, dest: Endpoint, repository: str) -> TagView:
+        """The repository's tags, listed once per run (`TagIndex`), or "unknown"."""
+        if not isinstance(dest, TagIndex):
+            return "unknown"
+        lister = dest
+
+        async def listed() -> TagView:
+            try:
+                return await lister.existing_tags(repository)
+            except HostDownError:
+                raise
+            except TransshipError:  # e.g. listing not allowed: fall back to HEADs
+                log.debug("tags of %s not listed", repository, exc_info=True)
+                return "unknown"
+
+        return await self._sink(dest).tags.run(repository, listed)
 
     async def _pick_platform(self, task: CopyTask, index: Manifest) -> Manifest:
         matches = [
@@ -388,10 +423,11 @@ class CopyEngine:
     async def _land_child(
         self, task: CopyTask, child: Descriptor, depth: int, seen: frozenset[Digest]
     ) -> None:
-        found = await task.dest.head_manifest(task.dest_repository, str(child.digest))
-        if found is not None and found.digest == child.digest:
-            self.stats.manifests_present += 1
-            return
+        if await self._tag_view(task.dest, task.dest_repository) is not None:
+            found = await task.dest.head_manifest(task.dest_repository, str(child.digest))
+            if found is not None and found.digest == child.digest:
+                self.stats.manifests_present += 1
+                return
         manifest = await self._fetch_manifest(task, str(child.digest))
         await self._copy_manifest(task, manifest, depth, seen)
 
@@ -501,8 +537,12 @@ class CopyEngine:
         try:
             async with task.source.open_blob(task.source_repository, blob) as chunks:
 
+                limit = self.options.rate_limit
+
                 async def counted() -> AsyncIterator[bytes]:
                     async for chunk in chunks:
+                        if limit is not None:  # paced before counting: progress shows the cap
+                            await limit.take(len(chunk))
                         read[0] += len(chunk)
                         self.observer.blob_progress(blob, len(chunk))
                         yield chunk

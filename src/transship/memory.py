@@ -168,6 +168,12 @@ class MemoryEndpoint:
     async def list_tags(self, repository: str) -> list[str]:
         return sorted(tag for repo, tag in self._tags if repo == repository)
 
+    async def existing_tags(self, repository: str) -> frozenset[str] | None:
+        """`TagIndex`: None when nothing at all is held in `repository`."""
+        if not any(self._holds(repository, d) for d in self._manifests):
+            return None
+        return frozenset(await self.list_tags(repository))
+
     async def list_referrers(
         self, repository: str, digest: Digest
     ) -> tuple[Referrer, ...] | None:

@@ -12,11 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from transship.commands.common import (
+    LIMIT_RATE,
     check_destinations,
     execute,
     load_plan_source,
     plan_source_options,
     push_options,
+    rate_limit,
     resolve_listed,
     run_engine,
     setup_logging,
@@ -84,6 +86,7 @@ from transship.tkg.env import tkg_dest_defaults
 )
 @click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
+@LIMIT_RATE
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True)
 def save(
@@ -100,6 +103,7 @@ def save(
     out_format: str,
     parallel: int,
     report: Path | None,
+    limit_rate: str | None,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
@@ -109,6 +113,7 @@ def save(
     Interrupted? Run the same command again: blobs already written and verified are kept.
     """
     setup_logging(verbose, quiet)
+    rate_limit(limit_rate)  # a bad --limit-rate is refused before any request
     # Inside the archive, names are relative to the destination prefix; an image list
     # without one keeps each image's path below a placeholder host.
     prefix = dest_prefix or (None if plan_file else PLACEHOLDER)
@@ -161,7 +166,7 @@ def save(
         job = SaveJob.open(plan, info, target, sources.get)
         try:
             results = await run_engine(
-                job.tasks, report, None, quiet, parallel, plan.unique_bytes
+                job.tasks, report, None, quiet, parallel, plan.unique_bytes, limit_rate
             )
         finally:
             await job.close()
@@ -215,6 +220,7 @@ def load(
     report: Path | None,
     lock_output: Path | None,
     preflight: bool,
+    limit_rate: str | None,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
@@ -227,6 +233,7 @@ def load(
     publish-images-fromtar.sh. Sets of imgpkg tars load as one plan, each blob sent once.
     """
     setup_logging(verbose, quiet)
+    rate_limit(limit_rate)  # a bad --limit-rate is refused before any request
     projects = project_settings(kwargs)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
     targets = imgpkg_targets(archive, fromtar_script, tars_dir, dest_prefix)
@@ -240,6 +247,7 @@ def load(
             preflight=preflight,
             quiet=quiet,
             projects=projects,
+            limit_rate=limit_rate,
         )
     assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
     job = LoadJob.open(archive)
@@ -253,7 +261,9 @@ def load(
             await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
             if preflight:
                 await check_destinations(phases, parallel)
-            results = await run_engine(phases, report, lock_output, quiet, parallel, unique)
+            results = await run_engine(
+                phases, report, lock_output, quiet, parallel, unique, limit_rate
+            )
             await after_push(results)
             return results
         finally:

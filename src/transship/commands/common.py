@@ -28,6 +28,7 @@ from transship.plan._yaml import read_text
 from transship.plan.imagelist import load_image_list
 from transship.plan.model import Plan, PlanEntry
 from transship.progress import ByteBudget, LogObserver, RichObserver, summary_table
+from transship.ratelimit import TokenBucket, parse_rate
 from transship.tkg.script import load_old_script
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,6 +94,13 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     )
 
 
+LIMIT_RATE = click.option(
+    "--limit-rate",
+    metavar="RATE",
+    help="Cap bytes per second across all blob transfers (as curl: 50M, 500K, 1G).",
+)
+
+
 def push_options(func: F) -> F:
     """What every command that pushes into a registry takes: parallelism, outputs, preflight,
     verbosity (`--parallel`, `--report`, `--lock-output`, `--preflight`, `-v`, `-q`)."""
@@ -113,6 +121,7 @@ def push_options(func: F) -> F:
             is_flag=True,
             help="Before moving bytes, check every destination repository accepts a push.",
         ),
+        LIMIT_RATE,
         click.option("-v", "--verbose", count=True, help="More logging (-vv for debug)."),
         click.option("-q", "--quiet", is_flag=True, help="Only errors."),
     ]
@@ -193,6 +202,11 @@ def execute(
     return exit_code_for(results)
 
 
+def rate_limit(text: str | None) -> TokenBucket | None:
+    """`--limit-rate RATE`: the run's one bucket (a bad RATE is a usage error, exit 1)."""
+    return None if text is None else TokenBucket(parse_rate(text))
+
+
 async def run_engine(
     task_phases: Sequence[Sequence[CopyTask]],
     report: Path | None,
@@ -200,9 +214,11 @@ async def run_engine(
     quiet: bool,
     parallel: int,
     unique_bytes: int | None = None,
+    limit_rate: str | None = None,
 ) -> list[TaskResult]:
     """Run the phases with progress: `unique_bytes` (the plan's, each blob once) and the tasks'
     sizes give the total to send and the ETA."""
+    options = EngineOptions(parallel_images=parallel, rate_limit=rate_limit(limit_rate))
     console = Console(stderr=True)
     total = sum(len(p) for p in task_phases)
     budget = ByteBudget((t for p in task_phases for t in p), unique_bytes)
@@ -212,7 +228,7 @@ async def run_engine(
     else:
         observer = LogObserver(total, budget, quiet=quiet)
     with observer:
-        outcome = await run_phases(task_phases, EngineOptions(parallel_images=parallel), observer)
+        outcome = await run_phases(task_phases, options, observer)
     if report is not None:
         write_report(report, outcome.results, outcome.seconds)
     if lock_output is not None:

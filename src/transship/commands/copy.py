@@ -13,6 +13,7 @@ from transship.commands.common import (
     load_plan_source,
     plan_source_options,
     push_options,
+    rate_limit,
     resolve_listed,
     run_engine,
     setup_logging,
@@ -62,6 +63,7 @@ def copy(
     lock_output: Path | None,
     no_attachments: bool,
     preflight: bool,
+    limit_rate: str | None,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
@@ -73,6 +75,7 @@ def copy(
     --plan, --images or --script.
     """
     setup_logging(verbose, quiet)
+    rate_limit(limit_rate)  # a bad --limit-rate is refused before any request
     projects = project_settings(kwargs)
     src_settings = side_settings("src", kwargs, parallel)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
@@ -112,7 +115,7 @@ def copy(
         if preflight:
             await check_destinations(task_phases, parallel)
         results = await run_engine(
-            task_phases, report, lock_output, quiet, parallel, chosen.unique_bytes
+            task_phases, report, lock_output, quiet, parallel, chosen.unique_bytes, limit_rate
         )
         await after_push(results)
         for entry in held_back:  # counted as failed: the exit code says partial

@@ -57,6 +57,7 @@ def load_imgpkg_tars(
     preflight: bool,
     quiet: bool,
     projects: ProjectSettings,
+    limit_rate: str | None = None,
 ) -> int:
     """Push every tar as one engine run; exit codes as `copy` (9 if the final check finds a
     hole)."""
@@ -71,7 +72,7 @@ def load_imgpkg_tars(
             if preflight:
                 await check_destinations(job.phases, parallel)
             results = await run_engine(
-                job.phases, None, lock_output, quiet, parallel, job.load.unique_bytes
+                job.phases, None, lock_output, quiet, parallel, job.load.unique_bytes, limit_rate
             )
             await after_push(results)
             results = await job.finish(results, parallel)

@@ -162,6 +162,11 @@ class LayoutReader:
     async def list_tags(self, repository: str) -> list[str]:
         return self._index.tags(repository)
 
+    async def existing_tags(self, repository: str) -> frozenset[str] | None:
+        """`TagIndex`: the index's tags for `repository` (a layout names no repository
+        without a tag, so an empty answer is never "missing": digests are still HEADed)."""
+        return frozenset(self._index.tags(repository))
+
     # -- blobs ------------------------------------------------------------------------------
 
     async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:

@@ -71,16 +71,22 @@ async def registry_error(resp: aiohttp.ClientResponse, what: str) -> Exception:
     return error_for(resp.status, body, what)
 
 
-def error_for(status: int, body: bytes, what: str) -> Exception:
-    """A typed error for an error answer whose body (distribution's JSON errors) was read."""
+def _errors_of(body: bytes) -> list[dict[str, object]]:
+    """The `errors` of distribution's JSON error body; empty when it is not that."""
     try:
         doc = json.loads(body[:16384]) if body else {}
         errors = doc.get("errors") or [] if isinstance(doc, dict) else []
     except (ValueError, UnicodeDecodeError):
         errors = []
-    codes = [str(e.get("code", "")) for e in errors if isinstance(e, dict)]
+    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def error_for(status: int, body: bytes, what: str) -> Exception:
+    """A typed error for an error answer whose body (distribution's JSON errors) was read."""
+    errors = _errors_of(body)
+    codes = [str(e.get("code", "")) for e in errors]
     detail = "; ".join(
-        str(e.get("message") or e.get("code")) for e in errors if isinstance(e, dict)
+        str(e.get("message") or e.get("code")) for e in errors
     )
     suffix = f" (registry says: {detail})" if detail else ""
     if status == 404:
@@ -406,7 +412,23 @@ class Registry:
     # -- tags -------------------------------------------------------------------------------
 
     async def list_tags(self, repository: str) -> list[str]:
-        """Every page of the tag list; a page cut short or unreadable is fetched again."""
+        """Every page of the tag list (empty if the repository does not exist)."""
+        return await self._tag_pages(repository, missing_ok=True) or []
+
+    async def existing_tags(self, repository: str) -> frozenset[str] | None:
+        """`TagIndex`: the tags, or None for a repository the registry names unknown
+        (404 NAME_UNKNOWN). Only tags/list is sent, never a manifest GET (Harbor counts those
+        as pulls)."""
+        tags = await self._tag_pages(repository, missing_ok=False)
+        return None if tags is None else frozenset(tags)
+
+    async def _tag_pages(self, repository: str, *, missing_ok: bool) -> list[str] | None:
+        """Every page of the tag list; a page cut short or unreadable is fetched again.
+
+        A 404 ends the list when `missing_ok`; otherwise only a first page answered 404
+        NAME_UNKNOWN means "no such repository" (None), and any other 404 raises, so a caller
+        falls back to asking tag by tag.
+        """
         tags: list[str] = []
         path: str | None = f"/v2/{repository}/tags/list?n={self.options.tag_page_size}"
         where = f"listing tags of {self.host}/{repository}"
@@ -414,18 +436,25 @@ class Registry:
         def check(answer: Fetched) -> None:
             _tag_page(answer.body, where)
 
+        first = True
         while path:
             answer = await self.transport.fetch(
                 "GET", path, scopes=pull(repository), limit=_TAG_PAGE_BYTES, check=check
             )
             if answer.status == 404:
-                return tags
+                if missing_ok:
+                    return tags
+                codes = {str(e.get("code", "")) for e in _errors_of(answer.body)}
+                if first and "NAME_UNKNOWN" in codes:
+                    return None
+                raise error_for(answer.status, answer.body, where)
             if answer.status != 200:
                 raise error_for(answer.status, answer.body, where)
             if answer.too_large(_TAG_PAGE_BYTES):
                 raise RegistryError(f"{where}: a page is over {_TAG_PAGE_BYTES} bytes")
             tags += _tag_page(answer.body, where)
             path = next_link(answer.headers.get("Link"), answer.url)
+            first = False
         return tags
 
 

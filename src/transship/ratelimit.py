@@ -1,0 +1,68 @@
+"""`--limit-rate`: one token bucket that every blob transfer of a run draws from.
+
+A shared WAN link is shared by the whole run, not per connection, so one bucket caps the sum of
+all transfers. The bucket lends: a 1 MiB chunk under a 500K cap is taken at once and the taker
+sleeps until the debt is paid, so chunks larger than the burst still pass, and concurrent takers
+queue behind the bytes reserved before them. The clock and sleep are injectable for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from transship.errors import UsageError
+
+#: what a cap saves up while nobody sends: a tenth of a second of bytes
+BURST_SECONDS = 0.1
+
+_RATE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)\s*", re.IGNORECASE)
+
+
+def parse_rate(text: str) -> int:
+    """`50M`, `500K`, `2G`, `1000000` → bytes per second (K/M/G are 1024 multiples, as curl's
+    `--limit-rate`); anything else is a one-line usage error."""
+    m = _RATE_RE.fullmatch(text)
+    rate = int(float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " ")) if m else 0
+    if rate <= 0:
+        raise UsageError(
+            f"--limit-rate {text!r}: give bytes per second such as 50M, 500K or 1G"
+        )
+    return rate
+
+
+class TokenBucket:
+    """Bytes per second across every caller; `take(n)` returns once `n` bytes may pass."""
+
+    def __init__(
+        self,
+        rate: int,
+        *,
+        burst: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = float(rate)
+        self.burst = rate * BURST_SECONDS if burst is None else burst
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = 0.0  # starts empty: the first bytes are paced too
+        self._stamp: float | None = None  # only differences of the clock count, never its value
+
+    def reserve(self, nbytes: int) -> float:
+        """Book `nbytes` now; the seconds the caller must wait before sending them."""
+        now = self._clock()
+        if self._stamp is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= nbytes
+        return max(0.0, -self._tokens / self.rate)
+
+    async def take(self, nbytes: int) -> None:
+        wait = self.reserve(nbytes)
+        if wait > 0:
+            await self._sleep(wait)
