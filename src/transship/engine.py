@@ -270,11 +270,6 @@ class CopyEngine:
                 self.observer.task_finished(result)
             return result
 
-    async def _fetch_manifest(self, task: CopyTask, identifier: str) -> Manifest:
-        """A source manifest; the endpoint retries a cut or corrupt answer itself (the wire
-        layer holds the whole body, so it alone can fetch it again)."""
-        return await task.source.get_manifest(task.source_repository, identifier)
-
     async def copy_one(self, task: CopyTask) -> tuple[Status, Digest]:
         """Copy one task's manifest graph; 'skipped' when the destination already has it."""
         pinned = not task.platforms and ":" in task.source_identifier
@@ -285,7 +280,7 @@ class CopyEngine:
             if await self._dest_has(task.dest, task.dest_repository, digest, task.dest_tags):
                 self.stats.manifests_present += 1
                 return "skipped", digest
-        manifest = await self._fetch_manifest(task, task.source_identifier)
+        manifest = await task.source.get_manifest(task.source_repository, task.source_identifier)
         if task.platforms and manifest.is_index:
             manifest = await self._pick_platform(task, manifest)
         tags = task.dest_tags
@@ -388,7 +383,7 @@ class CopyEngine:
                 f"{task.source_name}: platform {wanted} matches {len(matches)} "
                 "manifests; name one platform (os/arch/variant), or omit --platform to copy all"
             )
-        return await self._fetch_manifest(task, str(matches[0].digest))
+        return await task.source.get_manifest(task.source_repository, str(matches[0].digest))
 
     async def _copy_manifest(
         self, task: CopyTask, manifest: Manifest, depth: int, seen: frozenset[Digest]
@@ -428,7 +423,7 @@ class CopyEngine:
             if found is not None and found.digest == child.digest:
                 self.stats.manifests_present += 1
                 return
-        manifest = await self._fetch_manifest(task, str(child.digest))
+        manifest = await task.source.get_manifest(task.source_repository, str(child.digest))
         await self._copy_manifest(task, manifest, depth, seen)
 
     # -- blobs ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from transship.errors import (
     io_error,
 )
 from transship.fsutil import fsync_dir
-from transship.layout.directory import _read_bounded
+from transship.layout.directory import read_layout_file
 from transship.layout.index import (
     EXTRA_DIR,
     INDEX_FILE,
@@ -312,9 +312,9 @@ def write_tar(layout_dir: Path | str, tar_path: Path | str) -> int:
 
 
 def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
-    layout = _read_bounded(src / LAYOUT_FILE, MAX_LAYOUT_FILE_BYTES)
+    layout = read_layout_file(src / LAYOUT_FILE, MAX_LAYOUT_FILE_BYTES)
     check_layout_file(layout, label)
-    index = _read_bounded(src / INDEX_FILE, MAX_INDEX_BYTES)
+    index = read_layout_file(src / INDEX_FILE, MAX_INDEX_BYTES)
     LayoutIndex.parse(index, label)  # refuse to pack an index nobody could read back
     blobs: list[tuple[str, Digest, Path]] = []
     blob_root = src / "blobs"
@@ -347,7 +347,7 @@ def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
                 if extras and not carried:
                     tar.addfile(_info(EXTRA_DIR, 0, directory=True))
                 for extra in extras:
-                    data = _read_bounded(extra, MAX_EXTRA_BYTES)
+                    data = read_layout_file(extra, MAX_EXTRA_BYTES)
                     tar.addfile(_info(f"{EXTRA_DIR}/{extra.name}", len(data)), io.BytesIO(data))
                 tar.addfile(_info("blobs", 0, directory=True))
                 for algorithm in algorithms:

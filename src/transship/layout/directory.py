@@ -108,10 +108,10 @@ class OCILayout(LayoutReader):
             raise LayoutError(f"{self.label}: no such directory")
         elif not layout_file.is_file():
             raise LayoutError(f"{self.label}: not an OCI layout (no {LAYOUT_FILE} file)")
-        check_layout_file(_read_bounded(layout_file, MAX_LAYOUT_FILE_BYTES), self.label)
+        check_layout_file(read_layout_file(layout_file, MAX_LAYOUT_FILE_BYTES), self.label)
         index_file = self.path / INDEX_FILE
         if index_file.exists():
-            return LayoutIndex.parse(_read_bounded(index_file, MAX_INDEX_BYTES), self.label)
+            return LayoutIndex.parse(read_layout_file(index_file, MAX_INDEX_BYTES), self.label)
         if not self.writable:
             raise LayoutError(f"{self.label}: not an OCI layout (no {INDEX_FILE} file)")
         index = LayoutIndex.empty()
@@ -147,7 +147,7 @@ class OCILayout(LayoutReader):
         path = self.path / EXTRA_DIR / name
         if not path.is_file():
             return None
-        return _read_bounded(path, MAX_EXTRA_BYTES)
+        return read_layout_file(path, MAX_EXTRA_BYTES)
 
     def write_extra(self, name: str, data: bytes | str) -> None:
         """Write `transship/NAME` atomically (the plan, the checksum list)."""
@@ -359,7 +359,7 @@ def _write_hashed(handle: BinaryIO, hasher: Hasher, pieces: list[bytes]) -> None
     handle.write(data)
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
+def read_layout_file(path: Path, limit: int) -> bytes:
     """A layout file (`oci-layout`, `index.json`, an extra) whole, refused past `limit`."""
     with open(path, "rb") as handle:
         data = read_bounded(handle, limit)

@@ -22,11 +22,13 @@ from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask
 from transship.errors import IncompatibleArchiveError, TransshipError, UsageError
+from transship.fsutil import file_sha256
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.layout.volumes import find_parts_file
 from transship.ops.tasks import EndpointFor, phases, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
+from transship.plan.reader import MAX_INDEX_DEPTH
 from transship.reference import Reference, parse_prefix
 
 #: The compatibility rule: a transship reads exactly the archive format it writes. The format
@@ -279,12 +281,7 @@ def load_tasks(
 
 def checksum_list(layout_dir: Path, names: Sequence[str]) -> str:
     """`sha256sum -c` lines for the layout's own files and every blob (named by its hash)."""
-    import hashlib
-
-    lines = []
-    for name in names:
-        with (layout_dir / name).open("rb") as handle:
-            lines.append(f"{hashlib.file_digest(handle, 'sha256').hexdigest()}  {name}")
+    lines = [f"{file_sha256(layout_dir / name)}  {name}" for name in names]
     blob_dir = layout_dir / "blobs" / "sha256"
     for blob in sorted(blob_dir.iterdir()) if blob_dir.is_dir() else []:
         if re.fullmatch(r"[0-9a-f]{64}", blob.name):
@@ -316,9 +313,10 @@ async def measure(
         manifest = await endpoint.get_manifest(repository, identifier)
         manifests += 1
         seen[str(manifest.digest)] = manifest.size
-        if manifest.is_index and depth < 4:
+        if manifest.is_index and depth < MAX_INDEX_DEPTH:
             for child in manifest.manifests:
-                await walk(endpoint, repository, str(child.digest), depth + 1)
+                if str(child.digest) not in seen:  # shared by several indexes: read once
+                    await walk(endpoint, repository, str(child.digest), depth + 1)
         for blob in manifest.blobs():
             if not blob.urls:
                 seen[str(blob.digest)] = blob.size
@@ -344,7 +342,7 @@ async def with_sizes(
     async def walk(repository: str, identifier: str, depth: int, found: dict[Digest, int]) -> None:
         manifest = await layout.get_manifest(repository, identifier)
         found[manifest.digest] = manifest.size
-        if manifest.is_index and depth < 4:
+        if manifest.is_index and depth < MAX_INDEX_DEPTH:
             for child in manifest.manifests:
                 await walk(repository, str(child.digest), depth + 1, found)
         for blob in manifest.blobs():

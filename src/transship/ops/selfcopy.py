@@ -67,11 +67,6 @@ def place_tool(tool: Path | None, layout_dir: Path) -> None:
         raise
 
 
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def carried_tool(layout: LayoutReader) -> tuple[str | None, list[str]]:
     """For `archive verify`: a note on the carried tool (None if there is none) and problems
     (its sha256 is not the one `SHA256SUMS` lists)."""

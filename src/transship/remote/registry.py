@@ -433,8 +433,10 @@ class Registry:
         path: str | None = f"/v2/{repository}/tags/list?n={self.options.tag_page_size}"
         where = f"listing tags of {self.host}/{repository}"
 
-        def check(answer: Fetched) -> None:
-            _tag_page(answer.body, where)
+        page: list[str] = []
+
+        def check(answer: Fetched) -> None:  # parsed once, here; kept for the loop below
+            page[:] = _tag_page(answer.body, where)
 
         first = True
         while path:
@@ -452,7 +454,7 @@ class Registry:
                 raise error_for(answer.status, answer.body, where)
             if answer.too_large(_TAG_PAGE_BYTES):
                 raise RegistryError(f"{where}: a page is over {_TAG_PAGE_BYTES} bytes")
-            tags += _tag_page(answer.body, where)
+            tags += page
             path = next_link(answer.headers.get("Link"), answer.url)
             first = False
         return tags
@@ -524,7 +526,6 @@ class BlobDownload:
         self.descriptor = descriptor
         self.where = f"blob {registry.host}/{repository}@{descriptor.digest.short}"
         self.refetched = 0
-        self.resumed = 0
         self._hasher = Hasher(descriptor.digest, descriptor.size)
         self._stack = AsyncExitStack()
         self._resp: aiohttp.ClientResponse | None = None
@@ -615,6 +616,5 @@ class BlobDownload:
                 )
             log.info("%s: %s; resuming at byte %d", self.where, failure, hasher.size)
             await attempts.pause()
-            self.resumed += 1
             await self._open(hasher.size)
         hasher.verify("blob")
