@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in docker-registry skopeo apache2-utils; do
+for pkg in docker-registry skopeo apache2-utils binutils; do  # binutils: objdump for the single-file build
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

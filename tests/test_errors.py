@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
+from pathlib import Path
 
 from transship.errors import (
     AuthenticationError,
@@ -58,3 +61,19 @@ def test_preflight_keeps_every_refusal_and_the_first_ones_exit_code() -> None:
     assert first.message == "r.local: the user has no permission for push"  # not rewritten
     install()
     assert "create the project 'team' first" in str(error)
+
+
+def test_unwritable_output_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """An OSError on a file the user named (here `-o` under a path that cannot exist) ends in
+    one `transship: error:` line and exit 1, never a traceback."""
+    listing = tmp_path / "images.txt"
+    listing.write_text("example.com/a/b:v1\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "transship", "plan", "images", str(listing),
+         "--dest", "127.0.0.1:5000/x", "--no-resolve", "-o", "/proc/no-such-dir/plan.yaml"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("transship: error: /proc/no-such-dir"), lines

@@ -13,7 +13,7 @@ import click
 
 from transship.buildinfo import adopt_system_roots, version_line
 from transship.commands import all_commands
-from transship.errors import ExitCode, TransshipError
+from transship.errors import ExitCode, TransshipError, io_error
 from transship.harbor.advice import install as install_harbor_advice
 
 
@@ -75,4 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("transship: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:  # a file the user named cannot be read or written: one line
+        error = io_error(exc.filename or "transship", exc)
+        print(f"transship: error: {error}", file=sys.stderr)
+        sys.exit(int(error.exit_code))
     sys.exit(int(code) if isinstance(code, int) else 0)

@@ -9,8 +9,7 @@ import yaml
 
 from transship.engine import TaskResult
 from transship.fsutil import write_atomic
-
-LOCK_API_VERSION = "imgpkg.carvel.dev/v1alpha1"
+from transship.imgpkg.bundle import LOCK_API_VERSION
 
 
 def images_lock(results: Sequence[TaskResult]) -> str:

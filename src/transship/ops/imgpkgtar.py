@@ -44,7 +44,7 @@ def imgpkg_targets(
             raise UsageError("give --script or an ARCHIVE, not both")
         return targets_from_script(script, tars_dir, dest)
     if archive is None:
-        raise UsageError("load needs an ARCHIVE (or --script publish-images-fromtar.sh)")
+        raise UsageError("give an ARCHIVE or --script publish-images-fromtar.sh")
     if tars_dir is not None:
         raise UsageError("--tars goes with --script")
     if is_download_bundle_dir(archive):
