@@ -150,12 +150,7 @@ class HarborAPI:
     async def create_project(self, name: str, *, public: bool, storage_limit: int | None) -> bool:
         """`POST /projects`; True if created, False if it already existed (409: someone else
         just made it). Raises `ProjectRefused` for 400/401/403."""
-        body: dict[str, Any] = {
-            "project_name": name,
-            "metadata": {"public": "true" if public else "false"},
-        }
-        if storage_limit is not None:
-            body["storage_limit"] = storage_limit
+        body = project_body(name, public=public, storage_limit=storage_limit)
         status, raw, _ = await self._call("POST", "/projects", body=body)
         if status == 201:
             return True
@@ -276,3 +271,15 @@ def parse_quota(text: str) -> int:
     if not number.isdigit() or int(number) <= 0:
         raise UsageError(f"--project-quota {text!r}: give a size such as 10G or 500M, or -1")
     return int(number) * units[unit]
+
+
+def project_body(name: str, *, public: bool, storage_limit: int | None) -> dict[str, Any]:
+    """The `POST /projects` body (swagger `ProjectReq`): what `--create-projects` sends and
+    what the preflight's curl command shows, from one place."""
+    body: dict[str, Any] = {
+        "project_name": name,
+        "metadata": {"public": "true" if public else "false"},
+    }
+    if storage_limit is not None:
+        body["storage_limit"] = storage_limit
+    return body

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from transship.engine import CopyTask
 from transship.errors import ExitCode, TransshipError
-from transship.harbor.api import HarborAPI, RegistryOf
+from transship.harbor.api import HarborAPI, RegistryOf, project_body
 from transship.remote.registry import Registry
 
 
@@ -67,12 +67,7 @@ def destination_projects(
 
 def create_command(api: HarborAPI, base: str, name: str, settings: ProjectSettings) -> str:
     """A curl command that creates project `name` (it prompts for the password)."""
-    body: dict[str, object] = {
-        "project_name": name,
-        "metadata": {"public": "true" if settings.public else "false"},
-    }
-    if settings.storage_limit is not None:
-        body["storage_limit"] = settings.storage_limit
+    body = project_body(name, public=settings.public, storage_limit=settings.storage_limit)
     user = api.user or "ADMIN_USER"
     return " ".join(
         [
