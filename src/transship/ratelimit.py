@@ -9,28 +9,18 @@ queue behind the bytes reserved before them. The clock and sleep are injectable 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable
 
-from transship.errors import UsageError
+from transship.sizes import parse_size
 
 #: what a cap saves up while nobody sends: a tenth of a second of bytes
 BURST_SECONDS = 0.1
 
-_RATE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)\s*", re.IGNORECASE)
-
-
 def parse_rate(text: str) -> int:
     """`50M`, `500K`, `2G`, `1000000` → bytes per second (K/M/G are 1024 multiples, as curl's
     `--limit-rate`); anything else is a one-line usage error."""
-    m = _RATE_RE.fullmatch(text)
-    rate = int(float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " ")) if m else 0
-    if rate <= 0:
-        raise UsageError(
-            f"--limit-rate {text!r}: give bytes per second such as 50M, 500K or 1G"
-        )
-    return rate
+    return parse_size(text, option="--limit-rate", example="50M, 500K or 1G")
 
 
 class TokenBucket:

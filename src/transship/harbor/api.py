@@ -24,9 +24,9 @@ from transship.errors import (
     RegistryError,
     TransshipError,
     UnreachableError,
-    UsageError,
 )
 from transship.remote.registry import Registry
+from transship.sizes import parse_size
 
 #: The registry behind an endpoint, from the endpoint factory (`RegistryPool.registry_of`);
 #: None for an endpoint that is no registry. Harbor's API is reached through that registry's
@@ -264,13 +264,7 @@ def parse_quota(text: str) -> int:
     """`--project-quota`: `10G`, `500M`, `1T` (binary multiples) or bytes; -1 is unlimited."""
     if text.strip() == "-1":
         return -1
-    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in units and value[-1:] else ""
-    number = value[:-1] if unit else value
-    if not number.isdigit() or int(number) <= 0:
-        raise UsageError(f"--project-quota {text!r}: give a size such as 10G or 500M, or -1")
-    return int(number) * units[unit]
+    return parse_size(text, option="--project-quota", example="10G or 500M, or -1")
 
 
 def project_body(name: str, *, public: bool, storage_limit: int | None) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from transship.errors import LayoutError
+from transship import sizes
+from transship.errors import LayoutError, UsageError
 from transship.fsutil import write_atomic
 from transship.layout.reader import Extent
 from transship.streams import CHUNK
@@ -27,12 +28,11 @@ _PART = re.compile(r"^(?P<base>.+)\.(?P<n>\d{3})$")
 
 
 def parse_size(text: str) -> int:
-    """`4G`, `700M`, `650MiB`, `1000000` → bytes (K/M/G/T are binary multiples, as split(1))."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
-    if not m or int(m.group(1)) == 0:
-        raise LayoutError(f"--split-size {text!r}: give a positive size such as 4G or 700M")
-    power = " KMGT".index(m.group(2).upper() or " ")
-    return int(m.group(1)) * int(1024**power)
+    """`--split-size`: `4G`, `700M`, `650MiB`, `1000000` → bytes (see `transship.sizes`)."""
+    try:
+        return sizes.parse_size(text, option="--split-size")
+    except UsageError as error:
+        raise LayoutError(str(error)) from None
 
 
 def split_archive(tar: Path, part_size: int) -> list[Path]:

@@ -1,0 +1,26 @@
+"""Sizes as people write them on command lines: `4G`, `700M`, `650MiB`, `1.5M`, `1000000`.
+
+One parser for every option that takes a size (`--split-size`, `--project-quota`,
+`--limit-rate`): K, M, G and T are binary multiples, as split(1), curl's `--limit-rate` and
+Harbor's quota page use them; an optional `B`/`iB` is accepted; zero and negatives are refused
+with one line naming the option.
+"""
+
+from __future__ import annotations
+
+import re
+
+from transship.errors import UsageError
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE)
+
+
+def parse_size(text: str, *, option: str, example: str = "4G or 700M") -> int:
+    """`text` in bytes; anything that is not a positive size is a one-line `UsageError`."""
+    m = _SIZE.fullmatch(text)
+    size = 0
+    if m:
+        size = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+    if size <= 0:
+        raise UsageError(f"{option} {text!r}: give a positive size such as {example}")
+    return size
