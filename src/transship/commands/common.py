@@ -255,11 +255,12 @@ async def run_engine(
         observer = RichObserver(console, total, budget)
     else:
         observer = LogObserver(total, budget, quiet=quiet)
+    counting = shard is not None and (report is not None or not quiet)  # someone reads it
     with observer:
-        watched = observer if shard is None else shard.watch(observer)
+        watched = shard.watch(observer) if shard is not None and counting else observer
         outcome = await run_phases(task_phases, options, watched)
-    if shard is not None and outcome.stopped is None and (report is not None or not quiet):
-        await shard.settle()  # only when someone reads the count
+    if shard is not None:
+        await shard.settle(abandon=outcome.stopped is not None)
     extra = {"shard": shard.to_dict()} if shard is not None else {}
     if report is not None:
         write_report(report, outcome.results, outcome.seconds, extra)

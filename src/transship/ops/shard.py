@@ -4,15 +4,16 @@ Shards split a plan by destination repository, so a blob two repositories share 
 shards. Each shard's engine sends it at most once (then mounts it into its other repositories),
 so the cost of sharding is one more upload per further shard that needs it. This counts that
 cost for the summary and `--report`: which of this shard's blobs other shards need too, and how
-many of those this run streamed itself. It reads only manifests (this shard's are already in the
-source registry's cache), and only when the run streamed a blob: a no-op rerun pays nothing.
+many of those this run streamed itself. It reads only manifests, a few at a time, starting when
+the run streams its first blob (so it overlaps the copy), and not at all when nothing is
+streamed: a no-op rerun pays nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,12 +57,22 @@ async def blobs_of(
     return blobs
 
 
+async def _both(
+    first: Awaitable[dict[Digest, int]], second: Awaitable[dict[Digest, int]]
+) -> tuple[dict[Digest, int], dict[Digest, int]]:
+    here, there = await asyncio.gather(first, second)
+    return here, there
+
+
 class _Tee:
     """The CLI's observer, plus a record of every blob this shard streamed."""
 
-    def __init__(self, inner: Observer, sent: dict[Digest, int]) -> None:
+    def __init__(
+        self, inner: Observer, sent: dict[Digest, int], first: Callable[[], None]
+    ) -> None:
         self.inner = inner
         self.sent = sent
+        self.first = first
 
     def task_started(self, task: CopyTask) -> None:
         self.inner.task_started(task)
@@ -70,6 +81,8 @@ class _Tee:
         self.inner.task_finished(result)
 
     def blob_started(self, descriptor: Descriptor) -> None:
+        if not self.sent:
+            self.first()
         self.sent[descriptor.digest] = descriptor.size
         self.inner.blob_started(descriptor)
 
@@ -93,21 +106,33 @@ class ShardAccount:
     #: blobs this shard needs that another shard needs too; None: not counted (nothing was
     #: streamed, or the manifests could not be read)
     shared: dict[Digest, int] | None = None
+    _walk: asyncio.Task[tuple[dict[Digest, int], dict[Digest, int]]] | None = None
 
     def watch(self, observer: Observer) -> Observer:
-        """`observer`, recording the blobs this run streams."""
-        return _Tee(observer, self.sent)
+        """`observer`, recording the blobs this run streams; the first one starts the count."""
+        return _Tee(observer, self.sent, self._start)
 
-    async def settle(self) -> None:
-        """Count the shared blobs, reading manifests only, once the run has streamed any."""
-        if not self.sent:
-            return
+    def _start(self) -> None:
+        # a few requests at a time: the count must not slow the copy it runs beside
+        slots = max(2, self.parallel // 4)
         mine = self.mine.entries if self.mine is not None else self.split.part.entries
-        try:
-            here, there = await asyncio.gather(
-                blobs_of(self._points(mine), self.parallel),
-                blobs_of(self._points(self.split.others), self.parallel),
+        self._walk = asyncio.get_running_loop().create_task(
+            _both(
+                blobs_of(self._points(mine), slots),
+                blobs_of(self._points(self.split.others), slots),
             )
+        )
+
+    async def settle(self, *, abandon: bool = False) -> None:
+        """After the run: the shared blobs, if the run streamed any (else not counted);
+        `abandon`: the run stopped (a registry is down), so stop counting."""
+        if self._walk is None:
+            return
+        if abandon:
+            self._walk.cancel()
+            return
+        try:
+            here, there = await self._walk
         except HostDownError:
             raise
         except TransshipError as exc:  # the copy is done; only the count is lost
