@@ -17,6 +17,8 @@ from harness.registry import AccessLogEntry, RegistryProcess
 from harness.seed import Blob, SeedClient, build_images_sharing_base, seed_index
 from harness.skopeo import Skopeo
 
+from transship.plan.model import Plan, PlanEntry
+
 CREDS = "alice:s3cret-Pa55"
 SHARDS = 3
 
@@ -165,3 +167,19 @@ def test_bad_shard_is_a_one_line_usage_error(cli: CLI, tmp_path: Path) -> None:
     single = cli("copy", "example.invalid/a:v1", "127.0.0.1:9/m:v1", "--shard", "1/2")
     assert single.code == 1 and "--shard splits a plan" in single.error_line
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_a_shard_without_repositories_has_nothing_to_do(cli: CLI, tmp_path: Path) -> None:
+    """More shards than repositories: the extra shards succeed at once, asking no registry
+    (the destination here does not exist: a request would fail)."""
+    entry = PlanEntry.create("127.0.0.1:9/src/a:v1", "127.0.0.1:9/dst/a", size=10)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(Plan((entry,)).to_yaml())
+    report = tmp_path / "report.json"
+    out = cli("copy", "--plan", str(plan), "--shard", "2/2", "--report", str(report))
+    assert out.code == 0, out.err
+    assert "shard 2/2: 0 of 1 entries in 0 repositories" in out.err
+    doc = json.loads(report.read_text())
+    assert doc["entries"] == [] and doc["shard"]["repositories"] == 0
+    checked = cli("verify", "--plan", str(plan), "--shard", "2/2", "-q")
+    assert checked.code == 0  # nothing of this part is missing
