@@ -183,3 +183,34 @@ def test_a_shard_without_repositories_has_nothing_to_do(cli: CLI, tmp_path: Path
     assert doc["entries"] == [] and doc["shard"]["repositories"] == 0
     checked = cli("verify", "--plan", str(plan), "--shard", "2/2", "-q")
     assert checked.code == 0  # nothing of this part is missing
+
+
+def test_shards_of_a_plan_without_a_prefix_name_their_repositories_alike(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A plan that records no destinationPrefix: each archive's names are relative to the
+    longest prefix of the *whole* plan, not of its part, so `load --dest` relocates the parts
+    alike (a part holding only mirror/deep/* must not record mirror/deep)."""
+    client = SeedClient.for_registry(plain_registry)
+    (heavy,) = build_images_sharing_base(171, 1, layer_sizes=(400_000,))
+    light = build_images_sharing_base(172, 2, layer_sizes=(1_000,))
+    refs = []
+    for repo, image in (("c", heavy), ("deep/a", light[0]), ("deep/b", light[1])):
+        client.push_image(f"shard3/{repo}", image, "v1")
+        refs.append(f"{plain_registry.host}/shard3/{repo}:v1")
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    plan = tmp_path / "plan.yaml"
+    made = cli("plan", "images", str(listing), "--dest", "mirror.example/m", "-o", str(plan))
+    assert made.code == 0, made.err
+    doc = yaml.safe_load(plan.read_text())
+    del doc["destinationPrefix"]  # an older or hand-written plan
+    plan.write_text(yaml.safe_dump(doc))
+    prefixes = []
+    for i in (1, 2):
+        out = tmp_path / f"part{i}"
+        saved = cli("save", "--plan", str(plan), "-o", str(out), "--shard", f"{i}/2", "-q")
+        assert saved.code == 0, saved.err
+        info = json.loads((out / "transship" / "archive.json").read_text())
+        prefixes.append((info["destinationPrefix"], info["prefixOrigin"]))
+    assert prefixes == [("mirror.example/m/shard3", "common")] * 2

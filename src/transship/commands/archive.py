@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.layout.volumes import parse_size
-from transship.ops.archive import open_archive
+from transship.ops.archive import PREFIX_COMMON, destination_prefix, open_archive
 from transship.ops.load import LoadJob
 from transship.ops.save import PLACEHOLDER, SaveJob, SaveTarget, archive_info, estimate
 from transship.ops.selfcopy import running_tool
@@ -127,6 +128,9 @@ def save(
     plan = load_plan_source(plan_file, images_file, script_file, prefix)
     if plan is None:
         raise UsageError("save needs one of --plan, --images or --script")
+    # every part's archive names its repositories relative to the same prefix: the whole
+    # plan's (a plan that records none falls back to the prefix its destinations share)
+    whole_prefix = destination_prefix(plan) if shard and not plan.destination_prefix else ""
     plan, cut = shard_part(plan, shard, quiet)  # a list is cut before it is resolved
     src_settings = side_settings("src", kwargs, parallel)
     imgpkg_tars = out_format == "imgpkg-tars"
@@ -159,6 +163,8 @@ def save(
             target,
             placeholder=not (dest_prefix or plan_file),
         )
+        if whole_prefix and info.prefix_origin == PREFIX_COMMON:
+            info = replace(archive_info(plan, whole_prefix, target), prefix_origin=PREFIX_COMMON)
         if imgpkg_tars:  # transship.ops.imgpkgtar
             return await save_tar_set(plan, info.prefix, sources.get, output, quiet, held_back)
         if dry_run:
