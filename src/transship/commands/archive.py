@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from transship.commands.common import (
     LIMIT_RATE,
+    SHARD,
     check_destinations,
     execute,
     load_plan_source,
@@ -22,6 +24,7 @@ from transship.commands.common import (
     resolve_listed,
     run_engine,
     setup_logging,
+    shard_part,
     side_options,
     side_settings,
 )
@@ -31,13 +34,15 @@ from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.layout.volumes import parse_size
-from transship.ops.archive import open_archive
+from transship.ops.archive import PREFIX_COMMON, destination_prefix, open_archive
 from transship.ops.load import LoadJob
 from transship.ops.save import PLACEHOLDER, SaveJob, SaveTarget, archive_info, estimate
 from transship.ops.selfcopy import running_tool
+from transship.ops.shard import ShardAccount
 from transship.ops.tasks import without_attachments
 from transship.ops.verify import ArchiveCheck, verify_archive
 from transship.plan.model import PlanEntry
+from transship.plan.shard import Shard
 from transship.progress import human_bytes
 from transship.tkg.env import tkg_dest_defaults
 
@@ -75,6 +80,7 @@ from transship.tkg.env import tkg_dest_defaults
     help="Carry this single-file transship in the archive as transship/bin/transship.",
 )
 @click.option("--dry-run", is_flag=True, help="Only print the bytes to write and check free disk.")
+@SHARD
 @click.option(
     "--format",
     "out_format",
@@ -100,6 +106,7 @@ def save(
     no_attachments: bool,
     include_tool: bool,
     dry_run: bool,
+    shard: Shard | None,
     out_format: str,
     parallel: int,
     report: Path | None,
@@ -108,7 +115,8 @@ def save(
     quiet: bool,
     **kwargs: Any,
 ) -> int:
-    """Save a plan's images into an OCI image layout (directory or tar), each blob once.
+    """Save a plan's images into an OCI image layout (directory or tar), each blob once
+    (with --shard I/N, only part I of N of them: one archive per host).
 
     Interrupted? Run the same command again: blobs already written and verified are kept.
     """
@@ -120,6 +128,10 @@ def save(
     plan = load_plan_source(plan_file, images_file, script_file, prefix)
     if plan is None:
         raise UsageError("save needs one of --plan, --images or --script")
+    # every part's archive names its repositories relative to the same prefix: the whole
+    # plan's (a plan that records none falls back to the prefix its destinations share)
+    whole_prefix = destination_prefix(plan) if shard and not plan.destination_prefix else ""
+    plan, cut = shard_part(plan, shard, quiet)  # a list is cut before it is resolved
     src_settings = side_settings("src", kwargs, parallel)
     imgpkg_tars = out_format == "imgpkg-tars"
     if imgpkg_tars and (split_size or since or dry_run or include_tool):
@@ -151,6 +163,8 @@ def save(
             target,
             placeholder=not (dest_prefix or plan_file),
         )
+        if whole_prefix and info.prefix_origin == PREFIX_COMMON:
+            info = replace(archive_info(plan, whole_prefix, target), prefix_origin=PREFIX_COMMON)
         if imgpkg_tars:  # transship.ops.imgpkgtar
             return await save_tar_set(plan, info.prefix, sources.get, output, quiet, held_back)
         if dry_run:
@@ -164,9 +178,10 @@ def save(
             found.require_space()
             return []
         job = SaveJob.open(plan, info, target, sources.get)
+        account = None if cut is None else ShardAccount(cut, sources.get, parallel, plan)
         try:
             results = await run_engine(
-                job.tasks, report, None, quiet, parallel, plan.unique_bytes, limit_rate
+                job.tasks, report, None, quiet, parallel, plan.unique_bytes, limit_rate, account
             )
         finally:
             await job.close()

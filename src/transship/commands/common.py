@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, EngineOptions, TaskResult
@@ -23,11 +24,13 @@ from transship.imgpkg.lock import write_images_lock
 from transship.ops.listed import resolve_listed as resolve_listed_plan
 from transship.ops.preflight import preflight
 from transship.ops.run import run_phases
+from transship.ops.shard import ShardAccount
 from transship.ops.verify import VerifyOptions, VerifyResult, verify_plan
 from transship.plan._yaml import read_text
 from transship.plan.imagelist import load_image_list
 from transship.plan.model import Plan, PlanEntry
-from transship.progress import ByteBudget, LogObserver, RichObserver, summary_table
+from transship.plan.shard import Shard, ShardSplit, split
+from transship.progress import ByteBudget, LogObserver, RichObserver, human_bytes, summary_table
 from transship.ratelimit import TokenBucket, parse_rate
 from transship.tkg.script import load_old_script
 
@@ -164,6 +167,29 @@ def plan_source_options(func: F) -> F:
     return func
 
 
+def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Shard | None:
+    return None if value is None else Shard.parse(value)  # a usage error, before any request
+
+
+SHARD = click.option(
+    "--shard",
+    metavar="I/N",
+    callback=_parse_shard,
+    help="Only part I of N (from 1): the plan split by destination repository, the same on "
+    "every host, so N hosts (a Kubernetes Indexed Job) copy it once. See docs/sharding.md.",
+)
+
+
+def shard_part(plan: Plan, shard: Shard | None, quiet: bool) -> tuple[Plan, ShardSplit | None]:
+    """`--shard I/N`: this host's part of `plan`, said on stderr (the plan as is without it)."""
+    if shard is None:
+        return plan, None
+    cut = split(plan, shard)
+    if not quiet:
+        print(f"transship: {cut.describe()}", file=sys.stderr)
+    return cut.part, cut
+
+
 def load_plan_source(
     plan_file: Path | None, images_file: Path | None, script_file: Path | None, prefix: str | None
 ) -> Plan | None:
@@ -215,9 +241,11 @@ async def run_engine(
     parallel: int,
     unique_bytes: int | None = None,
     limit_rate: str | None = None,
+    shard: ShardAccount | None = None,
 ) -> list[TaskResult]:
     """Run the phases with progress: `unique_bytes` (the plan's, each blob once) and the tasks'
-    sizes give the total to send and the ETA."""
+    sizes give the total to send and the ETA. With `shard`, the summary and the report say
+    what this shard shares with the others."""
     options = EngineOptions(parallel_images=parallel, rate_limit=rate_limit(limit_rate))
     console = Console(stderr=True)
     total = sum(len(p) for p in task_phases)
@@ -227,14 +255,22 @@ async def run_engine(
         observer = RichObserver(console, total, budget)
     else:
         observer = LogObserver(total, budget, quiet=quiet)
+    counting = shard is not None and (report is not None or not quiet)  # someone reads it
     with observer:
-        outcome = await run_phases(task_phases, options, observer)
+        watched = shard.watch(observer) if shard is not None and counting else observer
+        outcome = await run_phases(task_phases, options, watched)
+    if shard is not None:
+        await shard.settle(abandon=outcome.stopped is not None)
+    extra = {"shard": shard.to_dict()} if shard is not None else {}
     if report is not None:
-        write_report(report, outcome.results, outcome.seconds)
+        write_report(report, outcome.results, outcome.seconds, extra)
     if lock_output is not None:
         write_images_lock(lock_output, outcome.results)
     if not quiet:
-        console.print(summary_table(outcome.results, outcome.stats, outcome.seconds))
+        table = summary_table(outcome.results, outcome.stats, outcome.seconds)
+        if shard is not None:
+            add_shard_rows(table, shard)
+        console.print(table)
     if outcome.stopped is not None:  # a registry is down: one line and exit 6, not one per entry
         raise outcome.stopped
     return outcome.results
@@ -250,7 +286,23 @@ async def check_destinations(task_phases: Sequence[Sequence[CopyTask]], parallel
         raise
 
 
-def write_report(path: Path, results: Sequence[TaskResult], seconds: float) -> None:
+def add_shard_rows(table: Table, shard: ShardAccount) -> None:
+    """The summary's shard lines: which part, and the blobs other shards need too."""
+    info = shard.to_dict()
+    table.add_row("shard", f"{shard.split.shard} ({info['repositories']} repositories)")
+    shared = "not counted" if shard.shared is None else (
+        f"{info['shared_blobs']} ({human_bytes(info['shared_bytes'])})"
+    )
+    sent = f"{info['shared_blobs_sent']} ({human_bytes(info['shared_bytes_sent'])})"
+    table.add_row("blobs shared with other shards / sent here too", f"{shared} / {sent}")
+
+
+def write_report(
+    path: Path,
+    results: Sequence[TaskResult],
+    seconds: float,
+    extra: dict[str, Any] | None = None,
+) -> None:
     entries = [
         {
             "source": r.task.source_name,
@@ -268,6 +320,7 @@ def write_report(path: Path, results: Sequence[TaskResult], seconds: float) -> N
         "version": 1,
         "seconds": round(seconds, 3),
         "bytes_refetched": sum(r.bytes_refetched for r in results),
+        **(extra or {}),
         "entries": entries,
     }
     write_atomic(path, json.dumps(doc, indent=2) + "\n")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from transship.commands.common import (
+    SHARD,
     check_destinations,
     execute,
     load_plan_source,
@@ -17,6 +18,7 @@ from transship.commands.common import (
     resolve_listed,
     run_engine,
     setup_logging,
+    shard_part,
     side_options,
     side_settings,
 )
@@ -25,8 +27,10 @@ from transship.connect import RegistryPool
 from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.manifest import Platform
+from transship.ops.shard import ShardAccount
 from transship.ops.tasks import copy_phases, single_entry, task_for, without_attachments
 from transship.plan.model import Plan, PlanEntry
+from transship.plan.shard import Shard
 from transship.tkg.env import tkg_dest_defaults
 
 
@@ -48,6 +52,7 @@ from transship.tkg.env import tkg_dest_defaults
     is_flag=True,
     help="Leave signatures, attestations and referrers behind (copied by default).",
 )
+@SHARD
 @push_options
 @project_options
 def copy(
@@ -62,6 +67,7 @@ def copy(
     report: Path | None,
     lock_output: Path | None,
     no_attachments: bool,
+    shard: Shard | None,
     preflight: bool,
     limit_rate: str | None,
     verbose: int,
@@ -72,7 +78,7 @@ def copy(
 
     Either SOURCE DESTINATION (one image or index; DESTINATION without a tag takes the
     source's tag, a source given by digest only is pushed by digest), or a whole set with
-    --plan, --images or --script.
+    --plan, --images or --script (with --shard I/N, only part I of N of it).
     """
     setup_logging(verbose, quiet)
     rate_limit(limit_rate)  # a bad --limit-rate is refused before any request
@@ -87,8 +93,11 @@ def copy(
             wanted = tuple(Platform.parse(p) for p in platforms)
         except ValueError as exc:
             raise UsageError(f"--platform: {exc}") from None
+        if shard is not None:
+            raise UsageError("--shard splits a plan: give --plan, --images or --script")
         single: Plan | None = Plan((single_entry(source, destination),))
         resolve = False
+        cut = None
     else:
         if plan is None:
             raise UsageError("give SOURCE and DESTINATION, or one of --plan/--images/--script")
@@ -99,6 +108,9 @@ def copy(
         # A list or an old script names tags only: resolve it like `transship plan` does, so
         # bundles are found by their label and copied with every image they reference.
         resolve = plan_file is None
+        # A list is cut before it is resolved (each host resolves its part only): bundles,
+        # their images and attachments all land in the repository they were listed for.
+        plan, cut = shard_part(plan, shard, quiet)
 
     async def run(sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         chosen = single or plan
@@ -114,8 +126,16 @@ def copy(
         await before_push(task_phases, projects, dests, preflight=preflight, quiet=quiet)
         if preflight:
             await check_destinations(task_phases, parallel)
+        account = None if cut is None else ShardAccount(cut, sources.get, parallel, chosen)
         results = await run_engine(
-            task_phases, report, lock_output, quiet, parallel, chosen.unique_bytes, limit_rate
+            task_phases,
+            report,
+            lock_output,
+            quiet,
+            parallel,
+            chosen.unique_bytes,
+            limit_rate,
+            account,
         )
         await after_push(results)
         for entry in held_back:  # counted as failed: the exit code says partial

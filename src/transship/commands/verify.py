@@ -14,10 +14,12 @@ from typing import Any
 import click
 
 from transship.commands.common import (
+    SHARD,
     load_plan_source,
     plan_source_options,
     run_verify,
     setup_logging,
+    shard_part,
     side_options,
     side_settings,
 )
@@ -25,6 +27,7 @@ from transship.commands.rendering import print_result, wide_console
 from transship.errors import ExitCode, UsageError
 from transship.fsutil import write_atomic
 from transship.ops.verify import VerifyOptions
+from transship.plan.shard import Shard
 from transship.tkg.env import tkg_dest_defaults
 
 
@@ -42,6 +45,7 @@ from transship.tkg.env import tkg_dest_defaults
     is_flag=True,
     help="Do not ask the source for digests the plan lacks: check those entries for presence.",
 )
+@SHARD
 @click.option("--parallel", default=32, show_default=True, help="Requests in flight at once.")
 @click.option(
     "--report",
@@ -57,6 +61,7 @@ def verify(
     dest_prefix: str | None,
     deep: bool,
     no_resolve: bool,
+    shard: Shard | None,
     parallel: int,
     report: Path | None,
     verbose: int,
@@ -71,6 +76,9 @@ def verify(
     of every manifest is there too. Bundles are checked like images; the images a bundle
     references are checked as the plan's bundle-referenced entries.
 
+    After a sharded copy (--shard I/N on N hosts), verify the whole plan (no --shard): exit 0
+    proves every shard finished; --shard I/N checks one part.
+
     Exit 0 when everything is there, 9 when anything is missing or different (the table and
     --report say what), or the usual error code when the registry cannot be checked at all.
     """
@@ -80,6 +88,7 @@ def verify(
     plan = load_plan_source(plan_file, images_file, script_file, dest_prefix)
     if plan is None:
         raise UsageError("give what to verify: --plan FILE, --images FILE or --script FILE")
+    plan, _ = shard_part(plan, shard, quiet)  # one host's part; without --shard, all of it
     options = VerifyOptions(deep=deep, resolve=not no_resolve, parallel=parallel)
     result = asyncio.run(run_verify(plan, src_settings, dest_settings, options))
     if report is not None:

@@ -1,0 +1,137 @@
+"""The Kubernetes Indexed Job in docs/kubernetes: it parses, has what Kubernetes needs, and
+its shell line gives every pod a distinct `--shard I/N` that transship accepts."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from transship.commands.copy import copy
+from transship.commands.verify import verify
+from transship.plan.model import Plan
+from transship.plan.shard import Shard
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "kubernetes"
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def documents(name: str) -> list[dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all((DOCS / name).read_text()) if d is not None]
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= doc.keys(), doc
+        assert DNS_LABEL.fullmatch(doc["metadata"]["name"])
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def container_of(job: dict[str, Any]) -> dict[str, Any]:
+    assert job["apiVersion"] == "batch/v1"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in ("Never", "OnFailure")
+    (container,) = pod["containers"]
+    assert container["name"] and container["image"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def option_names(command: click.Command) -> set[str]:
+    return {opt for p in command.params for opt in p.opts if opt.startswith("--")}
+
+
+def transship_args(container: dict[str, Any], env: dict[str, str], tmp: Path) -> list[str]:
+    """Run the container's shell line with a `transship` that prints its arguments, as the
+    pod's /bin/sh would: the arithmetic and quoting are the shell's, not ours."""
+    fake = tmp / "bin"
+    fake.mkdir(exist_ok=True)
+    script = fake / "transship"
+    script.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    script.chmod(0o755)
+    assert container["command"] == ["/bin/sh", "-c"]
+    assert shlex.split(container["args"][0])[0] == "exec"  # transship is the pod's process
+    out = subprocess.run(
+        ["/bin/sh", "-c", container["args"][0]],
+        env={"PATH": f"{fake}:{os.environ['PATH']}", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.splitlines()
+
+
+def check_mounts(pod: dict[str, Any], container: dict[str, Any], docs: list[dict[str, Any]],
+                 args: list[str]) -> None:
+    """Every file an option names lies in a mounted volume whose ConfigMap or Secret key exists
+    (in this file, or as the documented `kubectl create`)."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    maps = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
+    secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+    for arg in args:
+        if not arg.startswith("/etc/"):
+            continue
+        directory, key = arg.rsplit("/", 1)
+        volume = mounts[directory]
+        if "configMap" in volume:
+            assert key in maps[volume["configMap"]["name"]]["data"]
+        else:
+            secret = secrets[volume["secret"]["secretName"]]
+            paths = {i["path"]: i["key"] for i in volume["secret"].get("items", [])}
+            assert paths.get(key, key) in secret["stringData"]
+
+
+def test_the_indexed_job_has_what_kubernetes_needs_and_a_distinct_shard_per_pod(
+    tmp_path: Path,
+) -> None:
+    docs = documents("transship-shards.yaml")
+    (job,) = by_kind(docs, "Job")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    count = spec["completions"]
+    assert isinstance(count, int) and 1 <= spec["parallelism"] <= count
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # backoffLimitPerIndex requires it
+    container = container_of(job)
+    env = env_of(container)
+    assert int(env["SHARDS"]["value"]) == count  # N is the number of completions
+    secret_refs = [e["valueFrom"]["secretKeyRef"] for e in env.values() if "valueFrom" in e]
+    secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+    for ref in secret_refs:  # a required Secret key is defined here
+        assert ref.get("optional") or ref["key"] in secrets[ref["name"]]["stringData"]
+    assert "TRANSSHIP_DEST_CREDS" in env
+
+    shards = []
+    for index in range(count):  # what each pod runs
+        pod_env = {"JOB_COMPLETION_INDEX": str(index), "SHARDS": str(count)}
+        args = transship_args(container, pod_env, tmp_path)
+        assert args[0] == "copy"
+        assert {a for a in args if a.startswith("--")} <= option_names(copy)
+        shards.append(Shard.parse(args[args.index("--shard") + 1]))
+        check_mounts(pod, container, docs, args)
+    assert sorted((s.index, s.count) for s in shards) == [(i, count) for i in range(1, count + 1)]
+
+    (plan_map,) = by_kind(docs, "ConfigMap")  # the placeholder plan is a plan transship reads
+    assert Plan.from_yaml(plan_map["data"]["plan.yaml"], "configmap").entries == ()
+
+
+def test_the_verify_job_checks_the_whole_plan_from_the_same_configmap(tmp_path: Path) -> None:
+    shards = documents("transship-shards.yaml")
+    (job,) = by_kind(documents("transship-verify.yaml"), "Job")
+    assert job["spec"].get("completionMode", "NonIndexed") == "NonIndexed"
+    container = container_of(job)
+    args = transship_args(container, {}, tmp_path)
+    assert args[0] == "verify" and "--shard" not in args  # the whole plan, not a part
+    assert {a for a in args if a.startswith("--")} <= option_names(verify)
+    check_mounts(job["spec"]["template"]["spec"], container, shards, args)
