@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,9 +42,20 @@ PREFIX = "bench"
 def by_method(reg: RegistryProcess, since: int) -> Counter[str]:
     """Requests since `since`, by method (`/v2/` pings apart, as `PING`)."""
     time.sleep(0.3)  # access lines are written just after the response
-    return Counter(
-        "PING" if e.path == "/v2/" else e.method for e in reg.access_log(since)
-    )
+    return Counter("PING" if e.path == "/v2/" else e.method for e in reg.access_log(since))
+
+
+def cpu_of(pid: int | None) -> float:
+    """user + system seconds of one process (the destination registry's bcrypt work)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def load() -> str:
@@ -78,30 +90,61 @@ def main() -> None:
         common = ["--dest-ca", str(pki.ca.cert_path), "--dest-creds", f"{USERNAME}:{PASSWORD}"]
         commands = {
             "plan": ["copy", "--plan", str(plan), *common, "-q"],
-            "images": ["copy", "--images", str(images), "--dest", f"{dest.host}/{PREFIX}",
-                       *common, "-q"],
+            "images": [
+                "copy",
+                "--images",
+                str(images),
+                "--dest",
+                f"{dest.host}/{PREFIX}",
+                *common,
+                "-q",
+            ],
         }
 
         def run(tree: Path, argv: list[str]) -> float:
-            env = {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONPATH": str(tree),
-                   "XDG_CACHE_HOME": str(home / f"cache-{trees.index(tree)}"),
-                   "DOCKER_CONFIG": str(home), "LANG": "C.UTF-8"}
+            env = {
+                "PATH": os.environ["PATH"],
+                "HOME": str(home),
+                "PYTHONPATH": str(tree),
+                "XDG_CACHE_HOME": str(home / f"cache-{trees.index(tree)}"),
+                "DOCKER_CONFIG": str(home),
+                "LANG": "C.UTF-8",
+            }
             start = time.perf_counter()
-            proc = subprocess.run([str(PYTHON), "-m", "transship", *argv], env=env,
-                                  capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                [str(PYTHON), "-m", "transship", *argv],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             took = time.perf_counter() - start
             if proc.returncode != 0:
                 raise SystemExit(f"{argv[:2]} exit {proc.returncode}: {proc.stderr[-2000:]}")
             return took
 
-        run(trees[0], ["plan", "images", str(images), "--dest", f"{dest.host}/{PREFIX}",
-                       "-o", str(plan), "-q"])
+        run(
+            trees[0],
+            [
+                "plan",
+                "images",
+                str(images),
+                "--dest",
+                f"{dest.host}/{PREFIX}",
+                "-o",
+                str(plan),
+                "-q",
+            ],
+        )
         doc = yaml.safe_load(plan.read_text())
         entries = doc.get("entries") or doc.get("images") or []
         tags = sum(max(1, len(e.get("tags") or ())) for e in entries)
         repos = len({e.get("destination") for e in entries})
-        print(f"corpus {args.walk}: {len(corpus.refs)} references, plan {len(entries)} entries, "
-              f"{tags} tags, {repos} destination repositories", flush=True)
+        print(
+            f"corpus {args.walk}: {len(corpus.refs)} references, plan {len(entries)} entries, "
+            f"{tags} tags, {repos} destination repositories",
+            flush=True,
+        )
         cold = run(trees[0], commands["plan"])
         print(f"cold copy --plan: {cold:.2f}s (load {load()})", flush=True)
         forms = [f for f in args.forms.split(",") if f]
@@ -114,18 +157,26 @@ def main() -> None:
                 for tree in trees:
                     dmark, umark = dest.log_offset(), upstream.log_offset()
                     before = load()
+                    cpu, dcpu = children_cpu(), cpu_of(dest.pid)
                     took = run(tree, commands[form])
+                    cpu, dcpu = children_cpu() - cpu, cpu_of(dest.pid) - dcpu
                     d, u = by_method(dest, dmark), by_method(upstream, umark)
                     seconds.setdefault((form, str(tree)), []).append(took)
-                    print(f"round {rnd} {form:6} {tree}: {took:.2f}s load {before} "
-                          f"dest {sum(d.values())} {dict(sorted(d.items()))} "
-                          f"upstream {sum(u.values())} {dict(sorted(u.items()))}", flush=True)
+                    print(
+                        f"round {rnd} {form:6} {tree}: {took:.2f}s load {before} "
+                        f"cpu transship {cpu:.2f}s dest {dcpu:.2f}s "
+                        f"dest {sum(d.values())} {dict(sorted(d.items()))} "
+                        f"upstream {sum(u.values())} {dict(sorted(u.items()))}",
+                        flush=True,
+                    )
         print()
         for (form, tree), values in seconds.items():
-            print(f"{form:6} {tree}: median {statistics.median(values):.2f}s "
-                  f"min {min(values):.2f}s max {max(values):.2f}s over {len(values)} "
-                  f"({tags} tags: {statistics.median(values) / tags * 1000:.1f} ms/tag)")
-        print(f"load average now: {open('/proc/loadavg').read().strip()}")
+            print(
+                f"{form:6} {tree}: median {statistics.median(values):.2f}s "
+                f"min {min(values):.2f}s max {max(values):.2f}s over {len(values)} "
+                f"({tags} tags: {statistics.median(values) / tags * 1000:.1f} ms/tag)"
+            )
+        print(f"load average now: {Path('/proc/loadavg').read_text().strip()}")
         if args.hold:
             print(f"holding: {' '.join(commands['images'])}", flush=True)
             time.sleep(args.hold)

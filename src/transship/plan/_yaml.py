@@ -58,6 +58,8 @@ def load_yaml(text: str, name: str) -> Node:
 
 def _reject_aliases(text: str, name: str) -> None:
     """Scan tokens (cheap, nothing is expanded) and refuse anchors and aliases."""
+    if "&" not in text and "*" not in text:  # neither can be written without its sign
+        return
     for token in yaml.scan(text, Loader=_LOADER):
         if isinstance(token, yaml.AliasToken | yaml.AnchorToken):
             sign = "*" if isinstance(token, yaml.AliasToken) else "&"
