@@ -17,6 +17,7 @@ import argparse
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="default: a new directory in /dev/shm")
     parser.add_argument("--hold", type=float, default=0, help="then keep the registries up S s")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # registries stop in `finally`
     trees = [Path(s) for s in args.src.split(",") if s]
     root = args.workdir or Path(tempfile.mkdtemp(prefix="noop-", dir="/dev/shm"))
     root.mkdir(parents=True, exist_ok=True)
