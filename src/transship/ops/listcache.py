@@ -88,7 +88,7 @@ class ListCache:
             return None
         try:
             plan, pins, warnings = self._parse(raw, key, str(path))
-        except (ValueError, KeyError, TypeError, TransshipError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, TransshipError) as exc:
             log.debug("kept resolution %s not used: %s", path, exc)
             return None
         if not await _unmoved(pins, source_for, parallel):
