@@ -56,8 +56,10 @@ class CLI:
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path) -> CLI:  # type: ignore[no-untyped-def]
-    """The CLI with an empty Docker config and no TKG/transship variables from the machine."""
+    """The CLI with an empty Docker config and cache, and no TKG/transship variables from the
+    machine."""
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # kept list resolutions
     for var in (
         "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE",
         "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY",

@@ -238,13 +238,20 @@ class CountingEndpoint(MemoryEndpoint):
     def __init__(self, *, refuse_listing: bool = False) -> None:
         super().__init__(label="dst", writable=True)
         self.heads: list[str] = []
+        self.lists: list[str] = []
         self.refuse_listing = refuse_listing
 
     async def head_manifest(self, repository: str, identifier: str) -> Descriptor | None:
         self.heads.append(f"{repository}:{identifier}")
         return await super().head_manifest(repository, identifier)
 
+    def drop_repository(self, repository: str) -> None:
+        """As if the repository had been deleted at the destination."""
+        self._held.pop(repository, None)
+        self._tags = {key: d for key, d in self._tags.items() if key[0] != repository}
+
     async def existing_tags(self, repository: str) -> frozenset[str] | None:
+        self.lists.append(repository)
         if self.refuse_listing:
             raise PermissionDeniedError(f"listing tags of {repository}: permission denied")
         return await super().existing_tags(repository)
@@ -270,3 +277,42 @@ def test_tag_list_spares_heads_and_a_refused_list_falls_back_to_heads() -> None:
     assert first.status == "copied" and refusing.heads == ["mirror/app:v1"]  # asked tag by tag
     [rerun] = run(CopyEngine(), task(source, refusing, "mirror/app", "v1"))
     assert rerun.status == "skipped"
+
+
+def test_tags_are_listed_while_the_destination_looks_cold_and_not_once_it_looks_complete() -> None:
+    images = [build_image(50 + i, layer_sizes=(2000,)) for i in range(4)]
+    source = MemoryEndpoint(label="src", writable=True)
+    for i, image in enumerate(images):
+        source.add(generated(image), "app", (f"v{i}",))
+    dest = CountingEndpoint()
+
+    def tasks() -> list[CopyTask]:  # 12 repositories, one image under two tags in each
+        return [
+            CopyTask(source, "app", f"v{i % 4}", dest, f"mirror/r{i}", ("a", "b"))
+            for i in range(12)
+        ]
+
+    cold = asyncio.run(CopyEngine().run(tasks()))
+    assert {r.status for r in cold} == {"copied"}
+    assert sorted(dest.lists) == sorted(f"mirror/r{i}" for i in range(12))  # each listed once
+    assert dest.heads == []  # and nothing HEADed in a repository that does not exist
+
+    dest.lists.clear()
+    rerun = asyncio.run(CopyEngine().run(tasks()))
+    assert {r.status for r in rerun} == {"skipped"}
+    assert len(dest.lists) == 1  # the first check lists; the rest see a complete destination
+    assert sorted(dest.heads) == sorted(f"mirror/r{i}:{t}" for i in range(12) for t in "ab")
+
+    # A tag moved at the destination: HEADed without a list, found elsewhere, copied again.
+    moved = build_image(60, layer_sizes=(2000,))
+    dest.add(generated(moved), "mirror/r7", ("b",))
+    again = asyncio.run(CopyEngine().run(tasks()))
+    assert [r.status for r in again].count("copied") == 1 and again[7].status == "copied"
+    found = asyncio.run(dest.head_manifest("mirror/r7", "b"))
+    assert found is not None and str(found.digest) == images[7 % 4].digest
+
+    # Half the repositories gone (a new release into an old mirror): every one lands again.
+    for i in range(0, 12, 2):
+        dest.drop_repository(f"mirror/r{i}")
+    mixed = asyncio.run(CopyEngine().run(tasks()))
+    assert [r.status for r in mixed] == ["copied", "skipped"] * 6

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import click
 
 from transship.buildinfo import adopt_system_roots, version_line
-from transship.commands import all_commands
+from transship.commands import all_commands, command
 from transship.errors import ExitCode, TransshipError, io_error
 from transship.harbor.advice import install as install_harbor_advice
 
@@ -24,18 +24,25 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 class _Commands(click.Group):
-    """Imports the subcommands on first use: `--version` starts without loading aiohttp & co."""
+    """Imports the subcommands on first use: `--version` starts without loading aiohttp & co.,
+    and running one command imports that command's module only (start-up counts in a no-op
+    rerun); `--help` and a misspelt name load them all."""
 
     _loaded = False
 
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
-            for command in all_commands():
-                self.add_command(command)
+            for found in all_commands():
+                self.add_command(found)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        self._load()
+        if not self._loaded and cmd_name not in self.commands:
+            found = command(cmd_name)
+            if found is not None:
+                self.add_command(found)
+        if cmd_name not in self.commands:
+            self._load()
         return super().get_command(ctx, cmd_name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -162,6 +162,41 @@ class EngineOptions:
 
 
 @dataclass
+class _Presence:
+    """What this run's checks at one destination found so far: whether a tag list pays.
+
+    A repository's tag list spares a cold destination a HEAD per tag, but on a complete one it
+    is one request more per repository on top of them (a no-op rerun, an htpasswd registry
+    spending a bcrypt check on each). So the first check lists (the cold-safe choice), and
+    the others wait for its outcome; after that an unlisted repository is listed only while
+    checks have found content missing at least as often as present. A cold copy thus lists
+    every repository and HEADs nothing missing, a no-op rerun lists once and HEADs each tag.
+    """
+
+    present: int = 0
+    missing: int = 0
+    probing: bool = False
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def list_first(self) -> bool:
+        """Whether to list a repository's tags before HEADing them."""
+        if not self.decided.is_set():
+            if not self.probing:
+                self.probing = True
+                return True
+            await self.decided.wait()
+        return self.missing >= self.present
+
+    def record(self, present: bool | None) -> None:
+        """A check's outcome (None: it failed, which says nothing either way)."""
+        if present is True:
+            self.present += 1
+        elif present is False:
+            self.missing += 1
+        self.decided.set()
+
+
+@dataclass
 class _Sink:
     """Per destination endpoint: which blobs landed where, and transfers in flight."""
 
@@ -172,8 +207,9 @@ class _Sink:
     )
     first_home: dict[Digest, asyncio.Future[str]] = field(default_factory=dict)
     manifests: SingleFlight[tuple[str, Digest], None] = field(default_factory=SingleFlight)
-    #: each repository's tags as listed once, at its first task of the run
+    #: each repository's tags, listed once at its first check when listing pays (`_Presence`)
     tags: SingleFlight[str, TagView] = field(default_factory=SingleFlight)
+    presence: _Presence = field(default_factory=_Presence)
 
 
 class CopyEngine:
@@ -333,11 +369,23 @@ class CopyEngine:
     ) -> bool:
         """One HEAD per tag (or by digest when untagged): the whole cost of a no-op rerun.
 
-        A tag the repository's tag list lacks, or a repository that does not exist, needs no
-        HEAD: a cold destination then costs one tag list per repository. A tag that is listed
-        is still HEADed, since it may have moved.
+        While the destination looks cold (`_Presence`), the repository's tags are listed
+        first: a tag the list lacks, or a repository that does not exist, needs no HEAD, so a
+        cold destination costs one tag list per repository. A tag that is listed is still
+        HEADed, since it may have moved; so a complete destination is not listed at all.
         """
-        view = await self._tag_view(dest, repository)
+        presence = self._sink(dest).presence
+        found: bool | None = None
+        try:
+            found = await self._check(dest, repository, digest, tags)
+        finally:
+            presence.record(found)
+        return found
+
+    async def _check(
+        self, dest: Endpoint, repository: str, digest: Digest, tags: tuple[str, ...]
+    ) -> bool:
+        view = await self._tag_view(dest, repository, optional=True)
         if view is None:
             return False
         if tags and isinstance(view, frozenset) and not view.issuperset(tags):
@@ -348,9 +396,17 @@ class CopyEngine:
                 return False
         return True
 
-    async def _tag_view(self, dest: Endpoint, repository: str) -> TagView:
-        """The repository's tags, listed once per run (`TagIndex`), or "unknown"."""
+    async def _tag_view(
+        self, dest: Endpoint, repository: str, *, optional: bool = False
+    ) -> TagView:
+        """The repository's tags, listed once per run (`TagIndex`), or "unknown".
+
+        `optional`: the caller HEADs anyway, so the list is only asked for while it pays.
+        """
         if not isinstance(dest, TagIndex):
+            return "unknown"
+        sink = self._sink(dest)
+        if optional and not sink.tags.started(repository) and not await sink.presence.list_first():
             return "unknown"
         lister = dest
 
@@ -363,7 +419,7 @@ class CopyEngine:
                 log.debug("tags of %s not listed", repository, exc_info=True)
                 return "unknown"
 
-        return await self._sink(dest).tags.run(repository, listed)
+        return await sink.tags.run(repository, listed)
 
     async def _pick_platform(self, task: CopyTask, index: Manifest) -> Manifest:
         matches = [

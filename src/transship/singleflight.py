@@ -35,6 +35,10 @@ class SingleFlight(Generic[K, T]):
             self._work[key] = work
         return await asyncio.shield(work)
 
+    def started(self, key: K) -> bool:
+        """Whether `key`'s work runs or (when kept) ran: asking again costs nothing."""
+        return key in self._work
+
     def alias(self, key: K, same_as: K) -> None:
         """Let `key` share the work of `same_as` (a tag resolved to its digest)."""
         work = self._work.get(same_as)

@@ -21,6 +21,7 @@ from transship.errors import ExitCode, PreflightError, UsageError
 from transship.fsutil import write_atomic
 from transship.harbor.accessories import HarborIndexLister, check_accessories
 from transship.imgpkg.lock import write_images_lock
+from transship.ops.listcache import ListCache, default_directory
 from transship.ops.listed import resolve_listed as resolve_listed_plan
 from transship.ops.preflight import preflight
 from transship.ops.run import run_phases
@@ -342,7 +343,10 @@ async def resolve_listed(
     plan: Plan, sources: RegistryPool, parallel: int, quiet: bool, *, attachments: bool
 ) -> tuple[Plan, list[PlanEntry]]:
     """Resolve a list or script (`ops.listed`) and tell people what was left out and why."""
-    listed = await resolve_listed_plan(plan, sources.get, parallel, attachments=attachments)
+    cache = ListCache(default_directory())  # a rerun of the same list: HEADs, not a walk
+    listed = await resolve_listed_plan(
+        plan, sources.get, parallel, attachments=attachments, cache=cache
+    )
     for warning in listed.warnings if not quiet else ():
         print(f"transship: warning: {warning}", file=sys.stderr)
     for gap in listed.not_copied if not quiet else ():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transship.ops.listcache import ListCache
 from transship.ops.tasks import EndpointFor
 from transship.plan.attachments import without_attachments_of
 from transship.plan.model import EntryKind, Gap, Plan, PlanEntry
@@ -27,9 +28,22 @@ class ListedResolution:
 
 
 async def resolve_listed(
-    plan: Plan, source_for: EndpointFor, parallel: int, *, attachments: bool
+    plan: Plan,
+    source_for: EndpointFor,
+    parallel: int,
+    *,
+    attachments: bool,
+    cache: ListCache | None = None,
 ) -> ListedResolution:
-    """Resolve a list or script as `transship plan` would, keeping going past failures."""
+    """Resolve a list or script as `transship plan` would, keeping going past failures.
+
+    With a `cache`, a rerun of the same list reuses the last resolution while none of the
+    tags it depends on has moved (`ops.listcache`); a resolution with gaps is never kept.
+    """
+    if cache is not None:
+        reused = await cache.load(plan, source_for, parallel, attachments=attachments)
+        if reused is not None:
+            return ListedResolution(reused.plan, (), reused.warnings, ())
     resolution = await resolve_plan(
         plan,
         source_for,
@@ -45,7 +59,7 @@ async def resolve_listed(
         e for e in resolved.entries if e.kind == EntryKind.BUNDLE and e.expanded is False
     )
     kept = without_attachments_of((e for e in resolved.entries if e not in held_back), held_back)
-    return ListedResolution(
+    result = ListedResolution(
         Plan(
             kept + tuple(retry),
             resolved.sources,
@@ -56,3 +70,6 @@ async def resolve_listed(
         tuple(resolution.warnings),
         not_copied,
     )
+    if cache is not None and not resolved.gaps and not held_back:
+        cache.store(plan, result.plan, result.warnings, attachments=attachments)
+    return result

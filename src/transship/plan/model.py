@@ -325,6 +325,11 @@ class Plan:
         """Read a plan written by `to_yaml` (or `to_json`), checking every field."""
         return _plan_from_node(load_yaml(text, path))
 
+    @classmethod
+    def from_dict(cls, value: object, path: str) -> Plan:
+        """A plan from `to_dict`'s form already parsed (e.g. by `json.loads`), checked alike."""
+        return _plan_from_node(Node(path, "", value))
+
 
 _PLAN_KEYS = frozenset(
     {
