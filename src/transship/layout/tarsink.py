@@ -4,7 +4,8 @@ Packing a finished layout directory needs the archive's space twice; this endpoi
 once. Each blob's size is known from its descriptor, so its member (header + padded data) gets
 a region of the tar before the first byte arrives: concurrent transfers stream into disjoint
 regions with `pwrite`, hashed on the way. The header is written only after the digest checked
-out; a failed transfer leaves its region free for the retry (same size) or for another blob.
+out; a failed transfer leaves its region free for the retry (same size), or for any blob whose
+member has exactly that length.
 
 What has landed is recorded in a journal beside the tar (`FILE.tar.partial.journal`, rewritten
 atomically at most every `flush_interval` seconds, after an fsync of the data it lists): the
@@ -372,22 +373,15 @@ class TarSink(LayoutReader):
                 self._blobs[Digest.parse(f"{parts[1]}:{parts[2]}")] = member
 
     def _reserve(self, length: int) -> int:
-        """A region of `length` bytes: a free one that fits (exactly, or with room for a filler
-        header after it), else at the end."""
-        best: int | None = None
-        for i, (_offset, free) in enumerate(self._free):
-            fits = free == length or free >= length + BLOCK
-            if fits and (best is None or free < self._free[best][1]):
-                best = i
-                if free == length:
-                    break
-        if best is None:
-            offset = self._end
-            self._end += length
-            return offset
-        offset, free = self._free.pop(best)
-        if free > length:
-            self._free.append((offset + length, free - length))
+        """A region of `length` bytes: a free one of exactly that length (what a retried or
+        resumed transfer of the same blob left), else at the end. Free regions are not split:
+        a small blob arriving first would take the space its own blob needs again."""
+        for i, (offset, free) in enumerate(self._free):
+            if free == length:
+                del self._free[i]
+                return offset
+        offset = self._end
+        self._end += length
         return offset
 
     def _release(self, offset: int, length: int) -> None:
