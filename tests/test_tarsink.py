@@ -29,7 +29,7 @@ from test_airgap import corpus, write_list
 
 from transship.digest import Digest
 from transship.errors import ExitCode, IntegrityError, LayoutError
-from transship.layout import OCILayout, OCILayoutTar, write_tar
+from transship.layout import OCILayout, OCILayoutTar, tarsink, write_tar
 from transship.layout.archive import tool_head_size
 from transship.layout.index import TOOL_FILE
 from transship.layout.tarsink import TarSink, journal_path, partial_path
@@ -413,3 +413,32 @@ async def _read(reader: OCILayoutTar, digest: Digest) -> bytes:
     assert size is not None
     async with reader.open_blob("x", Descriptor("application/octet-stream", digest, size)) as c:
         return b"".join([chunk async for chunk in c])
+
+
+async def test_a_long_free_region_is_filled_by_chained_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ustar sizes stop at 8 GiB: a longer free region takes several fillers (here scaled down
+    to 64 KiB each), whose headers must chain exactly to the next member."""
+    monkeypatch.setattr(tarsink, "MAX_FILL", 64 * 1024)
+    imgs = images(2, layer=200_000)
+    sink = TarSink(tmp_path / "a.tar")
+    lost = os.urandom(300_000)
+    lost_digest = "sha256:" + hashlib.sha256(lost).hexdigest()
+
+    async def meanwhile() -> AsyncIterator[None]:
+        for i, image in enumerate(imgs):
+            await put_image(sink, "app", image, f"v{i}")
+        yield None
+
+    await fail_between(sink, lost_digest, lost[:-1] + b"\0", meanwhile())
+    await sink.close()
+    sink.seal({})
+    found = members(tmp_path / "a.tar")
+    unused = [n for n in found if n.startswith("transship/unused/")]
+    assert len(unused) == 5 and all(len(found[n]) <= 64 * 1024 - 512 for n in unused)
+    reader = OCILayoutTar(tmp_path / "a.tar")
+    try:
+        assert (await reader.get_manifest("app", "v1")).raw == imgs[1].manifest
+    finally:
+        await reader.close()

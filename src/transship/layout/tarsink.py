@@ -61,6 +61,8 @@ JOURNAL_SUFFIX = ".journal"
 JOURNAL_FORMAT = "transship-tar-journal/v1"
 BLOCK = tarfile.BLOCKSIZE
 UNUSED_DIR = f"{EXTRA_DIR}/unused"
+#: the longest filler member: a ustar header's size field holds at most 8 GiB - 1
+MAX_FILL = 8 * 1024**3 - BLOCK
 
 
 def padded(size: int) -> int:
@@ -634,18 +636,23 @@ class TarSink(LayoutReader):
         return self._publish_volumes(total)
 
     def _fill(self, offset: int, length: int) -> None:
-        """A region left free: a zeroed `transship/unused/<offset>` member, which every tar
-        reader skips over like any other file (never a blob, never an extra)."""
-        header = member_header(f"{UNUSED_DIR}/{offset}", length - BLOCK)
-        if len(header) != BLOCK:  # no such name needs a PAX header; refuse rather than misfit
-            raise LayoutError(f"{self.label}: cannot fill a free region at {offset}")
-        self._store.pwrite(header, offset)
-        zeros = bytes(min(CHUNK, length - BLOCK))
-        at = offset + BLOCK
-        while at < offset + length:
-            n = min(len(zeros), offset + length - at)
-            self._store.pwrite(zeros[:n], at)
-            at += n
+        """A region left free: zeroed `transship/unused/<offset>` members (each under ustar's
+        8 GiB), which every tar reader skips over like any other file (never a blob, never an
+        extra)."""
+        end = offset + length
+        while offset < end:
+            take = min(end - offset, MAX_FILL)
+            header = member_header(f"{UNUSED_DIR}/{offset}", take - BLOCK)
+            if len(header) != BLOCK:  # such a name needs no PAX header; refuse rather than misfit
+                raise LayoutError(f"{self.label}: cannot fill a free region at {offset}")
+            self._store.pwrite(header, offset)
+            zeros = bytes(min(CHUNK, take - BLOCK))
+            at = offset + BLOCK
+            while at < offset + take:
+                n = min(len(zeros), offset + take - at)
+                self._store.pwrite(zeros[:n], at)
+                at += n
+            offset += take
 
     def _publish_volumes(self, total: int) -> tuple[Path, ...]:
         assert self.part_size is not None
