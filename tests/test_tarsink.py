@@ -24,6 +24,7 @@ import pytest
 from clirunner import CLI
 from harness.registry import RegistryProcess
 from harness.seed import Image, build_images_sharing_base, build_index
+from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 from test_airgap import corpus, write_list
 
@@ -400,6 +401,9 @@ def test_killed_tar_save_resumes_without_downloading_again(
     out = cli("load", str(first), "--dest", f"{dest.host}/x", "-q")
     assert out.code == 0, out.err
     assert skopeo(dest, f"x/{prefix}/multi:v1") == skopeo(plain_registry, f"{prefix}/multi:v1")
+    with ServeProcess(tmp_path / "srv", first) as server:  # served in place, as saved
+        skopeo.copy(server, f"{prefix}/multi:v1", dest, "served/multi:v1")  # type: ignore[arg-type]
+    assert skopeo(dest, "served/multi:v1") == skopeo(plain_registry, f"{prefix}/multi:v1")
     if not split:
         raw = skopeo.run("inspect", "--raw", f"oci-archive:{tar}:{prefix}/app0:v0").stdout
         assert raw == skopeo(plain_registry, f"{prefix}/app0:v0")
