@@ -7,9 +7,9 @@ Run by hand (never in CI), like bench/run.py:
 The TKG-shaped corpus of bench/run.py is pushed to a plain registry once; each save writes into
 its own empty directory, whose allocated bytes (st_blocks of every file below it, so sparse
 regions count as what they really take) are summed every 10 ms from a thread, along with the
-process tree's peak RSS. `--old COMMIT` runs that commit's `src/` (git archive) the same way:
-before the in-place tar writer it built FILE.tar.partial/ and then packed it. `--split` adds a
-run with volumes.
+save process's peak RSS (VmHWM). `--old COMMIT` runs that commit's `src/` (git archive) the
+same way: before the in-place tar writer it built FILE.tar.partial/ and then packed it.
+`--split` adds a run with volumes.
 """
 
 from __future__ import annotations
@@ -42,32 +42,45 @@ def allocated(root: Path) -> int:
     return total
 
 
-def measured_save(src: Path, images: Path, out_dir: Path, extra: list[str], env: dict[str, str]):
-    """(wall seconds, peak allocated bytes under out_dir, final bytes, max RSS KiB)."""
+def high_water_kib(pid: int) -> int:
+    """VmHWM of a running process (not ru_maxrss: that starts at the forking parent's)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measured_save(
+    src: Path, images: Path, out_dir: Path, extra: list[str], env: dict[str, str]
+) -> tuple[float, int, int, int]:
+    """(wall seconds, peak allocated bytes under out_dir, final bytes, peak RSS KiB)."""
     out_dir.mkdir(parents=True)
-    peak = [0]
+    peak = [0, 0]
     done = threading.Event()
+    args = [PYTHON, "-m", "transship", "save", "--images", str(images)]
+    args += ["-o", str(out_dir / "tkg.tar"), "-q", *extra]
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, env={**env, "PYTHONPATH": str(src)})
 
     def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], allocated(out_dir))
+            peak[1] = max(peak[1], high_water_kib(proc.pid))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    args = [PYTHON, "-m", "transship", "save", "--images", str(images)]
-    args += ["-o", str(out_dir / "tkg.tar"), "-q", *extra]
-    run_env = {**env, "PYTHONPATH": str(src)}
     sampler.start()
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, env=run_env)
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    status = proc.wait()
     wall = time.perf_counter() - start
     done.set()
     sampler.join()
     if status != 0:
         raise SystemExit(f"save failed ({status}) with {src}")
     final = allocated(out_dir)
-    return wall, max(peak[0], final), final, usage.ru_maxrss
+    return wall, max(peak[0], final), final, peak[1]
 
 
 def main() -> None:
