@@ -251,6 +251,13 @@ async def test_a_damaged_or_mismatched_journal_is_one_clear_error(tmp_path: Path
     journal.unlink()
     with pytest.raises(LayoutError, match=r"no a\.tar\.partial\.journal"):
         TarSink(tmp_path / "a.tar")
+    partial_path(tmp_path / "a.tar").unlink()
+    sealed = TarSink(tmp_path / "a.tar")
+    await sealed.close()
+    sealed.seal({})
+    journal.write_bytes(kept)  # killed after the rename, before the journal went
+    with pytest.raises(LayoutError, match=r"a\.tar is complete"):
+        TarSink(tmp_path / "a.tar")
 
 
 async def test_a_second_writer_is_refused(tmp_path: Path) -> None:

@@ -264,6 +264,14 @@ class TarSink(LayoutReader):
             )
         self._tool_id = _tool_id(self.tool) if self.tool is not None else None
         self.output.parent.mkdir(parents=True, exist_ok=True)
+        finished = self.output.with_name(self.output.name + PARTS_SUFFIX)
+        if self.journal.exists() and not self._store.existing():
+            for done in (self.output, finished):
+                if done.exists():  # killed between the last rename and removing the journal
+                    raise LayoutError(
+                        f"{done} is complete; {self.journal.name} beside it is left over from "
+                        "its save: remove both to save again"
+                    )
         if self.journal.exists():
             self._store.lock()
             self._resume()
@@ -465,6 +473,14 @@ class TarSink(LayoutReader):
         data = offset + len(header)
         hasher = Hasher(digest, descriptor.size)
         written = 0
+        writing: asyncio.Future[None] | None = None
+
+        async def in_thread(*args: Any) -> None:
+            """Shielded: a cancelled transfer waits for its thread before freeing the region."""
+            nonlocal writing
+            writing = asyncio.ensure_future(asyncio.to_thread(*args))
+            await asyncio.shield(writing)
+
         try:
             pending: list[bytes] = []
             pending_size = 0
@@ -472,17 +488,24 @@ class TarSink(LayoutReader):
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
-                    await asyncio.to_thread(self._write_hashed, hasher, pending, data + written)
+                    await in_thread(self._write_hashed, hasher, pending, data + written)
                     written += pending_size
                     pending, pending_size = [], 0
             if pending:
-                await asyncio.to_thread(self._write_hashed, hasher, pending, data + written)
+                await in_thread(self._write_hashed, hasher, pending, data + written)
                 written += pending_size
             hasher.verify("blob")
             tail = bytes(length - len(header) - descriptor.size)
-            await asyncio.to_thread(self._seal_member, header, offset, tail, data + written)
+            await in_thread(self._seal_member, header, offset, tail, data + written)
         except BaseException as exc:
-            self._release(offset, length)
+            try:
+                if writing is not None:
+                    if not writing.done():
+                        await asyncio.wait([writing])
+                    if not writing.cancelled():
+                        writing.exception()  # retrieved: its error (if any) is `exc` already
+            finally:
+                self._release(offset, length)
             if isinstance(exc, IntegrityError):
                 raise IntegrityError(f"{self.label}: {exc.message}") from None
             if isinstance(exc, OSError):
@@ -605,7 +628,7 @@ class TarSink(LayoutReader):
         return {LAYOUT_FILE: LAYOUT_BYTES, INDEX_FILE: self._index.serialize()}
 
     def _seal(self, extras: dict[str, bytes]) -> tuple[Path, ...]:
-        for offset, length in sorted(self._free):
+        for offset, length in self._gaps():
             self._fill(offset, length)
         self._free = []
         offset = self._end
@@ -634,6 +657,19 @@ class TarSink(LayoutReader):
             self.journal.unlink()
             return ()
         return self._publish_volumes(total)
+
+    def _gaps(self) -> list[tuple[int, int]]:
+        """Every run of [0, end) that no member covers: what `_free` says, computed afresh
+        from the members so that no region can be left without a header."""
+        gaps = []
+        taken = 0
+        for member in sorted(self._members.values(), key=lambda m: m.offset):
+            if member.offset > taken:
+                gaps.append((taken, member.offset - taken))
+            taken = max(taken, member.end)
+        if self._end > taken:
+            gaps.append((taken, self._end - taken))
+        return gaps
 
     def _fill(self, offset: int, length: int) -> None:
         """A region left free: zeroed `transship/unused/<offset>` members (each under ustar's
