@@ -23,7 +23,7 @@ from urllib.parse import unquote
 import pytest
 from clirunner import CLI
 from harness.registry import RegistryProcess
-from harness.seed import Image, build_images_sharing_base, build_index
+from harness.seed import Image, build_images_sharing_base, build_index, seed_image
 from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 from test_airgap import corpus, write_list
@@ -453,3 +453,22 @@ async def test_a_long_free_region_is_filled_by_chained_members(
         assert (await reader.get_manifest("app", "v1")).raw == imgs[1].manifest
     finally:
         await reader.close()
+
+
+def test_a_damaged_journal_stops_save_with_one_line(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    seed_image(plain_registry, "tarjournal/app", "v1", seed=1601)
+    listing = write_list(tmp_path, [f"{plain_registry.host}/tarjournal/app:v1"])
+    tar = tmp_path / "tkg.tar"
+    journal_path(tar).write_text('{"format": "transship-tar-journal/v1", "members": [')
+    partial_path(tar).write_bytes(b"")
+    out = cli("save", "--images", str(listing), "-o", str(tar), "-q")
+    assert out.code == ExitCode.USAGE and "Traceback" not in out.err
+    assert "tkg.tar.partial.journal: damaged save journal" in out.error_line
+    assert "start the save over" in out.error_line
+    journal_path(tar).unlink()
+    partial_path(tar).unlink()
+    out = cli("save", "--images", str(listing), "-o", str(tar), "-q")
+    assert out.code == 0, out.err
+    assert cli("archive", "verify", str(tar)).code == 0
