@@ -234,6 +234,7 @@ class TarSink(LayoutReader):
         self._members: dict[str, Member] = {}
         self._blobs: dict[Digest, Member] = {}
         self._free: list[tuple[int, int]] = []  # (offset, length) regions nobody holds
+        self._reserved: dict[int, int] = {}  # offset → length of regions being written
         self._end = 0
         self._extras: dict[str, bytes] = {}
         self._tool_id: dict[str, object] | None = None
@@ -333,6 +334,7 @@ class TarSink(LayoutReader):
             end = int(doc["end"])
             part_size = doc["part_size"]
             tool = doc["tool"]
+            regions = sorted((int(o), int(n)) for o, n in doc.get("regions", []))
             index = LayoutIndex.parse(json.dumps(doc["index"]).encode(), str(where))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LayoutError(
@@ -365,7 +367,7 @@ class TarSink(LayoutReader):
                     "over"
                 )
             if member.offset > taken:
-                self._free.append((taken, member.offset - taken))
+                self._free += _split_gap(taken, member.offset, regions)
             taken = member.end
             self._land(member)
         self._end = taken  # a free run at the end is simply cut off
@@ -389,23 +391,21 @@ class TarSink(LayoutReader):
         for i, (offset, free) in enumerate(self._free):
             if free == length:
                 del self._free[i]
+                self._reserved[offset] = length
                 return offset
         offset = self._end
         self._end += length
+        self._reserved[offset] = length
         return offset
 
     def _release(self, offset: int, length: int) -> None:
-        """A region nobody will finish: merge it with its free neighbours; at the end, drop it."""
-        regions = sorted([*self._free, (offset, length)])
-        merged: list[tuple[int, int]] = []
-        for start, size in regions:
-            if merged and merged[-1][0] + merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], merged[-1][1] + size)
-            else:
-                merged.append((start, size))
-        if merged and merged[-1][0] + merged[-1][1] == self._end:
-            self._end = merged.pop()[0]
-        self._free = merged
+        """A region nobody will finish: free, kept apart from its neighbours (so the retry of
+        its own blob fits it exactly); free regions at the end are cut off."""
+        self._reserved.pop(offset, None)
+        self._free.append((offset, length))
+        self._free.sort()
+        while self._free and sum(self._free[-1]) == self._end:
+            self._end = self._free.pop()[0]
 
     def _snapshot(self) -> bytes:
         doc: dict[str, Any] = {
@@ -415,6 +415,8 @@ class TarSink(LayoutReader):
             "tool": self._tool_id,
             "end": self._end,
             "members": [m.to_json() for m in self._members.values()],
+            #: free and in-flight regions, so a rerun's blobs find theirs again one by one
+            "regions": sorted([*self._free, *self._reserved.items()]),
             "index": json.loads(self._index.serialize()),
         }
         return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
@@ -511,6 +513,7 @@ class TarSink(LayoutReader):
             if isinstance(exc, OSError):
                 raise io_error(where, exc) from None
             raise
+        self._reserved.pop(offset, None)
         self._land(Member(name, offset, data, descriptor.size))
         await self._changed()
         return hasher.size
@@ -531,6 +534,7 @@ class TarSink(LayoutReader):
             header = member_header(name, 0, directory=True)
             offset = self._reserve(len(header))
             await asyncio.to_thread(self._store.pwrite, header, offset)
+            self._reserved.pop(offset, None)
             self._land(Member(name, offset, offset + len(header), 0))
 
     async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
@@ -748,6 +752,22 @@ class TarSinkView(LayoutReader):
 
     async def close(self) -> None:
         pass
+
+
+def _split_gap(start: int, stop: int, regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The free regions of [start, stop): the journal's own where they fit inside it, the
+    rest as one region each."""
+    out = []
+    pos = start
+    for offset, length in regions:
+        if offset >= pos and offset + length <= stop and length > 0:
+            if offset > pos:
+                out.append((pos, offset - pos))
+            out.append((offset, length))
+            pos = offset + length
+    if pos < stop:
+        out.append((pos, stop - pos))
+    return out
 
 
 def _tool_id(tool: Path) -> dict[str, object]:
