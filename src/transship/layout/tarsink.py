@@ -9,9 +9,10 @@ member has exactly that length.
 
 What has landed is recorded in a journal beside the tar (`FILE.tar.partial.journal`, rewritten
 atomically at most every `flush_interval` seconds, after an fsync of the data it lists): the
-members with their offsets, the tar's reserved end, and the index entries. A killed save reruns
-from it: the tar is cut back to the journal's end, regions nobody finished are free again, and
-every landed blob is present without being fetched. `seal` writes the trailing members
+members with their offsets, the free and in-flight regions one by one, the tar's reserved end,
+and the index entries. A killed save reruns from it: the tar is cut back to the journal's end,
+regions nobody finished are free again (each blob in flight finds its own region on the rerun),
+and every landed blob is present without being fetched. `seal` writes the trailing members
 (`oci-layout`, `index.json`, `transship/*`), fills any region left free with a harmless
 `transship/unused/<offset>` member, ends the tar and renames it (each volume) into place.
 
