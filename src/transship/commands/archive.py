@@ -54,7 +54,7 @@ from transship.tkg.env import tkg_dest_defaults
     "--output",
     type=click.Path(path_type=Path),
     required=True,
-    help="A layout directory, or FILE.tar (built in FILE.tar.partial/, then packed).",
+    help="A layout directory, or FILE.tar (written in place as FILE.tar.partial, then renamed).",
 )
 @side_options("src", "source")
 @click.option(
@@ -173,7 +173,6 @@ def save(
                 f"save would write {human_bytes(found.bytes)} ({found.blobs} blobs, "
                 f"{found.manifests} manifests) to {output}; free space there: "
                 f"{human_bytes(found.free)}"
-                + (" (twice that while packing the tar)" if found.packing else "")
             )
             found.require_space()
             return []

@@ -341,22 +341,23 @@ def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
                 carried = tool.is_file()
                 if carried:
                     _add_tool(tar, tool)
-                tar.addfile(_info(LAYOUT_FILE, len(layout)), io.BytesIO(layout))
-                tar.addfile(_info(INDEX_FILE, len(index)), io.BytesIO(index))
+                tar.addfile(member_info(LAYOUT_FILE, len(layout)), io.BytesIO(layout))
+                tar.addfile(member_info(INDEX_FILE, len(index)), io.BytesIO(index))
                 extras = sorted(p for p in (src / EXTRA_DIR).glob("*") if p.is_file())
                 if extras and not carried:
-                    tar.addfile(_info(EXTRA_DIR, 0, directory=True))
+                    tar.addfile(member_info(EXTRA_DIR, 0, directory=True))
                 for extra in extras:
                     data = read_layout_file(extra, MAX_EXTRA_BYTES)
-                    tar.addfile(_info(f"{EXTRA_DIR}/{extra.name}", len(data)), io.BytesIO(data))
-                tar.addfile(_info("blobs", 0, directory=True))
+                    info = member_info(f"{EXTRA_DIR}/{extra.name}", len(data))
+                    tar.addfile(info, io.BytesIO(data))
+                tar.addfile(member_info("blobs", 0, directory=True))
                 for algorithm in algorithms:
-                    tar.addfile(_info(f"blobs/{algorithm}", 0, directory=True))
+                    tar.addfile(member_info(f"blobs/{algorithm}", 0, directory=True))
                 for arcname, digest, blob in blobs:
                     with open(blob, "rb") as handle:
                         size = os.fstat(handle.fileno()).st_size
                         hasher = Hasher(digest, size)
-                        tar.addfile(_info(arcname, size), _HashingReader(handle, hasher))
+                        tar.addfile(member_info(arcname, size), _HashingReader(handle, hasher))
                     try:
                         hasher.verify("blob")
                     except IntegrityError as exc:
@@ -378,16 +379,17 @@ def tool_head_size(tool_size: int) -> int:
 
 
 def _add_tool(tar: tarfile.TarFile, tool: Path) -> None:
-    tar.addfile(_info(EXTRA_DIR, 0, directory=True))
-    tar.addfile(_info(TOOL_FILE.rsplit("/", 1)[0], 0, directory=True))
+    tar.addfile(member_info(EXTRA_DIR, 0, directory=True))
+    tar.addfile(member_info(TOOL_FILE.rsplit("/", 1)[0], 0, directory=True))
     with open(tool, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
-        tar.addfile(_info(TOOL_FILE, size, executable=True), handle)
+        tar.addfile(member_info(TOOL_FILE, size, executable=True), handle)
 
 
-def _info(
+def member_info(
     name: str, size: int, *, directory: bool = False, executable: bool = False
 ) -> tarfile.TarInfo:
+    """A member's fixed metadata (mtime 0, root, 0644/0755): the same content, the same bytes."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0

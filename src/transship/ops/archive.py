@@ -25,6 +25,7 @@ from transship.errors import IncompatibleArchiveError, TransshipError, UsageErro
 from transship.fsutil import file_sha256
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import LayoutReader
+from transship.layout.tarsink import TarSink
 from transship.layout.volumes import find_parts_file
 from transship.ops.tasks import EndpointFor, phases, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
@@ -198,7 +199,7 @@ ANNOTATION_DESTINATION = "io.transship.destination"
 
 
 def save_tasks(
-    plan: Plan, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout
+    plan: Plan, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout | TarSink
 ) -> list[list[CopyTask]]:
     """Plan entries as tasks into the layout, in the plan's phases; each index.json entry will
     say where its image came from and where the plan sends it."""
@@ -213,7 +214,7 @@ def save_tasks(
 
 
 def save_task(
-    entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout
+    entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout | TarSink
 ) -> CopyTask:
     return CopyTask(
         source=source_endpoint(entry, source_for),

@@ -1,14 +1,16 @@
 """`save`: a plan's images into an OCI layout directory, or a tar of one cut into volumes.
 
-A tar is built as `FILE.tar.partial/` (a layout directory, so a killed save resumes from the
-blobs and index entries on disk), then checksummed (`transship/SHA256SUMS`), packed and
-optionally split. With `--include-tool` the single-file transship travels inside it
-(`transship.ops.selfcopy`). Nothing here prints: the caller renders the estimate and the outcome.
+A tar is written in place (`transship.layout.tarsink`: `FILE.tar.partial` or its volumes, with
+a journal beside it, so a killed save resumes from the blobs already in it and the archive
+needs its own size on disk, not twice that), then checksummed (`transship/SHA256SUMS`), sealed
+and renamed. With `--include-tool` the single-file transship travels inside it, first
+(`transship.ops.selfcopy`). Nothing here prints: the caller renders the estimate and outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -16,10 +18,12 @@ from pathlib import Path
 
 from transship.engine import CopyTask, TaskResult
 from transship.errors import StorageError, UsageError
-from transship.fsutil import write_atomic
-from transship.layout import OCILayout, OCILayoutTar, write_tar
+from transship.fsutil import file_sha256, write_atomic
+from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.index import TOOL_FILE
-from transship.layout.volumes import split_archive
+from transship.layout.reader import LayoutReader
+from transship.layout.tarsink import TarSink, journal_path, partial_path, read_journal_blobs
+from transship.layout.volumes import PARTS_SUFFIX
 from transship.ops.archive import (
     ArchiveInfo,
     checksum_list,
@@ -33,7 +37,6 @@ from transship.ops.selfcopy import check_split_size, place_tool
 from transship.ops.tasks import EndpointFor
 from transship.plan.model import Plan, PlanEntry
 
-PARTIAL_SUFFIX = ".partial"
 #: the prefix of a list saved without --dest: load must be told where to go
 PLACEHOLDER = "archive.local"
 #: transship's own files listed in SHA256SUMS besides every blob
@@ -54,11 +57,10 @@ class SaveTarget:
         return self.output.suffix == ".tar"
 
     @property
-    def layout_dir(self) -> Path:
-        """The directory the engine writes: the output itself, or `FILE.tar.partial/`."""
-        if self.is_tar:
-            return self.output.with_name(self.output.name + PARTIAL_SUFFIX)
-        return self.output
+    def partial(self) -> Path:
+        """Where the output grows: the directory itself, or `FILE.tar.partial` (its volumes
+        `FILE.tar.partial.001`, …), beside the journal a resumed run reads."""
+        return partial_path(self.output) if self.is_tar else self.output
 
     def check(self, *, dry_run: bool) -> None:
         """Refuse what cannot work before any registry is asked."""
@@ -66,8 +68,12 @@ class SaveTarget:
             raise UsageError("--split-size needs -o FILE.tar")
         if self.tool is not None and self.part_size:
             check_split_size(self.tool, self.part_size)
-        if self.is_tar and self.output.exists() and not self.layout_dir.exists() and not dry_run:
-            raise UsageError(f"{self.output} exists; remove it or choose another name")
+        if not self.is_tar or dry_run or journal_path(self.output).exists():
+            return
+        parts = self.output.with_name(self.output.name + PARTS_SUFFIX)
+        for done in (self.output, parts):
+            if done.exists():
+                raise UsageError(f"{done} exists; remove it or choose another name")
 
 
 @dataclass(frozen=True)
@@ -79,14 +85,9 @@ class SaveEstimate:
     manifests: int
     free: int
     where: Path
-    packing: bool  # a tar needs the space twice while it is packed
-
-    @property
-    def needed(self) -> int:
-        return self.bytes * (2 if self.packing else 1)
 
     def require_space(self) -> None:
-        if self.needed > self.free:
+        if self.bytes > self.free:
             raise StorageError(f"not enough free space at {self.where}")
 
 
@@ -95,7 +96,7 @@ class Written:
     """What a finished save left behind."""
 
     path: Path
-    blobs: int | None = None  # blobs packed into the tar (None for a directory)
+    blobs: int | None = None  # blobs in the tar, manifests included (None for a directory)
     volumes: tuple[Path, ...] = ()
 
 
@@ -117,24 +118,25 @@ def existing_parent(path: Path) -> Path:
     return path
 
 
-async def estimate(
-    plan: Plan, target: SaveTarget, source_for: EndpointFor
-) -> SaveEstimate:
+async def estimate(plan: Plan, target: SaveTarget, source_for: EndpointFor) -> SaveEstimate:
     """Bytes, blobs and manifests a save would write (reading manifests only), and free space."""
     base = open_archive(target.since) if target.since else None
-    layout_dir = target.layout_dir
     try:
-        existing = OCILayout(layout_dir, writable=False) if layout_dir.exists() else base
-        if existing is not None and base is not None:
+        existing: LayoutReader | None = base
+        if target.is_tar:
+            existing = read_journal_blobs(target.output) or base
+        elif target.output.exists():
+            existing = OCILayout(target.output, writable=False)
+        if existing is not None and base is not None and existing is not base:
             existing.base = base
         size, blobs, manifests = await measure(source_points(plan, source_for), existing)
         size += target.tool.stat().st_size if target.tool else 0
     finally:
         if base is not None:
             await base.close()
-    where = existing_parent(layout_dir)
+    where = existing_parent(target.partial)
     free = shutil.disk_usage(where).free
-    return SaveEstimate(size, blobs, manifests, free, where, target.is_tar)
+    return SaveEstimate(size, blobs, manifests, free, where)
 
 
 @dataclass
@@ -144,7 +146,7 @@ class SaveJob:
     plan: Plan
     info: ArchiveInfo
     target: SaveTarget
-    layout: OCILayout
+    layout: OCILayout | TarSink
     base: OCILayout | OCILayoutTar | None
     tasks: list[list[CopyTask]] = field(default_factory=list)
 
@@ -153,7 +155,11 @@ class SaveJob:
         cls, plan: Plan, info: ArchiveInfo, target: SaveTarget, source_for: EndpointFor
     ) -> SaveJob:
         base = open_archive(target.since) if target.since else None
-        layout = OCILayout(target.layout_dir, writable=True)
+        layout: OCILayout | TarSink
+        if target.is_tar:
+            layout = TarSink(target.output, part_size=target.part_size, tool=target.tool)
+        else:
+            layout = OCILayout(target.output, writable=True)
         layout.base = base
         job = cls(plan, info, target, layout, base)
         layout.write_extra("archive.json", info.to_json())
@@ -161,9 +167,7 @@ class SaveJob:
         job.tasks = save_tasks(plan, info, source_for, layout)
         return job
 
-    def held_back(
-        self, entries: Sequence[PlanEntry], source_for: EndpointFor
-    ) -> list[TaskResult]:
+    def held_back(self, entries: Sequence[PlanEntry], source_for: EndpointFor) -> list[TaskResult]:
         """Results for bundles that could not be expanded: failed, never saved thin."""
         return [
             TaskResult(
@@ -180,19 +184,28 @@ class SaveJob:
             await self.base.close()
 
     async def finish(self) -> Written:
-        """After a run without failures (and `close`): checksums, then pack and split a tar."""
-        layout_dir = self.target.layout_dir
+        """After a run without failures (and `close`): checksums, then seal a tar."""
+        if isinstance(self.layout, TarSink):
+            sink = self.layout
+            sums = sink_checksums(sink, self.target.tool)
+            volumes = await asyncio.to_thread(sink.seal, {"SHA256SUMS": sums.encode()})
+            return Written(self.target.output, sink.blob_count(), volumes)
+        layout_dir = self.target.output
         place_tool(self.target.tool, layout_dir)  # None: drops one a resumed run left there
         own = [*_OWN_FILES, TOOL_FILE] if self.target.tool else list(_OWN_FILES)
         sums = checksum_list(layout_dir, own)
         write_atomic(layout_dir / "transship" / "SHA256SUMS", sums)
-        if not self.target.is_tar:
-            return Written(layout_dir)
-        output = self.target.output
-        blobs = await asyncio.to_thread(write_tar, layout_dir, output)
-        shutil.rmtree(layout_dir)
-        volumes: tuple[Path, ...] = ()
-        if self.target.part_size:
-            parts = await asyncio.to_thread(split_archive, output, self.target.part_size)
-            volumes = tuple(parts)
-        return Written(output, blobs, volumes)
+        return Written(layout_dir)
+
+
+def sink_checksums(sink: TarSink, tool: Path | None) -> str:
+    """`SHA256SUMS` of a tar written in place: the same lines `checksum_list` gives a layout
+    directory, from the bytes the tar will hold (blobs are named by their hash)."""
+    own = {**sink.own_files(), **{f"transship/{k}": v for k, v in sink.extras().items()}}
+    lines = [f"{hashlib.sha256(own[name]).hexdigest()}  {name}" for name in _OWN_FILES]
+    if tool is not None:
+        lines.append(f"{file_sha256(tool)}  {TOOL_FILE}")
+    for digest in sink.blob_digests():
+        if digest.algorithm == "sha256":
+            lines.append(f"{digest.hex}  blobs/sha256/{digest.hex}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,781 @@
+"""`TarSink`: `save -o FILE.tar` written straight into the tar (or its volumes), resumably.
+
+Packing a finished layout directory needs the archive's space twice; this endpoint needs it
+once. Each blob's size is known from its descriptor, so its member (header + padded data) gets
+a region of the tar before the first byte arrives: concurrent transfers stream into disjoint
+regions with `pwrite`, hashed on the way. The header is written only after the digest checked
+out; a failed transfer leaves its region free for the retry (same size), or for any blob whose
+member has exactly that length.
+
+What has landed is recorded in a journal beside the tar (`FILE.tar.partial.journal`, rewritten
+atomically at most every `flush_interval` seconds, after an fsync of the data it lists): the
+members with their offsets, the free and in-flight regions one by one, the tar's reserved end,
+and the index entries. A killed save reruns from it: the tar is cut back to the journal's end,
+regions nobody finished are free again (each blob in flight finds its own region on the rerun),
+and every landed blob is present without being fetched. `seal` writes the trailing members
+(`oci-layout`, `index.json`, `transship/*`), fills any region left free with a harmless
+`transship/unused/<offset>` member, ends the tar and renames it (each volume) into place.
+
+Volumes (`--split-size`) are the same byte stream cut at `part_size`: `FILE.tar.partial.001`, …
+become `FILE.tar.001`, … beside `FILE.tar.parts` (`transship.layout.volumes`), so a member may
+span two volumes exactly as a split tar's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transship.digest import Digest, Hasher
+from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
+from transship.fsutil import fsync_dir, write_atomic
+from transship.layout.archive import TarMember, member_info
+from transship.layout.index import (
+    EXTRA_DIR,
+    INDEX_FILE,
+    LAYOUT_BYTES,
+    LAYOUT_FILE,
+    TOOL_FILE,
+    LayoutIndex,
+    check_tag,
+)
+from transship.layout.reader import BlobFile, Extent, LayoutReader
+from transship.layout.volumes import PARTS_FORMAT, PARTS_SUFFIX
+from transship.manifest import Descriptor, Manifest
+from transship.streams import CHUNK
+
+log = logging.getLogger("transship.layout")
+
+PARTIAL_SUFFIX = ".partial"
+JOURNAL_SUFFIX = ".journal"
+JOURNAL_FORMAT = "transship-tar-journal/v1"
+BLOCK = tarfile.BLOCKSIZE
+UNUSED_DIR = f"{EXTRA_DIR}/unused"
+#: the longest filler member: a ustar header's size field holds at most 8 GiB - 1
+MAX_FILL = 8 * 1024**3 - BLOCK
+
+
+def padded(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def member_header(
+    name: str, size: int, *, directory: bool = False, executable: bool = False
+) -> bytes:
+    """The header block(s) of a member, as `write_tar` writes them (PAX only when needed)."""
+    info = member_info(name, size, directory=directory, executable=executable)
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class Member:
+    """A complete member of the tar: its header at `offset`, its data at `data`."""
+
+    name: str
+    offset: int
+    data: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.data + padded(self.size)
+
+    def to_json(self) -> list[object]:
+        return [self.name, self.offset, self.data, self.size]
+
+
+def partial_path(output: Path) -> Path:
+    """The tar while it is written (one file), or the stem of its partial volumes."""
+    return output.with_name(output.name + PARTIAL_SUFFIX)
+
+
+def journal_path(output: Path) -> Path:
+    return output.with_name(output.name + PARTIAL_SUFFIX + JOURNAL_SUFFIX)
+
+
+class _Store:
+    """The tar's bytes at logical offsets: one file, or volumes of `part_size` bytes each."""
+
+    def __init__(self, output: Path, part_size: int | None) -> None:
+        self.output = output
+        self.part_size = part_size
+        self._fds: dict[int, int] = {}
+
+    def path(self, number: int) -> Path:
+        """Partial file of volume `number` (0-based); the single file when not split."""
+        partial = partial_path(self.output)
+        if self.part_size is None:
+            return partial
+        return partial.with_name(f"{partial.name}.{number + 1:03d}")
+
+    def final(self, number: int) -> Path:
+        return self.output.with_name(f"{self.output.name}.{number + 1:03d}")
+
+    def existing(self) -> list[int]:
+        """Volume numbers that have a partial file on disk."""
+        if self.part_size is None:
+            return [0] if self.path(0).is_file() else []
+        stem = partial_path(self.output).name + "."
+        found = []
+        for p in self.output.parent.glob(f"{partial_path(self.output).name}.[0-9][0-9][0-9]"):
+            found.append(int(p.name.removeprefix(stem)) - 1)
+        return sorted(found)
+
+    def _fd(self, number: int) -> int:
+        fd = self._fds.get(number)
+        if fd is None:
+            fd = os.open(self.path(number), os.O_RDWR | os.O_CREAT, 0o644)
+            self._fds[number] = fd
+        return fd
+
+    def lock(self) -> None:
+        """One writer per archive: an exclusive flock on the first (or only) partial file."""
+        try:
+            fcntl.flock(self._fd(0), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LayoutError(
+                f"{self.path(0)}: another save is writing this archive (open elsewhere)"
+            ) from None
+
+    def _runs(self, offset: int, n: int) -> Iterable[tuple[int, int, int]]:
+        """(volume, local offset, length) runs of bytes [offset, offset + n)."""
+        if self.part_size is None:
+            yield 0, offset, n
+            return
+        while n > 0:
+            number, local = divmod(offset, self.part_size)
+            take = min(n, self.part_size - local)
+            yield number, local, take
+            offset += take
+            n -= take
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        done = 0
+        for number, local, take in self._runs(offset, len(view)):
+            fd = self._fd(number)
+            end = done + take
+            while done < end:
+                done += os.pwrite(fd, view[done:end], local + done - (end - take))
+
+    def pread(self, n: int, offset: int) -> bytes:
+        out = bytearray()
+        for number, local, take in self._runs(offset, n):
+            data = os.pread(self._fd(number), take, local)
+            out += data
+            if len(data) < take:
+                break
+        return bytes(out)
+
+    def size(self) -> int:
+        """Logical bytes present on disk (the end of the furthest volume's data)."""
+        size = 0
+        for number in self.existing():
+            base = number * (self.part_size or 0)
+            size = max(size, base + os.stat(self.path(number)).st_size)
+        return size
+
+    def truncate(self, size: int) -> None:
+        """Make the store exactly `size` bytes: cut (or zero-extend) every volume to fit."""
+        if self.part_size is None:
+            os.ftruncate(self._fd(0), size)
+            return
+        count = max(1, -(-size // self.part_size))
+        for number in self.existing():
+            if number >= count:
+                self._close_one(number)
+                self.path(number).unlink()
+        for number in range(count):
+            os.ftruncate(self._fd(number), min(self.part_size, size - number * self.part_size))
+
+    def sync(self) -> None:
+        for fd in list(self._fds.values()):
+            os.fsync(fd)
+
+    def _close_one(self, number: int) -> None:
+        fd = self._fds.pop(number, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for number in list(self._fds):
+            self._close_one(number)
+
+
+class TarSink(LayoutReader):
+    """A writable `Endpoint` whose store is the tar itself (see the module docstring)."""
+
+    def __init__(
+        self,
+        output: Path,
+        *,
+        part_size: int | None = None,
+        tool: Path | None = None,
+        flush_interval: float = 2.0,
+    ) -> None:
+        self.output = output
+        self.part_size = part_size
+        self.tool = tool
+        self.flush_interval = flush_interval
+        self.label = f"oci-archive:{output}"
+        self.journal = journal_path(output)
+        #: (repository, tag) → annotations for its index.json entry (`save`: source, destination)
+        self.annotations: dict[tuple[str, str], dict[str, str]] = {}
+        self._members: dict[str, Member] = {}
+        self._blobs: dict[Digest, Member] = {}
+        self._free: list[tuple[int, int]] = []  # (offset, length) regions nobody holds
+        self._reserved: dict[int, int] = {}  # offset → length of regions being written
+        self._end = 0
+        self._extras: dict[str, bytes] = {}
+        self._tool_id: dict[str, object] | None = None
+        self._changes = 0
+        self._saved = 0
+        self._last_flush: float | None = None
+        self._flush_lock = asyncio.Lock()
+        self._deferred: asyncio.Task[None] | None = None
+        self._closed = False
+        self._store = _Store(output, part_size)
+        try:
+            self._open()
+        except OSError as exc:
+            self._store.close()
+            raise io_error(f"{self.label}: opening {partial_path(output)}", exc) from None
+        except BaseException:
+            self._store.close()
+            raise
+
+    # -- opening and resuming ---------------------------------------------------------------
+
+    def _open(self) -> None:
+        partial = partial_path(self.output)
+        if partial.is_dir():
+            raise LayoutError(
+                f"{partial}/ is an unfinished save of an older transship (a layout directory); "
+                f"finish it with that version, or remove it to start over"
+            )
+        self._tool_id = _tool_id(self.tool) if self.tool is not None else None
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        finished = self.output.with_name(self.output.name + PARTS_SUFFIX)
+        if self.journal.exists() and not self._store.existing():
+            for done in (self.output, finished):
+                if done.exists():  # killed between the last rename and removing the journal
+                    raise LayoutError(
+                        f"{done} is complete; {self.journal.name} beside it is left over from "
+                        "its save: remove both to save again"
+                    )
+        if self.journal.exists():
+            self._store.lock()
+            self._resume()
+            return
+        if self._store.existing():
+            names = ", ".join(self._store.path(n).name for n in self._store.existing())
+            raise LayoutError(
+                f"{names} beside {self.output.name} but no {self.journal.name}: not a save this "
+                "transship can resume; remove it to start over"
+            )
+        self._store.lock()
+        self._index = LayoutIndex.empty()
+        self._begin()
+
+    def _begin(self) -> None:
+        """A fresh tar: the carried tool first (whole in the first volume), then `blobs/`."""
+        offset = 0
+        if self.tool is not None:
+            offset = self._put_dir(EXTRA_DIR, offset)
+            offset = self._put_dir(TOOL_FILE.rsplit("/", 1)[0], offset)
+            offset = self._put_tool(self.tool, offset)
+        offset = self._put_dir("blobs", offset)
+        offset = self._put_dir("blobs/sha256", offset)
+        self._end = offset
+        self._store.truncate(offset)
+        self._store.sync()
+        self._write_journal(self._snapshot())
+
+    def _put_dir(self, name: str, offset: int) -> int:
+        header = member_header(name, 0, directory=True)
+        self._store.pwrite(header, offset)
+        self._land(Member(name, offset, offset + len(header), 0))
+        return offset + len(header)
+
+    def _put_tool(self, tool: Path, offset: int) -> int:
+        size = tool.stat().st_size
+        header = member_header(TOOL_FILE, size, executable=True)
+        data = offset + len(header)
+        written = 0
+        with tool.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                self._store.pwrite(chunk, data + written)
+                written += len(chunk)
+        if written != size:
+            raise LayoutError(f"{tool} changed while it was copied into the archive")
+        self._store.pwrite(header, offset)
+        member = Member(TOOL_FILE, offset, data, size)
+        self._store.pwrite(bytes(member.end - data - size), data + size)
+        self._land(member)
+        return member.end
+
+    def _resume(self) -> None:
+        where = self.journal
+        try:
+            doc = json.loads(self.journal.read_bytes())
+            if not isinstance(doc, dict) or doc.get("format") != JOURNAL_FORMAT:
+                raise ValueError(f"not a {JOURNAL_FORMAT} journal")
+            members = [Member(str(n), int(o), int(d), int(s)) for n, o, d, s in doc["members"]]
+            end = int(doc["end"])
+            part_size = doc["part_size"]
+            tool = doc["tool"]
+            regions = sorted((int(o), int(n)) for o, n in doc.get("regions", []))
+            index = LayoutIndex.parse(json.dumps(doc["index"]).encode(), str(where))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LayoutError(
+                f"{where}: damaged save journal ({exc}); remove it and "
+                f"{partial_path(self.output).name}* to start the save over"
+            ) from None
+        if part_size != self.part_size:
+            said = f"--split-size {part_size} bytes" if part_size else "no --split-size"
+            raise LayoutError(
+                f"{where}: this save was begun with {said}; rerun it the same way, or remove "
+                f"{partial_path(self.output).name}* to start over"
+            )
+        if tool != self._tool_id:
+            said = "with --include-tool of another build" if tool else "without --include-tool"
+            if self._tool_id is None:
+                said = "with --include-tool"
+            raise LayoutError(
+                f"{where}: this save was begun {said}; rerun it the same way, or remove "
+                f"{partial_path(self.output).name}* to start over"
+            )
+        on_disk = self._store.size()
+        taken = 0
+        for member in sorted(members, key=lambda m: m.offset):
+            if member.offset < taken or member.data < member.offset or member.size < 0:
+                raise LayoutError(f"{where}: damaged save journal (members overlap); remove it")
+            if member.data + member.size > on_disk or member.end > end:
+                raise LayoutError(
+                    f"{where}: {member.name} lies past the end of the partial tar ({on_disk} "
+                    f"bytes); remove {partial_path(self.output).name}* and the journal to start "
+                    "over"
+                )
+            if member.offset > taken:
+                self._free += _split_gap(taken, member.offset, regions)
+            taken = member.end
+            self._land(member)
+        self._end = taken  # a free run at the end is simply cut off
+        self._index = index
+        self._store.truncate(self._end)
+        log.info("%s: resuming, %d blobs already in the tar", self.label, len(self._blobs))
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _land(self, member: Member) -> None:
+        self._members[member.name] = member
+        parts = member.name.split("/")
+        if len(parts) == 3 and parts[0] == "blobs":
+            with contextlib.suppress(TransshipError):
+                self._blobs[Digest.parse(f"{parts[1]}:{parts[2]}")] = member
+
+    def _reserve(self, length: int) -> int:
+        """A region of `length` bytes: a free one of exactly that length (what a retried or
+        resumed transfer of the same blob left), else at the end. Free regions are not split:
+        a small blob arriving first would take the space its own blob needs again."""
+        for i, (offset, free) in enumerate(self._free):
+            if free == length:
+                del self._free[i]
+                self._reserved[offset] = length
+                return offset
+        offset = self._end
+        self._end += length
+        self._reserved[offset] = length
+        return offset
+
+    def _release(self, offset: int, length: int) -> None:
+        """A region nobody will finish: free, kept apart from its neighbours (so the retry of
+        its own blob fits it exactly); free regions at the end are cut off."""
+        self._reserved.pop(offset, None)
+        self._free.append((offset, length))
+        self._free.sort()
+        while self._free and sum(self._free[-1]) == self._end:
+            self._end = self._free.pop()[0]
+
+    def _snapshot(self) -> bytes:
+        doc: dict[str, Any] = {
+            "format": JOURNAL_FORMAT,
+            "archive": self.output.name,
+            "part_size": self.part_size,
+            "tool": self._tool_id,
+            "end": self._end,
+            "members": [m.to_json() for m in self._members.values()],
+            #: free and in-flight regions, so a rerun's blobs find theirs again one by one
+            "regions": sorted([*self._free, *self._reserved.items()]),
+            "index": json.loads(self._index.serialize()),
+        }
+        return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+    def _write_journal(self, data: bytes) -> None:
+        write_atomic(self.journal, data)
+
+    # -- LayoutReader primitives --------------------------------------------------------------
+
+    def read_extra(self, name: str) -> bytes | None:
+        return self._extras.get(name)
+
+    def extras(self) -> dict[str, bytes]:
+        """`transship/NAME` files written so far, by NAME."""
+        return dict(self._extras)
+
+    def write_extra(self, name: str, data: bytes | str) -> None:
+        """`transship/NAME`, written into the tar when it is sealed."""
+        self._check_writable()
+        self._extras[name] = data.encode() if isinstance(data, str) else data
+
+    def _blob_size(self, digest: Digest) -> int | None:
+        found = self._blobs.get(digest)
+        return found.size if found else None
+
+    def _open_blob_file(self, digest: Digest) -> BlobFile | None:
+        found = self._blobs.get(digest)
+        return TarMember(self._store.pread, found.data, found.size) if found else None
+
+    def blob_extents(self, digest: Digest) -> list[Extent] | None:
+        return None  # not served while it is written
+
+    async def check_push(self, repository: str) -> None:
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise LayoutError(f"{self.label} is closed")
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def put_blob(
+        self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Stream into the blob's own region, hashing; the header goes in only if it matched."""
+        self._check_writable()
+        digest = descriptor.digest
+        if digest in self._blobs:
+            return descriptor.size  # landed meanwhile (the engine sends each digest once)
+        name = f"blobs/{digest.algorithm}/{digest.hex}"
+        where = f"writing blob {digest.short} to {self.label}"
+        await self._ensure_dir(f"blobs/{digest.algorithm}")
+        header = member_header(name, descriptor.size)
+        length = len(header) + padded(descriptor.size)
+        offset = self._reserve(length)
+        data = offset + len(header)
+        hasher = Hasher(digest, descriptor.size)
+        written = 0
+        writing: asyncio.Future[None] | None = None
+
+        async def in_thread(*args: Any) -> None:
+            """Shielded: a cancelled transfer waits for its thread before freeing the region."""
+            nonlocal writing
+            writing = asyncio.ensure_future(asyncio.to_thread(*args))
+            await asyncio.shield(writing)
+
+        try:
+            pending: list[bytes] = []
+            pending_size = 0
+            async for chunk in chunks:
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
+                    await in_thread(self._write_hashed, hasher, pending, data + written)
+                    written += pending_size
+                    pending, pending_size = [], 0
+            if pending:
+                await in_thread(self._write_hashed, hasher, pending, data + written)
+                written += pending_size
+            hasher.verify("blob")
+            tail = bytes(length - len(header) - descriptor.size)
+            await in_thread(self._seal_member, header, offset, tail, data + written)
+        except BaseException as exc:
+            try:
+                if writing is not None:
+                    if not writing.done():
+                        await asyncio.wait([writing])
+                    if not writing.cancelled():
+                        writing.exception()  # retrieved: its error (if any) is `exc` already
+            finally:
+                self._release(offset, length)
+            if isinstance(exc, IntegrityError):
+                raise IntegrityError(f"{self.label}: {exc.message}") from None
+            if isinstance(exc, OSError):
+                raise io_error(where, exc) from None
+            raise
+        self._reserved.pop(offset, None)
+        self._land(Member(name, offset, data, descriptor.size))
+        await self._changed()
+        return hasher.size
+
+    def _write_hashed(self, hasher: Hasher, pieces: list[bytes], offset: int) -> None:
+        """Hash and write off the event loop; an oversize stream raises before it is written."""
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        hasher.update(data)
+        self._store.pwrite(data, offset)
+
+    def _seal_member(self, header: bytes, offset: int, tail: bytes, tail_at: int) -> None:
+        if tail:
+            self._store.pwrite(tail, tail_at)
+        self._store.pwrite(header, offset)
+
+    async def _ensure_dir(self, name: str) -> None:
+        if name not in self._members:
+            header = member_header(name, 0, directory=True)
+            offset = self._reserve(len(header))
+            await asyncio.to_thread(self._store.pwrite, header, offset)
+            self._reserved.pop(offset, None)
+            self._land(Member(name, offset, offset + len(header), 0))
+
+    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
+        """Store the exact bytes as a blob member; a tag also (re)points the index entry."""
+        self._check_writable()
+        where = self._where(repository, tag or str(manifest.digest))
+        if tag is not None:
+            check_tag(tag, where)
+        actual = Digest.of(manifest.raw, manifest.digest.algorithm)
+        if actual != manifest.digest:
+            raise IntegrityError(f"{where}: manifest bytes hash to {actual.short}")
+        if manifest.digest not in self._blobs:
+            await self.put_blob(repository, manifest.descriptor, _once(manifest.raw))
+        if tag is not None:
+            extra = self.annotations.get((repository, tag))
+            self._index.set(repository, tag, manifest.descriptor, extra)
+            await self._changed()
+
+    # -- the journal --------------------------------------------------------------------------
+
+    async def _changed(self) -> None:
+        """Journal now if the last flush is old enough, else once `flush_interval` has passed
+        (the first change at once: nothing may depend on the machine's uptime)."""
+        self._changes += 1
+        now = time.monotonic()
+        due = now if self._last_flush is None else self._last_flush + self.flush_interval
+        if now >= due:
+            await self.flush()
+        elif self._deferred is None:
+            self._deferred = asyncio.create_task(self._flush_later(due - now))
+
+    async def _flush_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._deferred = None
+        try:
+            await self.flush()
+        except TransshipError as exc:  # close() flushes again and raises
+            log.warning("%s", exc)
+
+    async def flush(self) -> None:
+        """fsync the data of every landed member, then rewrite the journal that lists them."""
+        async with self._flush_lock:
+            if self._saved == self._changes:
+                return
+            generation = self._changes
+            snapshot = self._snapshot()  # taken before the sync: lists only synced members
+            try:
+                await asyncio.to_thread(self._store.sync)
+                await asyncio.to_thread(self._write_journal, snapshot)
+            except OSError as exc:
+                raise io_error(f"{self.label}: writing {self.journal.name}", exc) from None
+            self._saved = generation
+            self._last_flush = time.monotonic()
+
+    async def close(self) -> None:
+        """Journal what landed and release the tar; `seal` may still finish it afterwards."""
+        if self._closed:
+            return
+        try:
+            if self._deferred is not None:
+                self._deferred.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._deferred
+                self._deferred = None
+            await self.flush()
+        finally:
+            self._closed = True
+            self._store.close()
+
+    # -- sealing ------------------------------------------------------------------------------
+
+    def blob_count(self) -> int:
+        return len(self._blobs)
+
+    def blob_digests(self) -> list[Digest]:
+        return sorted(self._blobs, key=str)
+
+    def seal(self, extras: dict[str, bytes]) -> tuple[Path, ...]:
+        """After `close` of a run without failures: trailing members, end of archive, rename.
+
+        `extras` (such as `SHA256SUMS`) join the ones written before. Returns the volumes
+        (empty for one tar). Blocking: run it in a thread.
+        """
+        where = f"{self.label}: finishing"
+        try:
+            self._store.lock()
+            return self._seal({**self._extras, **extras})
+        except OSError as exc:
+            raise io_error(where, exc) from None
+        finally:
+            self._store.close()
+
+    def own_files(self) -> dict[str, bytes]:
+        """`oci-layout` and `index.json` as the sealed tar will hold them."""
+        return {LAYOUT_FILE: LAYOUT_BYTES, INDEX_FILE: self._index.serialize()}
+
+    def _seal(self, extras: dict[str, bytes]) -> tuple[Path, ...]:
+        for offset, length in self._gaps():
+            self._fill(offset, length)
+        self._free = []
+        offset = self._end
+        trailing: list[tuple[str, bytes | None]] = list(self.own_files().items())
+        if EXTRA_DIR not in self._members:
+            trailing.append((EXTRA_DIR, None))
+        trailing += [(f"{EXTRA_DIR}/{name}", extras[name]) for name in sorted(extras)]
+        for name, data in trailing:
+            if data is None:
+                header = member_header(name, 0, directory=True)
+                self._store.pwrite(header, offset)
+                offset += len(header)
+                continue
+            header = member_header(name, len(data))
+            block = header + data + bytes(padded(len(data)) - len(data))
+            self._store.pwrite(block, offset)
+            offset += len(block)
+        total = offset + 2 * BLOCK  # two zero blocks end the archive
+        total = -(-total // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+        self._store.pwrite(bytes(total - offset), offset)
+        self._store.truncate(total)
+        self._store.sync()
+        if self.part_size is None:
+            os.replace(self._store.path(0), self.output)
+            fsync_dir(self.output.parent)
+            self.journal.unlink()
+            return ()
+        return self._publish_volumes(total)
+
+    def _gaps(self) -> list[tuple[int, int]]:
+        """Every run of [0, end) that no member covers: what `_free` says, computed afresh
+        from the members so that no region can be left without a header."""
+        gaps = []
+        taken = 0
+        for member in sorted(self._members.values(), key=lambda m: m.offset):
+            if member.offset > taken:
+                gaps.append((taken, member.offset - taken))
+            taken = max(taken, member.end)
+        if self._end > taken:
+            gaps.append((taken, self._end - taken))
+        return gaps
+
+    def _fill(self, offset: int, length: int) -> None:
+        """A region left free: zeroed `transship/unused/<offset>` members (each under ustar's
+        8 GiB), which every tar reader skips over like any other file (never a blob, never an
+        extra)."""
+        end = offset + length
+        while offset < end:
+            take = min(end - offset, MAX_FILL)
+            header = member_header(f"{UNUSED_DIR}/{offset}", take - BLOCK)
+            if len(header) != BLOCK:  # such a name needs no PAX header; refuse rather than misfit
+                raise LayoutError(f"{self.label}: cannot fill a free region at {offset}")
+            self._store.pwrite(header, offset)
+            zeros = bytes(min(CHUNK, take - BLOCK))
+            at = offset + BLOCK
+            while at < offset + take:
+                n = min(len(zeros), offset + take - at)
+                self._store.pwrite(zeros[:n], at)
+                at += n
+            offset += take
+
+    def _publish_volumes(self, total: int) -> tuple[Path, ...]:
+        assert self.part_size is not None
+        count = -(-total // self.part_size)
+        parts: list[dict[str, object]] = []
+        paths = []
+        for number in range(count):
+            path = self._store.path(number)
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    digest.update(chunk)
+            final = self._store.final(number)
+            size = path.stat().st_size
+            parts.append({"name": final.name, "size": size, "sha256": digest.hexdigest()})
+            paths.append(final)
+        for number in range(count):
+            os.replace(self._store.path(number), self._store.final(number))
+        fsync_dir(self.output.parent)
+        doc = {"format": PARTS_FORMAT, "archive": self.output.name, "size": total, "parts": parts}
+        write_atomic(
+            self.output.with_name(self.output.name + PARTS_SUFFIX), json.dumps(doc, indent=2) + "\n"
+        )
+        self.journal.unlink()
+        return tuple(paths)
+
+
+def read_journal_blobs(output: Path) -> TarSinkView | None:
+    """What an unfinished direct save already holds (for `save --dry-run`), or None."""
+    journal = journal_path(output)
+    if not journal.is_file():
+        return None
+    try:
+        doc = json.loads(journal.read_bytes())
+        members = [(str(m[0]), int(m[3])) for m in doc["members"]]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    view = TarSinkView()
+    for name, size in members:
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] == "blobs":
+            with contextlib.suppress(TransshipError):
+                view.sizes[Digest.parse(f"{parts[1]}:{parts[2]}")] = size
+    return view
+
+
+class TarSinkView(LayoutReader):
+    """The blobs an unfinished direct save holds, for the estimate: presence and size only."""
+
+    def __init__(self) -> None:
+        self.label = "unfinished save"
+        self._index = LayoutIndex.empty()
+        self.sizes: dict[Digest, int] = {}
+
+    def _blob_size(self, digest: Digest) -> int | None:
+        return self.sizes.get(digest)
+
+    async def close(self) -> None:
+        pass
+
+
+def _split_gap(start: int, stop: int, regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The free regions of [start, stop): the journal's own where they fit inside it, the
+    rest as one region each."""
+    out = []
+    pos = start
+    for offset, length in regions:
+        if offset >= pos and offset + length <= stop and length > 0:
+            if offset > pos:
+                out.append((pos, offset - pos))
+            out.append((offset, length))
+            pos = offset + length
+    if pos < stop:
+        out.append((pos, stop - pos))
+    return out
+
+
+def _tool_id(tool: Path) -> dict[str, object]:
+    with tool.open("rb") as handle:
+        sha = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"size": tool.stat().st_size, "sha256": sha}
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
