@@ -130,20 +130,22 @@ async def serve(
         address = f"{shown}:{port}"
         scheme = "https" if ssl_context else "http"
         prefix = f"/{archive.prefix}" if archive.prefix else ""
-        on_ready(
-            Ready(
-                address=address,
-                url=f"{scheme}://{address}",
-                repository=f"{address}{prefix}",
-                repositories=len(archive.repositories),
-                tags=sum(len(r.tags) for r in archive.repositories.values()),
-            )
-        )
+        # Ctrl-C is ours before anyone is told we are ready: a script that stops us at once
+        # must get a clean stop, not Python's KeyboardInterrupt (exit 130).
         stopped = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopped.set)
         try:
+            on_ready(
+                Ready(
+                    address=address,
+                    url=f"{scheme}://{address}",
+                    repository=f"{address}{prefix}",
+                    repositories=len(archive.repositories),
+                    tags=sum(len(r.tags) for r in archive.repositories.values()),
+                )
+            )
             await stopped.wait()
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
