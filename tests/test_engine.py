@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 from harness.seed import Image, Index, build_image, build_index
 
 from transship.digest import Digest
 from transship.engine import CopyEngine, CopyTask, EngineOptions, TaskResult
 from transship.errors import DependencyError, IntegrityError, NotFoundError, PermissionDeniedError
+from transship.landed import LandedLog
 from transship.manifest import OCI_MANIFEST, Descriptor, Manifest, Platform
 from transship.memory import GeneratedImage, MemoryEndpoint
 
@@ -84,9 +86,7 @@ def test_a_blob_crosses_once_per_destination_and_is_mounted_elsewhere() -> None:
     image = build_image(2, layer_sizes=(4000, 6000))
     source, dest = source_with("app", "v1", image), MemoryEndpoint(label="dst", writable=True)
     engine = CopyEngine()
-    results = run(
-        engine, task(source, dest, "one/app", "v1"), task(source, dest, "two/app", "v1")
-    )
+    results = run(engine, task(source, dest, "one/app", "v1"), task(source, dest, "two/app", "v1"))
     assert [r.status for r in results] == ["copied", "copied"]
     blobs = len(image.pushable_blobs)
     assert engine.stats.blobs_uploaded == blobs
@@ -207,7 +207,9 @@ def test_referrers_travel_by_digest_and_the_destination_lists_them() -> None:
             "config": {"mediaType": OCI_EMPTY, "digest": str(Digest.of(empty)), "size": 2},
             "layers": [],
             "subject": {
-                "mediaType": image.media_type, "digest": image.digest, "size": image.size,
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": image.size,
             },
         }
     ).encode()
@@ -316,3 +318,75 @@ def test_tags_are_listed_while_the_destination_looks_cold_and_not_once_it_looks_
         dest.drop_repository(f"mirror/r{i}")
     mixed = asyncio.run(CopyEngine().run(tasks()))
     assert [r.status for r in mixed] == ["copied", "skipped"] * 6
+
+
+def test_a_resumed_run_mounts_a_shared_blob_from_where_the_killed_run_landed_it(
+    tmp_path: Path,
+) -> None:
+    """Run 1 lands the image in one/app (then "dies"); run 2 reaches the same blobs first
+    through two/app: with the landed log it mounts them, without it it would upload again."""
+    image = build_image(5, layer_sizes=(4000, 6000))
+    source, dest = source_with("app", "v1", image), MemoryEndpoint(label="dst", writable=True)
+    journal = LandedLog(tmp_path)
+    first = CopyEngine(EngineOptions(landed_log=journal))
+    run(first, task(source, dest, "one/app", "v1"))
+    journal.close()
+    blobs = len(image.pushable_blobs)
+    assert first.stats.blobs_uploaded == blobs
+
+    without = MemoryEndpoint(label="dst", writable=True)
+    run(CopyEngine(), task(source, without, "one/app", "v1"))
+    blind = CopyEngine()
+    run(blind, task(source, without, "two/app", "v1"))
+    assert blind.stats.blobs_uploaded == blobs  # what the log prevents
+
+    resumed = CopyEngine(EngineOptions(landed_log=LandedLog(tmp_path)))
+    [result] = run(resumed, task(source, dest, "two/app", "v1"))
+    assert result.status == "copied"
+    assert resumed.stats.blobs_uploaded == 0 and resumed.stats.blobs_mounted == blobs
+
+
+def test_a_stale_landed_log_costs_one_refused_mount_then_is_not_asked(tmp_path: Path) -> None:
+    """Same label, new storage (a registry recreated at the same address): the first refused
+    mount makes the run stop asking the log; everything is uploaded and nothing is lost."""
+    image = build_image(6, layer_sizes=(4000, 6000, 8000))
+    source = source_with("app", "v1", image)
+    journal = LandedLog(tmp_path)
+    run(
+        CopyEngine(EngineOptions(landed_log=journal)),
+        task(source, MemoryEndpoint(label="dst", writable=True), "one/app", "v1"),
+    )
+    journal.close()
+
+    fresh = MemoryEndpoint(label="dst", writable=True)
+    mounts: list[str] = []
+    real_mount = fresh.mount_blob
+
+    async def counted(repository: str, digest: Digest, from_repository: str) -> bool:
+        mounts.append(from_repository)
+        return await real_mount(repository, digest, from_repository)
+
+    fresh.mount_blob = counted  # type: ignore[method-assign]
+    engine = CopyEngine(EngineOptions(landed_log=LandedLog(tmp_path), parallel_small_blobs=1))
+    [result] = run(engine, task(source, fresh, "two/app", "v1"))
+    assert result.status == "copied"
+    assert engine.stats.blobs_uploaded == len(image.pushable_blobs)
+    assert mounts.count("one/app") == 1  # asked once, refused, then not again
+
+
+def test_a_torn_or_damaged_landed_log_is_read_as_far_as_it_is_whole(tmp_path: Path) -> None:
+    journal = LandedLog(tmp_path)
+    digest = Digest.of(b"x")
+    journal.record("reg:5000", "one/app", digest)
+    journal.close()
+    [path] = tmp_path.iterdir()
+    with path.open("a") as out:
+        out.write("two/app sha256:0123\ngarbage\n")
+    assert LandedLog(tmp_path).homes("reg:5000") == {digest: "one/app"}
+    assert LandedLog(tmp_path).homes("other:5000") == {}
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    broken = LandedLog(blocked / "sub")  # cannot be created: given up quietly
+    broken.record("reg:5000", "one/app", digest)
+    broken.record("reg:5000", "one/app", digest)
+    assert broken.homes("reg:5000") == {}

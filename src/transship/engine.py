@@ -27,6 +27,7 @@ from transship.errors import (
     TransshipError,
     UsageError,
 )
+from transship.landed import LandedLog
 from transship.manifest import Descriptor, Manifest, Platform
 from transship.ratelimit import TokenBucket
 from transship.retry import CONTENT_POLICY, RetryPolicy, worth_restarting
@@ -154,6 +155,8 @@ class EngineOptions:
     retry_base: float = CONTENT_POLICY.base
     #: `--limit-rate`: one bucket every blob transfer draws from (None: no cap)
     rate_limit: TokenBucket | None = None
+    #: where earlier runs landed blobs (`transship.landed`): a resumed run mounts from there
+    landed_log: LandedLog | None = None
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -500,13 +503,16 @@ class CopyEngine:
             owned = asyncio.get_running_loop().create_future()
             sink.first_home[blob.digest] = owned
             try:
-                await self._transfer(task, blob)
+                if not await self._mount_remembered(task, blob):
+                    await self._transfer(task, blob)
             except BaseException as exc:
                 del sink.first_home[blob.digest]  # let a later task own it afresh
                 owned.set_exception(exc)
                 owned.exception()  # waiters handle it; do not log "never retrieved"
                 raise
             owned.set_result(repo)
+            if self.options.landed_log is not None:
+                self.options.landed_log.record(task.dest.label, repo, blob.digest)
         else:
             try:
                 origin: str | None = await asyncio.shield(home)
@@ -515,6 +521,22 @@ class CopyEngine:
             if origin is None or (origin != repo and not await self._mount(task, blob, origin)):
                 await self._transfer(task, blob)
         sink.landed.setdefault(blob.digest, set()).add(repo)
+
+    async def _mount_remembered(self, task: CopyTask, blob: Descriptor) -> bool:
+        """Mount from where an earlier (killed) run landed the blob, when that was another
+        repository: whichever task reaches a shared blob first after a restart, nothing that
+        landed is sent again."""
+        journal = self.options.landed_log
+        if journal is None:
+            return False
+        origin = journal.homes(task.dest.label).get(blob.digest)
+        if origin is None or origin == task.dest_repository:
+            return False  # unknown, or ours: the transfer's own check finds it
+        self._check_room(task)
+        if await self._mount(task, blob, origin):
+            return True
+        journal.distrust(task.dest.label)
+        return False
 
     async def _mount(self, task: CopyTask, blob: Descriptor, origin: str) -> bool:
         if await task.dest.mount_blob(task.dest_repository, blob.digest, origin):

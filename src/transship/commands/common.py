@@ -15,12 +15,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from transship import landed
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, EngineOptions, TaskResult
 from transship.errors import ExitCode, PreflightError, UsageError
 from transship.fsutil import write_atomic
 from transship.harbor.accessories import HarborIndexLister, check_accessories
 from transship.imgpkg.lock import write_images_lock
+from transship.landed import LandedLog
 from transship.ops.listcache import ListCache, default_directory
 from transship.ops.listed import resolve_listed as resolve_listed_plan
 from transship.ops.preflight import preflight
@@ -247,7 +249,10 @@ async def run_engine(
     """Run the phases with progress: `unique_bytes` (the plan's, each blob once) and the tasks'
     sizes give the total to send and the ETA. With `shard`, the summary and the report say
     what this shard shares with the others."""
-    options = EngineOptions(parallel_images=parallel, rate_limit=rate_limit(limit_rate))
+    landed_log = LandedLog(landed.default_directory())
+    options = EngineOptions(
+        parallel_images=parallel, rate_limit=rate_limit(limit_rate), landed_log=landed_log
+    )
     console = Console(stderr=True)
     total = sum(len(p) for p in task_phases)
     budget = ByteBudget((t for p in task_phases for t in p), unique_bytes)
@@ -259,7 +264,10 @@ async def run_engine(
     counting = shard is not None and (report is not None or not quiet)  # someone reads it
     with observer:
         watched = shard.watch(observer) if shard is not None and counting else observer
-        outcome = await run_phases(task_phases, options, watched)
+        try:
+            outcome = await run_phases(task_phases, options, watched)
+        finally:
+            landed_log.close()
     if shard is not None:
         await shard.settle(abandon=outcome.stopped is not None)
     extra = {"shard": shard.to_dict()} if shard is not None else {}
