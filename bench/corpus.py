@@ -2,7 +2,8 @@
 
 Run by hand, never in CI:
 
-    .venv/bin/python bench/corpus.py --out /tmp/corpus [--walk release|old] [--scale 1.0]
+    .venv/bin/python bench/corpus.py --out /tmp/corpus [--walk release|old] [--scale 1.0] \
+        [--replicas 1]
 
 starts a plain-HTTP `docker-registry` (the test harness), pushes the corpus and writes
 `OUT/images.txt` (one `host/path:tag` per line) and `OUT/corpus.json` (totals, every reference
@@ -28,9 +29,17 @@ synthetic and shaped like TKG's:
 - BOM / compatibility entries are one-layer images holding the fixture YAML itself;
 - 70% Docker schema 2, 30% OCI media types (by reference).
 
-Medium layer sizes are normalised so that the unique blob bytes come to `scale` GB (10^9 bytes);
-bases and big layers are multiplied by `scale`, KB-sized content is not scaled. Every byte
-derives from `--seed` and the reference names: the same arguments give the same digests.
+`--replicas N` multiplies the names: replica 0 is the set above (same digests as without the
+option), replica i >= 1 is the same set again under `r<ii>/` (`r01/tkg/ako:...`), with its own
+content (only the 3 base layers are shared by all replicas, as releases share their bases),
+its own 6 big layers, and bundles that lock images of their own replica only. This is the
+corpus for cost growth: `--walk old --replicas 10` is 4,760 references and 1,411 bundle images,
+6,171 tags in 1,450 repositories.
+
+Medium layer sizes are normalised so that the unique blob bytes come to `scale` GB (10^9 bytes)
+per replica; bases and big layers are multiplied by `scale`, KB-sized content is not scaled.
+Every byte derives from `--seed` and the reference names: the same arguments give the same
+digests.
 Random payloads come from AES-CTR (fast) and layers are real tar.gz streams made of stored
 (uncompressed) deflate blocks, so tools that sniff compression see gzip without anyone paying
 for compression.
@@ -284,9 +293,10 @@ RefKind = Literal["image", "index", "windows", "bundle", "metadata"]
 
 @dataclass
 class CorpusRef:
-    repository: str  # e.g. tkg/packages/core/antrea
+    repository: str  # e.g. tkg/packages/core/antrea (r01/tkg/packages/core/antrea: replica 1)
     tag: str
     kind: RefKind
+    replica: int = 0
     manifest: Manifest | None = None
     locked: list[CorpusRef] = field(default_factory=list)  # a bundle's images.yml rows
 
@@ -345,6 +355,7 @@ class Corpus:
     placements: set[tuple[str, str]]  # (repository, digest) every blob must be found at
     bundle_images: list[BundleImage] = field(default_factory=list)
     seconds_to_build: float = 0.0
+    replicas: int = 1
 
     def manifest_digests(self) -> set[str]:
         return {m.digest for r in self.refs if r.manifest for m in r.manifest.all_manifests()}
@@ -362,7 +373,9 @@ class Corpus:
             "walk": self.walk,
             "scale": self.scale,
             "seed": self.seed,
+            "replicas": self.replicas,
             "refs": len(self.refs),
+            "tags": len(self.refs) + len(self.bundle_images),
             "repositories": len({r.repository for r in self.refs}),
             "kinds": dict(sorted(kinds.items())),
             "unique_manifests": len(manifests),
@@ -413,6 +426,7 @@ class NamedRef:
     repository: str
     tag: str
     kind: EntryKind
+    replica: int = 0
 
 
 def tkg_names(walk: Walk) -> list[NamedRef]:
@@ -430,6 +444,14 @@ def tkg_names(walk: Walk) -> list[NamedRef]:
         ref = Reference.parse(entry.source)
         assert ref.tag is not None, entry.source
         out.append(NamedRef(ref.repository, ref.tag, entry.kind))
+    return out
+
+
+def replicate(names: Sequence[NamedRef], replicas: int) -> list[NamedRef]:
+    """`names` as is (replica 0), then again under `r01/`, `r02/`, ... for the growth corpus."""
+    out = list(names)
+    for i in range(1, replicas):
+        out += [NamedRef(f"r{i:02d}/{n.repository}", n.tag, n.kind, i) for n in names]
     return out
 
 
@@ -461,9 +483,10 @@ class _Draft:
 
 
 class _Builder:
-    def __init__(self, walk: Walk, scale: float, seed: str, threads: int) -> None:
+    def __init__(self, walk: Walk, scale: float, seed: str, threads: int, replicas: int) -> None:
         self.walk = walk
         self.scale = scale
+        self.replicas = replicas
         self.seed = seed
         self.threads = threads
         self.bases = [
@@ -472,6 +495,7 @@ class _Builder:
         ]
         self.repo_layers: dict[str, LayerSpec] = {}
         self.rendered: dict[str, Blob] = {}  # LayerSpec.key -> Blob
+        self.by_replica: dict[int, list[CorpusRef]] = defaultdict(list)
 
     def u(self, *parts: str) -> float:
         return _unit(self.seed, *parts)
@@ -481,7 +505,7 @@ class _Builder:
 
     def build(self) -> Corpus:
         start = time.monotonic()
-        names = tkg_names(self.walk)
+        names = replicate(tkg_names(self.walk), self.replicas)
         regular = [n for n in names if n.kind is EntryKind.IMAGE]
         tags_per_repo: dict[str, int] = defaultdict(int)
         for n in regular:
@@ -490,7 +514,7 @@ class _Builder:
             (n for n in regular if "windows" not in n.tag),
             key=lambda n: self.u("big", n.repository, n.tag),
         )
-        big = {(n.repository, n.tag) for n in ranked[:BIG_LAYERS]}
+        big = {(n.repository, n.tag) for n in ranked[: BIG_LAYERS * self.replicas]}
 
         drafts: dict[tuple[str, str], list[tuple[_Draft, dict[str, str]]]] = {}
         kinds: dict[tuple[str, str], RefKind] = {}
@@ -524,7 +548,7 @@ class _Builder:
         refs: list[CorpusRef] = []
         by_key: dict[tuple[str, str], CorpusRef] = {}
         for n in names:
-            ref = CorpusRef(n.repository, n.tag, "image")
+            ref = CorpusRef(n.repository, n.tag, "image", replica=n.replica)
             key = (n.repository, n.tag)
             if n.kind is EntryKind.METADATA:
                 ref.kind = "metadata"
@@ -541,6 +565,8 @@ class _Builder:
             refs.append(ref)
         # bundles last: package bundles lock images, repository bundles lock package bundles
         bundles = [r for r in refs if r.manifest is None]
+        for ref in refs:
+            self.by_replica[ref.replica].append(ref)
         for ref in bundles:
             ref.kind = "bundle"
         for ref in sorted(bundles, key=lambda r: r.repository.endswith("/repo")):
@@ -567,6 +593,7 @@ class _Builder:
                 homes.setdefault(blob.digest, repository)
                 placements.add((repository, blob.digest))
         corpus = Corpus(self.walk, self.scale, self.seed, refs, blobs, homes, placements)
+        corpus.replicas = self.replicas
         corpus.bundle_images = sorted(copies.values(), key=lambda b: b.name)
         corpus.seconds_to_build = time.monotonic() - start
         return corpus
@@ -627,7 +654,7 @@ class _Builder:
         for key in medium:
             fixed.pop(key)
         overhead = 2 * 1024 * (len(fixed) + len(medium))  # tar headers, configs, manifests
-        budget = self.scale * GB - sum(fixed.values()) - overhead
+        budget = self.scale * self.replicas * GB - sum(fixed.values()) - overhead
         raw = sum(s.payload for s in medium.values())
         factor = max(0.02, budget / raw) if raw else 1.0
         for spec in medium.values():
@@ -720,8 +747,10 @@ class _Builder:
         return Manifest(raw, MEDIA[fmt]["index"], digest_of(raw), children=tuple(children))
 
     def _bundle(self, ref: CorpusRef, refs: Sequence[CorpusRef]) -> Manifest:
-        """An imgpkg bundle locking 1-4 corpus images (package) or package bundles (repo)."""
+        """An imgpkg bundle locking 1-4 corpus images (package) or package bundles (repo) of
+        its own replica."""
         rng = _rng(self.seed, "bundle", ref.name)
+        refs = self.by_replica[ref.replica]
         parent, _, leaf = ref.repository.rpartition("/")
         if leaf == "repo":
             pool = [r for r in refs if r.kind == "bundle" and r.repository.startswith(parent + "/")]
@@ -756,10 +785,17 @@ class _Builder:
 
 
 def build_corpus(
-    walk: Walk = "release", scale: float = 1.0, seed: str = "1", threads: int = 2
+    walk: Walk = "release",
+    scale: float = 1.0,
+    seed: str = "1",
+    threads: int = 2,
+    replicas: int = 1,
 ) -> Corpus:
-    """The corpus model with every digest computed (big blob bytes are regenerated to push)."""
-    return _Builder(walk, scale, seed, threads).build()
+    """The corpus model with every digest computed (big blob bytes are regenerated to push);
+    `replicas` copies of the names, `scale` GB of unique bytes per replica."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, not {replicas}")
+    return _Builder(walk, scale, seed, threads, replicas).build()
 
 
 # ---- pushing --------------------------------------------------------------------------------
@@ -839,12 +875,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--out", type=Path, required=True, help="where images.txt and corpus.json go"
     )
     parser.add_argument("--walk", choices=("release", "old"), default="release")
-    parser.add_argument("--scale", type=float, default=1.0, help="GB of unique blob bytes")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="GB of unique blob bytes per replica"
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="copies of the names (r01/..., r02/...)"
+    )
     parser.add_argument("--seed", default="1")
     parser.add_argument("--threads", type=int, default=8, help="parallel pushes")
     parser.add_argument("--serve", action="store_true", help="keep the registry up until Ctrl-C")
     args = parser.parse_args(argv)
-    corpus = build_corpus(args.walk, args.scale, args.seed)
+    corpus = build_corpus(args.walk, args.scale, args.seed, replicas=args.replicas)
     print(f"built in {corpus.seconds_to_build:.1f}s: {json.dumps(corpus.totals())}")
     registry = RegistryProcess(args.out / "upstream", "plain").start()
     try:

@@ -2,7 +2,8 @@
 
 Run by hand, never in CI (takes minutes, needs `docker-registry`, `skopeo`, `htpasswd`):
 
-    .venv/bin/python bench/run.py [--scale 1.0] [--walk release|old] [--tools LIST] [--keep]
+    .venv/bin/python bench/run.py [--scale 1.0] [--walk release|old] [--replicas N]
+        [--tools LIST] [--keep]
 
 1. Starts a plain-HTTP "upstream" registry and pushes the TKG-shaped corpus of
    `bench/corpus.py` into it (`tkg/<imagePath>:<tag>` for every reference of the plan, and the
@@ -33,6 +34,12 @@ Run by hand, never in CI (takes minutes, needs `docker-registry`, `skopeo`, `htp
    `/usr/bin/time -v` (largest process of a tool), registry CPU from /proc.
 4. Prints a Markdown table and the target ratios; `--markdown FILE` writes it too, and the work
    directory gets `results.md` and `results.json`.
+
+`--replicas N` multiplies the corpus (N copies of the names under `r01/`, ... with their own
+content, `--scale` GB each; see bench/corpus.py): `--walk old --replicas 10` is the 10× corpus
+of 6,171 tags in 1,450 repositories. Its registries need ~2 × 10 GB: give it a disk
+`--workdir`; each destination is deleted once measured (unless `--keep`). `bench/growth.py`
+runs transship alone at several replica counts and prints the cost per tag.
 
 `--upstream-delay MS` puts the harness fault proxy in front of the upstream, stalling every
 request (a remote registry's round trip). The work directory defaults to /dev/shm (tmpfs): both
@@ -340,7 +347,9 @@ class Bench:
     # -- setup ------------------------------------------------------------------------------
 
     def seed(self) -> None:
-        corpus = build_corpus(self.args.walk, self.args.scale, self.args.seed)
+        corpus = build_corpus(
+            self.args.walk, self.args.scale, self.args.seed, replicas=self.args.replicas
+        )
         self.upstream.start()
         start = time.monotonic()
         timings = push_corpus(self.upstream, corpus, self.args.seed_threads)
@@ -367,6 +376,13 @@ class Bench:
         reg.start()
         self._dests.append(reg)
         return reg
+
+    def retire(self, dest: RegistryProcess) -> None:
+        """Stop a measured destination; drop its storage unless `--keep` (at 10× each
+        destination holds the whole corpus again)."""
+        dest.stop()
+        if not self.args.keep:
+            shutil.rmtree(dest.workdir, ignore_errors=True)
 
     def stop_all(self) -> None:
         if self.proxy is not None:
@@ -436,6 +452,7 @@ class Bench:
         env = tool_env(logs / "home")
         plan = logs / "plan.yaml"
         if self.args.transship_mode == "plan":
+            window = self.begin(dest)
             planning = timed(
                 [
                     TRANSSHIP,
@@ -454,6 +471,10 @@ class Bench:
             )
             plan_run = ToolRun("transship-plan", planning.seconds)
             self._add(plan_run, planning, "transship-plan")
+            plan_run.upstream_cpu = process_cpu(self.upstream.pid) - window.upstream
+            busy = machine_busy() - window.machine - (own_cpu() - window.driver)
+            plan_run.other_cpu = max(0.0, busy - plan_run.upstream_cpu - plan_run.client_cpu)
+            plan_run.source_requests = len(self.upstream.access_log(window.source_log))
             plan_run.note += " resolves the list (digests, bundles, attachments); copies nothing;"
             plan_run.complete = planning.code == 0 and plan.exists()
             self.runs.append(plan_run)
@@ -487,7 +508,7 @@ class Bench:
                 statuses = Counter(e["status"] for e in doc["entries"])
                 run.note += " " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) + ";"
             self.finish(run, dest, window)
-        dest.stop()
+        self.retire(dest)
 
     def skopeo_sync(self) -> None:
         assert self.corpus is not None
@@ -529,7 +550,7 @@ class Bench:
             self._add(run, timed(as_user(cmd, owner), env, logs, f"sync-{n:02d}"), dirname)
         run.seconds = time.perf_counter() - window.start
         self.finish(run, dest, window)
-        dest.stop()
+        self.retire(dest)
 
     def sequential(self) -> None:
         assert self.corpus is not None
@@ -570,7 +591,7 @@ class Bench:
             self._add(run, result, ref.name)
         run.seconds = time.perf_counter() - window.start
         self.finish(run, dest, window)
-        dest.stop()
+        self.retire(dest)
 
     def rawfloor(self) -> None:
         dest = self.fresh_dest("rawfloor")
@@ -599,7 +620,7 @@ class Bench:
         self._add(run, result, "rawfloor")
         run.note += f" {self.args.floor_workers} workers, blobs only (no manifests);"
         self.finish(run, dest, window)
-        dest.stop()
+        self.retire(dest)
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -635,8 +656,11 @@ def report(bench: Bench, command: str) -> str:
         f"{platform.python_version()}, skopeo {_skopeo_version()}",
         f"- command: `{command}`",
         f"- transship: {_transship_version()}",
-        f"- corpus: walk `{totals['walk']}`, {refs} refs ({_kinds(totals)}) in "
-        f"{totals['repositories']} repositories; {totals['unique_blobs']} unique blobs, "
+        f"- corpus: walk `{totals['walk']}`"
+        + (f" × {totals['replicas']} replicas" if totals["replicas"] > 1 else "")
+        + f", {refs} refs ({_kinds(totals)}) and {totals['bundle_images']} bundle images = "
+        f"{totals['tags']} tags in {totals['repositories']} repositories; "
+        f"{totals['unique_blobs']} unique blobs, "
         f"{unique / MB:.0f} MB unique ({totals['blobs_over_1MiB']} blobs > 1 MiB, largest "
         f"{totals['largest_blob'] / MB:.0f} MB), {totals['unique_manifests']} manifests; "
         f"seeded in {bench.seed_seconds:.1f}s",
@@ -736,10 +760,15 @@ def default_root() -> Path | None:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="GB of unique blob bytes")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="GB of unique blob bytes (per replica)"
+    )
     parser.add_argument("--walk", choices=("release", "old"), default="release")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="copies of the corpus names (10: the 10× corpus)"
+    )
     parser.add_argument(
         "--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}"
     )
@@ -789,7 +818,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="destination registry: TLS + htpasswd (bcrypt on every request), or TLS alone",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.replicas < 1:
+        parser.error("--replicas must be at least 1")
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = set(tools) - set(TOOLS)
     if unknown:

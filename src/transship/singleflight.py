@@ -30,7 +30,9 @@ class SingleFlight(Generic[K, T]):
         if work is None:
             work = asyncio.ensure_future(make())
             work.add_done_callback(_retrieve)  # every asker re-raises; none may be left
-            if not self.keep:
+            if self.keep:
+                work.add_done_callback(lambda done: self._settle(key, done))
+            else:
                 work.add_done_callback(lambda done: self._drop(key, done))
             self._work[key] = work
         return await asyncio.shield(work)
@@ -54,6 +56,21 @@ class SingleFlight(Generic[K, T]):
         for work in self._work.values():
             if not work.done():
                 work.cancel()
+
+    def _settle(self, key: K, done: asyncio.Future[T]) -> None:
+        """Keep a finished outcome in a bare future, not the task that made it: a task keeps
+        its coroutine, its context and a place in asyncio's task set, which on a plan of
+        thousands of images is megabytes of memory for answers already known."""
+        if self._work.get(key) is not done or done.cancelled():
+            return
+        settled: asyncio.Future[T] = done.get_loop().create_future()
+        error = done.exception()
+        if error is not None:
+            settled.set_exception(error)
+            settled.exception()  # retrieved: every asker re-raises it
+        else:
+            settled.set_result(done.result())
+        self._work[key] = settled
 
     def _drop(self, key: K, done: asyncio.Future[T]) -> None:
         if self._work.get(key) is done:

@@ -58,7 +58,8 @@ async def resolve_listed(
     held_back = tuple(
         e for e in resolved.entries if e.kind == EntryKind.BUNDLE and e.expanded is False
     )
-    kept = without_attachments_of((e for e in resolved.entries if e not in held_back), held_back)
+    held = {id(e) for e in held_back}  # by identity: `in held_back` compared every field
+    kept = without_attachments_of((e for e in resolved.entries if id(e) not in held), held_back)
     result = ListedResolution(
         Plan(
             kept + tuple(retry),

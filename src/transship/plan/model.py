@@ -16,12 +16,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import yaml
-
 from transship.digest import Digest
 from transship.errors import InvalidDigestError, InvalidReferenceError, PlanError
 from transship.imgpkg.locations import ImageLocation, build_image_locations
-from transship.plan._yaml import Node, load_yaml
+from transship.plan._yaml import Node, dump_yaml, load_yaml
 from transship.reference import Reference, parse_prefix
 
 API_VERSION = "transship/v1alpha1"
@@ -312,10 +310,7 @@ class Plan:
 
     def to_yaml(self) -> str:
         """Readable block YAML; strings that look like numbers are quoted by the dumper."""
-        body = yaml.safe_dump(
-            self.to_dict(), sort_keys=False, allow_unicode=True, width=4096, indent=2
-        )
-        return _HEADER + body
+        return _HEADER + dump_yaml(self.to_dict())
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
@@ -351,6 +346,8 @@ def _merged_prefix(mine: str | None, theirs: str | None) -> str | None:
     if mine is None or theirs is None:
         return mine or theirs
     return mine if mine == theirs else None
+
+
 _ENTRY_KEYS = frozenset(
     {
         "source",

@@ -107,8 +107,15 @@ class SourceReader:
             key, lambda: self._call(lambda: endpoint.get_manifest(ref.repository, ref.identifier))
         )
 
-    async def blob(self, ref: Reference, descriptor: Descriptor, limit: int) -> bytes:
-        """A small blob (config, bundle or BOM layer) in memory, refusing big ones up front."""
+    async def blob(
+        self, ref: Reference, descriptor: Descriptor, limit: int, *, keep: bool = True
+    ) -> bytes:
+        """A small blob (config, bundle or BOM layer) in memory, refusing big ones up front.
+
+        `keep=False` reads it without keeping the bytes for the run: callers that keep what
+        they parsed from it instead (labels, a lock file) hold a few bytes per image, not a
+        config's kilobytes, so memory stays small per tag on plans of thousands of images.
+        """
         if descriptor.size > limit:
             raise BundleError(
                 f"{ref}: blob {descriptor.digest.short} is {descriptor.size} bytes, over the "
@@ -124,6 +131,8 @@ class SourceReader:
             return b"".join(parts)
 
         # A body that failed its digest is read again, under the engine's policy.
+        if not keep:
+            return await self._call(lambda: restarting(read))
         key = ("blob", ref.registry, ref.repository, str(descriptor.digest))
         return await self._shared(key, lambda: self._call(lambda: restarting(read)))
 
@@ -171,7 +180,11 @@ class SourceReader:
         config = manifest.config
         if config is None or config.size > MAX_CONFIG_BYTES:
             return {}
-        raw = await self.blob(ref, config, MAX_CONFIG_BYTES)
+        key = ("labels", ref.registry, ref.repository, str(config.digest))
+        return await self._shared(key, lambda: self._labels(ref, config))
+
+    async def _labels(self, ref: Reference, config: Descriptor) -> dict[str, str]:
+        raw = await self.blob(ref, config, MAX_CONFIG_BYTES, keep=False)
         try:
             doc = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -182,7 +195,7 @@ class SourceReader:
             return {}
         return {str(k): str(v) for k, v in labels.items()}
 
-    async def single_layer(self, resolved: Resolved, what: str) -> bytes:
+    async def single_layer(self, resolved: Resolved, what: str, *, keep: bool = True) -> bytes:
         """The one layer of a bundle or BOM image; anything else is not readable."""
         manifest = resolved.manifest
         if manifest.is_index:
@@ -192,12 +205,18 @@ class SourceReader:
                 f"{what} {resolved.reference}: has {len(manifest.layers)} layers; imgpkg "
                 "writes exactly one"
             )
-        return await self.blob(resolved.reference, manifest.layers[0], MAX_LAYER_BYTES)
+        return await self.blob(resolved.reference, manifest.layers[0], MAX_LAYER_BYTES, keep=keep)
 
     async def images_lock(self, bundle: Resolved) -> tuple[LockedImage, ...]:
-        """The bundle's `.imgpkg/images.yml`, parsed; one-line errors name the bundle."""
+        """The bundle's `.imgpkg/images.yml`, parsed (once per bundle; its layer is not kept);
+        one-line errors name the bundle."""
+        ref = bundle.reference
+        key = ("images-lock", ref.registry, ref.repository, str(bundle.digest))
+        return await self._shared(key, lambda: self._images_lock(bundle))
+
+    async def _images_lock(self, bundle: Resolved) -> tuple[LockedImage, ...]:
         where = f"bundle {bundle.reference}"
-        layer = await self.single_layer(bundle, "bundle")
+        layer = await self.single_layer(bundle, "bundle", keep=False)
         path = f"{IMGPKG_DIR}/{IMAGES_LOCK_FILE}"
         raw = find_file(layer, path, where)
         if raw is None:
