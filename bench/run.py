@@ -320,6 +320,7 @@ class Window:
     dest: float
     driver: float
     start: float
+    tokens: int = 0  # token service requests so far (`--dest-mode tls_token`)
 
 
 class Bench:
@@ -411,6 +412,7 @@ class Bench:
             process_cpu(dest.pid),
             own_cpu(),
             time.perf_counter(),
+            self.token_server.request_count if self.token_server else 0,
         )
 
     def finish(self, run: ToolRun, dest: RegistryProcess, window: Window) -> ToolRun:
@@ -419,6 +421,8 @@ class Bench:
         run.dest_cpu = process_cpu(dest.pid) - window.dest
         busy = machine_busy() - window.machine - (own_cpu() - window.driver)
         run.other_cpu = max(0.0, busy - run.upstream_cpu - run.dest_cpu - run.client_cpu)
+        if self.token_server is not None:
+            run.note += f" {self.token_server.request_count - window.tokens} token requests;"
         assert self.corpus is not None
         measure(run, dest, window.dest_log, self.upstream, window.source_log, self.corpus)
         if run.tool == "rawfloor":
