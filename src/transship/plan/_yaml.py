@@ -16,6 +16,9 @@ import yaml
 from transship.errors import PlanError
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
+#: libyaml's parser where PyYAML has it: a 570-tag plan loads in ~0.1 s instead of ~1 s,
+#: which `copy --plan` would otherwise spend before its first request
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -36,12 +39,13 @@ def read_text(path: Path | str) -> str:
 
 
 def load_yaml(text: str, name: str) -> Node:
-    """Parse one YAML document with `yaml.safe_load` after rejecting anchors and aliases."""
+    """Parse one YAML document safely (`yaml.safe_load`'s types) after rejecting anchors and
+    aliases."""
     if len(text) > MAX_INPUT_BYTES:
         raise PlanError(f"{name}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
     try:
         _reject_aliases(text, name)
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         raise PlanError(_describe_yaml_error(exc, name)) from None
     except yaml.YAMLError as exc:
@@ -53,7 +57,7 @@ def load_yaml(text: str, name: str) -> Node:
 
 def _reject_aliases(text: str, name: str) -> None:
     """Scan tokens (cheap, nothing is expanded) and refuse anchors and aliases."""
-    for token in yaml.scan(text):
+    for token in yaml.scan(text, Loader=_LOADER):
         if isinstance(token, yaml.AliasToken | yaml.AnchorToken):
             sign = "*" if isinstance(token, yaml.AliasToken) else "&"
             raise PlanError(
