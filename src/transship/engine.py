@@ -171,6 +171,8 @@ class _Sink:
         default_factory=lambda: SingleFlight(keep=False)
     )
     first_home: dict[Digest, asyncio.Future[str]] = field(default_factory=dict)
+    #: repositories each repository mounts from (see `CopyEngine._mount_origin`)
+    mounted_from: dict[str, set[str]] = field(default_factory=dict)
     manifests: SingleFlight[tuple[str, Digest], None] = field(default_factory=SingleFlight)
     #: each repository's tags as listed once, at its first task of the run
     tags: SingleFlight[str, TagView] = field(default_factory=SingleFlight)
@@ -456,9 +458,24 @@ class CopyEngine:
                 origin: str | None = await asyncio.shield(home)
             except TransshipError:
                 origin = None  # the owner failed: try on our own
+            if origin is not None and origin != repo:
+                origin = self._mount_origin(sink, blob.digest, repo, origin)
             if origin is None or (origin != repo and not await self._mount(task, blob, origin)):
                 await self._transfer(task, blob)
         sink.landed.setdefault(blob.digest, set()).add(repo)
+
+    @staticmethod
+    def _mount_origin(sink: _Sink, digest: Digest, repo: str, home: str) -> str:
+        """Mount from a repository `repo` already mounted from when that one holds the blob,
+        else from where it first landed: a Bearer registry wants a token per pair of
+        repositories (push here, pull there), so fewer pairs are fewer token requests."""
+        used = sink.mounted_from.setdefault(repo, set())
+        if home not in used:
+            holding = used & sink.landed.get(digest, set())
+            if holding:
+                return min(holding)
+        used.add(home)  # chosen, not yet done: a manifest's blobs are mounted side by side
+        return home
 
     async def _mount(self, task: CopyTask, blob: Descriptor, origin: str) -> bool:
         if await task.dest.mount_blob(task.dest_repository, blob.digest, origin):
@@ -531,7 +548,6 @@ class CopyEngine:
         self.observer.blob_started(blob)
         try:
             async with task.source.open_blob(task.source_repository, blob) as chunks:
-
                 limit = self.options.rate_limit
 
                 async def counted() -> AsyncIterator[bytes]:
