@@ -204,6 +204,37 @@ def test_a_later_phase_waits_for_its_repository_and_only_its_repository() -> Non
     assert asyncio.run(dest.head_manifest("tkg/pkg", "b1")) is None
 
 
+class _HeldDestination(MemoryEndpoint):
+    """Holds the manifest push into `held` until something is pushed into `other`."""
+
+    def __init__(self, held: str, other: str) -> None:
+        super().__init__(label="dst", writable=True)
+        self.held, self.other = held, other
+        self.released = asyncio.Event()
+        self.order: list[str] = []
+
+    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
+        if repository == self.held:
+            await asyncio.wait_for(self.released.wait(), 10)
+        await super().put_manifest(repository, manifest, tag)
+        self.order.append(repository)
+        if repository == self.other:
+            self.released.set()
+
+
+def test_a_later_phase_does_not_wait_for_other_repositories() -> None:
+    """A bundle in its own repository goes up while an image elsewhere is still landing."""
+    image, bundle = build_image(17), build_image(18)
+    source = source_with("app", "v1", image)
+    source.add(generated(bundle), "app", ("bundle",))
+    dest = _HeldDestination("tkg/slow", "tkg/bundle")
+    slow = task(source, dest, "tkg/slow", "v1")
+    later = task(source, dest, "tkg/bundle", "b1", identifier="bundle")
+    results = asyncio.run(CopyEngine().run_phases([[slow], [later]]))
+    assert [r.status for r in results] == ["copied", "copied"]
+    assert dest.order == ["tkg/bundle", "tkg/slow"]
+
+
 class _ForgetfulDestination(MemoryEndpoint):
     """Says a blob is unknown at the first manifest push, as a registry under a concurrent
     writer can; the engine must look again and push what is missing."""

@@ -206,36 +206,44 @@ class CopyEngine:
         return list(await asyncio.gather(*(self._run_task(t) for t in tasks)))
 
     async def run_phases(self, phases: Sequence[Sequence[CopyTask]]) -> list[TaskResult]:
-        """Run groups in order. A task is not attempted when an earlier group failed for the
-        same destination repository: a bundle must not be tagged, nor its ImageLocations
-        written, over referenced images that did not land (imgpkg trusts both blindly)."""
-        results: list[TaskResult] = []
-        failed: set[tuple[int, str]] = set()
+        """Run groups in order within each destination repository: a task starts once every
+        task of an earlier group for its repository has finished, and is not attempted when
+        one of them failed: a bundle must not be tagged, nor its ImageLocations written, over
+        referenced images that did not land (imgpkg trusts both blindly). Repositories do not
+        wait for each other, so bundles and records go up while other images still stream
+        instead of after the last one (no idle tail between groups)."""
+        done: dict[tuple[int, str], list[asyncio.Task[TaskResult]]] = {}
+        runs: list[asyncio.Task[TaskResult]] = []
         for tasks in phases:
-            if self.stopped is not None:
-                results += [self._not_started(task, self.stopped) for task in tasks]
-                continue
-            runnable = []
+            started = []
             for task in tasks:
-                if (id(task.dest), task.dest_repository) in failed:
-                    skipped = TaskResult(
-                        task,
-                        "failed",
-                        error=DependencyError(
-                            f"{task.dest_reference}: not pushed, because an image it "
-                            f"depends on in {task.dest_repository} failed"
-                        ),
-                    )
-                    self.observer.task_finished(skipped)
-                    results.append(skipped)
-                else:
-                    runnable.append(task)
-            done = await self.run(runnable)
-            failed |= {
-                (id(r.task.dest), r.task.dest_repository) for r in done if r.status == "failed"
-            }
-            results += done
-        return results
+                key = (id(task.dest), task.dest_repository)
+                before = tuple(done.get(key, ()))
+                started.append((key, asyncio.ensure_future(self._after(task, before))))
+            for key, run in started:  # a group's tasks wait only for earlier groups
+                done.setdefault(key, []).append(run)
+                runs.append(run)
+        return list(await asyncio.gather(*runs))
+
+    async def _after(
+        self, task: CopyTask, before: Sequence[asyncio.Task[TaskResult]]
+    ) -> TaskResult:
+        """Run `task` once the earlier groups' tasks of its repository have finished."""
+        earlier = await asyncio.gather(*before)
+        if self.stopped is not None:
+            return self._not_started(task, self.stopped)
+        if any(r.status == "failed" for r in earlier):
+            skipped = TaskResult(
+                task,
+                "failed",
+                error=DependencyError(
+                    f"{task.dest_reference}: not pushed, because an image it "
+                    f"depends on in {task.dest_repository} failed"
+                ),
+            )
+            self.observer.task_finished(skipped)
+            return skipped
+        return await self._run_task(task)
 
     def _not_started(self, task: CopyTask, cause: HostDownError) -> TaskResult:
         return TaskResult(task, "failed", error=cause)
