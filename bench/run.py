@@ -8,11 +8,15 @@ Run by hand, never in CI (takes minutes, needs `docker-registry`, `skopeo`, `htp
    `bench/corpus.py` into it (`tkg/<imagePath>:<tag>` for every reference of the plan, and the
    images each bundle locks in the bundle's repository under `sha256-<hex>.imgpkg`).
 2. For each tool starts a fresh, empty TLS + htpasswd "internal" registry (mode `tls_basic`,
-   test CA from `build_pki`; `--dest-mode tls` drops htpasswd), restarts the upstream process,
+   test CA from `build_pki`; `--dest-mode tls` drops htpasswd; `--dest-mode tls_token` puts
+   Bearer tokens from the harness `TokenServer` in its place, Harbor's auth, and the raw floor
+   then fetches one token per repository), restarts the upstream process,
    waits for a quiet machine, and copies the whole corpus to `<internal>/bench/tkg/...`:
    - `transship`: `transship copy --images LIST --dest HOST/bench --dest-ca CA --dest-creds ...`
      (it expands bundles itself), then `transship-noop`: the same command again into the now
-     complete destination;
+     complete destination; by default (`--transship-mode plan`) `transship plan images … -o
+     plan.yaml` once, then `copy --plan`; `--transship-mode both` also runs `copy --images`
+     into a second fresh destination (`transship-images`), in the same run;
    - `skopeo-sync`: `skopeo sync --all --preserve-digests --src yaml --dest docker`, one YAML
      source and one process per destination directory (sync keeps only the last path element
      of a repository, and `--scoped` would put `127.0.0.1:PORT` into the path, so each
