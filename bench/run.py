@@ -9,11 +9,15 @@ Run by hand, never in CI (takes minutes, needs `docker-registry`, `skopeo`, `htp
    `bench/corpus.py` into it (`tkg/<imagePath>:<tag>` for every reference of the plan, and the
    images each bundle locks in the bundle's repository under `sha256-<hex>.imgpkg`).
 2. For each tool starts a fresh, empty TLS + htpasswd "internal" registry (mode `tls_basic`,
-   test CA from `build_pki`; `--dest-mode tls` drops htpasswd), restarts the upstream process,
+   test CA from `build_pki`; `--dest-mode tls` drops htpasswd; `--dest-mode tls_token` puts
+   Bearer tokens from the harness `TokenServer` in its place, Harbor's auth, and the raw floor
+   then fetches one token per repository), restarts the upstream process,
    waits for a quiet machine, and copies the whole corpus to `<internal>/bench/tkg/...`:
    - `transship`: `transship copy --images LIST --dest HOST/bench --dest-ca CA --dest-creds ...`
      (it expands bundles itself), then `transship-noop`: the same command again into the now
-     complete destination;
+     complete destination; by default (`--transship-mode plan`) `transship plan images … -o
+     plan.yaml` once, then `copy --plan`; `--transship-mode both` also runs `copy --images`
+     into a second fresh destination (`transship-images`), in the same run;
    - `skopeo-sync`: `skopeo sync --all --preserve-digests --src yaml --dest docker`, one YAML
      source and one process per destination directory (sync keeps only the last path element
      of a repository, and `--scoped` would put `127.0.0.1:PORT` into the path, so each
@@ -82,6 +86,7 @@ from harness.faultproxy import Fault, FaultProxy  # noqa: E402
 from harness.pki import PKI, build_pki  # noqa: E402
 from harness.registry import PASSWORD, USERNAME, RegistryProcess  # noqa: E402
 from harness.seed import ALL_MANIFEST_TYPES, SeedClient  # noqa: E402
+from harness.tokenserver import TokenServer  # noqa: E402
 
 TOOLS = ("transship", "skopeo-sync", "sequential", "rawfloor")
 PREFIX = "bench"
@@ -90,9 +95,16 @@ TRANSSHIP = ROOT / ".venv" / "bin" / "transship"
 PYTHON = ROOT / ".venv" / "bin" / "python"
 CREDS = f"{USERNAME}:{PASSWORD}"
 
+DEST_MODES = {
+    "tls_basic": "TLS + htpasswd (bcrypt)",
+    "tls_token": "TLS + Bearer tokens (harness token service, RS256)",
+    "tls": "TLS, no auth",
+}
+
 TARGETS = {
     "skopeo-sync / transship": ">= 4",
-    "transship / rawfloor": "<= 1.3",
+    "transship / rawfloor": "<= 1.2",
+    "transship-images / rawfloor": "<= 1.2",
     "sequential / transship": ">= 10",
     "transship bytes sent / unique": "<= 1.01",
     "transship-noop seconds": "< 2",
@@ -319,6 +331,7 @@ class Window:
     dest: float
     driver: float
     start: float
+    tokens: int = 0  # token service requests so far (`--dest-mode tls_token`)
 
 
 class Bench:
@@ -326,6 +339,11 @@ class Bench:
         self.args = args
         self.work = work
         self.pki: PKI = build_pki(work / "pki")
+        #: `--dest-mode tls_token`: the bearer-token service every destination sends clients to
+        #: (Harbor's auth), in a thread of this process, as the tests run it
+        self.token_server: TokenServer | None = None
+        if args.dest_mode == "tls_token":
+            self.token_server = TokenServer(self.pki.token_signer, tls=self.pki.server).start()
         self.upstream = RegistryProcess(work / "upstream", "plain")
         self.corpus: Corpus | None = None
         self.images = work / "corpus" / "images.txt"
@@ -371,7 +389,12 @@ class Bench:
         print(json.dumps(corpus.totals()), flush=True)
 
     def fresh_dest(self, tool: str) -> RegistryProcess:
-        reg = RegistryProcess(self.work / f"dest-{tool}", self.args.dest_mode, pki=self.pki)
+        reg = RegistryProcess(
+            self.work / f"dest-{tool}",
+            self.args.dest_mode,
+            pki=self.pki,
+            token_server=self.token_server,
+        )
         shutil.rmtree(reg.workdir, ignore_errors=True)
         reg.start()
         self._dests.append(reg)
@@ -390,6 +413,8 @@ class Bench:
         for reg in self._dests:
             reg.stop()
         self.upstream.stop()
+        if self.token_server is not None:
+            self.token_server.stop()
 
     def begin(self, dest: RegistryProcess) -> Window:
         """Same start for every tool: a freshly started upstream process (same storage and
@@ -407,6 +432,7 @@ class Bench:
             process_cpu(dest.pid),
             own_cpu(),
             time.perf_counter(),
+            self.token_server.request_count if self.token_server else 0,
         )
 
     def finish(self, run: ToolRun, dest: RegistryProcess, window: Window) -> ToolRun:
@@ -415,6 +441,8 @@ class Bench:
         run.dest_cpu = process_cpu(dest.pid) - window.dest
         busy = machine_busy() - window.machine - (own_cpu() - window.driver)
         run.other_cpu = max(0.0, busy - run.upstream_cpu - run.dest_cpu - run.client_cpu)
+        if self.token_server is not None:
+            run.note += f" {self.token_server.request_count - window.tokens} token requests;"
         assert self.corpus is not None
         measure(run, dest, window.dest_log, self.upstream, window.source_log, self.corpus)
         if run.tool == "rawfloor":
@@ -446,12 +474,21 @@ class Bench:
     def transship(self) -> None:
         """`transship plan images` once (timed as transship-plan), then `copy --plan` cold
         (transship) and again into the complete destination (transship-noop). With
-        `--transship-mode images` it runs the one-command form `copy --images` instead."""
-        dest = self.fresh_dest("transship")
-        logs = self.work / "tools" / "transship"
+        `--transship-mode images` it runs the one-command form `copy --images` instead; with
+        `both`, the plan flow and then `copy --images` into a second fresh destination
+        (transship-images, transship-images-noop), in the same run."""
+        mode = self.args.transship_mode
+        if mode in ("plan", "both"):
+            self._transship_flow("transship", images=False)
+        if mode in ("images", "both"):
+            self._transship_flow("transship-images" if mode == "both" else "transship", True)
+
+    def _transship_flow(self, name: str, images: bool) -> None:
+        dest = self.fresh_dest(name)
+        logs = self.work / "tools" / name
         env = tool_env(logs / "home")
         plan = logs / "plan.yaml"
-        if self.args.transship_mode == "plan":
+        if not images:
             window = self.begin(dest)
             planning = timed(
                 [
@@ -467,10 +504,10 @@ class Bench:
                 ],
                 env,
                 logs,
-                "transship-plan",
+                f"{name}-plan",
             )
-            plan_run = ToolRun("transship-plan", planning.seconds)
-            self._add(plan_run, planning, "transship-plan")
+            plan_run = ToolRun(f"{name}-plan", planning.seconds)
+            self._add(plan_run, planning, f"{name}-plan")
             plan_run.upstream_cpu = process_cpu(self.upstream.pid) - window.upstream
             busy = machine_busy() - window.machine - (own_cpu() - window.driver)
             plan_run.other_cpu = max(0.0, busy - plan_run.upstream_cpu - plan_run.client_cpu)
@@ -478,12 +515,12 @@ class Bench:
             plan_run.note += " resolves the list (digests, bundles, attachments); copies nothing;"
             plan_run.complete = planning.code == 0 and plan.exists()
             self.runs.append(plan_run)
-            print(f"transship-plan: {planning.seconds:.1f}s", flush=True)
+            print(f"{name}-plan: {planning.seconds:.1f}s", flush=True)
             source: list[str | Path] = ["--plan", plan]
         else:
             source = ["--images", self.images, "--dest", f"{dest.host}/{PREFIX}"]
-        for name in ("transship", "transship-noop"):
-            report = logs / f"{name}.report.json"
+        for tool in (name, f"{name}-noop"):
+            report = logs / f"{tool}.report.json"
             cmd: list[str | Path] = [
                 TRANSSHIP,
                 "copy",
@@ -499,9 +536,9 @@ class Bench:
             if self.args.parallel:
                 cmd += ["--parallel", str(self.args.parallel)]
             window = self.begin(dest)
-            result = timed(cmd, env, logs, name)
-            run = ToolRun(name, result.seconds)
-            self._add(run, result, name)
+            result = timed(cmd, env, logs, tool)
+            run = ToolRun(tool, result.seconds)
+            self._add(run, result, tool)
             if report.exists():
                 doc = json.loads(report.read_text())
                 run.reported_bytes = sum(int(e.get("bytes") or 0) for e in doc["entries"])
@@ -671,7 +708,7 @@ def report(bench: Bench, command: str) -> str:
             else ""
         )
         + "; destination: "
-        + ("TLS + htpasswd (bcrypt)" if bench.args.dest_mode == "tls_basic" else "TLS, no auth")
+        + DEST_MODES[bench.args.dest_mode]
         + ", a fresh registry per tool; work dir "
         f"{'tmpfs' if str(bench.work).startswith('/dev/shm') else bench.work}",
         "",
@@ -694,6 +731,9 @@ def report(bench: Bench, command: str) -> str:
     values: dict[str, float | None] = {
         "skopeo-sync / transship": _ratio(_sec(runs, "skopeo-sync"), _sec(runs, "transship")),
         "transship / rawfloor": _ratio(_sec(runs, "transship"), _sec(runs, "rawfloor")),
+        "transship-images / rawfloor": _ratio(
+            _sec(runs, "transship-images"), _sec(runs, "rawfloor")
+        ),
         "sequential / transship": _ratio(_sec(runs, "sequential"), _sec(runs, "transship")),
         "transship bytes sent / unique": t.bytes_sent / unique if t else None,
         "transship-noop seconds": _sec(runs, "transship-noop"),
@@ -780,9 +820,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel", type=int, help="transship --parallel (default: its own)")
     parser.add_argument(
         "--transship-mode",
-        choices=("plan", "images"),
+        choices=("plan", "images", "both"),
         default="plan",
-        help="plan: `plan images` then `copy --plan` (default); images: `copy --images`",
+        help="plan: `plan images` then `copy --plan` (default); images: `copy --images`; "
+        "both: the two flows in turn, each into its own fresh destination",
     )
     parser.add_argument(
         "--skopeo-user",
@@ -813,9 +854,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dest-mode",
-        choices=("tls_basic", "tls"),
+        choices=tuple(DEST_MODES),
         default="tls_basic",
-        help="destination registry: TLS + htpasswd (bcrypt on every request), or TLS alone",
+        help="destination registry: TLS + htpasswd (bcrypt on every request), TLS + Bearer "
+        "tokens from a token service (Harbor's auth; the floor authenticates the same way), "
+        "or TLS alone",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report here")
     return parser

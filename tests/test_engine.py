@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from pathlib import Path
 
-from harness.seed import Image, Index, build_image, build_index
+from harness.seed import Image, Index, build_image, build_index, random_layer
 
 from transship.digest import Digest
 from transship.engine import CopyEngine, CopyTask, EngineOptions, TaskResult
@@ -96,6 +97,40 @@ def test_a_blob_crosses_once_per_destination_and_is_mounted_elsewhere() -> None:
         assert found is not None and str(found.digest) == image.digest
 
 
+class MountLog(MemoryEndpoint):
+    """Records every cross-repository mount as (into, from)."""
+
+    def __init__(self) -> None:
+        super().__init__(label="dst", writable=True)
+        self.mounts: list[tuple[str, str]] = []
+
+    async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
+        if from_repository != repository:
+            self.mounts.append((repository, from_repository))
+        return await super().mount_blob(repository, digest, from_repository)
+
+
+def test_a_repository_mounts_from_one_origin_when_that_one_holds_the_blobs() -> None:
+    """Blobs first landed in different repositories; a repository that holds them all is the
+    one origin of a later repository (a Bearer registry: one token per pair of repositories)."""
+    base = random_layer(random.Random(5), 3000, "oci")
+    lone = build_image(6, layer_sizes=(), base_layers=(base,))  # `base` lands in "h" first
+    full = build_image(7, layer_sizes=(2000,), base_layers=(base,))
+    source = source_with("app", "v1", full)
+    source.add(generated(lone), "lone", ("v1",))
+    dest = MountLog()
+    engine = CopyEngine()
+    lone_task = CopyTask(source, "lone", "v1", dest, "h", ("v1",))
+    assert [r.status for r in run(engine, lone_task)] == ["copied"]
+    assert [r.status for r in run(engine, task(source, dest, "a", "v1"))] == ["copied"]
+    assert dest.mounts == [("a", "h")]  # `base`; a's own blobs are new
+    assert [r.status for r in run(engine, task(source, dest, "c", "v1"))] == ["copied"]
+    assert sorted(set(dest.mounts[1:])) == [("c", "a")]  # `base` too comes from "a", not "h"
+    assert engine.stats.blobs_mounted == 1 + len(full.pushable_blobs)
+    found = asyncio.run(dest.head_manifest("c", "v1"))
+    assert found is not None and str(found.digest) == full.digest
+
+
 def test_an_index_lands_children_first_and_a_platform_can_be_picked() -> None:
     index = build_index(3, platforms=(("linux", "amd64"), ("linux", "arm64")))
     source = source_with("app", "v1", index)
@@ -167,6 +202,37 @@ def test_a_later_phase_waits_for_its_repository_and_only_its_repository() -> Non
     assert blocked.status == "failed" and isinstance(blocked.error, DependencyError)
     assert by_task[("tkg/other", ("b1",))].status == "copied"
     assert asyncio.run(dest.head_manifest("tkg/pkg", "b1")) is None
+
+
+class _HeldDestination(MemoryEndpoint):
+    """Holds the manifest push into `held` until something is pushed into `other`."""
+
+    def __init__(self, held: str, other: str) -> None:
+        super().__init__(label="dst", writable=True)
+        self.held, self.other = held, other
+        self.released = asyncio.Event()
+        self.order: list[str] = []
+
+    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
+        if repository == self.held:
+            await asyncio.wait_for(self.released.wait(), 10)
+        await super().put_manifest(repository, manifest, tag)
+        self.order.append(repository)
+        if repository == self.other:
+            self.released.set()
+
+
+def test_a_later_phase_does_not_wait_for_other_repositories() -> None:
+    """A bundle in its own repository goes up while an image elsewhere is still landing."""
+    image, bundle = build_image(17), build_image(18)
+    source = source_with("app", "v1", image)
+    source.add(generated(bundle), "app", ("bundle",))
+    dest = _HeldDestination("tkg/slow", "tkg/bundle")
+    slow = task(source, dest, "tkg/slow", "v1")
+    later = task(source, dest, "tkg/bundle", "b1", identifier="bundle")
+    results = asyncio.run(CopyEngine().run_phases([[slow], [later]]))
+    assert [r.status for r in results] == ["copied", "copied"]
+    assert dest.order == ["tkg/bundle", "tkg/slow"]
 
 
 class _ForgetfulDestination(MemoryEndpoint):

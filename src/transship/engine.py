@@ -209,6 +209,8 @@ class _Sink:
         default_factory=lambda: SingleFlight(keep=False)
     )
     first_home: dict[Digest, asyncio.Future[str]] = field(default_factory=dict)
+    #: repositories each repository mounts from (see `CopyEngine._mount_origin`)
+    mounted_from: dict[str, set[str]] = field(default_factory=dict)
     manifests: SingleFlight[tuple[str, Digest], None] = field(default_factory=SingleFlight)
     #: each repository's tags, listed once at its first check when listing pays (`_Presence`)
     tags: SingleFlight[str, TagView] = field(default_factory=SingleFlight)
@@ -243,36 +245,44 @@ class CopyEngine:
         return list(await asyncio.gather(*(self._run_task(t) for t in tasks)))
 
     async def run_phases(self, phases: Sequence[Sequence[CopyTask]]) -> list[TaskResult]:
-        """Run groups in order. A task is not attempted when an earlier group failed for the
-        same destination repository: a bundle must not be tagged, nor its ImageLocations
-        written, over referenced images that did not land (imgpkg trusts both blindly)."""
-        results: list[TaskResult] = []
-        failed: set[tuple[int, str]] = set()
+        """Run groups in order within each destination repository: a task starts once every
+        task of an earlier group for its repository has finished, and is not attempted when
+        one of them failed: a bundle must not be tagged, nor its ImageLocations written, over
+        referenced images that did not land (imgpkg trusts both blindly). Repositories do not
+        wait for each other, so bundles and records go up while other images still stream
+        instead of after the last one (no idle tail between groups)."""
+        done: dict[tuple[int, str], list[asyncio.Task[TaskResult]]] = {}
+        runs: list[asyncio.Task[TaskResult]] = []
         for tasks in phases:
-            if self.stopped is not None:
-                results += [self._not_started(task, self.stopped) for task in tasks]
-                continue
-            runnable = []
+            started = []
             for task in tasks:
-                if (id(task.dest), task.dest_repository) in failed:
-                    skipped = TaskResult(
-                        task,
-                        "failed",
-                        error=DependencyError(
-                            f"{task.dest_reference}: not pushed, because an image it "
-                            f"depends on in {task.dest_repository} failed"
-                        ),
-                    )
-                    self.observer.task_finished(skipped)
-                    results.append(skipped)
-                else:
-                    runnable.append(task)
-            done = await self.run(runnable)
-            failed |= {
-                (id(r.task.dest), r.task.dest_repository) for r in done if r.status == "failed"
-            }
-            results += done
-        return results
+                key = (id(task.dest), task.dest_repository)
+                before = tuple(done.get(key, ()))
+                started.append((key, asyncio.ensure_future(self._after(task, before))))
+            for key, run in started:  # a group's tasks wait only for earlier groups
+                done.setdefault(key, []).append(run)
+                runs.append(run)
+        return list(await asyncio.gather(*runs))
+
+    async def _after(
+        self, task: CopyTask, before: Sequence[asyncio.Task[TaskResult]]
+    ) -> TaskResult:
+        """Run `task` once the earlier groups' tasks of its repository have finished."""
+        earlier = await asyncio.gather(*before)
+        if self.stopped is not None:
+            return self._not_started(task, self.stopped)
+        if any(r.status == "failed" for r in earlier):
+            skipped = TaskResult(
+                task,
+                "failed",
+                error=DependencyError(
+                    f"{task.dest_reference}: not pushed, because an image it "
+                    f"depends on in {task.dest_repository} failed"
+                ),
+            )
+            self.observer.task_finished(skipped)
+            return skipped
+        return await self._run_task(task)
 
     def _not_started(self, task: CopyTask, cause: HostDownError) -> TaskResult:
         return TaskResult(task, "failed", error=cause)
@@ -518,6 +528,8 @@ class CopyEngine:
                 origin: str | None = await asyncio.shield(home)
             except TransshipError:
                 origin = None  # the owner failed: try on our own
+            if origin is not None and origin != repo:
+                origin = self._mount_origin(sink, blob.digest, repo, origin)
             if origin is None or (origin != repo and not await self._mount(task, blob, origin)):
                 await self._transfer(task, blob)
         sink.landed.setdefault(blob.digest, set()).add(repo)
@@ -537,6 +549,19 @@ class CopyEngine:
             return True
         journal.distrust(task.dest.label)
         return False
+
+    @staticmethod
+    def _mount_origin(sink: _Sink, digest: Digest, repo: str, home: str) -> str:
+        """Mount from a repository `repo` already mounted from when that one holds the blob,
+        else from where it first landed: a Bearer registry wants a token per pair of
+        repositories (push here, pull there), so fewer pairs are fewer token requests."""
+        used = sink.mounted_from.setdefault(repo, set())
+        if home not in used:
+            holding = used & sink.landed.get(digest, set())
+            if holding:
+                return min(holding)
+        used.add(home)  # chosen, not yet done: a manifest's blobs are mounted side by side
+        return home
 
     async def _mount(self, task: CopyTask, blob: Descriptor, origin: str) -> bool:
         if await task.dest.mount_blob(task.dest_repository, blob.digest, origin):
@@ -609,7 +634,6 @@ class CopyEngine:
         self.observer.blob_started(blob)
         try:
             async with task.source.open_blob(task.source_repository, blob) as chunks:
-
                 limit = self.options.rate_limit
 
                 async def counted() -> AsyncIterator[bytes]:

@@ -419,10 +419,15 @@ class Registry:
         """`TagIndex`: the tags, or None for a repository the registry names unknown
         (404 NAME_UNKNOWN). Only tags/list is sent, never a manifest GET (Harbor counts those
         as pulls)."""
-        tags = await self._tag_pages(repository, missing_ok=False)
+        # a destination lists with the push scope its uploads use: one token per repository
+        tags = await self._tag_pages(
+            repository, missing_ok=False, scopes=self._check_scopes(repository)
+        )
         return None if tags is None else frozenset(tags)
 
-    async def _tag_pages(self, repository: str, *, missing_ok: bool) -> list[str] | None:
+    async def _tag_pages(
+        self, repository: str, *, missing_ok: bool, scopes: tuple[str, ...] | None = None
+    ) -> list[str] | None:
         """Every page of the tag list; a page cut short or unreadable is fetched again.
 
         A 404 ends the list when `missing_ok`; otherwise only a first page answered 404
@@ -441,7 +446,11 @@ class Registry:
         first = True
         while path:
             answer = await self.transport.fetch(
-                "GET", path, scopes=pull(repository), limit=_TAG_PAGE_BYTES, check=check
+                "GET",
+                path,
+                scopes=scopes or pull(repository),
+                limit=_TAG_PAGE_BYTES,
+                check=check,
             )
             if answer.status == 404:
                 if missing_ok:

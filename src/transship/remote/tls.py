@@ -116,6 +116,19 @@ def ssl_context(ca: CABundle | None, *, verify: bool = True) -> ssl.SSLContext:
     return ctx
 
 
+_SHARED: dict[tuple[bytes | None, bool], ssl.SSLContext] = {}
+
+
+def shared_ssl_context(ca: CABundle | None, *, verify: bool = True) -> ssl.SSLContext:
+    """`ssl_context`, built once per (CA, verify) for the process: loading the system roots
+    costs ~0.1 s of CPU, paid per registry host otherwise. Callers must not modify it."""
+    key = (ca.pem if ca is not None else None, verify)
+    ctx = _SHARED.get(key)
+    if ctx is None:
+        ctx = _SHARED[key] = ssl_context(ca, verify=verify)
+    return ctx
+
+
 @dataclass(frozen=True)
 class PeerCertificate:
     """What a server presented, read without verifying it, to explain a TLS failure."""

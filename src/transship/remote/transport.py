@@ -32,7 +32,7 @@ from transship.errors import (
 )
 from transship.remote.auth import Challenge, Credentials, TokenCache, missing_credentials
 from transship.remote.health import HostHealth
-from transship.remote.tls import CABundle, peer_certificate_summary, ssl_context
+from transship.remote.tls import CABundle, peer_certificate_summary, shared_ssl_context
 from transship.retry import Attempts, RetryPolicy, parse_retry_after
 from transship.streams import read_bounded_async
 
@@ -119,7 +119,7 @@ class Transport:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            context = ssl_context(self.options.ca, verify=self.options.verify_tls)
+            context = shared_ssl_context(self.options.ca, verify=self.options.verify_tls)
             connector = aiohttp.TCPConnector(
                 limit=self.options.max_connections, ssl=context, ttl_dns_cache=300
             )
