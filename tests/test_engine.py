@@ -456,3 +456,40 @@ def test_a_torn_or_damaged_landed_log_is_read_as_far_as_it_is_whole(tmp_path: Pa
     broken.record("reg:5000", "one/app", digest)
     broken.record("reg:5000", "one/app", digest)
     assert broken.homes("reg:5000") == {}
+
+
+def test_a_remembered_home_without_pull_rights_falls_back_to_upload(tmp_path: Path) -> None:
+    """The log names a repository these credentials may not read (a Harbor robot account of
+    another project): the refused mount is no failure, the blob is uploaded."""
+    image = build_image(7, layer_sizes=(4000,))
+    source = source_with("app", "v1", image)
+    journal = LandedLog(tmp_path)
+    dest = MemoryEndpoint(label="dst", writable=True)
+    run(CopyEngine(EngineOptions(landed_log=journal)), task(source, dest, "one/app", "v1"))
+    journal.close()
+    real_mount = dest.mount_blob
+
+    async def guarded(repository: str, digest: Digest, from_repository: str) -> bool:
+        if from_repository != repository:
+            raise PermissionDeniedError(f"no pull right on {from_repository}")
+        return await real_mount(repository, digest, from_repository)
+
+    dest.mount_blob = guarded  # type: ignore[method-assign]
+    engine = CopyEngine(EngineOptions(landed_log=LandedLog(tmp_path)))
+    [result] = run(engine, task(source, dest, "two/app", "v1"))
+    assert result.status == "copied", result.error
+    assert engine.stats.blobs_uploaded == len(image.pushable_blobs)
+
+
+def test_a_torn_line_of_a_killed_run_does_not_swallow_the_next_record(tmp_path: Path) -> None:
+    journal = LandedLog(tmp_path)
+    first, second = Digest.of(b"a"), Digest.of(b"b")
+    journal.record("reg:5000", "one/app", first)
+    journal.close()
+    [path] = tmp_path.iterdir()
+    with path.open("a") as out:
+        out.write("half/wri")  # killed mid-line
+    again = LandedLog(tmp_path)
+    again.record("reg:5000", "two/app", second)
+    again.close()
+    assert LandedLog(tmp_path).homes("reg:5000") == {first: "one/app", second: "two/app"}

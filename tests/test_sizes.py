@@ -25,7 +25,9 @@ def test_sizes_take_binary_multiples(text: str, size: int) -> None:
     assert parse_size(text, option="--x") == size
 
 
-@pytest.mark.parametrize("text", ["", "0", "0K", "-5M", "big", "5X", "M", "5MB/s", "1e3"])
+@pytest.mark.parametrize(
+    "text", ["", "0", "0K", "-5M", "big", "5X", "M", "5MB/s", "1e3", "1" * 400]
+)
 def test_anything_else_is_one_line_naming_the_option(text: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_size(text, option="--split-size")

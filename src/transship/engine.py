@@ -545,8 +545,13 @@ class CopyEngine:
         if origin is None or origin == task.dest_repository:
             return False  # unknown, or ours: the transfer's own check finds it
         self._check_room(task)
-        if await self._mount(task, blob, origin):
-            return True
+        try:
+            if await self._mount(task, blob, origin):
+                return True
+        except HostDownError:
+            raise
+        except TransshipError as exc:  # e.g. no pull right there (other credentials then)
+            log.debug("remembered mount of %s from %s refused: %s", blob.digest.short, origin, exc)
         journal.distrust(task.dest.label)
         return False
 

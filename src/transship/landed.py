@@ -3,10 +3,11 @@
 Within a run the engine uploads a shared blob once and mounts it everywhere else, mounting from
 wherever it first landed. A run killed part-way forgets that: on the rerun another task may
 reach the blob first and, asking only its own repository, send it again. The log closes that
-gap: every upload or mount appends `repository digest` to a small file per destination, and a
-rerun mounts from the repository the log names (one request either way: a mount that finds
-nothing opens the upload session the upload then uses). A stale or lost log is harmless: the
-mount is refused and the blob is uploaded, as without it.
+gap: the repository where each blob first landed in a run (uploaded, or mounted from an older
+run's home) is appended as `repository digest` to a small file per destination, and a rerun
+mounts from the repository the log names. A stale or lost log is harmless: the mount is
+refused (one request, after which the run stops asking the log) and the blob is uploaded, as
+without it.
 
 Lines are appended with O_APPEND (whole lines, so concurrent runs interleave safely); a torn
 last line after a kill is ignored; a log over `MAX_BYTES` starts afresh.
@@ -84,8 +85,11 @@ class LandedLog:
             fd = self._files.get(label)
             if fd is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self._path(label), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(self._path(label), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
                 self._files[label] = fd
+                end = os.lseek(fd, 0, os.SEEK_END)
+                if end and os.pread(fd, 1, end - 1) != b"\n":
+                    os.write(fd, b"\n")  # a killed run's torn line stays a line of its own
             os.write(fd, f"{repository} {digest}\n".encode())
         except OSError as exc:
             log.debug("landed log not written: %s", exc)

@@ -19,7 +19,7 @@ def parse_size(text: str, *, option: str, example: str = "4G or 700M") -> int:
     """`text` in bytes; anything that is not a positive size is a one-line `UsageError`."""
     m = _SIZE.fullmatch(text)
     size = 0
-    if m:
+    if m and len(m.group(1)) <= 30:  # longer is a typo, not a size (and would overflow)
         size = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
     if size <= 0:
         raise UsageError(f"{option} {text!r}: give a positive size such as {example}")

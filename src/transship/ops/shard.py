@@ -20,7 +20,7 @@ from typing import Any
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.engine import MAX_INDEX_DEPTH, CopyTask, Observer, TaskResult
-from transship.errors import HostDownError, TransshipError
+from transship.errors import TransshipError
 from transship.manifest import Descriptor
 from transship.ops.archive import source_points
 from transship.ops.tasks import EndpointFor
@@ -133,9 +133,8 @@ class ShardAccount:
             return
         try:
             here, there = await self._walk
-        except HostDownError:
-            raise
-        except TransshipError as exc:  # the copy is done; only the count is lost
+        except TransshipError as exc:  # the copy is done; only the count is lost (even when
+            # a source only other shards read is down: this host's copy did not need it)
             log.warning("blobs shared with other shards not counted: %s", exc)
             return
         self.shared = {d: size for d, size in here.items() if d in there}
