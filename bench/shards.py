@@ -41,6 +41,7 @@ from run import (  # bench/run.py: the same corpus, registries and measurements
     Bench,
     Timed,
     ToolRun,
+    build_parser,
     default_root,
     timed,
     tool_env,
@@ -159,10 +160,10 @@ def main() -> None:
     counts = [int(n) for n in args.shards.split(",")]
     work = Path(tempfile.mkdtemp(prefix="shard-bench-", dir=default_root()))
     work.chmod(0o755)
-    bench_args = argparse.Namespace(
-        walk="release", scale=args.scale, seed=args.seed, seed_threads=8, upstream_delay=0.0,
-        dest_mode="tls_basic", quiet_load=args.quiet_load, quiet_wait=60.0, floor_workers=8,
-    )
+    bench_args = build_parser().parse_args([])  # bench/run.py's defaults, then ours
+    bench_args.walk, bench_args.scale, bench_args.seed = "release", args.scale, args.seed
+    bench_args.seed_threads, bench_args.dest_mode = 8, "tls_basic"
+    bench_args.quiet_load, bench_args.quiet_wait, bench_args.keep = args.quiet_load, 60.0, True
     bench = Bench(bench_args, work)
     try:
         bench.seed()
