@@ -90,8 +90,8 @@ async def fail_between(sink: TarSink, digest: str, data: bytes, then: AsyncItera
 
 def abandon(sink: TarSink) -> None:
     """What SIGKILL leaves: no close, no final journal; the descriptors (and lock) go."""
-    if sink._deferred is not None:
-        sink._deferred.cancel()
+    if sink._pacer._deferred is not None:
+        sink._pacer._deferred.cancel()
     sink._store.close()
 
 

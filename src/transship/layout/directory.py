@@ -19,13 +19,12 @@ import logging
 import os
 import stat
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
 from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
+from transship.errors import IntegrityError, LayoutError, io_error
 from transship.fsutil import fsync_dir, write_atomic
 from transship.layout.index import (
     EXTRA_DIR,
@@ -39,6 +38,7 @@ from transship.layout.index import (
     check_layout_file,
     check_tag,
 )
+from transship.layout.pacing import FlushPacer
 from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from transship.streams import CHUNK, read_bounded
@@ -75,10 +75,9 @@ class OCILayout(LayoutReader):
         self._lock_fd: int | None = None
         self._changes = 0  # index generations: changed vs. saved
         self._saved = 0
-        self._last_flush: float | None = None  # monotonic time of the last flush; None: never
         self._dirs_to_sync: set[Path] = set()
         self._flush_lock = asyncio.Lock()
-        self._deferred: asyncio.Task[None] | None = None
+        self._pacer = FlushPacer(self.flush, flush_interval)
         self._closed = False
         try:
             self._index = self._open()
@@ -285,30 +284,9 @@ class OCILayout(LayoutReader):
             extra = self.annotations.get((repository, tag))
             self._index.set(repository, tag, manifest.descriptor, extra)
             self._changes += 1
-            await self._index_changed()
+            await self._pacer.changed()
 
     # -- index.json -------------------------------------------------------------------------
-
-    async def _index_changed(self) -> None:
-        """Flush now if the last flush is old enough, else once `flush_interval` has passed.
-
-        The first change is always written at once: nothing may depend on how long the machine
-        has been up (`time.monotonic()` counts from boot).
-        """
-        now = time.monotonic()
-        due = now if self._last_flush is None else self._last_flush + self.flush_interval
-        if now >= due:
-            await self.flush()
-        elif self._deferred is None:
-            self._deferred = asyncio.create_task(self._flush_later(due - now))
-
-    async def _flush_later(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._deferred = None
-        try:
-            await self.flush()
-        except TransshipError as exc:  # close() flushes again and raises
-            log.warning("%s", exc)
 
     async def flush(self) -> None:
         """Make every finished blob durable, then rewrite index.json atomically."""
@@ -325,7 +303,7 @@ class OCILayout(LayoutReader):
                 self._dirs_to_sync |= dirs
                 raise io_error(f"{self.label}: writing {INDEX_FILE}", exc) from None
             self._saved = generation
-            self._last_flush = time.monotonic()
+            self._pacer.flushed()
 
     def _write_index(self, data: bytes | None, dirs: set[Path]) -> None:
         for directory in sorted(dirs):
@@ -338,11 +316,7 @@ class OCILayout(LayoutReader):
         if self._closed:
             return
         try:
-            if self._deferred is not None:
-                self._deferred.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._deferred
-                self._deferred = None
+            await self._pacer.cancel()
             if self.writable:
                 await self.flush()
                 with contextlib.suppress(OSError):

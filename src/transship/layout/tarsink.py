@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import tarfile
-import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from transship.layout.index import (
     LayoutIndex,
     check_tag,
 )
+from transship.layout.pacing import FlushPacer
 from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.layout.volumes import PARTS_FORMAT, PARTS_SUFFIX
 from transship.manifest import Descriptor, Manifest
@@ -241,9 +241,8 @@ class TarSink(LayoutReader):
         self._tool_id: dict[str, object] | None = None
         self._changes = 0
         self._saved = 0
-        self._last_flush: float | None = None
         self._flush_lock = asyncio.Lock()
-        self._deferred: asyncio.Task[None] | None = None
+        self._pacer = FlushPacer(self.flush, flush_interval)
         self._closed = False
         self._store = _Store(output, part_size)
         try:
@@ -516,7 +515,8 @@ class TarSink(LayoutReader):
             raise
         self._reserved.pop(offset, None)
         self._land(Member(name, offset, data, descriptor.size))
-        await self._changed()
+        self._changes += 1
+        await self._pacer.changed()
         return hasher.size
 
     def _write_hashed(self, hasher: Hasher, pieces: list[bytes], offset: int) -> None:
@@ -552,28 +552,10 @@ class TarSink(LayoutReader):
         if tag is not None:
             extra = self.annotations.get((repository, tag))
             self._index.set(repository, tag, manifest.descriptor, extra)
-            await self._changed()
+            self._changes += 1
+            await self._pacer.changed()
 
     # -- the journal --------------------------------------------------------------------------
-
-    async def _changed(self) -> None:
-        """Journal now if the last flush is old enough, else once `flush_interval` has passed
-        (the first change at once: nothing may depend on the machine's uptime)."""
-        self._changes += 1
-        now = time.monotonic()
-        due = now if self._last_flush is None else self._last_flush + self.flush_interval
-        if now >= due:
-            await self.flush()
-        elif self._deferred is None:
-            self._deferred = asyncio.create_task(self._flush_later(due - now))
-
-    async def _flush_later(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._deferred = None
-        try:
-            await self.flush()
-        except TransshipError as exc:  # close() flushes again and raises
-            log.warning("%s", exc)
 
     async def flush(self) -> None:
         """fsync the data of every landed member, then rewrite the journal that lists them."""
@@ -588,18 +570,14 @@ class TarSink(LayoutReader):
             except OSError as exc:
                 raise io_error(f"{self.label}: writing {self.journal.name}", exc) from None
             self._saved = generation
-            self._last_flush = time.monotonic()
+            self._pacer.flushed()
 
     async def close(self) -> None:
         """Journal what landed and release the tar; `seal` may still finish it afterwards."""
         if self._closed:
             return
         try:
-            if self._deferred is not None:
-                self._deferred.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._deferred
-                self._deferred = None
+            await self._pacer.cancel()
             await self.flush()
         finally:
             self._closed = True

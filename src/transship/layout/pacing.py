@@ -1,0 +1,59 @@
+"""Pacing of a state file's rewrites: an OCI layout's index.json, a tar's save journal.
+
+Rewriting (with fsyncs) after every landed blob would cost more than the blobs; never
+rewriting would lose a killed run's progress. So a change is written at once when the last
+write is `interval` old, else by one deferred write once it is; the first change is always
+written at once, because nothing may depend on how long the machine has been up
+(`time.monotonic()` counts from boot, and CI machines are freshly booted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from transship.errors import TransshipError
+
+log = logging.getLogger(__name__)
+
+
+class FlushPacer:
+    """Calls `flush` at most once per `interval` while changes come in, and once more after."""
+
+    def __init__(self, flush: Callable[[], Awaitable[None]], interval: float) -> None:
+        self._flush = flush
+        self.interval = interval
+        self._last: float | None = None  # monotonic time of the last write; None: never
+        self._deferred: asyncio.Task[None] | None = None
+
+    async def changed(self) -> None:
+        """Something changed: write now if the last write is old enough, else defer it."""
+        now = time.monotonic()
+        due = now if self._last is None else self._last + self.interval
+        if now >= due:
+            await self._flush()
+        elif self._deferred is None:
+            self._deferred = asyncio.create_task(self._later(due - now))
+
+    def flushed(self) -> None:
+        """The owner wrote its state (called by its `flush`)."""
+        self._last = time.monotonic()
+
+    async def _later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._deferred = None
+        try:
+            await self._flush()
+        except TransshipError as exc:  # the owner's close() flushes again and raises
+            log.warning("%s", exc)
+
+    async def cancel(self) -> None:
+        """Drop a deferred write (the owner is closing and writes for itself)."""
+        if self._deferred is not None:
+            self._deferred.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._deferred
+            self._deferred = None
