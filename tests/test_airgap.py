@@ -279,6 +279,25 @@ def test_split_volumes_load_from_first_part_and_refuse_incomplete_set(
     assert out.code == ExitCode.USAGE and parts[-1].name in out.error_line
 
 
+def test_a_volume_damaged_where_the_tar_headers_are_is_named_as_damaged(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Members are written in arrival order and `oci-layout`/`index.json` at the end, so a
+    damaged volume can hide them from the scan: that is a damaged volume (exit 7, named),
+    not "not an OCI layout" (a usage error)."""
+    refs, _stored = corpus(plain_registry, "gap6z")
+    media = tmp_path / "media"
+    listing = str(write_list(tmp_path, refs))
+    save = cli("save", "--images", listing, "-o", str(media / "t.tar"), "--split-size", "100K")
+    assert save.code == 0, save.err
+    parts = sorted(media.glob("t.tar.[0-9][0-9][0-9]"))
+    parts[-1].write_bytes(bytes(parts[-1].stat().st_size))  # zeros: the scan ends early
+    for target in (media, parts[0]):
+        out = cli("archive", "verify", str(target))
+        assert out.code == ExitCode.INTEGRITY, out.err
+        assert parts[-1].name in out.error_line and "Traceback" not in out.err
+
+
 def test_incremental_archive_chain(
     cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
 ) -> None:

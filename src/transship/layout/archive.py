@@ -160,6 +160,12 @@ class OCILayoutTar(LayoutReader):
         except OSError as exc:
             self._release()
             raise io_error(f"{self.label}: reading archive", exc) from None
+        except LayoutError:
+            damaged = self.verify_volumes()  # a cut or flipped volume is the likelier cause
+            self._release()
+            if damaged:
+                raise IntegrityError(f"{self.label}: {'; '.join(damaged)}") from None
+            raise
         except BaseException:
             self._release()
             raise
