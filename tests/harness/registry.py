@@ -390,6 +390,23 @@ class RegistryProcess:
         except FileNotFoundError:
             return 0
 
+    def settle_log(self, quiet: float = 0.5, timeout: float = 15.0) -> int:
+        """Wait until the access log has not grown for `quiet` seconds; its size then.
+
+        After a client is killed the registry may still finish requests whose bytes had
+        reached it (a PUT completes after the client is gone): read the log after that.
+        """
+        deadline = time.monotonic() + timeout
+        size, since = self.log_offset(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self.log_offset()
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+        return size
+
     def access_log(self, since: int = 0) -> list[AccessLogEntry]:
         """Parsed access-log lines (one per finished request), optionally after `since`.
 
