@@ -7,8 +7,9 @@ Run by hand, never in CI:
 
 starts a plain-HTTP `docker-registry` (the test harness), pushes the corpus and writes
 `OUT/images.txt` (one `host/path:tag` per line) and `OUT/corpus.json` (totals, every reference
-with its digest, the bundles' image copies, every unique blob with its size and first
-repository); `--serve` keeps the registry running until Ctrl-C. `bench/run.py` imports
+with its digest, the bundles' image copies, every unique blob with its size, first repository
+and every repository that needs it, and the manifest graph: each unique manifest's media type,
+blobs and children); `--serve` keeps the registry running until Ctrl-C. `bench/run.py` imports
 `build_corpus` / `push_corpus` instead.
 
 Names come from the real TKG 1.5.3 fixtures (`tests/data/tkg`) through transship's own planning
@@ -389,6 +390,9 @@ class Corpus:
         }
 
     def to_json(self, host: str | None) -> dict[str, Any]:
+        where: dict[str, set[str]] = defaultdict(set)
+        for repository, digest in self.placements:
+            where[digest].add(repository)
         return {
             "upstream": host,
             "totals": self.totals(),
@@ -412,10 +416,38 @@ class Corpus:
                 for b in self.bundle_images
             ],
             "blobs": [
-                {"digest": d, "size": b.size, "repository": self.homes[d]}
+                {
+                    "digest": d,
+                    "size": b.size,
+                    "repository": self.homes[d],
+                    "repositories": [self.homes[d], *sorted(where[d] - {self.homes[d]})],
+                }
                 for d, b in sorted(self.blobs.items(), key=lambda kv: -kv[1].size)
             ],
+            "manifests": self.manifest_graph(),
         }
+
+    def manifest_graph(self) -> list[dict[str, Any]]:
+        """Every unique manifest: media type, a source repository holding it, the blobs it
+        needs in a repository (foreign layers excluded: registries do not hold them) and its
+        children (by digest), for a client that pushes without looking."""
+        graph: dict[str, dict[str, Any]] = {}
+        holders = [(r.repository, r.manifest) for r in self.refs if r.manifest]
+        holders += [(b.repository, b.manifest) for b in self.bundle_images]
+        for repository, top in holders:
+            for m in top.all_manifests():
+                graph.setdefault(
+                    m.digest,
+                    {
+                        "digest": m.digest,
+                        "mediaType": m.media_type,
+                        "size": len(m.data),
+                        "repository": repository,
+                        "blobs": [b.digest for b in m.blobs if not b.urls],
+                        "children": [c.digest for c in m.children],
+                    },
+                )
+        return [graph[d] for d in sorted(graph)]
 
 
 # ---- names from the fixtures ----------------------------------------------------------------

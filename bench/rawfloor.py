@@ -11,10 +11,22 @@ To price those one at a time: `--head` HEADs each blob at the destination first 
 resumable copier does), `--hash N` runs sha256 over every byte N times (transship verifies the
 download and hashes the upload again: N=2).
 
+`--protocol` is the protocol floor: the least a usable copy must send, with the same workers and
+auth and still no checks. Each blob is uploaded once into the first repository that needs it
+(as above) and mounted (`POST ?mount=&from=`) into every other repository whose manifests use
+it; each manifest is fetched once from the source and PUT into every destination repository
+that needs it, index children by digest and each tag once, a manifest only once its blobs and
+children are in that repository (the registry refuses it otherwise). Ready mounts and manifests
+go before the remaining uploads. With Bearer auth the one token per repository also carries
+pull on the repositories it mounts from. Blob placements and the manifest graph come from
+corpus.json (`repositories` of each blob, `manifests`). Afterwards every tag of the corpus
+resolves; what transship sends beyond this is what its checks and extras cost.
+
     .venv/bin/python bench/rawfloor.py --corpus corpus.json --src http://127.0.0.1:5000 \\
         --dest https://127.0.0.1:5443 --prefix bench --ca ca.pem --creds alice:s3cret-Pa55
 
-Prints one JSON line: seconds, blobs, bytes. Run by hand (bench/run.py runs it), never in CI.
+Prints one JSON line: seconds, blobs, bytes (and with `--protocol` the requests by kind). Run by
+hand (bench/run.py runs it), never in CI.
 """
 
 from __future__ import annotations
@@ -23,12 +35,15 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import itertools
 import json
 import re
 import ssl
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -37,6 +52,14 @@ import aiohttp
 
 CHUNK = 1 << 20
 _PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"')
+MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
+)
 
 
 class Auth:
@@ -53,6 +76,8 @@ class Auth:
         self.tokens: dict[str, tuple[str, float]] = {}  # repository -> (token, refresh at)
         self.locks: dict[str, asyncio.Lock] = {}
         self.fetched = 0
+        #: repository -> the repositories it mounts from: its token also asks to pull those
+        self.pulls: dict[str, set[str]] = {}
 
     async def learn(self) -> None:
         async with self.session.get(f"{self.args.dest}/v2/") as resp:
@@ -79,9 +104,10 @@ class Auth:
         return {"Authorization": f"Bearer {cached[0]}"}
 
     async def _fetch(self, repository: str) -> tuple[str, float]:
-        query = {"scope": f"repository:{repository}:pull,push"}
+        query = [("scope", f"repository:{repository}:pull,push")]
+        query += [("scope", f"repository:{r}:pull") for r in sorted(self.pulls.get(repository, ()))]
         if "service" in self.params:
-            query["service"] = self.params["service"]
+            query.append(("service", self.params["service"]))
         headers = {"Authorization": self.basic} if self.basic else {}
         async with self.session.get(self.params["realm"], params=query, headers=headers) as resp:
             if resp.status != 200:
@@ -137,7 +163,164 @@ async def copy_blob(
     return size
 
 
-async def run(args: argparse.Namespace, blobs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+# ---- the protocol floor (--protocol) --------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Step:
+    """One request of the protocol minimum, and the steps that wait for it."""
+
+    kind: str  # upload | mount | child (manifest by digest) | tag (manifest by tag)
+    repository: str  # where it goes (source name, without the destination prefix)
+    reference: str  # blob or manifest digest, or the tag
+    rank: tuple[int, int] = (0, 0)  # queue order: protocol steps first, then uploads by size
+    blob: dict[str, Any] | None = None  # upload: the corpus.json blob
+    digest: str = ""  # mount: the blob; child / tag: the manifest
+    home: str = ""  # mount: the repository the blob was uploaded into
+    waiting: int = 0  # prerequisites not yet done
+    then: list[Step] = field(default_factory=list)
+
+    def after(self, *steps: Step) -> None:
+        for step in steps:
+            step.then.append(self)
+            self.waiting += 1
+
+
+LABELS = {
+    "upload": "uploads",
+    "mount": "mounts",
+    "child": "manifest PUTs by digest",
+    "tag": "manifest PUTs by tag",
+}
+
+
+def protocol_steps(doc: dict[str, Any]) -> list[Step]:
+    """Every request of the protocol minimum for corpus.json `doc`, with its prerequisites:
+    a mount after the upload it mounts from, a manifest after its blobs and children are in
+    its repository. Every tag (references and bundle images) gets its manifest once."""
+    steps: list[Step] = []
+    present: dict[tuple[str, str], Step] = {}  # (repository, blob digest) -> what puts it there
+    blobs = sorted(doc["blobs"], key=lambda b: -int(b["size"]))
+    for n, blob in enumerate(blobs):
+        digest, home = blob["digest"], blob["repository"]
+        upload = Step("upload", home, digest, (1, n), blob=blob)
+        steps.append(upload)
+        present[(home, digest)] = upload
+        for repository in blob["repositories"]:
+            if repository != home:
+                mount = Step("mount", repository, digest, digest=digest, home=home)
+                mount.after(upload)
+                steps.append(mount)
+                present[(repository, digest)] = mount
+    graph = {m["digest"]: m for m in doc["manifests"]}
+    children: dict[tuple[str, str], Step] = {}  # (repository, digest) -> its PUT by digest
+
+    def manifest(repository: str, digest: str, tag: str | None) -> Step:
+        node = graph[digest]
+        step = Step("tag" if tag else "child", repository, tag or digest, digest=digest)
+        step.after(*(present[(repository, b)] for b in node["blobs"]))
+        for child in node["children"]:
+            if (repository, child) not in children:
+                children[(repository, child)] = manifest(repository, child, None)
+            step.after(children[(repository, child)])
+        steps.append(step)
+        return step
+
+    for holder in [*doc["refs"], *doc["bundle_images"]]:
+        manifest(holder["repository"], holder["digest"], holder["tag"])
+    return steps
+
+
+async def run_protocol(
+    src: aiohttp.ClientSession,
+    dest: aiohttp.ClientSession,
+    args: argparse.Namespace,
+    auth: Auth,
+    doc: dict[str, Any],
+) -> tuple[int, Counter[str]]:
+    """Run the steps with `args.workers` workers, each as soon as its prerequisites are done
+    (ready protocol steps before the remaining uploads); returns bytes sent and requests."""
+    steps = protocol_steps(doc)
+    graph = {m["digest"]: m for m in doc["manifests"]}
+
+    def target(repository: str) -> str:
+        return f"{args.prefix}/{repository}" if args.prefix else repository
+
+    for step in steps:
+        if step.kind == "mount":
+            auth.pulls.setdefault(target(step.repository), set()).add(target(step.home))
+    queue: asyncio.PriorityQueue[tuple[tuple[int, int], int, Step | None]] = asyncio.PriorityQueue()
+    order = itertools.count()
+    for step in steps:
+        if step.waiting == 0:
+            queue.put_nowait((step.rank, next(order), step))
+    left = len(steps)
+    sent = 0
+    counts: Counter[str] = Counter()
+    fetched: dict[str, asyncio.Task[tuple[bytes, str]]] = {}
+
+    async def get_manifest(digest: str) -> tuple[bytes, str]:
+        node = graph[digest]
+        url = f"{args.src}/v2/{node['repository']}/manifests/{digest}"
+        async with src.get(url, headers={"Accept": MANIFEST_TYPES}) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"GET {node['repository']}@{digest}: {resp.status}")
+            counts["source manifest GETs"] += 1
+            return await resp.read(), resp.headers.get("Content-Type", node["mediaType"])
+
+    async def mount(step: Step) -> None:
+        url = f"{args.dest}/v2/{target(step.repository)}/blobs/uploads/"
+        params = {"mount": step.digest, "from": target(step.home)}
+        headers = await auth.headers(target(step.repository))
+        async with dest.post(url, params=params, headers=headers) as resp:
+            await resp.read()
+            if resp.status != 201:
+                raise RuntimeError(f"mount {step.digest} into {step.repository}: {resp.status}")
+
+    async def put_manifest(step: Step) -> None:
+        if step.digest not in fetched:
+            fetched[step.digest] = asyncio.ensure_future(get_manifest(step.digest))
+        body, media_type = await fetched[step.digest]
+        url = f"{args.dest}/v2/{target(step.repository)}/manifests/{step.reference}"
+        headers = {**await auth.headers(target(step.repository)), "Content-Type": media_type}
+        async with dest.put(url, data=body, headers=headers) as resp:
+            if resp.status != 201:
+                raise RuntimeError(
+                    f"PUT {step.repository}:{step.reference}: {resp.status} {await resp.text()}"
+                )
+            await resp.read()
+
+    async def worker() -> None:
+        nonlocal left, sent
+        while True:
+            _rank, _n, step = await queue.get()
+            if step is None:
+                return
+            if step.kind == "upload":
+                assert step.blob is not None
+                sent += await copy_blob(src, dest, args, auth, step.blob)
+            elif step.kind == "mount":
+                await mount(step)
+            else:
+                await put_manifest(step)
+            counts[LABELS[step.kind]] += 1
+            left -= 1
+            for waiting in step.then:
+                waiting.waiting -= 1
+                if waiting.waiting == 0:
+                    queue.put_nowait((waiting.rank, next(order), waiting))
+            if left == 0:
+                for _ in range(args.workers):
+                    queue.put_nowait(((2, 0), next(order), None))
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(args.workers):
+            group.create_task(worker())
+    return sent, counts
+
+
+async def run(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any]:
+    blobs: Sequence[dict[str, Any]] = doc["blobs"]
     ssl_ctx: ssl.SSLContext | bool = True
     if args.ca:
         ssl_ctx = ssl.create_default_context(cafile=args.ca)
@@ -161,8 +344,12 @@ async def run(args: argparse.Namespace, blobs: Sequence[dict[str, Any]]) -> dict
                 blob = queue.get_nowait()
                 sent += await copy_blob(src, dest, args, auth, blob)
 
-        await asyncio.gather(*(worker() for _ in range(args.workers)))
-    return {
+        counts: Counter[str] | None = None
+        if args.protocol:
+            sent, counts = await run_protocol(src, dest, args, auth, doc)
+        else:
+            await asyncio.gather(*(worker() for _ in range(args.workers)))
+    result: dict[str, Any] = {
         "seconds": round(time.perf_counter() - start, 3),
         "blobs": len(blobs),
         "bytes": sent,
@@ -172,6 +359,9 @@ async def run(args: argparse.Namespace, blobs: Sequence[dict[str, Any]]) -> dict
         "head": args.head,
         "hash": args.hash,
     }
+    if counts is not None:
+        result["requests"] = dict(sorted(counts.items()))
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -187,11 +377,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--head", action="store_true", help="HEAD each blob at the destination")
     parser.add_argument("--hash", type=int, default=0, metavar="N", help="sha256 passes per byte")
+    parser.add_argument(
+        "--protocol",
+        action="store_true",
+        help="the protocol floor: also mount each blob where else it is needed and PUT every "
+        "manifest and tag (a usable copy, no checks)",
+    )
     args = parser.parse_args(argv)
     args.src = args.src.rstrip("/")
     args.dest = args.dest.rstrip("/")
-    blobs = json.loads(args.corpus.read_text())["blobs"]
-    result = asyncio.run(run(args, blobs))
+    doc = json.loads(args.corpus.read_text())
+    result = asyncio.run(run(args, doc))
     json.dump(result, sys.stdout)
     print()
 

@@ -29,12 +29,20 @@ Run by hand, never in CI (takes minutes, needs `docker-registry`, `skopeo`, `htp
      (`--skopeo-user`), so no blob-info cache is shared between processes, as separate imgpkg
      runs share nothing;
    - `rawfloor`: `bench/rawfloor.py`, every unique blob GET -> PUT by N aiohttp workers, no
-     manifest logic (a lower bound, not a usable copy).
+     manifest logic (the issue's floor: a lower bound, not a usable copy; no tag resolves);
+   - `protofloor`: `bench/rawfloor.py --protocol`, the protocol floor: the least a usable copy
+     must send, with the same workers and auth and no checks: each blob uploaded once, mounted
+     into every other repository that needs it, each manifest fetched once from the source and
+     PUT into every repository and tag that needs it (children first). The raw floor moves
+     blobs only; the ~800 mounts and manifest PUTs it skips cost the destination registry
+     ~5 ms of CPU each, so `transship / protofloor` (informative, no target) shows what
+     transship's checks and extras cost over the protocol itself.
    A tool during which other processes used more than `--quiet-load` cores runs again (up to
    `--attempts` times; the quietest run is kept).
 3. Checks every destination (each tag and bundle image resolves to the source digest; every
-   blob and manifest is in storage) and reads both access logs: bytes of completed blob uploads
-   (digest -> corpus size), mounts, requests per image, source bytes. Peak RSS and CPU come from
+   blob and manifest is in storage; the raw floor only needs every blob uploaded) and reads
+   both access logs: bytes of completed blob uploads (digest -> corpus size), mounts, manifest
+   PUTs, requests per image, source bytes. Peak RSS and CPU come from
    `/usr/bin/time -v` (largest process of a tool), registry CPU from /proc.
 4. Prints a Markdown table and the target ratios; `--markdown FILE` writes it too, and the work
    directory gets `results.md` and `results.json`.
@@ -88,7 +96,7 @@ from harness.registry import PASSWORD, USERNAME, RegistryProcess  # noqa: E402
 from harness.seed import ALL_MANIFEST_TYPES, SeedClient  # noqa: E402
 from harness.tokenserver import TokenServer  # noqa: E402
 
-TOOLS = ("transship", "skopeo-sync", "sequential", "rawfloor")
+TOOLS = ("transship", "skopeo-sync", "sequential", "rawfloor", "protofloor")
 PREFIX = "bench"
 TIME = "/usr/bin/time"
 TRANSSHIP = ROOT / ".venv" / "bin" / "transship"
@@ -110,6 +118,8 @@ TARGETS = {
     "transship-noop seconds": "< 2",
     "transship peak RSS MB": "< 200",
 }
+#: ratios shown without a target: what they measure is informative only
+INFORMATIVE = ("transship / protofloor",)
 
 
 @dataclass
@@ -126,6 +136,7 @@ class ToolRun:
     uploads: int = 0
     unknown_uploads: int = 0
     mounts: int = 0
+    manifest_puts: int = 0
     requests: int = 0
     requests_by_method: dict[str, int] = field(default_factory=dict)
     unauthorized: int = 0
@@ -276,6 +287,9 @@ def measure(
             run.unknown_uploads += 1
         run.uploads += 1
     run.mounts = len(dest.blob_mounts(since=dest_since))
+    run.manifest_puts = sum(
+        1 for e in entries if e.method == "PUT" and e.status == 201 and "/manifests/" in e.path
+    )
     source = upstream.access_log(source_since)
     run.source_requests = len(source)
     run.source_blob_bytes = sum(
@@ -631,8 +645,17 @@ class Bench:
         self.retire(dest)
 
     def rawfloor(self) -> None:
-        dest = self.fresh_dest("rawfloor")
-        logs = self.work / "tools" / "rawfloor"
+        """The issue's floor: every unique blob GET -> POST -> PUT, nothing else."""
+        self._floor("rawfloor", protocol=False)
+
+    def protofloor(self) -> None:
+        """The protocol floor: the raw floor plus the mounts and manifest PUTs without which
+        no tag resolves, and nothing more (no checks); verified like transship."""
+        self._floor("protofloor", protocol=True)
+
+    def _floor(self, name: str, protocol: bool) -> None:
+        dest = self.fresh_dest(name)
+        logs = self.work / "tools" / name
         cmd: list[str | Path] = [
             PYTHON,
             ROOT / "bench" / "rawfloor.py",
@@ -651,11 +674,19 @@ class Bench:
             "--workers",
             str(self.args.floor_workers),
         ]
+        if protocol:
+            cmd.append("--protocol")
         window = self.begin(dest)
-        result = timed(cmd, tool_env(logs / "home"), logs, "rawfloor")
-        run = ToolRun("rawfloor", result.seconds)
-        self._add(run, result, "rawfloor")
-        run.note += f" {self.args.floor_workers} workers, blobs only (no manifests);"
+        result = timed(cmd, tool_env(logs / "home"), logs, name)
+        run = ToolRun(name, result.seconds)
+        self._add(run, result, name)
+        if protocol:
+            run.note += f" {self.args.floor_workers} workers, uploads + mounts + manifests;"
+            if result.code == 0:
+                counts = json.loads(result.stdout.strip().splitlines()[-1]).get("requests", {})
+                run.note += " " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ";"
+        else:
+            run.note += f" {self.args.floor_workers} workers, blobs only (no manifests);"
         self.finish(run, dest, window)
         self.retire(dest)
 
@@ -712,16 +743,17 @@ def report(bench: Bench, command: str) -> str:
         + ", a fresh registry per tool; work dir "
         f"{'tmpfs' if str(bench.work).startswith('/dev/shm') else bench.work}",
         "",
-        "| tool | wall s | complete | sent / unique bytes | uploads | mounts | dest requests "
-        "| requests / image | source blob GET / unique | peak RSS MB | processes "
+        "| tool | wall s | complete | sent / unique bytes | uploads | mounts | manifest PUTs "
+        "| dest requests | requests / image | source blob GET / unique | peak RSS MB | processes "
         "| tool CPU s | upstream / dest registry CPU s | others' load (cores) |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| ---: | ---: |",
     ]
     for run in bench.runs:
         lines.append(
             f"| {run.tool} | {run.seconds:.2f} | {'yes' if run.complete else 'NO'} "
-            f"| {run.bytes_sent / unique:.3f} | {run.uploads} | {run.mounts} | {run.requests} "
+            f"| {run.bytes_sent / unique:.3f} | {run.uploads} | {run.mounts} "
+            f"| {run.manifest_puts} | {run.requests} "
             f"| {run.requests / refs:.1f} | {run.source_blob_bytes / unique:.3f} "
             f"| {run.peak_rss_kb / 1024:.0f} | {run.processes} | {run.client_cpu:.1f} "
             f"| {run.upstream_cpu:.1f} / {run.dest_cpu:.1f} "
@@ -738,12 +770,17 @@ def report(bench: Bench, command: str) -> str:
         "transship bytes sent / unique": t.bytes_sent / unique if t else None,
         "transship-noop seconds": _sec(runs, "transship-noop"),
         "transship peak RSS MB": t.peak_rss_kb / 1024 if t else None,
+        "transship / protofloor": _ratio(_sec(runs, "transship"), _sec(runs, "protofloor")),
     }
     lines += ["", "| measure | value | target | |", "| --- | ---: | --- | --- |"]
     for name, target in TARGETS.items():
         value = values[name]
         shown = "n/a" if value is None else f"{value:.2f}"
         lines.append(f"| {name} | {shown} | {target} | {_check(value, target)} |")
+    for name in INFORMATIVE:
+        value = values[name]
+        shown = "n/a" if value is None else f"{value:.2f}"
+        lines.append(f"| {name} | {shown} | - | informative |")
     notes = [f"- {r.tool}:{r.note}" for r in bench.runs if r.note.strip()]
     if notes:
         lines += ["", "Notes:", *notes]
@@ -816,7 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, help="default: a new directory in /dev/shm")
     parser.add_argument("--seed", default="1", help="corpus seed")
     parser.add_argument("--seed-threads", type=int, default=8, help="parallel pushes when seeding")
-    parser.add_argument("--floor-workers", type=int, default=8, help="rawfloor workers")
+    parser.add_argument(
+        "--floor-workers", type=int, default=8, help="rawfloor and protofloor workers"
+    )
     parser.add_argument("--parallel", type=int, help="transship --parallel (default: its own)")
     parser.add_argument(
         "--transship-mode",
