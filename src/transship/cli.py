@@ -50,7 +50,12 @@ class _Commands(click.Group):
         return super().list_commands(ctx)
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Caches (they only save work) are kept in $XDG_CACHE_HOME/transship, else "
+    "~/.cache/transship; TRANSSHIP_NO_CACHE=1 turns them off.",
+)
 @click.option(
     "--version",
     is_flag=True,

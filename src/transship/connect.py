@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transship.manifeststore import default_store
 from transship.remote.auth import Credentials, from_docker_config, parse_creds
 from transship.remote.registry import Registry, RegistryOptions
 from transship.remote.tls import CABundle, load_ca
@@ -43,6 +44,9 @@ class RegistryPool:
         self.settings = settings
         self._ca = settings.ca_bundle()  # validated up front: a bad CA is a usage error
         self._registries: dict[str, Registry] = {}
+        # a source's manifests are kept across runs (`plan`, then `copy --plan`); a
+        # destination's never: what it holds is asked of it
+        self._manifest_store = default_store() if settings.side == "src" else None
 
     def get(self, host: str) -> Registry:
         registry = self._registries.get(host)
@@ -59,6 +63,7 @@ class RegistryPool:
                 insecure_option=f"--{s.side}-insecure",
                 creds_option=f"--{s.side}-creds",
                 destination=s.side == "dest",
+                manifest_store=self._manifest_store,
             )
             if s.chunk_size:
                 options.chunk_size = s.chunk_size

@@ -20,6 +20,7 @@ import logging
 import os
 from pathlib import Path
 
+from transship.cachedir import cache_dir
 from transship.digest import Digest
 from transship.errors import InvalidDigestError
 
@@ -29,10 +30,10 @@ log = logging.getLogger(__name__)
 MAX_BYTES = 8 * 1024 * 1024
 
 
-def default_directory() -> Path:
-    """`$XDG_CACHE_HOME/transship/landed`, else `~/.cache/transship/landed`."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "transship" / "landed"
+def default_directory() -> Path | None:
+    """`$XDG_CACHE_HOME/transship/landed`, else `~/.cache/transship/landed`; None when caches
+    are off (`TRANSSHIP_NO_CACHE`) or there is no home (`transship.cachedir`)."""
+    return cache_dir("landed")
 
 
 class LandedLog:

@@ -249,7 +249,8 @@ async def run_engine(
     """Run the phases with progress: `unique_bytes` (the plan's, each blob once) and the tasks'
     sizes give the total to send and the ETA. With `shard`, the summary and the report say
     what this shard shares with the others."""
-    landed_log = LandedLog(landed.default_directory())
+    landed_dir = landed.default_directory()
+    landed_log = LandedLog(landed_dir) if landed_dir is not None else None
     options = EngineOptions(
         parallel_images=parallel, rate_limit=rate_limit(limit_rate), landed_log=landed_log
     )
@@ -267,7 +268,8 @@ async def run_engine(
         try:
             outcome = await run_phases(task_phases, options, watched)
         finally:
-            landed_log.close()
+            if landed_log is not None:
+                landed_log.close()
     if shard is not None:
         await shard.settle(abandon=outcome.stopped is not None)
     extra = {"shard": shard.to_dict()} if shard is not None else {}
@@ -351,7 +353,8 @@ async def resolve_listed(
     plan: Plan, sources: RegistryPool, parallel: int, quiet: bool, *, attachments: bool
 ) -> tuple[Plan, list[PlanEntry]]:
     """Resolve a list or script (`ops.listed`) and tell people what was left out and why."""
-    cache = ListCache(default_directory())  # a rerun of the same list: HEADs, not a walk
+    kept = default_directory()
+    cache = ListCache(kept) if kept is not None else None  # a rerun of a list: HEADs, no walk
     listed = await resolve_listed_plan(
         plan, sources.get, parallel, attachments=attachments, cache=cache
     )

@@ -21,12 +21,12 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from transship import __version__
+from transship.cachedir import cache_dir
 from transship.digest import Digest
 from transship.errors import TransshipError
 from transship.fsutil import write_atomic
@@ -41,10 +41,10 @@ FORMAT = 1
 MAX_AGE = 24 * 3600.0
 
 
-def default_directory() -> Path:
-    """`$XDG_CACHE_HOME/transship/resolved`, else `~/.cache/transship/resolved`."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "transship" / "resolved"
+def default_directory() -> Path | None:
+    """`$XDG_CACHE_HOME/transship/resolved`, else `~/.cache/transship/resolved`; None when
+    caches are off (`TRANSSHIP_NO_CACHE`) or there is no home (`transship.cachedir`)."""
+    return cache_dir("resolved")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from transship.errors import (
     TransshipError,
 )
 from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
+from transship.manifeststore import ManifestStore
 from transship.remote.links import next_link
 from transship.remote.transport import Fetched, Transport, TransportOptions
 from transship.streams import CHUNK
@@ -52,6 +53,10 @@ class RegistryOptions(TransportOptions):
     #: a push destination: existence checks ask for pull,push as `docker push` does, so a
     #: refusal (e.g. Harbor's for a project that does not exist) is read as one of pushing
     destination: bool = False
+    #: a source's manifests kept on disk across runs (`transship.manifeststore`): lookups by
+    #: digest read it before the network, every fetch is written to it. Never a destination's:
+    #: its checks must ask the destination itself
+    manifest_store: ManifestStore | None = None
 
 
 def pull(repository: str) -> tuple[str, ...]:
@@ -133,13 +138,21 @@ class Registry:
 
     async def get_manifest(self, repository: str, identifier: str) -> Manifest:
         """GET (or reuse) a manifest. By digest it is immutable, so what this run already read
-        — planning resolves every manifest before the engine copies it — is not read again."""
+        — planning resolves every manifest before the engine copies it — is not read again,
+        nor, on a source with a `manifest_store`, what an earlier run (`plan`) read."""
         requested = Digest.parse(identifier) if ":" in identifier else None
+        store = self.options.manifest_store
+        manifest: Manifest | None = None
         if requested is not None:
             cached = self._manifests.get((repository, requested))
             if cached is not None:
                 return cached
-        manifest = await self._get_manifest(repository, identifier, requested)
+            if store is not None:  # verified against `requested` as it is read
+                manifest = store.get(requested, f"{self.host}/{repository}@{requested}")
+        if manifest is None:
+            manifest = await self._get_manifest(repository, identifier, requested)
+            if store is not None:
+                store.put(manifest, requested)
         if self._manifest_bytes_cached + manifest.size <= _MANIFEST_CACHE_BYTES:
             self._manifests[(repository, manifest.digest)] = manifest
             self._manifest_bytes_cached += manifest.size
