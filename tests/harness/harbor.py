@@ -86,6 +86,10 @@ _V2_NAME = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs|tags|referre
 _COSIGN_SIG = re.compile(r"^sha256-(?P<hex>[0-9a-f]{64})\.sig$")
 
 
+#: set on a request once `records` holds it (a forwarded answer is recorded before it is sent)
+_RECORDED = "harbor-emulator-recorded"
+
+
 @dataclass(frozen=True)
 class Record:
     method: str
@@ -359,9 +363,14 @@ class HarborEmulator:
                 resp = _errors(404, "NOT_FOUND", f"{path} not found")
         except Exception as exc:  # a bug in the emulator must show, not hang the client
             resp = _errors(500, "UNKNOWN", f"emulator: {type(exc).__name__}: {exc}")
-        with self._lock:
-            self.records.append(Record(request.method, request.raw_path, resp.status, user))
+        if not request.get(_RECORDED):
+            self._record(request, resp.status, user)
         return resp
+
+    def _record(self, request: web.BaseRequest, status: int, user: str | None) -> None:
+        request[_RECORDED] = True
+        with self._lock:
+            self.records.append(Record(request.method, request.raw_path, status, user))
 
     # -- /api/v2.0 ---------------------------------------------------------------------------------
 
@@ -662,7 +671,7 @@ class HarborEmulator:
                 pass  # sees the answer, not a reset
             return refused, user
         try:
-            return await self._forward(request, name, kind, rest), user
+            return await self._forward(request, name, kind, rest, user), user
         finally:
             if reserved:
                 with self._lock:
@@ -725,7 +734,7 @@ class HarborEmulator:
         )
 
     async def _forward(
-        self, request: web.BaseRequest, name: str, kind: str, rest: str
+        self, request: web.BaseRequest, name: str, kind: str, rest: str, user: str | None
     ) -> web.StreamResponse:
         assert self._session is not None
         headers: CIMultiDict[str] = CIMultiDict()
@@ -768,6 +777,9 @@ class HarborEmulator:
                 resp.headers.add(key, value)
             if upstream.content_length is not None:
                 resp.content_length = upstream.content_length
+            # recorded before the client can have the answer: a test reading `records` right
+            # after its request returned must find it there
+            self._record(request, resp.status, user)
             await resp.prepare(request)
             if request.method != "HEAD":
                 async for chunk in upstream.content.iter_any():
