@@ -33,6 +33,11 @@ The registry front behaves as Harbor does for what transship relies on:
   upper limit of …", `quota_wording="upper-limit"`); the registry never receives the blob.
 - `GET /v2/<name>/referrers/<digest>` (Harbor ≥ 2.8) from the `subject` of manifests pushed
   through the emulator (`referrers_api=False` answers 404 like older Harbor).
+- `GET /v2/_catalog` (src/server/registry/catalog.go, middleware/v2auth): system admins only;
+  anyone else gets 401 `UNAUTHORIZED` with a `Basic realm="harbor"` challenge, even to a Bearer
+  token. Names are sorted as plain strings; with `n`, a page after `last`, which must name an
+  existing repository (else 400 `BAD_REQUEST`), and a `Link` while more follow; without `n`,
+  every name at once.
 
 Everything runs in a background thread with its own event loop on 127.0.0.1; every request is
 recorded in `records` (method, path with query, status) for assertions.
@@ -53,7 +58,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
@@ -625,6 +630,10 @@ class HarborEmulator:
             if user is None and token_access is None:
                 return _unauthorized(self._challenge()), None
             return web.json_response({}), user
+        if path == "/v2/_catalog" and request.method == "GET":
+            if user != ADMIN:
+                return _unauthorized('Basic realm="harbor"', "unauthorized to list catalog"), user
+            return await self._catalog(request), user
         m = _V2_NAME.match(path)
         if m is None:
             return _errors(404, "NOT_FOUND", "not found"), user
@@ -667,6 +676,39 @@ class HarborEmulator:
             if reserved:
                 with self._lock:
                     self.projects[project].reserved -= reserved
+
+    async def _catalog(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Harbor's catalog: its repositories (here: the registry's) sorted as strings."""
+        names: list[str] = []
+        path: str | None = "/v2/_catalog?n=1000"
+        while path is not None:
+            _, headers, raw = await self._upstream("GET", path, {})
+            names += json.loads(raw).get("repositories") or []
+            link = re.match(r"<([^>]+)>", headers.get("Link", ""))
+            path = urlsplit(link[1])._replace(scheme="", netloc="").geturl() if link else None
+        names.sort()
+        if "n" not in request.query:
+            return web.json_response({"repositories": names})
+        try:
+            n = int(request.query["n"])
+        except ValueError:
+            n = -1
+        if n < 0:
+            return _errors(400, "BAD_REQUEST", "the N must be a positive int type")
+        last = request.query.get("last", "")
+        start = 0
+        if last:
+            if last not in names:
+                return _errors(
+                    400, "BAD_REQUEST", f"the last: {last} should be a valid repository name."
+                )
+            start = names.index(last) + 1
+        page = names[start : start + n]
+        resp = web.json_response({"repositories": page})
+        if page and page[-1] != names[-1]:
+            query = urlencode({"n": n, "last": page[-1]})
+            resp.headers["Link"] = f'</v2/_catalog?{query}>; rel="next"'
+        return resp
 
     def _check_quota(
         self, request: web.BaseRequest, name: str, kind: str, rest: str
