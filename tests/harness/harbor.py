@@ -88,6 +88,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _V2_NAME = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs|tags|referrers)(?P<rest>/.*)?$")
+#: set on a streamed answer `_forward` has recorded already
+_RECORDED = web.ResponseKey("recorded", bool)
 _COSIGN_SIG = re.compile(r"^sha256-(?P<hex>[0-9a-f]{64})\.sig$")
 
 
@@ -364,8 +366,8 @@ class HarborEmulator:
                 resp = _errors(404, "NOT_FOUND", f"{path} not found")
         except Exception as exc:  # a bug in the emulator must show, not hang the client
             resp = _errors(500, "UNKNOWN", f"emulator: {type(exc).__name__}: {exc}")
-        with self._lock:
-            self.records.append(Record(request.method, request.raw_path, resp.status, user))
+        if not resp.get(_RECORDED):
+            self._record(request, resp.status, user)
         return resp
 
     # -- /api/v2.0 ---------------------------------------------------------------------------------
@@ -671,7 +673,7 @@ class HarborEmulator:
                 pass  # sees the answer, not a reset
             return refused, user
         try:
-            return await self._forward(request, name, kind, rest), user
+            return await self._forward(request, name, kind, rest, user), user
         finally:
             if reserved:
                 with self._lock:
@@ -766,8 +768,12 @@ class HarborEmulator:
             content_type="application/vnd.oci.image.index.v1+json",
         )
 
+    def _record(self, request: web.BaseRequest, status: int, user: str | None) -> None:
+        with self._lock:
+            self.records.append(Record(request.method, request.raw_path, status, user))
+
     async def _forward(
-        self, request: web.BaseRequest, name: str, kind: str, rest: str
+        self, request: web.BaseRequest, name: str, kind: str, rest: str, user: str | None
     ) -> web.StreamResponse:
         assert self._session is not None
         headers: CIMultiDict[str] = CIMultiDict()
@@ -801,6 +807,10 @@ class HarborEmulator:
         ) as upstream:
             self._account(request, name, kind, rest, upstream, received, manifest_body)
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            # recorded before the client can have the answer: a test reading `records` right
+            # after its client finished must find it (a streamed answer is sent from here)
+            self._record(request, upstream.status, user)
+            resp[_RECORDED] = True
             for key, value in upstream.headers.items():
                 lower = key.lower()
                 if lower in _HOP_BY_HOP or lower in ("date", "server"):
