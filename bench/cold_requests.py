@@ -1,8 +1,9 @@
-"""Requests a cold `copy --images` sends to the destination, and a no-op rerun, by method.
+"""Requests a cold `copy --images` sends to the destination, and a no-op rerun, by kind.
 
 A small loopback run (issue 16, "requests on a cold destination"): TAGS small images in REPOS
 repositories, copied by the transship under `--src` (a source tree's `src/`, default this
-checkout's) into a fresh docker-registry. Prints the destination's access log counted by method.
+checkout's) into a fresh docker-registry. Prints the destination's access log counted by method,
+with the GETs of the catalog (`GET _catalog`) and of tag lists (`GET tags/list`) apart.
 
     .venv/bin/python bench/cold_requests.py --tags 50 --repos 10 [--src /tmp/old/src]
 """
@@ -23,11 +24,19 @@ sys.path.insert(0, str(ROOT / "tests"))
 from harness.registry import RegistryProcess  # noqa: E402
 from harness.seed import SeedClient, build_images_sharing_base  # noqa: E402
 
-READS = ("GET", "HEAD")
+READS = ("GET", "HEAD", "GET _catalog", "GET tags/list")
+
+
+def kind(method: str, path: str) -> str:
+    if method == "GET" and path.startswith("/v2/_catalog"):
+        return "GET _catalog"
+    if method == "GET" and "/tags/list" in path:
+        return "GET tags/list"
+    return method
 
 
 def counted(dest: RegistryProcess, since: int) -> Counter[str]:
-    return Counter(e.method for e in dest.access_log(since) if e.path != "/v2/")
+    return Counter(kind(e.method, e.path) for e in dest.access_log(since) if e.path != "/v2/")
 
 
 def main() -> None:

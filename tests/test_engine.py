@@ -386,6 +386,78 @@ def test_tags_are_listed_while_the_destination_looks_cold_and_not_once_it_looks_
     assert [r.status for r in mixed] == ["copied", "skipped"] * 6
 
 
+class CatalogEndpoint(CountingEndpoint):
+    """A counting memory destination that also answers `RepositoryIndex`, or refuses to."""
+
+    def __init__(self, *, refuse_catalog: bool = False) -> None:
+        super().__init__()
+        self.catalogs: list[tuple[str, int]] = []
+        self.refuse_catalog = refuse_catalog
+
+    async def existing_repositories(self, prefix: str, *, max_pages: int) -> frozenset[str] | None:
+        self.catalogs.append((prefix, max_pages))
+        if self.refuse_catalog:
+            return None
+        held = [r for r in self._held if await MemoryEndpoint.existing_tags(self, r) is not None]
+        return frozenset(r for r in held if r.startswith(prefix))
+
+
+def test_the_catalog_spares_every_tag_list_on_a_cold_destination_and_costs_a_warm_one_nothing(
+) -> None:
+    images = [build_image(70 + i, layer_sizes=(2000,)) for i in range(4)]
+    source = MemoryEndpoint(label="src", writable=True)
+    for i, image in enumerate(images):
+        source.add(generated(image), "app", (f"v{i}",))
+    dest = CatalogEndpoint()
+
+    def tasks() -> list[CopyTask]:  # 12 repositories, one image under two tags in each
+        return [
+            CopyTask(source, "app", f"v{i % 4}", dest, f"mirror/r{i}", ("a", "b"))
+            for i in range(12)
+        ]
+
+    cold = asyncio.run(CopyEngine().run(tasks()))
+    assert {r.status for r in cold} == {"copied"}
+    # asked once, for the common prefix, within the tag lists it spares
+    assert dest.catalogs == [("mirror/r", 5)]
+    assert dest.lists == [] and dest.heads == []  # no tag list, no HEAD
+
+    dest.catalogs.clear()
+    rerun = asyncio.run(CopyEngine().run(tasks()))
+    assert {r.status for r in rerun} == {"skipped"}
+    # the catalog where the first check listed, then a HEAD per tag: no more than before
+    assert len(dest.catalogs) == 1 and dest.lists == []
+    assert sorted(dest.heads) == sorted(f"mirror/r{i}:{t}" for i in range(12) for t in "ab")
+
+    # Half the repositories gone: the catalog says which; only the others are listed/HEADed.
+    for i in range(0, 12, 2):
+        dest.drop_repository(f"mirror/r{i}")
+    dest.heads.clear()
+    mixed = asyncio.run(CopyEngine().run(tasks()))
+    assert [r.status for r in mixed] == ["copied", "skipped"] * 6
+    touched = {entry.split(":")[0] for entry in dest.heads} | set(dest.lists)
+    assert touched <= {f"mirror/r{i}" for i in range(1, 12, 2)}
+
+
+def test_a_refused_catalog_falls_back_to_tag_lists_and_one_repository_never_asks() -> None:
+    images = [build_image(80 + i, layer_sizes=(2000,)) for i in range(3)]
+    source = MemoryEndpoint(label="src", writable=True)
+    for i, image in enumerate(images):
+        source.add(generated(image), "app", (f"v{i}",))
+    refusing = CatalogEndpoint(refuse_catalog=True)
+    tasks = [CopyTask(source, "app", f"v{i}", refusing, f"mirror/r{i}", ("a",)) for i in range(3)]
+    cold = asyncio.run(CopyEngine().run(tasks))
+    assert {r.status for r in cold} == {"copied"}
+    assert len(refusing.catalogs) == 1  # asked once, refused: exactly as without a catalog
+    assert sorted(refusing.lists) == ["mirror/r0", "mirror/r1", "mirror/r2"]
+    assert refusing.heads == []
+
+    single = CatalogEndpoint()
+    one = [CopyTask(source, "app", f"v{i}", single, "mirror/only", (f"t{i}",)) for i in range(3)]
+    assert {r.status for r in asyncio.run(CopyEngine().run(one))} == {"copied"}
+    assert single.catalogs == [] and single.lists == ["mirror/only"]  # it would spare nothing
+
+
 def test_a_resumed_run_mounts_a_shared_blob_from_where_the_killed_run_landed_it(
     tmp_path: Path,
 ) -> None:

@@ -87,6 +87,11 @@ def error_code(raw: bytes) -> str:
     return str(doc["errors"][0]["code"])
 
 
+def _listing(path: str) -> bool:
+    """A tag list or the catalog: what a check asks besides HEADs (never a pull)."""
+    return "/tags/list" in path or path.startswith("/v2/_catalog")
+
+
 def dest_args(pki: PKI, user: tuple[str, str] = ADMIN) -> list[str]:
     return ["--dest-ca", str(pki.ca_pem_path), "--dest-creds", ":".join(user)]
 
@@ -264,8 +269,8 @@ def test_create_projects_then_copy_and_rerun_is_a_no_op(
     v2 = [r for r in later if r.path.startswith("/v2/") and r.path != "/v2/"]
     # retention-safe: the destination's manifests are only ever HEADed, never GET (a "pull");
     # the one GET is the repository's tag list
-    assert v2 and {r.method for r in v2 if "/tags/list" not in r.path} == {"HEAD"}
-    assert [r for r in v2 if r.method == "GET"] == [r for r in v2 if "/tags/list" in r.path]
+    assert v2 and {r.method for r in v2 if not _listing(r.path)} == {"HEAD"}
+    assert [r for r in v2 if r.method == "GET"] == [r for r in v2 if _listing(r.path)]
 
 
 def test_robot_account_creates_projects(
@@ -434,8 +439,8 @@ def test_load_creates_the_project_and_a_rerun_only_heads(
     assert out.code == 0, out.err
     v2 = [r for r in h.records[mark:] if r.path.startswith("/v2/") and r.path != "/v2/"]
     # never a manifest GET (a pull) at Harbor: HEADs, and one tag list per repository
-    assert v2 and {r.method for r in v2 if "/tags/list" not in r.path} == {"HEAD"}
-    assert [r for r in v2 if r.method == "GET"] == [r for r in v2 if "/tags/list" in r.path]
+    assert v2 and {r.method for r in v2 if not _listing(r.path)} == {"HEAD"}
+    assert [r for r in v2 if r.method == "GET"] == [r for r in v2 if _listing(r.path)]
 
 
 def test_create_projects_on_a_plain_registry_is_harmless(

@@ -100,3 +100,21 @@ class TagIndex(Protocol):
     async def existing_tags(self, repository: str) -> frozenset[str] | None:
         """The repository's tags, or None when the repository does not exist."""
         ...
+
+
+@runtime_checkable
+class RepositoryIndex(Protocol):
+    """Optional capability: which repositories exist under a prefix, in one answer (or a few
+    pages), where a `TagIndex` would take a tag list per repository.
+
+    The engine asks it once per destination, at the first check, for the common prefix of the
+    plan's repositories there: a repository it lacks needs no tag list and no HEAD. It may be
+    wrong only in one direction that matters: a repository it wrongly calls missing costs work,
+    never correctness (each blob's transfer begins with a mount from that very repository,
+    which answers "already here", and pushing a manifest's same bytes again changes nothing).
+    """
+
+    async def existing_repositories(self, prefix: str, *, max_pages: int) -> frozenset[str] | None:
+        """The repositories whose names start with `prefix`, or None when the endpoint cannot
+        say within `max_pages` requests (not allowed, no such API, too many names)."""
+        ...

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from transship.digest import Digest
-from transship.endpoint import Endpoint, TagIndex
+from transship.endpoint import Endpoint, RepositoryIndex, TagIndex
 from transship.errors import (
     DependencyError,
     HostDownError,
@@ -43,6 +43,9 @@ _CONTENT_RACE_CODES = frozenset(
     {"BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN", "DIGEST_INVALID"}
 )  # configs and tiny layers get their own lane
 MAX_INDEX_DEPTH = 4
+#: at most this many catalog pages per destination (`RepositoryIndex`), and never more than
+#: the tag lists they would spare: a huge shared registry falls back to the tag lists
+CATALOG_PAGES = 5
 
 Status = Literal["copied", "skipped", "failed"]
 #: what the engine knows of a destination repository's tags: the set, None for a repository
@@ -199,6 +202,21 @@ class _Presence:
         self.decided.set()
 
 
+@dataclass(frozen=True)
+class _Catalog:
+    """The destination's repositories whose names start with `prefix` (`RepositoryIndex`),
+    asked once. A repository it lacks is treated as missing: no tag list, no HEAD. Should the
+    answer be wrong (a registry whose catalog lags), that costs work, never correctness: the
+    transfer's mount from the repository itself answers "already here" for every blob it
+    holds, and a manifest PUT of the same bytes is idempotent."""
+
+    prefix: str
+    names: frozenset[str]
+
+    def lacks(self, repository: str) -> bool:
+        return repository.startswith(self.prefix) and repository not in self.names
+
+
 @dataclass
 class _Sink:
     """Per destination endpoint: which blobs landed where, and transfers in flight."""
@@ -215,6 +233,12 @@ class _Sink:
     #: each repository's tags, listed once at its first check when listing pays (`_Presence`)
     tags: SingleFlight[str, TagView] = field(default_factory=SingleFlight)
     presence: _Presence = field(default_factory=_Presence)
+    #: the plan's repositories here: the catalog is asked for their common prefix
+    repositories: set[str] = field(default_factory=set)
+    #: the catalog, asked once, at the first check that would list tags (key: 0)
+    catalog: SingleFlight[int, _Catalog | None] = field(default_factory=SingleFlight)
+    #: its answer once known (None: not asked, not answered, or refused)
+    known: _Catalog | None = None
 
 
 class CopyEngine:
@@ -242,7 +266,14 @@ class CopyEngine:
 
     async def run(self, tasks: Iterable[CopyTask]) -> list[TaskResult]:
         """Run every task; one failing task never stops the others."""
+        tasks = list(tasks)
+        self._note(tasks)
         return list(await asyncio.gather(*(self._run_task(t) for t in tasks)))
+
+    def _note(self, tasks: Iterable[CopyTask]) -> None:
+        """Remember each destination's planned repositories (for its catalog's prefix)."""
+        for task in tasks:
+            self._sink(task.dest).repositories.add(task.dest_repository)
 
     async def run_phases(self, phases: Sequence[Sequence[CopyTask]]) -> list[TaskResult]:
         """Run groups in order within each destination repository: a task starts once every
@@ -254,6 +285,7 @@ class CopyEngine:
         done: dict[tuple[int, str], list[asyncio.Task[TaskResult]]] = {}
         runs: list[asyncio.Task[TaskResult]] = []
         for tasks in phases:
+            self._note(tasks)
             started = []
             for task in tasks:
                 key = (id(task.dest), task.dest_repository)
@@ -384,8 +416,9 @@ class CopyEngine:
 
         While the destination looks cold (`_Presence`), the repository's tags are listed
         first: a tag the list lacks, or a repository that does not exist, needs no HEAD, so a
-        cold destination costs one tag list per repository. A tag that is listed is still
-        HEADed, since it may have moved; so a complete destination is not listed at all.
+        cold destination costs one tag list per repository, or a single catalog where the
+        registry lets us read it (`_tag_view`). A tag that is listed is still HEADed, since it
+        may have moved; so a complete destination is not listed at all.
         """
         presence = self._sink(dest).presence
         found: bool | None = None
@@ -415,12 +448,25 @@ class CopyEngine:
         """The repository's tags, listed once per run (`TagIndex`), or "unknown".
 
         `optional`: the caller HEADs anyway, so the list is only asked for while it pays.
+        Where the destination has a catalog (`RepositoryIndex`), the first check that would
+        list asks it instead, once: a repository it lacks is None from then on (no tag list,
+        no HEAD), and that first check HEADs a repository it holds without a list, so a
+        complete destination costs the catalog where it cost one tag list.
         """
         if not isinstance(dest, TagIndex):
             return "unknown"
         sink = self._sink(dest)
+        if sink.known is not None and sink.known.lacks(repository):
+            return None
         if optional and not sink.tags.started(repository) and not await sink.presence.list_first():
             return "unknown"
+        first = not sink.catalog.started(0)
+        catalog = await sink.catalog.run(0, lambda: self._catalog(dest, sink))
+        if catalog is not None:
+            if catalog.lacks(repository):
+                return None
+            if first and optional:
+                return "unknown"  # the catalog stood in for this check's tag list
         lister = dest
 
         async def listed() -> TagView:
@@ -433,6 +479,25 @@ class CopyEngine:
                 return "unknown"
 
         return await sink.tags.run(repository, listed)
+
+    async def _catalog(self, dest: Endpoint, sink: _Sink) -> _Catalog | None:
+        """The destination's repositories under the plan's common prefix, or None (no
+        catalog, refused, too large, or fewer than two repositories: then it spares nothing)."""
+        planned = sink.repositories
+        if not isinstance(dest, RepositoryIndex) or len(planned) < 2:
+            return None
+        prefix = _common_prefix(planned)
+        try:
+            names = await dest.existing_repositories(
+                prefix, max_pages=min(CATALOG_PAGES, len(planned) - 1)
+            )
+        except HostDownError:
+            raise
+        except TransshipError:  # e.g. a damaged answer, retried in vain: ask tag by tag
+            log.debug("catalog of %s not read", dest.label, exc_info=True)
+            return None
+        sink.known = None if names is None else _Catalog(prefix, names)
+        return sink.known
 
     async def _pick_platform(self, task: CopyTask, index: Manifest) -> Manifest:
         matches = [
@@ -659,6 +724,17 @@ class CopyEngine:
         self.stats.bytes_uploaded += blob.size
         if id(task) in self._task_bytes:
             self._task_bytes[id(task)] += blob.size
+
+
+def _common_prefix(names: Iterable[str]) -> str:
+    """The longest string every name starts with, character by character (not by path
+    component: `mirror/app0`, `mirror/app1` → `mirror/app`, the catalog's closest start)."""
+    ordered = sorted(names)
+    first, last = ordered[0], ordered[-1]
+    size = 0
+    while size < min(len(first), len(last)) and first[size] == last[size]:
+        size += 1
+    return first[:size]
 
 
 def _engine_retries(exc: IntegrityError | RegistryError) -> bool:

@@ -33,6 +33,11 @@ The registry front behaves as Harbor does for what transship relies on:
   upper limit of …", `quota_wording="upper-limit"`); the registry never receives the blob.
 - `GET /v2/<name>/referrers/<digest>` (Harbor ≥ 2.8) from the `subject` of manifests pushed
   through the emulator (`referrers_api=False` answers 404 like older Harbor).
+- `GET /v2/_catalog` (src/server/registry/catalog.go, middleware/v2auth): system admins only;
+  anyone else gets 401 `UNAUTHORIZED` with a `Basic realm="harbor"` challenge, even to a Bearer
+  token. Names are sorted as plain strings; with `n`, a page after `last`, which must name an
+  existing repository (else 400 `BAD_REQUEST`), and a `Link` while more follow; without `n`,
+  every name at once.
 
 Everything runs in a background thread with its own event loop on 127.0.0.1; every request is
 recorded in `records` (method, path with query, status) for assertions.
@@ -53,7 +58,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
@@ -83,11 +88,9 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _V2_NAME = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs|tags|referrers)(?P<rest>/.*)?$")
+#: set on a streamed answer `_forward` has recorded already
+_RECORDED = web.ResponseKey("recorded", bool)
 _COSIGN_SIG = re.compile(r"^sha256-(?P<hex>[0-9a-f]{64})\.sig$")
-
-
-#: set on a request once `records` holds it (a forwarded answer is recorded before it is sent)
-_RECORDED = "harbor-emulator-recorded"
 
 
 @dataclass(frozen=True)
@@ -363,14 +366,9 @@ class HarborEmulator:
                 resp = _errors(404, "NOT_FOUND", f"{path} not found")
         except Exception as exc:  # a bug in the emulator must show, not hang the client
             resp = _errors(500, "UNKNOWN", f"emulator: {type(exc).__name__}: {exc}")
-        if not request.get(_RECORDED):
+        if not resp.get(_RECORDED):
             self._record(request, resp.status, user)
         return resp
-
-    def _record(self, request: web.BaseRequest, status: int, user: str | None) -> None:
-        request[_RECORDED] = True
-        with self._lock:
-            self.records.append(Record(request.method, request.raw_path, status, user))
 
     # -- /api/v2.0 ---------------------------------------------------------------------------------
 
@@ -634,6 +632,10 @@ class HarborEmulator:
             if user is None and token_access is None:
                 return _unauthorized(self._challenge()), None
             return web.json_response({}), user
+        if path == "/v2/_catalog" and request.method == "GET":
+            if user != ADMIN:
+                return _unauthorized('Basic realm="harbor"', "unauthorized to list catalog"), user
+            return await self._catalog(request), user
         m = _V2_NAME.match(path)
         if m is None:
             return _errors(404, "NOT_FOUND", "not found"), user
@@ -676,6 +678,39 @@ class HarborEmulator:
             if reserved:
                 with self._lock:
                     self.projects[project].reserved -= reserved
+
+    async def _catalog(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Harbor's catalog: its repositories (here: the registry's) sorted as strings."""
+        names: list[str] = []
+        path: str | None = "/v2/_catalog?n=1000"
+        while path is not None:
+            _, headers, raw = await self._upstream("GET", path, {})
+            names += json.loads(raw).get("repositories") or []
+            link = re.match(r"<([^>]+)>", headers.get("Link", ""))
+            path = urlsplit(link[1])._replace(scheme="", netloc="").geturl() if link else None
+        names.sort()
+        if "n" not in request.query:
+            return web.json_response({"repositories": names})
+        try:
+            n = int(request.query["n"])
+        except ValueError:
+            n = -1
+        if n < 0:
+            return _errors(400, "BAD_REQUEST", "the N must be a positive int type")
+        last = request.query.get("last", "")
+        start = 0
+        if last:
+            if last not in names:
+                return _errors(
+                    400, "BAD_REQUEST", f"the last: {last} should be a valid repository name."
+                )
+            start = names.index(last) + 1
+        page = names[start : start + n]
+        resp = web.json_response({"repositories": page})
+        if page and page[-1] != names[-1]:
+            query = urlencode({"n": n, "last": page[-1]})
+            resp.headers["Link"] = f'</v2/_catalog?{query}>; rel="next"'
+        return resp
 
     def _check_quota(
         self, request: web.BaseRequest, name: str, kind: str, rest: str
@@ -733,6 +768,10 @@ class HarborEmulator:
             content_type="application/vnd.oci.image.index.v1+json",
         )
 
+    def _record(self, request: web.BaseRequest, status: int, user: str | None) -> None:
+        with self._lock:
+            self.records.append(Record(request.method, request.raw_path, status, user))
+
     async def _forward(
         self, request: web.BaseRequest, name: str, kind: str, rest: str, user: str | None
     ) -> web.StreamResponse:
@@ -768,6 +807,10 @@ class HarborEmulator:
         ) as upstream:
             self._account(request, name, kind, rest, upstream, received, manifest_body)
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            # recorded before the client can have the answer: a test reading `records` right
+            # after its client finished must find it (a streamed answer is sent from here)
+            self._record(request, upstream.status, user)
+            resp[_RECORDED] = True
             for key, value in upstream.headers.items():
                 lower = key.lower()
                 if lower in _HOP_BY_HOP or lower in ("date", "server"):
@@ -777,9 +820,6 @@ class HarborEmulator:
                 resp.headers.add(key, value)
             if upstream.content_length is not None:
                 resp.content_length = upstream.content_length
-            # recorded before the client can have the answer: a test reading `records` right
-            # after its request returned must find it there
-            self._record(request, resp.status, user)
             await resp.prepare(request)
             if request.method != "HEAD":
                 async for chunk in upstream.content.iter_any():

@@ -92,7 +92,11 @@ class TokenServer:
       seconds after issue, i.e. `exp = iat + registry_lifetime - DISTRIBUTION_LEEWAY`. Use it to
       test refresh without waiting a minute of leeway.
     - `policy`: decides granted actions; the default grants users every requested action of
-      `user_actions` and anonymous callers `anonymous_actions`.
+      `user_actions` on repositories and anonymous callers `anonymous_actions`.
+    - `catalog_users`: who is granted `registry:catalog:*` (`GET /v2/_catalog`), as a real
+      token service grants it to the users its ACL allows (docker_auth's admins, Harbor's
+      system admins); others get a token without it, which the registry answers with 401
+      `insufficient_scope`. Default: the test user.
     - `tls`: a server certificate to serve HTTPS with (None: plain HTTP).
     - `hiccups`: what the next GET requests get instead of a token, first first: an int is a
       status answered at once (503), a float is a stall of that many seconds before the
@@ -107,6 +111,7 @@ class TokenServer:
     registry_lifetime: int | None = None
     user_actions: frozenset[str] = frozenset({"pull", "push", "delete", "*"})
     anonymous_actions: frozenset[str] = frozenset({"pull"})
+    catalog_users: frozenset[str] = frozenset({"alice"})
     policy: AccessPolicy | None = None
     tls: ServerCert | None = None
     hiccups: list[int | float] = field(default_factory=list)
@@ -223,6 +228,9 @@ class TokenServer:
                 rtype, name, actions = parse_scope(part)
                 if self.policy is not None:
                     allowed = frozenset(self.policy(user, rtype, name, actions))
+                elif rtype == "registry":
+                    catalog = name == "catalog" and user in self.catalog_users
+                    allowed = actions & {"*"} if catalog else frozenset()
                 else:
                     allowed = actions & (
                         self.user_actions if user is not None else self.anonymous_actions

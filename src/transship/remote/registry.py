@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
 import aiohttp
 
@@ -29,6 +29,7 @@ from transship.errors import (
 )
 from transship.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
 from transship.manifeststore import ManifestStore
+from transship.remote.catalog import CatalogWalk, start_after
 from transship.remote.links import next_link
 from transship.remote.transport import Fetched, Transport, TransportOptions
 from transship.streams import CHUNK
@@ -40,6 +41,9 @@ log = logging.getLogger("transship.remote")
 RefusalHook = Callable[[TransshipError, str], Awaitable[TransshipError]]
 _MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
 _TAG_PAGE_BYTES = 64 * 1024 * 1024  # ~500k tags: far more than any page a registry sends
+_CATALOG_PAGE_BYTES = 16 * 1024 * 1024  # Harbor sends its whole catalog in one answer
+#: the token scope of `GET /v2/_catalog` (docker_auth and Harbor grant it to admins only)
+CATALOG = ("registry:catalog:*",)
 
 
 @dataclass
@@ -50,6 +54,8 @@ class RegistryOptions(TransportOptions):
     chunk_size: int = 256 * 1024 * 1024
     read_chunk: int = CHUNK
     tag_page_size: int = 1000
+    #: names per catalog page: distribution refuses more than its `catalog.maxentries` (1000)
+    catalog_page_size: int = 1000
     #: a push destination: existence checks ask for pull,push as `docker push` does, so a
     #: refusal (e.g. Harbor's for a project that does not exist) is read as one of pushing
     destination: bool = False
@@ -438,6 +444,50 @@ class Registry:
         )
         return None if tags is None else frozenset(tags)
 
+    # -- catalog ----------------------------------------------------------------------------
+
+    async def existing_repositories(self, prefix: str, *, max_pages: int) -> frozenset[str] | None:
+        """`RepositoryIndex`: the repositories whose names start with `prefix`, from the
+        catalog, or None when it cannot say in `max_pages` requests.
+
+        The first page starts just before the prefix (`last=`, see `remote.catalog`) and
+        paging stops once the names are past it, so a shared registry costs the pages near
+        the prefix only. A 400 (Harbor: `last` must name an existing repository; a registry
+        whose page limit is below `n`) is asked again once from the start, without either.
+        A refusal (401: no `registry:catalog:*` scope, Harbor for non-admins; 403; 404 where
+        there is no catalog) is one request and None, never an error.
+        """
+        where = f"the catalog of {self.host}"
+        walk = CatalogWalk(prefix, start_after(prefix))
+        query = {"n": str(self.options.catalog_page_size)}
+        if walk.last:
+            query["last"] = walk.last
+        path: str | None = f"/v2/_catalog?{urlencode(query)}"
+        page: list[str] = []
+
+        def check(answer: Fetched) -> None:  # parsed once, here; kept for the loop below
+            page[:] = _catalog_page(answer.body, where)
+
+        for sent in range(max_pages):
+            if path is None:
+                break
+            answer = await self.transport.fetch(
+                "GET", path, scopes=CATALOG, limit=_CATALOG_PAGE_BYTES, check=check, optional=True
+            )
+            if answer.status == 400 and sent == 0:
+                walk, path = CatalogWalk(prefix), "/v2/_catalog"
+                continue
+            if answer.status != 200 or answer.too_large(_CATALOG_PAGE_BYTES):
+                log.debug("%s: not read (answered %d)", where, answer.status)
+                return None
+            if walk.take(page):
+                return frozenset(walk.names)
+            path = next_link(answer.headers.get("Link"), answer.url)
+        if path is not None:
+            log.debug("%s: more than %d pages near %r; not used", where, max_pages, prefix)
+            return None
+        return frozenset(walk.names)
+
     async def _tag_pages(
         self, repository: str, *, missing_ok: bool, scopes: tuple[str, ...] | None = None
     ) -> list[str] | None:
@@ -489,6 +539,15 @@ def _tag_page(body: bytes, where: str) -> list[str]:
         return [str(t) for t in (doc.get("tags") or [])]
     except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
         raise IntegrityError(f"{where}: the answer is not a tag list") from None
+
+
+def _catalog_page(body: bytes, where: str) -> list[str]:
+    """The `repositories` of one catalog page; a body that is not that JSON was damaged."""
+    try:
+        doc = json.loads(body)
+        return [str(name) for name in (doc.get("repositories") or [])]
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+        raise IntegrityError(f"{where}: the answer is not a repository list") from None
 
 
 def _push_hint(error: Exception, repository: str) -> Exception:

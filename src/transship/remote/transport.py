@@ -384,6 +384,7 @@ class Transport:
         limit: int,
         headers: Mapping[str, str] | None = None,
         check: Callable[[Fetched], None] | None = None,
+        optional: bool = False,
     ) -> Fetched:
         """A whole answer of at most `limit` bytes (manifests, referrers, tag lists).
 
@@ -391,12 +392,17 @@ class Transport:
         with IntegrityError (a manifest whose bytes do not match their digest), is fetched
         again under the same budget as a 503. A body over `limit` is returned as read
         (`too_large`), never retried; `check` runs only on 200 answers.
+
+        `optional`: a question the registry may refuse (the catalog): its 401 is returned as
+        the answer, with no new token or scheme tried and nothing learnt from its challenge,
+        so a refusal costs this one request and leaves how the run authenticates unchanged
+        (Harbor answers a non-admin's catalog with a Basic challenge even to a Bearer token).
         """
         attempts = self.attempts()
         what = f"{method} {self.host}{urlsplit(path).path}"
         while True:
             resp = await self._send_retried(
-                method, path, scopes, headers, None, None, True, attempts
+                method, path, scopes, headers, None, None, True, attempts, optional=optional
             )
             try:
                 length = resp.content_length
@@ -434,6 +440,8 @@ class Transport:
         data: Body,
         follow_redirects: bool,
         attempts: Attempts,
+        *,
+        optional: bool = False,
     ) -> aiohttp.ClientResponse:
         """The retried region: token fetch, send, 401 dance, retryable statuses.
 
@@ -479,6 +487,8 @@ class Transport:
                 await attempts.pause()  # health: backoff (`Transport.attempts`)
                 continue
             self.health.answered()  # health: any answer, 5xx and 429 included
+            if resp.status == 401 and optional:
+                return resp  # refused: the caller does without (see `fetch`)
             if resp.status == 401:
                 header = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
