@@ -10,6 +10,10 @@ import os
 import ssl
 import subprocess
 import sys
+from pathlib import Path
+
+from harness.registry import RegistryProcess
+from harness.seed import seed_image
 
 from transship.commands import MODULES, all_commands, command
 
@@ -22,16 +26,23 @@ def test_every_command_is_found_by_name_in_its_own_module() -> None:
     assert command("no-such-command") is None
 
 
-def _modules_after(*argv: str) -> set[str]:
-    """The modules a fresh interpreter holds after `transship ARGV` (help only: no work)."""
+def _modules_after(*argv: str, env: dict[str, str] | None = None) -> set[str]:
+    """The modules a fresh interpreter holds after `transship ARGV` (the command's exit code
+    must be 0)."""
     probe = (
         "import sys\n"
         "from transship.cli import cli\n"
-        f"cli.main(args={list(argv)!r}, standalone_mode=False)\n"
+        f"code = cli.main(args={list(argv)!r}, standalone_mode=False)\n"
+        "assert not code, code\n"
         "print(' '.join(sorted(sys.modules)))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
     )
     return set(out.stdout.split())
 
@@ -81,6 +92,22 @@ def test_copy_leaves_what_only_some_runs_use() -> None:
     assert "aiohttp" in loaded and "transship.remote.registry" in loaded
     for lazy in LAZY_FOR_COPY:
         assert lazy not in loaded, lazy
+
+
+def test_a_quiet_copy_and_its_rerun_leave_them_too(
+    plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Not only `--help`: a real quiet copy (and its no-op rerun) draws nothing and reads no
+    certificate, so neither rich nor cryptography is imported."""
+    seed_image(plain_registry, "lazy/src", "v1", seed=71)
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env["DOCKER_CONFIG"] = str(tmp_path)
+    argv = ("copy", plain_registry.ref("lazy/src:v1"), plain_registry.ref("lazy/dst"), "-q")
+    for _run in ("copy", "no-op rerun"):
+        loaded = _modules_after(*argv, env=env)
+        assert "transship.engine" in loaded
+        for lazy in LAZY_FOR_COPY:
+            assert lazy not in loaded, lazy
 
 
 def test_aiohttp_is_imported_without_loading_the_system_roots() -> None:
