@@ -94,6 +94,11 @@ def test_copy_leaves_what_only_some_runs_use() -> None:
         assert lazy not in loaded, lazy
 
 
+def test_copy_help_reads_no_yaml() -> None:
+    """A single `copy SRC DST` reads no YAML; a plan loads PyYAML when it is read."""
+    assert "yaml" not in _modules_after("copy", "--help")
+
+
 def test_a_quiet_copy_and_its_rerun_leave_them_too(
     plain_registry: RegistryProcess, tmp_path: Path
 ) -> None:
@@ -106,7 +111,7 @@ def test_a_quiet_copy_and_its_rerun_leave_them_too(
     for _run in ("copy", "no-op rerun"):
         loaded = _modules_after(*argv, env=env)
         assert "transship.engine" in loaded
-        for lazy in LAZY_FOR_COPY:
+        for lazy in (*LAZY_FOR_COPY, "yaml"):
             assert lazy not in loaded, lazy
 
 
