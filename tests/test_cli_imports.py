@@ -6,8 +6,14 @@ counts; `transship copy` must not pay for the archive server, the TKG wing or th
 
 from __future__ import annotations
 
+import os
+import ssl
 import subprocess
 import sys
+from pathlib import Path
+
+from harness.registry import RegistryProcess
+from harness.seed import seed_image
 
 from transship.commands import MODULES, all_commands, command
 
@@ -20,16 +26,23 @@ def test_every_command_is_found_by_name_in_its_own_module() -> None:
     assert command("no-such-command") is None
 
 
-def _modules_after(*argv: str) -> set[str]:
-    """The modules a fresh interpreter holds after `transship ARGV` (help only: no work)."""
+def _modules_after(*argv: str, env: dict[str, str] | None = None) -> set[str]:
+    """The modules a fresh interpreter holds after `transship ARGV` (the command's exit code
+    must be 0)."""
     probe = (
         "import sys\n"
         "from transship.cli import cli\n"
-        f"cli.main(args={list(argv)!r}, standalone_mode=False)\n"
+        f"code = cli.main(args={list(argv)!r}, standalone_mode=False)\n"
+        "assert not code, code\n"
         "print(' '.join(sorted(sys.modules)))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
     )
     return set(out.stdout.split())
 
@@ -53,3 +66,84 @@ def test_help_and_a_misspelt_command_still_see_every_command() -> None:
         [sys.executable, "-m", "transship", "verfy"], capture_output=True, text=True, timeout=60
     )
     assert typo.returncode != 0 and "verfy" in typo.stderr
+
+
+#: what `copy --plan` needs only in some runs, so a plain run (a no-op rerun) never imports it:
+#: rich draws bars and tables (not under -q), cryptography reads certificates (a CA given, a
+#: TLS failure explained), the image-list and script readers, list resolution, --preflight,
+#: --lock-output, --shard accounting, verify's use case and the archive layout
+LAZY_FOR_COPY = (
+    "rich",
+    "cryptography",
+    "transship.tkg.script",
+    "transship.ops.listcache",
+    "transship.ops.listed",
+    "transship.ops.preflight",
+    "transship.imgpkg.lock",
+    "transship.ops.shard",
+    "transship.ops.verify",
+    "transship.harbor.accessories",
+    "transship.layout",
+)
+
+
+def test_copy_leaves_what_only_some_runs_use() -> None:
+    loaded = _modules_after("copy", "--help")
+    assert "aiohttp" in loaded and "transship.remote.registry" in loaded
+    for lazy in LAZY_FOR_COPY:
+        assert lazy not in loaded, lazy
+
+
+def test_copy_help_reads_no_yaml() -> None:
+    """A single `copy SRC DST` reads no YAML; a plan loads PyYAML when it is read."""
+    assert "yaml" not in _modules_after("copy", "--help")
+
+
+def test_a_quiet_copy_and_its_rerun_leave_them_too(
+    plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Not only `--help`: a real quiet copy (and its no-op rerun) draws nothing and reads no
+    certificate, so neither rich nor cryptography is imported."""
+    seed_image(plain_registry, "lazy/src", "v1", seed=71)
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env["DOCKER_CONFIG"] = str(tmp_path)
+    argv = ("copy", plain_registry.ref("lazy/src:v1"), plain_registry.ref("lazy/dst"), "-q")
+    for _run in ("copy", "no-op rerun"):
+        loaded = _modules_after(*argv, env=env)
+        assert "transship.engine" in loaded
+        for lazy in (*LAZY_FOR_COPY, "yaml"):
+            assert lazy not in loaded, lazy
+
+
+def test_aiohttp_is_imported_without_loading_the_system_roots() -> None:
+    """aiohttp's two import-time TLS contexts, which transship never uses, hold no roots
+    (each load costs ~50 ms); OpenSSL's variables are restored, so the contexts transship
+    builds afterwards trust the system roots as before."""
+    probe = (
+        "import os\n"
+        "names = ('SSL_CERT_FILE', 'SSL_CERT_DIR')\n"
+        "before = [os.environ.get(n) for n in names]\n"
+        "from transship.cli import cli\n"
+        "cli.main(args=['copy', '--help'], standalone_mode=False)\n"
+        "from aiohttp import connector\n"
+        "from transship.remote.tls import ssl_context\n"
+        "print(connector._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'],\n"
+        "      before == [os.environ.get(n) for n in names],\n"
+        "      ssl_context(None).cert_store_stats()['x509_ca'])\n"
+    )
+    bundle = ssl.get_default_verify_paths().cafile
+    assert bundle, "this test needs a system CA bundle"
+    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    for extra in ({}, {"SSL_CERT_FILE": bundle}):  # OpenSSL's default, and the user's choice
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+            env={**env, **extra},
+        )
+        aiohttp_roots, restored, ours = out.stdout.split()[-3:]
+        assert aiohttp_roots == "0"
+        assert restored == "True"
+        assert int(ours) > 0

@@ -174,7 +174,7 @@ class TestPlanFile:
         assert text.endswith(pure)
         assert load_yaml(text, "plan.yaml").value == yaml.safe_load(text)
         assert yaml.__with_libyaml__, "PyYAML without libyaml: large plans load 6x slower"
-        assert plan_yaml._LOADER is yaml.CSafeLoader and plan_yaml._DUMPER is yaml.CSafeDumper
+        assert plan_yaml._loader() is yaml.CSafeLoader and plan_yaml._dumper() is yaml.CSafeDumper
 
     def test_yaml_is_readable(self) -> None:
         text = sample_plan().to_yaml()

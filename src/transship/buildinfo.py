@@ -94,3 +94,32 @@ def adopt_system_roots() -> None:
         found = system_roots_file(os.environ, ssl.get_default_verify_paths())
         if found:
             os.environ["SSL_CERT_FILE"] = found
+
+
+#: OpenSSL's variables for its default trust locations, read each time a context loads them
+_OPENSSL_TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def import_http_client() -> None:
+    """Import aiohttp without loading the system CA bundle twice for nothing.
+
+    aiohttp builds two default TLS contexts when it is imported, each loading the system roots
+    (~50 ms of CPU apiece, a tenth of a no-op rerun's start-up). transship never uses them:
+    every connector it makes is given its own context (`remote.tls.shared_ssl_context`, `ca
+    check`'s). So, for the first import only, OpenSSL's default locations point at an empty
+    file, and are restored before anything else runs: every context built afterwards loads
+    the real roots (or `SSL_CERT_FILE` as the user or `adopt_system_roots` set it).
+    """
+    if "aiohttp" in sys.modules:
+        return
+    saved = {name: os.environ.get(name) for name in _OPENSSL_TRUST_VARIABLES}
+    try:
+        for name in _OPENSSL_TRUST_VARIABLES:
+            os.environ[name] = os.devnull
+        importlib.import_module("aiohttp")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import click
 
-from transship.buildinfo import adopt_system_roots, version_line
+from transship.buildinfo import adopt_system_roots, import_http_client, version_line
 from transship.commands import all_commands, command
 from transship.errors import ExitCode, TransshipError, io_error
 from transship.harbor.advice import install as install_harbor_advice
@@ -33,11 +33,13 @@ class _Commands(click.Group):
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
+            import_http_client()
             for found in all_commands():
                 self.add_command(found)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if not self._loaded and cmd_name not in self.commands:
+            import_http_client()  # before a command module imports it
             found = command(cmd_name)
             if found is not None:
                 self.add_command(found)

@@ -1,6 +1,8 @@
 """Presentation of a run: rich bars on a terminal, periodic log lines otherwise, and a summary.
 
-The engine reports events through `Observer`; only this module decides how they look.
+The engine reports events through `Observer`; only this module decides how they look. rich is
+imported where a bar or a table is drawn: a quiet run (`-q`, a no-op rerun from a script)
+draws neither and does not pay for its import.
 """
 
 from __future__ import annotations
@@ -8,13 +10,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Sequence
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from transship.engine import CopyTask, Stats, TaskResult
 from transship.manifest import Descriptor
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+    from rich.table import Table
 
 
 def human_bytes(n: float) -> str:
@@ -87,6 +91,8 @@ class RichObserver:
     """Two live rows: images done/total, and bytes sent out of the total, rate, ETA, transfers."""
 
     def __init__(self, console: Console, total_tasks: int, budget: ByteBudget) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
         self.progress = Progress(
             TextColumn("{task.description:<8}"),
             BarColumn(),
@@ -204,6 +210,8 @@ class LogObserver:
 
 def summary_table(results: Sequence[TaskResult], stats: Stats, seconds: float) -> Table:
     """The final summary: images, blobs, bytes, time and effective rate."""
+    from rich.table import Table
+
     count = {s: sum(1 for r in results if r.status == s) for s in ("copied", "skipped", "failed")}
     table = Table(title="transship summary", show_header=False)
     table.add_column("what")

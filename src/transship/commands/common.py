@@ -1,4 +1,10 @@
-"""What every command shares: side options, logging, running the engine, reports, exit codes."""
+"""What every command shares: side options, logging, running the engine, reports, exit codes.
+
+Start-up counts in a no-op rerun (about a second in all), so what only some runs use is
+imported where it is used: rich when something is drawn, the image-list and script readers,
+list resolution, `--preflight`, `--lock-output`, `--shard` accounting, and `verify`'s use case
+(tests/test_cli_imports.py checks what `copy --plan` loads).
+"""
 
 from __future__ import annotations
 
@@ -9,33 +15,28 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from transship import landed
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, EngineOptions, TaskResult
 from transship.errors import ExitCode, PreflightError, UsageError
 from transship.fsutil import write_atomic
-from transship.harbor.accessories import HarborIndexLister, check_accessories
-from transship.imgpkg.lock import write_images_lock
 from transship.landed import LandedLog
-from transship.ops.listcache import ListCache, default_directory
-from transship.ops.listed import resolve_listed as resolve_listed_plan
-from transship.ops.preflight import preflight
 from transship.ops.run import run_phases
-from transship.ops.shard import ShardAccount
-from transship.ops.verify import VerifyOptions, VerifyResult, verify_plan
 from transship.plan._yaml import read_text
-from transship.plan.imagelist import load_image_list
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard, ShardSplit, split
 from transship.progress import ByteBudget, LogObserver, RichObserver, human_bytes, summary_table
 from transship.ratelimit import TokenBucket, parse_rate
-from transship.tkg.script import load_old_script
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from transship.ops.shard import ShardAccount
+    from transship.ops.verify import VerifyOptions, VerifyResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -207,8 +208,12 @@ def load_plan_source(
     if images_file is not None:
         if not prefix:
             raise UsageError("--images needs --dest PREFIX (or TKG_CUSTOM_IMAGE_REPOSITORY)")
+        from transship.plan.imagelist import load_image_list
+
         return load_image_list(images_file, prefix)
     assert script_file is not None
+    from transship.tkg.script import load_old_script
+
     return load_old_script(script_file, prefix)
 
 
@@ -254,11 +259,15 @@ async def run_engine(
     options = EngineOptions(
         parallel_images=parallel, rate_limit=rate_limit(limit_rate), landed_log=landed_log
     )
-    console = Console(stderr=True)
+    console = None
+    if not quiet:  # a quiet run draws nothing: no bars, no summary table
+        from rich.console import Console
+
+        console = Console(stderr=True)
     total = sum(len(p) for p in task_phases)
     budget = ByteBudget((t for p in task_phases for t in p), unique_bytes)
     observer: RichObserver | LogObserver
-    if console.is_terminal and not quiet:
+    if console is not None and console.is_terminal:
         observer = RichObserver(console, total, budget)
     else:
         observer = LogObserver(total, budget, quiet=quiet)
@@ -276,8 +285,10 @@ async def run_engine(
     if report is not None:
         write_report(report, outcome.results, outcome.seconds, extra)
     if lock_output is not None:
+        from transship.imgpkg.lock import write_images_lock
+
         write_images_lock(lock_output, outcome.results)
-    if not quiet:
+    if console is not None:
         table = summary_table(outcome.results, outcome.stats, outcome.seconds)
         if shard is not None:
             add_shard_rows(table, shard)
@@ -289,6 +300,8 @@ async def run_engine(
 
 async def check_destinations(task_phases: Sequence[Sequence[CopyTask]], parallel: int) -> None:
     """`--preflight`: every refusal on its own line, then the error (rendered by the CLI)."""
+    from transship.ops.preflight import preflight
+
     try:
         await preflight(task_phases, parallel)
     except PreflightError as exc:
@@ -353,6 +366,9 @@ async def resolve_listed(
     plan: Plan, sources: RegistryPool, parallel: int, quiet: bool, *, attachments: bool
 ) -> tuple[Plan, list[PlanEntry]]:
     """Resolve a list or script (`ops.listed`) and tell people what was left out and why."""
+    from transship.ops.listcache import ListCache, default_directory
+    from transship.ops.listed import resolve_listed as resolve_listed_plan
+
     kept = default_directory()
     cache = ListCache(kept) if kept is not None else None  # a rerun of a list: HEADs, no walk
     listed = await resolve_listed_plan(
@@ -378,6 +394,9 @@ async def run_verify(
     options: VerifyOptions,
 ) -> VerifyResult:
     """Open both sides, verify, close: shared by `verify` and `tkg config`."""
+    from transship.harbor.accessories import HarborIndexLister, check_accessories
+    from transship.ops.verify import verify_plan
+
     sources = RegistryPool(src_settings)
     dests = RegistryPool(dest_settings)
     if options.index_lister is None:  # on Harbor, index children without a manifest GET

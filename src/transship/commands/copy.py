@@ -27,7 +27,6 @@ from transship.connect import RegistryPool
 from transship.engine import TaskResult
 from transship.errors import UsageError
 from transship.manifest import Platform
-from transship.ops.shard import ShardAccount
 from transship.ops.tasks import copy_phases, single_entry, task_for, without_attachments
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard
@@ -126,7 +125,11 @@ def copy(
         await before_push(task_phases, projects, dests, preflight=preflight, quiet=quiet)
         if preflight:
             await check_destinations(task_phases, parallel)
-        account = None if cut is None else ShardAccount(cut, sources.get, parallel, chosen)
+        account = None
+        if cut is not None:
+            from transship.ops.shard import ShardAccount  # --shard only
+
+            account = ShardAccount(cut, sources.get, parallel, chosen)
         results = await run_engine(
             task_phases,
             report,

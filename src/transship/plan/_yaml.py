@@ -9,19 +9,35 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-
-import yaml
+from typing import TYPE_CHECKING
 
 from transship.errors import PlanError
 
+if TYPE_CHECKING:  # imported on first use: a single `copy SRC DST` reads no YAML
+    import yaml
+
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-#: libyaml's parser and emitter where PyYAML has them (its wheels do): the same documents as
-#: the pure-Python ones at a tenth of the CPU and two thirds of the memory, which a plan of
-#: thousands of entries pays on every `copy --plan`, no-op reruns included
-_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@cache
+def _loader() -> type[yaml.SafeLoader]:
+    """libyaml's parser where PyYAML has it (its wheels do): the same documents as the
+    pure-Python one at a tenth of the CPU and two thirds of the memory, which a plan of
+    thousands of entries pays on every `copy --plan`, no-op reruns included."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@cache
+def _dumper() -> type[yaml.SafeDumper]:
+    """libyaml's emitter where PyYAML has it (see `_loader`)."""
+    import yaml
+
+    return getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def read_text(path: Path | str) -> str:
@@ -44,9 +60,11 @@ def load_yaml(text: str, name: str) -> Node:
     """Parse one YAML document with a safe loader after rejecting anchors and aliases."""
     if len(text) > MAX_INPUT_BYTES:
         raise PlanError(f"{name}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
+    import yaml
+
     try:
         _reject_aliases(text, name)
-        value = yaml.load(text, Loader=_LOADER)
+        value = yaml.load(text, Loader=_loader())
     except yaml.MarkedYAMLError as exc:
         raise PlanError(_describe_yaml_error(exc, name)) from None
     except yaml.YAMLError as exc:
@@ -60,7 +78,9 @@ def _reject_aliases(text: str, name: str) -> None:
     """Scan tokens (cheap, nothing is expanded) and refuse anchors and aliases."""
     if "&" not in text and "*" not in text:  # neither can be written without its sign
         return
-    for token in yaml.scan(text, Loader=_LOADER):
+    import yaml
+
+    for token in yaml.scan(text, Loader=_loader()):
         if isinstance(token, yaml.AliasToken | yaml.AnchorToken):
             sign = "*" if isinstance(token, yaml.AliasToken) else "&"
             raise PlanError(
@@ -71,7 +91,11 @@ def _reject_aliases(text: str, name: str) -> None:
 
 def dump_yaml(doc: object) -> str:
     """Block YAML in the order given (safe dumper); strings that look like numbers are quoted."""
-    return yaml.dump(doc, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=4096, indent=2)
+    import yaml
+
+    return yaml.dump(
+        doc, Dumper=_dumper(), sort_keys=False, allow_unicode=True, width=4096, indent=2
+    )
 
 
 def _describe_yaml_error(exc: yaml.MarkedYAMLError, name: str) -> str:

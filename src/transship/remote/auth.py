@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from transship.errors import AuthenticationError, UsageError
@@ -57,6 +58,10 @@ class Credentials:
     source: str = "options"
 
     def basic(self) -> str:
+        return self._basic
+
+    @cached_property
+    def _basic(self) -> str:  # the same header on every request of a run
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode("ascii")
 

@@ -656,13 +656,14 @@ class BlobDownload:
             )
         self._resp = resp
 
-    def __aiter__(self) -> BlobDownload:
-        return self
-
-    async def __anext__(self) -> bytes:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # `async for` reads the generator itself: no extra coroutine per chunk
         if self._stream is None:
             self._stream = self._chunks()
-        return await anext(self._stream)
+        return self._stream
+
+    async def __anext__(self) -> bytes:
+        return await anext(aiter(self))
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         hasher = self._hasher

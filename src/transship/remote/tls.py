@@ -2,20 +2,27 @@
 
 Some tools keep a PEM CA base64-encoded on one line in a variable (TKG does, see
 `transship.tkg.ca`), so every place that takes a CA accepts either form.
+
+Costs that count in a short run: loading the system roots is ~50 ms of CPU, so it is done
+once per (CA, verify) and not at all for a context that verifies nothing; `cryptography` is
+imported only where a certificate is read (a CA given, a TLS failure explained).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
+from typing import TYPE_CHECKING
 
 from transship.errors import CertificateError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
@@ -29,6 +36,8 @@ class CABundle:
 
     @property
     def certificates(self) -> list[x509.Certificate]:
+        from cryptography import x509
+
         return x509.load_pem_x509_certificates(self.pem)
 
     @property
@@ -38,6 +47,8 @@ class CABundle:
 
 def load_ca(value: str, *, require_ca: bool = True) -> CABundle:
     """Load a CA from a file path, PEM text, or base64 of PEM; validate it is a CA."""
+    from cryptography import x509
+
     origin: str
     data: bytes
     path = Path(value).expanduser()
@@ -86,6 +97,9 @@ def _decode_base64(data: bytes, origin: str) -> bytes:
 
 
 def _require_ca(cert: x509.Certificate, origin: str) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtensionOID
+
     subject = cert.subject.rfc4514_string()
     try:
         constraints = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
@@ -103,13 +117,22 @@ def _require_ca(cert: x509.Certificate, origin: str) -> None:
         )
 
 
+def unverified_context() -> ssl.SSLContext:
+    """`ssl.create_default_context()` with verification off, without loading the system
+    roots it would never consult (the same protocol defaults and `SSLKEYLOGFILE`)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog and not sys.flags.ignore_environment:
+        ctx.keylog_filename = keylog
+    return ctx
+
+
 def ssl_context(ca: CABundle | None, *, verify: bool = True) -> ssl.SSLContext:
     """System trust plus the registry's own CA; no verification only when asked."""
     if not verify:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return unverified_context()
     ctx = ssl.create_default_context()
     if ca is not None:
         ctx.load_verify_locations(cadata=ca.pem.decode("ascii"))
@@ -146,9 +169,7 @@ async def peer_certificate_summary(host: str, timeout: float = 10.0) -> PeerCert
     import asyncio
 
     hostname, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "443")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = unverified_context()
     try:
         _reader, writer = await asyncio.wait_for(
             asyncio.open_connection(hostname, int(port or 443), ssl=ctx, server_hostname=hostname),
@@ -163,10 +184,15 @@ async def peer_certificate_summary(host: str, timeout: float = 10.0) -> PeerCert
         writer.close()
     if not der:
         return None
+    from cryptography import x509
+
     return describe_certificate(x509.load_der_x509_certificate(der))
 
 
 def describe_certificate(cert: x509.Certificate) -> PeerCertificate:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtensionOID
+
     names: list[str] = []
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value

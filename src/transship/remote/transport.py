@@ -11,8 +11,7 @@ import errno
 import ipaddress
 import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -350,8 +349,7 @@ class Transport:
 
     # -- requests ---------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def request(
+    def request(
         self,
         method: str,
         path: str,
@@ -361,19 +359,14 @@ class Transport:
         params: Mapping[str, str] | None = None,
         data: Body = None,
         follow_redirects: bool = False,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> Exchange:
         """Send one request with auth, retries (if the body can be resent) and redirects.
 
-        `path` is a path under the registry or an absolute URL (upload locations). The response
-        is yielded for any final status; the caller maps statuses to errors.
+        `path` is a path under the registry or an absolute URL (upload locations). Entering the
+        returned context sends it and gives the response for any final status (the caller maps
+        statuses to errors); leaving it releases the response.
         """
-        resp = await self._send_retried(
-            method, path, scopes, headers, params, data, follow_redirects, self.attempts()
-        )
-        try:
-            yield resp
-        finally:
-            resp.release()
+        return Exchange(self, method, path, scopes, headers, params, data, follow_redirects)
 
     async def fetch(
         self,
@@ -399,7 +392,6 @@ class Transport:
         (Harbor answers a non-admin's catalog with a Basic challenge even to a Bearer token).
         """
         attempts = self.attempts()
-        what = f"{method} {self.host}{urlsplit(path).path}"
         while True:
             resp = await self._send_retried(
                 method, path, scopes, headers, None, None, True, attempts, optional=optional
@@ -410,14 +402,16 @@ class Transport:
                 if length is None or length <= limit:
                     body = await read_bounded_async(resp.content.read, limit)
                     if length is not None and len(body) != length:
-                        raise RetryableError(f"{what}: body cut short ({len(body)} of {length})")
+                        raise RetryableError(
+                            f"{self._where(method, path)}: body cut short ({len(body)} of {length})"
+                        )
                 fetched = Fetched(resp.status, resp.headers, str(resp.url), body, length)
                 if check is not None and resp.status == 200 and not fetched.too_large(limit):
                     check(fetched)
                 return fetched
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
                 failure: TransshipError = RetryableError(
-                    f"{what}: answer interrupted ({_describe(exc)})"
+                    f"{self._where(method, path)}: answer interrupted ({_describe(exc)})"
                 )
             except (RetryableError, IntegrityError) as exc:
                 failure = exc
@@ -427,7 +421,8 @@ class Transport:
                 if isinstance(failure, RetryableError):
                     failure.exhausted = True
                 raise failure
-            log.debug("%s: %s, fetching again", what, failure)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: %s, fetching again", self._where(method, path), failure)
             await attempts.pause()
 
     async def _send_retried(
@@ -453,7 +448,6 @@ class Transport:
         base = await self.base_url()
         url = path if "://" in path else base + path
         resendable = data is None or isinstance(data, bytes)
-        where = f"{method} {self.host}{urlsplit(url).path}"
         reauthed = False
         while True:
             self.health.check()  # health: a host found down fails at once
@@ -465,7 +459,7 @@ class Transport:
                 if not attempts.left:
                     exc.exhausted = True
                     raise
-                log.debug("%s: %s, retrying", where, exc)
+                log.debug("%s: %s, retrying", self._where(method, url), exc)
                 await attempts.pause(exc.retry_after)
                 continue
             if auth:
@@ -482,7 +476,7 @@ class Transport:
                 if not resendable or not attempts.left:
                     await self.health.settle()  # health: down, or this request's own error
                     raise RetryableError(
-                        f"{where}: {_describe(exc)}", exhausted=resendable
+                        f"{self._where(method, url)}: {_describe(exc)}", exhausted=resendable
                     ) from None
                 await attempts.pause()  # health: backoff (`Transport.attempts`)
                 continue
@@ -505,16 +499,20 @@ class Transport:
                     text = await _error_text(resp)
                     resp.release()
                     raise RetryableError(
-                        f"{where} answered {resp.status}{text}",
+                        f"{self._where(method, url)} answered {resp.status}{text}",
                         status=resp.status,
                         retry_after=retry_after,
                         exhausted=resendable,
                     )
                 resp.release()
-                log.debug("%s: %s, retrying", where, resp.status)
+                log.debug("%s: %s, retrying", self._where(method, url), resp.status)
                 await attempts.pause(retry_after)  # health: backoff (`Transport.attempts`)
                 continue
             return resp
+
+    def _where(self, method: str, url: str) -> str:
+        """`GET host/v2/...` for messages: built only when one is written."""
+        return f"{method} {self.host}{urlsplit(url).path}"
 
     async def _on_unauthorized(
         self, header: str, scopes: tuple[str, ...], sent: str | None, reauthed: bool
@@ -551,13 +549,15 @@ class Transport:
         auth: str | None,
     ) -> aiohttp.ClientResponse:
         session = self._client()
-        origin = urlsplit(url)
+        origin = None  # parsed at the first redirect: most requests have none
         for _hop in range(6):
             resp = await session.request(
                 method, url, headers=headers, params=params, data=data, allow_redirects=False
             )
             if not follow_redirects or resp.status not in REDIRECT_STATUSES:
                 return resp
+            if origin is None:
+                origin = urlsplit(url)
             location = resp.headers.get("Location")
             resp.release()
             if not location:
@@ -572,6 +572,37 @@ class Transport:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url, params = target.geturl(), None
         raise RegistryError(f"{self.host}: too many redirects")
+
+
+class Exchange:
+    """`Transport.request`'s context: a plain class, not `asynccontextmanager`, since every
+    request of a run goes through it (no generator and wrapper per request)."""
+
+    __slots__ = ("_args", "_resp", "_transport")
+
+    def __init__(
+        self,
+        transport: Transport,
+        method: str,
+        path: str,
+        scopes: tuple[str, ...],
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        data: Body,
+        follow_redirects: bool,
+    ) -> None:
+        self._transport = transport
+        self._args = (method, path, scopes, headers, params, data, follow_redirects)
+        self._resp: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        transport = self._transport
+        self._resp = await transport._send_retried(*self._args, transport.attempts())
+        return self._resp
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._resp is not None:
+            self._resp.release()
 
 
 def permission_denied(host: str, scopes: tuple[str, ...]) -> PermissionDeniedError:
