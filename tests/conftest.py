@@ -8,6 +8,7 @@ Session-scoped registries are shared by many tests: use a unique repository name
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,17 @@ pytest_plugins = ["clirunner"]  # the `cli` fixture
 
 MakeRegistry = Callable[..., RegistryProcess]
 MakeTokenServer = Callable[..., TokenServer]
+
+
+@pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own `$XDG_CACHE_HOME` (landed log, kept resolutions, manifest store):
+    a test never reads what an earlier one, or the machine's user, left in `~/.cache`.
+    Tests that share a cache between runs set their own directory."""
+    cache = tmp_path / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("TRANSSHIP_NO_CACHE", raising=False)
+    return cache
 
 
 @pytest.fixture(scope="session")

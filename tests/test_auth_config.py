@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from transship.errors import UsageError
+from transship.errors import RegistryError, UsageError
 from transship.remote.auth import Challenge, from_docker_config, parse_creds
 from transship.remote.links import next_link
 
@@ -95,3 +95,13 @@ def test_link_pagination():
         == "https://r.example/v2/a/tags/list?n=2&last=b"
     )
     assert next_link(None, "https://r.example/") is None
+
+
+def test_link_to_another_host_is_refused_not_followed_with_our_credentials():
+    here = "https://r.example/v2/a/tags/list"
+    # same origin, spelled absolute (or with another case): followed
+    link = '<https://R.example/v2/a/tags/list?last=b>; rel="next"'
+    assert next_link(link, here) == "https://R.example/v2/a/tags/list?last=b"
+    for elsewhere in ("https://evil.example", "http://r.example", "https://r.example:8443"):
+        with pytest.raises(RegistryError, match="another host"):
+            next_link(f'<{elsewhere}/v2/a/tags/list?last=b>; rel="next"', here)

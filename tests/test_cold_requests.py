@@ -231,9 +231,11 @@ async def test_catalog_near_a_prefix_pages_distributions_path_order_without_miss
     registry = Registry(reg.host, RegistryOptions(catalog_page_size=1))
 
     async def near(prefix: str, max_pages: int = 20) -> tuple[frozenset[str] | None, int]:
-        mark = reg.log_offset()
+        # access lines are written after the replies: count a call's pages only once the log
+        # has settled, before (the previous call's last line) and after it
+        mark = reg.settle_log(quiet=0.2)
         found = await registry.existing_repositories(prefix, max_pages=max_pages)
-        reg.wait_for_log(r"_catalog", since=mark)
+        reg.settle_log(quiet=0.3)
         return found, len(_catalogs(reg.access_log(since=mark)))
 
     try:

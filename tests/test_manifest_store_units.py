@@ -182,6 +182,21 @@ def test_pruning_keeps_the_store_under_its_size_cap_dropping_the_least_recently_
     assert tight.writes == 1
 
 
+def test_a_store_a_run_left_nearly_full_has_room_for_the_next_run(tmp_path: Path) -> None:
+    manifests = [_image(50 + i) for i in range(10)]
+    size = max(len(m.raw) for m in manifests) + len(OCI_MANIFEST) + 1
+    cap = size * 6 + size // 2
+    first = ManifestStore(tmp_path, max_bytes=cap)
+    for manifest in manifests:
+        first.put(manifest)
+    assert first.writes == 6  # full: the rest is not kept in this run
+    second = ManifestStore(tmp_path, max_bytes=cap)  # the next run: its first write scans
+    second.put(_image(70))
+    second.put(_image(71))
+    assert second.writes == 2
+    assert sum(f.stat().st_size for f in _files(second)) <= cap
+
+
 def test_a_store_that_cannot_be_written_is_silent(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

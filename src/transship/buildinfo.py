@@ -13,6 +13,7 @@ import os
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -108,9 +109,13 @@ def import_http_client() -> None:
     every connector it makes is given its own context (`remote.tls.shared_ssl_context`, `ca
     check`'s). So, for the first import only, OpenSSL's default locations point at an empty
     file, and are restored before anything else runs: every context built afterwards loads
-    the real roots (or `SSL_CERT_FILE` as the user or `adopt_system_roots` set it).
+    the real roots (or `SSL_CERT_FILE` as the user or `adopt_system_roots` set it). Only
+    while this is the process's one thread: the environment is process-wide.
     """
     if "aiohttp" in sys.modules:
+        return
+    if threading.active_count() > 1:  # another thread could build a context meanwhile
+        importlib.import_module("aiohttp")
         return
     saved = {name: os.environ.get(name) for name in _OPENSSL_TRUST_VARIABLES}
     try:

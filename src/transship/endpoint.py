@@ -111,7 +111,8 @@ class RepositoryIndex(Protocol):
     plan's repositories there: a repository it lacks needs no tag list and no HEAD. It may be
     wrong only in one direction that matters: a repository it wrongly calls missing costs work,
     never correctness (each blob's transfer begins with a mount from that very repository,
-    which answers "already here", and pushing a manifest's same bytes again changes nothing).
+    which answers "already here", and pushing a manifest's same bytes again changes nothing,
+    unless the registry refuses to re-push immutable tags).
     """
 
     async def existing_repositories(self, prefix: str, *, max_pages: int) -> frozenset[str] | None:

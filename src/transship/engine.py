@@ -208,7 +208,9 @@ class _Catalog:
     asked once. A repository it lacks is treated as missing: no tag list, no HEAD. Should the
     answer be wrong (a registry whose catalog lags), that costs work, never correctness: the
     transfer's mount from the repository itself answers "already here" for every blob it
-    holds, and a manifest PUT of the same bytes is idempotent."""
+    holds, and a manifest PUT of the same bytes is idempotent (except where the registry makes
+    tags immutable, e.g. a Harbor immutability rule: there the PUT is refused and the entry
+    fails; such registries' catalogs come from their database and do not lag)."""
 
     prefix: str
     names: frozenset[str]

@@ -12,9 +12,10 @@ GET's Content-Type), then its exact bytes. Every read re-hashes the bytes agains
 name, so a damaged or edited file is removed and the manifest fetched again: nothing read here
 is trusted more than a GET (and so writes need no fsync, only a rename).
 
-The key is the digest alone, not the repository: bytes fetched from repository A serve a copy
-from repository B when B's entry names the same digest. The bytes are the same content, verified;
-what is skipped is only the source's own say on whether B may be read (its blobs still are).
+The key is the digest alone, not the registry or repository: bytes fetched from repository A
+serve a copy from repository B (on any registry) when B's entry names the same digest. The bytes
+are the same content, verified; what is skipped is only the source's own say on whether B holds
+and may serve that manifest (its blobs are still read from B, unless the destination has them).
 
 Bounded: at most `MAX_BYTES`, and entries unused for `MAX_AGE` are dropped. The one directory
 scan that enforces this happens when a run writes its first entry. A store that cannot be
@@ -37,8 +38,10 @@ from transship.manifest import Manifest
 
 log = logging.getLogger("transship.cache")
 
-#: the store's size cap; pruning goes down to `PRUNE_TO` of it to leave room for later runs
+#: the store's size cap; a scan that finds it above `PRUNE_ABOVE` of that prunes down to
+#: `PRUNE_TO`, so a store a run left nearly full still has room for the next run's entries
 MAX_BYTES = 256 * 1024 * 1024
+PRUNE_ABOVE = 0.9
 PRUNE_TO = 0.75
 #: an entry unused (not written or read) this long is dropped at the next scan
 MAX_AGE = 30 * 24 * 3600.0
@@ -119,8 +122,8 @@ class ManifestStore:
 
     def prune(self) -> int:
         """One scan: drop entries unused for `max_age` and temporary files a killed run left,
-        then the least recently used until the store is within `PRUNE_TO` of `max_bytes`.
-        Returns the bytes left."""
+        then, when the rest is above `PRUNE_ABOVE` of `max_bytes`, the least recently used
+        until it is within `PRUNE_TO`. Returns the bytes left."""
         now = time.time()
         kept: list[tuple[float, int, str]] = []
         try:
@@ -142,7 +145,7 @@ class ManifestStore:
                     else:
                         kept.append((info.st_mtime, info.st_size, entry.path))
         total = sum(size for _, size, _ in kept)
-        if total > self.max_bytes:
+        if total > self.max_bytes * PRUNE_ABOVE:
             kept.sort()
             for _, size, name in kept:
                 if total <= self.max_bytes * PRUNE_TO:

@@ -89,7 +89,7 @@ _HOP_BY_HOP = frozenset(
 )
 _V2_NAME = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs|tags|referrers)(?P<rest>/.*)?$")
 #: set on a streamed answer `_forward` has recorded already
-_RECORDED = web.ResponseKey("recorded", bool)
+_RECORDED = web.RequestKey("recorded", bool)
 _COSIGN_SIG = re.compile(r"^sha256-(?P<hex>[0-9a-f]{64})\.sig$")
 
 
@@ -366,7 +366,7 @@ class HarborEmulator:
                 resp = _errors(404, "NOT_FOUND", f"{path} not found")
         except Exception as exc:  # a bug in the emulator must show, not hang the client
             resp = _errors(500, "UNKNOWN", f"emulator: {type(exc).__name__}: {exc}")
-        if not resp.get(_RECORDED):
+        if not request.get(_RECORDED):  # once, even when a forward failed after recording
             self._record(request, resp.status, user)
         return resp
 
@@ -810,7 +810,7 @@ class HarborEmulator:
             # recorded before the client can have the answer: a test reading `records` right
             # after its client finished must find it (a streamed answer is sent from here)
             self._record(request, upstream.status, user)
-            resp[_RECORDED] = True
+            request[_RECORDED] = True
             for key, value in upstream.headers.items():
                 lower = key.lower()
                 if lower in _HOP_BY_HOP or lower in ("date", "server"):
