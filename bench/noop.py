@@ -9,6 +9,7 @@ trees in one run, round-robin): wall time, requests at the destination and the u
 method, and the machine's load average beside each figure.
 
     .venv/bin/python bench/noop.py [--walk release|old] [--rounds 5] [--src A/src,B/src]
+        [--dest-mode tls_basic|tls]
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ def main() -> None:
     parser.add_argument("--forms", default="plan,images", help="rerun forms to time")
     parser.add_argument("--workdir", type=Path, help="default: a new directory in /dev/shm")
     parser.add_argument("--hold", type=float, default=0, help="then keep the registries up S s")
+    parser.add_argument(
+        "--dest-mode",
+        choices=("tls_basic", "tls"),
+        default="tls_basic",
+        help="destination: TLS + htpasswd (a bcrypt check per request), or TLS alone (what a "
+        "HEAD costs a registry without the password check)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # registries stop in `finally`
     trees = [Path(s) for s in args.src.split(",") if s]
@@ -79,7 +87,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     pki = build_pki(root / "pki")
     upstream = RegistryProcess(root / "upstream", "plain")
-    dest = RegistryProcess(root / "dest", "tls_basic", pki=pki)
+    dest = RegistryProcess(root / "dest", args.dest_mode, pki=pki)
     try:
         corpus = build_corpus(args.walk, args.scale, "1")
         upstream.start()
@@ -89,7 +97,9 @@ def main() -> None:
         home = root / "home"
         home.mkdir()
         plan = root / "plan.yaml"
-        common = ["--dest-ca", str(pki.ca.cert_path), "--dest-creds", f"{USERNAME}:{PASSWORD}"]
+        common = ["--dest-ca", str(pki.ca.cert_path)]
+        if args.dest_mode == "tls_basic":
+            common += ["--dest-creds", f"{USERNAME}:{PASSWORD}"]
         commands = {
             "plan": ["copy", "--plan", str(plan), *common, "-q"],
             "images": [
