@@ -276,3 +276,70 @@ async def test_redirect_from_https_to_plain_http_is_refused(pki: PKI) -> None:
     finally:
         await registry.close()
         await runner.cleanup()
+
+
+async def test_a_push_token_also_carries_pull_on_the_origin_most_mounted_from(
+    make_token_server,
+    make_registry,
+    pki: PKI,  # type: ignore[no-untyped-def]
+) -> None:
+    """A copy mounts shared base layers into every repository from where they first landed:
+    once that origin is known, each repository's push token asks pull on it too, so its
+    mounts need no token of their own (one token per repository, not per pair)."""
+    tokens: TokenServer = make_token_server()
+    reg = make_registry("tls_token", token_server=tokens)
+    image = seed_image(reg, "hub/base", "v1", seed=31)
+    layer = Digest.parse(image.layers[0].digest)
+    tokens.reset()
+    registry = client(reg, pki, destination=True)
+    repositories = [f"app/r{i}" for i in range(5)]
+    try:
+        for repository in repositories:  # the engine's order: a check, then the mounts
+            assert await registry.head_manifest(repository, "v1") is None
+            assert await registry.mount_blob(repository, layer, "hub/base")
+    finally:
+        await registry.close()
+    asked = [r.scopes for r in tokens.token_requests()]
+    # r0: its push token, then one for the pair; every later repository: one token, with the hub
+    assert len(asked) == 1 + len(repositories)
+    assert all("repository:hub/base:pull" in scopes for scopes in asked[2:])
+    reg.settle_log()  # access lines are written after the replies
+    mounts = [e for e in reg.access_log() if e.method == "POST" and "mount=" in e.path]
+    assert [e.status for e in mounts] == [201] * len(repositories)
+
+
+async def test_a_push_token_granted_less_than_asked_is_asked_again_exactly(
+    make_token_server,
+    make_registry,
+    pki: PKI,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """The token service grants scope by scope and may leave out the extra pull: the mount
+    that relied on it is refused (401 insufficient_scope) and is tried once more with a token
+    asked for exactly its scopes, not reported as a permission error."""
+    tokens: TokenServer = make_token_server()
+    reg = make_registry("tls_token", token_server=tokens)
+    image = seed_image(reg, "hub/base", "v1", seed=32)
+    layer = Digest.parse(image.layers[0].digest)
+    granted = tokens.grant
+    withheld: list[list[str]] = []
+
+    def grant(user: str | None, scopes: list[str]) -> list[dict[str, object]]:
+        scopes = list(scopes)
+        if "repository:app/r2:pull,push" in scopes and not withheld:  # once, for r2's push
+            withheld.append(scopes)
+            scopes = [s for s in scopes if s != "repository:hub/base:pull"]
+        return granted(user, scopes)
+
+    monkeypatch.setattr(tokens, "grant", grant)
+    registry = client(reg, pki, destination=True)
+    try:
+        for repository in ("app/r0", "app/r1", "app/r2", "app/r3"):
+            assert await registry.head_manifest(repository, "v1") is None
+            assert await registry.mount_blob(repository, layer, "hub/base")
+    finally:
+        await registry.close()
+    assert withheld and "repository:hub/base:pull" in withheld[0]  # it was asked, not granted
+    reg.settle_log()  # access lines are written after the replies
+    mounts = [e for e in reg.access_log() if e.method == "POST" and "mount=" in e.path]
+    assert [e.status for e in mounts] == [201, 201, 401, 201, 201]

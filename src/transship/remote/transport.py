@@ -11,8 +11,10 @@ import errno
 import ipaddress
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -40,6 +42,8 @@ log = logging.getLogger("transship.remote")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = f"transship/{__version__}"
+#: a push token also asks pull on this many of the repositories most mounted from so far
+HUB_ORIGINS = 3
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -106,6 +110,13 @@ class Transport:
         self._ping_lock = asyncio.Lock()
         self._challenge: Challenge | None = None
         self._tokens = TokenCache()
+        #: pull scopes asked beside a push scope (mount origins) by token fetches, counted
+        self._origins: Counter[str] = Counter()
+        #: token keys served by a token asked with more pull scopes than the key names (the
+        #: service may grant fewer than asked): an `insufficient_scope` there asks exactly
+        self._speculative: set[str] = set()
+        #: keys fetched exactly from now on (a speculative token fell short for them)
+        self._exact: set[str] = set()
         #: connection failures of this host; hooks marked "health:" below feed and consult it
         self.health = HostHealth(host)
 
@@ -283,13 +294,51 @@ class Transport:
             token = self._tokens.get(key)
             if token is None:
                 async with self._tokens.lock(key):
-                    token = self._tokens.get(key) or await self._fetch_token(challenge, scopes)
+                    token = self._tokens.get(key) or await self._token_for(challenge, scopes, key)
             return f"Bearer {token}"
         raise AuthenticationError(
             f"{self.host} asks for unsupported auth scheme {challenge.scheme!r}"
         )
 
-    async def _fetch_token(self, challenge: Challenge, scopes: tuple[str, ...]) -> str:
+    async def _token_for(self, challenge: Challenge, scopes: tuple[str, ...], key: str) -> str:
+        """Fetch a token for `scopes`. A push token also asks pull on the repositories most
+        mounted from so far (`HUB_ORIGINS`), and is kept under the keys of those mounts too:
+        a copy mounts its shared base layers into every repository from the one they first
+        landed in, so a Bearer registry (Harbor) then needs one token per repository instead
+        of one per (repository, origin) pair. Only the keys with such extra scopes are
+        speculative: the service grants each scope on its own, and may refuse those."""
+        pushes = [s for s in scopes if s.endswith(":pull,push")]
+        if len(pushes) != 1 or key in self._exact:
+            token, lifetime = await self._fetch_token(challenge, scopes)
+            self._tokens.put(key, token, lifetime)
+            self._speculative.discard(key)
+            return token
+        pushed = pushes[0].rsplit(":", 1)[0]  # "repository:NAME"
+        origins = [s for s in scopes if s.startswith("repository:") and s.endswith(":pull")]
+        self._origins.update(origins)
+        hubs = [
+            origin
+            for origin, _ in self._origins.most_common(HUB_ORIGINS + len(scopes))
+            if origin not in scopes and origin.rsplit(":", 1)[0] != pushed
+        ][:HUB_ORIGINS]
+        token, lifetime = await self._fetch_token(challenge, scopes + tuple(hubs))
+        others = [s for s in scopes if s != pushes[0]]
+        # every request this token can serve: the push with any of the pulls asked or added
+        # (the push alone is a transfer's own mount, the push with one pull a mount)
+        pulls = others + hubs
+        for size in range(len(pulls) + 1):
+            for extra in combinations(pulls, size):
+                also = " ".join(sorted((pushes[0], *extra)))
+                self._tokens.put(also, token, lifetime)
+                if set(extra) <= set(others):
+                    self._speculative.discard(also)
+                else:
+                    self._speculative.add(also)
+        return token
+
+    async def _fetch_token(
+        self, challenge: Challenge, scopes: tuple[str, ...]
+    ) -> tuple[str, float]:
         realm = challenge.params.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.host}: bearer challenge without a realm")
@@ -343,9 +392,7 @@ class Transport:
             token = str(doc.get("token") or doc["access_token"])
         except (ValueError, KeyError, TypeError):
             raise AuthenticationError(f"token service of {self.host} gave no token") from None
-        lifetime = float(doc.get("expires_in") or 60)
-        self._tokens.put(" ".join(sorted(scopes)), token, lifetime)
-        return token
+        return token, float(doc.get("expires_in") or 60)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -529,6 +576,11 @@ class Transport:
         if creds is None:
             raise missing_credentials(self.host, challenge, self.options.creds_option)
         if sent.startswith("Bearer"):
+            key = " ".join(sorted(scopes))
+            if key in self._speculative and not reauthed:  # asked with more, granted less
+                self._speculative.discard(key)
+                self._exact.add(key)
+                return
             if challenge.params.get("error") != "insufficient_scope" and not reauthed:
                 self._challenge = challenge  # expired or revoked token: fetch a new one
                 return
