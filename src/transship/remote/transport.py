@@ -14,7 +14,6 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -322,18 +321,19 @@ class Transport:
             if origin not in scopes and origin.rsplit(":", 1)[0] != pushed
         ][:HUB_ORIGINS]
         token, lifetime = await self._fetch_token(challenge, scopes + tuple(hubs))
-        others = [s for s in scopes if s != pushes[0]]
-        # every request this token can serve: the push with any of the pulls asked or added
-        # (the push alone is a transfer's own mount, the push with one pull a mount)
-        pulls = others + hubs
-        for size in range(len(pulls) + 1):
-            for extra in combinations(pulls, size):
-                also = " ".join(sorted((pushes[0], *extra)))
-                self._tokens.put(also, token, lifetime)
-                if set(extra) <= set(others):
-                    self._speculative.discard(also)
-                else:
-                    self._speculative.add(also)
+        self._tokens.put(key, token, lifetime)
+        self._speculative.discard(key)
+        # the requests this token can also serve: the push alone (a transfer's own mount) and
+        # the push with one pull (a mount from there); not a key a short grant had to refetch
+        for pull in (None, *(s for s in scopes if s != pushes[0]), *hubs):
+            also = " ".join(sorted((pushes[0],) if pull is None else (pushes[0], pull)))
+            if also == key or also in self._exact:
+                continue
+            self._tokens.put(also, token, lifetime)
+            if pull in hubs:
+                self._speculative.add(also)
+            else:
+                self._speculative.discard(also)
         return token
 
     async def _fetch_token(
