@@ -111,11 +111,16 @@ class Transport:
         self._tokens = TokenCache()
         #: pull scopes asked beside a push scope (mount origins) by token fetches, counted
         self._origins: Counter[str] = Counter()
-        #: token keys served by a token asked with more pull scopes than the key names (the
-        #: service may grant fewer than asked): an `insufficient_scope` there asks exactly
-        self._speculative: set[str] = set()
+        #: token keys once served by a token asked with more pull scopes than the key names,
+        #: and that token (the service may grant fewer than asked): a request that sent it and
+        #: met `insufficient_scope` asks again exactly, however many were in flight with it
+        self._speculative: dict[str, str] = {}
         #: keys fetched exactly from now on (a speculative token fell short for them)
         self._exact: set[str] = set()
+        #: hub pulls a service granted short, asked no more; and hubs off altogether once a
+        #: service refused a whole request for them
+        self._short: set[str] = set()
+        self._hubs_off = False
         #: connection failures of this host; hooks marked "health:" below feed and consult it
         self.health = HostHealth(host)
 
@@ -307,22 +312,31 @@ class Transport:
         of one per (repository, origin) pair. Only the keys with such extra scopes are
         speculative: the service grants each scope on its own, and may refuse those."""
         pushes = [s for s in scopes if s.endswith(":pull,push")]
-        if len(pushes) != 1 or key in self._exact:
+        if len(pushes) != 1 or key in self._exact or self._hubs_off:
             token, lifetime = await self._fetch_token(challenge, scopes)
             self._tokens.put(key, token, lifetime)
-            self._speculative.discard(key)
             return token
         pushed = pushes[0].rsplit(":", 1)[0]  # "repository:NAME"
         origins = [s for s in scopes if s.startswith("repository:") and s.endswith(":pull")]
-        self._origins.update(origins)
+        ranked = self._origins.most_common(HUB_ORIGINS + len(scopes) + len(self._short))
         hubs = [
             origin
-            for origin, _ in self._origins.most_common(HUB_ORIGINS + len(scopes))
-            if origin not in scopes and origin.rsplit(":", 1)[0] != pushed
+            for origin, _ in ranked
+            if origin not in scopes
+            and origin not in self._short
+            and origin.rsplit(":", 1)[0] != pushed
         ][:HUB_ORIGINS]
-        token, lifetime = await self._fetch_token(challenge, scopes + tuple(hubs))
+        try:
+            token, lifetime = await self._fetch_token(challenge, scopes + tuple(hubs))
+        except AuthenticationError:
+            if not hubs:
+                raise
+            # a service that refuses a whole request over one scope: ask as before, from now on
+            self._hubs_off = True
+            token, lifetime = await self._fetch_token(challenge, scopes)
+            hubs = []
+        self._origins.update(origins)  # counted once granted: a refused origin ranks nowhere
         self._tokens.put(key, token, lifetime)
-        self._speculative.discard(key)
         # the requests this token can also serve: the push alone (a transfer's own mount) and
         # the push with one pull (a mount from there); not a key a short grant had to refetch
         for pull in (None, *(s for s in scopes if s != pushes[0]), *hubs):
@@ -331,9 +345,7 @@ class Transport:
                 continue
             self._tokens.put(also, token, lifetime)
             if pull in hubs:
-                self._speculative.add(also)
-            else:
-                self._speculative.discard(also)
+                self._speculative[also] = token
         return token
 
     async def _fetch_token(
@@ -569,17 +581,21 @@ class Transport:
         if challenge is None:
             raise AuthenticationError(f"{self.host} answered 401 without a challenge")
         creds = self.options.credentials
-        self._tokens.drop(" ".join(sorted(scopes)))
+        key = " ".join(sorted(scopes))
+        if not (sent or "").startswith("Bearer ") or sent == f"Bearer {self._tokens.get(key)}":
+            self._tokens.drop(key)  # not a fresher one a request in flight beside it fetched
         if sent is None:
             self._challenge = challenge  # first contact: now we know how to authenticate
             return
         if creds is None:
             raise missing_credentials(self.host, challenge, self.options.creds_option)
         if sent.startswith("Bearer"):
-            key = " ".join(sorted(scopes))
-            if key in self._speculative and not reauthed:  # asked with more, granted less
-                self._speculative.discard(key)
+            short = challenge.params.get("error") == "insufficient_scope"
+            if short and sent == f"Bearer {self._speculative.get(key)}":
+                # asked with a hub pull, granted less: this key is asked exactly from now on,
+                # that hub no more (a request in flight with the same token comes here too)
                 self._exact.add(key)
+                self._short.update(s for s in scopes if s.endswith(":pull"))
                 return
             if challenge.params.get("error") != "insufficient_scope" and not reauthed:
                 self._challenge = challenge  # expired or revoked token: fetch a new one
