@@ -20,7 +20,6 @@ from transship.commands.common import (
     load_plan_source,
     plan_source_options,
     push_options,
-    rate_limit,
     resolve_listed,
     run_engine,
     setup_logging,
@@ -110,7 +109,7 @@ def save(
     out_format: str,
     parallel: int,
     report: Path | None,
-    limit_rate: str | None,
+    limit_rate: int | None,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
@@ -121,7 +120,6 @@ def save(
     Interrupted? Run the same command again: blobs already written and verified are kept.
     """
     setup_logging(verbose, quiet)
-    rate_limit(limit_rate)  # a bad --limit-rate is refused before any request
     # Inside the archive, names are relative to the destination prefix; an image list
     # without one keeps each image's path below a placeholder host.
     prefix = dest_prefix or (None if plan_file else PLACEHOLDER)
@@ -234,7 +232,7 @@ def load(
     report: Path | None,
     lock_output: Path | None,
     preflight: bool,
-    limit_rate: str | None,
+    limit_rate: int | None,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
@@ -247,7 +245,6 @@ def load(
     publish-images-fromtar.sh. Sets of imgpkg tars load as one plan, each blob sent once.
     """
     setup_logging(verbose, quiet)
-    rate_limit(limit_rate)  # a bad --limit-rate is refused before any request
     projects = project_settings(kwargs)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
     targets = imgpkg_targets(archive, fromtar_script, tars_dir, dest_prefix)

@@ -101,9 +101,14 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     )
 
 
+def _parse_rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    return None if value is None else parse_rate(value)  # a usage error, before any request
+
+
 LIMIT_RATE = click.option(
     "--limit-rate",
     metavar="RATE",
+    callback=_parse_rate,
     help="Cap bytes per second across all blob transfers (as curl: 50M, 500K, 1G).",
 )
 
@@ -236,9 +241,9 @@ def execute(
     return exit_code_for(results)
 
 
-def rate_limit(text: str | None) -> TokenBucket | None:
-    """`--limit-rate RATE`: the run's one bucket (a bad RATE is a usage error, exit 1)."""
-    return None if text is None else TokenBucket(parse_rate(text))
+def rate_limit(bytes_per_second: int | None) -> TokenBucket | None:
+    """`--limit-rate RATE` (parsed by its option): the run's one bucket, or None."""
+    return None if bytes_per_second is None else TokenBucket(bytes_per_second)
 
 
 async def run_engine(
@@ -248,7 +253,7 @@ async def run_engine(
     quiet: bool,
     parallel: int,
     unique_bytes: int | None = None,
-    limit_rate: str | None = None,
+    limit_rate: int | None = None,
     shard: ShardAccount | None = None,
 ) -> list[TaskResult]:
     """Run the phases with progress: `unique_bytes` (the plan's, each blob once) and the tasks'

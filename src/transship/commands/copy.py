@@ -14,7 +14,6 @@ from transship.commands.common import (
     load_plan_source,
     plan_source_options,
     push_options,
-    rate_limit,
     resolve_listed,
     run_engine,
     setup_logging,
@@ -68,7 +67,7 @@ def copy(
     no_attachments: bool,
     shard: Shard | None,
     preflight: bool,
-    limit_rate: str | None,
+    limit_rate: int | None,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
@@ -80,7 +79,6 @@ def copy(
     --plan, --images or --script (with --shard I/N, only part I of N of it).
     """
     setup_logging(verbose, quiet)
-    rate_limit(limit_rate)  # a bad --limit-rate is refused before any request
     projects = project_settings(kwargs)
     src_settings = side_settings("src", kwargs, parallel)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))

@@ -57,7 +57,7 @@ def load_imgpkg_tars(
     preflight: bool,
     quiet: bool,
     projects: ProjectSettings,
-    limit_rate: str | None = None,
+    limit_rate: int | None = None,
 ) -> int:
     """Push every tar as one engine run; exit codes as `copy` (9 if the final check finds a
     hole)."""
