@@ -156,6 +156,40 @@ async def test_mount_and_fallback(tls_registry: RegistryProcess, pki: PKI) -> No
         await registry.close()
 
 
+async def test_a_refused_mount_leaves_one_session_which_the_upload_uses(
+    tls_registry: RegistryProcess, pki: PKI
+) -> None:
+    """The engine asks "is it here?" by mounting from the repository itself, which opens an
+    upload session when it is not. After a refused cross-repository mount already opened one,
+    that question is a HEAD: no second session is opened and left behind, and the upload
+    uses the first. When the blob turns out to be here, the open session is cancelled."""
+    registry = client(tls_registry, pki)
+    absent, present = os.urandom(3000), os.urandom(3000)
+    since = tls_registry.log_offset()
+    try:
+        assert not await registry.mount_blob("client/two-a", Digest.of(absent), "client/nowhere")
+        assert not await registry.mount_blob("client/two-a", Digest.of(absent), "client/two-a")
+        await registry.put_blob("client/two-a", blob(absent), chunks(absent))
+        assert await registry.has_blob("client/two-a", Digest.of(absent))
+
+        await registry.put_blob("client/two-b", blob(present), chunks(present))
+        assert not await registry.mount_blob("client/two-b", Digest.of(present), "client/nowhere")
+        assert await registry.mount_blob("client/two-b", Digest.of(present), "client/two-b")
+    finally:
+        await registry.close()
+    await asyncio.sleep(0.3)  # access lines are written just after the answer
+    log = [e for e in tls_registry.access_log(since) if "/blobs/" in e.path]
+    posts = [e for e in log if e.method == "POST"]
+    assert [(e.status, "two-a" in e.path) for e in posts] == [
+        (202, True),  # the refused mount; the upload PUTs into its session
+        (202, False),  # two-b's own upload
+        (202, False),  # two-b's refused mount, cancelled below
+    ]
+    assert [e.method for e in log if "two-a" in e.path] == ["POST", "HEAD", "PUT", "HEAD"]
+    deletes = [e for e in log if e.method == "DELETE"]
+    assert len(deletes) == 1 and "/blobs/uploads/" in deletes[0].path
+
+
 async def test_tag_listing(plain_registry: RegistryProcess, pki: PKI) -> None:
     seeder = SeedClient.for_registry(plain_registry)
     image = seed_image(plain_registry, "client/tags", "t0", seed=22)

@@ -267,7 +267,18 @@ class Registry:
             yield download
 
     async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
-        """Cross-repository mount; a refusal leaves an upload session for `put_blob` to use."""
+        """Cross-repository mount; a refusal leaves an upload session for `put_blob` to use.
+
+        "Mount from this very repository" asks whether the blob is here (201) and opens the
+        upload session in one request; when a refused mount already left that session open,
+        a HEAD asks instead, so no second session is opened and left behind.
+        """
+        key = (repository, digest)
+        if from_repository == repository and key in self._pending_uploads:
+            if not await self.has_blob(repository, digest):
+                return False
+            await self._cancel_upload(repository, self._pending_uploads.pop(key))
+            return True
         scopes = push(repository)
         if from_repository != repository:
             scopes += pull(from_repository)
@@ -280,7 +291,10 @@ class Registry:
             if resp.status == 201:
                 return True
             if resp.status == 202 and resp.headers.get("Location"):
-                self._pending_uploads[(repository, digest)] = self._location(resp)
+                earlier = self._pending_uploads.get(key)
+                self._pending_uploads[key] = self._location(resp)
+                if earlier is not None:  # two refused mounts of one blob at once
+                    await self._cancel_upload(repository, earlier)
                 return False
             if resp.status in (401, 403, 404):
                 return False  # no pull right on the source, or no such blob: upload instead
@@ -315,7 +329,10 @@ class Registry:
 
     async def check_push(self, repository: str) -> None:
         """Preflight: open an upload session and cancel it; raises what a real push would."""
-        location = await self._start_upload(repository, None)
+        await self._cancel_upload(repository, await self._start_upload(repository, None))
+
+    async def _cancel_upload(self, repository: str, location: str) -> None:
+        """Close an upload session nobody will use."""
         try:  # best effort: distribution wants the delete right for this; sessions expire anyway
             async with self.transport.request("DELETE", location, scopes=push(repository)):
                 pass
