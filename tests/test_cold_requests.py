@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 import pytest
 from clirunner import CLI
+from harness.faultproxy import Fault
 from harness.harbor import ADMIN, ADMIN_PASSWORD, HarborEmulator
 from harness.pki import PKI
 from harness.registry import USERNAME, AccessLogEntry, RegistryProcess
@@ -275,3 +276,21 @@ async def test_a_token_without_the_catalog_scope_is_one_refused_request(
             assert await granted.existing_repositories("some/", max_pages=5) == {"some/app"}
         finally:
             await granted.close()
+
+
+async def test_a_catalog_answer_that_is_no_repository_list_is_not_asked_again(
+    make_registry, make_fault_proxy
+) -> None:
+    """The catalog only spares requests: an answer that does not parse (here a byte flipped on
+    the way) is not fetched again under the retry budget; the tag lists tell instead."""
+    reg = make_registry("plain")
+    seed_image(reg, "some/app", "v1", seed=211)
+    proxy = make_fault_proxy(reg, Fault.flip(r"/v2/_catalog", at=0.0, count=1))
+    registry = Registry(proxy.host, RegistryOptions(plain_http=True))
+    try:
+        assert await registry.existing_repositories("some/", max_pages=5) is None
+        assert await registry.existing_tags("some/app") == {"v1"}
+        assert len(proxy.log("GET", r"/v2/_catalog")) == 1
+        assert await registry.existing_repositories("some/", max_pages=5) == {"some/app"}
+    finally:
+        await registry.close()

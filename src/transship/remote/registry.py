@@ -472,7 +472,8 @@ class Registry:
         the prefix only. A 400 (Harbor: `last` must name an existing repository; a registry
         whose page limit is below `n`) is asked again once from the start, without either.
         A refusal (401: no `registry:catalog:*` scope, Harbor for non-admins; 403; 404 where
-        there is no catalog) is one request and None, never an error.
+        there is no catalog) is one request and None, never an error; so is an answer that
+        is not a repository list (not fetched again: the tag lists can tell instead).
         """
         where = f"the catalog of {self.host}"
         walk = CatalogWalk(prefix, start_after(prefix))
@@ -480,21 +481,25 @@ class Registry:
         if walk.last:
             query["last"] = walk.last
         path: str | None = f"/v2/_catalog?{urlencode(query)}"
-        page: list[str] = []
+        page: list[str] | None = []
 
-        def check(answer: Fetched) -> None:  # parsed once, here; kept for the loop below
-            page[:] = _catalog_page(answer.body, where)
+        def parse(answer: Fetched) -> None:  # parsed once, here; kept for the loop below
+            nonlocal page
+            try:
+                page = _catalog_page(answer.body, where)
+            except IntegrityError:  # not worth a retry: the tag lists can tell instead
+                page = None
 
         for sent in range(max_pages):
             if path is None:
                 break
             answer = await self.transport.fetch(
-                "GET", path, scopes=CATALOG, limit=_CATALOG_PAGE_BYTES, check=check, optional=True
+                "GET", path, scopes=CATALOG, limit=_CATALOG_PAGE_BYTES, check=parse, optional=True
             )
             if answer.status == 400 and sent == 0:
                 walk, path = CatalogWalk(prefix), "/v2/_catalog"
                 continue
-            if answer.status != 200 or answer.too_large(_CATALOG_PAGE_BYTES):
+            if answer.status != 200 or answer.too_large(_CATALOG_PAGE_BYTES) or page is None:
                 log.debug("%s: not read (answered %d)", where, answer.status)
                 return None
             if walk.take(page):
