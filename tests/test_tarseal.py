@@ -1,0 +1,213 @@
+"""`save -o FILE.tar` stopped while it is being sealed and renamed into place, then rerun.
+
+Sealing ends in a few filesystem steps (record the sealed tar in the journal, rename the tar or
+each volume, write `.parts`, drop the journal). Each test stops a real save, run through the
+CLI against a real registry, at one of those steps (the step raises instead of happening, as if
+the process died there), reruns the same command and checks the archive is whole and that the
+source registry was not asked for a blob again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clirunner import CLI
+from harness.registry import RegistryProcess
+from harness.skopeo import Skopeo
+from test_airgap import corpus, write_list
+
+from transship.errors import ExitCode
+from transship.layout import OCILayoutTar
+from transship.layout.tarsink import TarSink, journal_path, partial_path
+
+
+class Killed(BaseException):
+    """The process "dies" at a sealing step: nothing after it runs, nothing catches it."""
+
+
+@contextmanager
+def stop_at(
+    monkeypatch: pytest.MonkeyPatch, where: Path, step: int | None, seen: list[str]
+) -> Iterator[None]:
+    """While `TarSink.seal` runs, count renames and unlinks in `where`; the `step`-th (from 1)
+    raises `Killed` instead of happening (None: count only). `seen` lists them."""
+    armed = [False]
+    real_replace, real_unlink, real_seal = os.replace, os.unlink, TarSink.seal
+
+    def count(op: str, path: Any) -> None:
+        if armed[0] and Path(os.fsdecode(path)).parent == where:
+            seen.append(f"{op} {Path(os.fsdecode(path)).name}")
+            if step is not None and len(seen) == step:
+                armed[0] = False  # dead: what a crash handler would do next is not counted
+                raise Killed(seen[-1])
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        count("replace", src)
+        real_replace(src, dst, **kw)
+
+    def unlink(path: Any, **kw: Any) -> None:
+        count("unlink", path)
+        real_unlink(path, **kw)
+
+    def seal(self: TarSink, extras: dict[str, bytes]) -> tuple[Path, ...]:
+        armed[0] = True
+        try:
+            return real_seal(self, extras)
+        finally:
+            armed[0] = False
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(TarSink, "seal", seal)
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+
+
+def blob_gets(reg: RegistryProcess, since: int) -> list[str]:
+    """Blob GETs after `since`, once a later request shows the log has caught up."""
+    urllib.request.urlopen(f"http://{reg.host}/v2/?sentinel", timeout=10).close()
+    assert reg.wait_for_log(r"GET /v2/\?sentinel", timeout=10, since=since)
+    return [e.path for e in reg.requests("GET", r"/blobs/", since=since)]
+
+
+def held(archive: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """What an archive names and holds: its index entries and its blobs."""
+    reader = OCILayoutTar(archive)
+    try:
+        entries = sorted((r, t, str(d.digest)) for r, t, d in reader.entries())
+        return entries, sorted(str(d) for d in reader._blobs)
+    finally:
+        asyncio.run(reader.close())
+
+
+def archive_files(media: Path) -> list[str]:
+    return sorted(p.name for p in media.iterdir())
+
+
+def run_killed_then_rerun(
+    cli: CLI,
+    monkeypatch: pytest.MonkeyPatch,
+    reg: RegistryProcess,
+    media: Path,
+    args: list[str],
+    step: int,
+) -> list[str]:
+    """Save stopped at `step`, then the same save again; returns the rerun's blob GETs."""
+    seen: list[str] = []
+    with stop_at(monkeypatch, media, step, seen), pytest.raises(Killed):
+        cli(*args)
+    assert len(seen) == step
+    assert journal_path(media / "tkg.tar").exists() or step > 1  # the journal goes last
+    mark = reg.log_offset()
+    out = cli(*args)
+    assert out.code == 0, (seen, out.err)
+    assert "wrote" in out.err  # the summary of a save that wrote its archive
+    return blob_gets(reg, mark)
+
+
+@pytest.mark.parametrize("split", [None, "100K"])
+def test_a_save_stopped_at_any_sealing_step_is_finished_by_its_rerun(
+    cli: CLI,
+    monkeypatch: pytest.MonkeyPatch,
+    plain_registry: RegistryProcess,
+    make_registry: Callable[..., RegistryProcess],
+    skopeo: Skopeo,
+    tmp_path: Path,
+    split: str | None,
+) -> None:
+    prefix = "sealkill" + ("v" if split else "")
+    refs, _stored = corpus(plain_registry, prefix)
+    plan = tmp_path / "plan.yaml"
+    listing = str(write_list(tmp_path, refs))
+    out = cli("plan", "images", listing, "--dest", "archive.local", "-o", str(plan), "-q")
+    assert out.code == 0, out.err
+
+    def args(media: Path) -> list[str]:
+        return ["save", "--plan", str(plan), "-o", str(media / "tkg.tar"),
+                *(("--split-size", split) if split else ())]  # fmt: skip
+
+    # a whole save, its steps counted: what every stopped one must end up as
+    seen: list[str] = []
+    whole = tmp_path / "whole"
+    with stop_at(monkeypatch, whole, None, seen):
+        assert cli(*args(whole), "-q").code == 0
+    volumes = [n for n in archive_files(whole) if n != "tkg.tar.parts"] if split else []
+    assert seen[0].startswith("replace .tkg.tar.partial.journal.")  # the sealed record
+    assert seen[-1] == "unlink tkg.tar.partial.journal"
+    assert len(seen) == (3 + len(volumes) if split else 3), seen
+    if split:
+        assert len(volumes) >= 3
+    for step in range(1, len(seen) + 1):
+        media = tmp_path / f"media{step}"
+        gets = run_killed_then_rerun(cli, monkeypatch, plain_registry, media, args(media), step)
+        assert gets == [], f"stopped at {seen[step - 1]}: the rerun fetched blobs again"
+        assert archive_files(media) == archive_files(whole), seen[step - 1]
+        assert not journal_path(media / "tkg.tar").exists()
+        assert not list(media.glob(partial_path(media / "tkg.tar").name + "*"))
+        first = media / ("tkg.tar.001" if split else "tkg.tar")
+        assert held(first) == held(whole / first.name)  # the same archive (in another order)
+        assert cli("archive", "verify", str(first)).code == 0
+    dest = make_registry("plain")
+    out = cli("load", str(tmp_path / "media2" / ("tkg.tar.001" if split else "tkg.tar")),
+              "--dest", f"{dest.host}/x", "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    assert skopeo(dest, f"x/{prefix}/multi:v1") == skopeo(plain_registry, f"{prefix}/multi:v1")
+
+
+def test_a_list_save_stopped_after_sealing_asks_the_source_nothing(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """An image list is resolved against the source before a save; a sealed archive needs
+    nothing from there, so the rerun does not even resolve it."""
+    refs, _stored = corpus(plain_registry, "sealist")
+    media = tmp_path / "media"
+    args = ["save", "--images", str(write_list(tmp_path, refs)), "-o", str(media / "tkg.tar")]
+    seen: list[str] = []
+    with stop_at(monkeypatch, media, 2, seen), pytest.raises(Killed):  # the rename
+        cli(*args)
+    mark = plain_registry.log_offset()
+    out = cli(*args)
+    assert out.code == 0, out.err
+    assert blob_gets(plain_registry, mark) == []
+    asked = [e.path for e in plain_registry.access_log(since=mark) if "sentinel" not in e.path]
+    assert asked == []
+    assert cli("archive", "verify", str(media / "tkg.tar")).code == 0
+
+
+@pytest.mark.parametrize("split", [None, "100K"])
+def test_a_sealed_archive_lacking_what_the_changed_plan_wants_is_one_line(
+    cli: CLI,
+    monkeypatch: pytest.MonkeyPatch,
+    plain_registry: RegistryProcess,
+    tmp_path: Path,
+    split: str | None,
+) -> None:
+    refs, _stored = corpus(plain_registry, "sealchg" + ("v" if split else ""))
+    media = tmp_path / "media"
+    tar = media / "tkg.tar"
+    cut = ("--split-size", split) if split else ()
+    args = ["save", "--images", str(write_list(tmp_path, refs[:-1])), "-o", str(tar), *cut]
+    seen: list[str] = []
+    with stop_at(monkeypatch, media, 2, seen), pytest.raises(Killed):
+        cli(*args)
+    changed = tmp_path / "more"
+    changed.mkdir()
+    more = ["save", "--images", str(write_list(changed, refs)), "-o", str(tar), *cut]
+    out = cli(*more)
+    assert out.code == ExitCode.USAGE, out.err
+    line = out.error_line
+    assert str(tar) in line and "multi:v1" in line and "run that save again unchanged" in line
+    assert journal_path(tar).exists()  # nothing was published or removed
+    out = cli(*args)  # the unchanged save finishes it
+    assert out.code == 0, out.err
+    first = media / ("tkg.tar.001" if split else "tkg.tar")
+    assert cli("archive", "verify", str(first)).code == 0
