@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tarfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,12 +21,16 @@ from typing import Any
 import pytest
 from clirunner import CLI
 from harness.registry import RegistryProcess
+from harness.seed import seed_image
 from harness.skopeo import Skopeo
 from test_airgap import corpus, write_list
+from test_tarsink import chunked, desc, images
 
-from transship.errors import ExitCode
+from transship.errors import ExitCode, IntegrityError
 from transship.layout import OCILayoutTar
 from transship.layout.tarsink import TarSink, journal_path, partial_path
+from transship.layout.volumes import Volumes, find_parts_file
+from transship.manifest import Manifest
 
 
 class Killed(BaseException):
@@ -210,4 +215,89 @@ def test_a_sealed_archive_lacking_what_the_changed_plan_wants_is_one_line(
     out = cli(*args)  # the unchanged save finishes it
     assert out.code == 0, out.err
     first = media / ("tkg.tar.001" if split else "tkg.tar")
+    assert cli("archive", "verify", str(first)).code == 0
+
+
+# -- one member per digest ------------------------------------------------------------------
+
+
+def tar_listing(first: Path) -> list[str]:
+    """Every member name, through Python's tarfile (split volumes read as one stream)."""
+    if first.suffix == ".tar":
+        with tarfile.open(first) as tar:
+            return tar.getnames()
+    parts = find_parts_file(first)
+    assert parts is not None
+    volumes = Volumes(parts)
+    try:
+        with tarfile.open(fileobj=volumes.reader()) as tar:  # type: ignore[call-overload]
+            return tar.getnames()
+    finally:
+        volumes.close()
+
+
+async def test_the_same_content_written_at_once_twice_lands_once(tmp_path: Path) -> None:
+    """Two repositories (and tags) sharing a manifest and its blobs, written concurrently."""
+    image = images(1)[0]
+    sink = TarSink(tmp_path / "a.tar")
+    manifest = Manifest.parse(image.manifest, image.media_type, "t")
+    for blob in image.blobs:
+        await asyncio.gather(
+            *(sink.put_blob(r, desc(blob.digest, blob.size), chunked(blob.data)) for r in "ab")
+        )
+    await asyncio.gather(
+        *(sink.put_manifest(r, manifest, t) for r in ("a", "b") for t in ("v1", "v2"))
+    )
+    await sink.close()
+    sink.seal({})
+    names = tar_listing(tmp_path / "a.tar")
+    blobs = [n for n in names if n.startswith("blobs/sha256/")]
+    assert sorted(blobs) == sorted({f"blobs/sha256/{b.digest[7:]}" for b in image.blobs}
+                                   | {f"blobs/sha256/{image.digest[7:]}"})  # fmt: skip
+    assert not [n for n in names if n.startswith("transship/unused/")]  # no copy left behind
+    data = sum(b.size for b in image.blobs) + len(image.manifest)
+    assert (tmp_path / "a.tar").stat().st_size < data + 30 * 1024  # headers, trailer, index
+
+
+async def test_a_failed_writer_of_a_digest_lets_the_waiting_one_write_it(tmp_path: Path) -> None:
+    image = images(1)[0]
+    blob = image.blobs[-1]
+    sink = TarSink(tmp_path / "a.tar")
+    bad = blob.data[:-1] + bytes([blob.data[-1] ^ 1])
+    first = sink.put_blob("a", desc(blob.digest, blob.size), chunked(bad))
+    second = sink.put_blob("b", desc(blob.digest, blob.size), chunked(blob.data))
+    outcome = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(outcome[0], IntegrityError) and outcome[1] == blob.size
+    await sink.close()
+    sink.seal({})
+    names = tar_listing(tmp_path / "a.tar")
+    assert names.count(f"blobs/sha256/{blob.digest[7:]}") == 1
+
+
+@pytest.mark.parametrize("split", [None, "100K"])
+def test_one_image_under_two_repositories_and_tags_is_saved_once(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, split: str | None
+) -> None:
+    prefix = "sealtwice" + ("v" if split else "")
+    image = None
+    refs = []
+    for repo in ("one", "two"):
+        for tag in ("v1", "v2"):
+            image = seed_image(plain_registry, f"{prefix}/{repo}", tag, seed=4711,
+                               layer_sizes=(60_000, 40_000))  # fmt: skip
+            refs.append(f"{plain_registry.host}/{prefix}/{repo}:{tag}")
+    assert image is not None
+    media = tmp_path / "media"
+    cut = ("--split-size", split) if split else ()
+    listing = str(write_list(tmp_path, refs))
+    out = cli("save", "--images", listing, "-o", str(media / "t.tar"), "-q", *cut)
+    assert out.code == 0, out.err
+    first = media / ("t.tar.001" if split else "t.tar")
+    names = tar_listing(first)
+    blobs = [n for n in names if n.startswith("blobs/sha256/")]
+    assert len(blobs) == len(set(blobs))
+    assert {n.split("/")[2] for n in blobs} == {
+        d[7:] for d in (image.digest, *(b.digest for b in image.pushable_blobs))
+    }
+    assert not [n for n in names if n.startswith("transship/unused/")]
     assert cli("archive", "verify", str(first)).code == 0

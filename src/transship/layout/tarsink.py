@@ -239,6 +239,8 @@ class TarSink(LayoutReader):
         self._blobs: dict[Digest, Member] = {}
         self._free: list[tuple[int, int]] = []  # (offset, length) regions nobody holds
         self._reserved: dict[int, int] = {}  # offset → length of regions being written
+        #: digests being written now: a second writer of one waits for it (one member each)
+        self._landing: dict[Digest, asyncio.Event] = {}
         self._end = 0
         self._extras: dict[str, bytes] = {}
         self._tool_id: dict[str, object] | None = None
@@ -502,11 +504,26 @@ class TarSink(LayoutReader):
     async def put_blob(
         self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
     ) -> int:
-        """Stream into the blob's own region, hashing; the header goes in only if it matched."""
+        """Stream into the blob's own region, hashing; the header goes in only if it matched.
+
+        One writer per digest: the engine sends a digest once per repository, and a tar holds
+        it once, so a second transfer waits for the first and is only streamed if that failed.
+        """
         self._check_writable(content=True)
         digest = descriptor.digest
+        while (landing := self._landing.get(digest)) is not None:
+            await landing.wait()
         if digest in self._blobs:
-            return descriptor.size  # landed meanwhile (the engine sends each digest once)
+            return descriptor.size  # landed meanwhile
+        self._landing[digest] = landing = asyncio.Event()
+        try:
+            return await self._put_blob(descriptor, chunks)
+        finally:
+            del self._landing[digest]
+            landing.set()
+
+    async def _put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> int:
+        digest = descriptor.digest
         name = f"blobs/{digest.algorithm}/{digest.hex}"
         where = f"writing blob {digest.short} to {self.label}"
         await self._ensure_dir(f"blobs/{digest.algorithm}")
@@ -588,8 +605,7 @@ class TarSink(LayoutReader):
         actual = Digest.of(manifest.raw, manifest.digest.algorithm)
         if actual != manifest.digest:
             raise IntegrityError(f"{where}: manifest bytes hash to {actual.short}")
-        if manifest.digest not in self._blobs:
-            await self.put_blob(repository, manifest.descriptor, _once(manifest.raw))
+        await self.put_blob(repository, manifest.descriptor, _once(manifest.raw))
         if tag is not None:
             extra = self.annotations.get((repository, tag))
             self._index.set(repository, tag, manifest.descriptor, extra)
