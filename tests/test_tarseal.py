@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import tarfile
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -301,3 +303,72 @@ def test_one_image_under_two_repositories_and_tags_is_saved_once(
     }
     assert not [n for n in names if n.startswith("transship/unused/")]
     assert cli("archive", "verify", str(first)).code == 0
+
+
+# -- a damaged single tar -------------------------------------------------------------------
+
+
+def _damaged_copies(tar: Path, where: Path) -> dict[str, Path]:
+    """The saved tar damaged in each way a copy to removable media can damage it."""
+    data = tar.read_bytes()
+    with tarfile.open(tar) as archive:
+        infos = archive.getmembers()
+    blobs = [i for i in infos if i.name.startswith("blobs/sha256/") and i.size > 1000]
+    mid = blobs[len(blobs) // 2]  # a header with members before and after it
+    at = mid.offset
+    garbage = bytes((i * 37 + 11) % 251 + 1 for i in range(512))  # no zero, no "ustar"
+    wrong_sum = bytearray(data[at : at + 512])
+    wrong_sum[148:156] = b"0000001\0"
+    cases = {
+        "truncated": data[: len(data) // 2],  # inside a member's data
+        "truncated-in-header": data[: at + 100],
+        "truncated-at-a-header": data[:at],
+        "header-garbage": data[:at] + garbage + data[at + 512 :],
+        "header-zeroed": data[:at] + bytes(512) + data[at + 512 :],
+        "checksum-wrong": data[:at] + bytes(wrong_sum) + data[at + 512 :],
+        "name-garbage": data[:at] + b"\xff\xfe" * 50 + data[at + 100 :],
+        "size-garbage": data[: at + 124] + b"9x9x9x9x9x9\0" + data[at + 136 :],
+        "first-header-garbage": garbage + data[512:],
+        "member-cut-short": data[: mid.offset_data + mid.size // 2],
+        "end-blocks-cut": data[: infos[-1].offset_data],
+    }
+    out = {}
+    for name, damaged in cases.items():
+        path = where / f"{name}.tar"
+        path.write_bytes(damaged)
+        out[name] = path
+    return out
+
+
+def test_a_damaged_tar_is_one_line_and_the_integrity_exit_code(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    refs, _stored = corpus(plain_registry, "sealdmg")
+    tar = tmp_path / "tkg.tar"
+    out = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(tar), "-q")
+    assert out.code == 0, out.err
+    assert cli("archive", "verify", str(tar)).code == 0
+    media = tmp_path / "media"
+    media.mkdir()
+    for kind, damaged in _damaged_copies(tar, media).items():
+        for command in (("archive", "verify"), ("archive", "list"), ("load",)):
+            extra = ("--dest", f"{plain_registry.host}/never") if command == ("load",) else ()
+            out = cli(*command, str(damaged), *extra)
+            assert out.code == ExitCode.INTEGRITY, (kind, command, out.err)
+            line = out.error_line
+            assert f"{damaged}: damaged tar archive" in line and "copy it again" in line, line
+            assert out.err.strip() == line, (kind, out.err)  # that one line and nothing else
+    assert not plain_registry.requests("PUT", r"/never/")  # nothing was pushed
+    # the server refuses to start on it: same line, same code, no traceback
+    damaged = media / "header-garbage.tar"
+    run = subprocess.run(
+        [sys.executable, "-m", "transship", "serve", str(damaged), "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.INTEGRITY, run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "Traceback" not in run.stderr
+    assert f"{damaged}: damaged tar archive" in run.stderr
+    # a file that is no tar at all is still the wrong file named, not damage
+    (media / "notes.tar").write_bytes(b"just some notes\n" * 100)
+    out = cli("archive", "verify", str(media / "notes.tar"))
+    assert out.code == ExitCode.USAGE and "not a readable tar archive" in out.error_line
