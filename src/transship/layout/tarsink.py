@@ -14,7 +14,9 @@ and the index entries. A killed save reruns from it: the tar is cut back to the 
 regions nobody finished are free again (each blob in flight finds its own region on the rerun),
 and every landed blob is present without being fetched. `seal` writes the trailing members
 (`oci-layout`, `index.json`, `transship/*`), fills any region left free with a harmless
-`transship/unused/<offset>` member, ends the tar and renames it (each volume) into place.
+`transship/unused/<offset>` member, ends the tar, records in the journal that it is sealed
+(size, and the `.parts` document of volumes), then renames it (each volume) into place and drops
+the journal: a run stopped in between is finished by its rerun without fetching anything.
 
 Volumes (`--split-size`) are the same byte stream cut at `part_size`: `FILE.tar.partial.001`, …
 become `FILE.tar.001`, … beside `FILE.tar.parts` (`transship.layout.volumes`), so a member may
