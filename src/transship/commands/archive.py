@@ -148,7 +148,9 @@ def save(
     async def run(sources: RegistryPool, _dests: RegistryPool) -> list[TaskResult]:
         plan = listed
         held_back: list[PlanEntry] = []
-        if plan_file is None:  # a list or a script: resolve it, so bundles travel whole
+        # an archive an earlier run sealed is only renamed into place: nothing to resolve
+        sealed = not (imgpkg_tars or dry_run) and target.sealed
+        if plan_file is None and not sealed:  # a list or a script: resolved, bundles go whole
             plan, held_back = await resolve_listed(
                 plan, sources, parallel, quiet, attachments=not no_attachments
             )
@@ -177,9 +179,13 @@ def save(
         job = SaveJob.open(plan, info, target, sources.get)
         account = None if cut is None else ShardAccount(cut, sources.get, parallel, plan)
         try:
-            results = await run_engine(
-                job.tasks, report, None, quiet, parallel, plan.unique_bytes, limit_rate, account
-            )
+            if job.sealed:  # killed while renaming: finish that, as a save that ended so
+                job.check_sealed()
+                results: list[TaskResult] = []
+            else:
+                results = await run_engine(
+                    job.tasks, report, None, quiet, parallel, plan.unique_bytes, limit_rate, account
+                )
         finally:
             await job.close()
         results += job.held_back(held_back, sources.get)  # failed: the exit code says so

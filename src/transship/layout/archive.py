@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import struct
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -85,20 +86,77 @@ class TarMember:
 def scan_tar(
     path: Path, file_size: int, fileobj: BinaryIO | None = None
 ) -> dict[str, tuple[int, int]]:
-    """Regular files by normalised name → (data offset, size); refuses anything unsafe."""
+    """Regular files by normalised name → (data offset, size); refuses anything unsafe.
+
+    A tar damaged after its first header (a header overwritten, its checksum wrong, the file
+    cut short) is an `IntegrityError` naming the offset: `tarfile` takes a bad header for the
+    end of the archive, so where its scan stopped is checked to be the end-of-archive blocks.
+    A file that is no tar at all stays a `LayoutError` (the wrong file was named)."""
     files: dict[str, tuple[int, int]] = {}
     seen: set[str] = set()
     try:
-        with tarfile.open(path if fileobj is None else None, mode="r:", fileobj=fileobj) as tar:
+        tar = tarfile.open(  # noqa: SIM115 - closed by the `with` below, once it opened
+            path if fileobj is None else None, mode="r:", fileobj=fileobj
+        )
+    except tarfile.TarError as exc:
+        if _holds_tar_headers(path, fileobj):
+            raise _damaged(path, f"unreadable member header ({exc})", 0) from None
+        raise LayoutError(f"{path}: not a readable tar archive ({exc})") from None
+    except (ValueError, EOFError, OverflowError, struct.error) as exc:
+        raise _damaged(path, f"unreadable member header ({exc})", 0) from None
+    with tar:
+        try:
             for count, info in enumerate(tar):
                 if count >= MAX_MEMBERS:
                     raise UnsafeArchiveError(f"{path}: more than {MAX_MEMBERS} members")
                 name = _check_member(path, info, seen, file_size)
                 if name is not None:
                     files[name] = (info.offset_data, info.size)
-    except tarfile.TarError as exc:
-        raise LayoutError(f"{path}: not a readable tar archive ({exc})") from None
+        except (tarfile.TarError, ValueError, EOFError, OverflowError, struct.error) as exc:
+            raise _damaged(path, f"unreadable member header ({exc})", tar.offset) from None
+        _check_end(path, tar)
     return files
+
+
+def _damaged(path: Path, what: str, offset: int) -> IntegrityError:
+    return IntegrityError(
+        f"{path}: damaged tar archive: {what} at byte {offset}; copy it again from its source "
+        "media (or save it again)"
+    )
+
+
+def _check_end(path: Path, tar: tarfile.TarFile) -> None:
+    """Where the scan stopped must be a zero block with only zeros after it: a header that
+    is garbage, has a wrong checksum or was cut off ends `tarfile`'s scan as silently as the
+    real end does, and a zeroed one looks like the end."""
+    end = tar.offset
+    handle = tar.fileobj
+    assert handle is not None
+    handle.seek(end)
+    block = handle.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE:
+        raise _damaged(path, "cut short: no end-of-archive blocks", end)
+    if block.count(0) != len(block):
+        raise _damaged(path, "unreadable member header", end)
+    while chunk := handle.read(CHUNK):
+        if chunk.count(0) != len(chunk):
+            raise _damaged(path, "members after a zeroed header", end)
+
+
+def _holds_tar_headers(path: Path, fileobj: BinaryIO | None) -> bool:
+    """Whether a file whose first header is unreadable has tar headers after it (damaged),
+    or none in its first 64 KiB (not a tar at all)."""
+    try:
+        if fileobj is None:
+            with open(path, "rb") as handle:
+                head = handle.read(1 << 16)
+        else:
+            fileobj.seek(0)
+            head = fileobj.read(1 << 16)
+    except OSError:
+        return False
+    blocks = range(0, len(head), tarfile.BLOCKSIZE)
+    return any(head[at + 257 : at + 262] == b"ustar" for at in blocks)  # the magic field
 
 
 def _check_member(path: Path, info: tarfile.TarInfo, seen: set[str], file_size: int) -> str | None:
@@ -134,8 +192,14 @@ def _check_member(path: Path, info: tarfile.TarInfo, seen: set[str], file_size: 
         seen.add(norm)
     if info.isdir():
         return None
-    if info.size > MAX_MEMBER_BYTES or info.offset_data + info.size > file_size:
+    if info.size > MAX_MEMBER_BYTES:
         raise refuse(f"size {info.size} runs past the end of the archive ({file_size} bytes)")
+    if info.offset_data + info.size > file_size:
+        raise _damaged(
+            path,
+            f"member {name!r} ({info.size} bytes) cut short by the end of the file",
+            info.offset_data,
+        )
     return norm
 
 
@@ -160,7 +224,7 @@ class OCILayoutTar(LayoutReader):
         except OSError as exc:
             self._release()
             raise io_error(f"{self.label}: reading archive", exc) from None
-        except LayoutError:
+        except (LayoutError, IntegrityError):
             damaged = self.verify_volumes()  # a cut or flipped volume is the likelier cause
             self._release()
             if damaged:

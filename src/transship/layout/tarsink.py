@@ -14,7 +14,9 @@ and the index entries. A killed save reruns from it: the tar is cut back to the 
 regions nobody finished are free again (each blob in flight finds its own region on the rerun),
 and every landed blob is present without being fetched. `seal` writes the trailing members
 (`oci-layout`, `index.json`, `transship/*`), fills any region left free with a harmless
-`transship/unused/<offset>` member, ends the tar and renames it (each volume) into place.
+`transship/unused/<offset>` member, ends the tar, records in the journal that it is sealed
+(size, and the `.parts` document of volumes), then renames it (each volume) into place and drops
+the journal: a run stopped in between is finished by its rerun without fetching anything.
 
 Volumes (`--split-size`) are the same byte stream cut at `part_size`: `FILE.tar.partial.001`, …
 become `FILE.tar.001`, … beside `FILE.tar.parts` (`transship.layout.volumes`), so a member may
@@ -139,8 +141,11 @@ class _Store:
             self._fds[number] = fd
         return fd
 
-    def lock(self) -> None:
-        """One writer per archive: an exclusive flock on the first (or only) partial file."""
+    def lock(self, *, create: bool = True) -> None:
+        """One writer per archive: an exclusive flock on the first (or only) partial file.
+        `create=False` (publishing a sealed archive): only if that file is still there."""
+        if not create and 0 not in self._fds and not self.path(0).is_file():
+            return
         try:
             fcntl.flock(self._fd(0), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -236,6 +241,8 @@ class TarSink(LayoutReader):
         self._blobs: dict[Digest, Member] = {}
         self._free: list[tuple[int, int]] = []  # (offset, length) regions nobody holds
         self._reserved: dict[int, int] = {}  # offset → length of regions being written
+        #: digests being written now: a second writer of one waits for it (one member each)
+        self._landing: dict[Digest, asyncio.Event] = {}
         self._end = 0
         self._extras: dict[str, bytes] = {}
         self._tool_id: dict[str, object] | None = None
@@ -244,6 +251,9 @@ class TarSink(LayoutReader):
         self._flush_lock = asyncio.Lock()
         self._pacer = FlushPacer(self.flush, flush_interval)
         self._closed = False
+        #: set once the tar is complete on disk: its size and, for volumes, the `.parts`
+        #: document; what is left is renaming it into place (`_publish`)
+        self._sealed: dict[str, Any] | None = None
         self._store = _Store(output, part_size)
         try:
             self._open()
@@ -265,17 +275,21 @@ class TarSink(LayoutReader):
             )
         self._tool_id = _tool_id(self.tool) if self.tool is not None else None
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        finished = self.output.with_name(self.output.name + PARTS_SUFFIX)
-        if self.journal.exists() and not self._store.existing():
-            for done in (self.output, finished):
-                if done.exists():  # killed between the last rename and removing the journal
-                    raise LayoutError(
-                        f"{done} is complete; {self.journal.name} beside it is left over from "
-                        "its save: remove both to save again"
-                    )
         if self.journal.exists():
+            doc = self._read_journal()
+            if "sealed" in doc:  # killed while publishing: `publish` finishes it
+                self._adopt_sealed(doc)
+                return
+            finished = self.output.with_name(self.output.name + PARTS_SUFFIX)
+            if not self._store.existing():
+                for done in (self.output, finished):
+                    if done.exists():  # a journal of a transship that did not record sealing
+                        raise LayoutError(
+                            f"{done} is complete; {self.journal.name} beside it is left over "
+                            "from its save: remove both to save again"
+                        )
             self._store.lock()
-            self._resume()
+            self._resume(doc)
             return
         if self._store.existing():
             names = ", ".join(self._store.path(n).name for n in self._store.existing())
@@ -324,18 +338,22 @@ class TarSink(LayoutReader):
         self._land(member)
         return member.end
 
-    def _resume(self) -> None:
+    def _read_journal(self) -> dict[str, Any]:
+        """The journal, checked to belong to this save (format, `--split-size`, tool)."""
         where = self.journal
         try:
             doc = json.loads(self.journal.read_bytes())
             if not isinstance(doc, dict) or doc.get("format") != JOURNAL_FORMAT:
                 raise ValueError(f"not a {JOURNAL_FORMAT} journal")
-            members = [Member(str(n), int(o), int(d), int(s)) for n, o, d, s in doc["members"]]
-            end = int(doc["end"])
-            part_size = doc["part_size"]
-            tool = doc["tool"]
-            regions = sorted((int(o), int(n)) for o, n in doc.get("regions", []))
-            index = LayoutIndex.parse(json.dumps(doc["index"]).encode(), str(where))
+            doc["members"] = [
+                Member(str(n), int(o), int(d), int(s)) for n, o, d, s in doc["members"]
+            ]
+            doc["end"] = int(doc["end"])
+            doc["regions"] = sorted((int(o), int(n)) for o, n in doc.get("regions", []))
+            doc["index"] = LayoutIndex.parse(json.dumps(doc["index"]).encode(), str(where))
+            if "sealed" in doc:
+                doc["sealed"] = _check_sealed(doc["sealed"], doc["part_size"])
+            part_size, tool = doc["part_size"], doc["tool"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LayoutError(
                 f"{where}: damaged save journal ({exc}); remove it and "
@@ -355,6 +373,29 @@ class TarSink(LayoutReader):
                 f"{where}: this save was begun {said}; rerun it the same way, or remove "
                 f"{partial_path(self.output).name}* to start over"
             )
+        return doc
+
+    def _adopt_sealed(self, doc: dict[str, Any]) -> None:
+        """A save killed after sealing: the tar is complete; nothing is read or written until
+        `seal` publishes it."""
+        for member in doc["members"]:
+            self._land(member)
+        self._end = doc["end"]
+        self._index = doc["index"]
+        self._sealed = doc["sealed"]
+        log.info("%s: sealed by an earlier run, only renaming it into place", self.label)
+
+    @property
+    def sealed(self) -> bool:
+        """The tar was completed by an earlier run that was stopped while renaming it."""
+        return self._sealed is not None
+
+    def _resume(self, doc: dict[str, Any]) -> None:
+        where = self.journal
+        members: list[Member] = doc["members"]
+        end: int = doc["end"]
+        regions: list[tuple[int, int]] = doc["regions"]
+        index: LayoutIndex = doc["index"]
         on_disk = self._store.size()
         taken = 0
         for member in sorted(members, key=lambda m: m.offset):
@@ -407,7 +448,7 @@ class TarSink(LayoutReader):
         while self._free and sum(self._free[-1]) == self._end:
             self._end = self._free.pop()[0]
 
-    def _snapshot(self) -> bytes:
+    def _snapshot(self, sealed: dict[str, Any] | None = None) -> bytes:
         doc: dict[str, Any] = {
             "format": JOURNAL_FORMAT,
             "archive": self.output.name,
@@ -419,6 +460,8 @@ class TarSink(LayoutReader):
             "regions": sorted([*self._free, *self._reserved.items()]),
             "index": json.loads(self._index.serialize()),
         }
+        if sealed is not None:
+            doc["sealed"] = sealed
         return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
     def _write_journal(self, data: bytes) -> None:
@@ -450,22 +493,39 @@ class TarSink(LayoutReader):
         return None  # not served while it is written
 
     async def check_push(self, repository: str) -> None:
-        self._check_writable()
+        self._check_writable(content=True)
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, *, content: bool = False) -> None:
         if self._closed:
             raise LayoutError(f"{self.label} is closed")
+        if content and self._sealed is not None:
+            raise LayoutError(f"{self.label} is sealed: nothing more goes into it")
 
     # -- writing ------------------------------------------------------------------------------
 
     async def put_blob(
         self, repository: str, descriptor: Descriptor, chunks: AsyncIterator[bytes]
     ) -> int:
-        """Stream into the blob's own region, hashing; the header goes in only if it matched."""
-        self._check_writable()
+        """Stream into the blob's own region, hashing; the header goes in only if it matched.
+
+        One writer per digest: the engine sends a digest once per repository, and a tar holds
+        it once, so a second transfer waits for the first and is only streamed if that failed.
+        """
+        self._check_writable(content=True)
         digest = descriptor.digest
+        while (landing := self._landing.get(digest)) is not None:
+            await landing.wait()
         if digest in self._blobs:
-            return descriptor.size  # landed meanwhile (the engine sends each digest once)
+            return descriptor.size  # landed meanwhile
+        self._landing[digest] = landing = asyncio.Event()
+        try:
+            return await self._put_blob(descriptor, chunks)
+        finally:
+            del self._landing[digest]
+            landing.set()
+
+    async def _put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> int:
+        digest = descriptor.digest
         name = f"blobs/{digest.algorithm}/{digest.hex}"
         where = f"writing blob {digest.short} to {self.label}"
         await self._ensure_dir(f"blobs/{digest.algorithm}")
@@ -540,15 +600,14 @@ class TarSink(LayoutReader):
 
     async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
         """Store the exact bytes as a blob member; a tag also (re)points the index entry."""
-        self._check_writable()
+        self._check_writable(content=True)
         where = self._where(repository, tag or str(manifest.digest))
         if tag is not None:
             check_tag(tag, where)
         actual = Digest.of(manifest.raw, manifest.digest.algorithm)
         if actual != manifest.digest:
             raise IntegrityError(f"{where}: manifest bytes hash to {actual.short}")
-        if manifest.digest not in self._blobs:
-            await self.put_blob(repository, manifest.descriptor, _once(manifest.raw))
+        await self.put_blob(repository, manifest.descriptor, _once(manifest.raw))
         if tag is not None:
             extra = self.annotations.get((repository, tag))
             self._index.set(repository, tag, manifest.descriptor, extra)
@@ -560,7 +619,7 @@ class TarSink(LayoutReader):
     async def flush(self) -> None:
         """fsync the data of every landed member, then rewrite the journal that lists them."""
         async with self._flush_lock:
-            if self._saved == self._changes:
+            if self._saved == self._changes or self._sealed is not None:
                 return
             generation = self._changes
             snapshot = self._snapshot()  # taken before the sync: lists only synced members
@@ -595,10 +654,14 @@ class TarSink(LayoutReader):
         """After `close` of a run without failures: trailing members, end of archive, rename.
 
         `extras` (such as `SHA256SUMS`) join the ones written before. Returns the volumes
-        (empty for one tar). Blocking: run it in a thread.
+        (empty for one tar). Blocking: run it in a thread. A tar an earlier run sealed is only
+        published (`extras` are already in it).
         """
         where = f"{self.label}: finishing"
         try:
+            if self._sealed is not None:
+                self._store.lock(create=False)
+                return self._publish()
             self._store.lock()
             return self._seal({**self._extras, **extras})
         except OSError as exc:
@@ -634,12 +697,13 @@ class TarSink(LayoutReader):
         self._store.pwrite(bytes(total - offset), offset)
         self._store.truncate(total)
         self._store.sync()
-        if self.part_size is None:
-            os.replace(self._store.path(0), self.output)
-            fsync_dir(self.output.parent)
-            self.journal.unlink()
-            return ()
-        return self._publish_volumes(total)
+        # Recorded before the first rename, so that a run killed while publishing is finished
+        # by the next one (`_publish`) instead of being cut back to the journal's end.
+        parts = self._parts_doc(total) if self.part_size is not None else None
+        sealed = {"size": total, "parts": parts}
+        self._write_journal(self._snapshot(sealed))
+        self._sealed = sealed
+        return self._publish()
 
     def _gaps(self) -> list[tuple[int, int]]:
         """Every run of [0, end) that no member covers: what `_free` says, computed afresh
@@ -673,30 +737,72 @@ class TarSink(LayoutReader):
                 at += n
             offset += take
 
-    def _publish_volumes(self, total: int) -> tuple[Path, ...]:
+    def _parts_doc(self, total: int) -> dict[str, Any]:
+        """The `.parts` document of the sealed volumes (hashed from the partial files)."""
         assert self.part_size is not None
-        count = -(-total // self.part_size)
         parts: list[dict[str, object]] = []
-        paths = []
-        for number in range(count):
+        for number in range(-(-total // self.part_size)):
             path = self._store.path(number)
             digest = hashlib.sha256()
             with path.open("rb") as handle:
                 while chunk := handle.read(CHUNK):
                     digest.update(chunk)
-            final = self._store.final(number)
             size = path.stat().st_size
-            parts.append({"name": final.name, "size": size, "sha256": digest.hexdigest()})
+            parts.append(
+                {"name": self._store.final(number).name, "size": size, "sha256": digest.hexdigest()}
+            )
+        return {"format": PARTS_FORMAT, "archive": self.output.name, "size": total, "parts": parts}
+
+    def _publish(self) -> tuple[Path, ...]:
+        """Rename the sealed tar (each volume) into place, write `.parts`, drop the journal.
+        Each step can be repeated: a rerun after a kill at any point finishes the rest."""
+        sealed = self._sealed
+        assert sealed is not None
+        if self.part_size is None:
+            self._place(self._store.path(0), self.output, sealed["size"])
+            fsync_dir(self.output.parent)
+            self.journal.unlink(missing_ok=True)
+            return ()
+        doc = sealed["parts"]
+        paths = []
+        for number, part in enumerate(doc["parts"]):
+            final = self._store.final(number)
+            if part["name"] != final.name:
+                raise LayoutError(f"{self.journal}: damaged save journal (volume {part['name']})")
+            self._place(self._store.path(number), final, part["size"])
             paths.append(final)
-        for number in range(count):
-            os.replace(self._store.path(number), self._store.final(number))
         fsync_dir(self.output.parent)
-        doc = {"format": PARTS_FORMAT, "archive": self.output.name, "size": total, "parts": parts}
         write_atomic(
             self.output.with_name(self.output.name + PARTS_SUFFIX), json.dumps(doc, indent=2) + "\n"
         )
-        self.journal.unlink()
+        self.journal.unlink(missing_ok=True)
         return tuple(paths)
+
+    def _place(self, partial: Path, final: Path, size: int) -> None:
+        """`partial` renamed to `final` if still there, after checking it has its sealed size."""
+        if partial.is_file():
+            found = partial.stat().st_size
+            if found != size:
+                raise LayoutError(
+                    f"{partial}: {found} bytes, but {self.journal.name} says it was sealed at "
+                    f"{size}; remove {partial_path(self.output).name}* to start the save over"
+                )
+            os.replace(partial, final)
+        elif not final.is_file() or final.stat().st_size != size:
+            raise LayoutError(
+                f"{final}: missing or not the {size} bytes {self.journal.name} says it was "
+                f"sealed with; remove the journal and {self.output.name}* to start the save over"
+            )
+
+
+def is_sealed(output: Path) -> bool:
+    """Whether an earlier save completed `output` and was stopped while renaming it into
+    place (so the rerun needs nothing from its source). Cheap; `TarSink` checks it fully."""
+    try:
+        doc = json.loads(journal_path(output).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "sealed" in doc
 
 
 def read_journal_blobs(output: Path) -> TarSinkView | None:
@@ -747,6 +853,22 @@ def _split_gap(start: int, stop: int, regions: list[tuple[int, int]]) -> list[tu
     if pos < stop:
         out.append((pos, stop - pos))
     return out
+
+
+def _check_sealed(sealed: Any, part_size: Any) -> dict[str, Any]:
+    """The journal's record of a sealed tar: its size, and for volumes the `.parts` doc."""
+    if not isinstance(sealed, dict) or not isinstance(sealed.get("size"), int):
+        raise ValueError("bad sealed record")
+    parts = sealed.get("parts")
+    if (parts is None) != (part_size is None):
+        raise ValueError("sealed record does not fit --split-size")
+    if parts is not None:
+        if not isinstance(parts, dict) or parts.get("format") != PARTS_FORMAT:
+            raise ValueError("bad sealed volume list")
+        for part in parts["parts"]:
+            if not isinstance(part["name"], str) or not isinstance(part["size"], int):
+                raise ValueError("bad sealed volume")
+    return sealed
 
 
 def _tool_id(tool: Path) -> dict[str, object]:

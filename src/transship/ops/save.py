@@ -22,13 +22,21 @@ from transship.fsutil import file_sha256, write_atomic
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.index import TOOL_FILE
 from transship.layout.reader import LayoutReader
-from transship.layout.tarsink import TarSink, journal_path, partial_path, read_journal_blobs
+from transship.layout.tarsink import (
+    TarSink,
+    is_sealed,
+    journal_path,
+    partial_path,
+    read_journal_blobs,
+)
 from transship.layout.volumes import PARTS_SUFFIX
 from transship.ops.archive import (
     ArchiveInfo,
+    archive_tags,
     checksum_list,
     measure,
     open_archive,
+    relative_repository,
     save_task,
     save_tasks,
     source_points,
@@ -61,6 +69,11 @@ class SaveTarget:
         """Where the output grows: the directory itself, or `FILE.tar.partial` (its volumes
         `FILE.tar.partial.001`, …), beside the journal a resumed run reads."""
         return partial_path(self.output) if self.is_tar else self.output
+
+    @property
+    def sealed(self) -> bool:
+        """A tar an earlier run completed and was stopped while renaming (`SaveJob.sealed`)."""
+        return self.is_tar and is_sealed(self.output)
 
     def check(self, *, dry_run: bool) -> None:
         """Refuse what cannot work before any registry is asked."""
@@ -178,6 +191,30 @@ class SaveJob:
             for entry in entries
         ]
 
+    @property
+    def sealed(self) -> bool:
+        """An earlier run completed the tar and was stopped while renaming it into place:
+        `finish` publishes it, nothing is fetched (`check_sealed` first)."""
+        return isinstance(self.layout, TarSink) and self.layout.sealed
+
+    def check_sealed(self) -> None:
+        """Refuse to publish a sealed tar that lacks an image this plan wants (the plan
+        changed after the run that sealed it was stopped)."""
+        held_by = {(repo, tag): desc for repo, tag, desc in self.layout.entries()}
+        for entry in self.plan.entries:
+            repository = relative_repository(entry.destination, self.info.prefix)
+            for tag in archive_tags(entry):
+                held = held_by.get((repository, tag))
+                if held is None or (
+                    entry.source_digest is not None and held.digest != entry.source_digest
+                ):
+                    partial = self.target.partial.name
+                    raise UsageError(
+                        f"{self.target.output}: an earlier run of this save already completed "
+                        f"it without {repository}:{tag} as this plan wants it; run that save "
+                        f"again unchanged, or remove {partial}* and its journal to start over"
+                    )
+
     async def close(self) -> None:
         await self.layout.close()
         if self.base is not None:
@@ -187,7 +224,7 @@ class SaveJob:
         """After a run without failures (and `close`): checksums, then seal a tar."""
         if isinstance(self.layout, TarSink):
             sink = self.layout
-            sums = sink_checksums(sink, self.target.tool)
+            sums = "" if sink.sealed else sink_checksums(sink, self.target.tool)
             volumes = await asyncio.to_thread(sink.seal, {"SHA256SUMS": sums.encode()})
             return Written(self.target.output, sink.blob_count(), volumes)
         layout_dir = self.target.output
