@@ -10,12 +10,13 @@ source registry was not asked for a blob again.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import tarfile
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,16 @@ from harness.skopeo import Skopeo
 from test_airgap import corpus, write_list
 from test_tarsink import chunked, desc, images
 
+from transship.digest import Digest
 from transship.errors import ExitCode, IntegrityError
 from transship.layout import OCILayoutTar
-from transship.layout.tarsink import TarSink, journal_path, partial_path
+from transship.layout.tarsink import (
+    JOURNAL_FORMAT,
+    SEALED_FORMAT,
+    TarSink,
+    journal_path,
+    partial_path,
+)
 from transship.layout.volumes import Volumes, find_parts_file
 from transship.manifest import Manifest
 
@@ -220,6 +228,55 @@ def test_a_sealed_archive_lacking_what_the_changed_plan_wants_is_one_line(
     assert cli("archive", "verify", str(first)).code == 0
 
 
+def test_a_journal_without_the_sealed_record_beside_renamed_volumes_is_refused(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """What a transship that did not record sealing leaves when stopped after renaming the
+    first volume: resuming would re-create that volume empty and publish zeros over the good
+    one. The rerun refuses in one line and leaves every file as it was."""
+    refs, _stored = corpus(plain_registry, "sealold")
+    media = tmp_path / "media"
+    tar = media / "tkg.tar"
+    args = ["save", "--images", str(write_list(tmp_path, refs)), "-o", str(tar),
+            "--split-size", "100K"]  # fmt: skip
+    seen: list[str] = []
+    with stop_at(monkeypatch, media, 3, seen), pytest.raises(Killed):  # after the first rename
+        cli(*args)
+    journal = journal_path(tar)
+    doc = json.loads(journal.read_bytes())
+    assert doc.pop("format") == SEALED_FORMAT
+    del doc["sealed"]
+    journal.write_text(json.dumps({"format": JOURNAL_FORMAT, **doc}))  # as the older one wrote
+    before = {p.name: p.read_bytes() for p in media.iterdir()}
+    assert "tkg.tar.001" in before and "tkg.tar.partial.001" not in before
+    out = cli(*args)
+    assert out.code == ExitCode.USAGE, out.err
+    assert "tkg.tar.001 exists beside" in out.error_line and "Traceback" not in out.err
+    assert {p.name: p.read_bytes() for p in media.iterdir()} == before
+
+
+def test_a_sealed_journal_is_refused_by_a_transship_that_only_resumes(tmp_path: Path) -> None:
+    """A sealed journal has a format of its own: the check every transship makes of a
+    journal's format (`transship-tar-journal/v1` before sealing was recorded) refuses it."""
+    sink = TarSink(tmp_path / "a.tar")
+    asyncio.run(sink.close())
+    before = json.loads(journal_path(tmp_path / "a.tar").read_bytes())
+    assert before["format"] == JOURNAL_FORMAT
+    real_replace = os.replace
+
+    def stop(src: Any, dst: Any) -> None:
+        if Path(os.fsdecode(dst)).name == "a.tar":
+            raise Killed("rename")
+        real_replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", stop)
+        with pytest.raises(Killed):
+            sink.seal({})
+    sealed = json.loads(journal_path(tmp_path / "a.tar").read_bytes())
+    assert sealed["format"] == SEALED_FORMAT != JOURNAL_FORMAT and "sealed" in sealed
+
+
 # -- one member per digest ------------------------------------------------------------------
 
 
@@ -274,6 +331,32 @@ async def test_a_failed_writer_of_a_digest_lets_the_waiting_one_write_it(tmp_pat
     sink.seal({})
     names = tar_listing(tmp_path / "a.tar")
     assert names.count(f"blobs/sha256/{blob.digest[7:]}") == 1
+    # the second writer waited and took the failed one's region: nothing was written twice
+    assert not [n for n in names if n.startswith("transship/unused/")]
+
+
+async def test_asking_for_a_blob_being_written_waits_for_its_writer(tmp_path: Path) -> None:
+    """The engine asks "is it here?" (`mount_blob`) before it opens the source; a blob that
+    another transfer is writing is answered once that transfer ends, so a second transfer
+    does not open a source download only to drop it."""
+    blob = images(1)[0].blobs[-1]
+    sink = TarSink(tmp_path / "a.tar")
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield blob.data[:100]
+        await release.wait()
+        yield blob.data[100:]
+
+    writing = asyncio.ensure_future(sink.put_blob("a", desc(blob.digest, blob.size), slow()))
+    await asyncio.sleep(0.05)
+    asking = asyncio.ensure_future(sink.mount_blob("b", Digest.parse(blob.digest), "b"))
+    await asyncio.sleep(0.05)
+    assert not asking.done()  # answered neither "no" (a second transfer) nor yet "yes"
+    release.set()
+    assert await writing == blob.size
+    assert await asking is True
+    await sink.close()
 
 
 @pytest.mark.parametrize("split", [None, "100K"])
@@ -330,7 +413,7 @@ def _damaged_copies(tar: Path, where: Path) -> dict[str, Path]:
         "size-garbage": data[: at + 124] + b"9x9x9x9x9x9\0" + data[at + 136 :],
         "first-header-garbage": garbage + data[512:],
         "member-cut-short": data[: mid.offset_data + mid.size // 2],
-        "end-blocks-cut": data[: infos[-1].offset_data],
+        "end-blocks-cut": data[: infos[-1].offset_data + -(-infos[-1].size // 512) * 512],
     }
     out = {}
     for name, damaged in cases.items():

@@ -263,7 +263,7 @@ async def test_a_damaged_or_mismatched_journal_is_one_clear_error(tmp_path: Path
     await sealed.close()
     sealed.seal({})
     journal.write_bytes(kept)  # killed after the rename, before the journal went
-    with pytest.raises(LayoutError, match=r"a\.tar is complete"):
+    with pytest.raises(LayoutError, match=r"a\.tar exists beside a\.tar\.partial\.journal"):
         TarSink(tmp_path / "a.tar")
 
 

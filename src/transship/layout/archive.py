@@ -193,7 +193,7 @@ def _check_member(path: Path, info: tarfile.TarInfo, seen: set[str], file_size: 
     if info.isdir():
         return None
     if info.size > MAX_MEMBER_BYTES:
-        raise refuse(f"size {info.size} runs past the end of the archive ({file_size} bytes)")
+        raise refuse(f"size {info.size} is over the {MAX_MEMBER_BYTES} bytes any member may have")
     if info.offset_data + info.size > file_size:
         raise _damaged(
             path,

@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import tarfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,10 @@ log = logging.getLogger("transship.layout")
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_SUFFIX = ".journal"
 JOURNAL_FORMAT = "transship-tar-journal/v1"
+#: a sealed journal (the tar complete, being renamed into place) has a format of its own, so
+#: that a transship which does not know sealing refuses it instead of resuming it (which
+#: would cut back and re-create volumes already renamed away)
+SEALED_FORMAT = "transship-tar-journal/v2-sealed"
 BLOCK = tarfile.BLOCKSIZE
 UNUSED_DIR = f"{EXTRA_DIR}/unused"
 #: the longest filler member: a ustar header's size field holds at most 8 GiB - 1
@@ -141,11 +145,8 @@ class _Store:
             self._fds[number] = fd
         return fd
 
-    def lock(self, *, create: bool = True) -> None:
-        """One writer per archive: an exclusive flock on the first (or only) partial file.
-        `create=False` (publishing a sealed archive): only if that file is still there."""
-        if not create and 0 not in self._fds and not self.path(0).is_file():
-            return
+    def lock(self) -> None:
+        """One writer per archive: an exclusive flock on the first (or only) partial file."""
         try:
             fcntl.flock(self._fd(0), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -280,14 +281,7 @@ class TarSink(LayoutReader):
             if "sealed" in doc:  # killed while publishing: `publish` finishes it
                 self._adopt_sealed(doc)
                 return
-            finished = self.output.with_name(self.output.name + PARTS_SUFFIX)
-            if not self._store.existing():
-                for done in (self.output, finished):
-                    if done.exists():  # a journal of a transship that did not record sealing
-                        raise LayoutError(
-                            f"{done} is complete; {self.journal.name} beside it is left over "
-                            "from its save: remove both to save again"
-                        )
+            self._check_resumable()
             self._store.lock()
             self._resume(doc)
             return
@@ -343,8 +337,13 @@ class TarSink(LayoutReader):
         where = self.journal
         try:
             doc = json.loads(self.journal.read_bytes())
-            if not isinstance(doc, dict) or doc.get("format") != JOURNAL_FORMAT:
+            if not isinstance(doc, dict) or doc.get("format") not in (
+                JOURNAL_FORMAT,
+                SEALED_FORMAT,
+            ):
                 raise ValueError(f"not a {JOURNAL_FORMAT} journal")
+            if ("sealed" in doc) != (doc["format"] == SEALED_FORMAT):
+                raise ValueError("sealed and format disagree")
             doc["members"] = [
                 Member(str(n), int(o), int(d), int(s)) for n, o, d, s in doc["members"]
             ]
@@ -374,6 +373,28 @@ class TarSink(LayoutReader):
                 f"{partial_path(self.output).name}* to start over"
             )
         return doc
+
+    def _check_resumable(self) -> None:
+        """A journal without the sealed record resumes only the partial files it describes:
+        none renamed into place yet (a transship that did not record sealing, stopped while
+        renaming), and no volume missing in between (resuming would re-create it empty)."""
+        finished = [self.output, self.output.with_name(self.output.name + PARTS_SUFFIX)]
+        if self.part_size is not None:
+            finished += sorted(self.output.parent.glob(f"{self.output.name}.[0-9][0-9][0-9]"))
+        for done in finished:
+            if done.exists():
+                raise LayoutError(
+                    f"{done} exists beside {self.journal.name}, left over from a save stopped "
+                    f"while putting its archive in place: remove {self.output.name}* to save again"
+                )
+        existing = self._store.existing()
+        if existing and existing != list(range(len(existing))):
+            missing = sorted(set(range(existing[-1] + 1)) - set(existing))
+            raise LayoutError(
+                f"{self._store.path(missing[0])} is missing from the unfinished save "
+                f"{self.journal.name} describes: remove {partial_path(self.output).name}* "
+                "to start over"
+            )
 
     def _adopt_sealed(self, doc: dict[str, Any]) -> None:
         """A save killed after sealing: the tar is complete; nothing is read or written until
@@ -450,7 +471,7 @@ class TarSink(LayoutReader):
 
     def _snapshot(self, sealed: dict[str, Any] | None = None) -> bytes:
         doc: dict[str, Any] = {
-            "format": JOURNAL_FORMAT,
+            "format": JOURNAL_FORMAT if sealed is None else SEALED_FORMAT,
             "archive": self.output.name,
             "part_size": self.part_size,
             "tool": self._tool_id,
@@ -523,6 +544,14 @@ class TarSink(LayoutReader):
         finally:
             del self._landing[digest]
             landing.set()
+
+    async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
+        """As every layout's, after any transfer of `digest` under way has ended: the engine
+        asks this before opening its source, so a second transfer waits here, not holding a
+        source GET it would drop."""
+        while (landing := self._landing.get(digest)) is not None:
+            await landing.wait()
+        return await super().mount_blob(repository, digest, from_repository)
 
     async def _put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> int:
         digest = descriptor.digest
@@ -660,8 +689,8 @@ class TarSink(LayoutReader):
         where = f"{self.label}: finishing"
         try:
             if self._sealed is not None:
-                self._store.lock(create=False)
-                return self._publish()
+                with self._journal_lock():
+                    return self._publish()
             self._store.lock()
             return self._seal({**self._extras, **extras})
         except OSError as exc:
@@ -753,6 +782,27 @@ class TarSink(LayoutReader):
             )
         return {"format": PARTS_FORMAT, "archive": self.output.name, "size": total, "parts": parts}
 
+    @contextlib.contextmanager
+    def _journal_lock(self) -> Iterator[None]:
+        """One publisher of a sealed tar: an exclusive flock on its journal, the one file
+        that stays in place until the very end (a partial file is what gets renamed away)."""
+        try:
+            fd = os.open(self.journal, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None  # another rerun published it meanwhile: `_place` checks what it left
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise LayoutError(
+                        f"{self.journal}: another save is finishing this archive"
+                    ) from None
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)
+
     def _publish(self) -> tuple[Path, ...]:
         """Rename the sealed tar (each volume) into place, write `.parts`, drop the journal.
         Each step can be repeated: a rerun after a kill at any point finishes the rest."""
@@ -761,7 +811,7 @@ class TarSink(LayoutReader):
         if self.part_size is None:
             self._place(self._store.path(0), self.output, sealed["size"])
             fsync_dir(self.output.parent)
-            self.journal.unlink(missing_ok=True)
+            self._drop_journal()
             return ()
         doc = sealed["parts"]
         paths = []
@@ -775,20 +825,30 @@ class TarSink(LayoutReader):
         write_atomic(
             self.output.with_name(self.output.name + PARTS_SUFFIX), json.dumps(doc, indent=2) + "\n"
         )
-        self.journal.unlink(missing_ok=True)
+        self._drop_journal()
         return tuple(paths)
+
+    def _drop_journal(self) -> None:
+        """The last step: durable, or a power cut could bring the sealed journal back and a
+        later save of a changed list republish this archive as its own."""
+        self.journal.unlink(missing_ok=True)
+        fsync_dir(self.output.parent)
 
     def _place(self, partial: Path, final: Path, size: int) -> None:
         """`partial` renamed to `final` if still there, after checking it has its sealed size."""
-        if partial.is_file():
+        try:
             found = partial.stat().st_size
-            if found != size:
-                raise LayoutError(
-                    f"{partial}: {found} bytes, but {self.journal.name} says it was sealed at "
-                    f"{size}; remove {partial_path(self.output).name}* to start the save over"
-                )
-            os.replace(partial, final)
-        elif not final.is_file() or final.stat().st_size != size:
+        except FileNotFoundError:
+            found = None
+        if found is not None and found != size:
+            raise LayoutError(
+                f"{partial}: {found} bytes, but {self.journal.name} says it was sealed at "
+                f"{size}; remove {partial_path(self.output).name}* to start the save over"
+            )
+        if found is not None:
+            with contextlib.suppress(FileNotFoundError):  # renamed by a rerun meanwhile
+                os.replace(partial, final)
+        if not final.is_file() or final.stat().st_size != size:
             raise LayoutError(
                 f"{final}: missing or not the {size} bytes {self.journal.name} says it was "
                 f"sealed with; remove the journal and {self.output.name}* to start the save over"

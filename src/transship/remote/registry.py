@@ -277,7 +277,9 @@ class Registry:
         if from_repository == repository and key in self._pending_uploads:
             if not await self.has_blob(repository, digest):
                 return False
-            await self._cancel_upload(repository, self._pending_uploads.pop(key))
+            unused = self._pending_uploads.pop(key, None)  # an upload may have taken it meanwhile
+            if unused is not None:
+                await self._cancel_upload(repository, unused)
             return True
         scopes = push(repository)
         if from_repository != repository:
