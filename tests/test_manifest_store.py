@@ -179,7 +179,7 @@ def test_a_damaged_or_substituted_store_file_is_fetched_again_never_copied(
     )  # exactly the two files that did not verify, by digest
     _same_as_source(skopeo, dest, seeded)  # the destination has the source's exact bytes
     for path in (f"{prefix}/app0:v0", f"{prefix}/multi:v1"):  # written back as they should be
-        assert file_of(path).read_bytes().split(b"\n", 1)[1] == seeded[path][1]
+        assert file_of(path).read_bytes().split(b"\n", 2)[2] == seeded[path][1]
 
 
 async def test_only_a_source_uses_the_store_and_only_by_digest(
@@ -222,3 +222,24 @@ async def test_only_a_source_uses_the_store_and_only_by_digest(
     finally:
         await sources.close()
         await dests.close()
+
+
+def test_a_digest_under_the_wrong_repository_fails_as_without_the_store(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A reference pinning one repository's digest under another repository (a typo) is
+    "not found", whether or not an earlier run kept that manifest: the store answers only for
+    where it read it."""
+    monkeypatch.delenv("TRANSSHIP_NO_CACHE", raising=False)
+    source = plain_registry
+    client = SeedClient.for_registry(source)
+    image = build_image(431)
+    client.push_image("mstore4/right", image, "v1")
+    client.push_image("mstore4/wrong", build_image(432), "v1")  # exists, lacks that digest
+    dest = make_registry("plain")
+    out = cli("copy", source.ref("mstore4/right:v1"), dest.ref("x/right:v1"), "-q")
+    assert out.code == 0, out.err  # the store now holds the manifest (and the destination it)
+    out = cli("copy", source.ref(f"mstore4/wrong:v1@{image.digest}"), dest.ref("x/typo:v1"), "-q")
+    assert out.code == 4, out.err  # NOT_FOUND, as with TRANSSHIP_NO_CACHE=1
+    assert "mstore4/wrong" in out.error_line

@@ -8,14 +8,15 @@ the registry (tags move).
 
 One file per manifest, `<root>/manifests/<algorithm>/<hex>` (`transship.cachedir`): the
 manifest's media type on the first line (the body may lack `mediaType`; the type came from the
-GET's Content-Type), then its exact bytes. Every read re-hashes the bytes against the file's
-name, so a damaged or edited file is removed and the manifest fetched again: nothing read here
-is trusted more than a GET (and so writes need no fsync, only a rename).
+GET's Content-Type), the places it was read from on the second (`host/repository`, space
+separated), then its exact bytes. Every read re-hashes the bytes against the file's name, so a
+damaged or edited file is removed and the manifest fetched again: nothing read here is trusted
+more than a GET (and so writes need no fsync, only a rename).
 
-The key is the digest alone, not the registry or repository: bytes fetched from repository A
-serve a copy from repository B (on any registry) when B's entry names the same digest. The bytes
-are the same content, verified; what is skipped is only the source's own say on whether B holds
-and may serve that manifest (its blobs are still read from B, unless the destination has them).
+A lookup names where it would GET (`origin`) and is answered only if the manifest was read from
+there: the bytes are one content whatever the repository, but whether a repository holds that
+manifest is the registry's to say, so a reference naming the wrong repository fails as it would
+without the store, instead of being served bytes read from another one.
 
 Bounded: at most `MAX_BYTES`, and entries unused for `MAX_AGE` are dropped. The one directory
 scan that enforces this happens when a run writes its first entry. A store that cannot be
@@ -68,9 +69,9 @@ class ManifestStore:
     def path(self, digest: Digest) -> Path:
         return self.directory / digest.algorithm / digest.hex
 
-    def get(self, digest: Digest, where: str) -> Manifest | None:
-        """The manifest named `digest`, if kept and its bytes still hash to it; else None (a
-        file that does not verify is removed)."""
+    def get(self, digest: Digest, where: str, *, origin: str) -> Manifest | None:
+        """The manifest named `digest`, if kept as read from `origin` and its bytes still hash
+        to it; else None (a file that does not verify is removed)."""
         path = self.path(digest)
         try:
             data = path.read_bytes()
@@ -79,33 +80,43 @@ class ManifestStore:
         except OSError as exc:
             log.debug("manifest store: %s not read: %s", path, exc)
             return None
-        manifest = _parse(data, digest, where)
-        if manifest is None:
+        kept = _parse(data, digest, where)
+        if kept is None:
             log.debug("manifest store: %s does not verify; removed", path)
             _remove(path)
+            return None
+        manifest, origins = kept
+        if origin not in origins:
             return None
         with contextlib.suppress(OSError):  # read-only: it simply ages
             os.utime(path)  # in use: keeps it from being pruned by age
         self.hits += 1
         return manifest
 
-    def put(self, manifest: Manifest, digest: Digest | None = None) -> None:
-        """Keep `manifest` under `digest` (its sha256 by default): atomically, best effort."""
+    def put(self, manifest: Manifest, digest: Digest | None = None, *, origin: str) -> None:
+        """Keep `manifest` under `digest` (its sha256 by default) as read from `origin`:
+        atomically, best effort."""
         if self._broken:
             return
         key = digest or manifest.digest
         path = self.path(key)
-        data = manifest.media_type.encode() + b"\n" + manifest.raw
+        origins = {origin}
         try:
             if not self._scanned:
                 self._scanned = True
                 self._total = self.prune()
             try:
-                if path.stat().st_size == len(data):
+                kept = _parse(path.read_bytes(), key, str(path))
+            except FileNotFoundError:
+                kept = None
+            if kept is not None and kept[0].raw == manifest.raw:
+                if origin in kept[1]:
                     os.utime(path)  # kept already (a plan read again): only mark it used
                     return
-            except FileNotFoundError:
-                pass
+                origins |= kept[1]  # the same manifest read from one more place
+            data = b"\n".join(
+                [manifest.media_type.encode(), " ".join(sorted(origins)).encode(), manifest.raw]
+            )
             if self._total + len(data) > self.max_bytes:
                 log.debug("manifest store full (%d bytes): %s not kept", self._total, key)
                 return
@@ -155,18 +166,20 @@ class ManifestStore:
         return total
 
 
-def _parse(data: bytes, digest: Digest, where: str) -> Manifest | None:
-    """The manifest in a store file, or None unless its bytes hash to `digest` and its type
-    line is the type they parse as."""
-    type_line, newline, raw = data.partition(b"\n")
-    if not newline or Digest.of(raw, digest.algorithm) != digest:
+def _parse(data: bytes, digest: Digest, where: str) -> tuple[Manifest, frozenset[str]] | None:
+    """The manifest in a store file and where it was read from, or None unless its bytes
+    hash to `digest` and its type line is the type they parse as."""
+    type_line, newline, rest = data.partition(b"\n")
+    origins_line, newline2, raw = rest.partition(b"\n")
+    if not newline or not newline2 or Digest.of(raw, digest.algorithm) != digest:
         return None
     try:
         media_type = type_line.decode("ascii")
+        origins = frozenset(origins_line.decode("utf-8").split())
         manifest = Manifest.parse(raw, media_type, where)
     except (TransshipError, UnicodeDecodeError):
         return None
-    return manifest if manifest.media_type == media_type else None
+    return (manifest, origins) if manifest.media_type == media_type else None
 
 
 def _write(path: Path, data: bytes) -> None:

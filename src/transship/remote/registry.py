@@ -148,17 +148,18 @@ class Registry:
         nor, on a source with a `manifest_store`, what an earlier run (`plan`) read."""
         requested = Digest.parse(identifier) if ":" in identifier else None
         store = self.options.manifest_store
+        origin = f"{self.host}/{repository}"
         manifest: Manifest | None = None
         if requested is not None:
             cached = self._manifests.get((repository, requested))
             if cached is not None:
                 return cached
             if store is not None:  # verified against `requested` as it is read
-                manifest = store.get(requested, f"{self.host}/{repository}@{requested}")
+                manifest = store.get(requested, f"{origin}@{requested}", origin=origin)
         if manifest is None:
             manifest = await self._get_manifest(repository, identifier, requested)
             if store is not None:
-                store.put(manifest, requested)
+                store.put(manifest, requested, origin=origin)
         if self._manifest_bytes_cached + manifest.size <= _MANIFEST_CACHE_BYTES:
             self._manifests[(repository, manifest.digest)] = manifest
             self._manifest_bytes_cached += manifest.size
