@@ -392,6 +392,26 @@ def test_invalid_reference_and_bad_ca(cli: CLI, source_image: str, pki: PKI) -> 
     assert out.code == ExitCode.USAGE and "not a PEM certificate" in out.error_line
     out = cli("copy", source_image, "127.0.0.1:9/x:v1", "--dest-ca", "/nonexistent/ca.pem")
     assert out.code == ExitCode.USAGE and "does not exist" in out.error_line
+    assert out.error_line.startswith("transship: error: --dest-ca: ")
+
+
+def test_ca_errors_name_where_the_value_was_given_and_what_it_is(
+    cli: CLI, source_image: str, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo'd relative path is a missing file (not "bad base64"); a private key is said to
+    be one; a bad CA in TKG's variable names the variable."""
+    monkeypatch.chdir(tmp_path)
+    out = cli("copy", source_image, "127.0.0.1:9/x:v1", "--dest-ca", "ca.crtx")
+    assert out.code == ExitCode.USAGE, out.err
+    assert out.error_line.startswith("transship: error: --dest-ca: no CA file ca.crtx")
+    out = cli("copy", source_image, "127.0.0.1:9/x:v1", "--src-ca", str(pki.server.key_path))
+    assert out.code == ExitCode.USAGE, out.err
+    assert "--src-ca: " in out.error_line and "holds a PEM PRIVATE KEY" in out.error_line
+    monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", "garbage!")
+    out = cli("copy", source_image, "127.0.0.1:9/x:v1", "--dest-plain-http")
+    assert out.code == ExitCode.USAGE, out.err
+    assert "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE: no CA file garbage!" in out.error_line
+    assert len(out.err.strip().splitlines()) == 1 and "Traceback" not in out.err
 
 
 def test_debug_output_and_report_never_contain_secrets(

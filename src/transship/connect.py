@@ -28,8 +28,12 @@ class SideSettings:
     retries: int = 5
     chunk_size: int | None = None
 
+    #: where `ca` came from, named in its errors (default `--SIDE-ca`)
+    ca_from: str | None = None
+
     def ca_bundle(self) -> CABundle | None:
-        return load_ca(self.ca) if self.ca else None
+        given_as = self.ca_from or f"--{self.side}-ca"
+        return load_ca(self.ca, given_as=given_as) if self.ca else None
 
     def credentials(self, host: str) -> Credentials | None:
         if self.creds:

@@ -121,7 +121,7 @@ def ca_check(registry: str, ca: str | None, timeout: float) -> int:
       13  any other TLS failure (handshake refused, bad signature, ...)
     """
     target = Target.parse(registry)
-    bundle = load_ca(ca) if ca else None
+    bundle = load_ca(ca, given_as="--ca") if ca else None
     result = asyncio.run(check_registry(target, bundle, timeout=timeout))
     for line in result.lines():
         click.echo(line)

@@ -155,7 +155,7 @@ def tkg_config(
     repository = parse_prefix(dest, "--dest", need_path=True)
     ca_base64: str | None = None
     if ca:
-        bundle = load_ca(ca)
+        bundle = load_ca(ca, given_as="--ca")
         refuse_private_key(bundle)
         ca_base64 = tkg_ca_form(bundle)
     settings = TkgSettings(repository, skip_tls_verify, ca_base64, compatibility_path.strip("/"))

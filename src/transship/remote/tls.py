@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import ssl
 import sys
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from cryptography import x509
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_PEM_ANY = b"-----BEGIN "
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,26 @@ class CABundle:
         return [c.subject.rfc4514_string() for c in self.certificates]
 
 
-def load_ca(value: str, *, require_ca: bool = True) -> CABundle:
-    """Load a CA from a file path, PEM text, or base64 of PEM; validate it is a CA."""
+def load_ca(value: str, *, require_ca: bool = True, given_as: str | None = None) -> CABundle:
+    """Load a CA from a file path, PEM text, or base64 of PEM; validate it is a CA.
+
+    `given_as` (the option or variable the value came from) leads every error, so a bad value
+    is found where it was given.
+    """
+    try:
+        return _load_ca(value, require_ca)
+    except CertificateError as exc:
+        if given_as is None:
+            raise
+        raise CertificateError(f"{given_as}: {exc.message}", hint=exc.hint) from None
+
+
+#: base64 of the smallest PEM certificate is longer than this: a shorter value that names no
+#: file was meant as a file name
+_SHORTEST_BASE64_CA = 400
+
+
+def _load_ca(value: str, require_ca: bool) -> CABundle:
     from cryptography import x509
 
     origin: str
@@ -56,7 +77,7 @@ def load_ca(value: str, *, require_ca: bool = True) -> CABundle:
         is_file = path.is_file()
     except OSError:  # a long base64 string is not a usable path name
         is_file = False
-    if _PEM_BEGIN.decode() in value:
+    if _PEM_ANY.decode() in value:
         data, origin = value.encode(), "PEM text"
     elif is_file:
         try:
@@ -64,14 +85,20 @@ def load_ca(value: str, *, require_ca: bool = True) -> CABundle:
         except OSError as exc:
             raise CertificateError(f"cannot read CA file {value}: {exc.strerror}") from None
         origin = str(path)
-        if _PEM_BEGIN not in data:
+        if _PEM_ANY not in data:
             # A file may hold the base64 form too (what `transship ca encode` writes).
             data = _decode_base64(data.strip(), origin)
     else:
         origin = "base64 CA"
         if len(value) < 4096 and ("/" in value[:1] or value.endswith((".pem", ".crt"))):
             raise CertificateError(f"CA file {value} does not exist")
+        if len(value.strip()) < _SHORTEST_BASE64_CA and not _is_base64(value.strip()):
+            raise CertificateError(
+                f"no CA file {value} (and too short to be a base64 PEM certificate): give the "
+                "path of the CA's PEM file, its PEM text, or the base64 of it"
+            )
         data = _decode_base64(value.strip().encode(), origin)
+    _refuse_other_pem(data, origin)
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -82,6 +109,27 @@ def load_ca(value: str, *, require_ca: bool = True) -> CABundle:
     return CABundle(data, origin)
 
 
+def _refuse_other_pem(data: bytes, origin: str) -> None:
+    """PEM that holds no certificate at all (a private key, a request): say what it is."""
+    if _PEM_BEGIN in data:
+        return
+    found = _PEM_LABEL.search(data)
+    if found is not None:
+        label = found.group(1).decode("ascii", "replace")
+        raise CertificateError(
+            f"{origin}: holds a PEM {label}, not a certificate; give the CA certificate that "
+            "signed the registry's certificate"
+        )
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
 def _decode_base64(data: bytes, origin: str) -> bytes:
     try:
         decoded = base64.b64decode(data, validate=True)
@@ -89,7 +137,7 @@ def _decode_base64(data: bytes, origin: str) -> bytes:
         raise CertificateError(
             f"{origin}: neither a readable PEM file nor base64 of a PEM certificate"
         ) from None
-    if _PEM_BEGIN not in decoded:
+    if _PEM_ANY not in decoded:
         raise CertificateError(
             f"{origin}: base64 decodes to something that is not a PEM certificate"
         )
