@@ -70,6 +70,11 @@ def test_round_trip_and_identifier():
         ("reg.example/app@sha256:../../x", "expected"),
         ("reg.example/" + "a" * 256, "longer than 255"),
         ("reg_example:5000/app", "not a valid host"),
+        (
+            "docker://reg.example/app:v1",
+            "drop the docker:// prefix (transship takes 'reg.example/app:v1')",
+        ),
+        ("https://reg.example/app", "drop the https:// prefix"),
     ],
 )
 def test_invalid(text: str, fragment: str):

@@ -23,6 +23,10 @@ _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _MAX_NAME = 255
 
 
+#: skopeo's transport prefixes and URL schemes, which a reference here goes without
+_TRANSPORTS = frozenset({"docker", "oci", "https", "http"})
+
+
 def _fail(text: str, why: str) -> InvalidReferenceError:
     return InvalidReferenceError(f"invalid image reference {text!r}: {why}")
 
@@ -45,6 +49,9 @@ class Reference:
         """Parse a reference, adding `docker.io` and `library/` like the Docker CLI does."""
         if not text or text != text.strip():
             raise _fail(text, "empty or surrounded by white space")
+        transport, sep, after = text.partition("://")
+        if sep and transport in _TRANSPORTS:
+            raise _fail(text, f"drop the {transport}:// prefix (transship takes {after!r})")
         rest = text
         digest: Digest | None = None
         if "@" in rest:
