@@ -8,10 +8,13 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 from clirunner import CLI
 from harness.registry import RegistryProcess
@@ -143,7 +146,7 @@ def test_download_bundle_directory_sends_each_blob_once(
 
 
 def test_fromtar_script_with_tars_elsewhere(
-    cli: CLI, make_registry, skopeo: Skopeo, tmp_path: Path
+    cli: CLI, make_registry, skopeo: Skopeo, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     reg: RegistryProcess = make_registry("plain")
     tars = _set_dir(tmp_path)
@@ -162,6 +165,9 @@ def test_fromtar_script_with_tars_elsewhere(
     assert skopeo.digest(reg, "air/app/a:v1.0.0") == APP_A
     assert skopeo.digest(reg, "air/app/multi:v1") == MULTI
     assert skopeo.digest(reg, "air/app-bundle:v0.1.0") == BUNDLE
+    with caplog.at_level("WARNING", logger="transship.imgpkg"):  # no YAML beside the script:
+        assert cli(*args, "-q").code == 0  # the shared prefix is replaced, and that is said
+    assert "share old.example/tkg/: it is replaced by" in caplog.text
     missing = tmp_path / "other.sh"
     missing.write_text("imgpkg copy --tar nowhere.tar --to-repo r.example/x\n")
     bad = cli("load", "--script", str(missing))
@@ -252,6 +258,51 @@ def test_save_as_imgpkg_tars_then_load_them(
     assert skopeo.digest(dest, "tkg/src/app-bundle:v0.1.0") == BUNDLE
     for image in (APP_A, APP_B):
         assert skopeo.digest(dest, f"tkg/src/app-bundle@{image}") == image
+
+
+def test_imgpkg_tars_saved_without_a_destination_push_where_the_far_side_says(
+    cli: CLI, make_registry, skopeo: Skopeo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saved from a list without --dest, the script pushes under $TKG_CUSTOM_IMAGE_REPOSITORY
+    (no placeholder host); `load --script` puts --dest (or that variable) in its place, and a
+    script with literal destinations keeps every path below them, as the YAML beside it says."""
+    upstream: RegistryProcess = make_registry("plain")
+    out = cli("load", str(FIXTURES / "image-app-a.tar"), "--dest", f"{upstream.host}/tkg/app-a",
+              "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    images = tmp_path / "images.txt"
+    images.write_text(f"{upstream.host}/tkg/app-a:v1.0.0\n")
+    media = tmp_path / "media"
+    out = cli("save", "--images", str(images), "-o", str(media), "--format", "imgpkg-tars", "-q")
+    assert out.code == 0, out.err
+    script = media / "publish-images-fromtar.sh"
+    line = script.read_text().splitlines()[-1]
+    assert line.startswith("imgpkg copy --tar tkg-app-a-v1.0.0.tar --to-repo ")
+    assert '"${TKG_CUSTOM_IMAGE_REPOSITORY:?' in line and "archive.local" not in line
+    echoed = line.replace("imgpkg copy", "echo", 1)
+    bare = {"PATH": os.environ["PATH"]}
+    unset = subprocess.run(["bash", "-c", echoed], capture_output=True, text=True, env=bare)
+    assert unset.returncode != 0 and "TKG_CUSTOM_IMAGE_REPOSITORY" in unset.stderr
+    monkeypatch.delenv("TKG_CUSTOM_IMAGE_REPOSITORY", raising=False)
+    out = cli("load", "--script", str(script))
+    assert out.code == ExitCode.USAGE and "$TKG_CUSTOM_IMAGE_REPOSITORY" in out.error_line
+    dest: RegistryProcess = make_registry("plain")
+    out = cli("load", "--script", str(script), "--dest", f"{dest.host}/far", "-q")
+    assert out.code == 0, out.err
+    assert skopeo.digest(dest, "far/tkg/app-a:v1.0.0") == APP_A
+    monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY", f"{dest.host}/env")
+    out = cli("load", "--script", str(script), "-q")
+    assert out.code == 0, out.err
+    assert skopeo.digest(dest, "env/tkg/app-a:v1.0.0") == APP_A
+
+    named = tmp_path / "named"  # saved with --dest: literal destinations, re-rooted exactly
+    out = cli("save", "--images", str(images), "--dest", f"{upstream.host}/ip", "-o", str(named),
+              "--format", "imgpkg-tars", "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    out = cli("load", "--script", str(named / "publish-images-fromtar.sh"),
+              "--dest", f"{dest.host}/moved", "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    assert skopeo.digest(dest, "moved/tkg/app-a:v1.0.0") == APP_A  # `tkg/` kept
 
 
 async def test_completeness_check_catches_a_missing_tag(plain_registry: RegistryProcess) -> None:

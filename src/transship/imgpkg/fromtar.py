@@ -16,7 +16,10 @@ end every manifest and tag is looked up again at the destination (`check_complet
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import posixpath
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,6 +50,8 @@ from transship.reference import Reference
 
 #: the destination endpoint for a registry host (a `RegistryPool.get`, or a stand-in)
 EndpointFor = Callable[[str], Endpoint]
+
+log = logging.getLogger("transship.imgpkg")
 
 FROMTAR_YAML = "publish-images-fromtar.yaml"
 
@@ -93,7 +98,9 @@ def targets_from_script(
     name = str(script)
     copies = [c for c in parse_copy_lines(read_text(script), name) if c is not None]
     base = tars_dir or script.parent
+    relative = _listed_paths(script.parent / FROMTAR_YAML) if dest_prefix else {}
     targets = []
+    exact = True  # every destination re-rooted exactly (a variable, or the listing beside it)
     for copy in copies:
         if copy.from_tar is None or copy.to_repo is None:
             raise PlanError(
@@ -101,12 +108,52 @@ def targets_from_script(
                 "from-tar script (use `transship copy --script` for that one)"
             )
         path = _find_tar(copy.from_tar, base, copy.where, "pass --tars DIR")
-        targets.append(TarTarget(path, _repository(copy.to_repo, copy.where), copy.where))
+        to_repo = _expand(copy.to_repo, dest_prefix, copy.where)
+        listed = relative.get(Path(copy.from_tar).name)
+        if dest_prefix and listed is not None and to_repo == copy.to_repo:
+            to_repo = f"{dest_prefix.strip().rstrip('/')}/{listed}"
+        elif to_repo == copy.to_repo:
+            exact = False
+        targets.append(TarTarget(path, _repository(to_repo, copy.where), copy.where))
     if not targets:
         raise PlanError(f"{name}: no 'imgpkg copy --tar … --to-repo …' line found")
-    if dest_prefix:
+    if dest_prefix and not exact:
         targets = _reroot(targets, dest_prefix)
     return targets
+
+
+#: `${NAME}`, `$NAME` or `${NAME:?message}` leading a `--to-repo`: where the script was told
+#: to push (a from-tar script saved before its destination was known)
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_VARIABLE = re.compile(rf"^\$(?:\{{({_NAME})(?::[?-][^}}]*)?\}}|({_NAME}))/")
+
+
+def _expand(to_repo: str, dest_prefix: str | None, where: str) -> str:
+    """A `--to-repo` led by a shell variable, with `dest_prefix` (else the variable's value)
+    in its place; any other one as written."""
+    found = _VARIABLE.match(to_repo)
+    if found is None:
+        return to_repo
+    variable = found.group(1) or found.group(2)
+    root = dest_prefix or os.environ.get(variable, "")
+    if not root.strip():
+        raise UsageError(f"{where}: pushes under ${variable}; pass --dest REGISTRY/PROJECT")
+    return f"{root.strip().rstrip('/')}/{to_repo[found.end():]}"
+
+
+def _listed_paths(listing: Path) -> dict[str, str]:
+    """Tar file name → repository path below the destination, from the from-tar YAML that
+    transship writes beside its script ({} when there is none): what re-rooting keeps."""
+    if not listing.is_file():
+        return {}
+    root = load_yaml(read_text(listing), str(listing))
+    paths = {}
+    for tar_name, node in root.items():
+        path = node.string().strip().strip("/")
+        if ".." in path.split("/"):
+            raise node.error(f"{path!r} climbs out of the destination prefix; refusing")
+        paths[Path(str(tar_name)).name] = path
+    return paths
 
 
 def _reroot(targets: list[TarTarget], dest_prefix: str) -> list[TarTarget]:
@@ -119,6 +166,13 @@ def _reroot(targets: list[TarTarget], dest_prefix: str) -> list[TarTarget]:
         common = common[:n]
     keep = max(1, min(len(common), min(len(p) for p in paths) - 1))
     prefix = dest_prefix.strip().rstrip("/")
+    log.warning(
+        "the script's destinations share %s/: it is replaced by %s/ (no %s beside the script "
+        "to say which part of each path to keep)",
+        "/".join(paths[0][:keep]),
+        prefix,
+        FROMTAR_YAML,
+    )
     return [
         replace(t, repository=_repository(f"{prefix}/{'/'.join(p[keep:])}", t.where))
         for t, p in zip(targets, paths, strict=True)

@@ -103,10 +103,16 @@ def fromtar_yaml(jobs: Sequence[TarJob]) -> str:
     return "".join(f"{job.name}: {job.relative}\n" for job in sorted(jobs, key=lambda j: j.name))
 
 
-def fromtar_script(jobs: Sequence[TarJob], prefix: str) -> str:
+def fromtar_script(jobs: Sequence[TarJob], prefix: str, variable: str | None = None) -> str:
+    """`publish-images-fromtar.sh`: one `imgpkg copy --tar` per tar into `prefix`, or, when
+    the destination is not known yet, into `${variable}` (the script refuses to run unset)."""
     lines = ["#!/usr/bin/env bash", "set -euo pipefail"]
+    root = prefix.rstrip("/")
+    if variable is not None:
+        lines.append(f"# set {variable} to the destination REGISTRY/PROJECT before running")
+        root = f'"${{{variable}:?set {variable} to the destination REGISTRY/PROJECT}}"'
     for job in sorted(jobs, key=lambda j: j.name):
-        lines.append(f"imgpkg copy --tar {job.name} --to-repo {prefix.rstrip('/')}/{job.relative}")
+        lines.append(f"imgpkg copy --tar {job.name} --to-repo {root}/{job.relative}")
     return "\n".join(lines) + "\n"
 
 
@@ -123,9 +129,14 @@ async def _complete(path: Path) -> bool:
 
 
 async def write_tar_set(
-    jobs: Sequence[TarJob], out_dir: Path, prefix: str, parallel: int = 4
+    jobs: Sequence[TarJob],
+    out_dir: Path,
+    prefix: str,
+    parallel: int = 4,
+    variable: str | None = None,
 ) -> list[tuple[TarJob, TransshipError | None]]:
-    """Write every tar (those already complete are kept), then the YAML and the script."""
+    """Write every tar (those already complete are kept), then the YAML and the script
+    (`variable`: see `fromtar_script`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     limit = asyncio.Semaphore(parallel)
 
@@ -142,5 +153,5 @@ async def write_tar_set(
 
     results = list(await asyncio.gather(*(one(job) for job in jobs)))
     write_atomic(out_dir / FROMTAR_YAML, fromtar_yaml(jobs))
-    write_atomic(out_dir / FROMTAR_SCRIPT, fromtar_script(jobs, prefix))
+    write_atomic(out_dir / FROMTAR_SCRIPT, fromtar_script(jobs, prefix, variable))
     return results

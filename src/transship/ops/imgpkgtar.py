@@ -28,6 +28,7 @@ from transship.imgpkg.fromtar import (
 )
 from transship.imgpkg.totar import tar_jobs, write_tar_set
 from transship.memory import MemoryEndpoint
+from transship.ops.save import PLACEHOLDER
 from transship.ops.tasks import EndpointFor
 from transship.plan.model import Plan, PlanEntry
 from transship.reference import Reference
@@ -116,6 +117,10 @@ def tar_listing(targets: Sequence[TarTarget]) -> tuple[TarLoad, dict[str, Any]]:
     return load, doc
 
 
+#: what a from-tar script saved without a destination pushes under (TKG's own setting)
+PREFIX_VARIABLE = "TKG_CUSTOM_IMAGE_REPOSITORY"
+
+
 @dataclass
 class TarSetOutcome:
     """`save --format imgpkg-tars`: one result per tar (and a failure per bundle that could
@@ -140,7 +145,9 @@ async def save_imgpkg_tars(
     if out_dir.suffix == ".tar":
         raise UsageError(f"{out_dir}: --format imgpkg-tars writes a directory of tars")
     jobs = tar_jobs(plan, prefix, source_for)
-    written = await write_tar_set(jobs, out_dir, prefix)
+    # saved from a list without --dest: the script pushes where TKG's own variable says
+    variable = PREFIX_VARIABLE if prefix == PLACEHOLDER else None
+    written = await write_tar_set(jobs, out_dir, prefix, variable=variable)
     where = MemoryEndpoint(label=f"imgpkg-tars:{out_dir}")
     results = []
     for job, error in written:
