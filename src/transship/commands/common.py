@@ -208,9 +208,16 @@ def shard_part(plan: Plan, shard: Shard | None, quiet: bool) -> tuple[Plan, Shar
 
 
 def load_plan_source(
-    plan_file: Path | None, images_file: Path | None, script_file: Path | None, prefix: str | None
+    plan_file: Path | None,
+    images_file: Path | None,
+    script_file: Path | None,
+    prefix: str | None,
+    *,
+    plan_below_prefix: bool = True,
 ) -> Plan | None:
-    """The plan named by exactly one of the source options (None if none was given)."""
+    """The plan named by exactly one of the source options (None if none was given).
+    `plan_below_prefix`: a plan file must send everything below `prefix` (`--dest`) when
+    one is given (`tkg config` checks its own plan against its `--dest`)."""
     chosen = [x for x in (plan_file, images_file, script_file) if x is not None]
     if not chosen:
         return None
@@ -218,7 +225,7 @@ def load_plan_source(
         raise UsageError("give only one of --plan, --images and --script")
     if plan_file is not None:
         plan = Plan.from_yaml(read_text(plan_file), str(plan_file))
-        if prefix:  # refused, not ignored, when the plan goes elsewhere (as save does)
+        if prefix and plan_below_prefix:  # refused, not ignored, when it goes elsewhere
             plan.require_below(prefix)
         return plan
     if images_file is not None:

@@ -161,7 +161,9 @@ def tkg_config(
         ca_base64 = tkg_ca_form(bundle)
     settings = TkgSettings(repository, skip_tls_verify, ca_base64, compatibility_path.strip("/"))
     compatibility = compatibility_repository(settings)
-    plan = load_plan_source(plan_file, images_file, script_file, repository)
+    plan = load_plan_source(  # a plan elsewhere is refused by _check_plan: exit 9
+        plan_file, images_file, script_file, repository, plan_below_prefix=False
+    )
     dest_settings = SideSettings(
         side="dest",
         ca=ca,
