@@ -176,7 +176,8 @@ def plan_source_options(func: F) -> F:
             "dest_prefix",
             envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
             metavar="PREFIX",
-            help="Destination prefix for --images/--script: paths are kept below it.",
+            help="Destination prefix for --images/--script: paths are kept below it "
+            "(with --plan, it must hold the plan's destinations).",
         ),
     ]
     for option in reversed(options):
