@@ -15,7 +15,9 @@ from clirunner import CLI
 from harness.registry import RegistryProcess
 from harness.seed import SeedClient, seed_image
 
-from transship.errors import ExitCode
+from transship.digest import Digest
+from transship.errors import ExitCode, PlanError
+from transship.plan.model import Plan, PlanEntry
 
 
 class Hung(Exception):
@@ -176,3 +178,27 @@ def test_two_images_for_one_destination_tag_are_refused(
     out = cli("copy", "--images", str(fine), "--dest", f"{dest.host}/m", "-q")
     assert out.code == 0, out.err
     assert SeedClient.for_registry(dest).list_tags("m/coll/etcd") == ["v3"]
+
+
+def _entry(source: str, digest: str | None, where: str) -> PlanEntry:
+    known = Digest.parse(f"sha256:{digest * 64}") if digest else None
+    return PlanEntry.create(source, "h.example/m/etcd", source_digest=known, origins=(where,))
+
+
+def test_a_destination_tag_holds_one_digest() -> None:
+    quay, hub = "quay.example/coreos/etcd:v3", "hub.example/coreos/etcd:v3"
+    with pytest.raises(PlanError) as caught:
+        Plan((_entry(quay, "a", "l.txt:1"), _entry(hub, "b", "l.txt:2")))
+    message = str(caught.value)
+    assert "h.example/m/etcd:v3" in message and quay in message and hub in message
+    assert "l.txt:1" in message and "l.txt:2" in message and "\n" not in message
+    # the same digest from two registries, the same source twice, or a digest not known yet
+    assert len(Plan((_entry(quay, "a", "l.txt:1"), _entry(hub, "a", "l.txt:2"))).entries) == 2
+    assert len(Plan((_entry(quay, "a", "l.txt:1"), _entry(quay, "a", "l.txt:3"))).entries) == 1
+    assert len(Plan((_entry(quay, "a", "l.txt:1"), _entry(hub, None, "l.txt:2"))).entries) == 2
+    # other tags of the same repository do not collide
+    other = PlanEntry.create(
+        "hub.example/coreos/etcd:v4", "h.example/m/etcd",
+        source_digest=Digest.parse(f"sha256:{'c' * 64}"),
+    )  # fmt: skip
+    assert len(Plan((_entry(quay, "a", "l.txt:1"), other)).entries) == 2
