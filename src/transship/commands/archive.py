@@ -18,6 +18,7 @@ from transship.commands.common import (
     check_destinations,
     execute,
     load_plan_source,
+    parallel_option,
     plan_source_options,
     push_options,
     resolve_listed,
@@ -89,7 +90,7 @@ from transship.tkg.env import tkg_dest_defaults
     help="imgpkg-tars: -o DIR gets one imgpkg tar per image plus publish-images-fromtar.yaml/.sh "
     "(for upload-bundle).",
 )
-@click.option("--parallel", default=16, show_default=True, help="Images in flight at once.")
+@parallel_option(16, "Images in flight at once.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON.")
 @LIMIT_RATE
 @click.option("-v", "--verbose", count=True)

@@ -105,6 +105,14 @@ def _parse_rate(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return None if value is None else parse_rate(value)  # a usage error, before any request
 
 
+def parallel_option(default: int, help: str) -> Callable[[F], F]:
+    """`--parallel N`: at least 1 (0 would wait forever on an empty semaphore, a negative
+    one crashes it), refused as a usage error before any request."""
+    return click.option(
+        "--parallel", type=click.IntRange(min=1), default=default, show_default=True, help=help
+    )
+
+
 LIMIT_RATE = click.option(
     "--limit-rate",
     metavar="RATE",
@@ -117,7 +125,7 @@ def push_options(func: F) -> F:
     """What every command that pushes into a registry takes: parallelism, outputs, preflight,
     verbosity (`--parallel`, `--report`, `--lock-output`, `--preflight`, `-v`, `-q`)."""
     options = [
-        click.option("--parallel", default=16, show_default=True, help="Images in flight at once."),
+        parallel_option(16, "Images in flight at once."),
         click.option(
             "--report",
             type=click.Path(dir_okay=False, path_type=Path),
@@ -168,7 +176,8 @@ def plan_source_options(func: F) -> F:
             "dest_prefix",
             envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
             metavar="PREFIX",
-            help="Destination prefix for --images/--script: paths are kept below it.",
+            help="Destination prefix for --images/--script: paths are kept below it "
+            "(with --plan, it must hold the plan's destinations).",
         ),
     ]
     for option in reversed(options):
@@ -200,16 +209,26 @@ def shard_part(plan: Plan, shard: Shard | None, quiet: bool) -> tuple[Plan, Shar
 
 
 def load_plan_source(
-    plan_file: Path | None, images_file: Path | None, script_file: Path | None, prefix: str | None
+    plan_file: Path | None,
+    images_file: Path | None,
+    script_file: Path | None,
+    prefix: str | None,
+    *,
+    plan_below_prefix: bool = True,
 ) -> Plan | None:
-    """The plan named by exactly one of the source options (None if none was given)."""
+    """The plan named by exactly one of the source options (None if none was given).
+    `plan_below_prefix`: a plan file must send everything below `prefix` (`--dest`) when
+    one is given (`tkg config` checks its own plan against its `--dest`)."""
     chosen = [x for x in (plan_file, images_file, script_file) if x is not None]
     if not chosen:
         return None
     if len(chosen) > 1:
         raise UsageError("give only one of --plan, --images and --script")
     if plan_file is not None:
-        return Plan.from_yaml(read_text(plan_file), str(plan_file))
+        plan = Plan.from_yaml(read_text(plan_file), str(plan_file))
+        if prefix and plan_below_prefix:  # refused, not ignored, when it goes elsewhere
+            plan.require_below(prefix)
+        return plan
     if images_file is not None:
         if not prefix:
             raise UsageError("--images needs --dest PREFIX (or TKG_CUSTOM_IMAGE_REPOSITORY)")

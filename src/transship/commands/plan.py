@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from transship.commands.common import setup_logging, side_options, side_settings
+from transship.commands.common import parallel_option, setup_logging, side_options, side_settings
 from transship.commands.imgpkgtar import plan_imgpkg_tars
 from transship.connect import RegistryPool
 from transship.errors import ExitCode, UsageError
@@ -69,9 +69,7 @@ def _common_options(func: F) -> F:
             is_flag=True,
             help="Turn per-image failures into warnings and list them as gaps (exit code 2).",
         ),
-        click.option(
-            "--parallel", default=16, show_default=True, help="Registry requests in flight."
-        ),
+        parallel_option(16, "Registry requests in flight."),
         click.option("-v", "--verbose", count=True, help="More logging (-vv for debug)."),
         click.option("-q", "--quiet", is_flag=True, help="No summary or warnings, only errors."),
     ]
@@ -204,8 +202,6 @@ def _run(
 ) -> int:
     """Open the source registries, run `body`, close them, then write and summarise."""
     setup_logging(kwargs["verbose"], kwargs["quiet"])
-    if kwargs["parallel"] < 1:
-        raise UsageError("--parallel must be at least 1")
     settings = side_settings("src", kwargs, kwargs["parallel"])
     options = ResolveOptions(
         parallel=kwargs["parallel"],

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from transship.commands.common import (
     load_plan_source,
+    parallel_option,
     run_verify,
     setup_logging,
     side_options,
@@ -120,7 +121,7 @@ def tkg_group() -> None:
     "instead of printing tanzu commands.",
 )
 @click.option("--force", is_flag=True, help="Emit the settings even if the check fails.")
-@click.option("--parallel", default=32, show_default=True, help="Requests in flight at once.")
+@parallel_option(32, "Requests in flight at once.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the settings (and errors).")
 def tkg_config(
@@ -160,7 +161,9 @@ def tkg_config(
         ca_base64 = tkg_ca_form(bundle)
     settings = TkgSettings(repository, skip_tls_verify, ca_base64, compatibility_path.strip("/"))
     compatibility = compatibility_repository(settings)
-    plan = load_plan_source(plan_file, images_file, script_file, repository)
+    plan = load_plan_source(  # a plan elsewhere is refused by _check_plan: exit 9
+        plan_file, images_file, script_file, repository, plan_below_prefix=False
+    )
     dest_settings = SideSettings(
         side="dest",
         ca=ca,

@@ -16,6 +16,7 @@ import click
 from transship.commands.common import (
     SHARD,
     load_plan_source,
+    parallel_option,
     plan_source_options,
     run_verify,
     setup_logging,
@@ -46,7 +47,7 @@ from transship.tkg.env import tkg_dest_defaults
     help="Do not ask the source for digests the plan lacks: check those entries for presence.",
 )
 @SHARD
-@click.option("--parallel", default=32, show_default=True, help="Requests in flight at once.")
+@parallel_option(32, "Requests in flight at once.")
 @click.option(
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),

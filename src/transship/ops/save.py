@@ -51,6 +51,10 @@ PLACEHOLDER = "archive.local"
 _OWN_FILES = ("oci-layout", "index.json", "transship/archive.json", "transship/plan.yaml")
 
 
+#: the smallest `--split-size`: below it a typo (`10` for `10G`) makes thousands of files
+MIN_PART_SIZE = 64 * 1024
+
+
 @dataclass(frozen=True)
 class SaveTarget:
     """Where a save writes: a layout directory, or `FILE.tar` (optionally in volumes)."""
@@ -79,6 +83,11 @@ class SaveTarget:
         """Refuse what cannot work before any registry is asked."""
         if self.part_size and not self.is_tar:
             raise UsageError("--split-size needs -o FILE.tar")
+        if self.part_size and self.part_size < MIN_PART_SIZE:  # `10` meant 10G: 20,000 files
+            raise UsageError(
+                f"--split-size {self.part_size} bytes is too small: volumes are cut for "
+                f"removable media, give at least {MIN_PART_SIZE // 1024}K (e.g. 4G or 700M)"
+            )
         if self.tool is not None and self.part_size:
             check_split_size(self.tool, self.part_size)
         if not self.is_tar or dry_run or journal_path(self.output).exists():

@@ -237,6 +237,28 @@ def merge_entries(entries: Iterable[PlanEntry]) -> tuple[PlanEntry, ...]:
     return tuple(sorted(by_key.values(), key=lambda e: (e.destination, e.source)))
 
 
+def refuse_tag_collisions(entries: Iterable[PlanEntry]) -> None:
+    """One destination tag, one digest: two sources of different digests that land on the
+    same `repository:tag` (docker.io and quay.io paths under one prefix drop their hosts)
+    would flip the tag on every run, so the plan is refused. Sources whose digest is not
+    known yet (an unresolved list) are checked once resolved; the same digest is fine."""
+    claimed: dict[tuple[str, str], PlanEntry] = {}
+    for entry in entries:
+        if entry.source_digest is None:
+            continue
+        for tag in entry.tags:
+            other = claimed.setdefault((entry.destination, tag), entry)
+            digest = other.source_digest
+            if digest is not None and digest != entry.source_digest:
+                raise PlanError(
+                    f"{entry.destination}:{tag} would get two different images: "
+                    f"{other.source} ({digest.short}, from {', '.join(other.origins) or '?'}) "
+                    f"and {entry.source} ({entry.source_digest.short}, from "
+                    f"{', '.join(entry.origins) or '?'}); remove one of them or send it "
+                    "under another destination"
+                )
+
+
 @dataclass(frozen=True)
 class Plan:
     """A de-duplicated, sorted set of entries plus where they came from."""
@@ -255,10 +277,25 @@ class Plan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", merge_entries(self.entries))
+        refuse_tag_collisions(self.entries)
         object.__setattr__(self, "sources", _unique(self.sources))
         unique = tuple(dict.fromkeys(self.not_registry_content))
         object.__setattr__(self, "not_registry_content", unique)
         object.__setattr__(self, "gaps", tuple(dict.fromkeys(self.gaps)))
+
+    def require_below(self, prefix: str, option: str = "--dest") -> None:
+        """A plan's destinations are fixed when it is made: `prefix` given beside it must
+        hold every one of them (else it would be silently ignored, and a verify of another
+        registry would pass). Raises a one-line `UsageError` naming the first entry outside."""
+        root = parse_prefix(prefix, option)
+        for entry in self.entries:
+            if not entry.destination.startswith(f"{root}/"):
+                raise PlanError(
+                    f"{option} {root}: the plan sends {entry.source} to {entry.destination}, "
+                    f"not below {root}; a plan's destinations are fixed when it is made: "
+                    f"leave out {option} (or TKG_CUSTOM_IMAGE_REPOSITORY), or plan again "
+                    f"with {option} {root}"
+                )
 
     def merge(self, other: Plan) -> Plan:
         """Both plans in one (e.g. a TKG release plus a list of extra images)."""
