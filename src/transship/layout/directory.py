@@ -96,7 +96,8 @@ class OCILayout(LayoutReader):
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
             if not layout_file.exists():
-                if any(p.name != TMP_DIR for p in self.path.iterdir()):
+                # transship/ may be there first: `save` marks a directory unfinished before
+                if any(p.name not in (TMP_DIR, EXTRA_DIR) for p in self.path.iterdir()):
                     raise LayoutError(
                         f"{self.label}: not an OCI layout (no {LAYOUT_FILE} file) and not "
                         "empty; refusing to write into it"
