@@ -1,9 +1,11 @@
-"""A directory save that did not finish never passes for a finished archive, and a finished
-one is never merged into: through the CLI, against a real registry."""
+"""A directory save that did not finish never passes for a finished archive, a finished one is
+never merged into, split volumes name their missing `.parts` file, and what save writes is
+readable by others as the umask allows: through the CLI, against a real registry."""
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from harness.registry import RegistryProcess
 from harness.seed import seed_image
 
 from transship.errors import ExitCode
+from transship.fsutil import write_atomic
 
 
 def write_list(tmp_path: Path, refs: list[str]) -> Path:
@@ -135,3 +138,30 @@ def test_split_volumes_without_their_parts_file_name_it_and_say_to_copy_it(
         assert "copy split.tar.parts" in line and "with the volumes" in line, line
     (usb / "split.tar.parts").write_bytes((tmp_path / "split.tar.parts").read_bytes())
     assert cli("archive", "verify", str(usb)).code == 0
+
+
+def test_archives_and_reports_get_the_umask_mode_not_0600(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Another account (serve, load, skopeo under a service user) reads what save wrote."""
+    seed_image(plain_registry, "unf5/app", "v1", seed=340, layer_sizes=(150_000,))
+    listing = write_list(tmp_path, [f"{plain_registry.host}/unf5/app:v1"])
+    old = os.umask(0o027)
+    try:
+        directory = tmp_path / "dir"
+        report = tmp_path / "report.json"
+        out = cli("save", "--images", str(listing), "-o", str(directory), "--report", str(report))
+        assert out.code == 0, out.err
+        tar = tmp_path / "split.tar"
+        out = cli("save", "--images", str(listing), "-o", str(tar), "--split-size", "100K", "-q")
+        assert out.code == 0, out.err
+        secret = tmp_path / "key.pem"
+        write_atomic(secret, b"not for others", private=True)
+    finally:
+        os.umask(old)
+    written = [p for p in directory.rglob("*") if p.is_file()]
+    written += [report, tmp_path / "split.tar.parts", *tmp_path.glob("split.tar.0*")]
+    assert len(written) > 8
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
+    assert set(modes.values()) == {oct(0o640)}, modes
+    assert secret.stat().st_mode & 0o777 == 0o600

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from transship.digest import Digest, Hasher
 from transship.errors import IntegrityError, LayoutError, io_error
-from transship.fsutil import fsync_dir, write_atomic
+from transship.fsutil import fsync_dir, share_like_a_new_file, write_atomic
 from transship.layout.index import (
     EXTRA_DIR,
     INDEX_FILE,
@@ -192,6 +192,7 @@ class OCILayout(LayoutReader):
         tmp_dir = self.path / TMP_DIR
         tmp_dir.mkdir(exist_ok=True)
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
+        share_like_a_new_file(fd)  # a blob of a layout others read (serve, skopeo, load)
         return os.fdopen(fd, "wb"), Path(name)
 
     def _publish(self, handle: BinaryIO, tmp: Path, final: Path) -> None:
