@@ -171,6 +171,11 @@ def test_killed_save_resumes_without_downloading_again(
     proc.wait()
     kept = {p.name for p in blob_dir.iterdir()}
     assert kept and len(kept) < len(stored), "the kill came too late to test resume"
+    # the killed save's directory does not pass for a finished archive
+    check = [sys.executable, "-m", "transship", "archive", "verify", str(archive)]
+    verified = subprocess.run(check, env=env, capture_output=True, text=True, timeout=120)
+    assert verified.returncode == ExitCode.INCOMPLETE, verified.stdout + verified.stderr
+    assert "its save did not finish" in verified.stderr
     mark = plain_registry.log_offset()
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
@@ -195,6 +200,8 @@ def test_killed_save_resumes_without_downloading_again(
             configs.add(doc["config"]["digest"].split(":")[1])
     assert not (fetched - configs) & kept, "a layer already written was downloaded again"
     assert {p.name for p in blob_dir.iterdir()} == {d.split(":")[1] for d in stored}
+    verified = subprocess.run(check, env=env, capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stderr
 
 
 def test_tampered_blob_is_named_and_nothing_depends_on_it(

@@ -17,13 +17,37 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux says it (/proc), else by the
+    classic set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_a_new_file(fd: int) -> None:
+    """`mkstemp` makes 0600 files; what transship writes for people and other tools (layouts,
+    archives, plans, reports) gets the mode any new file gets: 0666 less the umask."""
+    os.fchmod(fd, 0o666 & ~current_umask())
+
+
+def write_atomic(path: Path, data: bytes | str, *, private: bool = False) -> None:
     """Write to a temporary file in the same directory, fsync, rename over `path`, then fsync
-    the directory so the rename itself survives a crash."""
+    the directory so the rename itself survives a crash. The file gets the umask's mode like
+    any new file, or 0600 if `private` (a key, a file that may hold passwords, a cache)."""
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if not private:
+            share_like_a_new_file(fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()

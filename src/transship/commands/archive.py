@@ -268,7 +268,7 @@ def load(
             limit_rate=limit_rate,
         )
     assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
-    job = LoadJob.open(archive)
+    job = LoadJob.open(archive, finished=True)
     warning = job.prefix_warning(dest_prefix)
     if warning and not quiet:
         print(f"transship: warning: {warning}", file=sys.stderr)
@@ -319,7 +319,8 @@ def archive_verify(archive: Path) -> int:
     job = LoadJob.open(archive)
     print(f"{job.layout.label}: {job.info.compatibility()}")
     try:
-        check = asyncio.run(verify_archive(job.layout, job.info.base))
+        unfinished = job.unfinished()
+        check = asyncio.run(verify_archive(job.layout, job.info.base, unfinished))
     finally:
         asyncio.run(job.close())
     print_archive_check(check)

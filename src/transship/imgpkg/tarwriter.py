@@ -22,6 +22,7 @@ from typing import Any
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.errors import IntegrityError, UsageError, io_error
+from transship.fsutil import share_like_a_new_file
 from transship.imgpkg.tarball import MANIFEST_FILE, MAX_NESTING
 from transship.manifest import Descriptor, Manifest
 
@@ -192,6 +193,7 @@ async def write_imgpkg_tar(path: Path | str, sources: Sequence[TarSource]) -> in
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    share_like_a_new_file(fd)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -27,7 +27,7 @@ from transship.errors import (
     UnsafeArchiveError,
     io_error,
 )
-from transship.fsutil import fsync_dir
+from transship.fsutil import fsync_dir, share_like_a_new_file
 from transship.layout.directory import read_layout_file
 from transship.layout.index import (
     EXTRA_DIR,
@@ -401,6 +401,7 @@ def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
     algorithms = sorted({digest.algorithm for _, digest, _ in blobs})
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    share_like_a_new_file(fd)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:

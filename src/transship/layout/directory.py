@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from transship.digest import Digest, Hasher
 from transship.errors import IntegrityError, LayoutError, io_error
-from transship.fsutil import fsync_dir, write_atomic
+from transship.fsutil import fsync_dir, share_like_a_new_file, write_atomic
 from transship.layout.index import (
     EXTRA_DIR,
     INDEX_FILE,
@@ -96,7 +96,8 @@ class OCILayout(LayoutReader):
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
             if not layout_file.exists():
-                if any(p.name != TMP_DIR for p in self.path.iterdir()):
+                # transship/ may be there first: `save` marks a directory unfinished before
+                if any(p.name not in (TMP_DIR, EXTRA_DIR) for p in self.path.iterdir()):
                     raise LayoutError(
                         f"{self.label}: not an OCI layout (no {LAYOUT_FILE} file) and not "
                         "empty; refusing to write into it"
@@ -191,6 +192,7 @@ class OCILayout(LayoutReader):
         tmp_dir = self.path / TMP_DIR
         tmp_dir.mkdir(exist_ok=True)
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
+        share_like_a_new_file(fd)  # a blob of a layout others read (serve, skopeo, load)
         return os.fdopen(fd, "wb"), Path(name)
 
     def _publish(self, handle: BinaryIO, tmp: Path, final: Path) -> None:

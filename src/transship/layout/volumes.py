@@ -79,12 +79,27 @@ def find_parts_file(path: Path) -> Path | None:
         candidate = path.with_name(m.group("base") + PARTS_SUFFIX)
         if candidate.is_file():
             return candidate
-        raise LayoutError(f"{path} looks like a volume but {candidate.name} is missing beside it")
+        raise _parts_missing(path, candidate)
     if path.is_dir() and not (path / "oci-layout").exists():
         found = sorted(path.glob(f"*{PARTS_SUFFIX}"))
         if len(found) == 1:
             return found[0]
+        volumes = sorted(v for v in path.glob("*.[0-9][0-9][0-9]") if _PART.match(v.name))
+        if not found and volumes:
+            m = _PART.match(volumes[0].name)
+            assert m is not None  # matched just above
+            raise _parts_missing(volumes[0], path / (m.group("base") + PARTS_SUFFIX))
     return None
+
+
+def _parts_missing(volume: Path, parts: Path) -> LayoutError:
+    """The volume list is what makes volumes one archive: say which file, where, and that it
+    travels with the volumes (save writes it beside them)."""
+    return LayoutError(
+        f"{volume} looks like a volume of a split archive but its volume list {parts.name} is "
+        f"not beside it in {parts.parent}; copy {parts.name} (written by save next to the "
+        "volumes) into that folder with the volumes"
+    )
 
 
 @dataclass(frozen=True)

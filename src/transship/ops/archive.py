@@ -44,6 +44,14 @@ PREFIX_LEGACY = "legacy"  # archive.json without prefixOrigin (before it existed
 _ORIGINS = frozenset({PREFIX_PLANNED, PREFIX_COMMON, PREFIX_NONE})
 #: a tag standing for "no tag": digest-only entries must still be named in index.json
 _DIGEST_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
+#: `transship/INCOMPLETE`: written before anything else into a directory a save fills, removed
+#: only once the save finished (`SaveJob.finish`): a killed or partly failed save stays marked
+UNFINISHED = "INCOMPLETE"
+UNFINISHED_TEXT = (
+    "transship save has not finished this directory; run the same save again to complete it\n"
+)
+#: how many missing names a one-line message lists before "and N more"
+_NAMED = 5
 
 
 def destination_prefix(plan: Plan) -> str:
@@ -183,6 +191,37 @@ def _writer(value: object) -> str | None:
     found = str(value.get("commit", "unknown"))[:60]
     text = f"{version} (commit {found})"
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def completeness_problems(layout: LayoutReader, info: ArchiveInfo) -> list[str]:
+    """Why an archive is not a finished save: the unfinished marker is there, or some
+    `repository:tag` its carried `transship/plan.yaml` lists is not in it (one line each).
+    A plain layout (no archive.json) or one carrying no plan has nothing to check against."""
+    problems = []
+    if layout.read_extra(UNFINISHED) is not None:
+        problems.append(
+            f"{layout.label}: its save did not finish (transship/{UNFINISHED} is there); "
+            "run the same save again to complete it"
+        )
+    raw = layout.read_extra("plan.yaml") if info.recorded else None
+    if raw is None:
+        return problems
+    plan = Plan.from_yaml(raw.decode(errors="replace"), f"{layout.label}:transship/plan.yaml")
+    held = {(repository, tag) for repository, tag, _descriptor in layout.entries()}
+    wanted = [
+        f"{repository}:{tag}"
+        for entry in plan.entries
+        for repository in (relative_repository(entry.destination, info.prefix),)
+        for tag in archive_tags(entry)
+        if (repository, tag) not in held
+    ]
+    if wanted:
+        more = f" and {len(wanted) - _NAMED} more" if len(wanted) > _NAMED else ""
+        problems.append(
+            f"{layout.label}: {len(wanted)} image(s) its transship/plan.yaml lists are not in "
+            f"it: {', '.join(wanted[:_NAMED])}{more}; run the save that wrote it again"
+        )
+    return problems
 
 
 def archive_tags(entry: PlanEntry) -> tuple[str, ...]:

@@ -134,7 +134,8 @@ class ListCache:
         }
         try:
             self._prune()
-            write_atomic(self.directory / f"{key}.json", json.dumps(doc, ensure_ascii=False))
+            text = json.dumps(doc, ensure_ascii=False)
+            write_atomic(self.directory / f"{key}.json", text, private=True)  # a user's cache
         except OSError as exc:
             log.debug("resolution not kept in %s: %s", self.directory, exc)
 

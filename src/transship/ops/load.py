@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transship.engine import CopyTask
-from transship.errors import TransshipError
+from transship.errors import IncompleteError, TransshipError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.ops.archive import (
     PREFIX_COMMON,
     PREFIX_LEGACY,
     ArchiveInfo,
+    completeness_problems,
     load_tasks,
     open_archive,
     with_sizes,
@@ -29,15 +30,30 @@ class LoadJob:
     info: ArchiveInfo
 
     @classmethod
-    def open(cls, archive: Path) -> LoadJob:
+    def open(cls, archive: Path, *, finished: bool = False) -> LoadJob:
+        """`finished`: refuse (exit 9) an archive that is not a finished save (`unfinished`)."""
         layout = open_archive(archive)
         try:
             info = ArchiveInfo.read(layout)
+            job = cls(layout, info)
+            if finished:
+                job.require_finished()
         except TransshipError:  # e.g. an incompatible format: refused, the archive closed
             asyncio.run(layout.close())
             raise
         layout.base_name = info.base
-        return cls(layout, info)
+        return job
+
+    def unfinished(self) -> list[str]:
+        """Why this is not a finished save (marked unfinished, or lacking images its plan
+        lists); empty when it is, or when it is a plain layout with no plan to check against."""
+        return completeness_problems(self.layout, self.info)
+
+    def require_finished(self) -> None:
+        """Refuse to load half an archive as if it were all of it (exit 9)."""
+        problems = self.unfinished()
+        if problems:
+            raise IncompleteError("; ".join(problems))
 
     def prefix_warning(self, prefix: str | None) -> str | None:
         """Why `--dest` may not replace what the user expects, for archives that do not record

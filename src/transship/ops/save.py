@@ -18,9 +18,10 @@ from pathlib import Path
 
 from transship.engine import CopyTask, TaskResult
 from transship.errors import StorageError, UsageError
-from transship.fsutil import file_sha256, write_atomic
+from transship.fsutil import file_sha256, fsync_dir, write_atomic
 from transship.layout import OCILayout, OCILayoutTar
-from transship.layout.index import TOOL_FILE
+from transship.layout.directory import TMP_DIR
+from transship.layout.index import EXTRA_DIR, INDEX_FILE, LAYOUT_FILE, TOOL_FILE
 from transship.layout.reader import LayoutReader
 from transship.layout.tarsink import (
     TarSink,
@@ -31,6 +32,8 @@ from transship.layout.tarsink import (
 )
 from transship.layout.volumes import PARTS_SUFFIX
 from transship.ops.archive import (
+    UNFINISHED,
+    UNFINISHED_TEXT,
     ArchiveInfo,
     archive_tags,
     checksum_list,
@@ -79,8 +82,14 @@ class SaveTarget:
         """A tar an earlier run completed and was stopped while renaming (`SaveJob.sealed`)."""
         return self.is_tar and is_sealed(self.output)
 
+    @property
+    def unfinished_marker(self) -> Path:
+        """A directory's `transship/INCOMPLETE`, there from a save's start to its finish."""
+        return self.output / EXTRA_DIR / UNFINISHED
+
     def check(self, *, dry_run: bool) -> None:
-        """Refuse what cannot work before any registry is asked."""
+        """Refuse what cannot work before any registry is asked, and a finished archive at
+        the output (merging into it would mix two saves); an unfinished one is resumed."""
         if self.part_size and not self.is_tar:
             raise UsageError("--split-size needs -o FILE.tar")
         if self.part_size and self.part_size < MIN_PART_SIZE:  # `10` meant 10G: 20,000 files
@@ -90,7 +99,17 @@ class SaveTarget:
             )
         if self.tool is not None and self.part_size:
             check_split_size(self.tool, self.part_size)
-        if not self.is_tar or dry_run or journal_path(self.output).exists():
+        if dry_run:
+            return
+        if not self.is_tar:
+            layout = any((self.output / name).exists() for name in (LAYOUT_FILE, INDEX_FILE))
+            if layout and not self.unfinished_marker.exists():
+                raise UsageError(
+                    f"{self.output} exists and holds a finished layout; remove it or choose "
+                    "another name"
+                )
+            return
+        if journal_path(self.output).exists():
             return
         parts = self.output.with_name(self.output.name + PARTS_SUFFIX)
         for done in (self.output, parts):
@@ -181,6 +200,7 @@ class SaveJob:
         if target.is_tar:
             layout = TarSink(target.output, part_size=target.part_size, tool=target.tool)
         else:
+            mark_unfinished(target.output)
             layout = OCILayout(target.output, writable=True)
         layout.base = base
         job = cls(plan, info, target, layout, base)
@@ -240,8 +260,23 @@ class SaveJob:
         place_tool(self.target.tool, layout_dir)  # None: drops one a resumed run left there
         own = [*_OWN_FILES, TOOL_FILE] if self.target.tool else list(_OWN_FILES)
         sums = checksum_list(layout_dir, own)
-        write_atomic(layout_dir / "transship" / "SHA256SUMS", sums)
+        write_atomic(layout_dir / EXTRA_DIR / "SHA256SUMS", sums)
+        self.target.unfinished_marker.unlink(missing_ok=True)  # finished: last, and durable
+        fsync_dir(self.target.unfinished_marker.parent)
         return Written(layout_dir)
+
+
+def mark_unfinished(layout_dir: Path) -> None:
+    """`transship/INCOMPLETE` before the layout's own files: a kill at any moment leaves a
+    directory that cannot pass for a finished save. Nothing is written into a directory that
+    is neither a layout nor empty (opening it as a layout refuses it next)."""
+    foreign = (
+        layout_dir.is_dir()
+        and not (layout_dir / LAYOUT_FILE).exists()
+        and any(p.name not in (TMP_DIR, EXTRA_DIR) for p in layout_dir.iterdir())
+    )
+    if not foreign:
+        write_atomic(layout_dir / EXTRA_DIR / UNFINISHED, UNFINISHED_TEXT)
 
 
 def sink_checksums(sink: TarSink, tool: Path | None) -> str:

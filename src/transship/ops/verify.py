@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -485,11 +485,14 @@ class ArchiveCheck:
         return ExitCode.INTEGRITY if self.corrupt else ExitCode.INCOMPLETE
 
 
-async def verify_archive(layout: LayoutReader, base: str | None = None) -> ArchiveCheck:
+async def verify_archive(
+    layout: LayoutReader, base: str | None = None, unfinished: Sequence[str] = ()
+) -> ArchiveCheck:
     """Re-hash every blob and check every manifest's references are present, offline.
 
     `base`: the archive an increment was saved on top of; blobs missing here are expected
-    there, so they are counted, not reported.
+    there, so they are counted, not reported. `unfinished`: why the archive is not a finished
+    save (`LoadJob.unfinished`), reported first: every blob of a half-written one may check out.
     """
     problems = layout.verify_volumes() if isinstance(layout, OCILayoutTar) else []
     found, blobs, manifests = await _walk_archive(layout)
@@ -501,6 +504,7 @@ async def verify_archive(layout: LayoutReader, base: str | None = None) -> Archi
         in_base = [p for p in problems if p.endswith("is missing")]
         problems = [p for p in problems if not p.endswith("is missing")]
         from_base = len(in_base)
+    problems = [*unfinished, *problems]
     corrupt = any("does not match" in p or "bytes" in p for p in problems)
     return ArchiveCheck(
         layout.label, tuple(problems), blobs, manifests, from_base, base, corrupt, tool_note

@@ -172,4 +172,4 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_atomic(path, data)  # mkstemp makes the file 0600: the key is never readable by others
+    write_atomic(path, data, private=True)  # 0600: the key is never readable by others

@@ -133,7 +133,7 @@ def write_cluster_config(path: Path, settings: TkgSettings) -> list[str]:
     out = io.StringIO()
     yaml.dump(doc, out)
     mode = path.stat().st_mode & 0o7777 if path.exists() else None
-    write_atomic(path, out.getvalue())
+    write_atomic(path, out.getvalue(), private=True)  # a new one 0600: it may hold passwords
     if mode is not None:
         os.chmod(path, mode)  # it may hold passwords: keep whatever the owner chose
     return changed
