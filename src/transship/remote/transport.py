@@ -65,6 +65,7 @@ class TransportOptions:
     token_timeout: float = 30.0
     ca_option: str = "--ca"
     insecure_option: str = "--insecure"
+    plain_http_option: str = "--plain-http"
     creds_option: str = "--creds"
 
     @property
@@ -222,6 +223,9 @@ class Transport:
                 if not attempts.left:
                     await self.health.settle()  # health: down, or this request's own error
                     raise error from None
+            except aiohttp.ClientResponseError as exc:
+                self.health.answered()  # health: it answered, if not in HTTP
+                raise self._malformed(f"{base}/v2/", exc) from None
             except aiohttp.ServerDisconnectedError as exc:
                 if base.startswith("https"):
                     raise TLSError(
@@ -238,6 +242,8 @@ class Transport:
                         f"cannot reach registry {self.host}: {_describe(exc)}",
                         hint="check the host name, port and network path",
                     ) from None
+            except aiohttp.ClientError as exc:  # anything else aiohttp raises: one line
+                raise RegistryError(f"GET {self.host}/v2/: {_describe(exc)}") from None
             await attempts.pause(retry_after)  # health: backoff that wakes when the host is down
 
     def _ssl_error(self, base: str, exc: Exception) -> TLSError:
@@ -539,6 +545,11 @@ class Transport:
                     ) from None
                 await attempts.pause()  # health: backoff (`Transport.attempts`)
                 continue
+            except aiohttp.ClientResponseError as exc:  # not HTTP: the same again, so no retry
+                self.health.answered()  # health: it answered, if not in HTTP
+                raise self._malformed(url, exc, method) from None
+            except aiohttp.ClientError as exc:  # anything else aiohttp raises: one line
+                raise RegistryError(f"{self._where(method, url)}: {_describe(exc)}") from None
             self.health.answered()  # health: any answer, 5xx and 429 included
             if resp.status == 401 and optional:
                 return resp  # refused: the caller does without (see `fetch`)
@@ -568,6 +579,23 @@ class Transport:
                 await attempts.pause(retry_after)  # health: backoff (`Transport.attempts`)
                 continue
             return resp
+
+    def _malformed(
+        self, url: str, exc: aiohttp.ClientResponseError, method: str = "GET"
+    ) -> TransshipError:
+        """An answer aiohttp could not parse as HTTP, described by the parser's message only:
+        the exception's repr carries the request's headers, Authorization included."""
+        detail = _describe(exc)
+        if "HTTP request to an HTTPS server" in str(exc.message):
+            return TLSError(
+                f"{self.host} speaks HTTPS, not plain HTTP",
+                hint=f"drop {self.options.plain_http_option}, and pass "
+                f"{self.options.ca_option} if its CA is not trusted",
+            )
+        return RegistryError(
+            f"{self._where(method, url)}: malformed HTTP answer ({detail})",
+            hint="is this port a registry? a proxy or load balancer in between may be broken",
+        )
 
     def _where(self, method: str, url: str) -> str:
         """`GET host/v2/...` for messages: built only when one is written."""
@@ -709,6 +737,9 @@ async def _error_text(resp: aiohttp.ClientResponse) -> str:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientResponseError):  # its repr and str hold the request
+        text = " ".join(str(exc.message).split())
+        return f"{exc.status}, {text[:160]}" if text else f"status {exc.status}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
             return "connection refused"
