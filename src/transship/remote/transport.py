@@ -12,7 +12,7 @@ import ipaddress
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -31,7 +31,7 @@ from transship.errors import (
     UnreachableError,
 )
 from transship.remote.auth import Challenge, Credentials, TokenCache, missing_credentials
-from transship.remote.health import HostHealth
+from transship.remote.health import HostHealth, NoAnswerError
 from transship.remote.tls import CABundle, peer_certificate_summary, shared_ssl_context
 from transship.retry import Attempts, RetryPolicy, parse_retry_after
 from transship.streams import read_bounded_async
@@ -43,6 +43,13 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = f"transship/{__version__}"
 #: a push token also asks pull on this many of the repositories most mounted from so far
 HUB_ORIGINS = 3
+#: seconds a read that has no body of ours to send (`/v2/`, a HEAD, a manifest or tag list GET)
+#: may wait for the first byte of its answer: registries answer these at once, so silence this
+#: long is a registry that accepts connections but does not answer (`health.NoAnswerError`, a
+#: strike towards "down"), not a slow one. Blob downloads, whose answer may wait on a proxy
+#: fetching upstream, and writes (a PUT finishing a big upload may verify it first) keep
+#: `TransportOptions.read_timeout`
+ANSWER_TIMEOUT = 10.0
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -63,6 +70,8 @@ class TransportOptions:
     read_timeout: float = 300.0
     #: a token answer is a few hundred bytes: a service silent this long is retried
     token_timeout: float = 30.0
+    #: the wait for the first byte of an answer to a bodiless read; None: `ANSWER_TIMEOUT`
+    answer_timeout: float | None = None
     ca_option: str = "--ca"
     insecure_option: str = "--insecure"
     plain_http_option: str = "--plain-http"
@@ -207,7 +216,8 @@ class Transport:
             self.health.check()  # health: a host found down fails at once
             retry_after: float | None = None
             try:
-                async with self._client().get(f"{base}/v2/", allow_redirects=False) as resp:
+                request = self._client().get(f"{base}/v2/", allow_redirects=False)
+                async with await self._answer(request, f"GET {self.host}/v2/") as resp:
                     await resp.read()
                     self.health.answered()  # health: any answer
                     if resp.status not in RETRY_STATUSES or not attempts.left:
@@ -235,7 +245,7 @@ class Transport:
                 if not attempts.left:
                     raise UnreachableError(f"cannot reach {self.host}: {exc}") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                self.health.failed(exc)  # health: refused / DNS count, timeouts do not
+                self.health.failed(exc)  # health: refused / DNS / no answer count, others not
                 if not attempts.left:
                     await self.health.settle()  # health: down, or this request's own error
                     raise UnreachableError(
@@ -245,6 +255,23 @@ class Transport:
             except aiohttp.ClientError as exc:  # anything else aiohttp raises: one line
                 raise RegistryError(f"GET {self.host}/v2/: {_describe(exc)}") from None
             await attempts.pause(retry_after)  # health: backoff that wakes when the host is down
+
+    async def _answer(
+        self, request: Awaitable[aiohttp.ClientResponse], where: str
+    ) -> aiohttp.ClientResponse:
+        """`request`'s response, or `NoAnswerError` when not even its status line came within
+        `ANSWER_TIMEOUT` (only for requests that send no body: see there)."""
+        seconds = self.options.answer_timeout
+        if seconds is None:
+            seconds = ANSWER_TIMEOUT
+        try:
+            async with asyncio.timeout(seconds) as deadline:
+                return await request
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # aiohttp's own (connect) timeout
+            log.info("%s: no answer in %g s", where, seconds)
+            raise NoAnswerError(seconds) from None
 
     def _ssl_error(self, base: str, exc: Exception) -> TLSError:
         text = str(exc)
@@ -647,9 +674,13 @@ class Transport:
         session = self._client()
         origin = None  # parsed at the first redirect: most requests have none
         for _hop in range(6):
-            resp = await session.request(
+            request = session.request(
                 method, url, headers=headers, params=params, data=data, allow_redirects=False
             )
+            if data is None and (method == "HEAD" or (method == "GET" and "/blobs/" not in url)):
+                resp = await self._answer(request, self._where(method, url))  # see ANSWER_TIMEOUT
+            else:
+                resp = await request
             if not follow_redirects or resp.status not in REDIRECT_STATUSES:
                 return resp
             if origin is None:
@@ -735,6 +766,8 @@ async def _error_text(resp: aiohttp.ClientResponse) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NoAnswerError):
+        return f"it accepts connections but sends no answer ({exc})"
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientResponseError):  # its repr and str hold the request
