@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import subprocess
 import sys
 from pathlib import Path
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from transship.errors import (
     AuthenticationError,
@@ -17,6 +22,7 @@ from transship.errors import (
     UnreachableError,
     UsageError,
     advice_for,
+    describe_unexpected,
     io_error,
 )
 from transship.harbor.advice import install, missing_project_advice
@@ -77,3 +83,24 @@ def test_unwritable_output_file_is_one_line_not_a_traceback(tmp_path: Path) -> N
     assert "Traceback" not in run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("transship: error: /proc/no-such-dir"), lines
+
+
+def test_an_unforeseen_error_is_described_without_request_headers() -> None:
+    """The engine's catch-all: aiohttp's errors carry the request in their repr, the
+    Authorization header included; what is shown is the type and a scrubbed first line."""
+    basic = "Basic " + base64.b64encode(b"alice:SuperSecretPW9").decode()
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": basic}))
+    url = URL("http://127.0.0.1:5000/v2/x/manifests/1")
+    info = aiohttp.RequestInfo(url, "HEAD", headers, url)
+    exc = aiohttp.ClientResponseError(info, (), status=400, message="Data after\nmore")
+    assert basic.split()[1] in repr(exc)  # the hazard itself
+    text = describe_unexpected(exc)
+    assert text.startswith("ClientResponseError: 400") and "\n" not in text, text
+    assert "SuperSecretPW9" not in text and basic.split()[1] not in text
+    for raw, shown in [
+        (f"sent {basic} to x", "sent Basic *** to x"),
+        ("{'Authorization': 'Bearer abc.def'}", "{'Authorization': 'Bearer ***'}"),
+        ("GET http://alice:pw@h/v2/", "GET http://***@h/v2/"),
+    ]:
+        assert describe_unexpected(ValueError(raw)) == f"ValueError: {shown}"
+    assert describe_unexpected(ValueError("")) == "ValueError"

@@ -65,6 +65,7 @@ class RegistryPool:
                 retries=s.retries,
                 ca_option=f"--{s.side}-ca",
                 insecure_option=f"--{s.side}-insecure",
+                plain_http_option=f"--{s.side}-plain-http",
                 creds_option=f"--{s.side}-creds",
                 destination=s.side == "dest",
                 manifest_store=self._manifest_store,

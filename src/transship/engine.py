@@ -26,6 +26,7 @@ from transship.errors import (
     RetryableError,
     TransshipError,
     UsageError,
+    describe_unexpected,
 )
 from transship.landed import LandedLog
 from transship.manifest import Descriptor, Manifest, Platform
@@ -342,9 +343,11 @@ class CopyEngine:
                     self._mark_full(task, exc)
                 result = TaskResult(task, "failed", error=exc)
             except Exception as exc:  # a bug or an unforeseen error: fail this task, not the run
-                log.warning("task %s failed unexpectedly", task.label, exc_info=True)
+                what = describe_unexpected(exc)
+                log.warning("task %s failed unexpectedly: %s", task.label, what)
+                log.debug("task %s: traceback", task.label, exc_info=True)
                 result = TaskResult(
-                    task, "failed", error=RegistryError(f"{task.label}: unexpected {exc!r}")
+                    task, "failed", error=RegistryError(f"{task.label}: unexpected {what}")
                 )
             result.seconds = time.monotonic() - start
             result.bytes_sent = self._task_bytes.pop(id(task), 0)

@@ -29,6 +29,7 @@ credentials; callers must not interpolate secrets into them. The hierarchy says 
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 
@@ -236,6 +237,21 @@ class StorageError(TransshipError):
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+#: what may follow an auth scheme or sit in a URL's user part: never shown
+_SECRET_SHAPES = re.compile(r"(?i)\b(basic|bearer)(\s+|=|:\s*)[^\s'\",)}>]+|(?<=://)[^/@\s'\"]+@")
+
+
+def describe_unexpected(exc: BaseException) -> str:
+    """An exception nobody foresaw, for a message or a report: its type and the first line of
+    its text, secrets scrubbed, never its repr (aiohttp's carry the request's headers, the
+    Authorization header included)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = _SECRET_SHAPES.sub(lambda m: f"{m.group(1)} ***" if m.group(1) else "***@", first)
+    text = text if len(text) <= 200 else text[:200] + "..."
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
 
 
 def io_error(where: str, exc: OSError) -> StorageError:

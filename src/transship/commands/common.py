@@ -22,10 +22,10 @@ import click
 from transship import landed
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, EngineOptions, TaskResult
-from transship.errors import ExitCode, PreflightError, UsageError
+from transship.errors import ExitCode, NamespaceFullError, PreflightError, UsageError
 from transship.fsutil import write_atomic
 from transship.landed import LandedLog
-from transship.ops.run import run_phases
+from transship.ops.run import run_phases, shared_failure
 from transship.plan._yaml import read_text
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard, ShardSplit, split
@@ -375,15 +375,18 @@ def write_report(
 
 
 def exit_code_for(results: Sequence[TaskResult]) -> int:
-    """0 if all went well; a single failure keeps its own code; otherwise partial (2)."""
-    failed = [r for r in results if r.status == "failed"]
-    if not failed:
+    """0 if all went well; every image failed for one kind of reason: that failure's code
+    (`ops.run.shared_failure`), as a single image has; otherwise partial (2)."""
+    if all(r.status != "failed" for r in results):
         return ExitCode.OK
-    if len(results) == 1 and failed[0].error is not None:
-        error = failed[0].error
-        print(f"transship: error: {error}", file=sys.stderr)
-        return int(error.exit_code)
-    return ExitCode.PARTIAL
+    error = shared_failure(results)
+    if error is None:
+        return ExitCode.PARTIAL
+    if len(results) > 1 and isinstance(error, NamespaceFullError):
+        return int(error.exit_code)  # said once per namespace already (`harbor.after_push`)
+    every = f"all {len(results)} images failed; the first: " if len(results) > 1 else ""
+    print(f"transship: error: {every}{error}", file=sys.stderr)
+    return int(error.exit_code)
 
 
 async def resolve_listed(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transship.engine import CopyEngine, CopyTask, EngineOptions, Observer, Stats, TaskResult
-from transship.errors import HostDownError
+from transship.errors import DependencyError, HostDownError, TransshipError
 
 
 @dataclass
@@ -33,3 +33,19 @@ async def run_phases(
     start = time.monotonic()
     results = await engine.run_phases(task_phases)
     return RunOutcome(results, engine.stats, time.monotonic() - start, engine.stopped)
+
+
+def shared_failure(results: Sequence[TaskResult]) -> TransshipError | None:
+    """The one failure that stands for the whole run, or None when the run is partial.
+
+    Every task failed and their own failures (not those only skipped because something they
+    depend on failed) share one exit code: a wrong password, an unknown CA or a missing
+    project fails every image alike, and a script must see 3, 5 or 4 as it does for a
+    single image, not "partial" (2). Any task copied or already there, or failures of
+    different kinds, keep the run partial."""
+    if not results or any(r.status != "failed" or r.error is None for r in results):
+        return None
+    own = [r.error for r in results if not isinstance(r.error, DependencyError)]
+    if not own or len({e.exit_code for e in own if e is not None}) != 1:
+        return None
+    return own[0]

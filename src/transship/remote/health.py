@@ -6,8 +6,12 @@ through what the first seconds showed. So the transport reports every attempt he
 
 * an answer, whatever its status (5xx and 429 included: an overloaded registry is there), clears
   the record;
-* a failure to connect (`connection_failure`) is a strike;
-* a timeout or a connection cut mid-answer is neither: a slow registry keeps its retries.
+* a failure to connect (`connection_failure`) is a strike, and so is a read asked for
+  (`/v2/`, a HEAD, a manifest) that gets no answer at all, not even its status line, within
+  the transport's answer timeout (`NoAnswerError`): a registry that accepts connections but
+  never answers is as useless as one that refuses them;
+* a timeout mid-answer or a connection cut mid-answer is neither: a slow registry keeps its
+  retries.
 
 Once every attempt over `HealthPolicy.window` seconds failed to connect (at least
 `HealthPolicy.failures` of them, no answer in between), the host is down for the rest of the
@@ -46,9 +50,20 @@ class HealthPolicy:
 DEFAULT_POLICY = HealthPolicy()
 
 
+class NoAnswerError(TimeoutError):
+    """A request got no answer at all (not even the status line) within `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer in {seconds:g} s")
+        self.seconds = seconds
+
+
 def connection_failure(exc: BaseException) -> str | None:
     """Why `exc` shows the host could not be reached at all; None when it shows nothing
-    (a timeout, a cut answer) or shows the host is there (an untrusted certificate)."""
+    (a timeout mid-answer, a cut answer) or shows the host is there (an untrusted
+    certificate)."""
+    if isinstance(exc, NoAnswerError):
+        return f"it accepts connections but sends no answer ({exc})"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return None  # reached and answered: a trust setting, reported as a TLS error
     if isinstance(exc, aiohttp.ClientConnectorDNSError):

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -31,7 +31,7 @@ from transship.errors import (
     UnreachableError,
 )
 from transship.remote.auth import Challenge, Credentials, TokenCache, missing_credentials
-from transship.remote.health import HostHealth
+from transship.remote.health import HostHealth, NoAnswerError
 from transship.remote.tls import CABundle, peer_certificate_summary, shared_ssl_context
 from transship.retry import Attempts, RetryPolicy, parse_retry_after
 from transship.streams import read_bounded_async
@@ -43,6 +43,13 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = f"transship/{__version__}"
 #: a push token also asks pull on this many of the repositories most mounted from so far
 HUB_ORIGINS = 3
+#: seconds a read that has no body of ours to send (`/v2/`, a HEAD, a manifest or tag list GET)
+#: may wait for the first byte of its answer: registries answer these at once, so silence this
+#: long is a registry that accepts connections but does not answer (`health.NoAnswerError`, a
+#: strike towards "down"), not a slow one. Blob downloads, whose answer may wait on a proxy
+#: fetching upstream, and writes (a PUT finishing a big upload may verify it first) keep
+#: `TransportOptions.read_timeout`
+ANSWER_TIMEOUT = 10.0
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -63,8 +70,11 @@ class TransportOptions:
     read_timeout: float = 300.0
     #: a token answer is a few hundred bytes: a service silent this long is retried
     token_timeout: float = 30.0
+    #: the wait for the first byte of an answer to a bodiless read; None: `ANSWER_TIMEOUT`
+    answer_timeout: float | None = None
     ca_option: str = "--ca"
     insecure_option: str = "--insecure"
+    plain_http_option: str = "--plain-http"
     creds_option: str = "--creds"
 
     @property
@@ -206,7 +216,8 @@ class Transport:
             self.health.check()  # health: a host found down fails at once
             retry_after: float | None = None
             try:
-                async with self._client().get(f"{base}/v2/", allow_redirects=False) as resp:
+                request = self._client().get(f"{base}/v2/", allow_redirects=False)
+                async with await self._answer(request, f"GET {self.host}/v2/") as resp:
                     await resp.read()
                     self.health.answered()  # health: any answer
                     if resp.status not in RETRY_STATUSES or not attempts.left:
@@ -222,6 +233,9 @@ class Transport:
                 if not attempts.left:
                     await self.health.settle()  # health: down, or this request's own error
                     raise error from None
+            except aiohttp.ClientResponseError as exc:
+                self.health.answered()  # health: it answered, if not in HTTP
+                raise self._malformed(f"{base}/v2/", exc) from None
             except aiohttp.ServerDisconnectedError as exc:
                 if base.startswith("https"):
                     raise TLSError(
@@ -231,14 +245,33 @@ class Transport:
                 if not attempts.left:
                     raise UnreachableError(f"cannot reach {self.host}: {exc}") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                self.health.failed(exc)  # health: refused / DNS count, timeouts do not
+                self.health.failed(exc)  # health: refused / DNS / no answer count, others not
                 if not attempts.left:
                     await self.health.settle()  # health: down, or this request's own error
                     raise UnreachableError(
                         f"cannot reach registry {self.host}: {_describe(exc)}",
                         hint="check the host name, port and network path",
                     ) from None
+            except aiohttp.ClientError as exc:  # anything else aiohttp raises: one line
+                raise RegistryError(f"GET {self.host}/v2/: {_describe(exc)}") from None
             await attempts.pause(retry_after)  # health: backoff that wakes when the host is down
+
+    async def _answer(
+        self, request: Awaitable[aiohttp.ClientResponse], where: str
+    ) -> aiohttp.ClientResponse:
+        """`request`'s response, or `NoAnswerError` when not even its status line came within
+        `ANSWER_TIMEOUT` (only for requests that send no body: see there)."""
+        seconds = self.options.answer_timeout
+        if seconds is None:
+            seconds = ANSWER_TIMEOUT
+        try:
+            async with asyncio.timeout(seconds) as deadline:
+                return await request
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # aiohttp's own (connect) timeout
+            log.info("%s: no answer in %g s", where, seconds)
+            raise NoAnswerError(seconds) from None
 
     def _ssl_error(self, base: str, exc: Exception) -> TLSError:
         text = str(exc)
@@ -539,6 +572,11 @@ class Transport:
                     ) from None
                 await attempts.pause()  # health: backoff (`Transport.attempts`)
                 continue
+            except aiohttp.ClientResponseError as exc:  # not HTTP: the same again, so no retry
+                self.health.answered()  # health: it answered, if not in HTTP
+                raise self._malformed(url, exc, method) from None
+            except aiohttp.ClientError as exc:  # anything else aiohttp raises: one line
+                raise RegistryError(f"{self._where(method, url)}: {_describe(exc)}") from None
             self.health.answered()  # health: any answer, 5xx and 429 included
             if resp.status == 401 and optional:
                 return resp  # refused: the caller does without (see `fetch`)
@@ -568,6 +606,23 @@ class Transport:
                 await attempts.pause(retry_after)  # health: backoff (`Transport.attempts`)
                 continue
             return resp
+
+    def _malformed(
+        self, url: str, exc: aiohttp.ClientResponseError, method: str = "GET"
+    ) -> TransshipError:
+        """An answer aiohttp could not parse as HTTP, described by the parser's message only:
+        the exception's repr carries the request's headers, Authorization included."""
+        detail = _describe(exc)
+        if "HTTP request to an HTTPS server" in str(exc.message):
+            return TLSError(
+                f"{self.host} speaks HTTPS, not plain HTTP",
+                hint=f"drop {self.options.plain_http_option}, and pass "
+                f"{self.options.ca_option} if its CA is not trusted",
+            )
+        return RegistryError(
+            f"{self._where(method, url)}: malformed HTTP answer ({detail})",
+            hint="is this port a registry? a proxy or load balancer in between may be broken",
+        )
 
     def _where(self, method: str, url: str) -> str:
         """`GET host/v2/...` for messages: built only when one is written."""
@@ -619,9 +674,13 @@ class Transport:
         session = self._client()
         origin = None  # parsed at the first redirect: most requests have none
         for _hop in range(6):
-            resp = await session.request(
+            request = session.request(
                 method, url, headers=headers, params=params, data=data, allow_redirects=False
             )
+            if data is None and (method == "HEAD" or (method == "GET" and "/blobs/" not in url)):
+                resp = await self._answer(request, self._where(method, url))  # see ANSWER_TIMEOUT
+            else:
+                resp = await request
             if not follow_redirects or resp.status not in REDIRECT_STATUSES:
                 return resp
             if origin is None:
@@ -707,8 +766,13 @@ async def _error_text(resp: aiohttp.ClientResponse) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NoAnswerError):
+        return f"it accepts connections but sends no answer ({exc})"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientResponseError):  # its repr and str hold the request
+        text = " ".join(str(exc.message).split())
+        return f"{exc.status}, {text[:160]}" if text else f"status {exc.status}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
             return "connection refused"
