@@ -17,6 +17,7 @@ from harness.skopeo import Skopeo
 from harness.tokenserver import TokenServer
 
 from transship.errors import ExitCode
+from transship.fsutil import write_atomic
 
 CREDS = "alice:s3cret-Pa55"
 
@@ -458,3 +459,23 @@ def test_debug_output_and_report_never_contain_secrets(
         assert "DEBUG" in proc.stderr  # the debug log really was on
         assert_no_secrets(proc.stdout + proc.stderr, "debug output")
         assert_no_secrets(report.read_text(), "the report")
+
+
+def test_an_output_file_that_cannot_be_written_is_refused_before_any_work(
+    cli: CLI, source_image: str, tmp_path: Path
+) -> None:
+    """`--report`, `--lock-output` and `plan -o` are checked before the run, and a write that
+    fails names the file given, never the temporary file beside it."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    for option in ("--report", "--lock-output"):
+        out = cli("copy", source_image, "127.0.0.1:9/x:v1", option, str(blocker / "out.json"))
+        assert out.code == ExitCode.USAGE, out.err
+        assert option in out.error_line and "not-a-dir is not a directory" in out.error_line
+    listing = tmp_path / "images.txt"
+    listing.write_text(source_image + "\n")
+    out = cli("plan", "images", str(listing), "--dest", "r.example/x", "-o", str(blocker / "p"))
+    assert out.code == ExitCode.USAGE and "-o" in out.error_line, out.err
+    with pytest.raises(OSError) as failed:
+        write_atomic(blocker / "report.json", "{}")
+    assert failed.value.filename == str(blocker / "report.json")

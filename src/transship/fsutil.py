@@ -43,8 +43,11 @@ def write_atomic(path: Path, data: bytes | str, *, private: bool = False) -> Non
     the directory so the rename itself survives a crash. The file gets the umask's mode like
     any new file, or 0600 if `private` (a key, a file that may hold passwords, a cache)."""
     payload = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # named as the user gave it, not by the temporary file
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         if not private:
             share_like_a_new_file(fd)
@@ -53,10 +56,29 @@ def write_atomic(path: Path, data: bytes | str, *, private: bool = False) -> Non
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     fsync_dir(path.parent)
+
+
+def unwritable(path: Path) -> str | None:
+    """Why `write_atomic(path, ...)` would fail for want of permission or a place, checked
+    before a long run rather than after it; None when it looks writable."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
 
 
 def file_sha256(path: Path) -> str:

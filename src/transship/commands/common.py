@@ -23,7 +23,7 @@ from transship import landed
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, EngineOptions, TaskResult
 from transship.errors import ExitCode, NamespaceFullError, PreflightError, UsageError
-from transship.fsutil import write_atomic
+from transship.fsutil import unwritable, write_atomic
 from transship.landed import LandedLog
 from transship.ops.run import run_phases, shared_failure
 from transship.plan._yaml import read_text
@@ -121,6 +121,20 @@ LIMIT_RATE = click.option(
 )
 
 
+def _writable(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """An output file is checked before the run, not found unwritable after it."""
+    if value is not None and (why := unwritable(value)) is not None:
+        raise click.BadParameter(f"{value}: {why}", ctx=ctx, param=param)
+    return value
+
+
+#: an output file (`--report`, `--lock-output`, `plan -o`): checked writable before any work
+OUTPUT_FILE: dict[str, Any] = {
+    "type": click.Path(dir_okay=False, path_type=Path),
+    "callback": _writable,
+}
+
+
 def push_options(func: F) -> F:
     """What every command that pushes into a registry takes: parallelism, outputs, preflight,
     verbosity (`--parallel`, `--report`, `--lock-output`, `--preflight`, `-v`, `-q`)."""
@@ -128,12 +142,12 @@ def push_options(func: F) -> F:
         parallel_option(16, "Images in flight at once."),
         click.option(
             "--report",
-            type=click.Path(dir_okay=False, path_type=Path),
+            **OUTPUT_FILE,
             help="Write a JSON report: per entry source, destination, digest, status, bytes.",
         ),
         click.option(
             "--lock-output",
-            type=click.Path(dir_okay=False, path_type=Path),
+            **OUTPUT_FILE,
             help="Write an imgpkg ImagesLock of the relocated references.",
         ),
         click.option(

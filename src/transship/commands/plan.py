@@ -18,7 +18,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from transship.commands.common import parallel_option, setup_logging, side_options, side_settings
+from transship.commands.common import (
+    OUTPUT_FILE,
+    parallel_option,
+    setup_logging,
+    side_options,
+    side_settings,
+)
 from transship.commands.imgpkgtar import plan_imgpkg_tars
 from transship.connect import RegistryPool
 from transship.errors import ExitCode, UsageError
@@ -42,7 +48,7 @@ def _common_options(func: F) -> F:
         click.option(
             "-o",
             "--output",
-            type=click.Path(dir_okay=False, path_type=Path),
+            **OUTPUT_FILE,
             help="Write the plan to FILE (atomically) instead of stdout.",
         ),
         click.option(
