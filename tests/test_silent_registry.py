@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from clirunner import CLI
+from harness.faultproxy import Fault
 from harness.pki import PKI
 from harness.registry import RegistryProcess
 from harness.seed import seed_image
@@ -106,9 +107,59 @@ def test_a_registry_that_never_answers_is_exit_6_with_a_line_meanwhile(
     assert f"GET {host}/v2/: no answer in {ANSWER:g} s" in said  # said while it waits
 
 
+@pytest.mark.usefixtures("short_waits")
+def test_a_registry_that_answered_once_may_then_be_slow(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, make_fault_proxy, skopeo
+) -> None:
+    """Only the first contact is held to the answer timeout: after it, a manifest or tag
+    list that takes longer (Harbor's catalog, a proxy cache fetching upstream) is slowness,
+    waited for, and never a strike towards "down"."""
+    seed_image(plain_registry, "slow/pause", "3.5", seed=32)
+    dest = make_registry("plain")
+    stall = Fault.stall(4 * ANSWER, r"/manifests/", method="GET|HEAD")
+    slow = make_fault_proxy(plain_registry, stall)
+    out = cli("copy", slow.ref("slow/pause:3.5"), dest.ref("x/pause:3.5"), "--src-plain-http",
+              "--dest-plain-http", "-q")  # fmt: skip
+    assert out.code == ExitCode.OK, out.err
+    assert slow.log(fault="stall")  # the answers really were slower than ANSWER
+    assert skopeo.digest(dest, "x/pause:3.5") == skopeo.digest(plain_registry, "slow/pause:3.5")
+
+
+@pytest.mark.usefixtures("short_waits")
+def test_a_path_that_drops_connections_says_so(
+    cli: CLI, plain_registry: RegistryProcess
+) -> None:
+    """A listener whose queue is full drops further connection attempts, as a firewall that
+    drops packets does: the verdict names time-outs while connecting, not a silent registry."""
+    seed_image(plain_registry, "dropped/pause", "3.5", seed=33)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue; later SYNs are dropped
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.2)
+        out = cli("copy", plain_registry.ref("dropped/pause:3.5"), f"localhost:{port}/x/pause",
+                  "--src-plain-http", "--dest-plain-http")  # fmt: skip
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert out.code == ExitCode.UNREACHABLE, out.err
+    assert "connection attempts time out" in out.error_line, out.error_line
+
+
 def test_no_answer_is_a_strike_a_slow_one_is_not() -> None:
     assert connection_failure(NoAnswerError(10)) == (
         "it accepts connections but sends no answer (no answer in 10 s)"
+    )
+    assert connection_failure(NoAnswerError(10, connecting=True)) == (
+        "connection attempts time out (no connection in 10 s; a firewall dropping them?)"
     )
     assert connection_failure(TimeoutError()) is None  # mid-answer: a slow registry
 

@@ -6,10 +6,10 @@ through what the first seconds showed. So the transport reports every attempt he
 
 * an answer, whatever its status (5xx and 429 included: an overloaded registry is there), clears
   the record;
-* a failure to connect (`connection_failure`) is a strike, and so is a read asked for
-  (`/v2/`, a HEAD, a manifest) that gets no answer at all, not even its status line, within
-  the transport's answer timeout (`NoAnswerError`): a registry that accepts connections but
-  never answers is as useless as one that refuses them;
+* a failure to connect (`connection_failure`) is a strike, and so is a first contact
+  (`GET /v2/`) that gets no answer, or no connection, within the transport's answer timeout
+  (`NoAnswerError`): a registry that accepts connections but never answers is as useless as
+  one that refuses them;
 * a timeout mid-answer or a connection cut mid-answer is neither: a slow registry keeps its
   retries.
 
@@ -51,11 +51,19 @@ DEFAULT_POLICY = HealthPolicy()
 
 
 class NoAnswerError(TimeoutError):
-    """A request got no answer at all (not even the status line) within `seconds`."""
+    """The first contact with a host got no answer within `seconds` of being sent, or no
+    connection within `seconds` (`connecting`)."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"no answer in {seconds:g} s")
+    def __init__(self, seconds: float, *, connecting: bool = False) -> None:
+        super().__init__(f"no {'connection' if connecting else 'answer'} in {seconds:g} s")
         self.seconds = seconds
+        self.connecting = connecting
+
+    @property
+    def reason(self) -> str:
+        if self.connecting:
+            return f"connection attempts time out ({self}; a firewall dropping them?)"
+        return f"it accepts connections but sends no answer ({self})"
 
 
 def connection_failure(exc: BaseException) -> str | None:
@@ -63,7 +71,7 @@ def connection_failure(exc: BaseException) -> str | None:
     (a timeout mid-answer, a cut answer) or shows the host is there (an untrusted
     certificate)."""
     if isinstance(exc, NoAnswerError):
-        return f"it accepts connections but sends no answer ({exc})"
+        return exc.reason
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return None  # reached and answered: a trust setting, reported as a TLS error
     if isinstance(exc, aiohttp.ClientConnectorDNSError):

@@ -12,7 +12,8 @@ import ipaddress
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -43,12 +44,12 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = f"transship/{__version__}"
 #: a push token also asks pull on this many of the repositories most mounted from so far
 HUB_ORIGINS = 3
-#: seconds a read that has no body of ours to send (`/v2/`, a HEAD, a manifest or tag list GET)
-#: may wait for the first byte of its answer: registries answer these at once, so silence this
-#: long is a registry that accepts connections but does not answer (`health.NoAnswerError`, a
-#: strike towards "down"), not a slow one. Blob downloads, whose answer may wait on a proxy
-#: fetching upstream, and writes (a PUT finishing a big upload may verify it first) keep
-#: `TransportOptions.read_timeout`
+#: seconds the first contact with a host (`GET /v2/`, which every registry answers at once)
+#: may wait for its answer once sent, and its connection attempt may take: silence this long is
+#: a registry that accepts connections but does not answer, or a network path that drops them
+#: (`health.NoAnswerError`, a strike towards "down"). Only the first contact: once a host has
+#: answered, a slow answer (Harbor's catalog, a proxy cache fetching upstream) is slowness and
+#: keeps `TransportOptions.read_timeout` and its retries
 ANSWER_TIMEOUT = 10.0
 
 Body = bytes | AsyncIterable[bytes] | None
@@ -70,7 +71,7 @@ class TransportOptions:
     read_timeout: float = 300.0
     #: a token answer is a few hundred bytes: a service silent this long is retried
     token_timeout: float = 30.0
-    #: the wait for the first byte of an answer to a bodiless read; None: `ANSWER_TIMEOUT`
+    #: the first contact's wait for an answer and for a connection; None: `ANSWER_TIMEOUT`
     answer_timeout: float | None = None
     ca_option: str = "--ca"
     insecure_option: str = "--insecure"
@@ -216,8 +217,7 @@ class Transport:
             self.health.check()  # health: a host found down fails at once
             retry_after: float | None = None
             try:
-                request = self._client().get(f"{base}/v2/", allow_redirects=False)
-                async with await self._answer(request, f"GET {self.host}/v2/") as resp:
+                async with self._first_contact(f"{base}/v2/") as resp:
                     await resp.read()
                     self.health.answered()  # health: any answer
                     if resp.status not in RETRY_STATUSES or not attempts.left:
@@ -256,22 +256,27 @@ class Transport:
                 raise RegistryError(f"GET {self.host}/v2/: {_describe(exc)}") from None
             await attempts.pause(retry_after)  # health: backoff that wakes when the host is down
 
-    async def _answer(
-        self, request: Awaitable[aiohttp.ClientResponse], where: str
-    ) -> aiohttp.ClientResponse:
-        """`request`'s response, or `NoAnswerError` when not even its status line came within
-        `ANSWER_TIMEOUT` (only for requests that send no body: see there)."""
+    @asynccontextmanager
+    async def _first_contact(self, url: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET `url` with `ANSWER_TIMEOUT` for the connection and, from when the request is
+        sent, for the answer (aiohttp's `sock_read`): a pool wait does not count, and silence
+        becomes `NoAnswerError`, said at -v while the retries go on."""
         seconds = self.options.answer_timeout
         if seconds is None:
             seconds = ANSWER_TIMEOUT
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=seconds, sock_read=seconds
+        )
         try:
-            async with asyncio.timeout(seconds) as deadline:
-                return await request
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # aiohttp's own (connect) timeout
-            log.info("%s: no answer in %g s", where, seconds)
-            raise NoAnswerError(seconds) from None
+            async with self._client().get(url, allow_redirects=False, timeout=timeout) as resp:
+                yield resp
+        except aiohttp.ServerTimeoutError as exc:
+            connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
+            log.info(
+                "GET %s: %s in %g s", url.split("://", 1)[-1],
+                "no connection" if connecting else "no answer", seconds,
+            )
+            raise NoAnswerError(seconds, connecting=connecting) from None
 
     def _ssl_error(self, base: str, exc: Exception) -> TLSError:
         text = str(exc)
@@ -674,13 +679,9 @@ class Transport:
         session = self._client()
         origin = None  # parsed at the first redirect: most requests have none
         for _hop in range(6):
-            request = session.request(
+            resp = await session.request(
                 method, url, headers=headers, params=params, data=data, allow_redirects=False
             )
-            if data is None and (method == "HEAD" or (method == "GET" and "/blobs/" not in url)):
-                resp = await self._answer(request, self._where(method, url))  # see ANSWER_TIMEOUT
-            else:
-                resp = await request
             if not follow_redirects or resp.status not in REDIRECT_STATUSES:
                 return resp
             if origin is None:
@@ -767,7 +768,7 @@ async def _error_text(resp: aiohttp.ClientResponse) -> str:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, NoAnswerError):
-        return f"it accepts connections but sends no answer ({exc})"
+        return exc.reason
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientResponseError):  # its repr and str hold the request
