@@ -1,6 +1,6 @@
 """Options and plans that cannot work are one-line usage errors before any byte moves: a
-`--parallel` below 1, a `--split-size` of a few bytes, a `--dest` beside a plan that goes
-elsewhere, and two images claiming one destination tag (bug hunt items 2, 4, 6 and 10)."""
+`--parallel` below 1, a `--split-size` of a few bytes, a `--dest` beside a plan that cannot
+be moved below it, and two images claiming one destination tag (bug hunt items 2, 4, 6 and 10)."""
 
 from __future__ import annotations
 
@@ -89,38 +89,48 @@ def test_parallel_below_one_is_refused_by_every_command(
     assert not (tmp_path / "again.tar").exists() and not again.exists()
 
 
-def test_dest_beside_a_plan_must_hold_its_destinations(
+def test_dest_beside_a_plan_moves_it_as_load_does(
     cli: CLI,
     planned: tuple[Path, RegistryProcess, Path],
     make_registry,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    plan, dest, _archive = planned
+    """`--dest` beside `--plan` is never ignored: the plan's destinations move below it,
+    each keeping its path below the prefix the plan records, as `load --dest` moves an
+    archive; so the carried plan verifies what a load elsewhere pushed."""
+    plan, dest, archive = planned
     other = make_registry("plain")
     elsewhere = f"{other.host}/elsewhere"
-    for args in (
-        ("copy", "--plan", str(plan), "--dest", elsewhere),
-        ("verify", "--plan", str(plan), "--dest", elsewhere),  # was "complete" on an empty one
-        ("save", "--plan", str(plan), "--dest", elsewhere, "-o", str(tmp_path / "x.tar")),
-    ):
-        out = cli(*args, "-q")
-        assert out.code == ExitCode.USAGE, (args[0], out.err)
-        line = out.error_line
-        assert f"--dest {elsewhere}" in line and "limits/app:v1" in line, line
-        assert f"{dest.host}/mirror/limits/" in line, line  # where the plan sends it
-    # the same through TKG_CUSTOM_IMAGE_REPOSITORY, which --dest reads
-    monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY", elsewhere)
-    out = cli("copy", "--plan", str(plan), "-q")
-    assert out.code == ExitCode.USAGE and "TKG_CUSTOM_IMAGE_REPOSITORY" in out.error_line
+    out = cli("verify", "--plan", str(plan), "--dest", elsewhere, "-q")
+    assert out.code == ExitCode.INCOMPLETE, out.err  # was "complete": it looked elsewhere
+    out = cli("load", str(archive), "--dest", elsewhere, "-q")
+    assert out.code == 0, out.err
+    out = cli("verify", "--plan", str(plan), "--dest", elsewhere, "-q")
+    assert out.code == 0, out.err  # the carried plan checks the load
+    monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY", f"{other.host}/viaenv")
+    out = cli("copy", "--plan", str(plan), "-q")  # --dest read from TKG's variable
+    assert out.code == 0, out.err
     monkeypatch.delenv("TKG_CUSTOM_IMAGE_REPOSITORY")
-    assert SeedClient.for_registry(other).list_tags("elsewhere/limits/app") == []
-    assert SeedClient.for_registry(dest).list_tags("mirror/limits/app") == []  # nor there
+    client = SeedClient.for_registry(other)
+    assert client.list_tags("viaenv/limits/app") == ["v1"]
+    assert SeedClient.for_registry(dest).list_tags("mirror/limits/app") == []  # not there
 
-    # the prefix the plan was made for (or one above it) is accepted and changes nothing
+    # a plan recording no prefix cannot be moved: it must already be below --dest
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("".join(
+        line + "\n" for line in plan.read_text().splitlines()
+        if not line.startswith("destinationPrefix:")
+    ))  # fmt: skip
+    out = cli("verify", "--plan", str(bare), "--dest", elsewhere, "-q")
+    assert out.code == ExitCode.USAGE, out.err
+    line = out.error_line
+    assert f"--dest {elsewhere}" in line and "records no prefix" in line, line
+    assert f"{dest.host}/mirror/limits/" in line, line  # where the plan sends it
+    # the prefix the plan was made for (or one above it) changes nothing
     out = cli("copy", "--plan", str(plan), "--dest", f"{dest.host}/mirror", "-q")
     assert out.code == 0, out.err
-    out = cli("verify", "--plan", str(plan), "--dest", dest.host, "-q")
+    out = cli("verify", "--plan", str(bare), "--dest", dest.host, "-q")
     assert out.code == 0, out.err
     assert SeedClient.for_registry(dest).list_tags("mirror/limits/app") == ["v1"]
 

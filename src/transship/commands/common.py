@@ -191,7 +191,7 @@ def plan_source_options(func: F) -> F:
             envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
             metavar="PREFIX",
             help="Destination prefix for --images/--script: paths are kept below it "
-            "(with --plan, it must hold the plan's destinations).",
+            "(with --plan, the plan's destinations are moved below it, as load --dest does).",
         ),
     ]
     for option in reversed(options):
@@ -231,8 +231,8 @@ def load_plan_source(
     plan_below_prefix: bool = True,
 ) -> Plan | None:
     """The plan named by exactly one of the source options (None if none was given).
-    `plan_below_prefix`: a plan file must send everything below `prefix` (`--dest`) when
-    one is given (`tkg config` checks its own plan against its `--dest`)."""
+    `plan_below_prefix`: a plan file is sent below `prefix` (`--dest`) when one is given,
+    re-rooted from the prefix it records (`tkg config` checks its own plan instead)."""
     chosen = [x for x in (plan_file, images_file, script_file) if x is not None]
     if not chosen:
         return None
@@ -240,8 +240,8 @@ def load_plan_source(
         raise UsageError("give only one of --plan, --images and --script")
     if plan_file is not None:
         plan = Plan.from_yaml(read_text(plan_file), str(plan_file))
-        if prefix and plan_below_prefix:  # refused, not ignored, when it goes elsewhere
-            plan.require_below(prefix)
+        if prefix and plan_below_prefix:  # moved below it (as load --dest), never ignored
+            plan = plan.rerooted(prefix)
         return plan
     if images_file is not None:
         if not prefix:

@@ -292,10 +292,31 @@ class Plan:
             if not entry.destination.startswith(f"{root}/"):
                 raise PlanError(
                     f"{option} {root}: the plan sends {entry.source} to {entry.destination}, "
-                    f"not below {root}; a plan's destinations are fixed when it is made: "
-                    f"leave out {option} (or TKG_CUSTOM_IMAGE_REPOSITORY), or plan again "
-                    f"with {option} {root}"
+                    f"not below {root}, and records no prefix to move it from: leave out "
+                    f"{option} (or TKG_CUSTOM_IMAGE_REPOSITORY), or plan again with {option} "
+                    f"{root}"
                 )
+
+    def rerooted(self, prefix: str, option: str = "--dest") -> Plan:
+        """The plan sent below `prefix` instead of the prefix it was made for, as `load
+        --dest` re-roots an archive: each destination keeps its path below the recorded
+        `destinationPrefix` (the carried plan of an archive loaded elsewhere verifies there).
+        A plan already below `prefix` is kept; one that records no prefix must be below it
+        (`require_below`)."""
+        root = parse_prefix(prefix, option)
+        old = (self.destination_prefix or "").rstrip("/")
+        if not old or all(e.destination.startswith(f"{root}/") for e in self.entries):
+            self.require_below(prefix, option)
+            return self
+        moved = []
+        for entry in self.entries:
+            if not entry.destination.startswith(f"{old}/"):
+                raise PlanError(
+                    f"{option} {root}: the plan sends {entry.source} to {entry.destination}, "
+                    f"outside the prefix it records ({old}), so it cannot be moved below {root}"
+                )
+            moved.append(replace(entry, destination=root + entry.destination[len(old) :]))
+        return replace(self, entries=tuple(moved), destination_prefix=root)
 
     def merge(self, other: Plan) -> Plan:
         """Both plans in one (e.g. a TKG release plus a list of extra images)."""
