@@ -109,6 +109,23 @@ def test_save_into_a_finished_directory_is_refused(
     assert cli("save", "--images", str(second), "-o", str(archive), "--dry-run").code == 0
 
 
+def test_save_into_a_directory_holding_the_unpacked_tool_is_refused(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """`transship/` without the unfinished marker is someone's (the tool unpacked from an
+    archive, as the README shows): not adopted as a save's, nothing written or removed."""
+    seed_image(plain_registry, "unf5/app", "v1", seed=325)
+    here = tmp_path / "here"
+    (here / "transship" / "bin").mkdir(parents=True)
+    (here / "transship" / "bin" / "transship").write_bytes(b"#!/bin/sh\n")
+    (here / "transship" / "README.md").write_text("the tool\n")
+    before = {p: p.read_bytes() for p in here.rglob("*") if p.is_file()}
+    listing = write_list(tmp_path, [f"{plain_registry.host}/unf5/app:v1"])
+    out = cli("save", "--images", str(listing), "-o", str(here), "-q")
+    assert out.code != 0 and "not empty; refusing to write into it" in out.error_line, out.err
+    assert {p: p.read_bytes() for p in here.rglob("*") if p.is_file()} == before
+
+
 def test_split_volumes_without_their_parts_file_name_it_and_say_to_copy_it(
     cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
 ) -> None:

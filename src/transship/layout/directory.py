@@ -34,6 +34,7 @@ from transship.layout.index import (
     MAX_EXTRA_BYTES,
     MAX_INDEX_BYTES,
     MAX_LAYOUT_FILE_BYTES,
+    UNFINISHED,
     LayoutIndex,
     check_layout_file,
     check_tag,
@@ -46,6 +47,20 @@ from transship.streams import CHUNK, read_bounded
 log = logging.getLogger("transship.layout")
 
 TMP_DIR = ".transship-tmp"
+
+
+def empty_but_for_a_save(path: Path) -> bool:
+    """Whether a directory without `oci-layout` may become a layout: empty, or holding only
+    what a save writes first (its temporary folder, and `transship/` once it holds the
+    unfinished marker). A `transship/` without the marker is someone's (the unpacked tool),
+    never written into."""
+    for entry in path.iterdir():
+        if entry.name == TMP_DIR:
+            continue
+        if entry.name == EXTRA_DIR and (entry / UNFINISHED).is_file():
+            continue
+        return False
+    return True
 
 
 class _FileBlob:
@@ -96,8 +111,7 @@ class OCILayout(LayoutReader):
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
             if not layout_file.exists():
-                # transship/ may be there first: `save` marks a directory unfinished before
-                if any(p.name not in (TMP_DIR, EXTRA_DIR) for p in self.path.iterdir()):
+                if not empty_but_for_a_save(self.path):
                     raise LayoutError(
                         f"{self.label}: not an OCI layout (no {LAYOUT_FILE} file) and not "
                         "empty; refusing to write into it"

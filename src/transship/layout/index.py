@@ -31,6 +31,9 @@ MAX_LAYOUT_FILE_BYTES = 4096
 EXTRA_DIR = "transship"  # the plan and checksum list travel beside the layout
 #: the single-file transship an archive may carry (`save --include-tool`): first in the tar
 TOOL_FILE = f"{EXTRA_DIR}/bin/transship"
+#: `transship/INCOMPLETE`: written before anything else into a directory a save fills, removed
+#: only once the save finished: a killed or partly failed save stays marked
+UNFINISHED = "INCOMPLETE"
 MAX_EXTRA_BYTES = 64 * 1024 * 1024
 
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")

@@ -24,6 +24,7 @@ from transship.engine import CopyTask
 from transship.errors import IncompatibleArchiveError, TransshipError, UsageError
 from transship.fsutil import file_sha256
 from transship.layout import OCILayout, OCILayoutTar
+from transship.layout.index import UNFINISHED
 from transship.layout.reader import LayoutReader
 from transship.layout.tarsink import TarSink
 from transship.layout.volumes import find_parts_file
@@ -44,9 +45,6 @@ PREFIX_LEGACY = "legacy"  # archive.json without prefixOrigin (before it existed
 _ORIGINS = frozenset({PREFIX_PLANNED, PREFIX_COMMON, PREFIX_NONE})
 #: a tag standing for "no tag": digest-only entries must still be named in index.json
 _DIGEST_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
-#: `transship/INCOMPLETE`: written before anything else into a directory a save fills, removed
-#: only once the save finished (`SaveJob.finish`): a killed or partly failed save stays marked
-UNFINISHED = "INCOMPLETE"
 UNFINISHED_TEXT = (
     "transship save has not finished this directory; run the same save again to complete it\n"
 )

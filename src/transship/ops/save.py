@@ -20,8 +20,8 @@ from transship.engine import CopyTask, TaskResult
 from transship.errors import StorageError, UsageError
 from transship.fsutil import file_sha256, fsync_dir, write_atomic
 from transship.layout import OCILayout, OCILayoutTar
-from transship.layout.directory import TMP_DIR
-from transship.layout.index import EXTRA_DIR, INDEX_FILE, LAYOUT_FILE, TOOL_FILE
+from transship.layout.directory import empty_but_for_a_save
+from transship.layout.index import EXTRA_DIR, INDEX_FILE, LAYOUT_FILE, TOOL_FILE, UNFINISHED
 from transship.layout.reader import LayoutReader
 from transship.layout.tarsink import (
     TarSink,
@@ -32,7 +32,6 @@ from transship.layout.tarsink import (
 )
 from transship.layout.volumes import PARTS_SUFFIX
 from transship.ops.archive import (
-    UNFINISHED,
     UNFINISHED_TEXT,
     ArchiveInfo,
     archive_tags,
@@ -273,7 +272,7 @@ def mark_unfinished(layout_dir: Path) -> None:
     foreign = (
         layout_dir.is_dir()
         and not (layout_dir / LAYOUT_FILE).exists()
-        and any(p.name not in (TMP_DIR, EXTRA_DIR) for p in layout_dir.iterdir())
+        and not empty_but_for_a_save(layout_dir)
     )
     if not foreign:
         write_atomic(layout_dir / EXTRA_DIR / UNFINISHED, UNFINISHED_TEXT)
