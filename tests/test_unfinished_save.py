@@ -34,7 +34,7 @@ def test_partly_failed_directory_save_is_refused_until_the_rerun_finishes(
 ) -> None:
     seed_image(plain_registry, "unf1/good", "v1", seed=301)
     refs = [f"{plain_registry.host}/unf1/good:v1", f"{plain_registry.host}/unf1/late:v1"]
-    archive = tmp_path / "usb" / "dir"
+    archive = tmp_path / "usb" / "bytes"  # a name like a damage report's words: still 9, not 7
     listing = write_list(tmp_path, refs)
     out = cli("save", "--images", str(listing), "-o", str(archive), "-q")
     assert out.code == ExitCode.PARTIAL, out.err
@@ -48,6 +48,12 @@ def test_partly_failed_directory_save_is_refused_until_the_rerun_finishes(
     assert loaded.code == ExitCode.INCOMPLETE
     assert "did not finish" in loaded.error_line and "run the same save again" in loaded.error_line
     assert catalog(dest, "x/") == []  # nothing pushed from half an archive
+    served = cli("serve", str(archive))  # nor served, nor built on
+    assert served.code == ExitCode.INCOMPLETE and "did not finish" in served.error_line
+    out = cli("save", "--images", str(listing), "-o", str(tmp_path / "inc.tar"),
+              "--since", str(archive))  # fmt: skip
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    assert out.error_line.startswith("transship: error: --since: ") and "did not finish" in out.err
 
     # the same save, rerun once the missing image exists, resumes into the same directory
     seed_image(plain_registry, "unf1/late", "v1", seed=302)

@@ -178,7 +178,7 @@ def save(
             )
             found.require_space()
             return []
-        job = SaveJob.open(plan, info, target, sources.get)
+        job = await SaveJob.open(plan, info, target, sources.get)
         account = None if cut is None else ShardAccount(cut, sources.get, parallel, plan)
         try:
             if job.sealed:  # killed while renaming: finish that, as a save that ended so

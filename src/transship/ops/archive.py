@@ -21,7 +21,12 @@ from transship.buildinfo import commit
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.engine import CopyTask
-from transship.errors import IncompatibleArchiveError, TransshipError, UsageError
+from transship.errors import (
+    IncompatibleArchiveError,
+    IncompleteError,
+    TransshipError,
+    UsageError,
+)
 from transship.fsutil import file_sha256
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.index import UNFINISHED
@@ -274,6 +279,21 @@ def open_archive(path: Path) -> OCILayout | OCILayoutTar:
     if path.is_file():
         return OCILayoutTar(path)
     raise UsageError(f"archive {path} does not exist")
+
+
+async def open_finished(path: Path, what: str) -> OCILayout | OCILayoutTar:
+    """`open_archive`, refusing (exit 9) one that is not a finished save (`completeness_problems`):
+    what `load` refuses, `serve` and `save --since` (`what`) must not build on either."""
+    layout = open_archive(path)
+    try:
+        problems = completeness_problems(layout, ArchiveInfo.read(layout))
+    except BaseException:
+        await layout.close()
+        raise
+    if problems:
+        await layout.close()
+        raise IncompleteError(f"{what}: {problems[0]}")
+    return layout
 
 
 def load_tasks(

@@ -37,7 +37,7 @@ from transship.ops.archive import (
     archive_tags,
     checksum_list,
     measure,
-    open_archive,
+    open_finished,
     relative_repository,
     save_task,
     save_tasks,
@@ -160,7 +160,7 @@ def existing_parent(path: Path) -> Path:
 
 async def estimate(plan: Plan, target: SaveTarget, source_for: EndpointFor) -> SaveEstimate:
     """Bytes, blobs and manifests a save would write (reading manifests only), and free space."""
-    base = open_archive(target.since) if target.since else None
+    base = await open_finished(target.since, "--since") if target.since else None
     try:
         existing: LayoutReader | None = base
         if target.is_tar:
@@ -191,10 +191,10 @@ class SaveJob:
     tasks: list[list[CopyTask]] = field(default_factory=list)
 
     @classmethod
-    def open(
+    async def open(
         cls, plan: Plan, info: ArchiveInfo, target: SaveTarget, source_for: EndpointFor
     ) -> SaveJob:
-        base = open_archive(target.since) if target.since else None
+        base = await open_finished(target.since, "--since") if target.since else None
         layout: OCILayout | TarSink
         if target.is_tar:
             layout = TarSink(target.output, part_size=target.part_size, tool=target.tool)

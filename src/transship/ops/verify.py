@@ -504,8 +504,8 @@ async def verify_archive(
         in_base = [p for p in problems if p.endswith("is missing")]
         problems = [p for p in problems if not p.endswith("is missing")]
         from_base = len(in_base)
+    corrupt = any("does not match" in p or "bytes" in p for p in problems)  # not `unfinished`
     problems = [*unfinished, *problems]
-    corrupt = any("does not match" in p or "bytes" in p for p in problems)
     return ArchiveCheck(
         layout.label, tuple(problems), blobs, manifests, from_base, base, corrupt, tool_note
     )

@@ -22,11 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from transship.digest import Digest
-from transship.errors import TransshipError, UsageError
+from transship.errors import IncompleteError, TransshipError, UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import Extent
 from transship.manifest import Descriptor, Manifest
-from transship.ops.archive import ArchiveInfo, open_archive, stands_for_untagged
+from transship.ops.archive import (
+    ArchiveInfo,
+    completeness_problems,
+    open_archive,
+    stands_for_untagged,
+)
 
 log = logging.getLogger("transship.serve")
 
@@ -90,6 +95,10 @@ class ServedArchive:
             info = ArchiveInfo.read(layers[0])
             for base in _base_paths(archive, info, bases):
                 layers.append(open_archive(base))
+            for layer in layers:  # what load refuses is not served either
+                problems = completeness_problems(layer, ArchiveInfo.read(layer))
+                if problems:
+                    raise IncompleteError(f"serve: {problems[0]}")
             chosen = served_prefix(info) if prefix is None else prefix.strip("/")
             if chosen and not valid_name(chosen):
                 raise UsageError(
