@@ -17,7 +17,7 @@ from harness.seed import SeedClient, seed_image
 
 from transship.digest import Digest
 from transship.errors import ExitCode, PlanError
-from transship.plan.model import Plan, PlanEntry
+from transship.plan.model import EntryKind, Plan, PlanEntry
 
 
 class Hung(Exception):
@@ -212,3 +212,30 @@ def test_a_destination_tag_holds_one_digest() -> None:
         source_digest=Digest.parse(f"sha256:{'c' * 64}"),
     )  # fmt: skip
     assert len(Plan((_entry(quay, "a", "l.txt:1"), other)).entries) == 2
+
+
+def test_signatures_of_one_image_from_two_repositories_keep_the_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same image from two repositories under one destination brings two signatures for
+    one `sha256-<subject>.sig` tag (a signature names its repository): the first is kept, the
+    other left out with a warning, instead of refusing the whole plan."""
+    subject = Digest.parse(f"sha256:{'e' * 64}")
+    tag = f"sha256-{subject.hex}.sig"
+
+    def signature(host: str, fill: str) -> PlanEntry:
+        return PlanEntry.create(
+            f"{host}/coreos/etcd:{tag}", "h.example/m/etcd", kind=EntryKind.ATTACHMENT,
+            source_digest=Digest.parse(f"sha256:{fill * 64}"), subject=subject,
+        )  # fmt: skip
+
+    with caplog.at_level("WARNING", logger="transship.plan"):
+        plan = Plan((signature("quay.example", "1"), signature("hub.example", "2")))
+    assert [e.source for e in plan.entries] == [f"hub.example/coreos/etcd:{tag}"]
+    assert "quay.example/coreos/etcd" in caplog.text and "left out" in caplog.text
+    other = PlanEntry.create(
+        f"hub.example/coreos/etcd:{tag}", "h.example/m/etcd", kind=EntryKind.ATTACHMENT,
+        source_digest=Digest.parse(f"sha256:{'3' * 64}"), subject=Digest.of(b"another"),
+    )  # fmt: skip
+    with pytest.raises(PlanError):  # attachments of different subjects still clash
+        Plan((signature("quay.example", "1"), other))

@@ -10,6 +10,7 @@ a `--keep-going` run could not plan, so a partial plan never looks complete.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -29,6 +30,8 @@ _HEADER = (
     "# Generated; review and diff freely. 'totals' is recomputed when the plan is read\n"
     "# (except 'bytes', each blob once, as resolved).\n"
 )
+
+log = logging.getLogger("transship.plan")
 
 
 class EntryKind(StrEnum):
@@ -237,26 +240,50 @@ def merge_entries(entries: Iterable[PlanEntry]) -> tuple[PlanEntry, ...]:
     return tuple(sorted(by_key.values(), key=lambda e: (e.destination, e.source)))
 
 
-def refuse_tag_collisions(entries: Iterable[PlanEntry]) -> None:
+def settle_tag_collisions(entries: Iterable[PlanEntry]) -> tuple[PlanEntry, ...]:
     """One destination tag, one digest: two sources of different digests that land on the
     same `repository:tag` (docker.io and quay.io paths under one prefix drop their hosts)
     would flip the tag on every run, so the plan is refused. Sources whose digest is not
-    known yet (an unresolved list) are checked once resolved; the same digest is fine."""
+    known yet (an unresolved list) are checked once resolved; the same digest is fine.
+
+    Attachments of one subject are the exception: the same image from two repositories has
+    two signatures under one `sha256-<subject>.sig` tag (a signature names its repository);
+    the first is kept, the other left out with a warning."""
     claimed: dict[tuple[str, str], PlanEntry] = {}
+    kept: list[PlanEntry] = []
     for entry in entries:
         if entry.source_digest is None:
+            kept.append(entry)
             continue
+        clash = None
         for tag in entry.tags:
-            other = claimed.setdefault((entry.destination, tag), entry)
-            digest = other.source_digest
-            if digest is not None and digest != entry.source_digest:
-                raise PlanError(
-                    f"{entry.destination}:{tag} would get two different images: "
-                    f"{other.source} ({digest.short}, from {', '.join(other.origins) or '?'}) "
-                    f"and {entry.source} ({entry.source_digest.short}, from "
-                    f"{', '.join(entry.origins) or '?'}); remove one of them or send it "
-                    "under another destination"
-                )
+            other = claimed.get((entry.destination, tag))
+            if other is not None and other.source_digest not in (None, entry.source_digest):
+                clash = (tag, other)
+                break
+        if clash is None:
+            for tag in entry.tags:
+                claimed.setdefault((entry.destination, tag), entry)
+            kept.append(entry)
+            continue
+        tag, other = clash
+        digest = other.source_digest
+        assert digest is not None
+        attachments = entry.kind is EntryKind.ATTACHMENT and other.kind is EntryKind.ATTACHMENT
+        if attachments and entry.subject is not None and entry.subject == other.subject:
+            log.warning(
+                "%s:%s: %s is left out; %s already goes there (attachments of the same image "
+                "from two repositories)", entry.destination, tag, entry.source, other.source,
+            )
+            continue
+        raise PlanError(
+            f"{entry.destination}:{tag} would get two different images: "
+            f"{other.source} ({digest.short}, from {', '.join(other.origins) or '?'}) "
+            f"and {entry.source} ({entry.source_digest.short}, from "
+            f"{', '.join(entry.origins) or '?'}); remove one of them or send it "
+            "under another destination"
+        )
+    return tuple(kept)
 
 
 @dataclass(frozen=True)
@@ -276,8 +303,7 @@ class Plan:
     unique_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "entries", merge_entries(self.entries))
-        refuse_tag_collisions(self.entries)
+        object.__setattr__(self, "entries", settle_tag_collisions(merge_entries(self.entries)))
         object.__setattr__(self, "sources", _unique(self.sources))
         unique = tuple(dict.fromkeys(self.not_registry_content))
         object.__setattr__(self, "not_registry_content", unique)
