@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -303,6 +304,22 @@ def test_imgpkg_tars_saved_without_a_destination_push_where_the_far_side_says(
               "--dest", f"{dest.host}/moved", "-q")  # fmt: skip
     assert out.code == 0, out.err
     assert skopeo.digest(dest, "moved/tkg/app-a:v1.0.0") == APP_A  # `tkg/` kept
+
+
+def test_progress_total_counts_the_image_locations_it_sends(
+    cli: CLI, make_registry, tmp_path: Path
+) -> None:
+    """A bundle's ImageLocations record is made and sent by the load: the total to send
+    (what progress and the ETA count down from) includes it, so it is not below what is sent
+    (it counts manifests too, which the bytes sent leave out)."""
+    dest: RegistryProcess = make_registry("plain")
+    report = tmp_path / "r.json"
+    out = cli("load", str(FIXTURES / "bundle-app-bundle.tar"), "--dest", f"{dest.host}/b",
+              "--report", str(report))  # fmt: skip
+    assert out.code == 0, out.err
+    total = int(re.search(r"to send \((\d+) bytes\)", out.err).group(1))  # type: ignore[union-attr]
+    sent = sum(e["bytes"] for e in json.loads(report.read_text())["entries"])
+    assert sent <= total, (total, sent)
 
 
 async def test_completeness_check_catches_a_missing_tag(plain_registry: RegistryProcess) -> None:

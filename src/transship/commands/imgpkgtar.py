@@ -72,7 +72,7 @@ def load_imgpkg_tars(
             if preflight:
                 await check_destinations(job.phases, parallel)
             results = await run_engine(
-                job.phases, None, lock_output, quiet, parallel, job.load.unique_bytes, limit_rate
+                job.phases, None, lock_output, quiet, parallel, job.load.send_bytes, limit_rate
             )
             await after_push(results)
             results = await job.finish(results, parallel)

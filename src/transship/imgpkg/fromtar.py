@@ -244,11 +244,17 @@ class TarLoad:
     phases: list[list[CopyTask]]
     rows: list[Row]
     stored_bytes: int = 0  # every blob and manifest of every tar, counted per tar
-    unique_bytes: int = 0  # the same, each digest once: what a full load sends at most
+    unique_bytes: int = 0  # the same, each digest once
+    generated_bytes: int = 0  # the bundles' ImageLocations images, made here and sent too
 
     @property
     def saved_bytes(self) -> int:
         return self.stored_bytes - self.unique_bytes
+
+    @property
+    def send_bytes(self) -> int:
+        """What a full load sends at most: the tars' content once, and the records."""
+        return self.unique_bytes + self.generated_bytes
 
     async def close(self) -> None:
         for tar in self.tars:
@@ -317,6 +323,7 @@ def plan_load(targets: Sequence[TarTarget], dest_for: EndpointFor) -> TarLoad:
     # (registry, repository, digest) → (phase, tar, item or None for a record, tags)
     planned: dict[tuple[str, str, Digest], tuple[int, ImgpkgTar, TarItem | None, list[str]]] = {}
     records: dict[tuple[str, str, Digest], tuple[ImageLocation, ...]] = {}
+    generated: dict[tuple[str, str, Digest], int] = {}  # ImageLocations images: bytes
     try:
         for target in targets:
             tar = by_path[target.path.resolve()]
@@ -332,6 +339,7 @@ def plan_load(targets: Sequence[TarTarget], dest_for: EndpointFor) -> TarLoad:
                     image = build_image_locations(locations)
                     rkey = (dest.registry, dest.repository, image.digest)
                     records[rkey] = locations
+                    generated[rkey] = image.size  # sent too: in the total
                     entry = planned.setdefault(rkey, (2, tar, None, []))
                     for tag in (image_locations_tag(item.digest), imgpkg_tag(image.digest)):
                         if tag not in entry[3]:
@@ -342,7 +350,8 @@ def plan_load(targets: Sequence[TarTarget], dest_for: EndpointFor) -> TarLoad:
         raise
     groups: dict[int, list[CopyTask]] = {}
     rows = []
-    for (registry, repository, digest), (phase, tar, what, tags) in planned.items():
+    for key, (phase, tar, what, tags) in planned.items():
+        registry, repository, digest = key
         dest_name = f"{registry}/{repository}"
         source: Endpoint
         if what is None:
@@ -360,12 +369,13 @@ def plan_load(targets: Sequence[TarTarget], dest_for: EndpointFor) -> TarLoad:
                 dest_repository=repository,
                 dest_tags=tuple(tags),
                 source_reference=source_label,
-                size=tar.graph_size(what.manifest) if what else None,
+                size=tar.graph_size(what.manifest) if what else generated[key],
             )
         )
         rows.append(Row(tar.path.name, dest_name, tuple(tags), digest, kind))
     load = TarLoad(tars, [groups[n] for n in sorted(groups)], rows)
     load.stored_bytes, load.unique_bytes = _byte_counts(tars)
+    load.generated_bytes = sum({d: n for (_, _, d), n in generated.items()}.values())
     return load
 
 
