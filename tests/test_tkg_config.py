@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import shlex
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,29 @@ def test_plan_for_another_destination_is_refused(
               str(pki.ca_pem_path), "--dest-creds", CREDS, "--plan", str(plan))
     assert out.code == ExitCode.INCOMPLETE
     assert "none of the plan's 1 entries go below" in out.error_line
+
+
+def test_the_plan_an_archive_carried_checks_where_it_was_loaded(
+    cli: CLI, plain_registry: RegistryProcess, tls_registry: RegistryProcess, pki: PKI,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The air gap: saved without --dest, loaded with --dest; the carried plan (made for the
+    placeholder) is moved below `tkg config --dest` as the load moved the archive."""
+    seed_image(plain_registry, "tkgair/img", "v1", seed=530, layer_sizes=(256,))
+    listing = tmp_path / "images.txt"
+    listing.write_text(plain_registry.ref("tkgair/img:v1\n"))
+    archive = tmp_path / "tkg.tar"
+    assert cli("save", "--images", str(listing), "-o", str(archive), "-q").code == 0
+    dest = f"{tls_registry.host}/tkgair-site"
+    ca = ["--ca", str(pki.ca_pem_path), "--dest-creds", CREDS]
+    out = cli("load", str(archive), "--dest", dest, "--dest-ca", str(pki.ca_pem_path),
+              "--dest-creds", CREDS, "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    carried = tmp_path / "plan.yaml"
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("transship/plan.yaml")
+        assert member is not None
+        carried.write_bytes(member.read())
+    ok = cli("tkg", "config", "--dest", dest, *ca, "--plan", str(carried))
+    assert ok.code == 0, ok.out + ok.err
+    assert "complete: 1 entries" in ok.err

@@ -164,6 +164,8 @@ def tkg_config(
     plan = load_plan_source(  # a plan elsewhere is refused by _check_plan: exit 9
         plan_file, images_file, script_file, repository, plan_below_prefix=False
     )
+    if plan is not None and plan.destination_prefix:  # e.g. the plan an archive carried
+        plan = plan.rerooted(repository)  # moved below --dest as `load --dest` moved it
     dest_settings = SideSettings(
         side="dest",
         ca=ca,
