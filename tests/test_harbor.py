@@ -242,7 +242,9 @@ def test_preflight_lists_every_missing_project_with_its_command(
     assert "--create-projects" in out.error_line
     for name in ("tkg-one", "tkg-two"):
         line = next(ln for ln in out.err.splitlines() if f"project '{name}'" in ln)
-        assert f"curl -u admin -X POST https://{h.host}/api/v2.0/projects" in line
+        assert (  # trusting the CA transship was given, as it does
+            f"curl --cacert {pki.ca_pem_path} -u admin -X POST https://{h.host}/api/v2.0/projects"
+        ) in line
         assert f'"project_name":"{name}"' in line
     assert not h.requests("POST", r"^/v2/")  # no upload was started
 

@@ -14,6 +14,7 @@ import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transship.engine import CopyTask
 from transship.errors import ExitCode, TransshipError
@@ -69,9 +70,17 @@ def create_command(api: HarborAPI, base: str, name: str, settings: ProjectSettin
     """A curl command that creates project `name` (it prompts for the password)."""
     body = project_body(name, public=settings.public, storage_limit=settings.storage_limit)
     user = api.user or "ADMIN_USER"
+    options = api.registry.options
+    trust: list[str] = []  # what transship was told to trust, curl is told too
+    if not options.verify_tls:
+        trust = ["-k"]
+    elif options.ca is not None:
+        given = Path(options.ca.origin)
+        trust = ["--cacert", shlex.quote(str(given) if given.is_file() else "CA.crt")]
     return " ".join(
         [
             "curl",
+            *trust,
             "-u",
             shlex.quote(user),
             "-X",
