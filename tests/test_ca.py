@@ -168,13 +168,14 @@ def test_check_unknown_authority_names_the_issuer(
     assert out.code == CheckExit.UNKNOWN_AUTHORITY == ExitCode.TLS
     assert "unknown authority" in out.error_line
     assert "CN=transship-wrong-ca" in out.error_line
-    assert "--ca" in out.error_line
+    assert f"--ca {pki.ca_pem_path} did not sign it" in out.error_line  # not "pass --ca"
 
 
 def test_check_without_ca_is_unknown_authority(cli: CLI, tls_registry: RegistryProcess) -> None:
     out = cli("ca", "check", tls_registry.host)
     assert out.code == CheckExit.UNKNOWN_AUTHORITY
     assert "CN=transship-test-ca" in out.error_line
+    assert "pass --ca FILE|BASE64 with the CA that signed it" in out.error_line
     assert "system trust store" in out.out
 
 

@@ -354,7 +354,11 @@ def _verification_failure(
     if code in _UNKNOWN_AUTHORITY_CODES:
         result.verdict = Verdict.UNKNOWN_AUTHORITY
         result.summary = f"unknown authority: the certificate is issued by {leaf.issuer!r}"
-        result.hint = "pass --ca FILE|BASE64 with the CA that signed it"
+        result.hint = (
+            "pass --ca FILE|BASE64 with the CA that signed it"
+            if ca is None
+            else f"--ca {ca.origin} did not sign it: pass the CA named as its issuer instead"
+        )
         result.facts.append(("tried", tried))
         if ca is not None and leaf.issuer in ca.subjects:
             result.facts.append(
