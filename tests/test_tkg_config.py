@@ -198,12 +198,13 @@ def test_write_cluster_config_refuses_invalid_yaml(
     cli: CLI, release: str, pki: PKI, tmp_path: Path
 ) -> None:
     config = tmp_path / "broken.yaml"
-    config.write_text("CLUSTER_NAME: [unclosed\n")
+    config.write_text("CLUSTER_NAME: ok\nOTHER: [unclosed\n")
     out = cli("tkg", "config", "--dest", release, "--ca", str(pki.ca_pem_path),
               "--dest-creds", CREDS, "--write-cluster-config", str(config))
     assert out.code == ExitCode.USAGE
     assert "not valid YAML" in out.error_line
-    assert config.read_text() == "CLUSTER_NAME: [unclosed\n"
+    assert f"{config}:3:1: " in out.error_line, out.error_line  # where (the end, still open)
+    assert config.read_text() == "CLUSTER_NAME: ok\nOTHER: [unclosed\n"
 
 
 def test_plan_check_refuses_an_incomplete_destination(

@@ -116,8 +116,11 @@ def write_cluster_config(path: Path, settings: TkgSettings) -> list[str]:
         doc = yaml.load(text) if text.strip() else None
     except YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or first
         raise UsageError(
-            f"{path} is not valid YAML ({first}); fix it or give another file"
+            f"{where}: not valid YAML ({problem}); fix it or give another file"
         ) from None
     if doc is None:
         doc = CommentedMap()
