@@ -91,6 +91,13 @@ def test_save_dir_then_load_into_tls_registry(
         assert skopeo(dest, f"internal/{path}") == skopeo(plain_registry, path)
     listed = cli("archive", "list", str(archive))
     assert listed.code == 0 and "gap1/multi" in listed.out
+    listed = cli("archive", "list", str(archive), "--format", "json")
+    assert listed.code == 0, listed.err
+    rows = {(e["repository"], e["tag"]): e["digest"] for e in json.loads(listed.out)["entries"]}
+    for ref in refs:  # full digests, for scripts: what skopeo says the source holds
+        path = ref.split("/", 1)[1]
+        repository, tag = path.rsplit(":", 1)
+        assert rows[(repository, tag)] == skopeo.digest(plain_registry, path)
     verified = cli("archive", "verify", str(archive))
     assert verified.code == 0 and "0 problem(s)" in verified.out
 

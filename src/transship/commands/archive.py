@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -298,19 +299,38 @@ def archive_group() -> None:
 
 @archive_group.command("list")
 @click.argument("archive", type=click.Path(path_type=Path))
-def archive_list(archive: Path) -> int:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    help="json: one object per entry, full digests, for scripts.",
+)
+def archive_list(archive: Path, fmt: str) -> int:
     """Show what ARCHIVE holds: repository, tags, digest, media type."""
     job = LoadJob.open(archive)
-    info = job.info
-    prefix = f" (names relative to {info.prefix})" if info.prefix else ""
-    table = Table(title=f"{job.layout.label}{prefix}")
-    for column in ("repository", "tag", "digest", "media type"):
-        table.add_column(column)
-    for repository, tag, descriptor in job.layout.entries():
-        table.add_row(repository, tag, descriptor.digest.short, descriptor.media_type)
-    Console().print(table)
-    asyncio.run(job.close())
-    return 0
+    try:
+        info = job.info
+        entries = list(job.layout.entries())
+        if fmt == "json":
+            rows = [
+                {"repository": r, "tag": t, "digest": str(d.digest), "mediaType": d.media_type,
+                 "size": d.size}
+                for r, t, d in entries
+            ]  # fmt: skip
+            doc = {"archive": job.layout.label, "prefix": info.prefix, "entries": rows}
+            click.echo(json.dumps(doc, indent=2))
+            return 0
+        prefix = f" (names relative to {info.prefix})" if info.prefix else ""
+        table = Table(title=f"{job.layout.label}{prefix}")
+        for column in ("repository", "tag", "digest", "media type"):
+            table.add_column(column, overflow="fold")  # folded, never cut: names stay whole
+        for repository, tag, descriptor in entries:
+            table.add_row(repository, tag, descriptor.digest.short, descriptor.media_type)
+        Console().print(table)
+        return 0
+    finally:
+        asyncio.run(job.close())
 
 
 @archive_group.command("verify")
