@@ -45,18 +45,22 @@ class Identity(NamedTuple):
         if other.size != self.size:
             return f"size {self.size} → {other.size} bytes"
         if other.mtime_ns != self.mtime_ns:
-            return "rewritten (modification time changed)"
+            return "rewritten: modification time changed"
         return ""
 
 
 class ChangedOnDisk(APIError):
-    """A file changed after indexing: a 503 naming it, never bytes read from it."""
+    """A file changed after indexing: a 503, never bytes read from it. The client is told
+    what happened; the log (`log_line`) names the file, which the client is not told."""
 
     def __init__(self, label: str, path: Path, how: str) -> None:
         super().__init__(
             "UNAVAILABLE",
-            message=f"archive {label}: {path} changed on disk; restart serve ({how})",
+            message="the served archive changed on disk since the server started; "
+            "it must be restarted",
         )
+        where = f"archive {label}" if str(path) in label else f"archive {label}: {path}"
+        self.log_line = f"{where} changed on disk; restart serve ({how})"
 
 
 class _Pinned(NamedTuple):
@@ -148,7 +152,7 @@ class PinnedFiles:
         error = ChangedOnDisk(self.label, path, how)
         if path not in self._reported:
             self._reported.add(path)
-            log.error("%s", error.message)
+            log.error("%s", error.log_line)
         return error
 
     def _note_replaced(self, path: Path, indexed: Identity) -> None:
