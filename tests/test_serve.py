@@ -8,7 +8,9 @@ import base64
 import hashlib
 import http.client
 import json
+import os
 import shutil
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -654,3 +656,146 @@ def test_a_symlink_out_of_the_layout_is_never_followed(corpus: Corpus, tmp_path:
     with ServeProcess(tmp_path / "srv", layout) as server:
         status, _, body = request(server, "GET", f"/v2/tkg/apps/big/blobs/{corpus.blob.digest}")
         assert status == 404 and error_code(body) == "BLOB_UNKNOWN" and b"root:" not in body
+
+
+# -- the archive changes on disk while served ---------------------------------------------
+
+
+def _other_archive(corpus: Corpus, tar: Path, other: Path) -> None:
+    """`other`: the same size as `tar`, other bytes where the big layer lies (another save)."""
+    data = bytearray(tar.read_bytes())
+    at = bytes(data).index(corpus.blob.data[1000:1100])
+    data[at : at + 4096] = bytes(b ^ 0x5A for b in data[at : at + 4096])
+    other.write_bytes(bytes(data))
+
+
+def _served_and_verified(tmp_path: Path, corpus: Corpus) -> tuple[Path, ServeProcess, str]:
+    """A tar served, its big layer fetched once whole (hashed: later GETs use sendfile)."""
+    tar = tmp_path / "srv.tar"
+    write_tar(corpus.layout, tar)
+    server = ServeProcess(tmp_path / "srv", tar).start()
+    path = f"/v2/tkg/apps/big/blobs/{corpus.blob.digest}"
+    status, _, body = request(server, "GET", path)
+    assert status == 200 and body == corpus.blob.data
+    return tar, server, path
+
+
+def _short_request(server: ServeProcess, path: str, headers: dict[str, str] | None = None) -> Any:
+    """A GET that gives up after 5 s (a hang fails the test instead of stalling it)."""
+    host, port = server.host.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_archive_rewritten_in_place_is_refused_not_served(corpus: Corpus, tmp_path: Path) -> None:
+    """`cp other.tar srv.tar` (same inode, same size, other bytes): never a 200 with bytes that
+    are not the blob's; a 503 naming the archive, and one log line saying what to do."""
+    tar, server, path = _served_and_verified(tmp_path, corpus)
+    try:
+        other = tmp_path / "other.tar"
+        _other_archive(corpus, tar, other)
+        inode = tar.stat().st_ino
+        shutil.copyfile(other, tar)
+        assert tar.stat().st_ino == inode
+        for headers in (None, {"Range": "bytes=0-8191"}):
+            status, body = _short_request(server, path, headers)
+            assert status == 503, (status, hashlib.sha256(body).hexdigest())
+            assert error_code(body) == "UNAVAILABLE" and b"restarted" in body
+        status, _, _ = request(server, "HEAD", path)
+        assert status == 503
+        log = server.read_log()
+    finally:
+        server.stop()
+    line = f"archive oci-archive:{tar} changed on disk; restart serve"
+    assert log.count(line) == 1 and "Traceback" not in log
+
+
+def test_archive_replaced_by_rename_still_serves_the_indexed_bytes(
+    corpus: Corpus, tmp_path: Path, make_registry, skopeo: Skopeo
+) -> None:
+    """A new file renamed over the archive: the file held since indexing is what is served
+    (right bytes, 200), with a warning that serve must restart to serve the new one."""
+    tar, server, path = _served_and_verified(tmp_path, corpus)
+    try:
+        other = tmp_path / "other.tar"
+        _other_archive(corpus, tar, other)
+        other.replace(tar)
+        status, body = _short_request(server, path)
+        assert status == 200 and hashlib.sha256(body).hexdigest() == corpus.blob.digest[7:]
+        dest = make_registry("plain")
+        skopeo.copy(server, "tkg/apps/big:v1", dest, "apps/big:v1")  # type: ignore[arg-type]
+        assert dest.has_blob(corpus.blob.digest)
+        log = server.read_log()
+    finally:
+        server.stop()
+    assert f"{tar} was replaced on disk; still serving the file as indexed" in log
+
+
+def test_truncated_archive_is_refused_not_hung(corpus: Corpus, tmp_path: Path) -> None:
+    """`truncate -s 1000 srv.tar`: a 503 at once, not 200 headers and a body that never comes."""
+    tar, server, path = _served_and_verified(tmp_path, corpus)
+    try:
+        os.truncate(tar, 1000)
+        started = time.monotonic()
+        status, body = _short_request(server, path)
+        assert status == 503 and error_code(body) == "UNAVAILABLE"
+        assert time.monotonic() - started < 5
+        log = server.read_log()
+    finally:
+        server.stop()
+    assert f"{tar} changed on disk; restart serve" in log and "Traceback" not in log
+
+
+def test_archive_truncated_mid_body_cuts_the_connection(tmp_path: Path) -> None:
+    """Truncated while a slow client reads a blob bigger than any socket buffer: the connection
+    is cut short of its Content-Length (the client knows), never left open with the rest never
+    coming (the client would wait forever)."""
+    image = build_image(9, layer_sizes=(24_000_000,))
+    layout = tmp_path / "layout"
+
+    async def write() -> None:
+        out = OCILayout(layout, writable=True)
+        try:
+            await _put(out, "huge", image, "v1")
+            info = {"format": "transship-archive/v1", "destinationPrefix": PREFIX, "phases": {}}
+            out.write_extra("archive.json", json.dumps({**info, "base": None}))
+        finally:
+            await out.close()
+
+    asyncio.run(write())
+    layer = image.layers[0]
+    tar = tmp_path / "srv.tar"
+    write_tar(layout, tar)
+    path = f"/v2/tkg/huge/blobs/{layer.digest}"
+    with ServeProcess(tmp_path / "srv", tar) as server:
+        status, _, body = request(server, "GET", path)  # hashed once: now sent with sendfile
+        assert status == 200 and body == layer.data
+        host, port = server.host.rsplit(":", 1)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # keep sendfile waiting
+        sock.settimeout(10)
+        sock.connect((host, int(port)))
+        request_line = f"GET {path} HTTP/1.1\r\nHost: {server.host}\r\nConnection: close\r\n\r\n"
+        sock.sendall(request_line.encode())
+        got = b""
+        while len(got) < 64 * 1024:
+            got += sock.recv(16 * 1024)
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and f"{layer.size}".encode() in head
+        os.truncate(tar, 1000)
+        received = len(body)
+        try:
+            while chunk := sock.recv(256 * 1024):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass  # cut: as good as a close
+        finally:
+            sock.close()
+        assert received < layer.size  # and no TimeoutError: the server closed it
+        log = server.read_log()
+    assert f"oci-archive:{tar} changed on disk; restart serve" in log and "Traceback" not in log

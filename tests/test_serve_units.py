@@ -1,16 +1,19 @@
 """Pure parts of `serve`: ranges, content negotiation, pagination, listen addresses, htpasswd,
-where a blob lies in split volumes, the served prefix."""
+where a blob lies in split volumes, the served prefix, the archive's files as indexed."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 from harness.registry import make_htpasswd
 
+from transship.digest import Digest
 from transship.errors import StorageError, UsageError
 from transship.layout.reader import Extent
 from transship.layout.volumes import Volumes, split_archive
@@ -25,8 +28,9 @@ from transship.ops.archive import (
 from transship.serve.api import accepted_types, negotiate, page
 from transship.serve.archive import served_prefix, valid_name
 from transship.serve.auth import Htpasswd
-from transship.serve.blobs import RangeNotSatisfiable, parse_range, slice_extents
+from transship.serve.blobs import BlobServer, RangeNotSatisfiable, parse_range, slice_extents
 from transship.serve.errors import APIError
+from transship.serve.files import ChangedOnDisk, Identity, PinnedFiles
 from transship.serve.server import Listen, Ready, tls_names, write_ready_file
 from transship.serve.tls import self_signed
 
@@ -198,3 +202,67 @@ def test_local_writes_that_fail_are_storage_errors(tmp_path: Path) -> None:
         write_ready_file(blocker / "ready.json", ready, None)
     write_ready_file(tmp_path / "ready.json", ready, None)
     assert json.loads((tmp_path / "ready.json").read_text())["repository"] == "127.0.0.1:5000/tkg"
+
+
+@pytest.mark.parametrize("budget", [1, 0])
+def test_pinned_files_serve_the_file_as_indexed(tmp_path: Path, budget: int) -> None:
+    """Held (budget 1): a rename over the name changes nothing read. Not held (budget 0): the
+    new file is refused. Either way a rewrite in place or a truncation is refused."""
+    path = tmp_path / "a.tar"
+    path.write_bytes(b"A" * 100)
+    files = PinnedFiles(f"oci-archive:{path}", budget=budget)
+    try:
+        files.pin(path)
+        with files.open(path) as handle:
+            assert handle.read() == b"A" * 100
+        other = tmp_path / "b.tar"
+        other.write_bytes(b"B" * 100)
+        other.replace(path)
+        if budget:
+            with files.open(path) as handle, files.open(path) as second:
+                assert handle.read(10) == b"A" * 10 and second.read() == b"A" * 100
+                assert handle.read() == b"A" * 90  # each handle has its own offset
+            files.check(path)
+        else:
+            with pytest.raises(ChangedOnDisk, match="restarted"):
+                files.open(path)
+            with pytest.raises(ChangedOnDisk):
+                files.check(path)
+    finally:
+        files.close()
+    files = PinnedFiles(f"oci-archive:{path}", budget=budget)
+    try:
+        files.pin(path)
+        st = path.stat()
+        path.write_bytes(b"C" * 100)  # same inode, same size
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        with pytest.raises(ChangedOnDisk) as caught:
+            files.open(path)
+        assert caught.value.status == 503 and "rewritten" in caught.value.log_line
+        assert caught.value.log_line.startswith(f"archive oci-archive:{path} changed on disk;")
+        os.truncate(path, 10)
+        with pytest.raises(ChangedOnDisk):
+            files.check(path)
+    finally:
+        files.close()
+
+
+def test_identity_differences_in_words() -> None:
+    first = Identity(1, 2, 100, 5)
+    assert first.differs(first) == ""
+    assert first.differs(Identity(1, 3, 100, 5)) == "replaced by another file"
+    assert first.differs(Identity(1, 2, 10, 6)) == "size 100 → 10 bytes"
+    assert first.differs(Identity(1, 2, 100, 6)).startswith("rewritten")
+
+
+def test_a_corrupt_verdict_is_not_kept_forever() -> None:
+    digest = Digest.parse("sha256:" + "ab" * 32)
+    files = PinnedFiles("x")
+    kept = BlobServer(files, corrupt_recheck=60.0)
+    kept.corrupt[digest] = ("x at offset 0 (1 bytes)", time.monotonic())
+    with pytest.raises(APIError, match="corrupt"):
+        kept._refuse_corrupt(digest)
+    again = BlobServer(files, corrupt_recheck=60.0)
+    again.corrupt[digest] = ("x at offset 0 (1 bytes)", time.monotonic() - 61)
+    again._refuse_corrupt(digest)  # hashed again on this request
+    assert digest not in again.corrupt

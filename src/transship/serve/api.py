@@ -99,7 +99,7 @@ class RegistryAPI:
     def __init__(self, archive: ServedArchive, auth: Htpasswd | None = None) -> None:
         self.archive = archive
         self.auth = auth
-        self.blobs = BlobServer()
+        self.blobs = BlobServer(archive.files)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])

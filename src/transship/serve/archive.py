@@ -14,6 +14,8 @@ served at the prefix itself, when there is one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections import OrderedDict
@@ -32,6 +34,7 @@ from transship.ops.archive import (
     open_archive,
     stands_for_untagged,
 )
+from transship.serve.files import PinnedFiles
 
 log = logging.getLogger("transship.serve")
 
@@ -77,6 +80,8 @@ class ServedArchive:
         self.prefix = prefix.strip("/")
         self.repositories: dict[str, Repository] = {}
         self.problems: list[str] = []
+        #: the files blobs are read from, held as indexed (a replace or rewrite never serves)
+        self.files = PinnedFiles(self.label)
         self._cache: OrderedDict[Digest, Manifest] = OrderedDict()
         self._cache_bytes = 0
 
@@ -106,7 +111,12 @@ class ServedArchive:
                     "(lowercase letters, digits and . _ - separated by /)"
                 )
             served = cls(layers, chosen)
-            await served._index()
+            try:
+                await served._index()
+                await asyncio.to_thread(served._pin_files)
+            except BaseException:
+                served.files.close()
+                raise
         except BaseException:
             for layer in layers:
                 await layer.close()
@@ -114,6 +124,7 @@ class ServedArchive:
         return served, info
 
     async def close(self) -> None:
+        self.files.close()
         for layer in self.layers:
             await layer.close()
 
@@ -149,6 +160,17 @@ class ServedArchive:
             self.repositories[name] = repo
             if not stands_for_untagged(tag, descriptor.digest) and TAG.match(tag):
                 repo.tags[tag] = descriptor
+
+    def _pin_files(self) -> None:
+        """Open (or stat) every file a served blob lies in, once, as it is now."""
+        for repo in self.repositories.values():
+            for digest in (*repo.blobs, *repo.manifests):
+                found = self.blob(digest)
+                if found is not None:
+                    for extent in found[0]:
+                        # unreadable now: its requests fail as they would have
+                        with contextlib.suppress(OSError):
+                            self.files.pin(extent.path)
 
     async def _walk(
         self, repo: Repository, descriptor: Descriptor, walked: set[tuple[str, Digest]], depth: int

@@ -16,7 +16,9 @@ import asyncio
 import logging
 import os
 import re
+import time
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -24,12 +26,16 @@ from transship.digest import Digest, Hasher
 from transship.errors import IntegrityError
 from transship.layout.reader import Extent
 from transship.serve.errors import APIError
+from transship.serve.files import ChangedOnDisk, PinnedFiles
 
 log = logging.getLogger("transship.serve")
 
 #: read size of a first (hashed) serve: small enough that 32 clients at once stay in ~50 MB
 #: (a chunk held back, one in the socket buffer), big enough that thread hops cost nothing
 SERVE_READ = 256 * 1024
+#: a corrupt verdict is trusted this long, then the blob is hashed again on request: a medium
+#: that read wrong once (or a blob file put back as it was, mtime and all) is not refused forever
+CORRUPT_RECHECK = 60.0
 _RANGE = re.compile(r"^\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
 
 
@@ -89,12 +95,23 @@ def describe(extents: Sequence[Extent]) -> str:
     return ", then ".join(f"{e.path} at offset {e.offset} ({e.size} bytes)" for e in extents)
 
 
-class BlobServer:
-    """Sends blob bodies; remembers which digests were verified and which are corrupt."""
+class ShortFile(OSError):
+    """A file gave fewer bytes than the blob's extent: it changed under us, or the medium."""
 
-    def __init__(self) -> None:
+
+class BlobServer:
+    """Sends blob bodies; remembers which digests were verified and which are corrupt.
+
+    Every read goes through `files` (the archive's files as indexed): a file rewritten or
+    truncated since is refused with 503 before any header goes out, and if it changes while a
+    body is going out, the connection is aborted: a short answer, never a hang or a wrong blob.
+    """
+
+    def __init__(self, files: PinnedFiles, corrupt_recheck: float = CORRUPT_RECHECK) -> None:
+        self.files = files
+        self.corrupt_recheck = corrupt_recheck
         self.verified: set[Digest] = set()
-        self.corrupt: dict[Digest, str] = {}
+        self.corrupt: dict[Digest, tuple[str, float]] = {}  # digest → (where, when found)
         self._locks: dict[Digest, asyncio.Lock] = {}
         self._streaming: set[Digest] = set()  # first serves in flight, hashed as they go
 
@@ -102,6 +119,7 @@ class BlobServer:
         self, request: web.Request, digest: Digest, extents: list[Extent]
     ) -> web.StreamResponse:
         self._refuse_corrupt(digest)
+        await asyncio.to_thread(self._check_files, extents)
         size = sum(e.size for e in extents)
         etag = f'"{digest}"'
         headers = {
@@ -141,22 +159,40 @@ class BlobServer:
                 await self.verify(digest, extents)
         try:
             if wanted is not None or digest in self.verified:
-                await _sendfile(request, response, extents)
+                await _sendfile(request, response, self.files, extents)
             else:
                 await self._send_hashed(request, response, digest, extents)
         except ConnectionError:
             pass  # the client went away; aiohttp logs the request as cut short
-        except OSError as exc:
+        except (OSError, ChangedOnDisk) as exc:
+            if isinstance(exc, ShortFile):  # changed on disk (logged by files), else the medium
+                exc = await asyncio.to_thread(self._changed_or, extents, exc)
             if not response.prepared:
-                raise
+                raise exc from None
             # headers are out: no error answer is possible, only a short body the client sees
-            log.error("blob %s in %s: %s; response cut short", digest, describe(extents), exc)
-            if request.transport is not None:
-                request.transport.abort()
+            if not isinstance(exc, ChangedOnDisk):
+                log.error("blob %s in %s: %s; response cut short", digest, describe(extents), exc)
+            _abort(request)
         return response
 
+    def _check_files(self, extents: Sequence[Extent]) -> None:
+        for extent in extents:
+            self.files.check(extent.path)
+
+    def _changed_or(self, extents: Sequence[Extent], exc: OSError) -> OSError | ChangedOnDisk:
+        """The file's change, when that is what cut a read short; else the error itself."""
+        try:
+            self._check_files(extents)
+        except ChangedOnDisk as changed:
+            return changed
+        return exc
+
     def _refuse_corrupt(self, digest: Digest) -> None:
-        if digest in self.corrupt:
+        found = self.corrupt.get(digest)
+        if found is not None and time.monotonic() - found[1] >= self.corrupt_recheck:
+            del self.corrupt[digest]  # hash it again: a verdict is not kept forever
+            found = None
+        if found is not None:
             raise APIError(
                 "UNKNOWN",
                 {"digest": str(digest)},
@@ -165,8 +201,9 @@ class BlobServer:
             )
 
     def _mismatch(self, digest: Digest, extents: Sequence[Extent], exc: IntegrityError) -> None:
+        self._check_files(extents)  # a file changed since indexing: say that, not "corrupt"
         where = describe(extents)
-        self.corrupt[digest] = where
+        self.corrupt[digest] = (where, time.monotonic())
         log.error("corrupt blob %s in %s: %s; not served", digest, where, exc.message)
 
     async def verify(self, digest: Digest, extents: list[Extent]) -> None:
@@ -175,9 +212,9 @@ class BlobServer:
         async with lock:
             if digest not in self.verified and digest not in self.corrupt:
                 try:
-                    await asyncio.to_thread(_hash_extents, digest, extents)
+                    await asyncio.to_thread(_hash_extents, self.files, digest, extents)
                 except IntegrityError as exc:
-                    self._mismatch(digest, extents, exc)
+                    await asyncio.to_thread(self._mismatch, digest, extents, exc)
                 else:
                     self.verified.add(digest)
         self._locks.pop(digest, None)
@@ -208,13 +245,13 @@ class BlobServer:
         await response.prepare(request)
         held: bytes | None = None
         for extent in extents:
-            fd = await asyncio.to_thread(os.open, extent.path, os.O_RDONLY)
+            handle = await asyncio.to_thread(self.files.open, extent.path)
             try:
                 done = 0
                 while done < extent.size:
                     n = min(SERVE_READ, extent.size - done)
                     chunk = await asyncio.to_thread(
-                        _pread_hashed, fd, n, extent.offset + done, hasher
+                        _pread_hashed, handle.fileno(), n, extent.offset + done, hasher
                     )
                     if not chunk:
                         break
@@ -223,13 +260,14 @@ class BlobServer:
                         await response.write(held)
                     held = chunk
             finally:
-                os.close(fd)
+                handle.close()
         try:
             hasher.verify("blob")
         except IntegrityError as exc:
-            self._mismatch(digest, extents, exc)
-            if request.transport is not None:
-                request.transport.abort()  # a short body: the client cannot take it as whole
+            try:
+                await asyncio.to_thread(self._mismatch, digest, extents, exc)
+            finally:
+                _abort(request)  # a short body: the client cannot take it as whole
             return
         if held is not None:
             await response.write(held)
@@ -244,10 +282,10 @@ def _pread_hashed(fd: int, n: int, offset: int, hasher: Hasher) -> bytes:
     return chunk
 
 
-def _hash_extents(digest: Digest, extents: Sequence[Extent]) -> None:
+def _hash_extents(files: PinnedFiles, digest: Digest, extents: Sequence[Extent]) -> None:
     hasher = Hasher(digest, sum(e.size for e in extents))
     for extent in extents:
-        with open(extent.path, "rb") as handle:
+        with files.open(extent.path) as handle:
             fd = handle.fileno()
             done = 0
             while done < extent.size:
@@ -260,23 +298,43 @@ def _hash_extents(digest: Digest, extents: Sequence[Extent]) -> None:
 
 
 async def _sendfile(
-    request: web.Request, response: web.StreamResponse, extents: Sequence[Extent]
+    request: web.Request,
+    response: web.StreamResponse,
+    files: PinnedFiles,
+    extents: Sequence[Extent],
 ) -> None:
-    """Headers through aiohttp, then each run straight from its file (as FileResponse does)."""
-    await response.prepare(request)
-    loop = asyncio.get_running_loop()
-    for extent in extents:
-        if extent.size == 0:
-            continue  # count 0 would mean "to the end of the file"
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("connection lost")
-        handle = await asyncio.to_thread(open, extent.path, "rb")
-        try:
-            await loop.sendfile(transport, handle, extent.offset, extent.size)
-        finally:
+    """Headers through aiohttp, then each run straight from its file (as FileResponse does).
+
+    The files are opened (as indexed, checked) before the headers go out, so a changed file is
+    an error answer; one that shrinks while sending gives fewer bytes than promised: ShortFile.
+    """
+    handles: list[BinaryIO] = []
+    try:
+        for extent in extents:
+            if extent.size:
+                handles.append(await asyncio.to_thread(files.open, extent.path))
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        sized = (extent for extent in extents if extent.size)  # count 0: "to the end"
+        for extent, handle in zip(sized, handles, strict=True):
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("connection lost")
+            sent = await loop.sendfile(transport, handle, extent.offset, extent.size)
+            if sent != extent.size:
+                raise ShortFile(
+                    f"{extent.path} gave {sent} of {extent.size} bytes at offset {extent.offset}"
+                )
+    finally:
+        for handle in handles:
             handle.close()
     await response.write_eof()
+
+
+def _abort(request: web.Request) -> None:
+    """Cut the connection: the client sees a body shorter than Content-Length, not a hang."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 def _etags(header: str | None) -> set[str]:

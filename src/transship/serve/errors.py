@@ -28,6 +28,7 @@ CODES: dict[str, tuple[int, str]] = {
     "UNSUPPORTED": (405, "The operation is unsupported."),
     "NOT_FOUND": (404, "not a distribution API endpoint"),
     "UNKNOWN": (500, "unknown error"),
+    "UNAVAILABLE": (503, "service unavailable"),
 }
 
 
