@@ -41,7 +41,7 @@ def assert_matches_summary(doc: dict[str, Any], err: str) -> None:
     rows = summary(err)
     counts, stats = doc["counts"], doc["stats"]
     assert rows["images copied / skipped / failed"] == [
-        str(counts["copied"]), str(counts["skipped"]), str(counts["failed"])
+        str(counts["imagesCopied"]), str(counts["imagesSkipped"]), str(counts["imagesFailed"])
     ], err
     assert rows["blobs sent / mounted / already there"] == [
         str(stats["blobsSent"]), str(stats["blobsMounted"]), str(stats["blobsPresent"])
@@ -69,7 +69,8 @@ def test_a_report_says_the_exit_code_and_the_summary_counters(
     doc = json.loads(report.read_text())
     assert doc["exitCode"] == 0 and doc["interrupted"] is False
     assert doc["counts"] == {
-        "entries": 2, "copied": 2, "skipped": 0, "failed": 0, "interrupted": 0, "not-started": 0
+        "entries": 2, "imagesCopied": 2, "imagesSkipped": 0, "imagesFailed": 0,
+        "imagesInterrupted": 0, "imagesNotStarted": 0,
     }  # fmt: skip
     blobs = {b.digest for image in images for b in image.pushable_blobs}
     assert doc["stats"]["blobsSent"] == len(blobs)
@@ -81,7 +82,7 @@ def test_a_report_says_the_exit_code_and_the_summary_counters(
     again = cli(*args)  # all there: skipped, nothing sent
     assert again.code == ExitCode.OK, again.err
     doc = json.loads(report.read_text())
-    assert doc["exitCode"] == 0 and doc["counts"]["skipped"] == 2
+    assert doc["exitCode"] == 0 and doc["counts"]["imagesSkipped"] == 2
     assert doc["stats"]["blobsSent"] == 0 and doc["stats"]["manifestsPresent"] == 2
     assert_matches_summary(doc, again.err)
 
@@ -90,7 +91,7 @@ def test_a_report_says_the_exit_code_and_the_summary_counters(
     partial = cli(*args)
     assert partial.code == ExitCode.PARTIAL, partial.err
     doc = json.loads(report.read_text())
-    assert doc["exitCode"] == ExitCode.PARTIAL and doc["counts"]["failed"] == 1
+    assert doc["exitCode"] == ExitCode.PARTIAL and doc["counts"]["imagesFailed"] == 1
     assert_matches_summary(doc, partial.err)
 
 
@@ -131,7 +132,8 @@ def test_ctrl_c_leaves_a_report_of_what_was_done(
     }, doc  # fmt: skip
     small = next(e for e in doc["entries"] if e["status"] == "copied")
     assert small["digest"] and small["bytes"] > 0
-    assert doc["counts"]["copied"] == 1 and doc["counts"]["entries"] == 3
+    assert doc["counts"]["imagesCopied"] == doc["counts"]["imagesInterrupted"] == 1
+    assert doc["counts"]["imagesNotStarted"] == 1 and doc["counts"]["entries"] == 3
     assert doc["stats"]["manifestsPushed"] >= 1 and doc["stats"]["blobsSent"] >= 2
     assert_matches_summary(doc, err)  # the summary is still printed, and agrees
     assert not list(tmp_path.glob("report.json.*")), "a temporary report was left behind"

@@ -11,6 +11,13 @@ from transship.engine import Stats, TaskResult
 
 #: every status an entry can have, in the order `counts` lists them
 STATUSES = ("copied", "skipped", "failed", "interrupted", "not-started")
+COUNT_KEYS = {
+    "copied": "imagesCopied",
+    "skipped": "imagesSkipped",
+    "failed": "imagesFailed",
+    "interrupted": "imagesInterrupted",
+    "not-started": "imagesNotStarted",
+}
 
 
 def run_report(
@@ -25,7 +32,10 @@ def run_report(
     """The report of a run that ended with `exit_code`. The keys of version 1 stay as they
     were (`seconds`, `bytes_refetched`, `entries`); `counts` and `stats` are what the
     summary table shows (`stats` the engine's own accounting, keys as `verify`'s report)."""
-    counts = {s: sum(1 for r in results if r.status == s) for s in STATUSES}
+    # keyed apart from the statuses: `grep '"failed"' report.json` still finds failed entries
+    counts = {
+        COUNT_KEYS[s]: sum(1 for r in results if r.status == s) for s in STATUSES
+    }
     return {
         "version": 1,
         "exitCode": exit_code,
