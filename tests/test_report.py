@@ -137,3 +137,38 @@ def test_ctrl_c_leaves_a_report_of_what_was_done(
     assert doc["stats"]["manifestsPushed"] >= 1 and doc["stats"]["blobsSent"] >= 2
     assert_matches_summary(doc, err)  # the summary is still printed, and agrees
     assert not list(tmp_path.glob("report.json.*")), "a temporary report was left behind"
+
+
+def test_ctrl_c_during_a_save_leaves_its_report_too(
+    plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """The same for `save`: the one image saved is in the report, the one still being read is
+    interrupted; the rerun resumes the archive (tested elsewhere), the report says what to."""
+    seed_image(plain_registry, "sav/a-small", "v1", seed=720)
+    big = build_image(721, layer_sizes=(3_000_000,))
+    SeedClient.for_registry(plain_registry).push_image("sav/b-big", big, "v1")
+    layer = max(big.pushable_blobs, key=lambda b: b.size).digest.split(":")[1]
+    refs = [plain_registry.ref(f"{name}:v1") for name in ("sav/a-small", "sav/b-big")]
+    report = tmp_path / "save.json"
+    args = [
+        sys.executable, "-m", "transship", "save", "--images", str(listing(tmp_path, refs)),
+        "-o", str(tmp_path / "layout"), "--parallel", "1", "--limit-rate", "500K", "-q",
+        "--report", str(report),
+    ]  # fmt: skip
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if plain_registry.requests("GET", f"/v2/sav/b-big/blobs/sha256.{layer}"):
+            break  # a-small is saved (one image at a time), b-big's layer is being read
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "transship: interrupted" in err and "Traceback" not in err, err
+    doc = json.loads(report.read_text())
+    assert doc["interrupted"] is True and doc["exitCode"] == 130, doc
+    status = {e["source"].split("/", 1)[1]: e["status"] for e in doc["entries"]}
+    assert status == {"sav/a-small:v1": "copied", "sav/b-big:v1": "interrupted"}, doc
+    assert doc["stats"]["blobsSent"] >= 3 and doc["counts"]["entries"] == 2
