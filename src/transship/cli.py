@@ -82,13 +82,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(int(exc.exit_code))
     except click.exceptions.Abort:
         print("transship: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(int(ExitCode.INTERRUPTED))
     except click.ClickException as exc:
         print(f"transship: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(int(ExitCode.USAGE))
     except KeyboardInterrupt:
         print("transship: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(int(ExitCode.INTERRUPTED))
     except OSError as exc:  # a file the user named cannot be read or written: one line
         error = io_error(exc.filename or "transship", exc)
         print(f"transship: error: {error}", file=sys.stderr)

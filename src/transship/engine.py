@@ -48,7 +48,8 @@ MAX_INDEX_DEPTH = 4
 #: the tag lists they would spare: a huge shared registry falls back to the tag lists
 CATALOG_PAGES = 5
 
-Status = Literal["copied", "skipped", "failed"]
+#: "interrupted" (running) and "not-started" only in what a run cut short had done (`so_far`)
+Status = Literal["copied", "skipped", "failed", "interrupted", "not-started"]
 #: what the engine knows of a destination repository's tags: the set, None for a repository
 #: that does not exist, or "unknown" (no `TagIndex`, or the list was refused): ask tag by tag
 TagView = frozenset[str] | None | Literal["unknown"]
@@ -263,6 +264,8 @@ class CopyEngine:
         #: set when a registry is found down: no task starts after it, and the caller ends
         #: the run with this one error instead of a failure per entry
         self.stopped: HostDownError | None = None
+        #: every task `run_phases` started, in plan order: what `so_far` reads
+        self._runs: list[tuple[CopyTask, asyncio.Task[TaskResult]]] = []
 
     def _sink(self, dest: Endpoint) -> _Sink:
         return self._sinks.setdefault(id(dest), _Sink())
@@ -294,10 +297,27 @@ class CopyEngine:
                 key = (id(task.dest), task.dest_repository)
                 before = tuple(done.get(key, ()))
                 started.append((key, asyncio.ensure_future(self._after(task, before))))
-            for key, run in started:  # a group's tasks wait only for earlier groups
-                done.setdefault(key, []).append(run)
+            for (key, run), task in zip(started, tasks, strict=True):
+                done.setdefault(key, []).append(run)  # a group's tasks wait for earlier groups
                 runs.append(run)
+                self._runs.append((task, run))
         return list(await asyncio.gather(*runs))
+
+    def so_far(self) -> list[TaskResult]:
+        """What a run cut short (Ctrl-C cancels `run_phases`) had done, in plan order: each
+        finished task's result, the others "interrupted" (with the bytes they had sent) or
+        "not-started", so a report says which images to look at and which a rerun sends."""
+        out = []
+        for task, run in self._runs:
+            if run.done() and not run.cancelled() and run.exception() is None:
+                out.append(run.result())
+            elif id(task) in self._task_bytes:  # started: its counters are popped at the end
+                sent = self._task_bytes[id(task)]
+                again = self._task_refetched.get(id(task), 0)
+                out.append(TaskResult(task, "interrupted", bytes_sent=sent, bytes_refetched=again))
+            else:
+                out.append(TaskResult(task, "not-started"))
+        return out
 
     async def _after(
         self, task: CopyTask, before: Sequence[asyncio.Task[TaskResult]]

@@ -48,6 +48,7 @@ class ExitCode(IntEnum):
     REGISTRY = 8  # the registry refused or answered outside the protocol
     INCOMPLETE = 9  # verify found missing or different content
     INCOMPATIBLE = 14  # an archive in a format this transship does not read (10-13: ca check)
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports a process killed by it
 
 
 class TransshipError(Exception):

@@ -25,6 +25,7 @@ from transship.commands.common import (
     push_options,
     resolve_listed,
     run_engine,
+    run_report_for,
     setup_logging,
     shard_part,
     side_options,
@@ -147,6 +148,8 @@ def save(
         asyncio.run(open_archive(since).close())  # a bad --since is refused before any request
     console = Console(stderr=True)
     listed = plan
+    # imgpkg tars are written without the engine; a dry run writes nothing: no report
+    record = None if imgpkg_tars or dry_run else run_report_for(report)
 
     async def run(sources: RegistryPool, _dests: RegistryPool) -> list[TaskResult]:
         plan = listed
@@ -187,7 +190,7 @@ def save(
                 results: list[TaskResult] = []
             else:
                 results = await run_engine(
-                    job.tasks, report, None, quiet, parallel, plan.unique_bytes, limit_rate, account
+                    job.tasks, record, None, quiet, parallel, plan.unique_bytes, limit_rate, account
                 )
         finally:
             await job.close()
@@ -204,7 +207,7 @@ def save(
             console.print(f"wrote {written.path} ({written.blobs} blobs)")
         return results
 
-    return execute(run, src_settings, SideSettings(side="dest"))  # no destination registry
+    return execute(run, src_settings, SideSettings(side="dest"), record)  # no dest registry
 
 
 @click.command()
@@ -275,6 +278,8 @@ def load(
     if warning and not quiet:
         print(f"transship: warning: {warning}", file=sys.stderr)
 
+    record = run_report_for(report)
+
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
             phases, unique = await job.tasks(dest_prefix, dests.get)
@@ -282,14 +287,14 @@ def load(
             if preflight:
                 await check_destinations(phases, parallel)
             results = await run_engine(
-                phases, report, lock_output, quiet, parallel, unique, limit_rate
+                phases, record, lock_output, quiet, parallel, unique, limit_rate
             )
             await after_push(results)
             return results
         finally:
             await job.close()
 
-    return execute(run, SideSettings(side="src"), dest_settings)  # no source registry
+    return execute(run, SideSettings(side="src"), dest_settings, record)  # no source registry
 
 
 @click.group("archive")

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,11 +21,18 @@ import click
 
 from transship import landed
 from transship.connect import RegistryPool, SideSettings
-from transship.engine import CopyTask, EngineOptions, TaskResult
-from transship.errors import ExitCode, NamespaceFullError, PreflightError, UsageError
+from transship.engine import CopyTask, EngineOptions, Stats, TaskResult
+from transship.errors import (
+    ExitCode,
+    NamespaceFullError,
+    PreflightError,
+    TransshipError,
+    UsageError,
+)
 from transship.fsutil import unwritable, write_atomic
 from transship.landed import LandedLog
-from transship.ops.run import run_phases, shared_failure
+from transship.ops.report import run_report
+from transship.ops.run import RunOutcome, run_phases, shared_failure
 from transship.plan._yaml import read_text
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard, ShardSplit, split
@@ -255,11 +262,48 @@ def load_plan_source(
     return load_old_script(script_file, prefix)
 
 
+@dataclass
+class RunReport:
+    """`--report FILE` of one run: `run_engine` keeps what the engine did, `execute` writes
+    it once the exit code is known, also when the run ends in an error or Ctrl-C (then with
+    what was done so far), so a script reads the outcome from the file as from `$?`."""
+
+    path: Path
+    outcome: RunOutcome | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: the time to report, when the command's own work outlasts the engine's (tar loads)
+    seconds: float | None = None
+
+    def write(self, exit_code: int, results: Sequence[TaskResult] | None = None) -> None:
+        """`results`: the command's final ones (held-back bundles, holes found after the
+        engine); None: the engine's, or none if it never ran."""
+        outcome = self.outcome
+        if results is None:
+            results = outcome.results if outcome is not None else []
+        seconds = self.seconds if self.seconds is not None else outcome.seconds if outcome else 0
+        doc = run_report(
+            results,
+            outcome.stats if outcome is not None else Stats(),
+            seconds,
+            exit_code,
+            interrupted=exit_code == ExitCode.INTERRUPTED,
+            extra=self.extra,
+        )
+        write_atomic(self.path, json.dumps(doc, indent=2) + "\n")
+
+
+def run_report_for(path: Path | None) -> RunReport | None:
+    return None if path is None else RunReport(path)
+
+
 def execute(
     body: Callable[[RegistryPool, RegistryPool], Awaitable[list[TaskResult]]],
     src_settings: SideSettings,
     dest_settings: SideSettings,
+    report: RunReport | None = None,
 ) -> int:
+    """Run `body` with both sides open; the exit code, and the report (`--report`) with it."""
+
     async def main() -> list[TaskResult]:
         sources = RegistryPool(src_settings)
         dests = RegistryPool(dest_settings)
@@ -270,8 +314,20 @@ def execute(
             await sources.close()
             await dests.close()
 
-    results = asyncio.run(main())
-    return exit_code_for(results)
+    try:
+        results = asyncio.run(main())
+    except KeyboardInterrupt:  # the CLI says "interrupted" and exits 130
+        if report is not None:
+            report.write(ExitCode.INTERRUPTED)
+        raise
+    except TransshipError as exc:  # the CLI says it in one line
+        if report is not None:
+            report.write(int(exc.exit_code))
+        raise
+    code = exit_code_for(results)
+    if report is not None:
+        report.write(code, results)
+    return code
 
 
 def rate_limit(bytes_per_second: int | None) -> TokenBucket | None:
@@ -281,7 +337,7 @@ def rate_limit(bytes_per_second: int | None) -> TokenBucket | None:
 
 async def run_engine(
     task_phases: Sequence[Sequence[CopyTask]],
-    report: Path | None,
+    report: RunReport | None,
     lock_output: Path | None,
     quiet: bool,
     parallel: int,
@@ -291,7 +347,8 @@ async def run_engine(
 ) -> list[TaskResult]:
     """Run the phases with progress: `unique_bytes` (the plan's, each blob once) and the tasks'
     sizes give the total to send and the ETA. With `shard`, the summary and the report say
-    what this shard shares with the others."""
+    what this shard shares with the others. Ctrl-C: the summary of what was done, and the
+    report keeps it (`execute` writes it), before the run ends."""
     landed_dir = landed.default_directory()
     landed_log = LandedLog(landed_dir) if landed_dir is not None else None
     options = EngineOptions(
@@ -310,18 +367,28 @@ async def run_engine(
     else:
         observer = LogObserver(total, budget, quiet=quiet)
     counting = shard is not None and (report is not None or not quiet)  # someone reads it
-    with observer:
-        watched = shard.watch(observer) if shard is not None and counting else observer
-        try:
-            outcome = await run_phases(task_phases, options, watched)
-        finally:
-            if landed_log is not None:
-                landed_log.close()
+    cut_short: list[RunOutcome] = []
+    try:
+        with observer:
+            watched = shard.watch(observer) if shard is not None and counting else observer
+            try:
+                outcome = await run_phases(task_phases, options, watched, cut_short.append)
+            finally:
+                if landed_log is not None:
+                    landed_log.close()
+    except asyncio.CancelledError:  # Ctrl-C: say what was done, then go on ending the run
+        for done in cut_short:
+            if report is not None:
+                report.outcome = done
+            if console is not None:
+                console.print(summary_table(done.results, done.stats, done.seconds))
+        raise
     if shard is not None:
         await shard.settle(abandon=outcome.stopped is not None)
-    extra = {"shard": shard.to_dict()} if shard is not None else {}
     if report is not None:
-        write_report(report, outcome.results, outcome.seconds, extra)
+        report.outcome = outcome
+        if shard is not None:
+            report.extra["shard"] = shard.to_dict()
     if lock_output is not None:
         from transship.imgpkg.lock import write_images_lock
 
@@ -357,35 +424,6 @@ def add_shard_rows(table: Table, shard: ShardAccount) -> None:
     )
     sent = f"{info['shared_blobs_sent']} ({human_bytes(info['shared_bytes_sent'])})"
     table.add_row("blobs shared with other shards / sent here too", f"{shared} / {sent}")
-
-
-def write_report(
-    path: Path,
-    results: Sequence[TaskResult],
-    seconds: float,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    entries = [
-        {
-            "source": r.task.source_name,
-            "destination": r.task.dest_reference,
-            "digest": str(r.digest) if r.digest else None,
-            "status": r.status,
-            "bytes": r.bytes_sent,
-            "bytes_refetched": r.bytes_refetched,
-            "seconds": round(r.seconds, 3),
-            "error": str(r.error) if r.error else None,
-        }
-        for r in results
-    ]
-    doc = {
-        "version": 1,
-        "seconds": round(seconds, 3),
-        "bytes_refetched": sum(r.bytes_refetched for r in results),
-        **(extra or {}),
-        "entries": entries,
-    }
-    write_atomic(path, json.dumps(doc, indent=2) + "\n")
 
 
 def exit_code_for(results: Sequence[TaskResult]) -> int:

@@ -16,6 +16,7 @@ from transship.commands.common import (
     push_options,
     resolve_listed,
     run_engine,
+    run_report_for,
     setup_logging,
     shard_part,
     side_options,
@@ -109,6 +110,8 @@ def copy(
         # their images and attachments all land in the repository they were listed for.
         plan, cut = shard_part(plan, shard, quiet)
 
+    record = run_report_for(report)
+
     async def run(sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         chosen = single or plan
         assert chosen is not None
@@ -130,7 +133,7 @@ def copy(
             account = ShardAccount(cut, sources.get, parallel, chosen)
         results = await run_engine(
             task_phases,
-            report,
+            record,
             lock_output,
             quiet,
             parallel,
@@ -144,7 +147,7 @@ def copy(
             results.append(TaskResult(task, "failed", error=UsageError(entry.source)))
         return results
 
-    return execute(run, src_settings, dest_settings)
+    return execute(run, src_settings, dest_settings, record)
 
 
 COMMANDS = [copy]

@@ -20,8 +20,8 @@ from transship.commands.common import (
     check_destinations,
     execute,
     run_engine,
+    run_report_for,
     setup_logging,
-    write_report,
 )
 from transship.commands.harbor import after_push, before_push
 from transship.connect import RegistryPool, SideSettings
@@ -62,6 +62,7 @@ def load_imgpkg_tars(
     """Push every tar as one engine run; exit codes as `copy` (9 if the final check finds a
     hole)."""
     console = Console(stderr=True)
+    record = run_report_for(report)
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         job = TarLoadJob.open(targets, dests.get)
@@ -72,17 +73,17 @@ def load_imgpkg_tars(
             if preflight:
                 await check_destinations(job.phases, parallel)
             results = await run_engine(
-                job.phases, None, lock_output, quiet, parallel, job.load.send_bytes, limit_rate
+                job.phases, record, lock_output, quiet, parallel, job.load.send_bytes, limit_rate
             )
             await after_push(results)
             results = await job.finish(results, parallel)
-            if report is not None:  # after the final check, so holes are in it
-                write_report(report, results, job.seconds)
+            if record is not None:  # written with these results: holes are in it
+                record.seconds = job.seconds
             return results
         finally:
             await job.close()
 
-    return execute(run, SideSettings(side="src"), dest_settings)
+    return execute(run, SideSettings(side="src"), dest_settings, record)
 
 
 @click.command("imgpkg-tars")

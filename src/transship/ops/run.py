@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from transship.engine import CopyEngine, CopyTask, EngineOptions, Observer, Stats, TaskResult
@@ -20,18 +21,33 @@ class RunOutcome:
     #: a registry found down: the run stopped starting work; the caller ends with this one
     #: error (exit 6) after its report, not with a failure per entry
     stopped: HostDownError | None = None
+    #: cut short by Ctrl-C: `results` has the unfinished tasks as "interrupted"/"not-started"
+    interrupted: bool = False
 
 
 async def run_phases(
     task_phases: Sequence[Sequence[CopyTask]],
     options: EngineOptions | None = None,
     observer: Observer | None = None,
+    on_interrupt: Callable[[RunOutcome], None] | None = None,
 ) -> RunOutcome:
     """Run the phases in order (see `CopyEngine.run_phases`); one failure never stops others,
-    a registry that is down (`HostDownError`) stops them all (`RunOutcome.stopped`)."""
+    a registry that is down (`HostDownError`) stops them all (`RunOutcome.stopped`).
+
+    Cancelled (Ctrl-C: `asyncio.run` cancels the run), `on_interrupt` is given what was done
+    so far and the cancellation goes on: it must end the run, so `asyncio.run` raises
+    KeyboardInterrupt and the CLI exits 130."""
     engine = CopyEngine(options, observer)
     start = time.monotonic()
-    results = await engine.run_phases(task_phases)
+    try:
+        results = await engine.run_phases(task_phases)
+    except asyncio.CancelledError:
+        if on_interrupt is not None:
+            seconds = time.monotonic() - start
+            on_interrupt(
+                RunOutcome(engine.so_far(), engine.stats, seconds, engine.stopped, True)
+            )
+        raise
     return RunOutcome(results, engine.stats, time.monotonic() - start, engine.stopped)
 
 
