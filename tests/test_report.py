@@ -136,7 +136,7 @@ def test_ctrl_c_leaves_a_report_of_what_was_done(
     assert doc["counts"]["imagesNotStarted"] == 1 and doc["counts"]["entries"] == 3
     assert doc["stats"]["manifestsPushed"] >= 1 and doc["stats"]["blobsSent"] >= 2
     assert_matches_summary(doc, err)  # the summary is still printed, and agrees
-    assert not list(tmp_path.glob("report.json.*")), "a temporary report was left behind"
+    assert not list(tmp_path.glob(".report.json.*")), "a temporary report was left behind"
 
 
 def test_ctrl_c_during_a_save_leaves_its_report_too(
@@ -172,3 +172,37 @@ def test_ctrl_c_during_a_save_leaves_its_report_too(
     status = {e["source"].split("/", 1)[1]: e["status"] for e in doc["entries"]}
     assert status == {"sav/a-small:v1": "copied", "sav/b-big:v1": "interrupted"}, doc
     assert doc["stats"]["blobsSent"] >= 3 and doc["counts"]["entries"] == 2
+
+
+def test_a_run_ending_in_any_error_writes_its_report_and_a_stale_one_never_stays(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """An earlier run's report is removed when the command starts, so one that stops before
+    writing its own (here a plan that cannot be read) leaves none; and an error that is no
+    transship error (a disk full while finishing) still writes the report, with the code
+    the process exits with."""
+    import errno
+
+    from transship.commands.common import RunReport, execute
+    from transship.connect import SideSettings
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"exitCode": 0}))
+    bad = tmp_path / "plan.yaml"
+    bad.write_text("entries: [not, a, plan\n")
+    out = cli("copy", "--plan", str(bad), "--report", str(report))
+    assert out.code == ExitCode.USAGE, out.err
+    assert not report.exists(), "the earlier run's report passes for this one"
+
+    async def full(_sources: object, _dests: object) -> list[Any]:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "SHA256SUMS"))
+
+    written = RunReport(report)
+    try:
+        execute(full, SideSettings("src"), SideSettings("dest"), written)  # type: ignore[arg-type]
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the error was swallowed")
+    doc = json.loads(report.read_text())
+    assert doc["exitCode"] not in (0, None) and doc["entries"] == []

@@ -311,3 +311,15 @@ class NamespaceFullError(RegistryError):
 
     def covers(self, repository: str) -> bool:
         return repository == self.namespace or repository.startswith(self.namespace + "/")
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The code the CLI exits with for `exc` (as `transship.cli.main` maps it), for a report
+    written on the way out."""
+    if isinstance(exc, TransshipError):
+        return int(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return int(ExitCode.INTERRUPTED)
+    if isinstance(exc, OSError):
+        return int(io_error(exc.filename or "transship", exc).exit_code)
+    return 1  # anything else ends the process as Python does

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from transship.commands.common import (
     LIMIT_RATE,
-    OUTPUT_FILE,
+    REPORT_FILE,
     SHARD,
     check_destinations,
     execute,
@@ -94,7 +94,7 @@ from transship.tkg.env import tkg_dest_defaults
     "(for upload-bundle).",
 )
 @parallel_option(16, "Images in flight at once.")
-@click.option("--report", **OUTPUT_FILE, help="Write JSON.")
+@click.option("--report", **REPORT_FILE, help="Write JSON.")
 @LIMIT_RATE
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True)

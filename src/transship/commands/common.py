@@ -9,6 +9,7 @@ list resolution, `--preflight`, `--lock-output`, `--shard` accounting, and `veri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -26,8 +27,8 @@ from transship.errors import (
     ExitCode,
     NamespaceFullError,
     PreflightError,
-    TransshipError,
     UsageError,
+    exit_code_of,
 )
 from transship.fsutil import unwritable, write_atomic
 from transship.landed import LandedLog
@@ -135,11 +136,23 @@ def _writable(ctx: click.Context, param: click.Parameter, value: Path | None) ->
     return value
 
 
+def _fresh_report(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """`--report`: writable, and an earlier run's report removed now, so that a run which
+    ends before writing its own (a bad plan, a crash) never leaves that one passing for it."""
+    value = _writable(ctx, param, value)
+    if value is not None:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            value.unlink()
+    return value
+
+
 #: an output file (`--report`, `--lock-output`, `plan -o`): checked writable before any work
 OUTPUT_FILE: dict[str, Any] = {
     "type": click.Path(dir_okay=False, path_type=Path),
     "callback": _writable,
 }
+#: `--report FILE`: an output file, and a stale one removed before the run
+REPORT_FILE: dict[str, Any] = {**OUTPUT_FILE, "callback": _fresh_report}
 
 
 def push_options(func: F) -> F:
@@ -149,7 +162,7 @@ def push_options(func: F) -> F:
         parallel_option(16, "Images in flight at once."),
         click.option(
             "--report",
-            **OUTPUT_FILE,
+            **REPORT_FILE,
             help="Write a JSON report: per entry source, destination, digest, status, bytes.",
         ),
         click.option(
@@ -316,13 +329,10 @@ def execute(
 
     try:
         results = asyncio.run(main())
-    except KeyboardInterrupt:  # the CLI says "interrupted" and exits 130
+    except BaseException as exc:  # Ctrl-C, an error, a disk full: the CLI says it in one line
         if report is not None:
-            report.write(ExitCode.INTERRUPTED)
-        raise
-    except TransshipError as exc:  # the CLI says it in one line
-        if report is not None:
-            report.write(int(exc.exit_code))
+            with contextlib.suppress(Exception):  # never hide the run's own error behind it
+                report.write(exit_code_of(exc))
         raise
     code = exit_code_for(results)
     if report is not None:

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from transship.commands.common import (
-    OUTPUT_FILE,
+    REPORT_FILE,
     SHARD,
     load_plan_source,
     parallel_option,
@@ -51,7 +51,7 @@ from transship.tkg.env import tkg_dest_defaults
 @parallel_option(32, "Requests in flight at once.")
 @click.option(
     "--report",
-    **OUTPUT_FILE,
+    **REPORT_FILE,
     help="Write a JSON report: per entry the expected digest, status and every problem.",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
