@@ -736,6 +736,27 @@ def test_archive_replaced_by_rename_still_serves_the_indexed_bytes(
     assert f"{tar} was replaced on disk; still serving the file as indexed" in log
 
 
+def test_a_blob_file_of_a_directory_replaced_by_rename_still_serves_the_indexed_bytes(
+    corpus: Corpus, tmp_path: Path
+) -> None:
+    """A directory archive whose blob file is replaced by a shorter one (an `rsync --partial`
+    over the served copy): the size served is the one indexed and the bytes those of the file
+    held since, never a 200 with the first bytes of the blob under its digest."""
+    layout = tmp_path / "layout"
+    shutil.copytree(corpus.layout, layout)
+    server = ServeProcess(tmp_path / "srv", layout).start()
+    path = f"/v2/tkg/apps/big/blobs/{corpus.blob.digest}"
+    try:
+        blob_file = layout / "blobs" / "sha256" / corpus.blob.digest[7:]
+        shorter = blob_file.with_name("partial")
+        shorter.write_bytes(corpus.blob.data[: len(corpus.blob.data) // 3])
+        shorter.replace(blob_file)
+        status, body = _short_request(server, path)
+    finally:
+        server.stop()
+    assert status == 200 and body == corpus.blob.data
+
+
 def test_truncated_archive_is_refused_not_hung(corpus: Corpus, tmp_path: Path) -> None:
     """`truncate -s 1000 srv.tar`: a 503 at once, not 200 headers and a body that never comes."""
     tar, server, path = _served_and_verified(tmp_path, corpus)

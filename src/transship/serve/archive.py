@@ -82,6 +82,9 @@ class ServedArchive:
         self.problems: list[str] = []
         #: the files blobs are read from, held as indexed (a replace or rewrite never serves)
         self.files = PinnedFiles(self.label)
+        #: where each served blob lay when indexed: its size and offsets as served from the
+        #: files held, never read again from names a rename may have pointed elsewhere
+        self._where: dict[Digest, tuple[list[Extent], Layer]] = {}
         self._cache: OrderedDict[Digest, Manifest] = OrderedDict()
         self._cache_bytes = 0
 
@@ -167,6 +170,7 @@ class ServedArchive:
             for digest in (*repo.blobs, *repo.manifests):
                 found = self.blob(digest)
                 if found is not None:
+                    self._where[digest] = found
                     for extent in found[0]:
                         # unreadable now: its requests fail as they would have
                         with contextlib.suppress(OSError):
@@ -239,6 +243,9 @@ class ServedArchive:
 
     def blob(self, digest: Digest) -> tuple[list[Extent], Layer] | None:
         """Where a blob's bytes lie (first layer holding it), None if no layer has it."""
+        indexed = self._where.get(digest)
+        if indexed is not None:
+            return indexed
         for layer in self.layers:
             extents = layer.blob_extents(digest)
             if extents is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import threading
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -83,26 +84,29 @@ class PinnedFiles:
         self.label = label
         self.budget = default_budget() if budget is None else budget
         self._files: dict[Path, _Pinned] = {}
+        self._held = 0  # files in `_files` held open
         self._reported: set[Path] = set()  # one log line per changed (or replaced) file
+        self._lock = threading.Lock()  # `pin` from request threads (a file unreadable at start)
 
     def __len__(self) -> int:
         return len(self._files)
 
     def pin(self, path: Path) -> None:
         """Record the file (open it while the budget lasts); called at index time."""
-        if path in self._files:
-            return
-        held = sum(1 for p in self._files.values() if p.fd is not None)
-        if held < self.budget:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                identity = Identity.of(os.fstat(fd))
-            except BaseException:
-                os.close(fd)
-                raise
-            self._files[path] = _Pinned(identity, fd)
-        else:
-            self._files[path] = _Pinned(Identity.of(os.stat(path)), None)
+        with self._lock:
+            if path in self._files:
+                return
+            if self._held < self.budget:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    identity = Identity.of(os.fstat(fd))
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._files[path] = _Pinned(identity, fd)
+                self._held += 1
+            else:
+                self._files[path] = _Pinned(Identity.of(os.stat(path)), None)
 
     def open(self, path: Path) -> BinaryIO:
         """A handle of its own on the file as indexed; ChangedOnDisk if it is not that file.
@@ -116,7 +120,7 @@ class PinnedFiles:
         if pinned.fd is not None:
             try:
                 handle = open(f"/proc/self/fd/{pinned.fd}", "rb")  # noqa: SIM115 - returned
-            except FileNotFoundError:  # no /proc: the name, checked like an unheld file
+            except OSError:  # no /proc (or not ours to read): the name, checked as if unheld
                 handle = None
         if handle is None:
             handle = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
@@ -177,3 +181,4 @@ class PinnedFiles:
             if pinned.fd is not None:
                 os.close(pinned.fd)
         self._files.clear()
+        self._held = 0
