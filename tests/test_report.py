@@ -110,7 +110,7 @@ def test_ctrl_c_leaves_a_report_of_what_was_done(
     args = [
         sys.executable, "-m", "transship", "copy", "--images", str(listing(tmp_path, refs)),
         "--dest", f"{dest.host}/m", "--dest-plain-http", "--parallel", "1",
-        "--limit-rate", "500K", "--report", str(report),
+        "--limit-rate", "500K", "--report", str(report), "--shard", "1/1",
     ]  # fmt: skip
     env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
     proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
@@ -126,6 +126,7 @@ def test_ctrl_c_leaves_a_report_of_what_was_done(
     assert "transship: interrupted" in err and "Traceback" not in err, err
     doc = json.loads(report.read_text())
     assert doc["interrupted"] is True and doc["exitCode"] == 130, doc
+    assert doc["shard"]["index"] == 1 and doc["shard"]["count"] == 1  # a shard says which
     status = {e["source"].split("/", 1)[1]: e["status"] for e in doc["entries"]}
     assert status == {
         "int/a-small:v1": "copied", "int/b-big:v1": "interrupted", "int/c-big:v1": "not-started"

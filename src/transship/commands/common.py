@@ -390,6 +390,8 @@ async def run_engine(
         for done in cut_short:
             if report is not None:
                 report.outcome = done
+                if shard is not None:  # what was counted so far (not settled)
+                    report.extra["shard"] = shard.to_dict()
             if console is not None:
                 console.print(summary_table(done.results, done.stats, done.seconds))
         raise
