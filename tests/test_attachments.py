@@ -314,6 +314,25 @@ def test_copy_plan_lands_attachments_beside_their_images(
     assert checked.code == 0, checked.err + checked.out
 
 
+def test_a_single_copy_brings_the_image_attachments_too(
+    cli: CLI, seeded: Seeded, make_registry: Any, skopeo: Skopeo
+) -> None:
+    """`copy SOURCE DESTINATION` is resolved as a list is: the signature, attestation and
+    referrers of the image travel with it (as `--help` says), unless `--no-attachments`."""
+    dest = make_registry("plain")
+    app = seeded.repo("app")
+    out = cli("copy", f"{seeded.host}/{app}:v1", f"{dest.host}/one/app:v1", "-q")
+    assert out.code == 0, out.err
+    assert skopeo(dest, "one/app:v1") == seeded.app.manifest
+    for key, raw in seeded.attached.items():
+        if key.startswith(f"{app}:") or key.startswith(f"{app}@"):
+            assert skopeo(dest, f"one/app{key[len(app):]}") == raw, key
+    out = cli("copy", f"{seeded.host}/{app}:v1", f"{dest.host}/bare/app:v1", "--no-attachments",
+              "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    assert SeedClient.for_registry(dest).list_tags("bare/app") == ["v1"]
+
+
 # --- failures -----------------------------------------------------------------------------
 
 

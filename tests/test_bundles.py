@@ -659,3 +659,19 @@ def test_copy_images_list_expands_bundles_too(
         assert f"sha256-{item.digest[7:]}.imgpkg" in tags
         assert skopeo(dest, f"{repo}@{item.digest}") == item.manifest
     assert f"sha256-{corpus.root.digest[7:]}.image-locations.imgpkg" in tags
+
+
+def test_a_single_copy_of_a_bundle_brings_its_images(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo
+) -> None:
+    """`copy BUNDLE DESTINATION` (as `imgpkg copy -b`): never the bundle without its images."""
+    corpus = Corpus(plain_registry, "copy3", 760)
+    dest = make_registry("plain")
+    out = cli("copy", corpus.root_ref, f"{dest.host}/one/bundle:v1", "-q")
+    assert out.code == 0, out.err
+    tags = set(SeedClient.for_registry(dest).list_tags("one/bundle"))
+    assert "v1" in tags
+    for item in (corpus.package, corpus.contour_image, corpus.envoy):
+        assert f"sha256-{item.digest[7:]}.imgpkg" in tags
+        assert skopeo(dest, f"one/bundle@{item.digest}") == item.manifest
+    assert f"sha256-{corpus.root.digest[7:]}.image-locations.imgpkg" in tags

@@ -103,7 +103,8 @@ def test_a_quiet_copy_and_its_rerun_leave_them_too(
     plain_registry: RegistryProcess, tmp_path: Path
 ) -> None:
     """Not only `--help`: a real quiet copy (and its no-op rerun) draws nothing and reads no
-    certificate, so neither rich nor cryptography is imported."""
+    certificate, so neither rich nor cryptography is imported. (It resolves its source as a
+    list is, for bundles and attachments: that part is loaded.)"""
     seed_image(plain_registry, "lazy/src", "v1", seed=71)
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env["DOCKER_CONFIG"] = str(tmp_path)
@@ -111,7 +112,8 @@ def test_a_quiet_copy_and_its_rerun_leave_them_too(
     for _run in ("copy", "no-op rerun"):
         loaded = _modules_after(*argv, env=env)
         assert "transship.engine" in loaded
-        for lazy in (*LAZY_FOR_COPY, "yaml"):
+        resolving = ("transship.ops.listcache", "transship.ops.listed")
+        for lazy in (*(m for m in LAZY_FOR_COPY if m not in resolving), "yaml"):
             assert lazy not in loaded, lazy
 
 

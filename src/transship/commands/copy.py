@@ -94,7 +94,8 @@ def copy(
         if shard is not None:
             raise UsageError("--shard splits a plan: give --plan, --images or --script")
         single: Plan | None = Plan((single_entry(source, destination),))
-        resolve = False
+        # resolved as a list is: a bundle brings its images, an image its attachments
+        resolve = True
         cut = None
     else:
         if plan is None:
