@@ -446,3 +446,10 @@ def test_download_bundle_yaml_cannot_climb_out_of_the_prefix(cli: CLI, tmp_path:
     assert {p["destination"] for p in json.loads(listing.read_text())["push"]} == {
         "r.example/tkg/app/a"
     }
+
+
+def test_a_plain_directory_of_tars_says_what_it_needs(cli: CLI, tmp_path: Path) -> None:
+    directory = _set_dir(tmp_path)  # tars, but no publish-images-fromtar.yaml
+    out = cli("plan", "imgpkg-tars", str(directory))
+    assert out.code == ExitCode.USAGE
+    assert "needs publish-images-fromtar.yaml" in out.error_line and "--script" in out.error_line

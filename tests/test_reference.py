@@ -75,6 +75,9 @@ def test_round_trip_and_identifier():
             "drop the docker:// prefix (transship takes 'reg.example/app:v1')",
         ),
         ("https://reg.example/app", "drop the https:// prefix"),
+        ("127.0.0.1:5000", "names a registry, not an image"),
+        ("localhost:5000", "names a registry, not an image"),
+        ("registry.example:443", "e.g. registry.example:443/REPO:TAG"),
     ],
 )
 def test_invalid(text: str, fragment: str):

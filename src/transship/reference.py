@@ -31,6 +31,17 @@ def _fail(text: str, why: str) -> InvalidReferenceError:
     return InvalidReferenceError(f"invalid image reference {text!r}: {why}")
 
 
+def _looks_like_host_port(name: str, tag: str) -> bool:
+    """`127.0.0.1:5000`, `localhost:5000`, `registry.example:443`: a registry named where an
+    image was meant (a port for a tag, a host for a Docker Hub name)."""
+    if not (tag.isdigit() and 1 <= len(tag) <= 5):
+        return False
+    if name == "localhost" or re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", name):
+        return True
+    last = name.rsplit(".", 1)[-1]
+    return "." in name and len(tag) >= 2 and last.isalpha() and len(last) >= 2
+
+
 def _looks_like_domain(first: str) -> bool:
     return "." in first or ":" in first or first == "localhost" or first != first.lower()
 
@@ -70,6 +81,10 @@ class Reference:
         if not rest:
             raise _fail(text, "no repository name")
         first, sep, remainder = rest.partition("/")
+        if not sep and tag is not None and _looks_like_host_port(rest, tag):
+            raise _fail(  # docker.io/library/127.0.0.1:5000 is never what was meant
+                text, f"names a registry, not an image: add the repository, e.g. {text}/REPO:TAG"
+            )
         if sep and _looks_like_domain(first):
             registry, path = first, remainder
             if not _DOMAIN.match(registry):

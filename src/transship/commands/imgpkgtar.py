@@ -131,6 +131,12 @@ def plan_imgpkg_tars(
     setup_logging(verbose, quiet)
     targets = imgpkg_targets(archive, script_file, tars_dir, dest)
     if targets is None:
+        if archive is not None and archive.is_dir():
+            raise UsageError(
+                f"{archive}: a directory of imgpkg tars needs publish-images-fromtar.yaml "
+                "(which tar goes to which repository); give one tar with --dest, or the "
+                "from-tar script with --script"
+            )
         raise UsageError(f"{archive}: not an imgpkg tar nor a download-bundle directory")
     load, doc = tar_listing(targets)
     try:
