@@ -88,9 +88,6 @@ class PinnedFiles:
         self._reported: set[Path] = set()  # one log line per changed (or replaced) file
         self._lock = threading.Lock()  # `pin` from request threads (a file unreadable at start)
 
-    def __len__(self) -> int:
-        return len(self._files)
-
     def pin(self, path: Path) -> None:
         """Record the file (open it while the budget lasts); called at index time."""
         with self._lock:
