@@ -102,7 +102,7 @@ def test_kill_and_resume_resends_nothing_that_landed(
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(0.2)
+    dest.settle_log()  # a PUT whose bytes had all arrived completes after the kill
     first = set(uploaded_digests(dest.blob_uploads()))
     assert first and first != corpus["unique_blobs"], "the kill came too late to test resume"
     mark = dest.log_offset()

@@ -643,6 +643,7 @@ def test_repeated_kill_9_then_rerun_resends_at_most_what_was_in_flight(
         time.sleep(rng.uniform(0.4, 0.9))  # the interpreter itself takes ~0.3 s to start
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        dest.settle_log(quiet=0.2)  # what was in flight lands (or fails) before the next start
     final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
     dest.wait_for_log(r"PUT /v2/k/")
