@@ -36,7 +36,7 @@ from harness.seed import (
 from harness.skopeo import Skopeo
 
 from transship.digest import Digest
-from transship.errors import RegistryError
+from transship.errors import ExitCode, RegistryError
 from transship.manifest import Descriptor, Referrer, parse_referrers
 from transship.plan.attachments import (
     attachment_phases,
@@ -331,6 +331,29 @@ def test_a_single_copy_brings_the_image_attachments_too(
               "-q")  # fmt: skip
     assert out.code == 0, out.err
     assert SeedClient.for_registry(dest).list_tags("bare/app") == ["v1"]
+
+
+def test_verify_of_a_list_checks_the_attachments_copy_brought(
+    cli: CLI, seeded: Seeded, make_registry: Any, tmp_path: Path
+) -> None:
+    """`verify --images` resolves the list as `copy --images` does: a destination without the
+    signatures, attestations and referrers is incomplete, unless `--no-attachments` says so."""
+    dest = make_registry("plain")
+    listing = str(image_list(tmp_path, seeded))
+    where = ("--dest", f"{dest.host}/{DEST}")
+    bare = cli("copy", "--images", listing, *where, "--no-attachments", "-q")
+    assert bare.code == 0, bare.err
+    checked = cli("verify", "--images", listing, *where)
+    assert checked.code == ExitCode.INCOMPLETE, checked.err + checked.out
+    assert "missing" in checked.out, checked.out
+    assert cli("verify", "--images", listing, *where, "--no-attachments", "-q").code == 0
+    assert cli("verify", "--images", listing, *where, "--no-resolve", "-q").code == 0
+    full = cli("copy", "--images", listing, *where, "-q")
+    assert full.code == 0, full.err
+    checked = cli("verify", "--images", listing, *where, "--report", str(tmp_path / "r.json"))
+    assert checked.code == 0, checked.err + checked.out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sum(1 for c in report["entries"] if c["kind"] == "attachment") == len(seeded.attached)
 
 
 # --- failures -----------------------------------------------------------------------------

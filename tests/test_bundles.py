@@ -38,7 +38,7 @@ from harness.skopeo import Skopeo
 
 from transship.connect import RegistryPool, SideSettings
 from transship.digest import Digest
-from transship.errors import BundleError, PlanError, UsageError
+from transship.errors import BundleError, ExitCode, PlanError, UsageError
 from transship.imgpkg.bundle import parse_images_lock
 from transship.imgpkg.locations import (
     ImageLocation,
@@ -675,3 +675,26 @@ def test_a_single_copy_of_a_bundle_brings_its_images(
         assert f"sha256-{item.digest[7:]}.imgpkg" in tags
         assert skopeo(dest, f"one/bundle@{item.digest}") == item.manifest
     assert f"sha256-{corpus.root.digest[7:]}.image-locations.imgpkg" in tags
+
+
+def test_verify_of_a_list_checks_the_images_of_its_bundles(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """`verify --images` resolves like `copy --images`: a bundle copied thin (here by skopeo,
+    as a plain image) leaves the destination incomplete; after transship's copy it is not."""
+    corpus = Corpus(plain_registry, "verify2", 770)
+    dest = make_registry("plain")
+    listing = str(write_list(tmp_path, corpus.root_ref))
+    repo = f"mirror/{corpus.repo_path}"
+    skopeo.copy(plain_registry, f"{corpus.repo_path}:v1.5.3", dest, f"{repo}:v1.5.3")
+    where = ("--dest", f"{dest.host}/mirror")
+    thin = cli("verify", "--images", listing, *where)
+    assert thin.code == ExitCode.INCOMPLETE, thin.err + thin.out
+    assert cli("verify", "--images", listing, *where, "--no-resolve", "-q").code == 0
+    copied = cli("copy", "--images", listing, *where, "-q")
+    assert copied.code == 0, copied.err
+    checked = cli("verify", "--images", listing, *where, "--report", str(tmp_path / "r.json"))
+    assert checked.code == 0, checked.err + checked.out
+    report = json.loads((tmp_path / "r.json").read_text())
+    kinds = [c["kind"] for c in report["entries"]]
+    assert "bundle" in kinds and kinds.count("bundle-referenced") >= 3, kinds

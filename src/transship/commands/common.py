@@ -431,8 +431,10 @@ def add_shard_rows(table: Table, shard: ShardAccount) -> None:
     """The summary's shard lines: which part, and the blobs other shards need too."""
     info = shard.to_dict()
     table.add_row("shard", f"{shard.split.shard} ({info['repositories']} repositories)")
-    shared = "not counted" if shard.shared is None else (
-        f"{info['shared_blobs']} ({human_bytes(info['shared_bytes'])})"
+    shared = (
+        "not counted"
+        if shard.shared is None
+        else (f"{info['shared_blobs']} ({human_bytes(info['shared_bytes'])})")
     )
     sent = f"{info['shared_blobs_sent']} ({human_bytes(info['shared_bytes_sent'])})"
     table.add_row("blobs shared with other shards / sent here too", f"{shared} / {sent}")
@@ -454,7 +456,13 @@ def exit_code_for(results: Sequence[TaskResult]) -> int:
 
 
 async def resolve_listed(
-    plan: Plan, sources: RegistryPool, parallel: int, quiet: bool, *, attachments: bool
+    plan: Plan,
+    sources: RegistryPool,
+    parallel: int,
+    quiet: bool,
+    *,
+    attachments: bool,
+    held_back_outcome: str = "it is not copied (a bundle without its images would break imgpkg)",
 ) -> tuple[Plan, list[PlanEntry]]:
     """Resolve a list or script (`ops.listed`) and tell people what was left out and why."""
     from transship.ops.listcache import ListCache, default_directory
@@ -471,8 +479,8 @@ async def resolve_listed(
         print(f"transship: warning: not copied: {gap.source}: {gap.reason}", file=sys.stderr)
     for entry in listed.held_back:
         print(
-            f"transship: error: bundle {entry.source} could not be expanded, so it is not "
-            "copied (a bundle without its images would break imgpkg); see the warnings above",
+            f"transship: error: bundle {entry.source} could not be expanded, so "
+            f"{held_back_outcome}; see the warnings above",
             file=sys.stderr,
         )
     return listed.plan, list(listed.held_back)
@@ -483,9 +491,18 @@ async def run_verify(
     src_settings: SideSettings,
     dest_settings: SideSettings,
     options: VerifyOptions,
+    *,
+    listed: bool = False,
+    attachments: bool = True,
+    quiet: bool = False,
 ) -> VerifyResult:
-    """Open both sides, verify, close: shared by `verify` and `tkg config`."""
+    """Open both sides, verify, close: shared by `verify` and `tkg config`.
+
+    A `listed` plan (an image list or old script) is resolved first, as `copy` resolves it,
+    so the signatures, attestations and bundle images that copy brought are checked too.
+    """
     from transship.harbor.accessories import HarborIndexLister, check_accessories
+    from transship.ops.tasks import without_attachments
     from transship.ops.verify import verify_plan
 
     sources = RegistryPool(src_settings)
@@ -493,6 +510,19 @@ async def run_verify(
     if options.index_lister is None:  # on Harbor, index children without a manifest GET
         options = replace(options, index_lister=HarborIndexLister(dests.registry_of))
     try:
+        if listed:
+            plan, held_back = await resolve_listed(
+                plan,
+                sources,
+                options.parallel,
+                quiet,
+                attachments=attachments,
+                held_back_outcome="only its own tag is checked, not its images",
+            )
+            # checked as listed: present or not, and named among the unexpanded bundles
+            plan = replace(plan, entries=plan.entries + tuple(held_back))
+        elif not attachments:
+            plan = without_attachments(plan)
         result = await verify_plan(plan, sources.get, dests.get, options)
         # on Harbor: are signatures and referrers attached as accessories?
         await check_accessories(result, dests.get, dests.registry_of)

@@ -47,6 +47,11 @@ from transship.tkg.env import tkg_dest_defaults
     is_flag=True,
     help="Do not ask the source for digests the plan lacks: check those entries for presence.",
 )
+@click.option(
+    "--no-attachments",
+    is_flag=True,
+    help="Do not check signatures, attestations and referrers (for a copy --no-attachments).",
+)
 @SHARD
 @parallel_option(32, "Requests in flight at once.")
 @click.option(
@@ -63,6 +68,7 @@ def verify(
     dest_prefix: str | None,
     deep: bool,
     no_resolve: bool,
+    no_attachments: bool,
     shard: Shard | None,
     parallel: int,
     report: Path | None,
@@ -76,7 +82,9 @@ def verify(
     expected digest (the plan's sourceDigest, else the source's current digest, read with the
     --src-* options); every child of an index is there (HEAD by digest); with --deep every blob
     of every manifest is there too. Bundles are checked like images; the images a bundle
-    references are checked as the plan's bundle-referenced entries.
+    references are checked as the plan's bundle-referenced entries. A list or script is first
+    resolved as copy resolves it, so the images of its bundles and the signatures, attestations
+    and referrers of its images are checked too (--no-resolve: only what is listed).
 
     After a sharded copy (--shard I/N on N hosts), verify the whole plan (no --shard): exit 0
     proves every shard finished; --shard I/N checks one part.
@@ -92,7 +100,19 @@ def verify(
         raise UsageError("give what to verify: --plan FILE, --images FILE or --script FILE")
     plan, _ = shard_part(plan, shard, quiet)  # one host's part; without --shard, all of it
     options = VerifyOptions(deep=deep, resolve=not no_resolve, parallel=parallel)
-    result = asyncio.run(run_verify(plan, src_settings, dest_settings, options))
+    # A list or old script is resolved as copy resolves it: what copy brought is checked.
+    listed = plan_file is None and not no_resolve
+    result = asyncio.run(
+        run_verify(
+            plan,
+            src_settings,
+            dest_settings,
+            options,
+            listed=listed,
+            attachments=not no_attachments,
+            quiet=quiet,
+        )
+    )
     if report is not None:
         write_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
     if not quiet:
