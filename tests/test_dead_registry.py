@@ -10,6 +10,7 @@ with an injected clock that starts at zero, as on a freshly booted machine.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -346,8 +347,13 @@ def test_verify_against_a_dead_destination(
 ) -> None:
     dead = closed_port()
     plan = make_plan(cli, tmp_path, many_refs(many), f"{dead}/mirror")
-    out, seconds = timed(cli, "verify", "--plan", str(plan))
+    report = tmp_path / "verify.json"
+    report.write_text('{"exitCode": 0, "complete": true}')  # an old run's answer
+    out, seconds = timed(cli, "verify", "--plan", str(plan), "--report", str(report))
     assert_stopped(out, seconds, dead, "connection refused")
+    doc = json.loads(report.read_text())  # this run's answer, as $? gives it
+    assert doc["exitCode"] == ExitCode.UNREACHABLE and doc["complete"] is False, doc
+    assert dead in doc["error"], doc
 
 
 def test_save_from_a_dead_source(

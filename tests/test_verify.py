@@ -84,7 +84,7 @@ def test_complete_after_copy_one_head_per_tag(
     assert out.code == 0, out.out + out.err
     assert "complete: 4 entries, 4 tags" in out.out
     doc = json.loads(report.read_text())
-    assert doc["complete"] is True
+    assert doc["complete"] is True and doc["exitCode"] == 0
     assert {e["status"] for e in doc["entries"]} == {"ok"}
     by_dest = {e["destination"].split("/")[-1]: e for e in doc["entries"]}
     assert by_dest["multi"]["expected"] == copied["multi"].digest
@@ -116,7 +116,7 @@ def test_deleted_child_and_moved_tag_are_reported(
     assert "INCOMPLETE: 2 of 4 entries — 1 different, 1 with missing content" in out.out
     assert "child-missing" in out.out and "different" in out.out
     doc = json.loads(report.read_text())
-    assert doc["complete"] is False
+    assert doc["complete"] is False and doc["exitCode"] == ExitCode.INCOMPLETE
     by_dest = {e["destination"].split("/")[-1]: e for e in doc["entries"]}
     assert by_dest["multi"]["status"] == "incomplete"
     [missing] = by_dest["multi"]["problems"]

@@ -7,6 +7,7 @@ or a tag that moved shows up here, not as an ImagePullBackOff on a half-created 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from transship.commands.common import (
     side_settings,
 )
 from transship.commands.rendering import print_result, wide_console
-from transship.errors import ExitCode, UsageError
+from transship.errors import ExitCode, UsageError, exit_code_of
 from transship.fsutil import write_atomic
 from transship.ops.verify import VerifyOptions
 from transship.plan.shard import Shard
@@ -102,22 +103,43 @@ def verify(
     options = VerifyOptions(deep=deep, resolve=not no_resolve, parallel=parallel)
     # A list or old script is resolved as copy resolves it: what copy brought is checked.
     listed = plan_file is None and not no_resolve
-    result = asyncio.run(
-        run_verify(
-            plan,
-            src_settings,
-            dest_settings,
-            options,
-            listed=listed,
-            attachments=not no_attachments,
-            quiet=quiet,
+    try:
+        result = asyncio.run(
+            run_verify(
+                plan,
+                src_settings,
+                dest_settings,
+                options,
+                listed=listed,
+                attachments=not no_attachments,
+                quiet=quiet,
+            )
         )
-    )
+    except BaseException as exc:  # the registry could not be checked: the report says so
+        if report is not None:
+            with contextlib.suppress(Exception):  # never hide the run's own error behind it
+                write_atomic(report, json.dumps(unchecked_report(exc), indent=2) + "\n")
+        raise
+    code = ExitCode.OK if result.complete else ExitCode.INCOMPLETE
     if report is not None:
-        write_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
+        doc = {"version": 1, "exitCode": int(code), **result.to_dict()}
+        write_atomic(report, json.dumps(doc, indent=2) + "\n")
     if not quiet:
         print_result(result, wide_console(stderr=False))
-    return ExitCode.OK if result.complete else ExitCode.INCOMPLETE
+    return code
+
+
+def unchecked_report(exc: BaseException) -> dict[str, Any]:
+    """The report of a verify that ended before it could tell: its exit code and why, so a
+    script reading the file never takes an old or missing answer for this run's."""
+    return {
+        "version": 1,
+        "exitCode": exit_code_of(exc),
+        "complete": False,
+        "interrupted": isinstance(exc, KeyboardInterrupt),
+        "error": str(exc) or type(exc).__name__,
+        "entries": [],
+    }
 
 
 COMMANDS = [verify]
