@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from clirunner import CLI
 from harness.pki import PKI
 from harness.registry import RegistryProcess
 from harness.seed import SeedClient, build_image, seed_image, seed_index
+from harness.skopeo import Skopeo
 
 from transship.digest import Digest
 from transship.errors import ExitCode
@@ -245,3 +247,64 @@ def test_nothing_to_verify_is_a_usage_error(cli: CLI) -> None:
     out = cli("verify")
     assert out.code == ExitCode.USAGE
     assert "--plan" in out.error_line
+
+
+def test_copy_repair_sends_what_the_destination_lost(
+    cli: CLI, copied: dict, pki: PKI, skopeo: Skopeo
+) -> None:
+    """A registry that lost a layer (garbage collection, a partial restore) and an index child:
+    `verify --deep` finds both and says how to mend; a plain copy trusts the manifests that
+    are there and sends nothing; `copy --repair` sends exactly what was lost."""
+    dest: RegistryProcess = copied["dest"]
+    repo = copied["repo"]
+    lost_layer = copied["one"].layers[0].digest
+    dest.blob_path(lost_layer).unlink()
+    lost_child = copied["multi"].images[0]
+    SeedClient.for_registry(dest).delete_manifest(repo("multi"), lost_child.digest)
+    copy_args = ["copy", "--images", str(copied["listing"]), "--dest", f"{dest.host}/mirror",
+                 *dest_args(pki), "-q"]  # fmt: skip
+
+    found = cli(*verify_args(copied, pki, "--deep"))
+    assert found.code == ExitCode.INCOMPLETE, found.out + found.err
+    assert "blob-missing" in found.out and "child-missing" in found.out, found.out
+    assert "copy --repair" in found.out, found.out
+    mark = dest.log_offset()
+    plain = cli(*copy_args)
+    assert plain.code == 0, plain.err
+    assert not dest.requests("PUT", since=mark), "a plain copy trusts the manifests there"
+    assert cli(*verify_args(copied, pki, "--deep", "-q")).code == ExitCode.INCOMPLETE
+
+    mark = dest.log_offset()
+    repaired = cli(*copy_args, "--repair")
+    assert repaired.code == 0, repaired.err
+    dest.settle_log(quiet=0.3)
+    sent = [e.path for e in dest.blob_uploads(since=mark)]
+    assert len(sent) == 1 and lost_layer in unquote(sent[0]), sent  # that layer, once
+    assert dest.requests("PUT", rf"/manifests/{lost_child.digest}", since=mark)
+    assert cli(*verify_args(copied, pki, "--deep", "-q")).code == 0
+    assert skopeo(dest, f"{repo('multi')}@{lost_child.digest}") == lost_child.manifest
+
+
+def test_load_repair_sends_what_the_destination_lost(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path
+) -> None:
+    """`load --repair` as `copy --repair`: from the archive, only the layer the registry lost."""
+    image = seed_image(plain_registry, "repair/load", "v1", seed=4711)
+    listing = tmp_path / "images.txt"
+    listing.write_text(plain_registry.ref("repair/load:v1") + "\n")
+    archive = tmp_path / "archive"
+    assert cli("save", "--images", str(listing), "-o", str(archive), "-q").code == 0
+    dest = make_registry("plain")
+    load = ["load", str(archive), "--dest", f"{dest.host}/far", "-q"]
+    assert cli(*load).code == 0
+    lost = image.layers[0].digest
+    dest.blob_path(lost).unlink()
+    mark = dest.log_offset()
+    assert cli(*load).code == 0
+    assert not dest.requests("PUT", since=mark), "a plain load trusts the manifest there"
+    repaired = cli(*load, "--repair")
+    assert repaired.code == 0, repaired.err
+    dest.settle_log(quiet=0.3)
+    sent = [unquote(e.path) for e in dest.blob_uploads(since=mark)]
+    assert len(sent) == 1 and lost in sent[0], sent
+    assert dest.has_blob(lost)

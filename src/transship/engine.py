@@ -162,6 +162,9 @@ class EngineOptions:
     rate_limit: TokenBucket | None = None
     #: where earlier runs landed blobs (`transship.landed`): a resumed run mounts from there
     landed_log: LandedLog | None = None
+    #: `--repair`: walk every manifest and blob even where the top manifest is there, so
+    #: content the destination lost (garbage collection, a partial restore) is sent again
+    repair: bool = False
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -379,7 +382,8 @@ class CopyEngine:
     async def copy_one(self, task: CopyTask) -> tuple[Status, Digest]:
         """Copy one task's manifest graph; 'skipped' when the destination already has it."""
         pinned = not task.platforms and ":" in task.source_identifier
-        if pinned:
+        trust = not self.options.repair  # a manifest there stands for everything below it
+        if pinned and trust:
             # Pinned by digest (a resolved plan): ask the destination first, so a complete
             # destination costs one HEAD per tag and nothing at the source.
             digest = Digest.parse(task.source_identifier)
@@ -390,8 +394,10 @@ class CopyEngine:
         if task.platforms and manifest.is_index:
             manifest = await self._pick_platform(task, manifest)
         tags = task.dest_tags
-        if not pinned and await self._dest_has(
-            task.dest, task.dest_repository, manifest.digest, tags
+        if (
+            not pinned
+            and trust
+            and await self._dest_has(task.dest, task.dest_repository, manifest.digest, tags)
         ):
             self.stats.manifests_present += 1
             return "skipped", manifest.digest
@@ -577,7 +583,10 @@ class CopyEngine:
     async def _land_child(
         self, task: CopyTask, child: Descriptor, depth: int, seen: frozenset[Digest]
     ) -> None:
-        if await self._tag_view(task.dest, task.dest_repository) is not None:
+        if (
+            not self.options.repair
+            and await self._tag_view(task.dest, task.dest_repository) is not None
+        ):
             found = await task.dest.head_manifest(task.dest_repository, str(child.digest))
             if found is not None and found.digest == child.digest:
                 self.stats.manifests_present += 1

@@ -245,6 +245,7 @@ def load(
     lock_output: Path | None,
     preflight: bool,
     limit_rate: int | None,
+    repair: bool,
     verbose: int,
     quiet: bool,
     **kwargs: Any,
@@ -271,6 +272,7 @@ def load(
             quiet=quiet,
             projects=projects,
             limit_rate=limit_rate,
+            repair=repair,
         )
     assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
     job = LoadJob.open(archive, finished=True)
@@ -287,7 +289,7 @@ def load(
             if preflight:
                 await check_destinations(phases, parallel)
             results = await run_engine(
-                phases, record, lock_output, quiet, parallel, unique, limit_rate
+                phases, record, lock_output, quiet, parallel, unique, limit_rate, repair=repair
             )
             await after_push(results)
             return results

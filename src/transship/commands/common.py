@@ -157,7 +157,8 @@ REPORT_FILE: dict[str, Any] = {**OUTPUT_FILE, "callback": _fresh_report}
 
 def push_options(func: F) -> F:
     """What every command that pushes into a registry takes: parallelism, outputs, preflight,
-    verbosity (`--parallel`, `--report`, `--lock-output`, `--preflight`, `-v`, `-q`)."""
+    pacing, repair, verbosity (`--parallel`, `--report`, `--lock-output`, `--preflight`,
+    `--limit-rate`, `--repair`, `-v`, `-q`)."""
     options = [
         parallel_option(16, "Images in flight at once."),
         click.option(
@@ -176,6 +177,12 @@ def push_options(func: F) -> F:
             help="Before moving bytes, check every destination repository accepts a push.",
         ),
         LIMIT_RATE,
+        click.option(
+            "--repair",
+            is_flag=True,
+            help="Check every manifest and blob at the destination, even below a manifest "
+            "that is there, and send what is missing (after verify --deep found lost blobs).",
+        ),
         click.option("-v", "--verbose", count=True, help="More logging (-vv for debug)."),
         click.option("-q", "--quiet", is_flag=True, help="Only errors."),
     ]
@@ -354,6 +361,8 @@ async def run_engine(
     unique_bytes: int | None = None,
     limit_rate: int | None = None,
     shard: ShardAccount | None = None,
+    *,
+    repair: bool = False,
 ) -> list[TaskResult]:
     """Run the phases with progress: `unique_bytes` (the plan's, each blob once) and the tasks'
     sizes give the total to send and the ETA. With `shard`, the summary and the report say
@@ -362,7 +371,10 @@ async def run_engine(
     landed_dir = landed.default_directory()
     landed_log = LandedLog(landed_dir) if landed_dir is not None else None
     options = EngineOptions(
-        parallel_images=parallel, rate_limit=rate_limit(limit_rate), landed_log=landed_log
+        parallel_images=parallel,
+        rate_limit=rate_limit(limit_rate),
+        landed_log=landed_log,
+        repair=repair,
     )
     console = None
     if not quiet:  # a quiet run draws nothing: no bars, no summary table

@@ -66,6 +66,7 @@ def copy(
     report: Path | None,
     lock_output: Path | None,
     no_attachments: bool,
+    repair: bool,
     shard: Shard | None,
     preflight: bool,
     limit_rate: int | None,
@@ -141,6 +142,7 @@ def copy(
             chosen.unique_bytes,
             limit_rate,
             account,
+            repair=repair,
         )
         await after_push(results)
         for entry in held_back:  # counted as failed: the exit code says partial

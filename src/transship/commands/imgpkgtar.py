@@ -58,6 +58,7 @@ def load_imgpkg_tars(
     quiet: bool,
     projects: ProjectSettings,
     limit_rate: int | None = None,
+    repair: bool = False,
 ) -> int:
     """Push every tar as one engine run; exit codes as `copy` (9 if the final check finds a
     hole)."""
@@ -73,7 +74,14 @@ def load_imgpkg_tars(
             if preflight:
                 await check_destinations(job.phases, parallel)
             results = await run_engine(
-                job.phases, record, lock_output, quiet, parallel, job.load.send_bytes, limit_rate
+                job.phases,
+                record,
+                lock_output,
+                quiet,
+                parallel,
+                job.load.send_bytes,
+                limit_rate,
+                repair=repair,
             )
             await after_push(results)
             results = await job.finish(results, parallel)

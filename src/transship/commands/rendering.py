@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from transship.ops.verify import VerifyResult
+from transship.ops.verify import BLOB_MISSING, CHILD_MISSING, VerifyResult
 
 MAX_ROWS = 200
 
@@ -48,3 +48,11 @@ def print_result(result: VerifyResult, console: Console) -> None:
             highlight=False,
         )
     console.print(result.summary(), highlight=False, soft_wrap=True)
+    lost = {BLOB_MISSING, CHILD_MISSING}
+    if any(problem.kind in lost for _check, problem in result.problems):
+        console.print(
+            "hint: a manifest is there but content below it is not: `transship copy --repair` "
+            "with the same plan sends what is missing (a plain copy trusts the manifest)",
+            highlight=False,
+            soft_wrap=True,
+        )
