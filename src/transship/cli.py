@@ -13,7 +13,7 @@ import click
 
 from transship.buildinfo import adopt_system_roots, import_http_client, version_line
 from transship.commands import all_commands, command
-from transship.errors import ExitCode, TransshipError, io_error
+from transship.errors import ExitCode, TransshipError, as_outcome
 from transship.harbor.advice import install as install_harbor_advice
 
 
@@ -77,20 +77,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     adopt_system_roots()
     try:
         code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
-    except TransshipError as exc:
-        print(f"transship: error: {exc}", file=sys.stderr)
-        sys.exit(int(exc.exit_code))
-    except click.exceptions.Abort:
-        print("transship: interrupted", file=sys.stderr)
-        sys.exit(int(ExitCode.INTERRUPTED))
+    except click.exceptions.Abort:  # click's own Ctrl-C (at a prompt)
+        outcome = as_outcome(KeyboardInterrupt())
     except click.ClickException as exc:
-        print(f"transship: error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(int(ExitCode.USAGE))
-    except KeyboardInterrupt:
-        print("transship: interrupted", file=sys.stderr)
-        sys.exit(int(ExitCode.INTERRUPTED))
-    except OSError as exc:  # a file the user named cannot be read or written: one line
-        error = io_error(exc.filename or "transship", exc)
-        print(f"transship: error: {error}", file=sys.stderr)
-        sys.exit(int(error.exit_code))
-    sys.exit(int(code) if isinstance(code, int) else 0)
+        outcome = int(ExitCode.USAGE), f"error: {exc.format_message()}"
+    except (TransshipError, KeyboardInterrupt, OSError) as exc:
+        outcome = as_outcome(exc)
+    else:
+        sys.exit(int(code) if isinstance(code, int) else 0)
+    assert outcome is not None
+    exit_code, line = outcome
+    print(f"transship: {line}", file=sys.stderr)
+    sys.exit(exit_code)

@@ -313,13 +313,21 @@ class NamespaceFullError(RegistryError):
         return repository == self.namespace or repository.startswith(self.namespace + "/")
 
 
-def exit_code_of(exc: BaseException) -> int:
-    """The code the CLI exits with for `exc` (as `transship.cli.main` maps it), for a report
-    written on the way out."""
+def as_outcome(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and the one line the CLI ends with for `exc`, or None for what is not
+    ours to describe (a bug: Python's traceback says more). The one mapping: `cli.main`
+    prints and exits with it, a report written on the way out records the same code."""
     if isinstance(exc, TransshipError):
-        return int(exc.exit_code)
+        return int(exc.exit_code), f"error: {exc}"
     if isinstance(exc, KeyboardInterrupt):
-        return int(ExitCode.INTERRUPTED)
-    if isinstance(exc, OSError):
-        return int(io_error(exc.filename or "transship", exc).exit_code)
-    return 1  # anything else ends the process as Python does
+        return int(ExitCode.INTERRUPTED), "interrupted"
+    if isinstance(exc, OSError):  # a file the user named cannot be read or written
+        error = io_error(exc.filename or "transship", exc)
+        return int(error.exit_code), f"error: {error}"
+    return None
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The code the CLI exits with for `exc`, for a report written on the way out."""
+    outcome = as_outcome(exc)
+    return outcome[0] if outcome is not None else 1  # as Python ends on an uncaught error
