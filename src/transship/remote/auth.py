@@ -111,8 +111,10 @@ def from_docker_config(host: str, path: Path | None = None) -> Credentials | Non
         if not isinstance(entry, dict):
             continue
         if entry.get("identitytoken"):
-            user = _decode_auth(entry, path, key)[0] if entry.get("auth") else ""
-            return Credentials(user, "", str(entry["identitytoken"]), source=str(path))
+            # the password too, if `auth` has one: a token service without OAuth2 is asked
+            # by GET with Basic user:password instead, as go-containerregistry does
+            user, password = _decode_auth(entry, path, key) if entry.get("auth") else ("", "")
+            return Credentials(user, password, str(entry["identitytoken"]), source=str(path))
         if entry.get("auth"):
             user, password = _decode_auth(entry, path, key)
             return Credentials(user, password, source=str(path))
@@ -188,6 +190,19 @@ class TokenCache:
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
+
+
+def identity_token_refused(
+    host: str, creds: Credentials, option: str, why: str = ""
+) -> AuthenticationError:
+    """The identity token of a Docker config (or helper) that the token service did not take:
+    said as such, since "wrong password" would send people looking for a password they never
+    typed."""
+    return AuthenticationError(
+        f"the token service of {host} refused the identitytoken for {host} in {creds.source}"
+        + (f": {why}" if why else ""),
+        hint=f"run 'docker login {host}' again, or pass {option} USER:PASSWORD",
+    )
 
 
 def missing_credentials(host: str, challenge: Challenge, option: str) -> AuthenticationError:

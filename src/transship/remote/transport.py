@@ -31,7 +31,13 @@ from transship.errors import (
     TransshipError,
     UnreachableError,
 )
-from transship.remote.auth import Challenge, Credentials, TokenCache, missing_credentials
+from transship.remote.auth import (
+    Challenge,
+    Credentials,
+    TokenCache,
+    identity_token_refused,
+    missing_credentials,
+)
 from transship.remote.health import HostHealth, NoAnswerError
 from transship.remote.tls import CABundle, peer_certificate_summary, shared_ssl_context
 from transship.retry import Attempts, RetryPolicy, parse_retry_after
@@ -132,6 +138,9 @@ class Transport:
         #: service refused a whole request for them
         self._short: set[str] = set()
         self._hubs_off = False
+        #: an identity token's service had no OAuth2 endpoint and the config no password, so
+        #: its tokens are anonymous ones: a refusal is then said as one of the identity token
+        self._identity_anonymous = False
         #: connection failures of this host; hooks marked "health:" below feed and consult it
         self.health = HostHealth(host)
 
@@ -397,31 +406,28 @@ class Transport:
         if "service" in challenge.params:
             query.append(("service", challenge.params["service"]))
         query += [("scope", s) for s in scopes]
-        session = self._client()
-        timeout = aiohttp.ClientTimeout(
-            total=self.options.token_timeout, connect=self.options.connect_timeout
-        )
+        identity = creds is not None and bool(creds.identity_token)
         try:
-            if creds and creds.identity_token:
-                form = dict(query[:1])
-                form.update(
-                    grant_type="refresh_token",
-                    refresh_token=creds.identity_token,
-                    client_id="transship",
-                    scope=" ".join(scopes),
-                )
-                ctx = session.post(realm, data=form, timeout=timeout)
+            if creds is not None and identity:
+                status, body, retry_after = await self._token_post(realm, query, scopes, creds)
+                if status in (404, 405):
+                    # no OAuth2 endpoint (the token spec's GET is the one every service has):
+                    # ask by GET, with Basic only if the config also had a password, as
+                    # go-containerregistry does; the refresh token itself never goes there
+                    log.debug("token service of %s has no OAuth2 POST (%s): GET", self.host, status)
+                    basic = creds.basic() if creds.username and creds.password else None
+                    self._identity_anonymous = basic is None
+                    status, body, retry_after = await self._token_get(realm, query, basic)
             else:
-                headers = {"Authorization": creds.basic()} if creds and creds.username else {}
-                ctx = session.get(realm, params=query, headers=headers, timeout=timeout)
-            async with ctx as resp:
-                body = await resp.read()
-                status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                basic = creds.basic() if creds and creds.username else None
+                status, body, retry_after = await self._token_get(realm, query, basic)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise RetryableError(
                 f"cannot reach the token service of {self.host} ({realm}): {_describe(exc)}"
             ) from None
+        if identity and status in (400, 401, 403):  # OAuth2 says 400 invalid_grant
+            assert creds is not None
+            raise identity_token_refused(self.host, creds, self.options.creds_option)
         if status in (401, 403):
             if creds is None:
                 raise missing_credentials(self.host, challenge, self.options.creds_option)
@@ -443,6 +449,37 @@ class Transport:
         except (ValueError, KeyError, TypeError):
             raise AuthenticationError(f"token service of {self.host} gave no token") from None
         return token, float(doc.get("expires_in") or 60)
+
+    def _token_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=self.options.token_timeout, connect=self.options.connect_timeout
+        )
+
+    async def _token_get(
+        self, realm: str, query: list[tuple[str, str]], basic: str | None
+    ) -> tuple[int, bytes, float | None]:
+        """The token spec's `GET realm?service=&scope=`, with Basic credentials or none."""
+        headers = {"Authorization": basic} if basic else {}
+        async with self._client().get(
+            realm, params=query, headers=headers, timeout=self._token_timeout()
+        ) as resp:
+            body = await resp.read()
+            return resp.status, body, parse_retry_after(resp.headers.get("Retry-After"))
+
+    async def _token_post(
+        self, realm: str, query: list[tuple[str, str]], scopes: tuple[str, ...], creds: Credentials
+    ) -> tuple[int, bytes, float | None]:
+        """OAuth2 `POST realm` with the identity (refresh) token as `grant_type=refresh_token`."""
+        form = dict(query[:1])
+        form.update(
+            grant_type="refresh_token",
+            refresh_token=creds.identity_token,
+            client_id="transship",
+            scope=" ".join(scopes),
+        )
+        async with self._client().post(realm, data=form, timeout=self._token_timeout()) as resp:
+            body = await resp.read()
+            return resp.status, body, parse_retry_after(resp.headers.get("Retry-After"))
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -660,6 +697,14 @@ class Transport:
             if challenge.params.get("error") != "insufficient_scope" and not reauthed:
                 self._challenge = challenge  # expired or revoked token: fetch a new one
                 return
+            if self._identity_anonymous:
+                raise identity_token_refused(
+                    self.host,
+                    creds,
+                    self.options.creds_option,
+                    "the service has no OAuth2 endpoint and the entry no password, so only "
+                    "anonymous access was granted",
+                )
             raise permission_denied(self.host, scopes)
         raise AuthenticationError(
             f"wrong username or password for {self.host}",
