@@ -34,6 +34,7 @@ from transship.errors import (
 from transship.remote.auth import (
     Challenge,
     Credentials,
+    HelperMissingError,
     TokenCache,
     identity_token_refused,
     missing_credentials,
@@ -69,6 +70,10 @@ class TransportOptions:
     verify_tls: bool = True
     plain_http: bool = False
     credentials: Credentials | None = field(default=None, repr=False)
+    #: where credentials come from when none were given (the Docker config): called once, the
+    #: first time the registry asks for them (a 401), so a registry that never asks never
+    #: runs a credential helper
+    credential_lookup: Callable[[], Credentials | None] | None = field(default=None, repr=False)
     max_connections: int = 16
     retries: int = 5
     backoff_base: float = 0.5
@@ -143,6 +148,11 @@ class Transport:
         self._identity_anonymous = False
         #: connection failures of this host; hooks marked "health:" below feed and consult it
         self.health = HostHealth(host)
+        self._credentials = options.credentials
+        self._lookup = None if options.credentials else options.credential_lookup
+        self._lookup_lock = asyncio.Lock()
+        #: the lookup found a credential helper missing: said if the registry then refuses us
+        self._lookup_problem: HelperMissingError | None = None
 
     def attempts(self) -> Attempts:
         """A fresh retry budget for one operation against this host. Its backoff is
@@ -331,14 +341,47 @@ class Transport:
 
     # -- auth -------------------------------------------------------------------------------
 
+    @property
+    def known_credentials(self) -> Credentials | None:
+        """The credentials given, or found once the registry asked; never looks them up."""
+        return self._credentials
+
+    async def credentials(self) -> Credentials | None:
+        """The credentials to answer this registry's challenge with, looked up (Docker config,
+        credential helpers) the first time it has challenged us: a registry that needs no login
+        never runs a helper. A helper that is not installed is anonymous access, said at once
+        as a warning and again, with what to do, if the registry then refuses it."""
+        if self._lookup is None or self._challenge is None:
+            return self._credentials
+        async with self._lookup_lock:
+            lookup = self._lookup
+            if lookup is not None:  # else another request looked them up while this waited
+                try:
+                    self._credentials = await asyncio.to_thread(lookup)
+                except HelperMissingError as exc:
+                    self._lookup_problem = exc
+                    log.warning("%s asks for credentials: %s; going on without", self.host, exc)
+                self._lookup = None  # an unreadable config raised above: every request says so
+        return self._credentials
+
+    def _missing(self, challenge: Challenge) -> AuthenticationError:
+        """No credentials for a registry that wants them; a missing helper is the reason."""
+        problem = self._lookup_problem
+        if problem is None:
+            return missing_credentials(self.host, challenge, self.options.creds_option)
+        return AuthenticationError(
+            f"{self.host} requires credentials and {problem.message}",
+            hint=problem.fix(self.options.creds_option),
+        )
+
     async def _authorization(self, scopes: tuple[str, ...]) -> str | None:
         challenge = self._challenge
         if challenge is None:
             return None
-        creds = self.options.credentials
+        creds = await self.credentials()
         if challenge.scheme == "basic":
             if creds is None or not creds.username:
-                raise missing_credentials(self.host, challenge, self.options.creds_option)
+                raise self._missing(challenge)
             return creds.basic()
         if challenge.scheme == "bearer":
             key = " ".join(sorted(scopes))
@@ -401,7 +444,7 @@ class Transport:
         realm = challenge.params.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.host}: bearer challenge without a realm")
-        creds = self.options.credentials
+        creds = await self.credentials()
         query: list[tuple[str, str]] = []
         if "service" in challenge.params:
             query.append(("service", challenge.params["service"]))
@@ -430,7 +473,7 @@ class Transport:
             raise identity_token_refused(self.host, creds, self.options.creds_option)
         if status in (401, 403):
             if creds is None:
-                raise missing_credentials(self.host, challenge, self.options.creds_option)
+                raise self._missing(challenge)
             raise AuthenticationError(
                 f"wrong username or password for {self.host} (token service said {status})",
                 hint=f"check {self.options.creds_option} or 'docker login {self.host}'",
@@ -677,15 +720,15 @@ class Transport:
         challenge = Challenge.parse(header) if header else self._challenge
         if challenge is None:
             raise AuthenticationError(f"{self.host} answered 401 without a challenge")
-        creds = self.options.credentials
         key = " ".join(sorted(scopes))
         if not (sent or "").startswith("Bearer ") or sent == f"Bearer {self._tokens.get(key)}":
             self._tokens.drop(key)  # not a fresher one a request in flight beside it fetched
         if sent is None:
             self._challenge = challenge  # first contact: now we know how to authenticate
             return
+        creds = await self.credentials()
         if creds is None:
-            raise missing_credentials(self.host, challenge, self.options.creds_option)
+            raise self._missing(challenge)
         if sent.startswith("Bearer"):
             short = challenge.params.get("error") == "insufficient_scope"
             if short and sent == f"Bearer {self._speculative.get(key)}":
