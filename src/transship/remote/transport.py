@@ -60,6 +60,10 @@ HUB_ORIGINS = 3
 ANSWER_TIMEOUT = 10.0
 
 Body = bytes | AsyncIterable[bytes] | None
+#: (status, first bytes of the body) of a retryable answer -> the error if it is a refusal
+Refusal = Callable[[int, bytes], TransshipError | None]
+#: bytes of a retryable answer's body a `Refusal` reads (distribution's errors fit easily)
+REFUSAL_BYTES = 16384
 
 
 @dataclass
@@ -536,14 +540,19 @@ class Transport:
         params: Mapping[str, str] | None = None,
         data: Body = None,
         follow_redirects: bool = False,
+        refusal: Refusal | None = None,
     ) -> Exchange:
         """Send one request with auth, retries (if the body can be resent) and redirects.
 
         `path` is a path under the registry or an absolute URL (upload locations). Entering the
         returned context sends it and gives the response for any final status (the caller maps
-        statuses to errors); leaving it releases the response.
+        statuses to errors); leaving it releases the response. `refusal` reads a retryable
+        answer's status and body (its first `REFUSAL_BYTES`) and returns the error to raise
+        at once when the caller knows that answer is no transient failure.
         """
-        return Exchange(self, method, path, scopes, headers, params, data, follow_redirects)
+        return Exchange(
+            self, method, path, scopes, headers, params, data, follow_redirects, refusal
+        )
 
     async def fetch(
         self,
@@ -614,6 +623,7 @@ class Transport:
         attempts: Attempts,
         *,
         optional: bool = False,
+        refusal: Refusal | None = None,
     ) -> aiohttp.ClientResponse:
         """The retried region: token fetch, send, 401 dance, retryable statuses.
 
@@ -677,8 +687,15 @@ class Transport:
                 continue
             if resp.status in RETRY_STATUSES:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                body: bytes | None = None
+                if refusal is not None:
+                    body = await _read_some(resp, REFUSAL_BYTES)
+                    refused = refusal(resp.status, body)
+                    if refused is not None:  # the same answer on every try: not retried
+                        resp.release()
+                        raise refused
                 if not resendable or not attempts.left:
-                    text = await _error_text(resp)
+                    text = _shown(body) if body is not None else await _error_text(resp)
                     resp.release()
                     raise RetryableError(
                         f"{self._where(method, url)} answered {resp.status}{text}",
@@ -794,7 +811,7 @@ class Exchange:
     """`Transport.request`'s context: a plain class, not `asynccontextmanager`, since every
     request of a run goes through it (no generator and wrapper per request)."""
 
-    __slots__ = ("_args", "_resp", "_transport")
+    __slots__ = ("_args", "_refusal", "_resp", "_transport")
 
     def __init__(
         self,
@@ -806,14 +823,18 @@ class Exchange:
         params: Mapping[str, str] | None,
         data: Body,
         follow_redirects: bool,
+        refusal: Refusal | None = None,
     ) -> None:
         self._transport = transport
         self._args = (method, path, scopes, headers, params, data, follow_redirects)
+        self._refusal = refusal
         self._resp: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         transport = self._transport
-        self._resp = await transport._send_retried(*self._args, transport.attempts())
+        self._resp = await transport._send_retried(
+            *self._args, transport.attempts(), refusal=self._refusal
+        )
         return self._resp
 
     async def __aexit__(self, *exc: object) -> None:
@@ -845,13 +866,21 @@ def _our_error(exc: BaseException) -> TransshipError | None:
     return None
 
 
-async def _error_text(resp: aiohttp.ClientResponse) -> str:
+async def _read_some(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to `limit` bytes of an error answer's body (to its end if shorter); b"" if cut."""
     try:
-        body = await resp.content.read(2048)
+        return (await read_bounded_async(resp.content.read, limit))[:limit]
     except (aiohttp.ClientError, TimeoutError):
-        return ""
-    text = body.decode("utf-8", "replace").strip().replace("\n", " ")
+        return b""
+
+
+def _shown(body: bytes) -> str:
+    text = body[:2048].decode("utf-8", "replace").strip().replace("\n", " ")
     return f": {text[:200]}" if text else ""
+
+
+async def _error_text(resp: aiohttp.ClientResponse) -> str:
+    return _shown(await _read_some(resp, 2048))
 
 
 def _describe(exc: BaseException) -> str:
