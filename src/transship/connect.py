@@ -7,7 +7,9 @@ exactly which flag fixes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from transship.manifeststore import default_store
 from transship.remote.auth import Credentials, from_docker_config, parse_creds
@@ -35,10 +37,17 @@ class SideSettings:
         given_as = self.ca_from or f"--{self.side}-ca"
         return load_ca(self.ca, given_as=given_as) if self.ca else None
 
-    def credentials(self, host: str) -> Credentials | None:
+    def credentials(self) -> Credentials | None:
+        """The credentials given for this side (`--SIDE-creds`): with them, no Docker config
+        is read and no credential helper run for this side."""
         if self.creds:
             return parse_creds(self.creds, f"--{self.side}-creds")
-        return from_docker_config(host)
+        return None
+
+    def credential_lookup(self, host: str) -> Callable[[], Credentials | None]:
+        """The Docker config lookup for `host`, run by the transport only once the registry
+        asks for credentials."""
+        return partial(from_docker_config, host)
 
 
 class RegistryPool:
@@ -47,6 +56,7 @@ class RegistryPool:
     def __init__(self, settings: SideSettings) -> None:
         self.settings = settings
         self._ca = settings.ca_bundle()  # validated up front: a bad CA is a usage error
+        self._credentials = settings.credentials()  # a malformed --SIDE-creds, too
         self._registries: dict[str, Registry] = {}
         # a source's manifests are kept across runs (`plan`, then `copy --plan`); a
         # destination's never: what it holds is asked of it
@@ -60,7 +70,8 @@ class RegistryPool:
                 ca=self._ca,
                 verify_tls=not s.insecure,
                 plain_http=s.plain_http,
-                credentials=s.credentials(host),
+                credentials=self._credentials,
+                credential_lookup=s.credential_lookup(host),
                 max_connections=s.max_connections,
                 retries=s.retries,
                 ca_option=f"--{s.side}-ca",

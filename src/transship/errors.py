@@ -19,7 +19,8 @@ credentials; callers must not interpolate secrets into them. The hierarchy says 
     ├── IntegrityError (7)
     │   └── BundleError        an imgpkg bundle or BOM image whose content cannot be read
     ├── RegistryError (8)
-    │   └── RetryableError     transient (5xx, 429, reset): worth another try
+    │   ├── RetryableError     transient (5xx, 429, reset): worth another try
+    │   └── ForeignLayersRefusedError  a manifest with foreign layers the registry refuses
     ├── UnsupportedMediaTypeError (8)
     ├── DependencyError (2)    not attempted: something it depends on failed
     ├── IncompleteError (9)    the destination lacks what a plan needs
@@ -185,6 +186,11 @@ class RetryableError(RegistryError):
         self.retry_after = retry_after
         #: the wire layer already spent its retry budget on it: retrying again multiplies it
         self.exhausted = exhausted
+
+
+class ForeignLayersRefusedError(RegistryError):
+    """A manifest refused because of its foreign (non-distributable) layers, whose `urls`
+    the registry's configuration does not allow: the same on every try, so never retried."""
 
 
 class UnsupportedMediaTypeError(TransshipError):

@@ -71,11 +71,12 @@ class HarborAPI:
 
     @property
     def user(self) -> str | None:
-        creds = self.registry.options.credentials
+        creds = self.registry.transport.known_credentials
         return creds.username if creds and creds.username else None
 
-    def _headers(self) -> dict[str, str]:
-        creds = self.registry.options.credentials
+    async def _headers(self) -> dict[str, str]:
+        # looked up only if the registry asked for credentials on /v2/ (Harbor always does)
+        creds = await self.registry.transport.credentials()
         headers = {"Accept": "application/json"}
         if creds is not None and creds.username:
             headers["Authorization"] = creds.basic()
@@ -90,7 +91,7 @@ class HarborAPI:
         params: dict[str, str] | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
         base = await self.registry.transport.base_url()
-        headers = self._headers()
+        headers = await self._headers()
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"

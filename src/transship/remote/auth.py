@@ -1,8 +1,9 @@
 """Registry authentication: challenges, credentials and bearer tokens.
 
 Credentials come, in order, from explicit options, then `~/.docker/config.json` (`credHelpers`,
-`auths`, `credsStore`), as the Docker CLI, crane and skopeo do. Secrets are kept out of `repr`
-and never put into messages.
+`auths`, `credsStore`), as the Docker CLI, crane and skopeo do; the config is read (and its
+helpers run) only once a registry asks for credentials. Secrets are kept out of `repr` and
+never put into messages.
 """
 
 from __future__ import annotations
@@ -104,15 +105,17 @@ def from_docker_config(host: str, path: Path | None = None) -> Credentials | Non
     helpers = config.get("credHelpers") or {}
     for key in keys:
         if key in helpers:
-            return _run_helper(str(helpers[key]), host)
+            return _run_helper(str(helpers[key]), host, path, f"credHelpers[{key!r}]")
     auths = config.get("auths") or {}
     for key in keys:
         entry = auths.get(key)
         if not isinstance(entry, dict):
             continue
         if entry.get("identitytoken"):
-            user = _decode_auth(entry, path, key)[0] if entry.get("auth") else ""
-            return Credentials(user, "", str(entry["identitytoken"]), source=str(path))
+            # the password too, if `auth` has one: a token service without OAuth2 is asked
+            # by GET with Basic user:password instead, as go-containerregistry does
+            user, password = _decode_auth(entry, path, key) if entry.get("auth") else ("", "")
+            return Credentials(user, password, str(entry["identitytoken"]), source=str(path))
         if entry.get("auth"):
             user, password = _decode_auth(entry, path, key)
             return Credentials(user, password, source=str(path))
@@ -122,7 +125,7 @@ def from_docker_config(host: str, path: Path | None = None) -> Credentials | Non
             )
     store = config.get("credsStore")
     if store:
-        return _run_helper(str(store), host)
+        return _run_helper(str(store), host, path, "credsStore")
     return None
 
 
@@ -136,16 +139,32 @@ def _decode_auth(entry: dict[str, object], path: Path, key: str) -> tuple[str, s
     return user, password
 
 
-def _run_helper(helper: str, host: str) -> Credentials | None:
+class HelperMissingError(UsageError):
+    """A credential helper a Docker config names is not installed (a Docker Desktop leftover
+    `"credsStore": "desktop"` on a build machine): what to do depends on whether the registry
+    asks for credentials at all, so the transport decides (`Transport.credentials`)."""
+
+    def __init__(self, program: str, path: Path, named_by: str) -> None:
+        super().__init__(f"credential helper {program} ({named_by} in {path}) is not on PATH")
+        self.program = program
+        self.path = path
+        self.named_by = named_by
+
+    def fix(self, option: str) -> str:
+        return (
+            f"install {self.program}, remove {self.named_by} from {self.path}, "
+            f"or pass {option} USER:PASSWORD"
+        )
+
+
+def _run_helper(helper: str, host: str, path: Path, named_by: str) -> Credentials | None:
     program = f"docker-credential-{helper}"
     try:
         proc = subprocess.run(
             [program, "get"], input=host.encode(), capture_output=True, timeout=30, check=False
         )
     except FileNotFoundError:
-        raise UsageError(
-            f"credential helper {program} (named in Docker config) is not on PATH"
-        ) from None
+        raise HelperMissingError(program, path, named_by) from None
     except subprocess.TimeoutExpired:
         raise UsageError(f"credential helper {program} did not answer within 30 s") from None
     if proc.returncode != 0:
@@ -188,6 +207,19 @@ class TokenCache:
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
+
+
+def identity_token_refused(
+    host: str, creds: Credentials, option: str, why: str = ""
+) -> AuthenticationError:
+    """The identity token of a Docker config (or helper) that the token service did not take:
+    said as such, since "wrong password" would send people looking for a password they never
+    typed."""
+    return AuthenticationError(
+        f"the token service of {host} refused the identitytoken for {host} in {creds.source}"
+        + (f": {why}" if why else ""),
+        hint=f"run 'docker login {host}' again, or pass {option} USER:PASSWORD",
+    )
 
 
 def missing_credentials(host: str, challenge: Challenge, option: str) -> AuthenticationError:

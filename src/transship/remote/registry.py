@@ -13,13 +13,14 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
 from transship.digest import Digest, Hasher
 from transship.errors import (
     AuthenticationError,
+    ForeignLayersRefusedError,
     IntegrityError,
     NotFoundError,
     PermissionDeniedError,
@@ -73,13 +74,52 @@ def push(repository: str) -> tuple[str, ...]:
     return (f"repository:{repository}:pull,push",)
 
 
+async def _error_body(resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await resp.content.read(16384)
+    except (aiohttp.ClientError, TimeoutError):
+        return b""
+
+
 async def registry_error(resp: aiohttp.ClientResponse, what: str) -> Exception:
     """Turn an error response into a typed error naming `what` was being done."""
-    try:
-        body = await resp.content.read(16384)
-    except (aiohttp.ClientError, TimeoutError):
-        body = b""
-    return error_for(resp.status, body, what)
+    return error_for(resp.status, await _error_body(resp), what)
+
+
+def foreign_layers_refused(
+    body: bytes, manifest: Manifest, where: str
+) -> ForeignLayersRefusedError | None:
+    """The refusal of a manifest over its foreign layers, read from the registry's answer.
+
+    distribution (2.7+) checks a layer's `urls` against `validation.manifests.urls`; one it
+    does not allow makes the PUT fail with 500 (`UNKNOWN`) and `MANIFEST_BLOB_UNKNOWN` naming
+    that layer, which was never pushed (nobody pushes foreign layers). Only an answer naming a
+    layer of this very manifest that carries `urls` counts: any other 500 stays transient.
+    """
+    foreign = {str(layer.digest): layer for layer in manifest.layers if layer.urls}
+    if not foreign:
+        return None
+    named = []
+    for error in _errors_of(body):
+        if error.get("code") != "MANIFEST_BLOB_UNKNOWN":
+            continue
+        detail = error.get("detail")
+        if isinstance(detail, dict):
+            detail = detail.get("digest")
+        if isinstance(detail, str) and detail in foreign and detail not in named:
+            named.append(detail)
+    if not named:
+        return None
+    layer = foreign[named[0]]
+    others = f" and {len(named) - 1} more" if len(named) > 1 else ""
+    origin = urlsplit(layer.urls[0]).netloc or layer.urls[0]
+    return ForeignLayersRefusedError(
+        f"{where}: the image has foreign (non-distributable) layers the registry refuses: "
+        f"{layer.digest.short}{others}, with urls on {origin}",
+        hint="allow their URLs in the registry's configuration (distribution: "
+        "validation.manifests.urls.allow, or validation.disabled: true), or copy the image "
+        "into a registry that accepts foreign layers",
+    )
 
 
 def _errors_of(body: bytes) -> list[dict[str, object]]:
@@ -221,16 +261,25 @@ class Registry:
 
     async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
         reference = tag or str(manifest.digest)
-        where = f"{self.host}/{repository}:{reference}"
+        sep = "@" if tag is None else ":"
+        where = f"{self.host}/{repository}{sep}{reference}"
+
+        def refusal(status: int, body: bytes) -> TransshipError | None:
+            return foreign_layers_refused(body, manifest, where)
+
         async with self.transport.request(
             "PUT",
             f"/v2/{repository}/manifests/{reference}",
             scopes=push(repository),
             headers={"Content-Type": manifest.media_type},
             data=manifest.raw,
+            refusal=refusal,  # distribution answers 500 for them: not worth a retry
         ) as resp:
             if resp.status not in (200, 201, 202):
-                error = await registry_error(resp, f"pushing manifest {where}")
+                body = await _error_body(resp)
+                error = foreign_layers_refused(body, manifest, where) or error_for(
+                    resp.status, body, f"pushing manifest {where}"
+                )
                 raise await self._refused(_push_hint(error, repository), repository)
             header = resp.headers.get("Docker-Content-Digest")
         if header and header != str(manifest.digest):

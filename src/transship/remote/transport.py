@@ -31,7 +31,14 @@ from transship.errors import (
     TransshipError,
     UnreachableError,
 )
-from transship.remote.auth import Challenge, Credentials, TokenCache, missing_credentials
+from transship.remote.auth import (
+    Challenge,
+    Credentials,
+    HelperMissingError,
+    TokenCache,
+    identity_token_refused,
+    missing_credentials,
+)
 from transship.remote.health import HostHealth, NoAnswerError
 from transship.remote.tls import CABundle, peer_certificate_summary, shared_ssl_context
 from transship.retry import Attempts, RetryPolicy, parse_retry_after
@@ -53,6 +60,10 @@ HUB_ORIGINS = 3
 ANSWER_TIMEOUT = 10.0
 
 Body = bytes | AsyncIterable[bytes] | None
+#: (status, first bytes of the body) of a retryable answer -> the error if it is a refusal
+Refusal = Callable[[int, bytes], TransshipError | None]
+#: bytes of a retryable answer's body a `Refusal` reads (distribution's errors fit easily)
+REFUSAL_BYTES = 16384
 
 
 @dataclass
@@ -63,6 +74,10 @@ class TransportOptions:
     verify_tls: bool = True
     plain_http: bool = False
     credentials: Credentials | None = field(default=None, repr=False)
+    #: where credentials come from when none were given (the Docker config): called once, the
+    #: first time the registry asks for them (a 401), so a registry that never asks never
+    #: runs a credential helper
+    credential_lookup: Callable[[], Credentials | None] | None = field(default=None, repr=False)
     max_connections: int = 16
     retries: int = 5
     backoff_base: float = 0.5
@@ -132,8 +147,16 @@ class Transport:
         #: service refused a whole request for them
         self._short: set[str] = set()
         self._hubs_off = False
+        #: an identity token's service had no OAuth2 endpoint and the config no password, so
+        #: its tokens are anonymous ones: a refusal is then said as one of the identity token
+        self._identity_anonymous = False
         #: connection failures of this host; hooks marked "health:" below feed and consult it
         self.health = HostHealth(host)
+        self._credentials = options.credentials
+        self._lookup = None if options.credentials else options.credential_lookup
+        self._lookup_lock = asyncio.Lock()
+        #: the lookup found a credential helper missing: said if the registry then refuses us
+        self._lookup_problem: HelperMissingError | None = None
 
     def attempts(self) -> Attempts:
         """A fresh retry budget for one operation against this host. Its backoff is
@@ -322,14 +345,47 @@ class Transport:
 
     # -- auth -------------------------------------------------------------------------------
 
+    @property
+    def known_credentials(self) -> Credentials | None:
+        """The credentials given, or found once the registry asked; never looks them up."""
+        return self._credentials
+
+    async def credentials(self) -> Credentials | None:
+        """The credentials to answer this registry's challenge with, looked up (Docker config,
+        credential helpers) the first time it has challenged us: a registry that needs no login
+        never runs a helper. A helper that is not installed is anonymous access, said at once
+        as a warning and again, with what to do, if the registry then refuses it."""
+        if self._lookup is None or self._challenge is None:
+            return self._credentials
+        async with self._lookup_lock:
+            lookup = self._lookup
+            if lookup is not None:  # else another request looked them up while this waited
+                try:
+                    self._credentials = await asyncio.to_thread(lookup)
+                except HelperMissingError as exc:
+                    self._lookup_problem = exc
+                    log.warning("%s asks for credentials: %s; going on without", self.host, exc)
+                self._lookup = None  # an unreadable config raised above: every request says so
+        return self._credentials
+
+    def _missing(self, challenge: Challenge) -> AuthenticationError:
+        """No credentials for a registry that wants them; a missing helper is the reason."""
+        problem = self._lookup_problem
+        if problem is None:
+            return missing_credentials(self.host, challenge, self.options.creds_option)
+        return AuthenticationError(
+            f"{self.host} requires credentials and {problem.message}",
+            hint=problem.fix(self.options.creds_option),
+        )
+
     async def _authorization(self, scopes: tuple[str, ...]) -> str | None:
         challenge = self._challenge
         if challenge is None:
             return None
-        creds = self.options.credentials
+        creds = await self.credentials()
         if challenge.scheme == "basic":
             if creds is None or not creds.username:
-                raise missing_credentials(self.host, challenge, self.options.creds_option)
+                raise self._missing(challenge)
             return creds.basic()
         if challenge.scheme == "bearer":
             key = " ".join(sorted(scopes))
@@ -392,39 +448,36 @@ class Transport:
         realm = challenge.params.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.host}: bearer challenge without a realm")
-        creds = self.options.credentials
+        creds = await self.credentials()
         query: list[tuple[str, str]] = []
         if "service" in challenge.params:
             query.append(("service", challenge.params["service"]))
         query += [("scope", s) for s in scopes]
-        session = self._client()
-        timeout = aiohttp.ClientTimeout(
-            total=self.options.token_timeout, connect=self.options.connect_timeout
-        )
+        identity = creds is not None and bool(creds.identity_token)
         try:
-            if creds and creds.identity_token:
-                form = dict(query[:1])
-                form.update(
-                    grant_type="refresh_token",
-                    refresh_token=creds.identity_token,
-                    client_id="transship",
-                    scope=" ".join(scopes),
-                )
-                ctx = session.post(realm, data=form, timeout=timeout)
+            if creds is not None and identity:
+                status, body, retry_after = await self._token_post(realm, query, scopes, creds)
+                if status in (404, 405):
+                    # no OAuth2 endpoint (the token spec's GET is the one every service has):
+                    # ask by GET, with Basic only if the config also had a password, as
+                    # go-containerregistry does; the refresh token itself never goes there
+                    log.debug("token service of %s has no OAuth2 POST (%s): GET", self.host, status)
+                    basic = creds.basic() if creds.username and creds.password else None
+                    self._identity_anonymous = basic is None
+                    status, body, retry_after = await self._token_get(realm, query, basic)
             else:
-                headers = {"Authorization": creds.basic()} if creds and creds.username else {}
-                ctx = session.get(realm, params=query, headers=headers, timeout=timeout)
-            async with ctx as resp:
-                body = await resp.read()
-                status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                basic = creds.basic() if creds and creds.username else None
+                status, body, retry_after = await self._token_get(realm, query, basic)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise RetryableError(
                 f"cannot reach the token service of {self.host} ({realm}): {_describe(exc)}"
             ) from None
+        if identity and status in (400, 401, 403):  # OAuth2 says 400 invalid_grant
+            assert creds is not None
+            raise identity_token_refused(self.host, creds, self.options.creds_option)
         if status in (401, 403):
             if creds is None:
-                raise missing_credentials(self.host, challenge, self.options.creds_option)
+                raise self._missing(challenge)
             raise AuthenticationError(
                 f"wrong username or password for {self.host} (token service said {status})",
                 hint=f"check {self.options.creds_option} or 'docker login {self.host}'",
@@ -444,6 +497,37 @@ class Transport:
             raise AuthenticationError(f"token service of {self.host} gave no token") from None
         return token, float(doc.get("expires_in") or 60)
 
+    def _token_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=self.options.token_timeout, connect=self.options.connect_timeout
+        )
+
+    async def _token_get(
+        self, realm: str, query: list[tuple[str, str]], basic: str | None
+    ) -> tuple[int, bytes, float | None]:
+        """The token spec's `GET realm?service=&scope=`, with Basic credentials or none."""
+        headers = {"Authorization": basic} if basic else {}
+        async with self._client().get(
+            realm, params=query, headers=headers, timeout=self._token_timeout()
+        ) as resp:
+            body = await resp.read()
+            return resp.status, body, parse_retry_after(resp.headers.get("Retry-After"))
+
+    async def _token_post(
+        self, realm: str, query: list[tuple[str, str]], scopes: tuple[str, ...], creds: Credentials
+    ) -> tuple[int, bytes, float | None]:
+        """OAuth2 `POST realm` with the identity (refresh) token as `grant_type=refresh_token`."""
+        form = dict(query[:1])
+        form.update(
+            grant_type="refresh_token",
+            refresh_token=creds.identity_token,
+            client_id="transship",
+            scope=" ".join(scopes),
+        )
+        async with self._client().post(realm, data=form, timeout=self._token_timeout()) as resp:
+            body = await resp.read()
+            return resp.status, body, parse_retry_after(resp.headers.get("Retry-After"))
+
     # -- requests ---------------------------------------------------------------------------
 
     def request(
@@ -456,14 +540,19 @@ class Transport:
         params: Mapping[str, str] | None = None,
         data: Body = None,
         follow_redirects: bool = False,
+        refusal: Refusal | None = None,
     ) -> Exchange:
         """Send one request with auth, retries (if the body can be resent) and redirects.
 
         `path` is a path under the registry or an absolute URL (upload locations). Entering the
         returned context sends it and gives the response for any final status (the caller maps
-        statuses to errors); leaving it releases the response.
+        statuses to errors); leaving it releases the response. `refusal` reads a retryable
+        answer's status and body (its first `REFUSAL_BYTES`) and returns the error to raise
+        at once when the caller knows that answer is no transient failure.
         """
-        return Exchange(self, method, path, scopes, headers, params, data, follow_redirects)
+        return Exchange(
+            self, method, path, scopes, headers, params, data, follow_redirects, refusal
+        )
 
     async def fetch(
         self,
@@ -534,6 +623,7 @@ class Transport:
         attempts: Attempts,
         *,
         optional: bool = False,
+        refusal: Refusal | None = None,
     ) -> aiohttp.ClientResponse:
         """The retried region: token fetch, send, 401 dance, retryable statuses.
 
@@ -597,8 +687,15 @@ class Transport:
                 continue
             if resp.status in RETRY_STATUSES:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                body: bytes | None = None
+                if refusal is not None:
+                    body = await _read_some(resp, REFUSAL_BYTES)
+                    refused = refusal(resp.status, body)
+                    if refused is not None:  # the same answer on every try: not retried
+                        resp.release()
+                        raise refused
                 if not resendable or not attempts.left:
-                    text = await _error_text(resp)
+                    text = _shown(body) if body is not None else await _error_text(resp)
                     resp.release()
                     raise RetryableError(
                         f"{self._where(method, url)} answered {resp.status}{text}",
@@ -640,15 +737,15 @@ class Transport:
         challenge = Challenge.parse(header) if header else self._challenge
         if challenge is None:
             raise AuthenticationError(f"{self.host} answered 401 without a challenge")
-        creds = self.options.credentials
         key = " ".join(sorted(scopes))
         if not (sent or "").startswith("Bearer ") or sent == f"Bearer {self._tokens.get(key)}":
             self._tokens.drop(key)  # not a fresher one a request in flight beside it fetched
         if sent is None:
             self._challenge = challenge  # first contact: now we know how to authenticate
             return
+        creds = await self.credentials()
         if creds is None:
-            raise missing_credentials(self.host, challenge, self.options.creds_option)
+            raise self._missing(challenge)
         if sent.startswith("Bearer"):
             short = challenge.params.get("error") == "insufficient_scope"
             if short and sent == f"Bearer {self._speculative.get(key)}":
@@ -660,6 +757,14 @@ class Transport:
             if challenge.params.get("error") != "insufficient_scope" and not reauthed:
                 self._challenge = challenge  # expired or revoked token: fetch a new one
                 return
+            if self._identity_anonymous:
+                raise identity_token_refused(
+                    self.host,
+                    creds,
+                    self.options.creds_option,
+                    "the service has no OAuth2 endpoint and the entry no password, so only "
+                    "anonymous access was granted",
+                )
             raise permission_denied(self.host, scopes)
         raise AuthenticationError(
             f"wrong username or password for {self.host}",
@@ -706,7 +811,7 @@ class Exchange:
     """`Transport.request`'s context: a plain class, not `asynccontextmanager`, since every
     request of a run goes through it (no generator and wrapper per request)."""
 
-    __slots__ = ("_args", "_resp", "_transport")
+    __slots__ = ("_args", "_refusal", "_resp", "_transport")
 
     def __init__(
         self,
@@ -718,14 +823,18 @@ class Exchange:
         params: Mapping[str, str] | None,
         data: Body,
         follow_redirects: bool,
+        refusal: Refusal | None = None,
     ) -> None:
         self._transport = transport
         self._args = (method, path, scopes, headers, params, data, follow_redirects)
+        self._refusal = refusal
         self._resp: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         transport = self._transport
-        self._resp = await transport._send_retried(*self._args, transport.attempts())
+        self._resp = await transport._send_retried(
+            *self._args, transport.attempts(), refusal=self._refusal
+        )
         return self._resp
 
     async def __aexit__(self, *exc: object) -> None:
@@ -757,13 +866,21 @@ def _our_error(exc: BaseException) -> TransshipError | None:
     return None
 
 
-async def _error_text(resp: aiohttp.ClientResponse) -> str:
+async def _read_some(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to `limit` bytes of an error answer's body (to its end if shorter); b"" if cut."""
     try:
-        body = await resp.content.read(2048)
+        return (await read_bounded_async(resp.content.read, limit))[:limit]
     except (aiohttp.ClientError, TimeoutError):
-        return ""
-    text = body.decode("utf-8", "replace").strip().replace("\n", " ")
+        return b""
+
+
+def _shown(body: bytes) -> str:
+    text = body[:2048].decode("utf-8", "replace").strip().replace("\n", " ")
     return f": {text[:200]}" if text else ""
+
+
+async def _error_text(resp: aiohttp.ClientResponse) -> str:
+    return _shown(await _read_some(resp, 2048))
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,135 @@
+"""A Docker config's credential helpers run only when a registry asks for credentials: a
+`credsStore` naming a helper that is not installed (a Docker Desktop leftover) must not break
+copies between registries that need no login, nor one whose credentials were given."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from clirunner import CLI
+from harness.pki import PKI
+from harness.registry import RegistryProcess
+from harness.seed import seed_image
+from harness.skopeo import Skopeo
+
+from transship.errors import ExitCode
+
+CREDS = "alice:s3cret-Pa55"
+
+
+def _config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, doc: dict[str, object]) -> Path:
+    home = tmp_path / "docker-store"
+    home.mkdir(exist_ok=True)
+    path = home / "config.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setenv("DOCKER_CONFIG", str(home))
+    return path
+
+
+def _spy_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real `docker-credential-spy` on PATH that gives alice's credentials and logs each
+    host it was asked about."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "spy-calls"
+    helper = bin_dir / "docker-credential-spy"
+    helper.write_text(
+        "#!/bin/sh\nread host\n"
+        f'echo "$host" >> "{calls}"\n'
+        'echo "{\\"Username\\": \\"alice\\", \\"Secret\\": \\"s3cret-Pa55\\"}"\n'
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return calls
+
+
+def test_missing_creds_store_helper_does_not_break_registries_without_login(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,  # type: ignore[no-untyped-def]
+    token_registry: RegistryProcess,
+    pki: PKI,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert shutil.which("docker-credential-desktop") is None
+    _config(tmp_path, monkeypatch, {"credsStore": "desktop"})
+    image = seed_image(plain_registry, "store/one", "v1", seed=311)
+    dest: RegistryProcess = make_registry("plain")
+
+    out = cli("copy", plain_registry.ref("store/one:v1"), dest.ref("store/ten:v1"))
+    assert out.code == 0, out.err
+    assert skopeo(dest, "store/ten:v1") == image.manifest
+
+    # a registry that asks (Bearer) but lets anonymous callers pull: a warning, and the pull
+    public = seed_image(token_registry, "store/public", "v1", seed=312)
+    out = cli(
+        "copy",
+        token_registry.ref("store/public:v1"),
+        dest.ref("store/public:v1"),
+        "--src-ca",
+        str(pki.ca_pem_path),
+    )
+    assert out.code == 0, out.err
+    assert skopeo(dest, "store/public:v1") == public.manifest
+
+
+def test_missing_helper_when_the_registry_asks_is_one_line_saying_what_to_do(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert shutil.which("docker-credential-desktop") is None
+    config = _config(tmp_path, monkeypatch, {"credsStore": "desktop"})
+    seed_image(plain_registry, "store/two", "v1", seed=313)
+    out = cli(
+        "copy",
+        plain_registry.ref("store/two:v1"),
+        tls_registry.ref("store/two:v1"),
+        "--dest-ca",
+        str(pki.ca_pem_path),
+    )
+    assert out.code == ExitCode.AUTH, out.err
+    line = out.error_line
+    assert tls_registry.host in line and "docker-credential-desktop" in line, line
+    assert f"credsStore from {config}" in line and "--dest-creds" in line, line
+
+
+def test_explicit_creds_never_run_the_helper_and_the_config_is_read_only_when_asked(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _spy_helper(tmp_path, monkeypatch)
+    _config(tmp_path, monkeypatch, {"credsStore": "spy"})
+    image = seed_image(tls_registry, "store/three", "v1", seed=314)
+    dest: RegistryProcess = make_registry("plain")
+    ca = str(pki.ca_pem_path)
+
+    out = cli(
+        "copy", tls_registry.ref("store/three:v1"), dest.ref("store/three:v1"),
+        "--src-ca", ca, "--src-creds", CREDS,
+    )
+    assert out.code == 0, out.err
+    assert not calls.exists()  # neither side ran it: creds given, and a plain destination
+
+    out = cli(
+        "copy", tls_registry.ref("store/three:v1"), dest.ref("store/three:v2"), "--src-ca", ca
+    )
+    assert out.code == 0, out.err
+    assert calls.read_text().split() == [tls_registry.host]  # once, for the side that asked
+    assert skopeo(dest, "store/three:v2") == image.manifest

@@ -1,0 +1,123 @@
+"""`identitytoken` in a Docker config against a token service without OAuth2 (its POST answers
+404, as the harness TokenServer's does): transship asks by GET instead, as go-containerregistry
+does, with Basic credentials only when the entry's `auth` holds a password too."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from clirunner import CLI
+from harness.pki import PKI
+from harness.registry import RegistryProcess
+from harness.seed import seed_image
+from harness.skopeo import Skopeo
+
+from transship.errors import ExitCode
+
+IDENTITY = "opaque-refresh-tok-XYZ"
+
+
+def _docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: dict[str, str]) -> Path:
+    home = tmp_path / "docker-id"
+    home.mkdir()
+    path = home / "config.json"
+    path.write_text(json.dumps({"auths": {entry.pop("host"): entry}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(home))
+    return path
+
+
+def test_identity_token_falls_back_to_get_with_the_config_password(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_token_server,  # type: ignore[no-untyped-def]
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tokens = make_token_server(anonymous=False)
+    reg: RegistryProcess = make_registry("tls_token", token_server=tokens)
+    auth = base64.b64encode(b"alice:s3cret-Pa55").decode()
+    entry = {"host": reg.host, "auth": auth, "identitytoken": IDENTITY}
+    _docker_config(tmp_path, monkeypatch, entry)
+    image = seed_image(plain_registry, "idtok/src", "v1", seed=301)
+    ca = str(pki.ca_pem_path)
+
+    push = cli("copy", plain_registry.ref("idtok/src:v1"), reg.ref("idtok/one:v1"), "--dest-ca", ca)
+    assert push.code == 0, push.err
+    assert skopeo(reg, "idtok/one:v1") == image.manifest
+    methods = [(r.method, r.status, r.user) for r in tokens.token_requests(status=None)]
+    assert ("POST", 404, None) in methods  # the OAuth2 flow was tried first
+    assert ("GET", 200, "alice") in methods  # then the token spec's GET, as alice
+
+    pull = cli("copy", reg.ref("idtok/one:v1"), plain_registry.ref("idtok/back:v1"), "--src-ca", ca)
+    assert pull.code == 0, pull.err
+    assert skopeo(plain_registry, "idtok/back:v1") == image.manifest
+
+
+def test_identity_token_alone_pulls_anonymously_and_a_push_names_the_token(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_token_server,  # type: ignore[no-untyped-def]
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`docker login` with an identity token stores `auth` as "user:" (no password): the GET
+    then goes without credentials (ggcr), which gets an anonymous pull token and no push."""
+    tokens = make_token_server()
+    reg: RegistryProcess = make_registry("tls_token", token_server=tokens)
+    seed_image(reg, "idtok/pub", "v1", seed=302)
+    seed_image(plain_registry, "idtok/src2", "v1", seed=303)
+    auth = base64.b64encode(b"alice:").decode()
+    config = _docker_config(
+        tmp_path, monkeypatch, {"host": reg.host, "auth": auth, "identitytoken": IDENTITY}
+    )
+    ca = str(pki.ca_pem_path)
+
+    pull = cli("copy", reg.ref("idtok/pub:v1"), plain_registry.ref("idtok/pub:v1"), "--src-ca", ca)
+    assert pull.code == 0, pull.err
+
+    push = cli(
+        "copy", "-vv", plain_registry.ref("idtok/src2:v1"), reg.ref("idtok/two:v1"), "--dest-ca", ca
+    )
+    assert push.code == ExitCode.AUTH, push.err
+    line = push.error_line
+    assert "identitytoken" in line and str(config) in line, line
+    assert "docker login" in line and "--dest-creds" in line, line
+    assert IDENTITY not in push.err + push.out  # -vv included
+
+
+def test_identity_token_refused_by_the_token_service_is_said_so(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_token_server,  # type: ignore[no-untyped-def]
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A password in `auth` the service no longer takes: one line about the identity token."""
+    tokens = make_token_server(anonymous=False)
+    reg: RegistryProcess = make_registry("tls_token", token_server=tokens)
+    seed_image(plain_registry, "idtok/src3", "v1", seed=304)
+    auth = base64.b64encode(b"alice:wrong-password").decode()
+    config = _docker_config(
+        tmp_path, monkeypatch, {"host": reg.host, "auth": auth, "identitytoken": IDENTITY}
+    )
+    out = cli(
+        "copy",
+        "-vv",
+        plain_registry.ref("idtok/src3:v1"),
+        reg.ref("idtok/three:v1"),
+        "--dest-ca",
+        str(pki.ca_pem_path),
+    )
+    assert out.code == ExitCode.AUTH, out.err
+    assert "identitytoken" in out.error_line and str(config) in out.error_line
+    assert IDENTITY not in out.err + out.out
