@@ -281,3 +281,34 @@ def test_the_plan_an_archive_carried_checks_where_it_was_loaded(
     ok = cli("tkg", "config", "--dest", dest, *ca, "--plan", str(carried))
     assert ok.code == 0, ok.out + ok.err
     assert "complete: 1 entries" in ok.err
+
+
+def test_skip_tls_verify_variable_is_honoured_as_verify_honours_it(
+    cli: CLI, release: str, tls_registry: RegistryProcess, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY=true lets the check reach a registry whose CA
+    is not trusted (as verify does) and is emitted as `true`: never turned into false."""
+    monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", "true")
+    out = cli("tkg", "config", "--dest", release, "--dest-creds", CREDS)
+    assert out.code == 0, out.out + out.err
+    assert settings_of(out.out) == {
+        "TKG_CUSTOM_IMAGE_REPOSITORY": release,
+        "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY": "true",
+    }
+    config = tmp_path / "cluster.yaml"
+    written = cli("tkg", "config", "--dest", release, "--dest-creds", CREDS,
+                  "--write-cluster-config", str(config))
+    assert written.code == 0, written.err
+    assert yaml.safe_load(config.read_text())["TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY"] is True
+    # --force on a destination that fails its check still emits what the operator set
+    empty = f"{tls_registry.host}/tkgcfg-empty-skip"
+    forced = cli("tkg", "config", "--dest", empty, "--dest-creds", CREDS, "--force")
+    assert forced.code == 0, forced.err
+    assert "has no tags" in " ".join(forced.err.split())  # reached, failed on content
+    assert settings_of(forced.out)["TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY"] == "true"
+    # any other value is not `true`: the certificate is checked, as verify checks it
+    monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", "false")
+    checked = cli("tkg", "config", "--dest", release, "--dest-creds", CREDS)
+    assert checked.code == ExitCode.TLS
+    assert checked.out == ""
