@@ -312,3 +312,35 @@ def test_skip_tls_verify_variable_is_honoured_as_verify_honours_it(
     checked = cli("tkg", "config", "--dest", release, "--dest-creds", CREDS)
     assert checked.code == ExitCode.TLS
     assert checked.out == ""
+
+
+def test_write_cluster_config_keeps_crlf_line_endings(
+    cli: CLI, release: str, pki: PKI, tmp_path: Path
+) -> None:
+    """A cluster configuration edited on Windows stays CRLF: only the keys change."""
+    config = tmp_path / "windows.yaml"
+    original = CLUSTER_CONFIG.replace("\n", "\r\n").encode()
+    config.write_bytes(original)
+    args = ["tkg", "config", "--dest", release, "--ca", str(pki.ca_pem_path),
+            "--dest-creds", CREDS, "--write-cluster-config", str(config)]
+    out = cli(*args)
+    assert out.code == 0, out.out + out.err
+    data = config.read_bytes()
+    assert data.count(b"\r\n") == data.count(b"\n")  # every line ends in CRLF
+    assert b"\r\r" not in data
+    lines = data.decode().split("\r\n")
+    for line in CLUSTER_CONFIG.splitlines():
+        if line.startswith(("#", "CLUSTER_NAME", "VSPHERE", "ENABLE")):
+            assert line in lines, f"lost: {line!r}"
+    doc = yaml.safe_load(data)
+    assert doc["TKG_CUSTOM_IMAGE_REPOSITORY"] == release
+    assert base64.b64decode(doc["TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"]) == (
+        pki.ca_pem_path.read_bytes()
+    )
+    again = cli(*args)
+    assert again.code == 0
+    assert config.read_bytes() == data  # idempotent
+    lf = tmp_path / "unix.yaml"
+    lf.write_text(CLUSTER_CONFIG)
+    assert cli(*args[:-1], str(lf)).code == 0
+    assert b"\r" not in lf.read_bytes()  # an LF file stays LF
