@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from harness.seed import seed_image, seed_index
 from transship.connect import RegistryPool, SideSettings
 from transship.errors import ExitCode, PermissionDeniedError, RegistryError
 from transship.harbor.api import HarborAPI, parse_quota
-from transship.harbor.quota import is_quota_refusal
+from transship.harbor.quota import is_quota_refusal, quota_detail
 from transship.layout import OCILayout
 from transship.plan.model import Plan, PlanEntry
 from transship.remote.auth import Credentials
@@ -350,8 +351,13 @@ def test_quota_refusal_is_one_line_and_stops_uploads_into_the_project(
               *dest_args(pki))
     assert out.code == ExitCode.PARTIAL, out.err
     line = out.error_line
-    assert "Harbor project 'full'" in line and "quota" in line
-    assert "limit 293.0 KiB" in line
+    # the refused push would exceed the quota; Harbor's "used" need not be near the limit (the
+    # uploads in flight are not in it), so it is named as Harbor's count, not as a contradiction
+    assert "Harbor project 'full'" in line
+    assert "refused a push that would exceed its storage quota (limit 293.0 KiB; " in line
+    assert re.search(r"; \d+(\.\d)? (B|KiB) used as Harbor counts it, not counting uploads in "
+                     r"flight\)", line), line
+    assert "is over its storage quota" not in line
     assert "3 images not copied" in line
     entries = json.loads(report.read_text())["entries"]
     by_dest = {e["destination"].split("/", 1)[1]: e["status"] for e in entries}
@@ -454,3 +460,12 @@ def test_create_projects_on_a_plain_registry_is_harmless(
               "--create-projects")
     assert out.code == 0, out.err
     assert f"{dest.host} is not Harbor" in out.err
+
+
+def test_quota_detail_says_only_what_is_known() -> None:
+    assert quota_detail(3 * 1024**2, 36147) == (
+        " (limit 3.0 MiB; 35.3 KiB used as Harbor counts it, not counting uploads in flight)"
+    )
+    assert quota_detail(-1, 0) == " (0 B used as Harbor counts it, not counting uploads in flight)"
+    assert quota_detail(1024, None) == " (limit 1.0 KiB)"
+    assert quota_detail(None, None) == ""

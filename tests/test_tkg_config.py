@@ -281,3 +281,66 @@ def test_the_plan_an_archive_carried_checks_where_it_was_loaded(
     ok = cli("tkg", "config", "--dest", dest, *ca, "--plan", str(carried))
     assert ok.code == 0, ok.out + ok.err
     assert "complete: 1 entries" in ok.err
+
+
+def test_skip_tls_verify_variable_is_honoured_as_verify_honours_it(
+    cli: CLI, release: str, tls_registry: RegistryProcess, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY=true lets the check reach a registry whose CA
+    is not trusted (as verify does) and is emitted as `true`: never turned into false."""
+    monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", "true")
+    out = cli("tkg", "config", "--dest", release, "--dest-creds", CREDS)
+    assert out.code == 0, out.out + out.err
+    assert settings_of(out.out) == {
+        "TKG_CUSTOM_IMAGE_REPOSITORY": release,
+        "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY": "true",
+    }
+    config = tmp_path / "cluster.yaml"
+    written = cli("tkg", "config", "--dest", release, "--dest-creds", CREDS,
+                  "--write-cluster-config", str(config))
+    assert written.code == 0, written.err
+    assert yaml.safe_load(config.read_text())["TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY"] is True
+    # --force on a destination that fails its check still emits what the operator set
+    empty = f"{tls_registry.host}/tkgcfg-empty-skip"
+    forced = cli("tkg", "config", "--dest", empty, "--dest-creds", CREDS, "--force")
+    assert forced.code == 0, forced.err
+    assert "has no tags" in " ".join(forced.err.split())  # reached, failed on content
+    assert settings_of(forced.out)["TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY"] == "true"
+    # any other value is not `true`: the certificate is checked, as verify checks it
+    monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", "false")
+    checked = cli("tkg", "config", "--dest", release, "--dest-creds", CREDS)
+    assert checked.code == ExitCode.TLS
+    assert checked.out == ""
+
+
+def test_write_cluster_config_keeps_crlf_line_endings(
+    cli: CLI, release: str, pki: PKI, tmp_path: Path
+) -> None:
+    """A cluster configuration edited on Windows stays CRLF: only the keys change."""
+    config = tmp_path / "windows.yaml"
+    original = CLUSTER_CONFIG.replace("\n", "\r\n").encode()
+    config.write_bytes(original)
+    args = ["tkg", "config", "--dest", release, "--ca", str(pki.ca_pem_path),
+            "--dest-creds", CREDS, "--write-cluster-config", str(config)]
+    out = cli(*args)
+    assert out.code == 0, out.out + out.err
+    data = config.read_bytes()
+    assert data.count(b"\r\n") == data.count(b"\n")  # every line ends in CRLF
+    assert b"\r\r" not in data
+    lines = data.decode().split("\r\n")
+    for line in CLUSTER_CONFIG.splitlines():
+        if line.startswith(("#", "CLUSTER_NAME", "VSPHERE", "ENABLE")):
+            assert line in lines, f"lost: {line!r}"
+    doc = yaml.safe_load(data)
+    assert doc["TKG_CUSTOM_IMAGE_REPOSITORY"] == release
+    assert base64.b64decode(doc["TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"]) == (
+        pki.ca_pem_path.read_bytes()
+    )
+    again = cli(*args)
+    assert again.code == 0
+    assert config.read_bytes() == data  # idempotent
+    lf = tmp_path / "unix.yaml"
+    lf.write_text(CLUSTER_CONFIG)
+    assert cli(*args[:-1], str(lf)).code == 0
+    assert b"\r" not in lf.read_bytes()  # an LF file stays LF

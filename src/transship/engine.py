@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint, RepositoryIndex, TagIndex
@@ -277,7 +277,11 @@ class CopyEngine:
         """Run every task; one failing task never stops the others."""
         tasks = list(tasks)
         self._note(tasks)
-        return list(await asyncio.gather(*(self._run_task(t) for t in tasks)))
+        try:
+            return list(await asyncio.gather(*(self._run_task(t) for t in tasks)))
+        except asyncio.CancelledError:
+            await self._stop_shared_work()
+            raise
 
     def _note(self, tasks: Iterable[CopyTask]) -> None:
         """Remember each destination's planned repositories (for its catalog's prefix)."""
@@ -304,7 +308,26 @@ class CopyEngine:
                 done.setdefault(key, []).append(run)  # a group's tasks wait for earlier groups
                 runs.append(run)
                 self._runs.append((task, run))
-        return list(await asyncio.gather(*runs))
+        try:
+            return list(await asyncio.gather(*runs))
+        except asyncio.CancelledError:  # Ctrl-C
+            await self._stop_shared_work()
+            raise
+
+    async def _stop_shared_work(self) -> None:
+        """Cancel the transfers the tasks shared, and wait until they have stopped.
+
+        Shared work (a blob, a child manifest, a tag list) runs in its own task, shielded from
+        any one asker, so cancelling the tasks leaves it running. Left so on Ctrl-C it would go
+        on streaming while the run reports, then meet the sessions closed under it ("Server
+        disconnected") and count that as a retry and its bytes as downloaded again; the
+        counters must be final when the run is cut short."""
+        pending: list[asyncio.Future[Any]] = []
+        for sink in self._sinks.values():
+            for flight in (sink.blobs, sink.manifests, sink.tags, sink.catalog):
+                pending += flight.cancel_pending()
+        if pending:
+            await asyncio.wait(pending)
 
     def so_far(self) -> list[TaskResult]:
         """What a run cut short (Ctrl-C cancels `run_phases`) had done, in plan order: each

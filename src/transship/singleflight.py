@@ -51,11 +51,13 @@ class SingleFlight(Generic[K, T]):
         """The next ask for `key` starts the work again (its outcome went stale)."""
         self._work.pop(key, None)
 
-    def cancel_pending(self) -> None:
-        """Cancel work nobody waits for any more (the run is over)."""
-        for work in self._work.values():
-            if not work.done():
-                work.cancel()
+    def cancel_pending(self) -> list[asyncio.Future[T]]:
+        """Cancel work nobody waits for any more (the run is over); returns what was cancelled,
+        for a caller that must wait until it has really stopped."""
+        pending = [work for work in self._work.values() if not work.done()]
+        for work in pending:
+            work.cancel()
+        return pending
 
     def _settle(self, key: K, done: asyncio.Future[T]) -> None:
         """Keep a finished outcome in a bare future, not the task that made it: a task keeps

@@ -34,11 +34,13 @@ from transship.tkg.config import (
     COMPATIBILITY_PATH_KEY,
     DEFAULT_COMPATIBILITY_PATH,
     REPOSITORY_KEY,
+    SKIP_TLS_VERIFY_KEY,
     TkgSettings,
     compatibility_repository,
     require_tkg_release,
     write_cluster_config,
 )
+from transship.tkg.env import tkg_dest_defaults
 
 FORCE_HINT = "copy or load the missing content first, or pass --force to emit the settings anyway"
 
@@ -72,7 +74,8 @@ def tkg_group() -> None:
     "--dest-insecure",
     "skip_tls_verify",
     is_flag=True,
-    help="Tell TKG (and the check) not to verify the registry's certificate.",
+    help="Tell TKG (and the check) not to verify the registry's certificate "
+    f"(also when {SKIP_TLS_VERIFY_KEY}=true, as for verify, copy and load).",
 )
 @click.option(
     "--dest-creds",
@@ -154,25 +157,31 @@ def tkg_config(
     """
     setup_logging(verbose, quiet)
     repository = parse_prefix(dest, "--dest", need_path=True)
+    # TKG's own variables are destination defaults exactly as for verify, copy and load; what
+    # is emitted is what the check used, so --force never turns the operator's `true` to false
+    dest_settings = tkg_dest_defaults(
+        SideSettings(
+            side="dest",
+            ca=ca,
+            insecure=skip_tls_verify,
+            creds=dest_creds,
+            max_connections=parallel,
+        )
+    )
     ca_base64: str | None = None
-    if ca:
-        bundle = load_ca(ca, given_as="--ca")
+    if dest_settings.ca:
+        bundle = load_ca(dest_settings.ca, given_as=dest_settings.ca_from or "--ca")
         refuse_private_key(bundle)
         ca_base64 = tkg_ca_form(bundle)
-    settings = TkgSettings(repository, skip_tls_verify, ca_base64, compatibility_path.strip("/"))
+    settings = TkgSettings(
+        repository, dest_settings.insecure, ca_base64, compatibility_path.strip("/")
+    )
     compatibility = compatibility_repository(settings)
     plan = load_plan_source(  # a plan elsewhere is refused by _check_plan: exit 9
         plan_file, images_file, script_file, repository, plan_below_prefix=False
     )
     if plan is not None and plan.destination_prefix:  # e.g. the plan an archive carried
         plan = plan.rerooted(repository)  # moved below --dest as `load --dest` moved it
-    dest_settings = SideSettings(
-        side="dest",
-        ca=ca,
-        insecure=skip_tls_verify,
-        creds=dest_creds,
-        max_connections=parallel,
-    )
     src_settings = side_settings("src", kwargs, parallel)
     console = Console(stderr=True)
     try:

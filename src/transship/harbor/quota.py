@@ -39,6 +39,20 @@ def binary_size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def quota_detail(limit: int | None, used: int | None) -> str:
+    """What is known of the quota, truthfully: Harbor's "used" counts only what landed, not the
+    uploads in flight that the refused push would have added to, so it can be well below the
+    limit; empty when nothing could be read."""
+    known = []
+    if limit is not None and limit >= 0:
+        known.append(f"limit {binary_size(limit)}")
+    if used is not None:
+        known.append(
+            f"{binary_size(used)} used as Harbor counts it, not counting uploads in flight"
+        )
+    return f" ({'; '.join(known)})" if known else ""
+
+
 def is_quota_refusal(error: TransshipError) -> bool:
     """A 412, or a 403, whose message speaks of the quota."""
     status = error.status if isinstance(error, RegistryError) else None
@@ -78,11 +92,9 @@ class QuotaReader:
             quota = None
         limit = quota.limit if quota else None
         used = quota.used if quota else None
-        shown = f"limit {binary_size(limit)}" if limit is not None and limit >= 0 else "its limit"
-        if used is not None:
-            shown += f", {binary_size(used)} used"
         return NamespaceFullError(
-            f"Harbor project '{project}' on {self.api.host} is over its storage quota ({shown})",
+            f"Harbor project '{project}' on {self.api.host} refused a push that would exceed "
+            f"its storage quota{quota_detail(limit, used)}",
             namespace=project,
             limit=limit,
             used=used,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transship import sizes
-from transship.errors import LayoutError, UsageError
+from transship.errors import IntegrityError, LayoutError, UsageError
 from transship.fsutil import write_atomic
 from transship.layout.reader import Extent
 from transship.streams import CHUNK
@@ -132,8 +132,8 @@ class Volumes:
             path = parts_file.with_name(name)
             if not path.is_file():
                 missing.append(name)
-            elif path.stat().st_size != size:
-                raise LayoutError(
+            elif path.stat().st_size != size:  # cut short (or grown) on the way: damaged media
+                raise IntegrityError(
                     f"{path}: {path.stat().st_size} bytes, the volume list says {size}; "
                     "copy it again from the source media"
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,9 +45,11 @@ async def run_phases(
     except asyncio.CancelledError:
         if on_interrupt is not None:
             seconds = time.monotonic() - start
-            on_interrupt(
-                RunOutcome(engine.so_far(), engine.stats, seconds, engine.stopped, True)
-            )
+            # the engine has stopped its shared work (`CopyEngine._stop_shared_work`), so the
+            # counters are final; a copy all the same, so the summary printed now and the
+            # report written on the way out read the very same numbers
+            stats = dataclasses.replace(engine.stats)
+            on_interrupt(RunOutcome(engine.so_far(), stats, seconds, engine.stopped, True))
         raise
     return RunOutcome(results, engine.stats, time.monotonic() - start, engine.stopped)
 

@@ -105,12 +105,15 @@ def write_cluster_config(path: Path, settings: TkgSettings) -> list[str]:
     """Set the keys in a cluster configuration file, keeping everything else; returns them.
 
     A missing file is created. A CA key left from an earlier setting is blanked when no CA is
-    given now, so that TKG does not keep trusting a CA that is no longer meant.
+    given now, so that TKG does not keep trusting a CA that is no longer meant. The file's line
+    endings are kept (a file edited on Windows stays CRLF), as its comments are.
     """
     try:
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        raw = path.read_bytes().decode("utf-8") if path.exists() else ""
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read cluster configuration {path}: {exc}") from None
+    newline = line_ending(raw)
+    text = raw.replace("\r\n", "\n")
     yaml = _yaml()
     try:
         doc = yaml.load(text) if text.strip() else None
@@ -136,7 +139,14 @@ def write_cluster_config(path: Path, settings: TkgSettings) -> list[str]:
     out = io.StringIO()
     yaml.dump(doc, out)
     mode = path.stat().st_mode & 0o7777 if path.exists() else None
-    write_atomic(path, out.getvalue(), private=True)  # a new one 0600: it may hold passwords
+    # a new one 0600: it may hold passwords
+    write_atomic(path, out.getvalue().replace("\n", newline), private=True)
     if mode is not None:
         os.chmod(path, mode)  # it may hold passwords: keep whatever the owner chose
     return changed
+
+
+def line_ending(text: str) -> str:
+    """The file's line ending, by its first line: CRLF or LF (also for an empty file)."""
+    first = text.find("\n")
+    return "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"

@@ -1,0 +1,105 @@
+"""Ctrl-C of a transfer is neither a retry nor a refetch: `load` and `copy` interrupted while a
+big blob streams (rate-limited) into a real TLS registry with credentials report what happened,
+and the report agrees with the summary table."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clirunner import CLI
+from harness.pki import PKI
+from harness.registry import RegistryProcess
+from harness.seed import SeedClient, build_image
+
+from transship.progress import human_bytes
+
+CREDS = "alice:s3cret-Pa55"
+BIG = 12_000_000
+
+
+def summary(err: str) -> dict[str, str]:
+    """The summary table's rows: what -> value."""
+    rows = {}
+    for line in err.splitlines():
+        cells = [c.strip() for c in re.split(r"[│|]", line) if c.strip()]
+        if len(cells) == 2:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def interrupt(args: list[str], dest: RegistryProcess, tmp_path: Path) -> tuple[int, str]:
+    """Run transship, SIGINT it once the big blob has streamed for a while; (code, stderr)."""
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transship", *args], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if dest.requests("POST", r"/blobs/uploads/"):
+            break
+        time.sleep(0.02)
+    time.sleep(2.0)  # about 2 MB of the big layer streamed, at 1M/s
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def assert_no_phantom_retries(doc: dict[str, Any], err: str) -> None:
+    assert "retrying blob" not in err, err  # the shutdown is not a failed attempt
+    assert "Server disconnected" not in err, err
+    assert "Traceback" not in err, err
+    stats = doc["stats"]
+    assert stats["retries"] == 0, doc
+    assert stats["bytesRefetched"] == 0 and doc["bytes_refetched"] == 0, doc
+    assert all(e["bytes_refetched"] == 0 for e in doc["entries"]), doc
+    rows = summary(err)  # the summary printed at the interrupt says the same as the report
+    assert rows["bytes sent"] == human_bytes(stats["bytesSent"]), err
+    assert rows["bytes downloaded again"] == human_bytes(stats["bytesRefetched"]), err
+    assert rows["blobs sent / mounted / already there"] == (
+        f"{stats['blobsSent']} / {stats['blobsMounted']} / {stats['blobsPresent']}"
+    ), err
+    assert "retries" not in rows, err
+    assert stats["bytesSent"] == sum(e["bytes"] for e in doc["entries"]), doc
+    assert doc["interrupted"] is True and doc["exitCode"] == 130, doc
+    assert [e["status"] for e in doc["entries"]] == ["interrupted"], doc
+
+
+@pytest.mark.parametrize("command", ["load", "copy"])
+def test_ctrl_c_mid_blob_counts_no_retry_and_no_refetch(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    tmp_path: Path,
+    command: str,
+) -> None:
+    image = build_image(720 if command == "load" else 721, layer_sizes=(BIG,))
+    repo = f"intacc/{command}"
+    SeedClient.for_registry(plain_registry).push_image(repo, image, "v1")
+    listing = tmp_path / "images.txt"
+    listing.write_text(plain_registry.ref(f"{repo}:v1") + "\n")
+    dest = make_registry("tls_basic")
+    report = tmp_path / "report.json"
+    side = ["--dest", f"{dest.host}/far", "--dest-ca", str(pki.ca_pem_path),
+            "--dest-creds", CREDS, "--limit-rate", "1M", "-v", "--report", str(report)]
+    if command == "load":
+        archive = tmp_path / "big.tar"
+        saved = cli("save", "--images", str(listing), "-o", str(archive), "-q")
+        assert saved.code == 0, saved.err
+        args = ["load", str(archive), *side]
+    else:
+        args = ["copy", "--images", str(listing), *side]
+    code, err = interrupt(args, dest, tmp_path)
+    assert code == 130, err
+    doc = json.loads(report.read_text())
+    assert_no_phantom_retries(doc, err)
