@@ -1,4 +1,4 @@
-"""`transship save`, `load` and `archive verify|list`: across the air gap on removable media."""
+"""`transship save`, `load` and `archive verify|list|plan`: across the air gap on media."""
 
 from __future__ import annotations
 
@@ -36,8 +36,14 @@ from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars, save_
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
+from transship.fsutil import write_atomic
 from transship.layout.volumes import parse_size
-from transship.ops.archive import PREFIX_COMMON, destination_prefix, open_archive
+from transship.ops.archive import (
+    PREFIX_COMMON,
+    carried_plan_bytes,
+    destination_prefix,
+    open_archive,
+)
 from transship.ops.load import LoadJob
 from transship.ops.save import PLACEHOLDER, SaveJob, SaveTarget, archive_info, estimate
 from transship.ops.selfcopy import running_tool
@@ -338,6 +344,26 @@ def archive_list(archive: Path, fmt: str) -> int:
         return 0
     finally:
         asyncio.run(job.close())
+
+
+@archive_group.command("plan")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write it to FILE (atomically) instead of standard output.",
+)
+def archive_plan(archive: Path, output: Path | None) -> int:
+    """Print the plan ARCHIVE carries (transship/plan.yaml, byte for byte): also from a split
+    archive, whose plan lies in its last volume. `verify --plan ARCHIVE` reads it directly."""
+    raw = asyncio.run(carried_plan_bytes(archive))
+    if output is not None:
+        write_atomic(output, raw)
+    else:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.flush()
+    return 0
 
 
 @archive_group.command("verify")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ from transship.engine import CopyTask, EngineOptions, Stats, TaskResult
 from transship.errors import (
     ExitCode,
     NamespaceFullError,
+    PlanError,
     PreflightError,
     UsageError,
     exit_code_of,
@@ -197,8 +199,9 @@ def plan_source_options(func: F) -> F:
         click.option(
             "--plan",
             "plan_file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="A plan file (transship plan -o).",
+            type=click.Path(path_type=Path),
+            help="A plan file (transship plan -o), or an archive (transship save: directory, "
+            "tar or first volume) whose carried plan is read.",
         ),
         click.option(
             "--images",
@@ -266,7 +269,7 @@ def load_plan_source(
     if len(chosen) > 1:
         raise UsageError("give only one of --plan, --images and --script")
     if plan_file is not None:
-        plan = Plan.from_yaml(read_text(plan_file), str(plan_file))
+        plan = read_plan(plan_file, dest_given=bool(prefix))
         if prefix and plan_below_prefix:  # moved below it (as load --dest), never ignored
             plan = plan.rerooted(prefix)
         return plan
@@ -280,6 +283,28 @@ def load_plan_source(
     from transship.tkg.script import load_old_script
 
     return load_old_script(script_file, prefix)
+
+
+def read_plan(path: Path, *, dest_given: bool) -> Plan:
+    """`--plan`: a plan file, or an archive (layout directory, tar, first volume or `.parts`)
+    whose carried plan is read as `load` reads it; anything else is refused in one line."""
+    from transship.layout.archive import looks_like_archive
+
+    if looks_like_archive(path):
+        from transship.ops.archive import carried_plan
+
+        return asyncio.run(carried_plan(path, dest_given=dest_given))
+    neither = (
+        f"{path}: neither a plan (transship plan -o) nor an archive (transship save: a layout "
+        "directory, a tar, or its first volume); check the path"
+    )
+    try:
+        text = read_text(path)
+    except PlanError:
+        if path.is_file() and os.access(path, os.R_OK):  # readable, but too large or binary
+            raise PlanError(neither) from None
+        raise
+    return Plan.from_yaml(text, str(path))
 
 
 @dataclass

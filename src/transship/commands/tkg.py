@@ -84,8 +84,9 @@ def tkg_group() -> None:
 @click.option(
     "--plan",
     "plan_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Check this plan is complete at the destination first (as transship verify).",
+    type=click.Path(path_type=Path),
+    help="Check this plan (or the plan an archive carries) is complete at the destination "
+    "first (as transship verify).",
 )
 @click.option(
     "--images",

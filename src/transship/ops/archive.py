@@ -281,6 +281,38 @@ def open_archive(path: Path) -> OCILayout | OCILayoutTar:
     raise UsageError(f"archive {path} does not exist")
 
 
+async def carried_plan(path: Path, *, dest_given: bool) -> Plan:
+    """The plan an archive carries (`transship/plan.yaml`), for `--plan ARCHIVE`: its
+    destinations are below the archive's prefix, which becomes the plan's own, so `--dest NEW`
+    moves them exactly as `load --dest NEW` moves the archive's images. `dest_given`: an
+    archive saved without --dest names no destination, so its plan needs one (as `load`)."""
+    raw, info, label = await _carried(path)
+    plan = Plan.from_yaml(raw.decode(errors="replace"), f"{label}:transship/plan.yaml")
+    if info.prefix_origin == PREFIX_NONE and not dest_given:
+        raise UsageError(f"{label} was saved without --dest; pass --dest REGISTRY/PROJECT")
+    return replace(plan, destination_prefix=info.prefix) if info.prefix else plan
+
+
+async def carried_plan_bytes(path: Path) -> bytes:
+    """`transship/plan.yaml` of an archive as stored (`archive plan`)."""
+    return (await _carried(path))[0]
+
+
+async def _carried(path: Path) -> tuple[bytes, ArchiveInfo, str]:
+    layout = open_archive(path)
+    try:
+        info = ArchiveInfo.read(layout)
+        raw = layout.read_extra("plan.yaml") if info.recorded else None
+    finally:
+        await layout.close()
+    if raw is None:
+        raise UsageError(
+            f"{path}: an archive that carries no transship/plan.yaml (not written by "
+            "transship save); give a plan file (transship plan -o)"
+        )
+    return raw, info, layout.label
+
+
 async def open_finished(path: Path, what: str) -> OCILayout | OCILayoutTar:
     """`open_archive`, refusing (exit 9) one that is not a finished save (`completeness_problems`):
     what `load` refuses, `serve` and `save --since` (`what`) must not build on either."""
