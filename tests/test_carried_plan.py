@@ -3,6 +3,7 @@ tar, first volume) and `archive plan`, also for a split archive whose plan is in
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -105,3 +106,39 @@ def test_a_plan_option_refuses_what_is_neither_plan_nor_archive(
     assert out.code == ExitCode.USAGE and str(plain_dir) in out.error_line, out.err
     out = cli("archive", "plan", str(binary))
     assert out.code != 0 and "Traceback" not in out.err
+
+
+IMGPKG_FIXTURES = Path(__file__).parent / "data" / "imgpkg-tars"  # real imgpkg v0.36 tars
+
+
+def test_a_plan_imgpkg_tars_listing_re_checks_that_load(
+    cli: CLI, make_registry, tmp_path: Path
+) -> None:
+    """`plan imgpkg-tars -o` writes what the load pushes; `verify --plan` of that document
+    checks the load later (complete: 0; a tag removed: 9); copy refuses it in one line."""
+    directory = tmp_path / "bundle-dir"
+    directory.mkdir()
+    for name in ("image-app-a", "index-app-multi", "bundle-app-bundle"):
+        (directory / f"{name}.tar").write_bytes((IMGPKG_FIXTURES / f"{name}.tar").read_bytes())
+    (directory / "publish-images-fromtar.yaml").write_text(
+        "image-app-a.tar: app/a\nindex-app-multi.tar: app/multi\nbundle-app-bundle.tar: b\n"
+    )
+    reg: RegistryProcess = make_registry("plain")
+    prefix = f"{reg.host}/tkg"
+    listing = tmp_path / "x.yaml"
+    out = cli("plan", "imgpkg-tars", str(directory), "--dest", prefix, "-o", str(listing), "-q")
+    assert out.code == 0, out.err
+    assert cli("load", str(directory), "--dest", prefix, "-q").code == 0
+    out = cli("verify", "--plan", str(listing))
+    assert out.code == 0, out.err
+    assert "complete: 6 entries" in out.out
+    out = cli("verify", "--plan", str(listing), "--dest", prefix, "--deep", "-q")
+    assert out.code == 0, out.err
+    tag = reg.storage_dir / "docker/registry/v2/repositories/tkg/b/_manifests/tags/v0.1.0"
+    assert tag.is_dir()
+    shutil.rmtree(tag)
+    out = cli("verify", "--plan", str(listing))
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    assert "tkg/b" in out.out and "v0.1.0" in out.out
+    out = cli("copy", "--plan", str(listing))
+    assert out.code == ExitCode.USAGE and "plan imgpkg-tars" in out.error_line, out.err

@@ -36,7 +36,7 @@ from transship.fsutil import unwritable, write_atomic
 from transship.landed import LandedLog
 from transship.ops.report import run_report
 from transship.ops.run import RunOutcome, run_phases, shared_failure
-from transship.plan._yaml import read_text
+from transship.plan._yaml import load_yaml, read_text
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard, ShardSplit, split
 from transship.progress import ByteBudget, LogObserver, RichObserver, human_bytes, summary_table
@@ -259,17 +259,19 @@ def load_plan_source(
     prefix: str | None,
     *,
     plan_below_prefix: bool = True,
+    listing_ok: bool = False,
 ) -> Plan | None:
     """The plan named by exactly one of the source options (None if none was given).
     `plan_below_prefix`: a plan file is sent below `prefix` (`--dest`) when one is given,
-    re-rooted from the prefix it records (`tkg config` checks its own plan instead)."""
+    re-rooted from the prefix it records (`tkg config` checks its own plan instead).
+    `listing_ok`: see `read_plan`."""
     chosen = [x for x in (plan_file, images_file, script_file) if x is not None]
     if not chosen:
         return None
     if len(chosen) > 1:
         raise UsageError("give only one of --plan, --images and --script")
     if plan_file is not None:
-        plan = read_plan(plan_file, dest_given=bool(prefix))
+        plan = read_plan(plan_file, dest_given=bool(prefix), listing_ok=listing_ok)
         if prefix and plan_below_prefix:  # moved below it (as load --dest), never ignored
             plan = plan.rerooted(prefix)
         return plan
@@ -285,9 +287,11 @@ def load_plan_source(
     return load_old_script(script_file, prefix)
 
 
-def read_plan(path: Path, *, dest_given: bool) -> Plan:
+def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan:
     """`--plan`: a plan file, or an archive (layout directory, tar, first volume or `.parts`)
-    whose carried plan is read as `load` reads it; anything else is refused in one line."""
+    whose carried plan is read as `load` reads it; anything else is refused in one line.
+    `listing_ok`: `plan imgpkg-tars -o`'s listing is taken too, as the plan of what that load
+    pushed (for the commands that only check destinations: verify, tkg config)."""
     from transship.layout.archive import looks_like_archive
 
     if looks_like_archive(path):
@@ -304,7 +308,18 @@ def read_plan(path: Path, *, dest_given: bool) -> Plan:
         if path.is_file() and os.access(path, os.R_OK):  # readable, but too large or binary
             raise PlanError(neither) from None
         raise
-    return Plan.from_yaml(text, str(path))
+    root = load_yaml(text, str(path))
+    if isinstance(root.value, dict) and "push" in root.value and "apiVersion" not in root.value:
+        from transship.ops.imgpkgtar import is_tar_listing, plan_from_listing
+
+        if is_tar_listing(root):
+            if not listing_ok:
+                raise PlanError(
+                    f"{path}: a `plan imgpkg-tars` listing, not a plan: verify --plan and tkg "
+                    "config --plan read it; load the tars themselves with transship load"
+                )
+            return plan_from_listing(root)
+    return Plan.from_dict(root.value, str(path))
 
 
 @dataclass

@@ -163,7 +163,7 @@ def tkg_config(
     settings = TkgSettings(repository, skip_tls_verify, ca_base64, compatibility_path.strip("/"))
     compatibility = compatibility_repository(settings)
     plan = load_plan_source(  # a plan elsewhere is refused by _check_plan: exit 9
-        plan_file, images_file, script_file, repository, plan_below_prefix=False
+        plan_file, images_file, script_file, repository, plan_below_prefix=False, listing_ok=True
     )
     if plan is not None and plan.destination_prefix:  # e.g. the plan an archive carried
         plan = plan.rerooted(repository)  # moved below --dest as `load --dest` moved it
