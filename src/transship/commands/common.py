@@ -36,7 +36,7 @@ from transship.fsutil import unwritable, write_atomic
 from transship.landed import LandedLog
 from transship.ops.report import run_report
 from transship.ops.run import RunOutcome, run_phases, shared_failure
-from transship.plan._yaml import load_yaml, read_text
+from transship.plan._yaml import STDIN, input_name, load_yaml, read_text
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard, ShardSplit, split
 from transship.progress import ByteBudget, LogObserver, RichObserver, human_bytes, summary_table
@@ -207,13 +207,13 @@ def plan_source_options(func: F) -> F:
             "--images",
             "images_file",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="An image list: one reference per line, # comments.",
+            help="An image list: one reference per line, # comments (- reads standard input).",
         ),
         click.option(
             "--script",
             "script_file",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="A gen-publish-images.sh output file (imgpkg copy lines).",
+            help="A gen-publish-images.sh output file (imgpkg copy lines; - reads standard input).",
         ),
         click.option(
             "--dest",
@@ -294,7 +294,7 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
     pushed (for the commands that only check destinations: verify, tkg config)."""
     from transship.layout.archive import looks_like_archive
 
-    if looks_like_archive(path):
+    if str(path) != STDIN and looks_like_archive(path):
         from transship.ops.archive import carried_plan
 
         return asyncio.run(carried_plan(path, dest_given=dest_given))
@@ -305,10 +305,12 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
     try:
         text = read_text(path)
     except PlanError:
-        if path.is_file() and os.access(path, os.R_OK):  # readable, but too large or binary
+        readable = str(path) != STDIN and path.is_file() and os.access(path, os.R_OK)
+        if readable:  # but too large or binary: not a plan
             raise PlanError(neither) from None
         raise
-    root = load_yaml(text, str(path))
+    name = input_name(path)
+    root = load_yaml(text, name)
     if isinstance(root.value, dict) and "push" in root.value and "apiVersion" not in root.value:
         from transship.ops.imgpkgtar import is_tar_listing, plan_from_listing
 
@@ -319,7 +321,7 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
                     "config --plan read it; load the tars themselves with transship load"
                 )
             return plan_from_listing(root)
-    return Plan.from_dict(root.value, str(path))
+    return Plan.from_dict(root.value, name)
 
 
 @dataclass
