@@ -100,3 +100,28 @@ def test_a_missing_base_in_the_chain_and_a_repeated_since_are_refused(
     out = cli("save", "--images", str(listing), "-o", str(tmp_path / "y.tar"),
               "--since", str(second), "-q")  # fmt: skip
     assert out.code == 0, out.err
+
+
+def test_the_readme_chain_on_split_volumes(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """The README's steps as written: a split first archive, `--since` its first volume, an
+    increment of that increment; loaded in order, then verified with the newest one's plan."""
+    refs, images = _images(plain_registry, "chain3")
+    usb = tmp_path / "usb"
+    listing = tmp_path / "one.txt"
+    listing.write_text(refs[0] + "\n")
+    out = cli("save", "--images", str(listing), "-o", str(usb / "tkg.tar"), "--split-size", "64K",
+              "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    first = usb / "tkg.tar.001"
+    _save(cli, tmp_path, refs[:2], usb / "tkg-2.tar", first)
+    _save(cli, tmp_path, refs, usb / "tkg-3", usb / "tkg-2.tar")
+    assert _blobs(usb / "tkg-3").isdisjoint(images[0].blob_digests)
+    dest = make_registry("plain")
+    for archive in (first, usb / "tkg-2.tar", usb / "tkg-3"):
+        out = cli("load", str(archive), "--dest", f"{dest.host}/far", "-q")
+        assert out.code == 0, out.err
+    out = cli("verify", "--plan", str(usb / "tkg-3"), "--dest", f"{dest.host}/far", "--deep")
+    assert out.code == 0, out.err
+    assert skopeo(dest, "far/chain3/app0:v1") == skopeo(plain_registry, "chain3/app0:v1")
