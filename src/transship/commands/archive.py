@@ -1,4 +1,4 @@
-"""`transship save`, `load` and `archive verify|list`: across the air gap on removable media."""
+"""`transship save`, `load` and `archive verify|list|plan`: across the air gap on media."""
 
 from __future__ import annotations
 
@@ -36,8 +36,15 @@ from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars, save_
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
+from transship.fsutil import write_atomic
 from transship.layout.volumes import parse_size
-from transship.ops.archive import PREFIX_COMMON, destination_prefix, open_archive
+from transship.ops.archive import (
+    PREFIX_COMMON,
+    carried_plan_bytes,
+    close_chain,
+    destination_prefix,
+    open_base_chain,
+)
 from transship.ops.load import LoadJob
 from transship.ops.save import PLACEHOLDER, SaveJob, SaveTarget, archive_info, estimate
 from transship.ops.selfcopy import running_tool
@@ -67,10 +74,12 @@ from transship.tkg.env import tkg_dest_defaults
 )
 @click.option(
     "--since",
-    "since",
+    "since_given",
     type=click.Path(exists=True, path_type=Path),
+    multiple=True,  # only to refuse a repeat (`_one_since`): an archive records one base
     metavar="OLD_ARCHIVE",
-    help="Incremental: write only blobs OLD_ARCHIVE does not hold (load OLD first).",
+    help="Incremental: write only blobs OLD_ARCHIVE does not hold (load OLD first); when OLD is "
+    "itself an increment, neither what its bases beside it hold.",
 )
 @click.option(
     "--no-attachments",
@@ -105,7 +114,7 @@ def save(
     dest_prefix: str | None,
     output: Path,
     split_size: str | None,
-    since: Path | None,
+    since_given: tuple[Path, ...],
     no_attachments: bool,
     include_tool: bool,
     dry_run: bool,
@@ -124,6 +133,7 @@ def save(
     Interrupted? Run the same command again: blobs already written and verified are kept.
     """
     setup_logging(verbose, quiet)
+    since = _one_since(since_given)
     # Inside the archive, names are relative to the destination prefix; an image list
     # without one keeps each image's path below a placeholder host.
     prefix = dest_prefix or (None if plan_file else PLACEHOLDER)
@@ -145,7 +155,7 @@ def save(
     if not imgpkg_tars:
         target.check(dry_run=dry_run)
     if since is not None:
-        asyncio.run(open_archive(since).close())  # a bad --since is refused before any request
+        asyncio.run(check_base_chain(since))  # a bad --since is refused before any request
     console = Console(stderr=True)
     listed = plan
     # imgpkg tars are written without the engine; a dry run writes nothing: no report
@@ -208,6 +218,21 @@ def save(
         return results
 
     return execute(run, src_settings, SideSettings(side="dest"), record)  # no dest registry
+
+
+def _one_since(given: tuple[Path, ...]) -> Path | None:
+    """One `--since`: an archive records one base (archive.json `base`, which `load`, `serve`
+    and `archive verify` follow); a base's own bases are followed from it, beside it."""
+    if len(given) > 1:
+        raise UsageError(
+            f"--since given {len(given)} times; give it once, the newest archive: the bases "
+            "it was saved on are followed from it (found beside it by name)"
+        )
+    return given[0] if given else None
+
+
+async def check_base_chain(since: Path) -> None:
+    await close_chain(await open_base_chain(since))
 
 
 @click.command()
@@ -338,6 +363,26 @@ def archive_list(archive: Path, fmt: str) -> int:
         return 0
     finally:
         asyncio.run(job.close())
+
+
+@archive_group.command("plan")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write it to FILE (atomically) instead of standard output.",
+)
+def archive_plan(archive: Path, output: Path | None) -> int:
+    """Print the plan ARCHIVE carries (transship/plan.yaml, byte for byte): also from a split
+    archive, whose plan lies in its last volume. `verify --plan ARCHIVE` reads it directly."""
+    raw = asyncio.run(carried_plan_bytes(archive))
+    if output is not None:
+        write_atomic(output, raw)
+    else:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.flush()
+    return 0
 
 
 @archive_group.command("verify")

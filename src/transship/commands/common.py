@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ from transship.engine import CopyTask, EngineOptions, Stats, TaskResult
 from transship.errors import (
     ExitCode,
     NamespaceFullError,
+    PlanError,
     PreflightError,
     UsageError,
     exit_code_of,
@@ -34,7 +36,7 @@ from transship.fsutil import unwritable, write_atomic
 from transship.landed import LandedLog
 from transship.ops.report import run_report
 from transship.ops.run import RunOutcome, run_phases, shared_failure
-from transship.plan._yaml import read_text
+from transship.plan._yaml import STDIN, input_name, load_yaml, read_text
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard, ShardSplit, split
 from transship.progress import ByteBudget, LogObserver, RichObserver, human_bytes, summary_table
@@ -197,20 +199,21 @@ def plan_source_options(func: F) -> F:
         click.option(
             "--plan",
             "plan_file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="A plan file (transship plan -o).",
+            type=click.Path(path_type=Path),
+            help="A plan file (transship plan -o), or an archive (transship save: directory, "
+            "tar or first volume) whose carried plan is read.",
         ),
         click.option(
             "--images",
             "images_file",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="An image list: one reference per line, # comments.",
+            help="An image list: one reference per line, # comments (- reads standard input).",
         ),
         click.option(
             "--script",
             "script_file",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="A gen-publish-images.sh output file (imgpkg copy lines).",
+            help="A gen-publish-images.sh output file (imgpkg copy lines; - reads standard input).",
         ),
         click.option(
             "--dest",
@@ -256,17 +259,19 @@ def load_plan_source(
     prefix: str | None,
     *,
     plan_below_prefix: bool = True,
+    listing_ok: bool = False,
 ) -> Plan | None:
     """The plan named by exactly one of the source options (None if none was given).
     `plan_below_prefix`: a plan file is sent below `prefix` (`--dest`) when one is given,
-    re-rooted from the prefix it records (`tkg config` checks its own plan instead)."""
+    re-rooted from the prefix it records (`tkg config` checks its own plan instead).
+    `listing_ok`: see `read_plan`."""
     chosen = [x for x in (plan_file, images_file, script_file) if x is not None]
     if not chosen:
         return None
     if len(chosen) > 1:
         raise UsageError("give only one of --plan, --images and --script")
     if plan_file is not None:
-        plan = Plan.from_yaml(read_text(plan_file), str(plan_file))
+        plan = read_plan(plan_file, dest_given=bool(prefix), listing_ok=listing_ok)
         if prefix and plan_below_prefix:  # moved below it (as load --dest), never ignored
             plan = plan.rerooted(prefix)
         return plan
@@ -280,6 +285,43 @@ def load_plan_source(
     from transship.tkg.script import load_old_script
 
     return load_old_script(script_file, prefix)
+
+
+def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan:
+    """`--plan`: a plan file, or an archive (layout directory, tar, first volume or `.parts`)
+    whose carried plan is read as `load` reads it; anything else is refused in one line.
+    `listing_ok`: `plan imgpkg-tars -o`'s listing is taken too, as the plan of what that load
+    pushed (for the commands that only check destinations: verify, tkg config)."""
+    from transship.layout.archive import looks_like_archive
+
+    if str(path) != STDIN and looks_like_archive(path):
+        from transship.ops.archive import carried_plan
+
+        return asyncio.run(carried_plan(path, dest_given=dest_given))
+    neither = (
+        f"{path}: neither a plan (transship plan -o) nor an archive (transship save: a layout "
+        "directory, a tar, or its first volume); check the path"
+    )
+    try:
+        text = read_text(path)
+    except PlanError:
+        readable = str(path) != STDIN and path.is_file() and os.access(path, os.R_OK)
+        if readable:  # but too large or binary: not a plan
+            raise PlanError(neither) from None
+        raise
+    name = input_name(path)
+    root = load_yaml(text, name)
+    if isinstance(root.value, dict) and "push" in root.value and "apiVersion" not in root.value:
+        from transship.ops.imgpkgtar import is_tar_listing, plan_from_listing
+
+        if is_tar_listing(root):
+            if not listing_ok:
+                raise PlanError(
+                    f"{path}: a `plan imgpkg-tars` listing, not a plan: verify --plan and tkg "
+                    "config --plan read it; load the tars themselves with transship load"
+                )
+            return plan_from_listing(root)
+    return Plan.from_dict(root.value, name)
 
 
 @dataclass

@@ -118,7 +118,7 @@ def load_imgpkg_tars(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the listing as JSON to FILE (atomically).",
+    help="Write the listing as JSON to FILE (atomically); verify --plan FILE re-checks the load.",
 )
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True)

@@ -87,8 +87,9 @@ def tkg_group() -> None:
 @click.option(
     "--plan",
     "plan_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Check this plan is complete at the destination first (as transship verify).",
+    type=click.Path(path_type=Path),
+    help="Check this plan (or the plan an archive carries) is complete at the destination "
+    "first (as transship verify).",
 )
 @click.option(
     "--images",
@@ -178,7 +179,7 @@ def tkg_config(
     )
     compatibility = compatibility_repository(settings)
     plan = load_plan_source(  # a plan elsewhere is refused by _check_plan: exit 9
-        plan_file, images_file, script_file, repository, plan_below_prefix=False
+        plan_file, images_file, script_file, repository, plan_below_prefix=False, listing_ok=True
     )
     if plan is not None and plan.destination_prefix:  # e.g. the plan an archive carried
         plan = plan.rerooted(repository)  # moved below --dest as `load --dest` moved it

@@ -96,7 +96,7 @@ def verify(
     setup_logging(verbose, quiet)
     dest_settings = tkg_dest_defaults(side_settings("dest", kwargs, parallel))
     src_settings = side_settings("src", kwargs, parallel)
-    plan = load_plan_source(plan_file, images_file, script_file, dest_prefix)
+    plan = load_plan_source(plan_file, images_file, script_file, dest_prefix, listing_ok=True)
     if plan is None:
         raise UsageError("give what to verify: --plan FILE, --images FILE or --script FILE")
     plan, _ = shard_part(plan, shard, quiet)  # one host's part; without --shard, all of it

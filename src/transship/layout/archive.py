@@ -58,6 +58,20 @@ COMPRESSED_MAGIC = {
 }
 
 
+def looks_like_archive(path: Path) -> bool:
+    """Whether `path` is read as an archive rather than a text file where either may be
+    given (`--plan`): a directory, a split archive (volume or `.parts`), a tar (its first
+    header's magic) or a compressed file (`OCILayoutTar` then says to decompress it)."""
+    if path.is_dir() or find_parts_file(path) is not None:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(tarfile.BLOCKSIZE)
+    except OSError:
+        return False  # the text reader says why it cannot be read
+    return head[257:262] == b"ustar" or any(head.startswith(m) for m in COMPRESSED_MAGIC)
+
+
 class TarMember:
     """A member's bytes: `pread` at an absolute offset, so concurrent readers never interfere.
 

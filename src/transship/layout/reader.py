@@ -197,7 +197,8 @@ class LayoutReader:
             if self.base_name:
                 raise NotFoundError(
                     f"{where} not found: this archive is incremental on top of "
-                    f"{self.base_name}; load that archive into the registry first"
+                    f"{self.base_name}; load that archive (and the bases it was saved on, in "
+                    "order) into the registry first"
                 )
             raise NotFoundError(f"{where} not found")
         try:

@@ -281,6 +281,38 @@ def open_archive(path: Path) -> OCILayout | OCILayoutTar:
     raise UsageError(f"archive {path} does not exist")
 
 
+async def carried_plan(path: Path, *, dest_given: bool) -> Plan:
+    """The plan an archive carries (`transship/plan.yaml`), for `--plan ARCHIVE`: its
+    destinations are below the archive's prefix, which becomes the plan's own, so `--dest NEW`
+    moves them exactly as `load --dest NEW` moves the archive's images. `dest_given`: an
+    archive saved without --dest names no destination, so its plan needs one (as `load`)."""
+    raw, info, label = await _carried(path)
+    plan = Plan.from_yaml(raw.decode(errors="replace"), f"{label}:transship/plan.yaml")
+    if info.prefix_origin == PREFIX_NONE and not dest_given:
+        raise UsageError(f"{label} was saved without --dest; pass --dest REGISTRY/PROJECT")
+    return replace(plan, destination_prefix=info.prefix) if info.prefix else plan
+
+
+async def carried_plan_bytes(path: Path) -> bytes:
+    """`transship/plan.yaml` of an archive as stored (`archive plan`)."""
+    return (await _carried(path))[0]
+
+
+async def _carried(path: Path) -> tuple[bytes, ArchiveInfo, str]:
+    layout = open_archive(path)
+    try:
+        info = ArchiveInfo.read(layout)
+        raw = layout.read_extra("plan.yaml") if info.recorded else None
+    finally:
+        await layout.close()
+    if raw is None:
+        raise UsageError(
+            f"{path}: an archive that carries no transship/plan.yaml (not written by "
+            "transship save); give a plan file (transship plan -o)"
+        )
+    return raw, info, layout.label
+
+
 async def open_finished(path: Path, what: str) -> OCILayout | OCILayoutTar:
     """`open_archive`, refusing (exit 9) one that is not a finished save (`completeness_problems`):
     what `load` refuses, `serve` and `save --since` (`what`) must not build on either."""
@@ -294,6 +326,55 @@ async def open_finished(path: Path, what: str) -> OCILayout | OCILayoutTar:
         await layout.close()
         raise IncompleteError(f"{what}: {problems[0]}")
     return layout
+
+
+#: how many increments deep a chain of bases is followed (a loop of names stops sooner)
+MAX_BASE_CHAIN = 64
+
+
+def base_beside(archive: Path, name: str) -> Path | None:
+    """The base archive.json names (`base`), beside the increment (as `save --since` gave it:
+    a directory, a tar, a first volume or a `.parts` file), or None when it is not there."""
+    beside = archive.parent / name
+    return beside if beside.exists() else None
+
+
+async def open_base_chain(path: Path, what: str = "--since") -> OCILayout | OCILayoutTar:
+    """`save --since BASE`: BASE opened as `open_finished`, and, when BASE is itself an
+    increment, the base its archive.json names beside it (and so on), linked through `.base`,
+    so a blob any of them holds counts as present and is not carried again. A base in the
+    chain that is not beside its increment is refused in one line naming it: carrying its
+    blobs again would silently undo the chain, leaving them out would need a base nobody has."""
+    first = await open_finished(path, what)
+    layout: LayoutReader = first
+    names = {path.name}
+    try:
+        for _ in range(MAX_BASE_CHAIN):
+            name = ArchiveInfo.read(layout).base
+            if not name or name in names:
+                break
+            beside = base_beside(path, name)
+            if beside is None:
+                raise UsageError(
+                    f"{what} {path}: {path.name} is an increment on top of {name}, which is not "
+                    f"beside it ({path.parent / name}); put {name} there, so this save leaves "
+                    "out what it holds (or save without --since for a full archive)"
+                )
+            names.add(name)
+            layout.base = await open_finished(beside, what)
+            layout, path = layout.base, beside
+    except BaseException:
+        await close_chain(first)
+        raise
+    return first
+
+
+async def close_chain(layout: LayoutReader | None) -> None:
+    """Close an archive and the bases `open_base_chain` linked below it."""
+    while isinstance(layout, (OCILayout, OCILayoutTar)):  # what `open_finished` opens
+        below = layout.base
+        await layout.close()
+        layout = below
 
 
 def load_tasks(

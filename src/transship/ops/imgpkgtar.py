@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transship.digest import Digest
 from transship.engine import CopyTask, TaskResult
 from transship.errors import UsageError
 from transship.imgpkg.fromtar import (
@@ -30,7 +31,8 @@ from transship.imgpkg.totar import tar_jobs, write_tar_set
 from transship.memory import MemoryEndpoint
 from transship.ops.save import PLACEHOLDER
 from transship.ops.tasks import EndpointFor
-from transship.plan.model import Plan, PlanEntry
+from transship.plan._yaml import Node
+from transship.plan.model import EntryKind, Plan, PlanEntry
 from transship.reference import Reference
 
 log = logging.getLogger("transship.imgpkg")
@@ -115,6 +117,46 @@ def tar_listing(targets: Sequence[TarTarget]) -> tuple[TarLoad, dict[str, Any]]:
         ],
     }
     return load, doc
+
+
+#: the keys of `plan imgpkg-tars -o`'s document (`tar_listing`) and of each row it pushes
+_LISTING_KEYS = frozenset({"tars", "storedBytes", "uniqueBytes", "savedBytes", "push"})
+_ROW_KEYS = frozenset({"tar", "destination", "tags", "digest", "kind"})
+
+
+def is_tar_listing(root: Node) -> bool:
+    """Whether a `--plan` document is `plan imgpkg-tars -o`'s listing rather than a plan."""
+    return root.has("push") and root.has("tars") and not root.has("apiVersion")
+
+
+def plan_from_listing(root: Node) -> Plan:
+    """`plan imgpkg-tars -o`'s listing as the plan of what that load pushed, every manifest
+    pinned to its digest, so `verify --plan` re-checks such a load later. The tars are no
+    registry: each entry's source names the pushed manifest itself (never read, the digest is
+    known), which is why `copy` and `save` refuse a listing."""
+    root.only_keys(_LISTING_KEYS)
+    entries = []
+    for row in root.child("push").elements():
+        row.only_keys(_ROW_KEYS)
+        destination = row.child("destination").string()
+        listed = row.get("tags")
+        tags = [tag.string() for tag in listed.elements()] if listed is not None else []
+        try:
+            digest = Digest.parse(row.child("digest").string())
+            kind = EntryKind(row.child("kind").string())
+            entries.append(
+                PlanEntry.create(
+                    f"{destination}@{digest}",
+                    destination,
+                    kind=kind,
+                    tags=tags,
+                    source_digest=digest,
+                    expanded=True if kind is EntryKind.BUNDLE else None,  # its images are rows
+                )
+            )
+        except (UsageError, ValueError) as exc:
+            raise row.error(str(exc)) from None
+    return Plan(tuple(entries), sources=(root.file,))
 
 
 #: what a from-tar script saved without a destination pushes under (TKG's own setting)

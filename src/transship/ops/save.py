@@ -36,8 +36,9 @@ from transship.ops.archive import (
     ArchiveInfo,
     archive_tags,
     checksum_list,
+    close_chain,
     measure,
-    open_finished,
+    open_base_chain,
     relative_repository,
     save_task,
     save_tasks,
@@ -160,7 +161,7 @@ def existing_parent(path: Path) -> Path:
 
 async def estimate(plan: Plan, target: SaveTarget, source_for: EndpointFor) -> SaveEstimate:
     """Bytes, blobs and manifests a save would write (reading manifests only), and free space."""
-    base = await open_finished(target.since, "--since") if target.since else None
+    base = await open_base_chain(target.since) if target.since else None
     try:
         existing: LayoutReader | None = base
         if target.is_tar:
@@ -172,8 +173,7 @@ async def estimate(plan: Plan, target: SaveTarget, source_for: EndpointFor) -> S
         size, blobs, manifests = await measure(source_points(plan, source_for), existing)
         size += target.tool.stat().st_size if target.tool else 0
     finally:
-        if base is not None:
-            await base.close()
+        await close_chain(base)
     where = existing_parent(target.partial)
     free = shutil.disk_usage(where).free
     return SaveEstimate(size, blobs, manifests, free, where)
@@ -194,7 +194,7 @@ class SaveJob:
     async def open(
         cls, plan: Plan, info: ArchiveInfo, target: SaveTarget, source_for: EndpointFor
     ) -> SaveJob:
-        base = await open_finished(target.since, "--since") if target.since else None
+        base = await open_base_chain(target.since) if target.since else None
         layout: OCILayout | TarSink
         if target.is_tar:
             layout = TarSink(target.output, part_size=target.part_size, tool=target.tool)
@@ -245,8 +245,7 @@ class SaveJob:
 
     async def close(self) -> None:
         await self.layout.close()
-        if self.base is not None:
-            await self.base.close()
+        await close_chain(self.base)
 
     async def finish(self) -> Written:
         """After a run without failures (and `close`): checksums, then seal a tar."""

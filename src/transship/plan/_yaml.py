@@ -7,6 +7,7 @@ or aliases (a few lines of `*a` can expand to gigabytes), and one-line errors in
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -40,12 +41,26 @@ def _dumper() -> type[yaml.SafeDumper]:
     return getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+#: an input file given as `-`: standard input (`xargs`-style pipelines), named `<stdin>` in
+#: messages and origins (a file really named `-` is `./-`)
+STDIN = "-"
+
+
+def input_name(path: Path | str) -> str:
+    """How messages and plan origins name an input file (`<stdin>` for `-`)."""
+    return "<stdin>" if str(path) == STDIN else str(path)
+
+
 def read_text(path: Path | str) -> str:
-    """Read a UTF-8 input file, refusing huge ones before they reach the parser."""
-    where = str(path)
+    """Read a UTF-8 input file (or standard input for `-`), refusing huge ones before they
+    reach the parser."""
+    where = input_name(path)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_INPUT_BYTES + 1)
+        if str(path) == STDIN:
+            data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise PlanError(f"{where}: cannot read: {exc.strerror or exc}; check the path") from None
     if len(data) > MAX_INPUT_BYTES:

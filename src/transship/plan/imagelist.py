@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transship.errors import InvalidReferenceError, PlanError
-from transship.plan._yaml import read_text
+from transship.plan._yaml import input_name, read_text
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
 from transship.reference import Reference, parse_prefix
 
@@ -53,5 +53,5 @@ def plan_from_image_list(
 
 
 def load_image_list(path: Path | str, dest_prefix: str) -> Plan:
-    """Read an image list file; origins name it as given."""
-    return plan_from_image_list(read_text(path), str(path), dest_prefix)
+    """Read an image list file (`-`: standard input); origins name it as given."""
+    return plan_from_image_list(read_text(path), input_name(path), dest_prefix)

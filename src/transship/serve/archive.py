@@ -29,7 +29,9 @@ from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import Extent
 from transship.manifest import Descriptor, Manifest
 from transship.ops.archive import (
+    MAX_BASE_CHAIN,
     ArchiveInfo,
+    base_beside,
     completeness_problems,
     open_archive,
     stands_for_untagged,
@@ -101,8 +103,10 @@ class ServedArchive:
         try:
             layers.append(open_archive(archive))
             info = ArchiveInfo.read(layers[0])
-            for base in _base_paths(archive, info, bases):
+            base_paths = _base_paths(archive, info, bases)
+            for base in base_paths:
                 layers.append(open_archive(base))
+            _follow_bases(layers, archive, base_paths)
             for layer in layers:  # what load refuses is not served either
                 problems = completeness_problems(layer, ArchiveInfo.read(layer))
                 if problems:
@@ -251,6 +255,26 @@ class ServedArchive:
             if extents is not None:
                 return extents, layer
         return None
+
+
+def _follow_bases(layers: list[Layer], archive: Path, given: list[Path]) -> None:
+    """An increment of an increment: the base the last layer's archive.json names, beside it,
+    and so on (`save --since` left out what each of them holds, `ops.archive.open_base_chain`)."""
+    path = given[-1] if given else archive
+    names = {archive.name, *(p.name for p in given)}
+    for _ in range(MAX_BASE_CHAIN):
+        name = ArchiveInfo.read(layers[-1]).base
+        if not name or name in names:
+            return
+        beside = base_beside(path, name)
+        if beside is None:
+            raise UsageError(
+                f"{path} is an increment on top of {name}; serve it together with its bases: "
+                f"--base PATH/{name} (or put {name} beside it)"
+            )
+        names.add(name)
+        layers.append(open_archive(beside))
+        path = beside
 
 
 def _base_paths(archive: Path, info: ArchiveInfo, given: list[Path]) -> list[Path]:

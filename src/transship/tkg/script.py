@@ -19,7 +19,7 @@ from pathlib import Path, PurePath
 
 from transship.errors import InvalidReferenceError, PlanError
 from transship.imgpkg.copyline import ImgpkgCopy, parse_copy_lines
-from transship.plan._yaml import read_text
+from transship.plan._yaml import input_name, read_text
 from transship.plan.imagelist import destination_under
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
 from transship.reference import Reference, parse_prefix
@@ -74,8 +74,8 @@ def plan_from_old_script(
 def load_old_script(
     path: Path | str, dest_prefix: str | None = None, source_prefix: str | None = None
 ) -> Plan:
-    """Read a generated script file; origins name it as given."""
-    return plan_from_old_script(read_text(path), str(path), dest_prefix, source_prefix)
+    """Read a generated script file (`-`: standard input); origins name it as given."""
+    return plan_from_old_script(read_text(path), input_name(path), dest_prefix, source_prefix)
 
 
 def _unique_exports(exports: Iterable[ImgpkgCopy]) -> list[ImgpkgCopy]:

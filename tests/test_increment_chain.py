@@ -1,0 +1,127 @@
+"""Increments of increments: `save --since B` where B is itself an increment leaves out what
+B's own bases hold (found beside B by name, as `serve` finds them); a missing base in the chain
+and a repeated `--since` are refused in one line. Real saves from a real registry."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from clirunner import CLI
+from harness.registry import RegistryProcess
+from harness.seed import Image, seed_image
+from harness.skopeo import Skopeo
+
+from transship.errors import ExitCode
+from transship.serve.archive import ServedArchive
+
+
+def _images(reg: RegistryProcess, name: str) -> tuple[list[str], list[Image]]:
+    refs, images = [], []
+    for i in range(3):
+        images.append(seed_image(reg, f"{name}/app{i}", "v1", seed=700 + i, layer_sizes=(40_000,)))
+        refs.append(f"{reg.host}/{name}/app{i}:v1")
+    return refs, images
+
+
+def _save(cli: CLI, tmp_path: Path, refs: list[str], out: Path, *since: Path) -> None:
+    listing = tmp_path / f"{out.name}.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    args = [a for s in since for a in ("--since", str(s))]
+    result = cli("save", "--images", str(listing), "-o", str(out), *args, "-q")
+    assert result.code == 0, result.err
+
+
+def _blobs(layout: Path) -> set[str]:
+    return {f"sha256:{p.name}" for p in (layout / "blobs" / "sha256").iterdir()}
+
+
+def test_an_increment_of_an_increment_carries_only_what_the_chain_lacks(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    refs, images = _images(plain_registry, "chain1")
+    usb = tmp_path / "usb"
+    first, second, third = usb / "tkg.tar", usb / "tkg-2", usb / "tkg-3"
+    _save(cli, tmp_path, refs[:1], first)
+    _save(cli, tmp_path, refs[:2], second, first)
+    _save(cli, tmp_path, refs, third, second)
+    assert set(images[0].blob_digests).isdisjoint(_blobs(second))
+    carried = _blobs(third)
+    assert set(images[2].blob_digests) <= carried
+    # neither what tkg-2 holds nor what its base tkg.tar holds travels again
+    assert carried.isdisjoint(images[1].blob_digests)
+    assert carried.isdisjoint(images[0].blob_digests)
+
+    # serve follows the chain by name: tkg-3 + tkg-2 + tkg.tar
+    async def layers() -> int:
+        served, _info = await ServedArchive.open(third, [], None)
+        try:
+            return len(served.layers)
+        finally:
+            await served.close()
+
+    assert asyncio.run(layers()) == 3
+    # and the three loads in order land every image whole
+    dest = make_registry("plain")
+    for archive in (first, second, third):
+        out = cli("load", str(archive), "--dest", f"{dest.host}/far", "-q")
+        assert out.code == 0, out.err
+    for i in range(3):
+        assert skopeo(dest, f"far/chain1/app{i}:v1") == skopeo(plain_registry, f"chain1/app{i}:v1")
+    out = cli("verify", "--plan", str(third), "--dest", f"{dest.host}/far", "--deep", "-q")
+    assert out.code == 0, out.err
+
+
+def test_a_missing_base_in_the_chain_and_a_repeated_since_are_refused(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    refs, _ = _images(plain_registry, "chain2")
+    usb = tmp_path / "usb"
+    first, second = usb / "tkg.tar", usb / "tkg-2.tar"
+    _save(cli, tmp_path, refs[:1], first)
+    _save(cli, tmp_path, refs[:2], second, first)
+    listing = tmp_path / "all.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    out = cli("save", "--images", str(listing), "-o", str(tmp_path / "x.tar"),
+              "--since", str(second), "--since", str(first))  # fmt: skip
+    assert out.code == ExitCode.USAGE and "--since given 2 times" in out.error_line, out.err
+    assert not (tmp_path / "x.tar").exists()
+    elsewhere = tmp_path / "away"
+    elsewhere.mkdir()
+    shutil.move(first, elsewhere / first.name)
+    out = cli("save", "--images", str(listing), "-o", str(tmp_path / "y.tar"),
+              "--since", str(second))  # fmt: skip
+    assert out.code == ExitCode.USAGE, out.err
+    assert "tkg-2.tar is an increment on top of tkg.tar" in out.error_line
+    assert "Traceback" not in out.err
+    assert not list(tmp_path.glob("y.tar*"))
+    shutil.move(elsewhere / first.name, first)  # back beside it: the save works
+    out = cli("save", "--images", str(listing), "-o", str(tmp_path / "y.tar"),
+              "--since", str(second), "-q")  # fmt: skip
+    assert out.code == 0, out.err
+
+
+def test_the_readme_chain_on_split_volumes(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """The README's steps as written: a split first archive, `--since` its first volume, an
+    increment of that increment; loaded in order, then verified with the newest one's plan."""
+    refs, images = _images(plain_registry, "chain3")
+    usb = tmp_path / "usb"
+    listing = tmp_path / "one.txt"
+    listing.write_text(refs[0] + "\n")
+    out = cli("save", "--images", str(listing), "-o", str(usb / "tkg.tar"), "--split-size", "64K",
+              "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    first = usb / "tkg.tar.001"
+    _save(cli, tmp_path, refs[:2], usb / "tkg-2.tar", first)
+    _save(cli, tmp_path, refs, usb / "tkg-3", usb / "tkg-2.tar")
+    assert _blobs(usb / "tkg-3").isdisjoint(images[0].blob_digests)
+    dest = make_registry("plain")
+    for archive in (first, usb / "tkg-2.tar", usb / "tkg-3"):
+        out = cli("load", str(archive), "--dest", f"{dest.host}/far", "-q")
+        assert out.code == 0, out.err
+    out = cli("verify", "--plan", str(usb / "tkg-3"), "--dest", f"{dest.host}/far", "--deep")
+    assert out.code == 0, out.err
+    assert skopeo(dest, "far/chain3/app0:v1") == skopeo(plain_registry, "chain3/app0:v1")
