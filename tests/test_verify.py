@@ -250,7 +250,7 @@ def test_nothing_to_verify_is_a_usage_error(cli: CLI) -> None:
 
 
 def test_copy_repair_sends_what_the_destination_lost(
-    cli: CLI, copied: dict, pki: PKI, skopeo: Skopeo
+    cli: CLI, copied: dict, pki: PKI, skopeo: Skopeo, tmp_path: Path
 ) -> None:
     """A registry that lost a layer (garbage collection, a partial restore) and an index child:
     `verify --deep` finds both and says how to mend; a plain copy trusts the manifests that
@@ -275,12 +275,18 @@ def test_copy_repair_sends_what_the_destination_lost(
     assert cli(*verify_args(copied, pki, "--deep", "-q")).code == ExitCode.INCOMPLETE
 
     mark = dest.log_offset()
-    repaired = cli(*copy_args, "--repair")
+    report = tmp_path / "repair.json"
+    repaired = cli(*copy_args, "--repair", "--report", str(report))
     assert repaired.code == 0, repaired.err
+    status = {e["destination"].split("/")[-1]: e["status"] for e in json.loads(
+        report.read_text())["entries"]}  # fmt: skip
+    assert status == {"one:v1": "copied", "two:v2": "skipped", "three:v3": "skipped",
+                      "multi:v1": "copied"}, status  # fmt: skip
     dest.settle_log(quiet=0.3)
     sent = [e.path for e in dest.blob_uploads(since=mark)]
     assert len(sent) == 1 and lost_layer in unquote(sent[0]), sent  # that layer, once
-    assert dest.requests("PUT", rf"/manifests/{lost_child.digest}", since=mark)
+    pushed = [e.path for e in dest.requests("PUT", r"/manifests/", since=mark)]
+    assert pushed == [f"/v2/{repo('multi')}/manifests/{lost_child.digest}"], pushed  # no tag again
     assert cli(*verify_args(copied, pki, "--deep", "-q")).code == 0
     assert skopeo(dest, f"{repo('multi')}@{lost_child.digest}") == lost_child.manifest
 
@@ -307,4 +313,5 @@ def test_load_repair_sends_what_the_destination_lost(
     dest.settle_log(quiet=0.3)
     sent = [unquote(e.path) for e in dest.blob_uploads(since=mark)]
     assert len(sent) == 1 and lost in sent[0], sent
+    assert not dest.requests("PUT", r"/manifests/", since=mark), "the tag was there already"
     assert dest.has_blob(lost)

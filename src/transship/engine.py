@@ -269,6 +269,8 @@ class CopyEngine:
         self.stopped: HostDownError | None = None
         #: every task `run_phases` started, in plan order: what `so_far` reads
         self._runs: list[tuple[CopyTask, asyncio.Task[TaskResult]]] = []
+        #: `--repair`: writes per task (blobs sent or mounted, manifests pushed), by id
+        self._writes: dict[int, list[int]] = {}
 
     def _sink(self, dest: Endpoint) -> _Sink:
         return self._sinks.setdefault(id(dest), _Sink())
@@ -424,10 +426,45 @@ class CopyEngine:
         ):
             self.stats.manifests_present += 1
             return "skipped", manifest.digest
+        if self.options.repair:
+            return await self._repair_one(task, manifest)
         await self._copy_manifest(task, manifest, depth=0, seen=frozenset())
         for tag in tags:
             await self._push_manifest(task, manifest, tag)
         return "copied", manifest.digest
+
+    async def _repair_one(self, task: CopyTask, manifest: Manifest) -> tuple[Status, Digest]:
+        """`--repair`: walk the whole graph and send what is missing below it, but PUT no
+        manifest and no tag that already names this digest (immutable tags stay untouched,
+        no webhook fires for nothing). 'skipped' when nothing had to be written."""
+        writes = self._writes.setdefault(id(task), [0])
+        named = await asyncio.gather(
+            *(self._names(task, tag, manifest.digest) for tag in task.dest_tags)
+        )
+        untagged_present = not task.dest_tags and await self._names(
+            task, str(manifest.digest), manifest.digest
+        )
+        await self._copy_manifest(
+            task, manifest, depth=0, seen=frozenset(), push=not untagged_present
+        )
+        for tag, there in zip(task.dest_tags, named, strict=True):
+            if not there:
+                await self._push_manifest(task, manifest, tag)
+        if writes[0]:
+            return "copied", manifest.digest
+        self.stats.manifests_present += 1
+        return "skipped", manifest.digest
+
+    async def _names(self, task: CopyTask, identifier: str, digest: Digest) -> bool:
+        """Whether `identifier` (a tag, or a digest) names `digest` at the destination."""
+        found = await task.dest.head_manifest(task.dest_repository, identifier)
+        return found is not None and found.digest == digest
+
+    def _wrote(self, task: CopyTask) -> None:
+        """Count a write (blob sent or mounted, manifest pushed) for a `--repair` task."""
+        writes = self._writes.get(id(task))
+        if writes is not None:
+            writes[0] += 1
 
     async def _push_manifest(self, task: CopyTask, manifest: Manifest, tag: str | None) -> None:
         """PUT a manifest; if the registry says content it needs is unknown, check and retry.
@@ -441,6 +478,7 @@ class CopyEngine:
             try:
                 await task.dest.put_manifest(task.dest_repository, manifest, tag)
                 self.stats.manifests_pushed += 1
+                self._wrote(task)
                 return
             except RegistryError as exc:
                 if not attempts.left or not set(exc.codes) & _CONTENT_RACE_CODES:
@@ -574,9 +612,16 @@ class CopyEngine:
         return await task.source.get_manifest(task.source_repository, str(matches[0].digest))
 
     async def _copy_manifest(
-        self, task: CopyTask, manifest: Manifest, depth: int, seen: frozenset[Digest]
+        self,
+        task: CopyTask,
+        manifest: Manifest,
+        depth: int,
+        seen: frozenset[Digest],
+        *,
+        push: bool = True,
     ) -> None:
-        """Land everything `manifest` references, then the manifest itself (by digest)."""
+        """Land everything `manifest` references, then the manifest itself (by digest;
+        `push=False`: it is there already, only what is below it was checked)."""
         if manifest.digest in seen or depth > MAX_INDEX_DEPTH:
             raise IntegrityError(
                 f"{task.source_name}: index nesting is cyclic or deeper than "
@@ -593,7 +638,7 @@ class CopyEngine:
             await asyncio.gather(
                 *(self._ensure_blob(task, blob) for blob in manifest.blobs() if not blob.urls)
             )
-        if not task.dest_tags or depth > 0:
+        if push and (not task.dest_tags or depth > 0):
             await self._push_manifest(task, manifest, None)
 
     async def _copy_child(
@@ -606,10 +651,12 @@ class CopyEngine:
     async def _land_child(
         self, task: CopyTask, child: Descriptor, depth: int, seen: frozenset[Digest]
     ) -> None:
-        if (
-            not self.options.repair
-            and await self._tag_view(task.dest, task.dest_repository) is not None
-        ):
+        if self.options.repair:  # walk below a child that is there, push it only if not
+            there = await self._names(task, str(child.digest), child.digest)
+            manifest = await task.source.get_manifest(task.source_repository, str(child.digest))
+            await self._copy_manifest(task, manifest, depth, seen, push=not there)
+            return
+        if await self._tag_view(task.dest, task.dest_repository) is not None:
             found = await task.dest.head_manifest(task.dest_repository, str(child.digest))
             if found is not None and found.digest == child.digest:
                 self.stats.manifests_present += 1
@@ -693,6 +740,7 @@ class CopyEngine:
     async def _mount(self, task: CopyTask, blob: Descriptor, origin: str) -> bool:
         if await task.dest.mount_blob(task.dest_repository, blob.digest, origin):
             self.stats.blobs_mounted += 1
+            self._wrote(task)
             return True
         return False
 
@@ -779,6 +827,7 @@ class CopyEngine:
             self.observer.blob_finished(blob)
         self.stats.blobs_uploaded += 1
         self.stats.bytes_uploaded += blob.size
+        self._wrote(task)
         if id(task) in self._task_bytes:
             self._task_bytes[id(task)] += blob.size
 

@@ -516,9 +516,10 @@ async def resolve_listed(
     quiet: bool,
     *,
     attachments: bool,
-    held_back_outcome: str = "it is not copied (a bundle without its images would break imgpkg)",
+    verifying: bool = False,
 ) -> tuple[Plan, list[PlanEntry]]:
-    """Resolve a list or script (`ops.listed`) and tell people what was left out and why."""
+    """Resolve a list or script (`ops.listed`) and tell people what was left out and why
+    (`verifying`: in the words of a check, not of a copy)."""
     from transship.ops.listcache import ListCache, default_directory
     from transship.ops.listed import resolve_listed as resolve_listed_plan
 
@@ -530,7 +531,13 @@ async def resolve_listed(
     for warning in listed.warnings if not quiet else ():
         print(f"transship: warning: {warning}", file=sys.stderr)
     for gap in listed.not_copied if not quiet else ():
-        print(f"transship: warning: not copied: {gap.source}: {gap.reason}", file=sys.stderr)
+        left = "not checked" if verifying else "not copied"
+        print(f"transship: warning: {left}: {gap.source}: {gap.reason}", file=sys.stderr)
+    held_back_outcome = (
+        "only its own tag is checked, not its images"
+        if verifying
+        else "it is not copied (a bundle without its images would break imgpkg)"
+    )
     for entry in listed.held_back:
         print(
             f"transship: error: bundle {entry.source} could not be expanded, so "
@@ -571,7 +578,7 @@ async def run_verify(
                 options.parallel,
                 quiet,
                 attachments=attachments,
-                held_back_outcome="only its own tag is checked, not its images",
+                verifying=True,
             )
             # checked as listed: present or not, and named among the unexpanded bundles
             plan = replace(plan, entries=plan.entries + tuple(held_back))

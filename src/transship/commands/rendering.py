@@ -52,7 +52,8 @@ def print_result(result: VerifyResult, console: Console) -> None:
     if any(problem.kind in lost for _check, problem in result.problems):
         console.print(
             "hint: a manifest is there but content below it is not: `transship copy --repair` "
-            "with the same plan sends what is missing (a plain copy trusts the manifest)",
+            "(or `load --repair` from the archive) with the same input sends what is missing; "
+            "a plain copy or load trusts the manifest",
             highlight=False,
             soft_wrap=True,
         )
