@@ -34,6 +34,23 @@ def own_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+#: What makes rich treat a pipe as a terminal (colours, the terminal's width, live bars) or
+#: changes its width: a CI machine may set any of these, and the tests parse plain tables.
+TERMINAL_VARS = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "COLUMNS", "LINES")
+
+
+@pytest.fixture(autouse=True)
+def plain_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output as on a pipe, 200 columns wide, whatever the machine's environment says.
+
+    Set in `os.environ`, so the `cli` fixture and subprocesses started with
+    `{**os.environ, ...}` both get it. A test that wants another width sets `COLUMNS` itself.
+    """
+    for var in TERMINAL_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     """Test CA, wrong CA, server certs (good/expired/wrong host/wrong CA), token signer."""
