@@ -475,6 +475,19 @@ class RegistryProcess:
             time.sleep(0.05)
         return self.settle_log(quiet=quiet, timeout=max(deadline - time.monotonic(), quiet + 1))
 
+    def sync_log(self, timeout: float = 15.0) -> int:
+        """Send a request of our own and wait for its access line; the log's size then.
+
+        A blob GET's line is written only once its body is in socket buffers, after what the
+        client saw; an absence check reads the log after this line, so a late line cannot be
+        missed (and the check pass falsely) because it had not been written yet.
+        """
+        marker = f"/v2/?sync={os.getpid()}-{time.monotonic_ns()}"
+        self.probe(marker, verify=False)
+        if not self.wait_for_log(re.escape(f"GET {marker} "), timeout=timeout):
+            raise AssertionError(f"registry {self.host} did not log {marker} within {timeout} s")
+        return self.log_offset()
+
     def access_log(self, since: int = 0) -> list[AccessLogEntry]:
         """Parsed access-log lines (one per finished request), optionally after `since`.
 
