@@ -7,6 +7,7 @@ Session-scoped registries are shared by many tests: use a unique repository name
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from harness.pki import PKI, build_pki
 from harness.registry import Mode, RegistryProcess
+from harness.registry import closed_port as hold_closed_port
 from harness.skopeo import Skopeo
 from harness.tokenserver import TokenServer
 
@@ -49,6 +51,14 @@ def plain_output(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in TERMINAL_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture
+def closed_port() -> Iterator[Callable[[], str]]:
+    """`closed_port() -> "127.0.0.1:PORT"`: connections there are refused until the test ends
+    (the port stays bound, without listening, so no other process can take it meanwhile)."""
+    with contextlib.ExitStack() as held:
+        yield lambda: held.enter_context(hold_closed_port())
 
 
 @pytest.fixture(scope="session")
