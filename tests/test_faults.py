@@ -466,7 +466,9 @@ def test_429_retry_after_is_honoured(
     assert [len(g) for g in gaps.values()] == [2, 1, 1], gaps
     for what, seconds in gaps.items():
         assert min(seconds) >= 1.0, f"{what} retried {min(seconds):.3f} s after Retry-After: 1"
-        assert max(seconds) < 3.0, f"{what} waited {max(seconds):.3f} s for Retry-After: 1"
+        # 1 s plus the client's own work; well under the 30 s backoff cap and a Retry-After
+        # read as minutes, with room for a loaded machine
+        assert max(seconds) < 5.0, f"{what} waited {max(seconds):.3f} s for Retry-After: 1"
 
 
 # -- a permanently broken image -------------------------------------------------------------
