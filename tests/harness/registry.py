@@ -130,6 +130,8 @@ _ACCESS_RE = re.compile(
     r'^\S+ - \S+ \[[^\]]+\] "(?P<method>[A-Z]+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) '
     r'(?P<size>\d+|-) "[^"]*" "(?P<ua>[^"]*)"'
 )
+#: `sync_log`'s own requests: left out of `access_log`, they are not what a client asked
+_SYNC_PATH = "/v2/?sync="
 _UPLOAD_DONE_RE = re.compile(r"^/v2/(?P<repo>.+)/blobs/uploads/[^/?]*\?(?:.*&)?digest=")
 _MOUNT_RE = re.compile(r"^/v2/(?P<repo>.+)/blobs/uploads/\?(?:.*&)?mount=")
 
@@ -482,7 +484,7 @@ class RegistryProcess:
         client saw; an absence check reads the log after this line, so a late line cannot be
         missed (and the check pass falsely) because it had not been written yet.
         """
-        marker = f"/v2/?sync={os.getpid()}-{time.monotonic_ns()}"
+        marker = f"{_SYNC_PATH}{os.getpid()}-{time.monotonic_ns()}"
         self.probe(marker, verify=False)
         if not self.wait_for_log(re.escape(f"GET {marker} "), timeout=timeout):
             raise AssertionError(f"registry {self.host} did not log {marker} within {timeout} s")
@@ -491,13 +493,14 @@ class RegistryProcess:
     def access_log(self, since: int = 0) -> list[AccessLogEntry]:
         """Parsed access-log lines (one per finished request), optionally after `since`.
 
-        Entries can lag the HTTP response by a few milliseconds; `wait_for_log` helps.
+        Entries can lag the HTTP response by a few milliseconds; `sync_log` (for all of them)
+        or `wait_for_log` (for one) helps. `sync_log`'s own requests are left out.
         """
         text = self._log_since(since)
         entries = []
         for line in text.splitlines():
             m = _ACCESS_RE.match(line)
-            if m:
+            if m and not m.group("path").startswith(_SYNC_PATH):
                 size = m.group("size")
                 entries.append(
                     AccessLogEntry(
