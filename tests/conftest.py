@@ -7,6 +7,7 @@ Session-scoped registries are shared by many tests: use a unique repository name
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from harness.pki import PKI, build_pki
 from harness.registry import Mode, RegistryProcess
+from harness.registry import closed_port as hold_closed_port
 from harness.skopeo import Skopeo
 from harness.tokenserver import TokenServer
 
@@ -32,6 +34,31 @@ def own_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.delenv("TRANSSHIP_NO_CACHE", raising=False)
     return cache
+
+
+#: What makes rich treat a pipe as a terminal (colours, the terminal's width, live bars) or
+#: changes its width: a CI machine may set any of these, and the tests parse plain tables.
+TERMINAL_VARS = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "COLUMNS", "LINES")
+
+
+@pytest.fixture(autouse=True)
+def plain_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output as on a pipe, 200 columns wide, whatever the machine's environment says.
+
+    Set in `os.environ`, so the `cli` fixture and subprocesses started with
+    `{**os.environ, ...}` both get it. A test that wants another width sets `COLUMNS` itself.
+    """
+    for var in TERMINAL_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture
+def closed_port() -> Iterator[Callable[[], str]]:
+    """`closed_port() -> "127.0.0.1:PORT"`: connections there are refused until the test ends
+    (the port stays bound, without listening, so no other process can take it meanwhile)."""
+    with contextlib.ExitStack() as held:
+        yield lambda: held.enter_context(hold_closed_port())
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from clirunner import CLI
 from harness.pki import PKI
-from harness.registry import RegistryProcess, free_port
+from harness.registry import RegistryProcess
 from harness.tokenserver import TokenServer
 
 from transship.cacheck import CheckExit
@@ -211,8 +212,8 @@ def test_check_not_a_registry(cli: CLI, token_server: TokenServer, pki: PKI) -> 
     assert "TLS is trusted" in out.error_line
 
 
-def test_check_unreachable(cli: CLI) -> None:
-    out = cli("ca", "check", f"127.0.0.1:{free_port()}", "--timeout", "3")
+def test_check_unreachable(cli: CLI, closed_port: Callable[[], str]) -> None:
+    out = cli("ca", "check", closed_port(), "--timeout", "3")
     assert out.code == CheckExit.UNREACHABLE == ExitCode.UNREACHABLE
     assert "connection refused" in out.error_line
 

@@ -86,7 +86,7 @@ def test_cold_copy_asks_the_catalog_once_and_lists_and_heads_nothing(
     writes = [e for e in cold if e.method in _WRITES]
     assert reads == [catalog] and len(writes) > 20 * len(reads)
 
-    mark = dest.log_offset()
+    mark = dest.sync_log()
     again = cli(*args, "--report", str(tmp_path / "again.json"))
     assert again.code == 0, again.err
     dest.wait_for_log(r"HEAD /v2/mirror/cold/multi/manifests/v1", since=mark)
@@ -101,7 +101,7 @@ def test_cold_copy_asks_the_catalog_once_and_lists_and_heads_nothing(
     # The destination's tag moves (another writer): its repository is in the catalog, so the
     # tag is HEADed, found pointing elsewhere and copied again; nothing is trusted blindly.
     SeedClient.for_registry(dest).push_image("mirror/cold/app0", images[1], "v0")
-    mark = dest.log_offset()
+    mark = dest.sync_log()
     moved = cli(*args)
     assert moved.code == 0, moved.err
     dest.wait_for_log(r"PUT /v2/mirror/cold/app0/manifests/v0", since=mark)
@@ -125,13 +125,13 @@ def test_a_partly_filled_destination_lists_and_heads_only_the_repositories_it_ho
     held.push_image("mirror/part/app3", images[7], "v7")  # both of its tags
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(refs) + "\n")
-    mark = dest.log_offset()
+    mark = dest.sync_log()
     out = cli("copy", "--images", str(listing), "--dest", f"{dest.host}/mirror",
               "--dest-ca", str(dest.ca_pem_path), "--dest-creds", CREDS,
               "--report", str(tmp_path / "report.json"))
     assert out.code == 0, out.err
     dest.wait_for_log(r"PUT /v2/mirror/part/app\d/manifests/v\d", since=mark)
-    dest.settle_log()
+    dest.sync_log()
     entries = [e for e in dest.access_log(since=mark) if e.path != "/v2/"]
     assert len(_catalogs(entries)) == 1
     checked = {_repository(e) for e in _tag_lists(entries) + _manifest_reads(entries)}
@@ -157,13 +157,13 @@ def test_a_refused_catalog_costs_one_request_and_falls_back_to_tag_lists(
     listing.write_text("\n".join(f"{plain_registry.host}/{p}" for p in paths) + "\n")
     tokens = make_token_server(catalog_users=frozenset())  # alice may not read the catalog
     dest = make_registry("tls_token", token_server=tokens)
-    mark = dest.log_offset()
+    mark = dest.sync_log()
     out = cli("copy", "--images", str(listing), "--dest", f"{dest.host}/mirror",
               "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS)
     assert out.code == 0, out.err
     assert "catalog" not in out.err.lower()  # silent
     dest.wait_for_log(r"PUT /v2/mirror/cold/app\d/manifests/v\d", since=mark)
-    dest.settle_log()
+    dest.sync_log()
     entries = [e for e in dest.access_log(since=mark) if e.path != "/v2/"]
     [refused] = _catalogs(entries)
     assert refused.status == 401  # insufficient_scope, taken as the answer: no retry
@@ -234,9 +234,9 @@ async def test_catalog_near_a_prefix_pages_distributions_path_order_without_miss
     async def near(prefix: str, max_pages: int = 20) -> tuple[frozenset[str] | None, int]:
         # access lines are written after the replies: count a call's pages only once the log
         # has settled, before (the previous call's last line) and after it
-        mark = reg.settle_log(quiet=0.2)
+        mark = reg.sync_log()
         found = await registry.existing_repositories(prefix, max_pages=max_pages)
-        reg.settle_log(quiet=0.3)
+        reg.sync_log()
         return found, len(_catalogs(reg.access_log(since=mark)))
 
     try:
@@ -262,7 +262,7 @@ async def test_a_token_without_the_catalog_scope_is_one_refused_request(
     )
     registry = Registry(reg.host, options)
     try:
-        mark = reg.log_offset()
+        mark = reg.sync_log()
         assert await registry.existing_repositories("some/", max_pages=5) is None
         assert await registry.existing_tags("some/app") == {"v1"}  # the run carries on
         reg.wait_for_log(r"tags/list", since=mark)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,11 +389,8 @@ def test_corrupt_blob_upload_is_aborted_before_its_last_byte(
     assert not dest.has_blob(bad.digest)
     hexpart = bad.digest.split(":")[1]
     refused = rf'err\.code="digest invalid".*method=PUT .*digest=sha256(?::|%3A){hexpart}'
-    deadline = time.monotonic() + 2  # log lines trail the answers a little
-    while (complete := len(re.findall(refused, dest.read_log()))) < BLOB_ATTEMPTS:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    dest.sync_log()  # log lines trail the answers: every earlier one is written by now
+    complete = len(re.findall(refused, dest.read_log()))
     assert complete == 0, (
         f"{complete} of {BLOB_ATTEMPTS} attempts sent the whole corrupt blob ({bad.size} bytes) "
         "as PUT ?digest=…; the registry refused it with DIGEST_INVALID, so only the registry's "
@@ -466,7 +462,9 @@ def test_429_retry_after_is_honoured(
     assert [len(g) for g in gaps.values()] == [2, 1, 1], gaps
     for what, seconds in gaps.items():
         assert min(seconds) >= 1.0, f"{what} retried {min(seconds):.3f} s after Retry-After: 1"
-        assert max(seconds) < 3.0, f"{what} waited {max(seconds):.3f} s for Retry-After: 1"
+        # 1 s plus the client's own work; well under the 30 s backoff cap and a Retry-After
+        # read as minutes, with room for a loaded machine
+        assert max(seconds) < 5.0, f"{what} waited {max(seconds):.3f} s for Retry-After: 1"
 
 
 # -- a permanently broken image -------------------------------------------------------------
@@ -643,10 +641,10 @@ def test_repeated_kill_9_then_rerun_resends_at_most_what_was_in_flight(
         time.sleep(rng.uniform(0.4, 0.9))  # the interpreter itself takes ~0.3 s to start
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        dest.settle_log(quiet=0.2)  # what was in flight lands (or fails) before the next start
+        dest.wait_idle()  # what was in flight lands (or fails) before the next start
     final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
-    dest.wait_for_log(r"PUT /v2/k/")
+    dest.wait_idle()  # every upload's access line is written, a late one too
     digests = [e.path.split("digest=")[1].split("&")[0] for e in dest.blob_uploads()]
     assert len(digests) == len(set(digests)), "a blob that had landed was uploaded again"
     for name in corpus.content:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import jwt
 import pytest
 from harness.pki import PKI
-from harness.registry import RegistryProcess
+from harness.registry import RegistryProcess, closed_port, open_connections
 from harness.seed import (
     DOCKER_FOREIGN_LAYER,
     DOCKER_LIST,
@@ -131,6 +133,38 @@ def test_registry_process_ignores_hostile_environment(
     client = SeedClient.for_registry(reg)  # trusts the test CA, whatever SSL_CERT_FILE says
     assert client.push_image("env/check", image, "v1") == image.digest
     assert client.get_manifest("env/check", "v1")[0] == image.manifest
+
+
+def test_restart_on_a_port_held_for_a_moment_waits_for_it(make_registry: MakeRegistry) -> None:
+    """Coming back on the same port retries while another process still holds it."""
+    reg = make_registry("plain")
+    port = reg.port
+    reg.stop()
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    threading.Timer(1.0, holder.close).start()
+    reg.start(port=port)
+    assert reg.port == port and reg.probe()[0] == 200
+    assert "address already in use" in reg.read_log()  # it did meet the holder
+
+
+def test_closed_port_refuses_and_open_connections_see_clients(make_registry: MakeRegistry) -> None:
+    with closed_port() as dead:
+        host, _, port = dead.partition(":")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=5).close()
+        with socket.socket() as other, pytest.raises(OSError):  # nobody else can take it
+            other.bind((host, int(port)))
+    reg = make_registry("plain")
+    reg.wait_idle(quiet=0.1)  # the readiness probe's connection, closed by the client
+    assert open_connections(reg.port) == []
+    with socket.create_connection(("127.0.0.1", reg.port), timeout=5):
+        assert len(open_connections(reg.port)) == 1
+        with pytest.raises(AssertionError, match="still serves 1 connection"):
+            reg.wait_idle(timeout=0.3)
+    reg.wait_idle(quiet=0.1)
+    assert open_connections(reg.port) == []
 
 
 # ---- seeding and independent verification ------------------------------------------------

@@ -69,7 +69,15 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: real ENOSPC, then grown in place so a rerun can finish."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)], check=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, (
+        "this test needs to mount a tmpfs (root, or CAP_SYS_ADMIN, as on CI's VM); "
+        f"`mount -t tmpfs` said: {done.stderr.strip() or done.returncode}"
+    )
     try:
         yield mount
     finally:
@@ -98,6 +106,7 @@ def test_disk_full_while_saving_then_resume(
     mark = plain_registry.log_offset()
     out = cli("save", "--images", str(listing), "-o", str(archive), "-q")
     assert out.code == 0, out.err
+    plain_registry.sync_log()  # every line of the rerun's requests is written
     again = [e.path for e in plain_registry.requests("GET", r"/blobs/", since=mark)]
     # image configs are read again on purpose (resolving the list checks the bundle label)
     configs = {img.config.digest.split(":")[1] for img in images}

@@ -405,12 +405,13 @@ def test_killed_load_of_a_tar_set_resumes_without_sending_again(
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    dest.settle_log()  # uploads whose bytes had reached the registry still complete
+    dest.wait_idle()  # uploads whose bytes had reached the registry still complete
     before = _uploaded_digests(dest)
     assert before and len(before) < len({b.digest for im in images for b in im.pushable_blobs})
     mark = dest.log_offset()
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
+    dest.wait_idle()  # access lines are written after the replies
     after = _uploaded_digests(dest, since=mark)
     assert not before & after, "a blob that had landed was sent again"
     assert len(before | after) == len({b.digest for im in images for b in im.pushable_blobs})

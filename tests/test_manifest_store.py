@@ -102,7 +102,7 @@ def test_copy_plan_reads_what_plan_fetched_from_the_store_not_the_source(
     dest = make_registry("plain")
     cache = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    mark = source.log_offset()
+    mark = source.sync_log()
     plan_file = _plan(cli, source, seeded, f"{dest.host}/mirror", tmp_path)
     planned = _manifest_gets(source, prefix, mark)
     every_manifest = {f"/v2/{p.split(':')[0].split('@')[0]}/manifests/{d}" for p, (d, _) in
@@ -110,9 +110,9 @@ def test_copy_plan_reads_what_plan_fetched_from_the_store_not_the_source(
     kept = {p.name for p in (cache / "transship" / "manifests" / "sha256").iterdir()}
     assert planned and kept == {d.removeprefix("sha256:") for d, _ in seeded.values()}
 
-    mark = source.log_offset()
+    mark = source.sync_log()
     _copy_in_a_process(plan_file, dest, cache)
-    source.settle_log(quiet=0.2)
+    source.sync_log()
     assert _manifest_gets(source, prefix, mark) == [], "copy --plan GET a manifest plan had read"
     _same_as_source(skopeo, dest, seeded)
     # a hit keeps the type a body without `mediaType` was served with
@@ -122,9 +122,9 @@ def test_copy_plan_reads_what_plan_fetched_from_the_store_not_the_source(
     # with an empty store the same copy asks the source for every manifest, and keeps them
     empty, cold = tmp_path / "empty", make_registry("plain")
     plan_file = _plan(cli, source, seeded, f"{cold.host}/mirror", tmp_path / "other")
-    mark = source.log_offset()
+    mark = source.sync_log()
     _copy_in_a_process(plan_file, cold, empty)
-    source.settle_log(quiet=0.2)
+    source.sync_log()
     assert set(_manifest_gets(source, prefix, mark)) == every_manifest
     assert len(list((empty / "transship" / "manifests" / "sha256").iterdir())) == len(seeded)
     _same_as_source(skopeo, cold, seeded)
@@ -134,9 +134,9 @@ def test_copy_plan_reads_what_plan_fetched_from_the_store_not_the_source(
     shutil.copytree(cache, off)
     before = sorted(str(p.relative_to(off)) for p in off.rglob("*"))
     plan_file = _plan(cli, source, seeded, f"{third.host}/mirror", tmp_path / "third")
-    mark = source.log_offset()
+    mark = source.sync_log()
     _copy_in_a_process(plan_file, third, off, TRANSSHIP_NO_CACHE="1")
-    source.settle_log(quiet=0.2)
+    source.sync_log()
     assert set(_manifest_gets(source, prefix, mark)) == every_manifest
     assert sorted(str(p.relative_to(off)) for p in off.rglob("*")) == before  # no landed log
     _same_as_source(skopeo, third, seeded)
@@ -169,9 +169,9 @@ def test_a_damaged_or_substituted_store_file_is_fetched_again_never_copied(
     substituted = file_of(f"{prefix}/multi:v1")
     substituted.write_bytes(file_of(f"{prefix}/app1:v1").read_bytes())
 
-    mark = source.log_offset()
+    mark = source.sync_log()
     _copy_in_a_process(plan_file, dest, cache)
-    source.settle_log(quiet=0.2)
+    source.sync_log()
     fetched = sorted(_manifest_gets(source, prefix, mark))
     assert fetched == sorted(
         f"/v2/{path.split(':')[0]}/manifests/{seeded[path][0]}"
@@ -203,7 +203,7 @@ async def test_only_a_source_uses_the_store_and_only_by_digest(
         assert store.path(Digest.parse(first.digest)).is_file()  # written when read by tag
 
         client.push_image(repo, second, "v1")  # the tag moves
-        mark = source.log_offset()
+        mark = source.sync_log()
         again = RegistryPool(SideSettings("src"))
         try:
             moved = await again.get(source.host).get_manifest(repo, "v1")
@@ -212,7 +212,7 @@ async def test_only_a_source_uses_the_store_and_only_by_digest(
             assert kept.raw == first.manifest and store.hits == 1  # by digest: the store
         finally:
             await again.close()
-        source.settle_log(quiet=0.2)
+        source.sync_log()
         assert _manifest_gets(source, "mstore3", mark) == [f"/v2/{repo}/manifests/v1"]
 
         # the destination's view: it does not have `second` by digest elsewhere, so it says so

@@ -337,7 +337,7 @@ async def test_a_push_token_also_carries_pull_on_the_origin_most_mounted_from(
     # r0: its push token, then one for the pair; every later repository: one token, with the hub
     assert len(asked) == 1 + len(repositories)
     assert all("repository:hub/base:pull" in scopes for scopes in asked[2:])
-    reg.settle_log()  # access lines are written after the replies
+    reg.sync_log()  # access lines are written after the replies
     mounts = [e for e in reg.access_log() if e.method == "POST" and "mount=" in e.path]
     assert [e.status for e in mounts] == [201] * len(repositories)
 
@@ -383,6 +383,6 @@ async def test_a_push_token_granted_less_than_asked_is_asked_again_exactly(
     assert [a for a in asked if sorted(a) == sorted(exact)], asked  # asked again, exactly
     assert not any("repository:hub/base:pull" in a and "repository:app/r3:pull,push" in a
                    and len(a) > 2 for a in asked)  # and the short hub not added again
-    reg.settle_log()  # access lines are written after the replies
+    reg.sync_log()  # access lines are written after the replies
     statuses = [e.status for e in reg.access_log() if e.method == "POST" and "mount=" in e.path]
     assert statuses.count(201) == 8 and 1 <= statuses.count(401) <= 2

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clirunner import CLI
+from harness.faultproxy import Fault
 from harness.registry import RegistryProcess
 from harness.seed import SeedClient, build_image, seed_image
 
@@ -96,15 +97,25 @@ def test_a_report_says_the_exit_code_and_the_summary_counters(
 
 
 def test_ctrl_c_leaves_a_report_of_what_was_done(
-    plain_registry: RegistryProcess, make_registry, tmp_path: Path  # type: ignore[no-untyped-def]
+    plain_registry: RegistryProcess, make_registry, make_fault_proxy, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     """SIGINT after one image is copied, while one streams (rate-limited) and one waits:
     exit 130 with its one line, and a report that says so entry by entry."""
     client = SeedClient.for_registry(plain_registry)
     seed_image(plain_registry, "int/a-small", "v1", seed=710)
-    for name, seed in (("int/b-big", 711), ("int/c-big", 712)):
-        client.push_image(name, build_image(seed, layer_sizes=(3_000_000,)), "v1")
-    refs = [plain_registry.ref(f"{name}:v1") for name in ("int/a-small", "int/b-big", "int/c-big")]
+    bigs = {"int/b-big": build_image(711, layer_sizes=(3_000_000,))}
+    bigs["int/c-big"] = build_image(712, layer_sizes=(3_000_000,))
+    for name, image in bigs.items():
+        client.push_image(name, image, "v1")
+    layer = max(bigs["int/b-big"].pushable_blobs, key=lambda b: b.size).digest
+    small = {b.digest for b in bigs["int/b-big"].pushable_blobs} - {layer}
+    # the source behind a proxy whose own log says when b-big's layer is being read; it
+    # trickles that layer as fast as transship takes it, so the record stays open while it
+    # streams (socket buffers would hold most of the 3 MB at once)
+    source = make_fault_proxy(
+        plain_registry, Fault.trickle(500_000, f"/v2/int/b-big/blobs/{layer}", max_seconds=30)
+    )
+    refs = [source.ref(f"{name}:v1") for name in ("int/a-small", "int/b-big", "int/c-big")]
     dest = make_registry("plain")
     report = tmp_path / "report.json"
     args = [
@@ -116,10 +127,15 @@ def test_ctrl_c_leaves_a_report_of_what_was_done(
     proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if any("/m/int/a-small/manifests/" in e.path for e in dest.requests("PUT", "/manifests/")):
+        # a-small is done, b-big's small blobs have landed and its layer streams (3 MB at
+        # 500 KB/s), c-big waits for its turn
+        landed = {e.path for e in dest.blob_uploads("m/int/b-big")}
+        if all(any(d.replace(":", "%3A") in p or d in p for p in landed) for d in small) and any(
+            r.finished is None for r in source.log("GET", f"/v2/int/b-big/blobs/{layer}")
+        ):
             break
         time.sleep(0.01)
-    time.sleep(0.3)  # b-big is streaming by now, c-big waits for its turn
+    assert proc.poll() is None, "the copy ended before b-big started"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err  # as before the report was kept
@@ -141,15 +157,21 @@ def test_ctrl_c_leaves_a_report_of_what_was_done(
 
 
 def test_ctrl_c_during_a_save_leaves_its_report_too(
-    plain_registry: RegistryProcess, tmp_path: Path
+    plain_registry: RegistryProcess, make_fault_proxy, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     """The same for `save`: the one image saved is in the report, the one still being read is
     interrupted; the rerun resumes the archive (tested elsewhere), the report says what to."""
     seed_image(plain_registry, "sav/a-small", "v1", seed=720)
     big = build_image(721, layer_sizes=(3_000_000,))
     SeedClient.for_registry(plain_registry).push_image("sav/b-big", big, "v1")
-    layer = max(big.pushable_blobs, key=lambda b: b.size).digest.split(":")[1]
-    refs = [plain_registry.ref(f"{name}:v1") for name in ("sav/a-small", "sav/b-big")]
+    layer = max(big.pushable_blobs, key=lambda b: b.size).digest
+    # the source behind a proxy whose own log says when b-big's layer is being read (the
+    # registry logs a GET only once all of it is in socket buffers); it trickles that layer,
+    # so the read lasts, whatever the machine's speed
+    source = make_fault_proxy(
+        plain_registry, Fault.trickle(300_000, rf"/v2/sav/b-big/blobs/{layer}", max_seconds=30)
+    )
+    refs = [source.ref(f"{name}:v1") for name in ("sav/a-small", "sav/b-big")]
     report = tmp_path / "save.json"
     args = [
         sys.executable, "-m", "transship", "save", "--images", str(listing(tmp_path, refs)),
@@ -160,10 +182,10 @@ def test_ctrl_c_during_a_save_leaves_its_report_too(
     proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if plain_registry.requests("GET", f"/v2/sav/b-big/blobs/sha256.{layer}"):
+        if any(r.finished is None for r in source.log("GET", f"/v2/sav/b-big/blobs/{layer}")):
             break  # a-small is saved (one image at a time), b-big's layer is being read
         time.sleep(0.01)
-    time.sleep(0.3)
+    assert proc.poll() is None, "the save ended before b-big's layer was read"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

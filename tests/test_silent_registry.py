@@ -43,10 +43,11 @@ def silent(request: pytest.FixtureRequest, pki: PKI) -> Iterator[tuple[str, str]
     held: list[socket.socket] = []
 
     def hold(conn: socket.socket) -> None:
-        conn.settimeout(0.2)
         try:
-            if context is not None:
+            if context is not None:  # the handshake completes (a loaded machine is slow)
+                conn.settimeout(5)
                 conn = context.wrap_socket(conn, server_side=True)
+            conn.settimeout(0.2)  # then: read, answer nothing, notice the end of the test
             held.append(conn)
             while alive:
                 try:
@@ -67,7 +68,8 @@ def silent(request: pytest.FixtureRequest, pki: PKI) -> Iterator[tuple[str, str]
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield request.param, f"localhost:{server.getsockname()[1]}"
+    # the address it is bound to: `localhost` may resolve to ::1 first
+    yield request.param, f"127.0.0.1:{server.getsockname()[1]}"
     alive = False
     thread.join(timeout=5)
     server.close()
@@ -144,7 +146,7 @@ def test_a_path_that_drops_connections_says_so(
             filler.connect_ex(("127.0.0.1", port))
             fillers.append(filler)
         time.sleep(0.2)
-        out = cli("copy", plain_registry.ref("dropped/pause:3.5"), f"localhost:{port}/x/pause",
+        out = cli("copy", plain_registry.ref("dropped/pause:3.5"), f"127.0.0.1:{port}/x/pause",
                   "--src-plain-http", "--dest-plain-http")  # fmt: skip
     finally:
         for filler in fillers:

@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,44 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[str]:
+    """`127.0.0.1:PORT` where connections are refused for as long as the block runs.
+
+    The port stays bound without `listen()`: the kernel refuses connects to it, and no other
+    process can take it meanwhile (a port from `free_port()` that nobody listens on may be
+    bound by anyone a moment later).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+#: /proc/net/tcp states of a connection the server side still serves: ESTABLISHED, SYN_RECV
+#: and CLOSE_WAIT (the client is gone, the server has not finished with it yet: a killed
+#: client's connection sits there while the registry completes the PUT it had received).
+_BUSY_STATES = frozenset({"01", "03", "08"})
+
+
+def open_connections(port: int) -> list[str]:
+    """Connections to a local `port` the server has not closed yet (IPv4 and IPv6 tables),
+    as `STATE remote-address` lines, read from /proc/net/tcp{,6}."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            local, remote, state = fields[1], fields[2], fields[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and state in _BUSY_STATES:
+                found.append(f"{state} {remote}")
+    return found
 
 
 def clean_env(home: Path) -> dict[str, str]:
@@ -91,6 +130,8 @@ _ACCESS_RE = re.compile(
     r'^\S+ - \S+ \[[^\]]+\] "(?P<method>[A-Z]+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) '
     r'(?P<size>\d+|-) "[^"]*" "(?P<ua>[^"]*)"'
 )
+#: `sync_log`'s own requests: left out of `access_log`, they are not what a client asked
+_SYNC_PATH = "/v2/?sync="
 _UPLOAD_DONE_RE = re.compile(r"^/v2/(?P<repo>.+)/blobs/uploads/[^/?]*\?(?:.*&)?digest=")
 _MOUNT_RE = re.compile(r"^/v2/(?P<repo>.+)/blobs/uploads/\?(?:.*&)?mount=")
 
@@ -247,7 +288,12 @@ class RegistryProcess:
         home = self.workdir / "home"
         home.mkdir(exist_ok=True)
         last_error = ""
-        for _attempt in range(1 if port else 3):
+        # a free port taken by someone else meanwhile: another free port; a given port (a
+        # restart): the same one again for up to 10 s, until whoever holds it lets go
+        retry_until = time.monotonic() + (10.0 if port else 0.0)
+        attempt = 0
+        while True:
+            attempt += 1
             self.port = port or free_port()
             if self.service is None or self.service.startswith("transship-test-registry-"):
                 self.service = f"transship-test-registry-{self.port}"
@@ -272,6 +318,12 @@ class RegistryProcess:
             last_error = self._log_since(start_offset)[-4000:]
             self._kill()
             if "address already in use" not in last_error:
+                break
+            if port:
+                if time.monotonic() >= retry_until:
+                    break
+                time.sleep(0.2)
+            elif attempt >= 3:
                 break
         raise RuntimeError(
             f"docker-registry ({self.mode}) did not come up on {self.host}; log tail:\n{last_error}"
@@ -407,16 +459,48 @@ class RegistryProcess:
                 break
         return size
 
+    def wait_idle(self, quiet: float = 0.5, timeout: float = 30.0) -> int:
+        """Wait until no client connection is open or half-closed on the registry's port, then
+        until the log has settled; the log's size then.
+
+        After a client is killed the registry still completes requests whose bytes had
+        reached it, and writes their access lines after that; a quiet log alone can be a
+        registry slowed down by a loaded machine, an open connection cannot.
+        """
+        deadline = time.monotonic() + timeout
+        while busy := open_connections(self.port):
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"registry {self.host} still serves {len(busy)} connection(s) after "
+                    f"{timeout:.0f} s: {busy}"
+                )
+            time.sleep(0.05)
+        return self.settle_log(quiet=quiet, timeout=max(deadline - time.monotonic(), quiet + 1))
+
+    def sync_log(self, timeout: float = 15.0) -> int:
+        """Send a request of our own and wait for its access line; the log's size then.
+
+        A blob GET's line is written only once its body is in socket buffers, after what the
+        client saw; an absence check reads the log after this line, so a late line cannot be
+        missed (and the check pass falsely) because it had not been written yet.
+        """
+        marker = f"{_SYNC_PATH}{os.getpid()}-{time.monotonic_ns()}"
+        self.probe(marker, verify=False)
+        if not self.wait_for_log(re.escape(f"GET {marker} "), timeout=timeout):
+            raise AssertionError(f"registry {self.host} did not log {marker} within {timeout} s")
+        return self.log_offset()
+
     def access_log(self, since: int = 0) -> list[AccessLogEntry]:
         """Parsed access-log lines (one per finished request), optionally after `since`.
 
-        Entries can lag the HTTP response by a few milliseconds; `wait_for_log` helps.
+        Entries can lag the HTTP response by a few milliseconds; `sync_log` (for all of them)
+        or `wait_for_log` (for one) helps. `sync_log`'s own requests are left out.
         """
         text = self._log_since(since)
         entries = []
         for line in text.splitlines():
             m = _ACCESS_RE.match(line)
-            if m:
+            if m and not m.group("path").startswith(_SYNC_PATH):
                 size = m.group("size")
                 entries.append(
                     AccessLogEntry(
