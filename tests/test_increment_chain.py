@@ -17,6 +17,7 @@ from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 
 from transship.errors import ExitCode
+from transship.plan.model import Plan
 from transship.serve.archive import ServedArchive
 
 
@@ -189,3 +190,45 @@ def test_the_readme_chain_on_split_volumes(
     out = cli("verify", "--plan", str(usb / "tkg-3"), "--dest", f"{dest.host}/far", "--deep")
     assert out.code == 0, out.err
     assert skopeo(dest, "far/chain3/app0:v1") == skopeo(plain_registry, "chain3/app0:v1")
+
+
+def test_an_increment_carries_the_whole_plan_it_was_saved_with(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path
+) -> None:
+    """`archive plan` / `--plan` of an increment: the plan its save was given, whole (images
+    whose blobs its base holds included: its index names them all), read without its base;
+    so `verify --plan INCREMENT` checks the release the chain, loaded in order, lands. An
+    increment saved from a shorter list carries (and checks) only that list."""
+    refs, _ = _images(plain_registry, "chain5")
+    usb = tmp_path / "usb"
+    first, second, small = usb / "tkg.tar", usb / "tkg-2.tar", usb / "tkg-2-small.tar"
+    _save(cli, tmp_path, refs[:2], first)
+    _save(cli, tmp_path, refs, second, first)
+    _save(cli, tmp_path, refs[2:], small, first)
+    away = tmp_path / "away"
+    away.mkdir()
+    shutil.move(first, away / first.name)  # the carried plan needs no base
+    out = cli("archive", "plan", str(second))
+    assert out.code == 0, out.err
+    whole = {f"archive.local/chain5/app{i}" for i in range(3)}
+    assert {e.destination for e in Plan.from_yaml(out.out, "stdout").entries} == whole
+    out = cli("archive", "plan", str(small))
+    assert out.code == 0, out.err
+    assert [e.destination for e in Plan.from_yaml(out.out, "stdout").entries] == [
+        "archive.local/chain5/app2"
+    ]
+    shutil.move(away / first.name, first)
+
+    dest = make_registry("plain")
+    far = f"{dest.host}/far"
+    assert cli("load", str(first), "--dest", far, "-q").code == 0
+    out = cli("verify", "--plan", str(second), "--dest", far)  # the base alone: app2 missing
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    assert "chain5/app2" in out.out and "chain5/app0" not in out.out
+    assert cli("load", str(second), "--dest", far, "-q").code == 0
+    out = cli("verify", "--plan", str(second), "--dest", far, "--deep")
+    assert out.code == 0, out.err
+    assert "complete: 3 entries" in out.out
+    out = cli("verify", "--plan", str(small), "--dest", far, "--deep")
+    assert out.code == 0, out.err
+    assert "complete: 1 entries" in out.out, out.out
