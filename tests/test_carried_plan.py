@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 from clirunner import CLI
@@ -13,6 +14,7 @@ from harness.registry import RegistryProcess
 from harness.seed import seed_image
 
 from transship.errors import ExitCode
+from transship.layout.archive import looks_like_archive
 from transship.plan.model import Plan
 
 
@@ -85,6 +87,11 @@ def test_verify_and_tkg_config_read_the_plan_of_a_split_archive(
     assert written.read_bytes() == carried
     out = cli("verify", "--plan", str(written), "--dest", prefix, "--dest-ca", ca, "-q")
     assert out.code == 0, out.err
+    # a plan named like a volume is a plan: no tar header, no volume list beside it
+    numbered = tmp_path / "plan.001"
+    numbered.write_bytes(written.read_bytes())
+    out = cli("verify", "--plan", str(numbered), "--dest", prefix, "--dest-ca", ca, "-q")
+    assert out.code == 0, out.err
 
 
 def test_a_plan_option_refuses_what_is_neither_plan_nor_archive(
@@ -97,15 +104,36 @@ def test_a_plan_option_refuses_what_is_neither_plan_nor_archive(
         handle.truncate(17 * 1024 * 1024)
     plain_dir = tmp_path / "somedir"
     plain_dir.mkdir()
-    for given in (binary, big):
+    latin1 = tmp_path / "plan.yaml"  # a real plan, saved in the wrong encoding
+    latin1.write_bytes(b"# caf\xe9\napiVersion: transship/v1\nentries: []\n")
+    for given, why in ((binary, "not UTF-8"), (big, "larger than"), (latin1, "not UTF-8")):
         out = cli("verify", "--plan", str(given), "--dest", "127.0.0.1:1/x")
         assert out.code == ExitCode.USAGE, out.err
-        assert "neither a plan" in out.error_line and str(given) in out.error_line
+        line = out.error_line
+        assert why in line and "nor an archive" in line and str(given) in line, line
         assert "Traceback" not in out.err
     out = cli("verify", "--plan", str(plain_dir), "--dest", "127.0.0.1:1/x")
     assert out.code == ExitCode.USAGE and str(plain_dir) in out.error_line, out.err
     out = cli("archive", "plan", str(binary))
     assert out.code != 0 and "Traceback" not in out.err
+
+
+def test_what_looks_like_an_archive(tmp_path: Path) -> None:
+    """`--plan` reads an archive or a text file: a `*.NNN` name alone makes no volume."""
+    text = tmp_path / "plan.001"
+    text.write_text("apiVersion: transship/v1\n")
+    assert not looks_like_archive(text)
+    assert not looks_like_archive(tmp_path / "absent.001")
+    header = tarfile.TarInfo("oci-layout")
+    volume = tmp_path / "t.tar.001"  # a first volume whose list is not beside it: an archive,
+    volume.write_bytes(header.tobuf(tarfile.USTAR_FORMAT))  # so reading it names the list
+    assert looks_like_archive(volume)
+    later = tmp_path / "t.tar.002"  # starts mid-member: an archive only by its list
+    later.write_bytes(b"\x00" * 1024)
+    assert not looks_like_archive(later)
+    (tmp_path / "t.tar.parts").write_text("{}")
+    assert looks_like_archive(later) and looks_like_archive(tmp_path / "t.tar.parts")
+    assert looks_like_archive(tmp_path)
 
 
 IMGPKG_FIXTURES = Path(__file__).parent / "data" / "imgpkg-tars"  # real imgpkg v0.36 tars

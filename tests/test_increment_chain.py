@@ -1,6 +1,7 @@
 """Increments of increments: `save --since B` where B is itself an increment leaves out what
-B's own bases hold (found beside B by name, as `serve` finds them); a missing base in the chain
-and a repeated `--since` are refused in one line. Real saves from a real registry."""
+B's own bases hold (found beside B by name, as `serve` finds them), as far as they are there: a
+missing base is carried again with a warning; a repeated `--since` is refused in one line.
+Real saves from a real registry."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import pytest
 from clirunner import CLI
 from harness.registry import RegistryProcess
 from harness.seed import Image, seed_image
+from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 
 from transship.errors import ExitCode
+from transship.plan.model import Plan
 from transship.serve.archive import ServedArchive
 
 
@@ -73,7 +77,7 @@ def test_an_increment_of_an_increment_carries_only_what_the_chain_lacks(
     assert out.code == 0, out.err
 
 
-def test_a_missing_base_in_the_chain_and_a_repeated_since_are_refused(
+def test_a_repeated_since_is_refused(
     cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
 ) -> None:
     refs, _ = _images(plain_registry, "chain2")
@@ -87,19 +91,80 @@ def test_a_missing_base_in_the_chain_and_a_repeated_since_are_refused(
               "--since", str(second), "--since", str(first))  # fmt: skip
     assert out.code == ExitCode.USAGE and "--since given 2 times" in out.error_line, out.err
     assert not (tmp_path / "x.tar").exists()
-    elsewhere = tmp_path / "away"
-    elsewhere.mkdir()
-    shutil.move(first, elsewhere / first.name)
-    out = cli("save", "--images", str(listing), "-o", str(tmp_path / "y.tar"),
-              "--since", str(second))  # fmt: skip
-    assert out.code == ExitCode.USAGE, out.err
-    assert "tkg-2.tar is an increment on top of tkg.tar" in out.error_line
-    assert "Traceback" not in out.err
-    assert not list(tmp_path.glob("y.tar*"))
-    shutil.move(elsewhere / first.name, first)  # back beside it: the save works
-    out = cli("save", "--images", str(listing), "-o", str(tmp_path / "y.tar"),
-              "--since", str(second), "-q")  # fmt: skip
+
+
+def _served(archive: Path, bases: list[Path]) -> tuple[int, set[str]]:
+    """(layers opened, served name:tag) of `serve ARCHIVE --base …`, every blob there."""
+
+    async def run() -> tuple[int, set[str]]:
+        served, _info = await ServedArchive.open(archive, bases, None)
+        try:
+            assert not served.absent and not served.problems, served.problems
+            names = {f"{r.name}:{t}" for r in served.repositories.values() for t in r.tags}
+            return len(served.layers), names
+        finally:
+            await served.close()
+
+    return asyncio.run(run())
+
+
+def test_a_chain_whose_oldest_base_is_gone_is_saved_on_and_served_as_far_as_it_goes(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only last month's increment kept (its base gone): `save --since` it carries what that
+    base held again, saying so in one line, never refusing; `serve` of the result with its
+    base and without the gone one serves it whole; an increment that does need the gone
+    base is refused naming it."""
+    refs, images = _images(plain_registry, "chain4")
+    usb = tmp_path / "usb"
+    first, second = usb / "tkg.tar", usb / "tkg-2.tar"
+    _save(cli, tmp_path, refs[:1], first)
+    _save(cli, tmp_path, refs[:2], second, first)
+    lean = usb / "tkg-3-lean"
+    _save(cli, tmp_path, refs, lean, second)  # tkg.tar beside: app0's blobs left out
+    assert _blobs(lean).isdisjoint(images[0].blob_digests)
+    away = tmp_path / "away"
+    away.mkdir()
+    shutil.move(first, away / first.name)  # only last month's archive kept
+
+    listing = tmp_path / "all.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    third = usb / "tkg-3"
+    with caplog.at_level("WARNING", logger="transship.archive"):
+        out = cli("save", "--images", str(listing), "-o", str(third), "--since", str(second))
     assert out.code == 0, out.err
+    said = [r.getMessage() for r in caplog.records if r.name == "transship.archive"]
+    assert len(said) == 1 and "\n" not in said[0], said  # once, though the chain is reopened
+    assert "tkg-2.tar is an increment on top of tkg.tar, which is not beside it" in said[0]
+    assert "blobs tkg.tar holds are carried again" in said[0]
+    carried = _blobs(third)
+    assert set(images[0].blob_digests) <= carried  # carried again: tkg.tar is not at hand
+    assert carried.isdisjoint(images[1].blob_digests)  # what tkg-2 holds still left out
+    assert set(images[2].blob_digests) <= carried
+
+    # tkg-3 + tkg-2 hold everything: served without tkg.tar, found beside or given
+    whole = {f"chain4/app{i}:v1" for i in range(3)}
+    assert _served(third, []) == (2, whole)
+    assert _served(third, [second]) == (2, whole)
+    dest = make_registry("plain")
+    with ServeProcess(tmp_path / "srv", third) as server:
+        skopeo.copy(server, "chain4/app0:v1", dest, "far/app0:v1")  # type: ignore[arg-type]
+    assert skopeo(dest, "far/app0:v1") == skopeo(plain_registry, "chain4/app0:v1")
+
+    # the lean one needs app0's blobs from tkg.tar: refused, naming it
+    for bases in ([], ["--base", str(second)]):
+        out = cli("serve", str(lean), *bases)
+        assert out.code == ExitCode.USAGE, out.err
+        line = out.error_line
+        assert "tkg-2.tar is an increment on top of tkg.tar, which is not beside it" in line
+        assert "--base PATH/tkg.tar" in line
+    shutil.move(away / first.name, first)  # back beside it: served whole
+    assert _served(lean, []) == (3, whole)
 
 
 def test_the_readme_chain_on_split_volumes(
@@ -125,3 +190,45 @@ def test_the_readme_chain_on_split_volumes(
     out = cli("verify", "--plan", str(usb / "tkg-3"), "--dest", f"{dest.host}/far", "--deep")
     assert out.code == 0, out.err
     assert skopeo(dest, "far/chain3/app0:v1") == skopeo(plain_registry, "chain3/app0:v1")
+
+
+def test_an_increment_carries_the_whole_plan_it_was_saved_with(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path
+) -> None:
+    """`archive plan` / `--plan` of an increment: the plan its save was given, whole (images
+    whose blobs its base holds included: its index names them all), read without its base;
+    so `verify --plan INCREMENT` checks the release the chain, loaded in order, lands. An
+    increment saved from a shorter list carries (and checks) only that list."""
+    refs, _ = _images(plain_registry, "chain5")
+    usb = tmp_path / "usb"
+    first, second, small = usb / "tkg.tar", usb / "tkg-2.tar", usb / "tkg-2-small.tar"
+    _save(cli, tmp_path, refs[:2], first)
+    _save(cli, tmp_path, refs, second, first)
+    _save(cli, tmp_path, refs[2:], small, first)
+    away = tmp_path / "away"
+    away.mkdir()
+    shutil.move(first, away / first.name)  # the carried plan needs no base
+    out = cli("archive", "plan", str(second))
+    assert out.code == 0, out.err
+    whole = {f"archive.local/chain5/app{i}" for i in range(3)}
+    assert {e.destination for e in Plan.from_yaml(out.out, "stdout").entries} == whole
+    out = cli("archive", "plan", str(small))
+    assert out.code == 0, out.err
+    assert [e.destination for e in Plan.from_yaml(out.out, "stdout").entries] == [
+        "archive.local/chain5/app2"
+    ]
+    shutil.move(away / first.name, first)
+
+    dest = make_registry("plain")
+    far = f"{dest.host}/far"
+    assert cli("load", str(first), "--dest", far, "-q").code == 0
+    out = cli("verify", "--plan", str(second), "--dest", far)  # the base alone: app2 missing
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    assert "chain5/app2" in out.out and "chain5/app0" not in out.out
+    assert cli("load", str(second), "--dest", far, "-q").code == 0
+    out = cli("verify", "--plan", str(second), "--dest", far, "--deep")
+    assert out.code == 0, out.err
+    assert "complete: 3 entries" in out.out
+    out = cli("verify", "--plan", str(small), "--dest", far, "--deep")
+    assert out.code == 0, out.err
+    assert "complete: 1 entries" in out.out, out.out

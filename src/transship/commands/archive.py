@@ -232,7 +232,8 @@ def _one_since(given: tuple[Path, ...]) -> Path | None:
 
 
 async def check_base_chain(since: Path) -> None:
-    await close_chain(await open_base_chain(since))
+    """A bad `--since` is refused, a base missing from its chain said once, before any request."""
+    await close_chain(await open_base_chain(since, warn=True))
 
 
 @click.command()

@@ -298,16 +298,15 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
         from transship.ops.archive import carried_plan
 
         return asyncio.run(carried_plan(path, dest_given=dest_given))
-    neither = (
-        f"{path}: neither a plan (transship plan -o) nor an archive (transship save: a layout "
-        "directory, a tar, or its first volume); check the path"
-    )
     try:
         text = read_text(path)
-    except PlanError:
+    except PlanError as exc:
         readable = str(path) != STDIN and path.is_file() and os.access(path, os.R_OK)
-        if readable:  # but too large or binary: not a plan
-            raise PlanError(neither) from None
+        if readable:  # but too large or binary: why it is no plan, and that it is no archive
+            raise PlanError(
+                f"{exc.message} (nor an archive: --plan takes a plan file or what transship "
+                "save wrote, a layout directory, a tar or its first volume)"
+            ) from None
         raise
     name = input_name(path)
     root = load_yaml(text, name)

@@ -60,16 +60,23 @@ COMPRESSED_MAGIC = {
 
 def looks_like_archive(path: Path) -> bool:
     """Whether `path` is read as an archive rather than a text file where either may be
-    given (`--plan`): a directory, a split archive (volume or `.parts`), a tar (its first
-    header's magic) or a compressed file (`OCILayoutTar` then says to decompress it)."""
-    if path.is_dir() or find_parts_file(path) is not None:
+    given (`--plan`): a directory, a tar (its first header's magic), a compressed file
+    (`OCILayoutTar` then says to decompress it) or a split archive's `.parts` list. A file
+    named like a volume (`*.001`) is one only when it starts with a tar header or its `.parts`
+    list is beside it: a plan may be named `plan.001` too (a later volume starts anywhere)."""
+    if path.is_dir():
         return True
     try:
         with open(path, "rb") as handle:
             head = handle.read(tarfile.BLOCKSIZE)
     except OSError:
         return False  # the text reader says why it cannot be read
-    return head[257:262] == b"ustar" or any(head.startswith(m) for m in COMPRESSED_MAGIC)
+    if head[257:262] == b"ustar" or any(head.startswith(m) for m in COMPRESSED_MAGIC):
+        return True  # a first volume without its list: reading it says the list is missing
+    try:
+        return find_parts_file(path) is not None
+    except LayoutError:  # named like a volume, no list beside it, no tar header: text
+        return False
 
 
 class TarMember:

@@ -11,6 +11,7 @@ prefix — the `TKG_CUSTOM_IMAGE_REPOSITORY` rule. The archive also carries
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,8 @@ UNFINISHED_TEXT = (
 )
 #: how many missing names a one-line message lists before "and N more"
 _NAMED = 5
+
+log = logging.getLogger("transship.archive")
 
 
 def destination_prefix(plan: Plan) -> str:
@@ -339,12 +342,16 @@ def base_beside(archive: Path, name: str) -> Path | None:
     return beside if beside.exists() else None
 
 
-async def open_base_chain(path: Path, what: str = "--since") -> OCILayout | OCILayoutTar:
+async def open_base_chain(
+    path: Path, what: str = "--since", *, warn: bool = False
+) -> OCILayout | OCILayoutTar:
     """`save --since BASE`: BASE opened as `open_finished`, and, when BASE is itself an
     increment, the base its archive.json names beside it (and so on), linked through `.base`,
-    so a blob any of them holds counts as present and is not carried again. A base in the
-    chain that is not beside its increment is refused in one line naming it: carrying its
-    blobs again would silently undo the chain, leaving them out would need a base nobody has."""
+    so a blob any of them holds counts as present and is not carried again. The chain is
+    followed as far as its files are there: a base that is not beside its increment ends it,
+    and what that base (and its own bases) hold is carried again, as before chains were
+    followed, so someone who kept only last month's archive can still save on it. `warn`: say
+    so in one line (the caller that checks `--since` first; the save reopens it quietly)."""
     first = await open_finished(path, what)
     layout: LayoutReader = first
     names = {path.name}
@@ -355,11 +362,13 @@ async def open_base_chain(path: Path, what: str = "--since") -> OCILayout | OCIL
                 break
             beside = base_beside(path, name)
             if beside is None:
-                raise UsageError(
-                    f"{what} {path}: {path.name} is an increment on top of {name}, which is not "
-                    f"beside it ({path.parent / name}); put {name} there, so this save leaves "
-                    "out what it holds (or save without --since for a full archive)"
-                )
+                if warn:
+                    log.warning(
+                        "%s %s: %s is an increment on top of %s, which is not beside it (%s); "
+                        "the blobs %s holds are carried again (put it there to leave them out)",
+                        what, path, path.name, name, path.parent / name, name,
+                    )  # fmt: skip
+                break
             names.add(name)
             layout.base = await open_finished(beside, what)
             layout, path = layout.base, beside

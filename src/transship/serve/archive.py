@@ -89,6 +89,8 @@ class ServedArchive:
         self._where: dict[Digest, tuple[list[Extent], Layer]] = {}
         self._cache: OrderedDict[Digest, Manifest] = OrderedDict()
         self._cache_bytes = 0
+        #: manifests and blobs the served names need that no layer holds (found at indexing)
+        self.absent: set[Digest] = set()
 
     @property
     def label(self) -> str:
@@ -103,10 +105,9 @@ class ServedArchive:
         try:
             layers.append(open_archive(archive))
             info = ArchiveInfo.read(layers[0])
-            base_paths = _base_paths(archive, info, bases)
-            for base in base_paths:
+            for base in bases:
                 layers.append(open_archive(base))
-            _follow_bases(layers, archive, base_paths)
+            cut = _follow_bases(layers, bases[-1] if bases else archive, [archive, *bases])
             for layer in layers:  # what load refuses is not served either
                 problems = completeness_problems(layer, ArchiveInfo.read(layer))
                 if problems:
@@ -121,6 +122,8 @@ class ServedArchive:
             try:
                 await served._index()
                 await asyncio.to_thread(served._pin_files)
+                if cut is not None and served.absent:
+                    raise UsageError(cut.refusal(len(served.absent)))
             except BaseException:
                 served.files.close()
                 raise
@@ -173,7 +176,9 @@ class ServedArchive:
         for repo in self.repositories.values():
             for digest in (*repo.blobs, *repo.manifests):
                 found = self.blob(digest)
-                if found is not None:
+                if found is None:
+                    self.absent.add(digest)
+                else:
                     self._where[digest] = found
                     for extent in found[0]:
                         # unreadable now: its requests fail as they would have
@@ -186,6 +191,8 @@ class ServedArchive:
         key = (repo.name, descriptor.digest)
         if key in walked:
             return
+        if self.blob(descriptor.digest) is None:  # `manifest` says so; a base may hold it
+            self.absent.add(descriptor.digest)
         manifest = await self.manifest(descriptor.digest, descriptor.media_type)
         if depth < MAX_DEPTH:
             for child in manifest.manifests:
@@ -257,34 +264,38 @@ class ServedArchive:
         return None
 
 
-def _follow_bases(layers: list[Layer], archive: Path, given: list[Path]) -> None:
-    """An increment of an increment: the base the last layer's archive.json names, beside it,
-    and so on (`save --since` left out what each of them holds, `ops.archive.open_base_chain`)."""
-    path = given[-1] if given else archive
-    names = {archive.name, *(p.name for p in given)}
+@dataclass(frozen=True)
+class MissingBase:
+    """Where the chain of bases ends early: `increment` names `name`, which is not beside it."""
+
+    increment: Path
+    name: str
+
+    def refusal(self, absent: int) -> str:
+        return (
+            f"{self.increment} is an increment on top of {self.name}, which is not beside it "
+            f"({self.increment.parent / self.name}), and {absent} manifest(s) or blob(s) the "
+            f"served images need are in none of the archives opened; serve it together with "
+            f"its bases: --base PATH/{self.name} (or put {self.name} beside it)"
+        )
+
+
+def _follow_bases(layers: list[Layer], path: Path, seen: list[Path]) -> MissingBase | None:
+    """The bases of an increment, as far as their files are there: from the last layer (the
+    archive, or the last `--base` given, at `path`), the base its archive.json names, beside
+    it, and so on (`save --since` left out what each holds, `ops.archive.open_base_chain`).
+    A base that is not there ends the chain: the archives opened may well be complete without
+    it (an increment saved when that base was not at hand carries its blobs again), so
+    `ServedArchive.open` refuses only when something served is then in none of them."""
+    names = {p.name for p in seen}
     for _ in range(MAX_BASE_CHAIN):
         name = ArchiveInfo.read(layers[-1]).base
         if not name or name in names:
-            return
+            return None
         beside = base_beside(path, name)
         if beside is None:
-            raise UsageError(
-                f"{path} is an increment on top of {name}; serve it together with its bases: "
-                f"--base PATH/{name} (or put {name} beside it)"
-            )
+            return MissingBase(path, name)
         names.add(name)
         layers.append(open_archive(beside))
         path = beside
-
-
-def _base_paths(archive: Path, info: ArchiveInfo, given: list[Path]) -> list[Path]:
-    """The bases of an increment: as given, else the file archive.json names beside it."""
-    if given or not info.base:
-        return given
-    beside = archive.parent / info.base if archive.is_file() else archive.with_name(info.base)
-    if beside.exists():
-        return [beside]
-    raise UsageError(
-        f"{archive} is an increment on top of {info.base}; "
-        f"serve it together with its base: --base PATH/{info.base}"
-    )
+    return None
