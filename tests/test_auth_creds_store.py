@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from harness.seed import seed_image
 from harness.skopeo import Skopeo
 
 from transship.errors import ExitCode
+from transship.remote.auth import HelperFailedError, from_docker_config
 
 CREDS = "alice:s3cret-Pa55"
 
@@ -133,3 +135,85 @@ def test_explicit_creds_never_run_the_helper_and_the_config_is_read_only_when_as
     assert out.code == 0, out.err
     assert calls.read_text().split() == [tls_registry.host]  # once, for the side that asked
     assert skopeo(dest, "store/three:v2") == image.manifest
+
+
+def _broken_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real `docker-credential-broken` that logs each host it is asked about and answers
+    what is not its JSON (as a helper whose keyring is locked may)."""
+    bin_dir = tmp_path / "bin-broken"
+    bin_dir.mkdir()
+    calls = tmp_path / "broken-calls"
+    helper = bin_dir / "docker-credential-broken"
+    helper.write_text(
+        f'#!/bin/sh\nread host\necho "$host" >> "{calls}"\necho "gpg: decryption failed"\n'
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return calls
+
+
+def test_a_failing_helper_runs_once_per_host_and_the_run_ends_in_one_line(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every request of a multi-image run needs the credentials the helper cannot give: it
+    runs once for the host (not again behind a lock for each request), and the run ends as a
+    wrong password does, with the failure's exit code and one line saying what to do."""
+    calls = _broken_helper(tmp_path, monkeypatch)
+    config = _config(tmp_path, monkeypatch, {"credsStore": "broken"})
+    ca = str(pki.ca_pem_path)
+    names = [f"store/many{n}:v1" for n in range(4)]
+    for n, name in enumerate(names):
+        repo, tag = name.split(":")
+        seed_image(plain_registry, repo, tag, seed=320 + n)
+        seed_image(tls_registry, repo, tag, seed=320 + n)
+
+    def run(src: RegistryProcess, dest: str, *extra: str):  # type: ignore[no-untyped-def]
+        listing = tmp_path / "images.txt"
+        listing.write_text("".join(f"{src.ref(name)}\n" for name in names))
+        calls.unlink(missing_ok=True)
+        return cli("copy", "--images", str(listing), "--dest", dest, *extra)
+
+    # the destination asks: every push fails alike
+    out = run(plain_registry, f"{tls_registry.host}/broken", "--src-plain-http", "--dest-ca", ca)
+    assert calls.read_text().split() == [tls_registry.host], out.err
+    assert out.code == ExitCode.AUTH, out.err
+    line = out.error_line
+    assert tls_registry.host in line and "docker-credential-broken" in line, line
+    assert f"credsStore in {config}" in line and "unreadable answer" in line, line
+    assert "--dest-creds" in line, line
+
+    # the source asks: every image's resolution and pull
+    dest: RegistryProcess = make_registry("plain")
+    out = run(tls_registry, f"{dest.host}/broken", "--src-ca", ca, "--dest-plain-http")
+    assert calls.read_text().split() == [tls_registry.host], out.err
+    assert out.code == ExitCode.AUTH, out.err
+    line = out.error_line
+    assert "docker-credential-broken" in line and "--src-creds" in line, line
+
+
+def test_a_helper_that_never_answers_is_ended_with_what_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper waiting on a prompt (pinentry, D-Bus) on a headless host: an error naming the
+    helper and the config file once the time is up, even if a child of it holds the pipes."""
+    bin_dir = tmp_path / "bin-stuck"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-stuck"
+    helper.write_text("#!/bin/sh\nread host\nsleep 30\necho '{}'\n")  # sleep: a child
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    config = _config(tmp_path, monkeypatch, {"credHelpers": {"reg.example": "stuck"}})
+    start = time.monotonic()
+    with pytest.raises(HelperFailedError) as caught:
+        from_docker_config("reg.example", config, helper_timeout=0.5)
+    assert time.monotonic() - start < 10
+    message = str(caught.value)
+    assert "docker-credential-stuck" in message and "did not answer within 0.5 s" in message
+    assert f"credHelpers['reg.example'] in {config}" in message
+    assert caught.value.exit_code == ExitCode.AUTH

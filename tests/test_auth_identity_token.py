@@ -102,7 +102,9 @@ def test_identity_token_refused_by_the_token_service_is_said_so(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A password in `auth` the service no longer takes: one line about the identity token."""
+    """A password in `auth` the service no longer takes, sent by GET since the service has no
+    OAuth2: the identity token never went there, so the line says the password was wrong and
+    names the config file, not that the identitytoken was refused."""
     tokens = make_token_server(anonymous=False)
     reg: RegistryProcess = make_registry("tls_token", token_server=tokens)
     seed_image(plain_registry, "idtok/src3", "v1", seed=304)
@@ -119,5 +121,40 @@ def test_identity_token_refused_by_the_token_service_is_said_so(
         str(pki.ca_pem_path),
     )
     assert out.code == ExitCode.AUTH, out.err
-    assert "identitytoken" in out.error_line and str(config) in out.error_line
+    line = out.error_line
+    assert "wrong username or password" in line and str(config) in line, line
+    assert "identitytoken" not in line, line
     assert IDENTITY not in out.err + out.out
+
+
+def test_a_service_without_oauth2_is_posted_to_once_per_run(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_token_server,  # type: ignore[no-untyped-def]
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pushing several repositories asks a token for each scope set: the POST that finds the
+    service has no OAuth2 goes once, every other token is asked by GET at once."""
+    tokens = make_token_server(anonymous=False)
+    reg: RegistryProcess = make_registry("tls_token", token_server=tokens)
+    auth = base64.b64encode(b"alice:s3cret-Pa55").decode()
+    entry = {"host": reg.host, "auth": auth, "identitytoken": IDENTITY}
+    _docker_config(tmp_path, monkeypatch, entry)
+    listing = tmp_path / "images.txt"
+    refs = []
+    for n in range(4):
+        seed_image(plain_registry, f"idtok/many{n}", "v1", seed=305 + n)
+        refs.append(plain_registry.ref(f"idtok/many{n}:v1"))
+    listing.write_text("".join(f"{ref}\n" for ref in refs))
+    out = cli(
+        "copy", "--images", str(listing), "--dest", f"{reg.host}/pushed",
+        "--src-plain-http", "--dest-ca", str(pki.ca_pem_path),
+    )  # fmt: skip
+    assert out.code == 0, out.err
+    asked = tokens.token_requests(status=None)
+    gets = [r for r in asked if r.method == "GET" and r.status == 200]
+    assert len({r.scopes for r in gets}) >= 4, gets  # several scope sets: one token each
+    assert [r.method for r in asked].count("POST") == 1, [(r.method, r.scopes) for r in asked]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -85,12 +87,19 @@ def _config_keys(host: str) -> list[str]:
     return keys
 
 
+#: how long a credential helper may take to answer: one waiting on a passphrase prompt
+#: (`pass` via pinentry, `secretservice` via D-Bus) on a headless host never will
+HELPER_TIMEOUT = 30.0
+
+
 def docker_config_path() -> Path:
     base = os.environ.get("DOCKER_CONFIG")
     return (Path(base) if base else Path.home() / ".docker") / "config.json"
 
 
-def from_docker_config(host: str, path: Path | None = None) -> Credentials | None:
+def from_docker_config(
+    host: str, path: Path | None = None, *, helper_timeout: float = HELPER_TIMEOUT
+) -> Credentials | None:
     """Look a registry up in a Docker config file, running credential helpers if named."""
     path = path or docker_config_path()
     try:
@@ -105,7 +114,9 @@ def from_docker_config(host: str, path: Path | None = None) -> Credentials | Non
     helpers = config.get("credHelpers") or {}
     for key in keys:
         if key in helpers:
-            return _run_helper(str(helpers[key]), host, path, f"credHelpers[{key!r}]")
+            return _run_helper(
+                str(helpers[key]), host, path, f"credHelpers[{key!r}]", helper_timeout
+            )
     auths = config.get("auths") or {}
     for key in keys:
         entry = auths.get(key)
@@ -125,7 +136,7 @@ def from_docker_config(host: str, path: Path | None = None) -> Credentials | Non
             )
     store = config.get("credsStore")
     if store:
-        return _run_helper(str(store), host, path, "credsStore")
+        return _run_helper(str(store), host, path, "credsStore", helper_timeout)
     return None
 
 
@@ -157,23 +168,61 @@ class HelperMissingError(UsageError):
         )
 
 
-def _run_helper(helper: str, host: str, path: Path, named_by: str) -> Credentials | None:
+class HelperFailedError(AuthenticationError):
+    """A credential helper that ran and gave no usable answer (timed out, or answered what is
+    not its JSON): no credentials can be had for the registry that asked, so every request
+    to it would fail alike; the transport says it once for the run (`Transport.credentials`)
+    with the side's option (`fix`)."""
+
+    def __init__(self, program: str, path: Path, named_by: str, what: str) -> None:
+        super().__init__(f"credential helper {program} ({named_by} in {path}) {what}")
+        self.program = program
+        self.path = path
+        self.named_by = named_by
+
+    def fix(self, option: str) -> str:
+        return (
+            f"make '{self.program} get' answer here without a prompt (unlock its store), "
+            f"remove {self.named_by} from that file, or pass {option} USER:PASSWORD"
+        )
+
+
+def _run_helper(
+    helper: str, host: str, path: Path, named_by: str, timeout: float
+) -> Credentials | None:
     program = f"docker-credential-{helper}"
     try:
-        proc = subprocess.run(
-            [program, "get"], input=host.encode(), capture_output=True, timeout=30, check=False
+        # its own session, so a timeout ends the helper with whatever it started (pinentry):
+        # a child left holding the pipes would keep the wait going
+        proc = subprocess.Popen(
+            [program, "get"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise HelperMissingError(program, path, named_by) from None
+    except OSError as exc:
+        raise HelperFailedError(
+            program, path, named_by, f"cannot be run: {exc.strerror or exc}"
+        ) from None
+    try:
+        stdout, _ = proc.communicate(host.encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise UsageError(f"credential helper {program} did not answer within 30 s") from None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise HelperFailedError(
+            program, path, named_by, f"did not answer within {timeout:g} s"
+        ) from None
     if proc.returncode != 0:
         return None  # "credentials not found in native keychain": anonymous
     try:
-        doc = json.loads(proc.stdout)
+        doc = json.loads(stdout)
         user, secret = str(doc["Username"]), str(doc["Secret"])
     except (ValueError, KeyError, TypeError):
-        raise UsageError(f"credential helper {program} gave an unreadable answer") from None
+        raise HelperFailedError(program, path, named_by, "gave an unreadable answer") from None
     if user == "<token>":
         return Credentials("", "", secret, source=program)
     return Credentials(user, secret, source=program)

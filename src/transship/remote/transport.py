@@ -34,6 +34,7 @@ from transship.errors import (
 from transship.remote.auth import (
     Challenge,
     Credentials,
+    HelperFailedError,
     HelperMissingError,
     TokenCache,
     identity_token_refused,
@@ -64,6 +65,13 @@ Body = bytes | AsyncIterable[bytes] | None
 Refusal = Callable[[int, bytes], TransshipError | None]
 #: bytes of a retryable answer's body a `Refusal` reads (distribution's errors fit easily)
 REFUSAL_BYTES = 16384
+
+
+#: why an identity token only got anonymous tokens
+NO_OAUTH2_ANONYMOUS = (
+    "the service has no OAuth2 endpoint and the entry no password, so only anonymous "
+    "access was granted"
+)
 
 
 @dataclass
@@ -150,6 +158,11 @@ class Transport:
         #: an identity token's service had no OAuth2 endpoint and the config no password, so
         #: its tokens are anonymous ones: a refusal is then said as one of the identity token
         self._identity_anonymous = False
+        #: token realms whose OAuth2 POST answered (so identity tokens are posted), and those
+        #: without one (asked by GET from then on); the first POST to a realm goes alone
+        self._oauth2: set[str] = set()
+        self._no_oauth2: set[str] = set()
+        self._oauth2_probe = asyncio.Lock()
         #: connection failures of this host; hooks marked "health:" below feed and consult it
         self.health = HostHealth(host)
         self._credentials = options.credentials
@@ -157,6 +170,9 @@ class Transport:
         self._lookup_lock = asyncio.Lock()
         #: the lookup found a credential helper missing: said if the registry then refuses us
         self._lookup_problem: HelperMissingError | None = None
+        #: the lookup failed (a helper timed out or answered nonsense, an unreadable config):
+        #: it is not run again, every later request fails with this at once
+        self._lookup_failure: TransshipError | None = None
 
     def attempts(self) -> Attempts:
         """A fresh retry budget for one operation against this host. Its backoff is
@@ -354,18 +370,31 @@ class Transport:
         """The credentials to answer this registry's challenge with, looked up (Docker config,
         credential helpers) the first time it has challenged us: a registry that needs no login
         never runs a helper. A helper that is not installed is anonymous access, said at once
-        as a warning and again, with what to do, if the registry then refuses it."""
+        as a warning and again, with what to do, if the registry then refuses it. A lookup
+        that fails (a helper that times out waiting on a prompt) runs once: every request
+        after it fails with the same error at once, so a run of many images ends with it in
+        one line instead of waiting on the helper again for each."""
+        if self._lookup_failure is not None:
+            raise self._lookup_failure.with_traceback(None)
         if self._lookup is None or self._challenge is None:
             return self._credentials
         async with self._lookup_lock:
-            lookup = self._lookup
+            lookup, self._lookup = self._lookup, None
             if lookup is not None:  # else another request looked them up while this waited
                 try:
                     self._credentials = await asyncio.to_thread(lookup)
                 except HelperMissingError as exc:
                     self._lookup_problem = exc
                     log.warning("%s asks for credentials: %s; going on without", self.host, exc)
-                self._lookup = None  # an unreadable config raised above: every request says so
+                except HelperFailedError as exc:
+                    self._lookup_failure = AuthenticationError(
+                        f"{self.host} asks for credentials and {exc.message}",
+                        hint=exc.fix(self.options.creds_option),
+                    )
+                except TransshipError as exc:  # an unreadable config: a usage error
+                    self._lookup_failure = exc
+            if self._lookup_failure is not None:
+                raise self._lookup_failure.with_traceback(None)
         return self._credentials
 
     def _missing(self, challenge: Challenge) -> AuthenticationError:
@@ -454,32 +483,40 @@ class Transport:
             query.append(("service", challenge.params["service"]))
         query += [("scope", s) for s in scopes]
         identity = creds is not None and bool(creds.identity_token)
+        sent_identity = False  # the token service's answer is to the identity token itself
+        basic: str | None = None
         try:
+            answer = None
             if creds is not None and identity:
-                status, body, retry_after = await self._token_post(realm, query, scopes, creds)
-                if status in (404, 405):
+                answer = await self._oauth2_post(realm, query, scopes, creds)
+                sent_identity = answer is not None
+                if answer is None:
                     # no OAuth2 endpoint (the token spec's GET is the one every service has):
                     # ask by GET, with Basic only if the config also had a password, as
                     # go-containerregistry does; the refresh token itself never goes there
-                    log.debug("token service of %s has no OAuth2 POST (%s): GET", self.host, status)
                     basic = creds.basic() if creds.username and creds.password else None
                     self._identity_anonymous = basic is None
-                    status, body, retry_after = await self._token_get(realm, query, basic)
-            else:
-                basic = creds.basic() if creds and creds.username else None
-                status, body, retry_after = await self._token_get(realm, query, basic)
+            elif creds is not None and creds.username:
+                basic = creds.basic()
+            status, body, retry_after = answer or await self._token_get(realm, query, basic)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise RetryableError(
                 f"cannot reach the token service of {self.host} ({realm}): {_describe(exc)}"
             ) from None
-        if identity and status in (400, 401, 403):  # OAuth2 says 400 invalid_grant
-            assert creds is not None
+        if creds is not None and sent_identity and status in (400, 401, 403):  # OAuth2: 400
             raise identity_token_refused(self.host, creds, self.options.creds_option)
+        if creds is not None and identity and basic is None and status in (401, 403):
+            raise identity_token_refused(
+                self.host, creds, self.options.creds_option, NO_OAUTH2_ANONYMOUS
+            )
         if status in (401, 403):
             if creds is None:
                 raise self._missing(challenge)
+            given = creds.source == self.options.creds_option
             raise AuthenticationError(
-                f"wrong username or password for {self.host} (token service said {status})",
+                f"wrong username or password for {self.host}"
+                + ("" if given else f" in {creds.source}")
+                + f" (token service said {status})",
                 hint=f"check {self.options.creds_option} or 'docker login {self.host}'",
             )
         if status >= 500 or status == 429:
@@ -512,6 +549,28 @@ class Transport:
         ) as resp:
             body = await resp.read()
             return resp.status, body, parse_retry_after(resp.headers.get("Retry-After"))
+
+    async def _oauth2_post(
+        self, realm: str, query: list[tuple[str, str]], scopes: tuple[str, ...], creds: Credentials
+    ) -> tuple[int, bytes, float | None] | None:
+        """The identity token's OAuth2 `POST`, or None when the service has none (404/405).
+        Found out once per realm: the first POST goes alone, and every token after it is
+        asked by GET at once rather than by a POST bound to fail first."""
+        if realm in self._no_oauth2:
+            return None
+        if realm in self._oauth2:
+            return await self._token_post(realm, query, scopes, creds)
+        async with self._oauth2_probe:
+            if realm in self._no_oauth2:
+                return None
+            answer = await self._token_post(realm, query, scopes, creds)
+            if answer[0] in (404, 405):
+                log.debug("token service of %s has no OAuth2 POST (%s): GET", self.host, answer[0])
+                self._no_oauth2.add(realm)
+                return None
+            if answer[0] < 500 and answer[0] != 429:
+                self._oauth2.add(realm)
+            return answer
 
     async def _token_post(
         self, realm: str, query: list[tuple[str, str]], scopes: tuple[str, ...], creds: Credentials
@@ -762,8 +821,7 @@ class Transport:
                     self.host,
                     creds,
                     self.options.creds_option,
-                    "the service has no OAuth2 endpoint and the entry no password, so only "
-                    "anonymous access was granted",
+                    NO_OAUTH2_ANONYMOUS,
                 )
             raise permission_denied(self.host, scopes)
         raise AuthenticationError(
