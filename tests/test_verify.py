@@ -10,7 +10,13 @@ import pytest
 from clirunner import CLI
 from harness.pki import PKI
 from harness.registry import RegistryProcess
-from harness.seed import SeedClient, build_image, seed_image, seed_index
+from harness.seed import (
+    SeedClient,
+    build_image,
+    build_images_sharing_base,
+    seed_image,
+    seed_index,
+)
 from harness.skopeo import Skopeo
 
 from transship.digest import Digest
@@ -315,3 +321,48 @@ def test_load_repair_sends_what_the_destination_lost(
     assert len(sent) == 1 and lost in sent[0], sent
     assert not dest.requests("PUT", r"/manifests/", since=mark), "the tag was there already"
     assert dest.has_blob(lost)
+
+
+def test_repair_of_images_sharing_a_base_layer(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path
+) -> None:
+    """Repositories sharing a base layer: `--repair` on a complete destination writes nothing
+    and reports every image skipped (no mount from a sibling, which distribution would answer
+    201 all the same); with the base lost, every image that needed it reports copied, and the
+    layer crosses the wire once."""
+    client = SeedClient.for_registry(plain_registry)
+    images = build_images_sharing_base(4801, 3, base_sizes=(20_000,), layer_sizes=(3_000,))
+    refs = []
+    for i, image in enumerate(images):
+        client.push_image(f"share/img{i}", image, "v1")
+        refs.append(plain_registry.ref(f"share/img{i}:v1"))
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    dest = make_registry("plain")
+    args = ["copy", "--images", str(listing), "--dest", f"{dest.host}/m", "-q"]
+    assert cli(*args).code == 0
+    report = tmp_path / "repair.json"
+
+    def repair() -> dict[str, str]:
+        out = cli(*args, "--repair", "--report", str(report))
+        assert out.code == 0, out.err
+        entries = json.loads(report.read_text())["entries"]
+        return {e["destination"].split("/")[-1]: e["status"] for e in entries}
+
+    mark = dest.log_offset()
+    assert set(repair().values()) == {"skipped"}
+    dest.sync_log()
+    writes = [e for e in dest.access_log(since=mark) if e.method in ("POST", "PUT", "PATCH")]
+    assert not writes, [e.path for e in writes]
+
+    base = images[0].layers[0].digest
+    assert all(image.layers[0].digest == base for image in images)
+    dest.blob_path(base).unlink()
+    mark = dest.log_offset()
+    assert set(repair().values()) == {"copied"}
+    dest.sync_log()
+    sent = [unquote(e.path) for e in dest.blob_uploads(since=mark)]
+    assert len(sent) == 1 and base in sent[0], sent
+    assert not dest.requests("PUT", r"/manifests/", since=mark)
+    assert cli("verify", "--images", str(listing), "--dest", f"{dest.host}/m", "--deep",
+               "-q").code == 0  # fmt: skip

@@ -246,6 +246,8 @@ class _Sink:
     catalog: SingleFlight[int, _Catalog | None] = field(default_factory=SingleFlight)
     #: its answer once known (None: not asked, not answered, or refused)
     known: _Catalog | None = None
+    #: `--repair`: (repository, digest) of blobs and index children it had to send again
+    repaired: set[tuple[str, Digest]] = field(default_factory=set)
 
 
 class CopyEngine:
@@ -647,6 +649,7 @@ class CopyEngine:
         sink = self._sink(task.dest)
         key = (task.dest_repository, child.digest)
         await sink.manifests.run(key, lambda: self._land_child(task, child, depth, seen))
+        self._credit_repair(task, sink, key)
 
     async def _land_child(
         self, task: CopyTask, child: Descriptor, depth: int, seen: frozenset[Digest]
@@ -655,6 +658,10 @@ class CopyEngine:
             there = await self._names(task, str(child.digest), child.digest)
             manifest = await task.source.get_manifest(task.source_repository, str(child.digest))
             await self._copy_manifest(task, manifest, depth, seen, push=not there)
+            sink, repo = self._sink(task.dest), task.dest_repository
+            below = [b.digest for b in manifest.blobs()] + [m.digest for m in manifest.manifests]
+            if not there or any((repo, digest) in sink.repaired for digest in below):
+                sink.repaired.add((repo, child.digest))
             return
         if await self._tag_view(task.dest, task.dest_repository) is not None:
             found = await task.dest.head_manifest(task.dest_repository, str(child.digest))
@@ -669,10 +676,36 @@ class CopyEngine:
     async def _ensure_blob(self, task: CopyTask, blob: Descriptor) -> None:
         """Make `blob` present in the destination repository, sharing work across tasks."""
         sink = self._sink(task.dest)
-        if task.dest_repository in sink.landed.get(blob.digest, ()):
-            return
         key = (task.dest_repository, blob.digest)
+        if task.dest_repository in sink.landed.get(blob.digest, ()):
+            self._credit_repair(task, sink, key)
+            return
+        if self.options.repair:
+            await sink.blobs.run(key, lambda: self._repair_blob(task, blob, sink))
+            self._credit_repair(task, sink, key)
+            return
         await sink.blobs.run(key, lambda: self._land_blob(task, blob, sink))
+
+    async def _repair_blob(self, task: CopyTask, blob: Descriptor, sink: _Sink) -> None:
+        """`--repair`: a blob this repository still has is left alone (no mount from another
+        repository, which distribution answers 201 all the same); a lost one lands as usual
+        and is remembered, so every task that needed it reports what was mended."""
+        repo = task.dest_repository
+        if await task.dest.has_blob(repo, blob.digest, blob.size):
+            self.stats.blobs_present += 1
+            sink.landed.setdefault(blob.digest, set()).add(repo)
+            if blob.digest not in sink.first_home:  # a repository that lost it mounts from here
+                home = asyncio.get_running_loop().create_future()
+                home.set_result(repo)
+                sink.first_home[blob.digest] = home
+            return
+        await self._land_blob(task, blob, sink)
+        sink.repaired.add((repo, blob.digest))
+
+    def _credit_repair(self, task: CopyTask, sink: _Sink, key: tuple[str, Digest]) -> None:
+        """A task whose content another task mended reports it as copied too."""
+        if key in sink.repaired:
+            self._wrote(task)
 
     async def _land_blob(self, task: CopyTask, blob: Descriptor, sink: _Sink) -> None:
         """The first task needing a digest uploads it; later ones mount from where it landed."""
