@@ -6,6 +6,8 @@ Real saves from a real registry."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import shutil
 from pathlib import Path
 
@@ -163,8 +165,85 @@ def test_a_chain_whose_oldest_base_is_gone_is_saved_on_and_served_as_far_as_it_g
         line = out.error_line
         assert "tkg-2.tar is an increment on top of tkg.tar, which is not beside it" in line
         assert "--base PATH/tkg.tar" in line
+        assert "the archive's own chain4/app0:v1 need manifests or blobs" in line  # by name
     shutil.move(away / first.name, first)  # back beside it: served whole
     assert _served(lean, []) == (3, whole)
+
+
+def _get(server: ServeProcess, path: str) -> tuple[int, object]:
+    """(status, the first error code, or the tags listed) of GET path."""
+    conn = http.client.HTTPConnection(server.host, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    finally:
+        conn.close()
+    return response.status, body["errors"][0]["code"] if "errors" in body else body["tags"]
+
+
+def test_a_name_only_a_gone_base_could_serve_is_left_out_and_the_rest_served(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """Images dropped from this month's list: tkg-2.tar (app0, app1:v0 and app1, --since
+    tkg.tar) names app0 and app1:v0, whose blobs went with tkg.tar; tkg-3.tar (app1 + app2,
+    --since tkg-2.tar) does not. `serve tkg-3.tar` serves app1 and app2 whole, the dropped
+    ones not (404 as any unknown name, one warning line naming them and tkg.tar), rather
+    than refusing what tkg-3.tar + tkg-2.tar hold whole."""
+    refs, images = _images(plain_registry, "chain6")
+    old = seed_image(plain_registry, "chain6/app1", "v0", seed=710, layer_sizes=(40_000,))
+    old_ref = f"{plain_registry.host}/chain6/app1:v0"
+    usb = tmp_path / "usb"
+    first, second, third = usb / "tkg.tar", usb / "tkg-2.tar", usb / "tkg-3.tar"
+    _save(cli, tmp_path, [refs[0], old_ref], first)
+    _save(cli, tmp_path, [*refs[:2], old_ref], second, first)
+    away = tmp_path / "away"
+    away.mkdir()
+    shutil.move(first, away / first.name)
+    _save(cli, tmp_path, refs[1:], third, second)
+
+    async def index() -> tuple[int, set[str], list[str], list[str]]:
+        served, _info = await ServedArchive.open(third, [], None)
+        try:
+            names = {f"{r.name}:{t}" for r in served.repositories.values() for t in r.tags}
+            blobs = {str(d) for r in served.repositories.values() for d in r.blobs}
+            assert blobs.isdisjoint([*images[0].blob_digests, *old.blob_digests])  # not indexed
+            return len(served.layers), names, served.problems, sorted(map(str, served.absent))
+        finally:
+            await served.close()
+
+    layers, names, problems, absent = asyncio.run(index())
+    assert (layers, names, absent) == (2, {"chain6/app1:v1", "chain6/app2:v1"}, [])
+    assert len(problems) == 1, problems
+    assert "not served: chain6/app0:v1, chain6/app1:v0," in problems[0]
+    assert "in tkg.tar, which is not beside" in problems[0]
+
+    dest = make_registry("plain")
+    with ServeProcess(tmp_path / "srv", third) as server:
+        for i in (1, 2):
+            skopeo.copy(server, f"chain6/app{i}:v1", dest, f"far/app{i}:v1")  # type: ignore[arg-type]
+        answers = {path: _get(server, path) for path in (
+            "/v2/chain6/app0/manifests/v1", "/v2/chain6/app1/manifests/v0",
+            "/v2/chain6/app1/tags/list")}  # fmt: skip
+        log = server.read_log()
+    assert answers["/v2/chain6/app0/manifests/v1"] == (404, "NAME_UNKNOWN")  # no app0 at all
+    assert answers["/v2/chain6/app1/manifests/v0"] == (404, "MANIFEST_UNKNOWN")
+    assert answers["/v2/chain6/app1/tags/list"] == (200, ["v1"])
+    warned = [line for line in log.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "chain6/app0:v1, chain6/app1:v0" in warned[0], log
+    assert "tkg.tar, which is not beside" in warned[0], log
+    for i in (1, 2):
+        assert skopeo(dest, f"far/app{i}:v1") == skopeo(plain_registry, f"chain6/app{i}:v1")
+
+    # an image of tkg-3.tar's own whose blobs only tkg.tar held: refused, naming it
+    shutil.move(away / first.name, first)
+    lean = usb / "tkg-3-lean.tar"
+    _save(cli, tmp_path, refs, lean, second)  # app0's blobs left out: tkg.tar is beside
+    shutil.move(first, away / first.name)
+    out = cli("serve", str(lean))
+    assert out.code == ExitCode.USAGE, out.err
+    assert "the archive's own chain6/app0:v1 need" in out.error_line, out.err
+    assert "chain6/app1" not in out.error_line and "--base PATH/tkg.tar" in out.error_line
 
 
 def test_the_readme_chain_on_split_volumes(

@@ -91,6 +91,11 @@ class ServedArchive:
         self._cache_bytes = 0
         #: manifests and blobs the served names need that no layer holds (found at indexing)
         self.absent: set[Digest] = set()
+        #: where the chain of bases ends early (`_follow_bases`); then a name whose content is
+        #: in none of the layers is not served (a base's) or refuses the whole (the archive's)
+        self.cut: MissingBase | None = None
+        #: the archive's own names (`repository:tag` served) that need content no layer holds
+        self.incomplete: list[str] = []
 
     @property
     def label(self) -> str:
@@ -119,11 +124,12 @@ class ServedArchive:
                     "(lowercase letters, digits and . _ - separated by /)"
                 )
             served = cls(layers, chosen)
+            served.cut = cut
             try:
                 await served._index()
+                if cut is not None and served.incomplete:
+                    raise UsageError(cut.refusal(served.incomplete))
                 await asyncio.to_thread(served._pin_files)
-                if cut is not None and served.absent:
-                    raise UsageError(cut.refusal(len(served.absent)))
             except BaseException:
                 served.files.close()
                 raise
@@ -146,11 +152,13 @@ class ServedArchive:
         return f"{self.prefix}/{repository}" if self.prefix else repository
 
     async def _index(self) -> None:
+        own = {(repository, tag) for repository, tag, _ in self.layers[0].entries()}
         named: dict[tuple[str, str], Descriptor] = {}
         for layer in reversed(self.layers):  # the archive's own names win over its base's
             for repository, tag, descriptor in layer.entries():
                 named[(repository, tag)] = descriptor
         walked: set[tuple[str, Digest]] = set()
+        dropped: list[str] = []
         for (repository, tag), descriptor in named.items():
             name = self.served_name(repository)
             if not name:
@@ -161,15 +169,31 @@ class ServedArchive:
             if not valid_name(name):
                 self.problems.append(f"{name}:{tag} is not a valid repository name; not served")
                 continue
-            repo = self.repositories.get(name) or Repository(name)
+            # walked on its own first: a name whose content is gone with a missing base
+            # leaves nothing behind in what is served
+            found, lacking, seen = Repository(name), set[Digest](), set[tuple[str, Digest]]()
             try:
-                await self._walk(repo, descriptor, walked, 0)
+                await self._walk(found, descriptor, walked, seen, lacking, 0)
             except TransshipError as exc:
-                self.problems.append(f"{name}:{tag}: {exc}")
+                if not lacking or self.cut is None:
+                    self.problems.append(f"{name}:{tag}: {exc}")
+                    self.absent |= lacking
+                    continue
+            lacking.update(d for d in found.blobs if self.blob(d) is None)
+            if lacking and self.cut is not None:
+                (self.incomplete if (repository, tag) in own else dropped).append(f"{name}:{tag}")
                 continue
-            self.repositories[name] = repo
+            self.absent |= lacking
+            walked |= seen
+            repo = self.repositories.setdefault(name, Repository(name))
+            repo.manifests.update(found.manifests)
+            repo.blobs |= found.blobs
+            for subject, referrers in found.referrers.items():
+                repo.referrers.setdefault(subject, {}).update(referrers)
             if not stands_for_untagged(tag, descriptor.digest) and TAG.match(tag):
                 repo.tags[tag] = descriptor
+        if dropped and self.cut is not None:
+            self.problems.append(self.cut.not_served(dropped))
 
     def _pin_files(self) -> None:
         """Open (or stat) every file a served blob lies in, once, as it is now."""
@@ -186,18 +210,26 @@ class ServedArchive:
                             self.files.pin(extent.path)
 
     async def _walk(
-        self, repo: Repository, descriptor: Descriptor, walked: set[tuple[str, Digest]], depth: int
+        self,
+        repo: Repository,
+        descriptor: Descriptor,
+        walked: set[tuple[str, Digest]],
+        seen: set[tuple[str, Digest]],
+        lacking: set[Digest],
+        depth: int,
     ) -> None:
+        """Add to `repo` what `descriptor` reaches, but what `walked` (indexed) or `seen` (this
+        walk) holds; a manifest no layer holds goes to `lacking` (then `manifest` raises)."""
         key = (repo.name, descriptor.digest)
-        if key in walked:
+        if key in walked or key in seen:
             return
-        if self.blob(descriptor.digest) is None:  # `manifest` says so; a base may hold it
-            self.absent.add(descriptor.digest)
+        if self.blob(descriptor.digest) is None:
+            lacking.add(descriptor.digest)
         manifest = await self.manifest(descriptor.digest, descriptor.media_type)
         if depth < MAX_DEPTH:
             for child in manifest.manifests:
-                await self._walk(repo, child, walked, depth + 1)
-        walked.add(key)
+                await self._walk(repo, child, walked, seen, lacking, depth + 1)
+        seen.add(key)
         repo.manifests[manifest.digest] = manifest.media_type
         for blob in manifest.blobs():
             if not blob.urls:  # a foreign layer lives elsewhere; never in the archive
@@ -271,13 +303,28 @@ class MissingBase:
     increment: Path
     name: str
 
-    def refusal(self, absent: int) -> str:
+    def refusal(self, images: list[str]) -> str:
+        """The archive's own `images` need content that is in none of the layers opened."""
         return (
             f"{self.increment} is an increment on top of {self.name}, which is not beside it "
-            f"({self.increment.parent / self.name}), and {absent} manifest(s) or blob(s) the "
-            f"served images need are in none of the archives opened; serve it together with "
-            f"its bases: --base PATH/{self.name} (or put {self.name} beside it)"
+            f"({self.increment.parent / self.name}), and the archive's own {_some(images)} "
+            f"need manifests or blobs found in none of the archives opened; serve it together "
+            f"with its bases: --base PATH/{self.name} (or put {self.name} beside it)"
         )
+
+    def not_served(self, images: list[str]) -> str:
+        """Names only a base of the archive has, whose content went with the missing base."""
+        return (
+            f"not served: {_some(images, 5)}, named only by a base of the archive, whose "
+            f"manifests or blobs are in {self.name}, which is not beside {self.increment} "
+            f"(--base PATH/{self.name} serves them)"
+        )
+
+
+def _some(images: list[str], shown: int = 2) -> str:
+    """The first `shown` of `images`, and how many more."""
+    more = len(images) - shown
+    return ", ".join(images[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _follow_bases(layers: list[Layer], path: Path, seen: list[Path]) -> MissingBase | None:
