@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -217,3 +220,70 @@ def test_a_helper_that_never_answers_is_ended_with_what_it_started(
     assert "docker-credential-stuck" in message and "did not answer within 0.5 s" in message
     assert f"credHelpers['reg.example'] in {config}" in message
     assert caught.value.exit_code == ExitCode.AUTH
+
+
+def test_ctrl_c_while_a_helper_hangs_ends_the_run_and_the_helper_at_once(
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The helper runs in its own session (so a timeout can end what it started), so the
+    terminal's SIGINT never reaches it: Ctrl-C must end it, and the run must not wait out the
+    helper's timeout (nor the helper's sleep) before exiting 130."""
+    bin_dir = tmp_path / "bin-hang"
+    bin_dir.mkdir()
+    started, pid_file = tmp_path / "hang-started", tmp_path / "hang-pid"
+    helper = bin_dir / "docker-credential-hang"
+    # exec: the sleep is the helper process itself, whose pid the test then looks for
+    helper.write_text(
+        f'#!/bin/sh\nread host\necho $$ > "{pid_file}"\ntouch "{started}"\nexec sleep 20\n'
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _config(tmp_path, monkeypatch, {"credsStore": "hang"})
+    seed_image(plain_registry, "store/hang", "v1", seed=330)
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "transship", "copy",
+            plain_registry.ref("store/hang:v1"), tls_registry.ref("store/hang:v1"),
+            "--dest-ca", str(pki.ca_pem_path),
+        ],
+        env=dict(os.environ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert started.exists(), proc.communicate(timeout=30)[1]
+        helper_pid = int(pid_file.read_text())
+        assert _alive(helper_pid)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+        alive_after = _alive(helper_pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid_file.exists() and _alive(int(pid_file.read_text())):  # not left to others
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert took < 5, f"exit {took:.1f} s after Ctrl-C; {err}"
+    assert not alive_after, "the helper outlived the run"
+    assert "Traceback" not in err and "closed" not in err, err
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is not: it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return status.rsplit(")", 1)[1].split()[0] != "Z"
