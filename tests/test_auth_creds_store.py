@@ -4,6 +4,7 @@ copies between registries that need no login, nor one whose credentials were giv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,9 @@ from harness.seed import seed_image
 from harness.skopeo import Skopeo
 
 from transship.errors import ExitCode
-from transship.remote.auth import HelperFailedError, from_docker_config
+from transship.remote import Registry, RegistryOptions
+from transship.remote.auth import HelperFailedError, from_docker_config, lookup_docker_config
+from transship.remote.tls import load_ca
 
 CREDS = "alice:s3cret-Pa55"
 
@@ -287,3 +291,72 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return status.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_a_request_cancelled_during_the_lookup_leaves_its_answer_to_the_others(
+    tls_registry: RegistryProcess, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request to be challenged starts the lookup; cancelled while the helper runs
+    (its image failed elsewhere), the lookup goes on for the requests after it, which get
+    the helper's credentials: not anonymous access, and not a second run of the helper."""
+    bin_dir = tmp_path / "bin-slow"
+    bin_dir.mkdir()
+    started, calls = tmp_path / "slow-started", tmp_path / "slow-calls"
+    helper = bin_dir / "docker-credential-slow"
+    helper.write_text(
+        f'#!/bin/sh\nread host\necho "$host" >> "{calls}"\ntouch "{started}"\nsleep 1\n'
+        'echo "{\\"Username\\": \\"alice\\", \\"Secret\\": \\"s3cret-Pa55\\"}"\n'
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _config(tmp_path, monkeypatch, {"credsStore": "slow"})
+    image = seed_image(tls_registry, "store/slow", "v1", seed=331)
+    host = tls_registry.host
+    options = RegistryOptions(
+        ca=load_ca(str(pki.ca_pem_path)), credential_lookup=partial(lookup_docker_config, host)
+    )
+    registry = Registry(host, options)
+    try:
+        first = asyncio.create_task(registry.get_manifest("store/slow", "v1"))
+        for _ in range(3000):
+            if started.exists() or first.done():
+                break
+            await asyncio.sleep(0.01)
+        assert started.exists() and not first.done()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        manifest = await registry.get_manifest("store/slow", "v1")
+    finally:
+        await registry.close()
+    assert manifest.raw == image.manifest
+    assert calls.read_text().split() == [host]
+
+
+def test_a_helper_child_that_leaves_its_group_holding_the_pipes_does_not_hold_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper that started a child in a session of its own (out of reach of the kill)
+    which keeps its output pipe: once the helper is killed the wait ends all the same."""
+    bin_dir = tmp_path / "bin-escape"
+    bin_dir.mkdir()
+    pid_file = tmp_path / "escaped-pid"
+    helper = bin_dir / "docker-credential-escape"
+    helper.write_text(
+        f'#!/bin/sh\nread host\nsetsid sh -c \'echo $$ > "{pid_file}"; exec sleep 30\' &\n'
+        "sleep 30\n"
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    config = _config(tmp_path, monkeypatch, {"credHelpers": {"reg.example": "escape"}})
+    start = time.monotonic()
+    try:
+        with pytest.raises(HelperFailedError) as caught:
+            from_docker_config("reg.example", config, helper_timeout=1.0)
+        took = time.monotonic() - start
+        assert pid_file.exists() and _alive(int(pid_file.read_text()))  # it did escape
+    finally:
+        if pid_file.exists() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert took < 10, took
+    assert "did not answer within 1 s" in str(caught.value)
