@@ -210,11 +210,12 @@ class Transport:
         return self._client()
 
     async def close(self) -> None:
-        task, self._lookup_task = self._lookup_task, None
+        task = self._lookup_task
         if task is not None and not task.done():  # nobody is left to want its answer
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self._lookup_task = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -401,6 +402,9 @@ class Transport:
         """Run the lookup once, keeping what it found or why it failed."""
         try:
             self._credentials = await lookup()
+        except asyncio.CancelledError:  # closed under it: a request after asks again
+            self._lookup = lookup
+            raise
         except HelperMissingError as exc:
             self._lookup_problem = exc
             log.warning("%s asks for credentials: %s; going on without", self.host, exc)
