@@ -4,11 +4,16 @@ copies between registries that need no login, nor one whose credentials were giv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,9 @@ from harness.seed import seed_image
 from harness.skopeo import Skopeo
 
 from transship.errors import ExitCode
-from transship.remote.auth import HelperFailedError, from_docker_config
+from transship.remote import Registry, RegistryOptions
+from transship.remote.auth import HelperFailedError, from_docker_config, lookup_docker_config
+from transship.remote.tls import load_ca
 
 CREDS = "alice:s3cret-Pa55"
 
@@ -217,3 +224,139 @@ def test_a_helper_that_never_answers_is_ended_with_what_it_started(
     assert "docker-credential-stuck" in message and "did not answer within 0.5 s" in message
     assert f"credHelpers['reg.example'] in {config}" in message
     assert caught.value.exit_code == ExitCode.AUTH
+
+
+def test_ctrl_c_while_a_helper_hangs_ends_the_run_and_the_helper_at_once(
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The helper runs in its own session (so a timeout can end what it started), so the
+    terminal's SIGINT never reaches it: Ctrl-C must end it, and the run must not wait out the
+    helper's timeout (nor the helper's sleep) before exiting 130."""
+    bin_dir = tmp_path / "bin-hang"
+    bin_dir.mkdir()
+    started, pid_file = tmp_path / "hang-started", tmp_path / "hang-pid"
+    helper = bin_dir / "docker-credential-hang"
+    # exec: the sleep is the helper process itself, whose pid the test then looks for
+    helper.write_text(
+        f'#!/bin/sh\nread host\necho $$ > "{pid_file}"\ntouch "{started}"\nexec sleep 20\n'
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _config(tmp_path, monkeypatch, {"credsStore": "hang"})
+    seed_image(plain_registry, "store/hang", "v1", seed=330)
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "transship", "copy",
+            plain_registry.ref("store/hang:v1"), tls_registry.ref("store/hang:v1"),
+            "--dest-ca", str(pki.ca_pem_path),
+        ],
+        env=dict(os.environ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert started.exists(), proc.communicate(timeout=30)[1]
+        helper_pid = int(pid_file.read_text())
+        assert _alive(helper_pid)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+        alive_after = _alive(helper_pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid_file.exists() and _alive(int(pid_file.read_text())):  # not left to others
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert took < 5, f"exit {took:.1f} s after Ctrl-C; {err}"
+    assert not alive_after, "the helper outlived the run"
+    assert "Traceback" not in err and "closed" not in err, err
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is not: it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return status.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_a_request_cancelled_during_the_lookup_leaves_its_answer_to_the_others(
+    tls_registry: RegistryProcess, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request to be challenged starts the lookup; cancelled while the helper runs
+    (its image failed elsewhere), the lookup goes on for the requests after it, which get
+    the helper's credentials: not anonymous access, and not a second run of the helper."""
+    bin_dir = tmp_path / "bin-slow"
+    bin_dir.mkdir()
+    started, calls = tmp_path / "slow-started", tmp_path / "slow-calls"
+    helper = bin_dir / "docker-credential-slow"
+    helper.write_text(
+        f'#!/bin/sh\nread host\necho "$host" >> "{calls}"\ntouch "{started}"\nsleep 1\n'
+        'echo "{\\"Username\\": \\"alice\\", \\"Secret\\": \\"s3cret-Pa55\\"}"\n'
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _config(tmp_path, monkeypatch, {"credsStore": "slow"})
+    image = seed_image(tls_registry, "store/slow", "v1", seed=331)
+    host = tls_registry.host
+    options = RegistryOptions(
+        ca=load_ca(str(pki.ca_pem_path)), credential_lookup=partial(lookup_docker_config, host)
+    )
+    registry = Registry(host, options)
+    try:
+        first = asyncio.create_task(registry.get_manifest("store/slow", "v1"))
+        for _ in range(3000):
+            if started.exists() or first.done():
+                break
+            await asyncio.sleep(0.01)
+        assert started.exists() and not first.done()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        manifest = await registry.get_manifest("store/slow", "v1")
+    finally:
+        await registry.close()
+    assert manifest.raw == image.manifest
+    assert calls.read_text().split() == [host]
+
+
+def test_a_helper_child_that_leaves_its_group_holding_the_pipes_does_not_hold_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper that started a child in a session of its own (out of reach of the kill)
+    which keeps its output pipe: once the helper is killed the wait ends all the same."""
+    bin_dir = tmp_path / "bin-escape"
+    bin_dir.mkdir()
+    pid_file = tmp_path / "escaped-pid"
+    helper = bin_dir / "docker-credential-escape"
+    helper.write_text(
+        f'#!/bin/sh\nread host\nsetsid sh -c \'echo $$ > "{pid_file}"; exec sleep 30\' &\n'
+        "sleep 30\n"
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    config = _config(tmp_path, monkeypatch, {"credHelpers": {"reg.example": "escape"}})
+    start = time.monotonic()
+    try:
+        with pytest.raises(HelperFailedError) as caught:
+            from_docker_config("reg.example", config, helper_timeout=1.0)
+        took = time.monotonic() - start
+        assert pid_file.exists() and _alive(int(pid_file.read_text()))  # it did escape
+    finally:
+        if pid_file.exists() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert took < 10, took
+    assert "did not answer within 1 s" in str(caught.value)

@@ -7,12 +7,12 @@ exactly which flag fixes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 from transship.manifeststore import default_store
-from transship.remote.auth import Credentials, from_docker_config, parse_creds
+from transship.remote.auth import Credentials, lookup_docker_config, parse_creds
 from transship.remote.registry import Registry, RegistryOptions
 from transship.remote.tls import CABundle, load_ca
 
@@ -44,10 +44,10 @@ class SideSettings:
             return parse_creds(self.creds, f"--{self.side}-creds")
         return None
 
-    def credential_lookup(self, host: str) -> Callable[[], Credentials | None]:
+    def credential_lookup(self, host: str) -> Callable[[], Awaitable[Credentials | None]]:
         """The Docker config lookup for `host`, run by the transport only once the registry
         asks for credentials."""
-        return partial(from_docker_config, host)
+        return partial(lookup_docker_config, host)
 
 
 class RegistryPool:

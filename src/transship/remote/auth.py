@@ -100,8 +100,26 @@ def docker_config_path() -> Path:
 def from_docker_config(
     host: str, path: Path | None = None, *, helper_timeout: float = HELPER_TIMEOUT
 ) -> Credentials | None:
-    """Look a registry up in a Docker config file, running credential helpers if named."""
+    """`lookup_docker_config` for callers outside an event loop."""
+    return asyncio.run(lookup_docker_config(host, path, helper_timeout=helper_timeout))
+
+
+async def lookup_docker_config(
+    host: str, path: Path | None = None, *, helper_timeout: float = HELPER_TIMEOUT
+) -> Credentials | None:
+    """Look a registry up in a Docker config file, running credential helpers if named.
+    Async, so a run interrupted while a helper hangs ends it at once (`_run_helper`)."""
     path = path or docker_config_path()
+    found = _config_entry(host, path)
+    if isinstance(found, tuple):
+        helper, named_by = found
+        return await _run_helper(helper, host, path, named_by, helper_timeout)
+    return found
+
+
+def _config_entry(host: str, path: Path) -> Credentials | tuple[str, str] | None:
+    """What the config says for `host`: credentials, a helper to ask (name, the key naming
+    it), or nothing."""
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
@@ -114,9 +132,7 @@ def from_docker_config(
     helpers = config.get("credHelpers") or {}
     for key in keys:
         if key in helpers:
-            return _run_helper(
-                str(helpers[key]), host, path, f"credHelpers[{key!r}]", helper_timeout
-            )
+            return str(helpers[key]), f"credHelpers[{key!r}]"
     auths = config.get("auths") or {}
     for key in keys:
         entry = auths.get(key)
@@ -136,7 +152,7 @@ def from_docker_config(
             )
     store = config.get("credsStore")
     if store:
-        return _run_helper(str(store), host, path, "credsStore", helper_timeout)
+        return str(store), "credsStore"
     return None
 
 
@@ -187,18 +203,59 @@ class HelperFailedError(AuthenticationError):
         )
 
 
-def _run_helper(
+class _HelperOutput(asyncio.SubprocessProtocol):
+    """A helper's standard output, and when it has exited / closed its pipes too."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.stdout = bytearray()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.finished: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if fd == 1 and isinstance(data, bytes):
+            self.stdout += data
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+
+#: how long to wait for a killed helper to be reaped
+HELPER_REAP_TIMEOUT = 2.0
+
+
+async def _end_helper(transport: asyncio.SubprocessTransport, output: _HelperOutput) -> None:
+    """Kill a helper with whatever it started (its session's process group) and close our
+    ends of its pipes, so a child that left the group holding them cannot keep us waiting;
+    then wait a bounded while for it to be reaped (a run ending right after would otherwise
+    leave the child watcher reporting to a closed loop)."""
+    if transport.get_returncode() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(transport.get_pid(), signal.SIGKILL)
+    transport.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(output.exited), HELPER_REAP_TIMEOUT)
+
+
+async def _run_helper(
     helper: str, host: str, path: Path, named_by: str, timeout: float
 ) -> Credentials | None:
     program = f"docker-credential-{helper}"
+    loop = asyncio.get_running_loop()
     try:
-        # its own session, so a timeout ends the helper with whatever it started (pinentry):
-        # a child left holding the pipes would keep the wait going
-        proc = subprocess.Popen(
-            [program, "get"],
+        # its own session, so a timeout or Ctrl-C ends the helper with whatever it started
+        # (pinentry); it no longer gets the terminal's SIGINT, so cancelling kills it here
+        transport, output = await loop.subprocess_exec(
+            lambda: _HelperOutput(loop),
+            program,
+            "get",
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
     except FileNotFoundError:
@@ -208,18 +265,25 @@ def _run_helper(
             program, path, named_by, f"cannot be run: {exc.strerror or exc}"
         ) from None
     try:
-        stdout, _ = proc.communicate(host.encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        stdin = transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        stdin.write(host.encode())
+        stdin.close()
+        await asyncio.wait_for(asyncio.shield(output.finished), timeout)
+    except TimeoutError:
+        await _end_helper(transport, output)
         raise HelperFailedError(
             program, path, named_by, f"did not answer within {timeout:g} s"
         ) from None
-    if proc.returncode != 0:
+    except BaseException:  # cancelled (Ctrl-C): the helper, in its own session, never saw it
+        await _end_helper(transport, output)
+        raise
+    returncode = transport.get_returncode()
+    transport.close()
+    if returncode != 0:
         return None  # "credentials not found in native keychain": anonymous
     try:
-        doc = json.loads(stdout)
+        doc = json.loads(bytes(output.stdout))
         user, secret = str(doc["Username"]), str(doc["Secret"])
     except (ValueError, KeyError, TypeError):
         raise HelperFailedError(program, path, named_by, "gave an unreadable answer") from None

@@ -7,12 +7,13 @@ asks for a path with a set of scopes and gets a response or a typed error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +86,9 @@ class TransportOptions:
     #: where credentials come from when none were given (the Docker config): called once, the
     #: first time the registry asks for them (a 401), so a registry that never asks never
     #: runs a credential helper
-    credential_lookup: Callable[[], Credentials | None] | None = field(default=None, repr=False)
+    credential_lookup: Callable[[], Awaitable[Credentials | None]] | None = field(
+        default=None, repr=False
+    )
     max_connections: int = 16
     retries: int = 5
     backoff_base: float = 0.5
@@ -167,7 +170,9 @@ class Transport:
         self.health = HostHealth(host)
         self._credentials = options.credentials
         self._lookup = None if options.credentials else options.credential_lookup
-        self._lookup_lock = asyncio.Lock()
+        #: the lookup under way or done, one task every request awaits (shielded): a request
+        #: cancelled while it runs leaves it to the others, and never makes them anonymous
+        self._lookup_task: asyncio.Task[None] | None = None
         #: the lookup found a credential helper missing: said if the registry then refuses us
         self._lookup_problem: HelperMissingError | None = None
         #: the lookup failed (a helper timed out or answered nonsense, an unreadable config):
@@ -205,6 +210,12 @@ class Transport:
         return self._client()
 
     async def close(self) -> None:
+        task = self._lookup_task
+        if task is not None and not task.done():  # nobody is left to want its answer
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._lookup_task = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -376,26 +387,34 @@ class Transport:
         one line instead of waiting on the helper again for each."""
         if self._lookup_failure is not None:
             raise self._lookup_failure.with_traceback(None)
-        if self._lookup is None or self._challenge is None:
+        if self._challenge is None:
             return self._credentials
-        async with self._lookup_lock:
+        if self._lookup is not None:  # the first request to need them starts the lookup
             lookup, self._lookup = self._lookup, None
-            if lookup is not None:  # else another request looked them up while this waited
-                try:
-                    self._credentials = await asyncio.to_thread(lookup)
-                except HelperMissingError as exc:
-                    self._lookup_problem = exc
-                    log.warning("%s asks for credentials: %s; going on without", self.host, exc)
-                except HelperFailedError as exc:
-                    self._lookup_failure = AuthenticationError(
-                        f"{self.host} asks for credentials and {exc.message}",
-                        hint=exc.fix(self.options.creds_option),
-                    )
-                except TransshipError as exc:  # an unreadable config: a usage error
-                    self._lookup_failure = exc
-            if self._lookup_failure is not None:
-                raise self._lookup_failure.with_traceback(None)
+            self._lookup_task = asyncio.create_task(self._look_up(lookup))
+        if self._lookup_task is not None:
+            await asyncio.shield(self._lookup_task)
+        if self._lookup_failure is not None:
+            raise self._lookup_failure.with_traceback(None)
         return self._credentials
+
+    async def _look_up(self, lookup: Callable[[], Awaitable[Credentials | None]]) -> None:
+        """Run the lookup once, keeping what it found or why it failed."""
+        try:
+            self._credentials = await lookup()
+        except asyncio.CancelledError:  # closed under it: a request after asks again
+            self._lookup = lookup
+            raise
+        except HelperMissingError as exc:
+            self._lookup_problem = exc
+            log.warning("%s asks for credentials: %s; going on without", self.host, exc)
+        except HelperFailedError as exc:
+            self._lookup_failure = AuthenticationError(
+                f"{self.host} asks for credentials and {exc.message}",
+                hint=exc.fix(self.options.creds_option),
+            )
+        except TransshipError as exc:  # an unreadable config: a usage error
+            self._lookup_failure = exc
 
     def _missing(self, challenge: Challenge) -> AuthenticationError:
         """No credentials for a registry that wants them; a missing helper is the reason."""
