@@ -250,6 +250,10 @@ class _Sink:
     repaired: set[tuple[str, Digest]] = field(default_factory=set)
 
 
+#: how long a cut-short run waits for its shared transfers to stop (`_stop_shared_work`)
+STOP_WAIT = 10.0
+
+
 class CopyEngine:
     """Runs copy tasks; every blob crosses the wire at most once per destination."""
 
@@ -330,8 +334,10 @@ class CopyEngine:
         for sink in self._sinks.values():
             for flight in (sink.blobs, sink.manifests, sink.tags, sink.catalog):
                 pending += flight.cancel_pending()
-        if pending:
-            await asyncio.wait(pending)
+        if pending:  # bounded: a write stuck on a dead disk must not hold Ctrl-C for ever
+            _, stuck = await asyncio.wait(pending, timeout=STOP_WAIT)
+            if stuck:
+                log.warning("%d shared transfers did not stop within %.0f s", len(stuck), STOP_WAIT)
 
     def so_far(self) -> list[TaskResult]:
         """What a run cut short (Ctrl-C cancels `run_phases`) had done, in plan order: each
