@@ -346,8 +346,10 @@ def test_repair_of_images_sharing_a_base_layer(
     def repair() -> dict[str, str]:
         out = cli(*args, "--repair", "--report", str(report))
         assert out.code == 0, out.err
-        entries = json.loads(report.read_text())["entries"]
-        return {e["destination"].split("/")[-1]: e["status"] for e in entries}
+        doc = json.loads(report.read_text())
+        stats = doc["stats"]  # every manifest was there: counted present, none pushed
+        assert (stats["manifestsPresent"], stats["manifestsPushed"]) == (3, 0), stats
+        return {e["destination"].split("/")[-1]: e["status"] for e in doc["entries"]}
 
     mark = dest.log_offset()
     assert set(repair().values()) == {"skipped"}

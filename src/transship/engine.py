@@ -458,10 +458,9 @@ class CopyEngine:
         for tag, there in zip(task.dest_tags, named, strict=True):
             if not there:
                 await self._push_manifest(task, manifest, tag)
-        if writes[0]:
-            return "copied", manifest.digest
-        self.stats.manifests_present += 1
-        return "skipped", manifest.digest
+        if all(named) if task.dest_tags else untagged_present:
+            self.stats.manifests_present += 1  # as a plain copy counts a manifest it found
+        return ("copied" if writes[0] else "skipped"), manifest.digest
 
     async def _names(self, task: CopyTask, identifier: str, digest: Digest) -> bool:
         """Whether `identifier` (a tag, or a digest) names `digest` at the destination."""
@@ -664,6 +663,8 @@ class CopyEngine:
             there = await self._names(task, str(child.digest), child.digest)
             manifest = await task.source.get_manifest(task.source_repository, str(child.digest))
             await self._copy_manifest(task, manifest, depth, seen, push=not there)
+            if there:
+                self.stats.manifests_present += 1
             sink, repo = self._sink(task.dest), task.dest_repository
             below = [b.digest for b in manifest.blobs()] + [m.digest for m in manifest.manifests]
             if not there or any((repo, digest) in sink.repaired for digest in below):

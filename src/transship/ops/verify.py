@@ -162,8 +162,8 @@ class VerifyResult:
             + f", {self.seconds:.1f} s"
         )
         if self.complete:
-            line = f"complete: {n['entries']} entries, {tags} tags present with the planned "
-            line += f"digests ({cost})"
+            digests = "" if n["unpinned"] == n["entries"] else " with the planned digests"
+            line = f"complete: {n['entries']} entries, {tags} tags present{digests} ({cost})"
         else:
             bad = n["entries"] - n["ok"]
             parts = [

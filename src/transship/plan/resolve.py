@@ -264,7 +264,7 @@ class _Resolver:
             if not hinted:
                 outcome.warnings.append(
                     f"{entry.source}: carries the {BUNDLE_LABEL} label, so it is an imgpkg "
-                    "bundle; copying it with every image it references"
+                    "bundle; it is taken with every image it references"
                 )
             return EntryKind.BUNDLE
         if hinted:
