@@ -271,6 +271,32 @@ def test_a_base_that_is_not_the_one_the_increment_names_is_refused_when_content_
     assert _served(s1 / third.name, [second]) == (3, whole)  # inc1, then a beside it
 
 
+def test_load_repair_of_an_increment_names_the_base_that_holds_a_lost_blob(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path
+) -> None:
+    """a.tar, inc1.tar, inc2.tar loaded in order; the registry loses app0's layer (only a.tar
+    holds it): `load inc2.tar --repair` says which base holds it (a.tar, two down the chain,
+    not inc1.tar) and to run `load a.tar --repair`, which mends it."""
+    refs, images = _images(plain_registry, "chain8")
+    first, second, third = tmp_path / "a.tar", tmp_path / "inc1.tar", tmp_path / "inc2.tar"
+    _save(cli, tmp_path, refs[:1], first)
+    _save(cli, tmp_path, refs[:2], second, first)
+    _save(cli, tmp_path, refs, third, second)
+    dest = make_registry("plain")
+    for archive in (first, second, third):
+        out = cli("load", str(archive), "--dest", f"{dest.host}/far", "-q")
+        assert out.code == 0, out.err
+    lost = images[0].layers[0].digest
+    dest.blob_path(lost).unlink()
+    out = cli("load", str(third), "--dest", f"{dest.host}/far", "--repair", "-q")
+    assert out.code != 0, out.err
+    assert "incremental on top of inc1.tar (saved on a.tar), and a.tar holds it" in out.err
+    assert "run `transship load a.tar --repair`" in out.err, out.err
+    out = cli("load", str(first), "--dest", f"{dest.host}/far", "--repair", "-q")
+    assert out.code == 0, out.err
+    assert dest.has_blob(lost)
+
+
 def test_the_readme_chain_on_split_volumes(
     cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
 ) -> None:
