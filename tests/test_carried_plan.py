@@ -8,6 +8,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
 from clirunner import CLI
 from harness.pki import PKI
 from harness.registry import RegistryProcess
@@ -35,7 +36,12 @@ def _split_save(cli: CLI, plain: RegistryProcess, tmp_path: Path, name: str) -> 
 
 
 def test_verify_and_tkg_config_read_the_plan_of_a_split_archive(
-    cli: CLI, plain_registry: RegistryProcess, make_registry, pki: PKI, tmp_path: Path
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    pki: PKI,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     first = _split_save(cli, plain_registry, tmp_path, "carry1")
     # the README's far-side step: the first volume alone does not hold the plan
@@ -53,11 +59,20 @@ def test_verify_and_tkg_config_read_the_plan_of_a_split_archive(
     out = cli("verify", "--plan", str(first), "--dest", prefix, "--dest-ca", ca, "--deep")
     assert out.code == 0, out.err
     assert "complete: 3 entries" in out.out
-    # the .parts file and the folder of volumes name the same archive
+    # the .parts file names the same archive; the folder of volumes does not for --plan (a
+    # mistyped folder is not read as whichever archive is in it), naming the .parts to give
     parts = first.with_name("t.tar.parts")
-    for given in (parts, first.parent):
-        out = cli("verify", "--plan", str(given), "--dest", prefix, "--dest-ca", ca, "-q")
-        assert out.code == 0, out.err
+    out = cli("verify", "--plan", str(parts), "--dest", prefix, "--dest-ca", ca, "-q")
+    assert out.code == 0, out.err
+    out = cli("verify", "--plan", str(first.parent), "--dest", prefix, "--dest-ca", ca, "-q")
+    assert out.code == ExitCode.USAGE, out.err
+    assert "a directory that is not an OCI layout" in out.error_line, out.err
+    assert f"--plan {parts}" in out.error_line, out.err
+    with caplog.at_level("INFO", logger="transship.archive"):  # load takes it, naming it
+        out = cli("load", str(first.parent), "--dest", prefix, "--dest-ca", ca, "-q")
+    assert out.code == 0, out.err
+    said = [r.getMessage() for r in caplog.records if r.name == "transship.archive"]
+    assert f"reading the split archive {parts}, the one .parts list in it" in said[0], said
     empty = make_registry("tls")
     out = cli("verify", "--plan", str(first), "--dest", f"{empty.host}/far", "--dest-ca", ca, "-q")
     assert out.code == ExitCode.INCOMPLETE, out.err

@@ -246,6 +246,57 @@ def test_a_name_only_a_gone_base_could_serve_is_left_out_and_the_rest_served(
     assert "chain6/app1" not in out.error_line and "--base PATH/tkg.tar" in out.error_line
 
 
+def test_a_base_that_is_not_the_one_the_increment_names_is_refused_when_content_lacks(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """inc2 saved on inc1 (on a): `serve s1/inc2 --base a` (inc1 not beside, a given instead)
+    is refused in one line naming inc1 (what it needs) and a (what was given), as when the
+    base is missing, rather than serving app1 whose blobs only inc1 holds; the right base
+    given serves it whole."""
+    refs, _ = _images(plain_registry, "chain7")
+    first, second, third = tmp_path / "a.tar", tmp_path / "inc1.tar", tmp_path / "inc2.tar"
+    _save(cli, tmp_path, refs[:1], first)
+    _save(cli, tmp_path, refs[:2], second, first)
+    _save(cli, tmp_path, refs, third, second)
+    s1 = tmp_path / "s1"
+    s1.mkdir()
+    shutil.copy(third, s1 / third.name)
+    out = cli("serve", str(s1 / third.name), "--base", str(first))
+    assert out.code == ExitCode.USAGE, out.err
+    line = out.error_line
+    assert "inc2.tar is an increment on top of inc1.tar, but --base" in line, out.err
+    assert f"--base {first} was given" in line and "chain7/app1:v1 need" in line, out.err
+    assert "--base PATH/inc1.tar" in line
+    whole = {f"chain7/app{i}:v1" for i in range(3)}
+    assert _served(s1 / third.name, [second]) == (3, whole)  # inc1, then a beside it
+
+
+def test_load_repair_of_an_increment_names_the_base_that_holds_a_lost_blob(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path
+) -> None:
+    """a.tar, inc1.tar, inc2.tar loaded in order; the registry loses app0's layer (only a.tar
+    holds it): `load inc2.tar --repair` says which base holds it (a.tar, two down the chain,
+    not inc1.tar) and to run `load a.tar --repair`, which mends it."""
+    refs, images = _images(plain_registry, "chain8")
+    first, second, third = tmp_path / "a.tar", tmp_path / "inc1.tar", tmp_path / "inc2.tar"
+    _save(cli, tmp_path, refs[:1], first)
+    _save(cli, tmp_path, refs[:2], second, first)
+    _save(cli, tmp_path, refs, third, second)
+    dest = make_registry("plain")
+    for archive in (first, second, third):
+        out = cli("load", str(archive), "--dest", f"{dest.host}/far", "-q")
+        assert out.code == 0, out.err
+    lost = images[0].layers[0].digest
+    dest.blob_path(lost).unlink()
+    out = cli("load", str(third), "--dest", f"{dest.host}/far", "--repair", "-q")
+    assert out.code != 0, out.err
+    assert "incremental on top of inc1.tar (saved on a.tar), and a.tar holds it" in out.err
+    assert "run `transship load a.tar --repair`" in out.err, out.err
+    out = cli("load", str(first), "--dest", f"{dest.host}/far", "--repair", "-q")
+    assert out.code == 0, out.err
+    assert dest.has_blob(lost)
+
+
 def test_the_readme_chain_on_split_volumes(
     cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
 ) -> None:

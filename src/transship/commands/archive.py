@@ -301,7 +301,7 @@ def load(
             repair=repair,
         )
     assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
-    job = LoadJob.open(archive, finished=True)
+    job = LoadJob.open(archive, finished=True, repair=repair)
     warning = job.prefix_warning(dest_prefix)
     if warning and not quiet:
         print(f"transship: warning: {warning}", file=sys.stderr)

@@ -287,6 +287,23 @@ def load_plan_source(
     return load_old_script(script_file, prefix)
 
 
+def _require_layout_dir(path: Path) -> None:
+    """`--plan DIR`: a directory is an archive only as an OCI layout. `load DIR` also takes a
+    folder holding one split archive's volumes; for `--plan` a mistyped folder (the medium's
+    root, holding one archive among other files) must not be read as whichever is there."""
+    from transship.layout.index import LAYOUT_FILE
+
+    if (path / LAYOUT_FILE).exists():
+        return
+    lists = sorted(p.name for p in path.glob("*.parts"))
+    named = f" (it holds {lists[0]}: --plan {path / lists[0]})" if len(lists) == 1 else ""
+    raise PlanError(
+        f"--plan {path}: a directory that is not an OCI layout (no {LAYOUT_FILE} file); give "
+        f"a plan file or the archive itself: a layout directory, a tar, its first volume or "
+        f"its .parts file{named}"
+    )
+
+
 def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan:
     """`--plan`: a plan file, or an archive (layout directory, tar, first volume or `.parts`)
     whose carried plan is read as `load` reads it; anything else is refused in one line.
@@ -294,6 +311,8 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
     pushed (for the commands that only check destinations: verify, tkg config)."""
     from transship.layout.archive import looks_like_archive
 
+    if str(path) != STDIN and path.is_dir():
+        _require_layout_dir(path)
     if str(path) != STDIN and looks_like_archive(path):
         from transship.ops.archive import carried_plan
 

@@ -8,7 +8,7 @@ registry endpoint does: a layout on a USB stick is as untrusted as a network.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -45,6 +45,9 @@ class LayoutReader:
     #: an incremental archive: blobs that live in this base archive (read or written)
     base: LayoutReader | None = None
     base_name: str | None = None
+    #: set by whoever knows where the bases lie (`ops.load`): what to say when a blob an
+    #: increment left out to its bases is asked for (which base holds it, what to run)
+    missing_blob_hint: Callable[[Digest], Awaitable[str]] | None = None
 
     def entries(self) -> list[tuple[str, str, Descriptor]]:
         """Every (repository, tag, descriptor) the layout names."""
@@ -148,9 +151,7 @@ class LayoutReader:
             return None  # a blob, not a manifest: a registry would say 404 too
         return Descriptor(manifest.media_type, digest, len(raw))
 
-    async def list_referrers(
-        self, repository: str, digest: Digest
-    ) -> tuple[Referrer, ...] | None:
+    async def list_referrers(self, repository: str, digest: Digest) -> tuple[Referrer, ...] | None:
         """None: a layout has no referrers API; a tag-schema index (`sha256-<hex>`) it holds
         is found through `list_tags`, as on a registry without the API."""
         return None
@@ -194,6 +195,9 @@ class LayoutReader:
         except OSError as exc:
             raise io_error(where, exc) from None
         if handle is None:
+            if self.base_name and self.missing_blob_hint is not None:
+                hint = await self.missing_blob_hint(descriptor.digest)
+                raise NotFoundError(f"{where} not found: {hint}")
             if self.base_name:
                 raise NotFoundError(
                     f"{where} not found: this archive is incremental on top of "

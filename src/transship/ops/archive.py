@@ -275,7 +275,10 @@ def save_task(
 
 def open_archive(path: Path) -> OCILayout | OCILayoutTar:
     """A layout directory, an uncompressed tar of one, or split volumes, read in place."""
-    if find_parts_file(path) is not None:
+    parts = find_parts_file(path)
+    if parts is not None:
+        if path.is_dir():  # a folder holding one split archive: say which was taken
+            log.info("%s: reading the split archive %s, the one .parts list in it", path, parts)
         return OCILayoutTar(path)
     if path.is_dir():
         return OCILayout(path, writable=False)

@@ -7,13 +7,16 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+from transship.digest import Digest
 from transship.engine import CopyTask
 from transship.errors import IncompleteError, TransshipError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.ops.archive import (
+    MAX_BASE_CHAIN,
     PREFIX_COMMON,
     PREFIX_LEGACY,
     ArchiveInfo,
+    base_beside,
     completeness_problems,
     load_tasks,
     open_archive,
@@ -30,7 +33,7 @@ class LoadJob:
     info: ArchiveInfo
 
     @classmethod
-    def open(cls, archive: Path, *, finished: bool = False) -> LoadJob:
+    def open(cls, archive: Path, *, finished: bool = False, repair: bool = False) -> LoadJob:
         """`finished`: refuse (exit 9) an archive that is not a finished save (`unfinished`)."""
         layout = open_archive(archive)
         try:
@@ -42,6 +45,10 @@ class LoadJob:
             asyncio.run(layout.close())
             raise
         layout.base_name = info.base
+        if info.base:
+            layout.missing_blob_hint = lambda digest: missing_blob_hint(
+                archive, info.base, digest, repair
+            )
         return job
 
     def unfinished(self) -> list[str]:
@@ -77,3 +84,45 @@ class LoadJob:
 
     async def close(self) -> None:
         await self.layout.close()
+
+
+async def missing_blob_hint(archive: Path, base: str | None, digest: Digest, repair: bool) -> str:
+    """Why an increment lacks `digest` and what to run: the chain of bases its archive.json
+    files record (followed beside it, as `serve` and `save --since` do) and the one that holds
+    the blob. A repair (`--repair`: the images were loaded, the registry lost content) names
+    `load BASE --repair` for that base; a plain load, loading the bases first, oldest first."""
+    chain: list[str] = []
+    holder: str | None = None
+    path, name = archive, base
+    for _ in range(MAX_BASE_CHAIN):
+        if not name or name in chain:
+            break
+        chain.append(name)
+        beside = base_beside(path, name)
+        if beside is None:
+            break
+        try:
+            layout = await asyncio.to_thread(open_archive, beside)
+        except TransshipError:
+            break
+        try:
+            if holder is None and layout.blob_extents(digest) is not None:
+                holder = name
+            name = ArchiveInfo.read(layout).base
+        finally:
+            await layout.close()
+        path = beside
+    recorded = chain[0] + "".join(f" (saved on {n})" for n in chain[1:])
+    said = f"this archive is incremental on top of {recorded}"
+    oldest_first = ", then ".join(reversed(chain))
+    if repair:
+        if holder is not None:
+            return f"{said}, and {holder} holds it: run `transship load {holder} --repair`"
+        return (
+            f"{said}, and none of them beside {archive.name} holds it: run `transship load "
+            f"BASE --repair` with each of them, oldest first ({oldest_first})"
+        )
+    where = f" ({holder} holds it)" if holder is not None else ""
+    return (
+        f"{said}{where}; load those archives into the registry first, oldest first ({oldest_first})"
+    )

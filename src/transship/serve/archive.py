@@ -27,6 +27,7 @@ from transship.digest import Digest
 from transship.errors import IncompleteError, TransshipError, UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import Extent
+from transship.layout.volumes import PARTS_SUFFIX
 from transship.manifest import Descriptor, Manifest
 from transship.ops.archive import (
     MAX_BASE_CHAIN,
@@ -93,7 +94,7 @@ class ServedArchive:
         self.absent: set[Digest] = set()
         #: where the chain of bases ends early (`_follow_bases`); then a name whose content is
         #: in none of the layers is not served (a base's) or refuses the whole (the archive's)
-        self.cut: MissingBase | None = None
+        self.cut: MissingBase | WrongBase | None = None
         #: the archive's own names (`repository:tag` served) that need content no layer holds
         self.incomplete: list[str] = []
 
@@ -112,7 +113,9 @@ class ServedArchive:
             info = ArchiveInfo.read(layers[0])
             for base in bases:
                 layers.append(open_archive(base))
-            cut = _follow_bases(layers, bases[-1] if bases else archive, [archive, *bases])
+            wrong = _wrong_base(layers, [archive, *bases])
+            missing = _follow_bases(layers, bases[-1] if bases else archive, [archive, *bases])
+            cut: MissingBase | WrongBase | None = wrong or missing
             for layer in layers:  # what load refuses is not served either
                 problems = completeness_problems(layer, ArchiveInfo.read(layer))
                 if problems:
@@ -319,6 +322,51 @@ class MissingBase:
             f"manifests or blobs are in {self.name}, which is not beside {self.increment} "
             f"(--base PATH/{self.name} serves them)"
         )
+
+
+@dataclass(frozen=True)
+class WrongBase:
+    """A `--base` that is not the base the archive before it names: `increment` was saved on
+    top of `name`, `given` was passed instead (maybe the same archive renamed, maybe not)."""
+
+    increment: Path
+    name: str
+    given: Path
+
+    def refusal(self, images: list[str]) -> str:
+        """The archive's own `images` need content that is in none of the layers opened."""
+        return (
+            f"{self.increment} is an increment on top of {self.name}, but --base {self.given} "
+            f"was given, and the archive's own {_some(images)} need manifests or blobs found in "
+            f"none of the archives opened; serve it with the base it was saved on: "
+            f"--base PATH/{self.name}"
+        )
+
+    def not_served(self, images: list[str]) -> str:
+        """Names only a base has, whose content is in none of the layers opened."""
+        return (
+            f"not served: {_some(images, 5)}, named only by a base of the archive, whose "
+            f"manifests or blobs are in none of the archives opened ({self.increment} is an "
+            f"increment on top of {self.name}, --base {self.given} was given)"
+        )
+
+
+def _archive_name(name: str) -> str:
+    """An archive's name without the volume suffix: `a.tar.parts`, `a.tar.001` → `a.tar`."""
+    name = name.removesuffix(PARTS_SUFFIX)
+    stem, dot, suffix = name.rpartition(".")
+    return stem if dot and len(suffix) == 3 and suffix.isdigit() else name
+
+
+def _wrong_base(layers: list[Layer], paths: list[Path]) -> WrongBase | None:
+    """The first `--base` (`paths[1:]`, opened as `layers[1:]`) that is not, by name, the base
+    the archive before it records. Not refused outright (a base may have been renamed on the
+    way): `ServedArchive.open` then refuses only when something served is in none of them."""
+    for i in range(1, len(paths)):
+        name = ArchiveInfo.read(layers[i - 1]).base
+        if name and _archive_name(name) != _archive_name(paths[i].name):
+            return WrongBase(paths[i - 1], name, paths[i])
+    return None
 
 
 def _some(images: list[str], shown: int = 2) -> str:
