@@ -131,7 +131,7 @@ class ServedArchive:
             try:
                 await served._index()
                 if cut is not None and served.incomplete:
-                    raise UsageError(cut.refusal(served.incomplete))
+                    raise UsageError(cut.refusal(sorted(served.incomplete)))
                 await asyncio.to_thread(served._pin_files)
             except BaseException:
                 served.files.close()
@@ -196,7 +196,7 @@ class ServedArchive:
             if not stands_for_untagged(tag, descriptor.digest) and TAG.match(tag):
                 repo.tags[tag] = descriptor
         if dropped and self.cut is not None:
-            self.problems.append(self.cut.not_served(dropped))
+            self.problems.append(self.cut.not_served(sorted(dropped)))  # a stable order
 
     def _pin_files(self) -> None:
         """Open (or stat) every file a served blob lies in, once, as it is now."""
