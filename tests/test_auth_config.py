@@ -76,7 +76,7 @@ def test_credential_helper_program_is_run(tmp_path: Path, monkeypatch: pytest.Mo
         "#!/bin/sh\nread host\n"
         'if [ "$host" = "reg.example" ]; then\n'
         '  echo "{\\"Username\\": \\"carol\\", \\"Secret\\": \\"from-helper\\"}"\n'
-        "else echo 'credentials not found' >&2; exit 1; fi\n"
+        "else echo 'credentials not found in native keychain'; exit 1; fi\n"
     )
     helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{helper.parent}:/usr/bin:/bin")

@@ -204,6 +204,87 @@ def test_a_failing_helper_runs_once_per_host_and_the_run_ends_in_one_line(
     assert "docker-credential-broken" in line and "--src-creds" in line, line
 
 
+def _script_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> None:
+    """A real `docker-credential-NAME` on PATH running `body` after reading the host."""
+    bin_dir = tmp_path / f"bin-{name}"
+    bin_dir.mkdir()
+    helper = bin_dir / f"docker-credential-{name}"
+    helper.write_text(f"#!/bin/sh\nread host\n{body}\n")
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_a_helper_that_exits_with_an_error_is_named_and_not_found_stays_anonymous(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    token_registry: RegistryProcess,
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As Docker: only "credentials not found in native keychain" is no credentials (and the
+    run goes on anonymous); any other failing exit is the helper's error, quoted by its first
+    line with the helper and the config entry, instead of a `docker login` hint."""
+    _script_helper(
+        tmp_path, monkeypatch, "nodbus",
+        'echo "Cannot autolaunch D-Bus without X11 \\$DISPLAY" >&2\nexit 1',
+    )
+    _script_helper(
+        tmp_path, monkeypatch, "empty",
+        'echo "credentials not found in native keychain"\nexit 1',
+    )
+    config = _config(
+        tmp_path, monkeypatch,
+        {"credHelpers": {tls_registry.host: "nodbus", token_registry.host: "empty"}},
+    )
+    ca = str(pki.ca_pem_path)
+    seed_image(tls_registry, "store/dbus", "v1", seed=330)
+    dest: RegistryProcess = make_registry("plain")
+
+    out = cli("copy", tls_registry.ref("store/dbus:v1"), dest.ref("store/dbus:v1"), "--src-ca", ca)
+    assert out.code == ExitCode.AUTH, out.err
+    line = out.error_line
+    assert "docker-credential-nodbus" in line, line
+    assert f"credHelpers[{tls_registry.host!r}] in {config}" in line, line
+    assert "exited 1: Cannot autolaunch D-Bus without X11 $DISPLAY" in line, line
+    assert "--src-creds" in line and "docker login" not in line, line
+    assert out.err.count("transship: error:") == 1, out.err
+
+    # not found: anonymous, which a registry that lets anyone pull accepts
+    public = seed_image(token_registry, "store/anyone", "v1", seed=331)
+    out = cli(
+        "copy", token_registry.ref("store/anyone:v1"), dest.ref("store/anyone:v1"), "--src-ca", ca
+    )
+    assert out.code == 0, out.err
+    assert skopeo(dest, "store/anyone:v1") == public.manifest
+
+
+def test_a_failing_helper_s_message_is_its_first_line_trimmed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Helpers report errors on stdout (docker-credential-helpers): the first non-blank line,
+    cut to 200 characters, is quoted; a killed helper says so."""
+    _script_helper(
+        tmp_path, monkeypatch, "locked",
+        f'echo ""\necho "pass: store locked {"x" * 300}"\necho second line\nexit 2',
+    )
+    _script_helper(tmp_path, monkeypatch, "killed", "kill -9 $$")
+    config = _config(
+        tmp_path, monkeypatch, {"credHelpers": {"a.example": "locked", "b.example": "killed"}}
+    )
+    with pytest.raises(HelperFailedError) as caught:
+        from_docker_config("a.example", config)
+    message = str(caught.value)
+    assert "docker-credential-locked" in message and "exited 2: pass: store locked x" in message
+    assert message.endswith("x" * (200 - len("pass: store locked ")) + "..."), message
+    assert "second line" not in message
+    with pytest.raises(HelperFailedError, match=r"credential-killed .* was killed by signal 9"):
+        from_docker_config("b.example", config)
+
+
 def test_a_helper_that_never_answers_is_ended_with_what_it_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

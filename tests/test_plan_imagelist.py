@@ -98,3 +98,9 @@ def test_binary_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00a")
     with pytest.raises(PlanError, match="not UTF-8 text"):
         load_image_list(path, "harbor.local/mirror")
+
+
+def test_a_list_with_no_image_is_refused_naming_it() -> None:
+    for text in ("", "\n", "# a comment\n   \n# another\n"):
+        with pytest.raises(PlanError, match=r"^images\.txt: lists no images"):
+            plan_from_image_list(text, "images.txt", "harbor.local/mirror")

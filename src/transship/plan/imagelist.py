@@ -45,8 +45,14 @@ def _entry(line: str, where: str, dest_prefix: str) -> PlanEntry:
 def plan_from_image_list(
     text: str, name: str, dest_prefix: str, *, created: str | None = None
 ) -> Plan:
-    """A plan for a plain image list."""
+    """A plan for a plain image list. A list with no image (an empty pipe: a `grep` that
+    matched nothing) is an error, not a run that does nothing and says it is complete."""
     entries = tuple(entries_from_image_list(text, name, dest_prefix))
+    if not entries:
+        raise PlanError(
+            f"{name}: lists no images (only blank lines and comments); "
+            "give one image reference per line"
+        )
     return Plan(
         entries, (name,), created or utc_now(), destination_prefix=parse_prefix(dest_prefix)
     )

@@ -208,12 +208,17 @@ class _HelperOutput(asyncio.SubprocessProtocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.stdout = bytearray()
+        self.stderr = bytearray()  # only its first part, for the error it reports
         self.exited: asyncio.Future[None] = loop.create_future()
         self.finished: asyncio.Future[None] = loop.create_future()
 
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        if fd == 1 and isinstance(data, bytes):
+        if not isinstance(data, bytes):
+            return
+        if fd == 1:
             self.stdout += data
+        elif fd == 2 and len(self.stderr) < HELPER_STDERR_LIMIT:
+            self.stderr += data[: HELPER_STDERR_LIMIT - len(self.stderr)]
 
     def process_exited(self) -> None:
         if not self.exited.done():
@@ -226,6 +231,13 @@ class _HelperOutput(asyncio.SubprocessProtocol):
 
 #: how long to wait for a killed helper to be reaped
 HELPER_REAP_TIMEOUT = 2.0
+#: how much of a helper's standard error is kept (its error message is its first line)
+HELPER_STDERR_LIMIT = 64 * 1024
+#: the answer of a helper that has nothing for the host (docker-credential-helpers'
+#: `ErrCredentialsNotFound`); Docker takes only this as not-found, any other failure as an error
+HELPER_NOT_FOUND = "credentials not found in native keychain"
+#: how much of a failing helper's first output line the error quotes
+HELPER_MESSAGE_LIMIT = 200
 
 
 async def _end_helper(transport: asyncio.SubprocessTransport, output: _HelperOutput) -> None:
@@ -255,7 +267,7 @@ async def _run_helper(
             "get",
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             start_new_session=True,
         )
     except FileNotFoundError:
@@ -281,6 +293,7 @@ async def _run_helper(
     returncode = transport.get_returncode()
     transport.close()
     if returncode != 0:
+        _raise_unless_not_found(program, path, named_by, returncode, output)
         return None  # "credentials not found in native keychain": anonymous
     try:
         doc = json.loads(bytes(output.stdout))
@@ -290,6 +303,31 @@ async def _run_helper(
     if user == "<token>":
         return Credentials("", "", secret, source=program)
     return Credentials(user, secret, source=program)
+
+
+def _raise_unless_not_found(
+    program: str, path: Path, named_by: str, returncode: int | None, output: _HelperOutput
+) -> None:
+    """A helper that exited non-zero: "not found" is no credentials (anonymous); anything
+    else (a locked store, no D-Bus on a headless host) is its error, quoted by its first line
+    (helpers report errors on stdout, some on stderr; the secret only ever comes with exit 0)."""
+    texts = [bytes(output.stdout).decode(errors="replace"), output.stderr.decode(errors="replace")]
+    if any(HELPER_NOT_FOUND in text.lower() for text in texts):
+        return
+    lines = [line.strip() for text in texts for line in text.splitlines() if line.strip()]
+    what = (
+        f"exited {returncode}"
+        if returncode is None or returncode >= 0
+        else (f"was killed by signal {-returncode}")
+    )
+    if lines:
+        first = lines[0]
+        if "secret" in first.lower():  # never quote what might be an answer
+            first = "(an answer not shown)"
+        elif len(first) > HELPER_MESSAGE_LIMIT:
+            first = first[:HELPER_MESSAGE_LIMIT] + "..."
+        what += f": {first}"
+    raise HelperFailedError(program, path, named_by, what)
 
 
 @dataclass

@@ -66,6 +66,11 @@ def plan_from_old_script(
     it (the script's own upload lines may name other places)."""
     prefix = parse_prefix(dest_prefix) if dest_prefix is not None else None
     entries = tuple(entries_from_old_script(text, name, prefix, source_prefix))
+    if not entries:  # an empty pipe or file: nothing to reproduce is an error, not "complete"
+        raise PlanError(
+            f"{name}: lists no images (no 'imgpkg copy' line); "
+            "give the script gen-publish-images.sh wrote"
+        )
     if prefix is not None and not all(e.destination.startswith(f"{prefix}/") for e in entries):
         prefix = None
     return Plan(entries, (name,), created or utc_now(), destination_prefix=prefix)
