@@ -236,7 +236,7 @@ async def test_redirected_blob_download_drops_credentials() -> None:
 
     async def storage(request: web.Request) -> web.StreamResponse:
         seen.append(("storage", request.headers.get("Authorization")))
-        body = data if request.path.startswith("/good/") else data[:-1] + b"x"
+        body = data if request.path.startswith("/good/") else data[:-1] + bytes([data[-1] ^ 1])
         return web.Response(body=body)
 
     async def front(request: web.Request) -> web.StreamResponse:

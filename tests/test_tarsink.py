@@ -169,7 +169,7 @@ async def test_a_region_left_free_becomes_an_unused_member_every_reader_skips(
         yield None
 
     # a transfer that fails for good, never retried
-    await fail_between(sink, lost_digest, lost[:-1] + b"\0", meanwhile())
+    await fail_between(sink, lost_digest, lost[:-1] + bytes([lost[-1] ^ 1]), meanwhile())
     assert sink._free, "the failed region should lie between landed members"
     await sink.close()
     sink.seal({})
@@ -449,7 +449,7 @@ async def test_a_long_free_region_is_filled_by_chained_members(
             await put_image(sink, "app", image, f"v{i}")
         yield None
 
-    await fail_between(sink, lost_digest, lost[:-1] + b"\0", meanwhile())
+    await fail_between(sink, lost_digest, lost[:-1] + bytes([lost[-1] ^ 1]), meanwhile())
     await sink.close()
     sink.seal({})
     found = members(tmp_path / "a.tar")
