@@ -310,6 +310,8 @@ def load(
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
+            if repair:
+                await job.read_bases()
             phases, unique = await job.tasks(dest_prefix, dests.get)
             await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
             if preflight:
