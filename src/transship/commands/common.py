@@ -308,7 +308,19 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
     """`--plan`: a plan file, or an archive (layout directory, tar, first volume or `.parts`)
     whose carried plan is read as `load` reads it; anything else is refused in one line.
     `listing_ok`: `plan imgpkg-tars -o`'s listing is taken too, as the plan of what that load
-    pushed (for the commands that only check destinations: verify, tkg config)."""
+    pushed (for the commands that only check destinations: verify, tkg config). A plan with
+    no entries is refused as an empty image list is (`plan_from_image_list`): not a run that
+    does nothing and reports a release complete."""
+    plan = _read_plan(path, dest_given=dest_given, listing_ok=listing_ok)
+    if not plan.entries:
+        raise PlanError(
+            f"{input_name(path)}: lists no images (a plan with no entries); give the plan "
+            "`transship plan` wrote for the release"
+        )
+    return plan
+
+
+def _read_plan(path: Path, *, dest_given: bool, listing_ok: bool) -> Plan:
     from transship.layout.archive import looks_like_archive
 
     if str(path) != STDIN and path.is_dir():
