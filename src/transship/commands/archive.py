@@ -17,6 +17,7 @@ from transship.commands.common import (
     LIMIT_RATE,
     REPORT_FILE,
     SHARD,
+    BeforeEngine,
     check_destinations,
     execute,
     load_plan_source,
@@ -313,9 +314,12 @@ def load(
             if repair:
                 await job.read_bases()
             phases, unique = await job.tasks(dest_prefix, dests.get)
-            await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
-            if preflight:
-                await check_destinations(phases, parallel)
+            pending = BeforeEngine(record, quiet)
+            pending.planned(phases)
+            with pending.watch():  # Ctrl-C until the engine runs: every image not started
+                await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
+                if preflight:
+                    await check_destinations(phases, parallel)
             results = await run_engine(
                 phases, record, lock_output, quiet, parallel, unique, limit_rate, repair=repair
             )

@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -417,6 +418,38 @@ def execute(
     if report is not None:
         report.write(code, results)
     return code
+
+
+class BeforeEngine:
+    """Ctrl-C before the engine starts (resolving a list, creating projects, the preflight):
+    the summary and the report list what the run was to copy as "not-started", as
+    `run_engine` lists what the engine had not started (`CopyEngine.so_far`). `planned` is
+    what is known so far: the entries as listed, then the tasks once they are built."""
+
+    def __init__(self, report: RunReport | None, quiet: bool) -> None:
+        self.report = report
+        self.quiet = quiet
+        self.tasks: list[CopyTask] = []
+        self._start = time.monotonic()
+
+    def planned(self, task_phases: Sequence[Sequence[CopyTask]]) -> None:
+        self.tasks = [task for phase in task_phases for task in phase]
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """Around the work before `run_engine` (which says what was done once it runs)."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            results = [TaskResult(task, "not-started") for task in self.tasks]
+            seconds = time.monotonic() - self._start
+            if self.report is not None:
+                self.report.outcome = RunOutcome(results, Stats(), seconds, interrupted=True)
+            if not self.quiet:
+                from rich.console import Console
+
+                Console(stderr=True).print(summary_table(results, Stats(), seconds))
+            raise
 
 
 def rate_limit(bytes_per_second: int | None) -> TokenBucket | None:
