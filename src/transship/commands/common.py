@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+log = logging.getLogger("transship")
+
 
 def side_options(side: str, what: str) -> Callable[[F], F]:
     """The TLS / auth options of one side: `--src-ca`, `--dest-creds`, …"""
@@ -389,6 +391,26 @@ def run_report_for(path: Path | None) -> RunReport | None:
     return None if path is None else RunReport(path)
 
 
+async def close_all(
+    closers: Sequence[Callable[[], Awaitable[None]]], ending: BaseException | None
+) -> None:
+    """Call every closer, whichever of them fails. While the run already ends with `ending`
+    (Ctrl-C cancels the run: `asyncio.CancelledError`, which `asyncio.run` turns into
+    KeyboardInterrupt, exit 130; or an error of its own) a close that fails (an HTTP session
+    that raises as it closes) is logged and dropped, so it never replaces that outcome. After
+    a run that went through (`ending` None), the first close error is raised once all ran."""
+    first: Exception | None = None
+    for close in closers:
+        try:
+            await close()
+        except Exception as exc:
+            if ending is not None:
+                log.debug("closing after %s failed too: %r", type(ending).__name__, exc)
+            first = first or exc
+    if first is not None and ending is None:
+        raise first
+
+
 def execute(
     body: Callable[[RegistryPool, RegistryPool], Awaitable[list[TaskResult]]],
     src_settings: SideSettings,
@@ -402,10 +424,11 @@ def execute(
         dests = RegistryPool(dest_settings)
         try:
             result: list[TaskResult] = await body(sources, dests)
-            return result
-        finally:
-            await sources.close()
-            await dests.close()
+        except BaseException as exc:  # Ctrl-C (the task cancelled) or an error: it stays
+            await close_all((sources.close, dests.close), exc)
+            raise
+        await close_all((sources.close, dests.close), None)
+        return result
 
     try:
         results = asyncio.run(main())
@@ -650,7 +673,8 @@ async def run_verify(
         result = await verify_plan(plan, sources.get, dests.get, options)
         # on Harbor: are signatures and referrers attached as accessories?
         await check_accessories(result, dests.get, dests.registry_of)
-        return result
-    finally:
-        await sources.close()
-        await dests.close()
+    except BaseException as exc:
+        await close_all((sources.close, dests.close), exc)
+        raise
+    await close_all((sources.close, dests.close), None)
+    return result
