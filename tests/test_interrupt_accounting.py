@@ -194,3 +194,38 @@ def test_ctrl_c_during_the_preflight_of_a_load_lists_every_image_not_started(
     assert code == 130, err
     names = {"far/intpf/app0:v1", "far/intpf/app1:v1"}
     _assert_all_not_started(json.loads(report.read_text()), err, names)
+
+
+def test_ctrl_c_while_a_save_resolves_its_list_lists_every_image_not_started(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_fault_proxy,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """`save --images` stopped while resolving (before the archive is opened): every image is
+    not-started, named as the save that then runs through names it in its report."""
+    for i in range(2):
+        seed_image(plain_registry, f"intsv/app{i}", "v1", seed=750 + i)
+    source = make_fault_proxy(plain_registry, Fault.stall(30, "/v2/intsv/app1/manifests/", None))
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(source.ref(f"intsv/app{i}:v1") + "\n" for i in range(2)))
+    out, report = tmp_path / "out.tar", tmp_path / "report.json"
+    args = ["save", "--images", str(listing), "-o", str(out), "--report", str(report)]
+
+    def stuck() -> bool:
+        return any(r.finished is None for r in source.log(None, "/intsv/app1/manifests/"))
+
+    code, err = _interrupt_when(args, stuck, tmp_path)
+    assert code == 130, err
+    doc = json.loads(report.read_text())
+    assert {e["status"] for e in doc["entries"]} == {"not-started"}, doc
+    assert doc["counts"]["imagesNotStarted"] == doc["counts"]["entries"] == 2, doc
+    assert summary(err)["images copied / skipped / failed"] == "0 / 0 / 0", err
+    source.clear()
+    done = cli(*args, "-q")  # the rerun, not stopped: the same entries, saved
+    assert done.code == 0, done.err
+    saved = json.loads(report.read_text())
+    assert {e["status"] for e in saved["entries"]} == {"copied"}, saved
+    assert {e["destination"] for e in saved["entries"]} == {
+        e["destination"] for e in doc["entries"]
+    }, (saved, doc)

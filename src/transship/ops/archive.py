@@ -259,7 +259,7 @@ def save_tasks(
 
 
 def save_task(
-    entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout | TarSink
+    entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: Endpoint
 ) -> CopyTask:
     return CopyTask(
         source=source_endpoint(entry, source_for),
