@@ -1,6 +1,8 @@
-"""`identitytoken` in a Docker config against a token service without OAuth2 (its POST answers
-404, as the harness TokenServer's does): transship asks by GET instead, as go-containerregistry
-does, with Basic credentials only when the entry's `auth` holds a password too."""
+"""`identitytoken` in a Docker config. Against a token service without OAuth2 (its POST answers
+404, as the harness TokenServer's does by default): transship asks by GET instead, as
+go-containerregistry does, with Basic credentials only when the entry's `auth` holds a password
+too. Against one with OAuth2 (`TokenServer(oauth2=True)`: the token spec's POST with
+`grant_type=refresh_token`): the identity token is posted, and a refusal is one line."""
 
 from __future__ import annotations
 
@@ -158,3 +160,76 @@ def test_a_service_without_oauth2_is_posted_to_once_per_run(
     gets = [r for r in asked if r.method == "GET" and r.status == 200]
     assert len({r.scopes for r in gets}) >= 4, gets  # several scope sets: one token each
     assert [r.method for r in asked].count("POST") == 1, [(r.method, r.scopes) for r in asked]
+
+
+def test_identity_token_is_taken_by_an_oauth2_token_service(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_token_server,  # type: ignore[no-untyped-def]
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token service with OAuth2 (the spec's `POST realm`, `grant_type=refresh_token`) that
+    knows the identity token: every token is asked by POST and granted to the user the
+    token stands for; no GET, no password needed (`auth` as `docker login` leaves it)."""
+    tokens = make_token_server(anonymous=False, oauth2=True, refresh_tokens={IDENTITY: "alice"})
+    reg: RegistryProcess = make_registry("tls_token", token_server=tokens)
+    auth = base64.b64encode(b"alice:").decode()
+    _docker_config(
+        tmp_path, monkeypatch, {"host": reg.host, "auth": auth, "identitytoken": IDENTITY}
+    )
+    image = seed_image(plain_registry, "idtok/oauth", "v1", seed=310)
+    ca = str(pki.ca_pem_path)
+
+    push = cli("copy", plain_registry.ref("idtok/oauth:v1"), reg.ref("idtok/o1:v1"), "--dest-ca",
+               ca)  # fmt: skip
+    assert push.code == 0, push.err
+    pull = cli("copy", reg.ref("idtok/o1:v1"), plain_registry.ref("idtok/o1b:v1"), "--src-ca", ca)
+    assert pull.code == 0, pull.err
+    asked = [(r.method, r.status, r.user) for r in tokens.token_requests(status=None)]
+    assert asked and set(asked) == {("POST", 200, "alice")}, asked  # never a GET
+    assert any("push" in s for r in tokens.token_requests() for s in r.scopes), asked
+    assert skopeo(reg, "idtok/o1:v1") == image.manifest  # (skopeo asks by GET, as alice)
+    assert skopeo(plain_registry, "idtok/o1b:v1") == image.manifest
+
+
+def test_identity_token_refused_by_oauth2_is_one_auth_error_and_no_get(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_token_server,  # type: ignore[no-untyped-def]
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An OAuth2 token service that refuses the identity token (401: revoked, expired): one
+    line saying the identitytoken was refused and naming the config, exit 3; the POST is not
+    followed by a GET (the service has OAuth2: no fallback), nor sent again for each image's
+    repository, and the token is never printed, -vv included."""
+    tokens = make_token_server(anonymous=False, oauth2=True, refresh_tokens={})
+    reg: RegistryProcess = make_registry("tls_token", token_server=tokens)
+    refs = []
+    for n in range(3):
+        seed_image(plain_registry, f"idtok/oauth{n}", "v1", seed=311 + n)
+        refs.append(plain_registry.ref(f"idtok/oauth{n}:v1"))
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{ref}\n" for ref in refs))
+    auth = base64.b64encode(b"alice:").decode()
+    config = _docker_config(
+        tmp_path, monkeypatch, {"host": reg.host, "auth": auth, "identitytoken": IDENTITY}
+    )
+    out = cli(
+        "copy", "-vv", "--images", str(listing), "--dest", f"{reg.host}/o2",
+        "--src-plain-http", "--dest-ca", str(pki.ca_pem_path),
+    )  # fmt: skip
+    assert out.code == ExitCode.AUTH, out.err
+    line = out.error_line
+    assert "refused the identitytoken" in line and str(config) in line, line
+    assert "docker login" in line, line
+    assert len([e for e in out.err.splitlines() if e.startswith("transship: error")]) == 1, out.err
+    asked = [(r.method, r.status) for r in tokens.token_requests(status=None)]
+    assert asked == [("POST", 401)], asked  # once for the run, and no GET after it
+    assert IDENTITY not in out.err + out.out

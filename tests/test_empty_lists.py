@@ -13,6 +13,7 @@ from clirunner import CLI
 from harness.registry import RegistryProcess
 
 from transship.errors import ExitCode
+from transship.plan.model import API_VERSION, Plan
 
 #: what a list or a script may hold and still name no image
 EMPTY = ("", "\n\n", "# only comments\n  # and blank lines\n\n")
@@ -88,3 +89,32 @@ def test_a_list_with_one_image_among_comments_still_runs(
     )
     assert out.code == 0, out.err
     assert "empty/one" in (tmp_path / "plan.yaml").read_text()
+
+
+def test_a_plan_with_no_entries_is_a_usage_error_for_every_command(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--plan` of a plan that names nothing (as `transship plan` writes one, or the entries
+    left out) is refused as an empty list is: one line naming the file, exit 1, no run."""
+    dest = f"{plain_registry.host}/empty"
+    written = Plan((), destination_prefix=dest).to_yaml()
+    bare = f"apiVersion: {API_VERSION}\nkind: Plan\ncreated: '2026-01-01T00:00:00Z'\n"
+    for text in (written, bare):
+        plan = tmp_path / "plan.yaml"
+        plan.write_text(text)
+        for source, name in ((str(plan), str(plan)), ("-", "<stdin>")):
+            for args in (
+                ("copy", "--plan", source),
+                ("save", "--plan", source, "-o", str(tmp_path / "out.tar")),
+                ("verify", "--plan", source, "--dest", dest),
+            ):
+                _stdin(monkeypatch, text)
+                out = cli(*args)
+                assert out.code == ExitCode.USAGE, (args, out.err)
+                line = out.error_line
+                assert f"{name}: lists no images (a plan with no entries)" in line, (args, line)
+                assert "\n" not in out.err.strip() and "complete" not in out.err, out.err
+    assert not (tmp_path / "out.tar").exists()

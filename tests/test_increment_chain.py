@@ -271,12 +271,13 @@ def test_a_base_that_is_not_the_one_the_increment_names_is_refused_when_content_
     assert _served(s1 / third.name, [second]) == (3, whole)  # inc1, then a beside it
 
 
-def test_load_repair_of_an_increment_names_the_base_that_holds_a_lost_blob(
-    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path
+def test_load_repair_of_an_increment_reads_a_lost_blob_from_the_base_beside_it(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
 ) -> None:
     """a.tar, inc1.tar, inc2.tar loaded in order; the registry loses app0's layer (only a.tar
-    holds it): `load inc2.tar --repair` says which base holds it (a.tar, two down the chain,
-    not inc1.tar) and to run `load a.tar --repair`, which mends it."""
+    holds it, two down the chain): `load inc2.tar --repair` reads it from a.tar lying beside
+    and mends it. With a.tar gone from beside it, the lost blob is reported naming the chain
+    and what to run, as before; `load a.tar --repair` then mends it."""
     refs, images = _images(plain_registry, "chain8")
     first, second, third = tmp_path / "a.tar", tmp_path / "inc1.tar", tmp_path / "inc2.tar"
     _save(cli, tmp_path, refs[:1], first)
@@ -289,10 +290,23 @@ def test_load_repair_of_an_increment_names_the_base_that_holds_a_lost_blob(
     lost = images[0].layers[0].digest
     dest.blob_path(lost).unlink()
     out = cli("load", str(third), "--dest", f"{dest.host}/far", "--repair", "-q")
-    assert out.code != 0, out.err
-    assert "incremental on top of inc1.tar (saved on a.tar), and a.tar holds it" in out.err
-    assert "run `transship load a.tar --repair`" in out.err, out.err
-    out = cli("load", str(first), "--dest", f"{dest.host}/far", "--repair", "-q")
+    assert out.code == 0, out.err
+    assert dest.has_blob(lost)
+    assert skopeo(dest, "far/chain8/app0:v1") == skopeo(plain_registry, "chain8/app0:v1")
+    out = cli("verify", "--plan", str(third), "--dest", f"{dest.host}/far", "--deep", "-q")
+    assert out.code == 0, out.err
+
+    # a.tar not beside inc2.tar's chain: reported as before, naming the chain and the way out
+    away = tmp_path / "away"
+    away.mkdir()
+    shutil.move(first, away / first.name)
+    dest.blob_path(lost).unlink()
+    out = cli("load", str(third), "--dest", f"{dest.host}/far", "--repair", "-q")
+    assert out.code == ExitCode.PARTIAL, out.err
+    assert "incremental on top of inc1.tar (saved on a.tar), and none of them beside" in out.err
+    assert "run `transship load BASE --repair` with each of them, oldest first" in out.err
+    assert "(a.tar, then inc1.tar)" in out.err, out.err
+    out = cli("load", str(away / first.name), "--dest", f"{dest.host}/far", "--repair", "-q")
     assert out.code == 0, out.err
     assert dest.has_blob(lost)
 

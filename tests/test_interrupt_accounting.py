@@ -11,14 +11,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clirunner import CLI
+from harness.faultproxy import Fault
 from harness.pki import PKI
 from harness.registry import RegistryProcess
-from harness.seed import SeedClient, build_image
+from harness.seed import SeedClient, build_image, seed_image
 
 from transship.progress import human_bytes
 
@@ -103,3 +105,127 @@ def test_ctrl_c_mid_blob_counts_no_retry_and_no_refetch(
     assert code == 130, err
     doc = json.loads(report.read_text())
     assert_no_phantom_retries(doc, err)
+
+
+def _interrupt_when(args: list[str], ready: Callable[[], bool], tmp_path: Path) -> tuple[int, str]:
+    """Run transship, SIGINT it once `ready()` (a request it is stuck on); (code, stderr)."""
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transship", *args], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def _assert_all_not_started(doc: dict[str, Any], err: str, expected: set[str]) -> None:
+    assert doc["interrupted"] is True and doc["exitCode"] == 130, doc
+    assert {e["destination"].split("/", 1)[1] for e in doc["entries"]} == expected, doc
+    assert {e["status"] for e in doc["entries"]} == {"not-started"}, doc
+    assert doc["counts"]["imagesNotStarted"] == doc["counts"]["entries"] == len(expected), doc
+    assert doc["stats"]["bytesSent"] == 0 and doc["stats"]["blobsSent"] == 0, doc
+    assert "transship: interrupted" in err and "Traceback" not in err, err
+    rows = summary(err)  # the summary is printed as once the engine runs, and agrees
+    assert rows["images copied / skipped / failed"] == "0 / 0 / 0", err
+    assert rows["bytes sent"] == human_bytes(0), err
+
+
+def test_ctrl_c_while_a_list_is_resolved_lists_every_image_not_started(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,  # type: ignore[no-untyped-def]
+    make_fault_proxy,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """`copy --images` stopped while resolving the list (the source stalls a manifest): the
+    engine never ran, yet the summary is printed and the report lists both images as
+    not-started, as it lists what the engine had not started."""
+    for i in range(2):
+        seed_image(plain_registry, f"intpre/app{i}", "v1", seed=730 + i)
+    source = make_fault_proxy(plain_registry, Fault.stall(30, "/v2/intpre/app1/manifests/", None))
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(source.ref(f"intpre/app{i}:v1") + "\n" for i in range(2)))
+    dest = make_registry("plain")
+    report = tmp_path / "report.json"
+    args = ["copy", "--images", str(listing), "--dest", f"{dest.host}/far",
+            "--dest-plain-http", "--report", str(report)]  # fmt: skip
+
+    def stuck() -> bool:
+        return any(r.finished is None for r in source.log(None, "/intpre/app1/manifests/"))
+
+    code, err = _interrupt_when(args, stuck, tmp_path)
+    assert code == 130, err
+    names = {"far/intpre/app0:v1", "far/intpre/app1:v1"}
+    _assert_all_not_started(json.loads(report.read_text()), err, names)
+    assert not dest.blob_uploads("far/intpre/app0") and not dest.blob_uploads("far/intpre/app1")
+
+
+def test_ctrl_c_during_the_preflight_of_a_load_lists_every_image_not_started(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,  # type: ignore[no-untyped-def]
+    make_fault_proxy,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """`load --preflight` stopped while the destination stalls the preflight's upload: the
+    report lists the archive's images as not-started and the summary is printed."""
+    refs = []
+    for i in range(2):
+        seed_image(plain_registry, f"intpf/app{i}", "v1", seed=740 + i)
+        refs.append(plain_registry.ref(f"intpf/app{i}:v1"))
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    archive = tmp_path / "two.tar"
+    saved = cli("save", "--images", str(listing), "-o", str(archive), "-q")
+    assert saved.code == 0, saved.err
+    dest = make_fault_proxy(make_registry("plain"), Fault.stall(30, "/blobs/uploads/", "POST"))
+    report = tmp_path / "report.json"
+    args = ["load", str(archive), "--dest", f"{dest.host}/far", "--dest-plain-http",
+            "--preflight", "--report", str(report)]  # fmt: skip
+
+    def stuck() -> bool:
+        return any(r.finished is None for r in dest.log("POST", "/blobs/uploads/"))
+
+    code, err = _interrupt_when(args, stuck, tmp_path)
+    assert code == 130, err
+    names = {"far/intpf/app0:v1", "far/intpf/app1:v1"}
+    _assert_all_not_started(json.loads(report.read_text()), err, names)
+
+
+def test_ctrl_c_while_a_save_resolves_its_list_lists_every_image_not_started(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_fault_proxy,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """`save --images` stopped while resolving (before the archive is opened): every image is
+    not-started, named as the save that then runs through names it in its report."""
+    for i in range(2):
+        seed_image(plain_registry, f"intsv/app{i}", "v1", seed=750 + i)
+    source = make_fault_proxy(plain_registry, Fault.stall(30, "/v2/intsv/app1/manifests/", None))
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(source.ref(f"intsv/app{i}:v1") + "\n" for i in range(2)))
+    out, report = tmp_path / "out.tar", tmp_path / "report.json"
+    args = ["save", "--images", str(listing), "-o", str(out), "--report", str(report)]
+
+    def stuck() -> bool:
+        return any(r.finished is None for r in source.log(None, "/intsv/app1/manifests/"))
+
+    code, err = _interrupt_when(args, stuck, tmp_path)
+    assert code == 130, err
+    doc = json.loads(report.read_text())
+    assert {e["status"] for e in doc["entries"]} == {"not-started"}, doc
+    assert doc["counts"]["imagesNotStarted"] == doc["counts"]["entries"] == 2, doc
+    assert summary(err)["images copied / skipped / failed"] == "0 / 0 / 0", err
+    source.clear()
+    done = cli(*args, "-q")  # the rerun, not stopped: the same entries, saved
+    assert done.code == 0, done.err
+    saved = json.loads(report.read_text())
+    assert {e["status"] for e in saved["entries"]} == {"copied"}, saved
+    assert {e["destination"] for e in saved["entries"]} == {
+        e["destination"] for e in doc["entries"]
+    }, (saved, doc)

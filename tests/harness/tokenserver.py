@@ -101,6 +101,14 @@ class TokenServer:
     - `hiccups`: what the next GET requests get instead of a token, first first: an int is a
       status answered at once (503), a float is a stall of that many seconds before the
       normal answer. Consumed one per request; recorded like any request.
+    - `oauth2`: answer the OAuth2 `POST realm` of the distribution token spec (`oauth.md`):
+      a form with `grant_type` (`refresh_token`: the `refresh_token` is looked up in
+      `refresh_tokens`; `password`: `username`/`password` checked against `users`),
+      `service`, `client_id` and `scope` (space-separated); the answer carries
+      `access_token`, `scope`, `expires_in` and `issued_at`. A refresh token it does not
+      know, or a wrong password, answers 401; a malformed form 400. Off (the default), every
+      POST answers 404, which sends Docker-style clients to the GET.
+    - `refresh_tokens`: refresh (identity) token -> the user it stands for (`oauth2` only).
     """
 
     signer: SigningCert
@@ -115,6 +123,8 @@ class TokenServer:
     policy: AccessPolicy | None = None
     tls: ServerCert | None = None
     hiccups: list[int | float] = field(default_factory=list)
+    oauth2: bool = False
+    refresh_tokens: dict[str, str] = field(default_factory=dict)
 
     requests: list[TokenRequest] = field(default_factory=list, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -407,10 +417,52 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def do_POST(self) -> None:
-        # No OAuth2 (POST) flow: answering 404 makes Docker-style clients fall back to GET.
+        owner = self.server.owner
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        raw = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
-        self.server.owner._record(TokenRequest("POST", url.path, None, (), None, 404, ()))
-        self._send_json(404, {"errors": [{"code": "UNSUPPORTED"}]}, {})
+        if not owner.oauth2 or url.path != "/token":
+            # no OAuth2 (POST) flow: answering 404 makes Docker-style clients fall back to GET
+            owner._record(TokenRequest("POST", url.path, None, (), None, 404, ()))
+            self._send_json(404, {"errors": [{"code": "UNSUPPORTED"}]}, {})
+            return
+        form = {k: v[0] for k, v in parse_qs(raw.decode(errors="replace")).items()}
+        service = form.get("service")
+        scopes = tuple(s for s in form.get("scope", "").split(" ") if s)
+        grant = form.get("grant_type")
+
+        def answer(status: int, user: str | None, code: str, message: str) -> None:
+            owner._record(TokenRequest("POST", url.path, service, scopes, user, status, ()))
+            self._send_json(status, {"errors": [{"code": code, "message": message}]}, {})
+
+        if not service or not form.get("client_id") or grant not in ("refresh_token", "password"):
+            answer(400, None, "INVALID_REQUEST", "service, client_id and grant_type required")
+            return
+        user: str | None
+        if grant == "refresh_token":
+            user = owner.refresh_tokens.get(form.get("refresh_token", ""))
+            if user is None:
+                answer(401, None, "UNAUTHORIZED", "invalid refresh token")
+                return
+        else:
+            user = form.get("username") or ""
+            if not user or owner.users.get(user) != form.get("password"):
+                answer(401, None, "UNAUTHORIZED", "invalid credentials")
+                return
+        try:
+            access = owner.grant(user, scopes)
+        except ValueError as exc:
+            answer(400, user, "INVALID_SCOPE", str(exc))
+            return
+        issued = owner.issue(service, access, subject=user)
+        owner._record(TokenRequest("POST", url.path, service, scopes, user, 200, tuple(access)))
+        self._send_json(
+            200,
+            {
+                "access_token": issued.token,
+                "scope": " ".join(scopes),
+                "expires_in": issued.expires_in,
+                "issued_at": issued.issued_at,
+            },
+            {},
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from dataclasses import replace
@@ -17,6 +18,7 @@ from transship.commands.common import (
     LIMIT_RATE,
     REPORT_FILE,
     SHARD,
+    BeforeEngine,
     check_destinations,
     execute,
     load_plan_source,
@@ -40,18 +42,26 @@ from transship.fsutil import write_atomic
 from transship.layout.volumes import parse_size
 from transship.ops.archive import (
     PREFIX_COMMON,
+    ArchiveInfo,
     carried_plan_bytes,
     close_chain,
     destination_prefix,
     open_base_chain,
 )
 from transship.ops.load import LoadJob
-from transship.ops.save import PLACEHOLDER, SaveJob, SaveTarget, archive_info, estimate
+from transship.ops.save import (
+    PLACEHOLDER,
+    SaveJob,
+    SaveTarget,
+    archive_info,
+    estimate,
+    planned_tasks,
+)
 from transship.ops.selfcopy import running_tool
 from transship.ops.shard import ShardAccount
 from transship.ops.tasks import without_attachments
 from transship.ops.verify import ArchiveCheck, verify_archive
-from transship.plan.model import PlanEntry
+from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard
 from transship.progress import human_bytes
 from transship.tkg.env import tkg_dest_defaults
@@ -161,17 +171,7 @@ def save(
     # imgpkg tars are written without the engine; a dry run writes nothing: no report
     record = None if imgpkg_tars or dry_run else run_report_for(report)
 
-    async def run(sources: RegistryPool, _dests: RegistryPool) -> list[TaskResult]:
-        plan = listed
-        held_back: list[PlanEntry] = []
-        # an archive an earlier run sealed is only renamed into place: nothing to resolve
-        sealed = not (imgpkg_tars or dry_run) and target.sealed
-        if plan_file is None and not sealed:  # a list or a script: resolved, bundles go whole
-            plan, held_back = await resolve_listed(
-                plan, sources, parallel, quiet, attachments=not no_attachments
-            )
-        elif no_attachments:
-            plan = without_attachments(plan)
+    def info_for(plan: Plan) -> ArchiveInfo:
         # a plan file carries the prefix it was made for; --dest given with it overrides it
         info = archive_info(
             plan,
@@ -181,6 +181,24 @@ def save(
         )
         if whole_prefix and info.prefix_origin == PREFIX_COMMON:
             info = replace(archive_info(plan, whole_prefix, target), prefix_origin=PREFIX_COMMON)
+        return info
+
+    async def run(sources: RegistryPool, _dests: RegistryPool) -> list[TaskResult]:
+        plan = listed
+        held_back: list[PlanEntry] = []
+        # an archive an earlier run sealed is only renamed into place: nothing to resolve
+        sealed = not (imgpkg_tars or dry_run) and target.sealed
+        if plan_file is None and not sealed:  # a list or a script: resolved, bundles go whole
+            pending = BeforeEngine(record, quiet)
+            if record is not None:  # an engine run ahead (not imgpkg tars, not a dry run)
+                pending.planned(planned_tasks(plan, info_for(plan), target, sources.get))
+            with pending.watch() if record is not None else contextlib.nullcontext():
+                plan, held_back = await resolve_listed(
+                    plan, sources, parallel, quiet, attachments=not no_attachments
+                )
+        elif no_attachments:
+            plan = without_attachments(plan)
+        info = info_for(plan)
         if imgpkg_tars:  # transship.ops.imgpkgtar
             return await save_tar_set(plan, info.prefix, sources.get, output, quiet, held_back)
         if dry_run:
@@ -310,10 +328,15 @@ def load(
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
+            if repair:
+                await job.read_bases()
             phases, unique = await job.tasks(dest_prefix, dests.get)
-            await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
-            if preflight:
-                await check_destinations(phases, parallel)
+            pending = BeforeEngine(record, quiet)
+            pending.planned(phases)
+            with pending.watch():  # Ctrl-C until the engine runs: every image not started
+                await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
+                if preflight:
+                    await check_destinations(phases, parallel)
             results = await run_engine(
                 phases, record, lock_output, quiet, parallel, unique, limit_rate, repair=repair
             )

@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from transship.ops.verify import VerifyOptions, VerifyResult
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("transship")
 
 
 def side_options(side: str, what: str) -> Callable[[F], F]:
@@ -308,7 +311,19 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
     """`--plan`: a plan file, or an archive (layout directory, tar, first volume or `.parts`)
     whose carried plan is read as `load` reads it; anything else is refused in one line.
     `listing_ok`: `plan imgpkg-tars -o`'s listing is taken too, as the plan of what that load
-    pushed (for the commands that only check destinations: verify, tkg config)."""
+    pushed (for the commands that only check destinations: verify, tkg config). A plan with
+    no entries is refused as an empty image list is (`plan_from_image_list`): not a run that
+    does nothing and reports a release complete."""
+    plan = _read_plan(path, dest_given=dest_given, listing_ok=listing_ok)
+    if not plan.entries:
+        raise PlanError(
+            f"{input_name(path)}: lists no images (a plan with no entries); give the plan "
+            "`transship plan` wrote for the release"
+        )
+    return plan
+
+
+def _read_plan(path: Path, *, dest_given: bool, listing_ok: bool) -> Plan:
     from transship.layout.archive import looks_like_archive
 
     if str(path) != STDIN and path.is_dir():
@@ -376,6 +391,26 @@ def run_report_for(path: Path | None) -> RunReport | None:
     return None if path is None else RunReport(path)
 
 
+async def close_all(
+    closers: Sequence[Callable[[], Awaitable[None]]], ending: BaseException | None
+) -> None:
+    """Call every closer, whichever of them fails. While the run already ends with `ending`
+    (Ctrl-C cancels the run: `asyncio.CancelledError`, which `asyncio.run` turns into
+    KeyboardInterrupt, exit 130; or an error of its own) a close that fails (an HTTP session
+    that raises as it closes) is logged and dropped, so it never replaces that outcome. After
+    a run that went through (`ending` None), the first close error is raised once all ran."""
+    first: Exception | None = None
+    for close in closers:
+        try:
+            await close()
+        except Exception as exc:
+            if ending is not None:
+                log.debug("closing after %s failed too: %r", type(ending).__name__, exc)
+            first = first or exc
+    if first is not None and ending is None:
+        raise first
+
+
 def execute(
     body: Callable[[RegistryPool, RegistryPool], Awaitable[list[TaskResult]]],
     src_settings: SideSettings,
@@ -389,10 +424,11 @@ def execute(
         dests = RegistryPool(dest_settings)
         try:
             result: list[TaskResult] = await body(sources, dests)
-            return result
-        finally:
-            await sources.close()
-            await dests.close()
+        except BaseException as exc:  # Ctrl-C (the task cancelled) or an error: it stays
+            await close_all((sources.close, dests.close), exc)
+            raise
+        await close_all((sources.close, dests.close), None)
+        return result
 
     try:
         results = asyncio.run(main())
@@ -405,6 +441,38 @@ def execute(
     if report is not None:
         report.write(code, results)
     return code
+
+
+class BeforeEngine:
+    """Ctrl-C before the engine starts (resolving a list, creating projects, the preflight):
+    the summary and the report list what the run was to copy as "not-started", as
+    `run_engine` lists what the engine had not started (`CopyEngine.so_far`). `planned` is
+    what is known so far: the entries as listed, then the tasks once they are built."""
+
+    def __init__(self, report: RunReport | None, quiet: bool) -> None:
+        self.report = report
+        self.quiet = quiet
+        self.tasks: list[CopyTask] = []
+        self._start = time.monotonic()
+
+    def planned(self, task_phases: Sequence[Sequence[CopyTask]]) -> None:
+        self.tasks = [task for phase in task_phases for task in phase]
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """Around the work before `run_engine` (which says what was done once it runs)."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            results = [TaskResult(task, "not-started") for task in self.tasks]
+            seconds = time.monotonic() - self._start
+            if self.report is not None:
+                self.report.outcome = RunOutcome(results, Stats(), seconds, interrupted=True)
+            if not self.quiet:
+                from rich.console import Console
+
+                Console(stderr=True).print(summary_table(results, Stats(), seconds))
+            raise
 
 
 def rate_limit(bytes_per_second: int | None) -> TokenBucket | None:
@@ -605,7 +673,8 @@ async def run_verify(
         result = await verify_plan(plan, sources.get, dests.get, options)
         # on Harbor: are signatures and referrers attached as accessories?
         await check_accessories(result, dests.get, dests.registry_of)
-        return result
-    finally:
-        await sources.close()
-        await dests.close()
+    except BaseException as exc:
+        await close_all((sources.close, dests.close), exc)
+        raise
+    await close_all((sources.close, dests.close), None)
+    return result

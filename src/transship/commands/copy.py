@@ -9,6 +9,7 @@ import click
 
 from transship.commands.common import (
     SHARD,
+    BeforeEngine,
     check_destinations,
     execute,
     load_plan_source,
@@ -118,16 +119,20 @@ def copy(
         chosen = single or plan
         assert chosen is not None
         held_back: list[PlanEntry] = []
-        if resolve:
-            chosen, held_back = await resolve_listed(
-                chosen, sources, parallel, quiet, attachments=not no_attachments
-            )
-        elif no_attachments:
-            chosen = without_attachments(chosen)
-        task_phases = copy_phases(chosen, sources.get, dests.get, wanted)
-        await before_push(task_phases, projects, dests, preflight=preflight, quiet=quiet)
-        if preflight:
-            await check_destinations(task_phases, parallel)
+        pending = BeforeEngine(record, quiet)
+        with pending.watch():  # Ctrl-C until the engine runs: every entry not started
+            pending.planned(copy_phases(chosen, sources.get, dests.get, wanted))  # as listed
+            if resolve:
+                chosen, held_back = await resolve_listed(
+                    chosen, sources, parallel, quiet, attachments=not no_attachments
+                )
+            elif no_attachments:
+                chosen = without_attachments(chosen)
+            task_phases = copy_phases(chosen, sources.get, dests.get, wanted)
+            pending.planned(task_phases)
+            await before_push(task_phases, projects, dests, preflight=preflight, quiet=quiet)
+            if preflight:
+                await check_destinations(task_phases, parallel)
         account = None
         if cut is not None:
             from transship.ops.shard import ShardAccount  # --shard only

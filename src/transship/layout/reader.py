@@ -195,6 +195,12 @@ class LayoutReader:
         except OSError as exc:
             raise io_error(where, exc) from None
         if handle is None:
+            base = self.base
+            if base is not None and await base.has_blob(repository, descriptor.digest):
+                # left out to a base linked below (`ops.archive.link_bases`): read it there
+                async with base.open_blob(repository, descriptor) as chunks:
+                    yield chunks
+                return
             if self.base_name and self.missing_blob_hint is not None:
                 hint = await self.missing_blob_hint(descriptor.digest)
                 raise NotFoundError(f"{where} not found: {hint}")

@@ -259,7 +259,7 @@ def save_tasks(
 
 
 def save_task(
-    entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: OCILayout | TarSink
+    entry: PlanEntry, info: ArchiveInfo, source_for: EndpointFor, layout: Endpoint
 ) -> CopyTask:
     return CopyTask(
         source=source_endpoint(entry, source_for),
@@ -356,29 +356,36 @@ async def open_base_chain(
     followed, so someone who kept only last month's archive can still save on it. `warn`: say
     so in one line (the caller that checks `--since` first; the save reopens it quietly)."""
     first = await open_finished(path, what)
-    layout: LayoutReader = first
-    names = {path.name}
     try:
-        for _ in range(MAX_BASE_CHAIN):
-            name = ArchiveInfo.read(layout).base
-            if not name or name in names:
-                break
-            beside = base_beside(path, name)
-            if beside is None:
-                if warn:
-                    log.warning(
-                        "%s %s: %s is an increment on top of %s, which is not beside it (%s); "
-                        "the blobs %s holds are carried again (put it there to leave them out)",
-                        what, path, path.name, name, path.parent / name, name,
-                    )  # fmt: skip
-                break
-            names.add(name)
-            layout.base = await open_finished(beside, what)
-            layout, path = layout.base, beside
+        await link_bases(first, path, what, warn=warn)
     except BaseException:
         await close_chain(first)
         raise
     return first
+
+
+async def link_bases(archive: LayoutReader, path: Path, what: str, *, warn: bool = False) -> None:
+    """Link below `archive` (opened from `path`) the base its archive.json names, beside it,
+    each opened as `open_finished`, and so on down the chain (`open_base_chain`), as far as
+    the files are there. `load --repair` reads a blob the increment left out from them. On an
+    error the caller closes `archive` with `close_chain` (which closes what was linked)."""
+    layout, names = archive, {path.name}
+    for _ in range(MAX_BASE_CHAIN):
+        name = ArchiveInfo.read(layout).base
+        if not name or name in names:
+            break
+        beside = base_beside(path, name)
+        if beside is None:
+            if warn:
+                log.warning(
+                    "%s %s: %s is an increment on top of %s, which is not beside it (%s); "
+                    "the blobs %s holds are carried again (put it there to leave them out)",
+                    what, path, path.name, name, path.parent / name, name,
+                )  # fmt: skip
+            break
+        names.add(name)
+        layout.base = await open_finished(beside, what)
+        layout, path = layout.base, beside
 
 
 async def close_chain(layout: LayoutReader | None) -> None:

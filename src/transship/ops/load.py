@@ -17,7 +17,9 @@ from transship.ops.archive import (
     PREFIX_LEGACY,
     ArchiveInfo,
     base_beside,
+    close_chain,
     completeness_problems,
+    link_bases,
     load_tasks,
     open_archive,
     with_sizes,
@@ -31,6 +33,7 @@ class LoadJob:
 
     layout: OCILayout | OCILayoutTar
     info: ArchiveInfo
+    path: Path
 
     @classmethod
     def open(cls, archive: Path, *, finished: bool = False, repair: bool = False) -> LoadJob:
@@ -38,7 +41,7 @@ class LoadJob:
         layout = open_archive(archive)
         try:
             info = ArchiveInfo.read(layout)
-            job = cls(layout, info)
+            job = cls(layout, info, archive)
             if finished:
                 job.require_finished()
         except TransshipError:  # e.g. an incompatible format: refused, the archive closed
@@ -82,8 +85,16 @@ class LoadJob:
         planned = load_tasks(self.layout, self.info, prefix, dest_for)
         return await with_sizes(self.layout, planned)
 
+    async def read_bases(self) -> None:
+        """`load --repair` of an increment: link the bases lying beside it (the chain `save
+        --since` and `serve` follow, `ops.archive.link_bases`), so a blob the destination lost
+        that the increment left out to a base is read from that base. Where a base is not
+        there the chain ends, and such a blob is reported (`missing_blob_hint`)."""
+        if self.info.base:
+            await link_bases(self.layout, self.path, "load --repair")
+
     async def close(self) -> None:
-        await self.layout.close()
+        await close_chain(self.layout)
 
 
 async def missing_blob_hint(archive: Path, base: str | None, digest: Digest, repair: bool) -> str:

@@ -31,6 +31,7 @@ from transship.layout.tarsink import (
     read_journal_blobs,
 )
 from transship.layout.volumes import PARTS_SUFFIX
+from transship.memory import MemoryEndpoint
 from transship.ops.archive import (
     UNFINISHED_TEXT,
     ArchiveInfo,
@@ -45,7 +46,7 @@ from transship.ops.archive import (
     source_points,
 )
 from transship.ops.selfcopy import check_split_size, place_tool
-from transship.ops.tasks import EndpointFor
+from transship.ops.tasks import EndpointFor, phases
 from transship.plan.model import Plan, PlanEntry
 
 #: the prefix of a list saved without --dest: load must be told where to go
@@ -151,6 +152,17 @@ def archive_info(
     if target.since is not None:
         info = replace(info, base=target.since.name)
     return info
+
+
+def planned_tasks(
+    plan: Plan, info: ArchiveInfo, target: SaveTarget, source_for: EndpointFor
+) -> list[list[CopyTask]]:
+    """The save's tasks as they will read before the archive is opened (`SaveJob.open`), into
+    a stand-in labelled as the archive will be: what a run stopped while it resolves its list
+    names as not started."""
+    label = f"oci-archive:{target.output}" if target.is_tar else f"oci:{target.output}"
+    stand_in = MemoryEndpoint(label=label)
+    return [[save_task(e, info, source_for, stand_in) for e in group] for group in phases(plan)]
 
 
 def existing_parent(path: Path) -> Path:

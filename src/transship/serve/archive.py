@@ -94,7 +94,7 @@ class ServedArchive:
         self.absent: set[Digest] = set()
         #: where the chain of bases ends early (`_follow_bases`); then a name whose content is
         #: in none of the layers is not served (a base's) or refuses the whole (the archive's)
-        self.cut: MissingBase | WrongBase | None = None
+        self.cut: ChainCut | None = None
         #: the archive's own names (`repository:tag` served) that need content no layer holds
         self.incomplete: list[str] = []
 
@@ -115,7 +115,7 @@ class ServedArchive:
                 layers.append(open_archive(base))
             wrong = _wrong_base(layers, [archive, *bases])
             missing = _follow_bases(layers, bases[-1] if bases else archive, [archive, *bases])
-            cut: MissingBase | WrongBase | None = wrong or missing
+            cut: ChainCut | None = wrong or missing
             for layer in layers:  # what load refuses is not served either
                 problems = completeness_problems(layer, ArchiveInfo.read(layer))
                 if problems:
@@ -300,54 +300,51 @@ class ServedArchive:
 
 
 @dataclass(frozen=True)
-class MissingBase:
-    """Where the chain of bases ends early: `increment` names `name`, which is not beside it."""
+class ChainCut:
+    """Where the chain of bases ends early: `increment` was saved on top of `name`, which is
+    not beside it (`given` None: `_follow_bases`), or a `--base` `given` was passed in its
+    place (maybe the same archive renamed, maybe not: `_wrong_base`)."""
 
     increment: Path
     name: str
+    given: Path | None = None
 
-    def refusal(self, images: list[str]) -> str:
-        """The archive's own `images` need content that is in none of the layers opened."""
-        return (
-            f"{self.increment} is an increment on top of {self.name}, which is not beside it "
-            f"({self.increment.parent / self.name}), and the archive's own {_some(images)} "
-            f"need manifests or blobs found in none of the archives opened; serve it together "
-            f"with its bases: --base PATH/{self.name} (or put {self.name} beside it)"
-        )
-
-    def not_served(self, images: list[str]) -> str:
-        """Names only a base of the archive has, whose content went with the missing base."""
-        return (
-            f"not served: {_some(images, 5)}, named only by a base of the archive, whose "
-            f"manifests or blobs are in {self.name}, which is not beside {self.increment} "
-            f"(--base PATH/{self.name} serves them)"
-        )
-
-
-@dataclass(frozen=True)
-class WrongBase:
-    """A `--base` that is not the base the archive before it names: `increment` was saved on
-    top of `name`, `given` was passed instead (maybe the same archive renamed, maybe not)."""
-
-    increment: Path
-    name: str
-    given: Path
-
-    def refusal(self, images: list[str]) -> str:
-        """The archive's own `images` need content that is in none of the layers opened."""
+    def _why(self) -> str:
+        if self.given is None:
+            return (
+                f"{self.increment} is an increment on top of {self.name}, which is not beside "
+                f"it ({self.increment.parent / self.name})"
+            )
         return (
             f"{self.increment} is an increment on top of {self.name}, but --base {self.given} "
-            f"was given, and the archive's own {_some(images)} need manifests or blobs found in "
-            f"none of the archives opened; serve it with the base it was saved on: "
-            f"--base PATH/{self.name}"
+            "was given"
+        )
+
+    def refusal(self, images: list[str]) -> str:
+        """The archive's own `images` need content that is in none of the layers opened."""
+        way = (
+            f"serve it together with its bases: --base PATH/{self.name} (or put {self.name} "
+            "beside it)"
+            if self.given is None
+            else f"serve it with the base it was saved on: --base PATH/{self.name}"
+        )
+        return (
+            f"{self._why()}, and the archive's own {_some(images)} need manifests or blobs "
+            f"found in none of the archives opened; {way}"
         )
 
     def not_served(self, images: list[str]) -> str:
-        """Names only a base has, whose content is in none of the layers opened."""
+        """Names only a base of the archive has, whose content is in none of the layers."""
+        where = (
+            f"in {self.name}, which is not beside {self.increment} (--base PATH/{self.name} "
+            "serves them)"
+            if self.given is None
+            else f"in none of the archives opened ({self.increment} is an increment on top of "
+            f"{self.name}, --base {self.given} was given)"
+        )
         return (
             f"not served: {_some(images, 5)}, named only by a base of the archive, whose "
-            f"manifests or blobs are in none of the archives opened ({self.increment} is an "
-            f"increment on top of {self.name}, --base {self.given} was given)"
+            f"manifests or blobs are {where}"
         )
 
 
@@ -358,14 +355,14 @@ def _archive_name(name: str) -> str:
     return stem if dot and len(suffix) == 3 and suffix.isdigit() else name
 
 
-def _wrong_base(layers: list[Layer], paths: list[Path]) -> WrongBase | None:
+def _wrong_base(layers: list[Layer], paths: list[Path]) -> ChainCut | None:
     """The first `--base` (`paths[1:]`, opened as `layers[1:]`) that is not, by name, the base
     the archive before it records. Not refused outright (a base may have been renamed on the
     way): `ServedArchive.open` then refuses only when something served is in none of them."""
     for i in range(1, len(paths)):
         name = ArchiveInfo.read(layers[i - 1]).base
         if name and _archive_name(name) != _archive_name(paths[i].name):
-            return WrongBase(paths[i - 1], name, paths[i])
+            return ChainCut(paths[i - 1], name, paths[i])
     return None
 
 
@@ -375,7 +372,7 @@ def _some(images: list[str], shown: int = 2) -> str:
     return ", ".join(images[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
-def _follow_bases(layers: list[Layer], path: Path, seen: list[Path]) -> MissingBase | None:
+def _follow_bases(layers: list[Layer], path: Path, seen: list[Path]) -> ChainCut | None:
     """The bases of an increment, as far as their files are there: from the last layer (the
     archive, or the last `--base` given, at `path`), the base its archive.json names, beside
     it, and so on (`save --since` left out what each holds, `ops.archive.open_base_chain`).
@@ -389,7 +386,7 @@ def _follow_bases(layers: list[Layer], path: Path, seen: list[Path]) -> MissingB
             return None
         beside = base_beside(path, name)
         if beside is None:
-            return MissingBase(path, name)
+            return ChainCut(path, name)
         names.add(name)
         layers.append(open_archive(beside))
         path = beside
