@@ -110,3 +110,22 @@ def test_copy_under_limit_rate_takes_bytes_over_rate(
     assert out.code == 0, out.err
     assert 3.5 <= seconds < 30, seconds  # 8 MiB at 2 MiB/s: about 4 s
     assert dest.requests("PUT", r"/v2/capped/app/manifests/v1$")
+
+
+def test_save_as_imgpkg_tars_is_capped_too(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path
+) -> None:
+    """`save --format imgpkg-tars` writes its tars without the engine; the cap holds there too
+    (it was accepted and ignored: 8 MiB at "2M" took well under a second)."""
+    image = build_image(172, layer_sizes=(4 * MiB, 4 * MiB))
+    SeedClient.for_registry(plain_registry).push_image("capped/tars", image, "v1")
+    images = tmp_path / "images.txt"
+    images.write_text(plain_registry.ref("capped/tars:v1") + "\n")
+    out_dir = tmp_path / "tars"
+    start = time.monotonic()
+    out = cli("save", "--images", str(images), "-o", str(out_dir), "--format", "imgpkg-tars",
+              "--limit-rate", "2M", "-q")
+    seconds = time.monotonic() - start
+    assert out.code == 0, out.err
+    assert len(list(out_dir.glob("*.tar"))) == 1
+    assert seconds >= 3.5, seconds  # 8 MiB at 2 MiB/s cannot take less (a lower bound only)

@@ -182,7 +182,9 @@ def save(
         if whole_prefix and info.prefix_origin == PREFIX_COMMON:
             info = replace(archive_info(plan, whole_prefix, target), prefix_origin=PREFIX_COMMON)
         if imgpkg_tars:  # transship.ops.imgpkgtar
-            return await save_tar_set(plan, info.prefix, sources.get, output, quiet, held_back)
+            return await save_tar_set(
+                plan, info.prefix, sources.get, output, quiet, held_back, limit_rate
+            )
         if dry_run:
             found = await estimate(plan, target, sources.get)
             console.print(
