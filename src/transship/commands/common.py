@@ -339,7 +339,13 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
                     "config --plan read it; load the tars themselves with transship load"
                 )
             return plan_from_listing(root)
-    return Plan.from_dict(root.value, name)
+    plan = Plan.from_dict(root.value, name)
+    if not plan.entries and not plan.gaps:  # as an empty image list: never "0 entries complete"
+        raise PlanError(
+            f"{name}: a plan with no entries (nothing to copy, save or verify); give the plan "
+            "`transship plan` wrote"
+        )
+    return plan
 
 
 @dataclass
