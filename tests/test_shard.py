@@ -262,3 +262,31 @@ def test_save_resumed_as_another_shard_names_only_that_shards_images(
     said = [r.getMessage() for r in caplog.records if r.name == "transship.ops.save"]
     assert len(said) == 1 and "this plan does not list" in said[0]  # said, once
     assert cli("archive", "verify", str(output)).code == 0
+
+
+def test_a_shards_progress_total_counts_a_shared_base_once_not_per_image(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, pki: PKI, tmp_path: Path
+) -> None:
+    """The bytes to send (the total the ETA runs against) of a shard of a plan file: the
+    part's sizes summed image by image counted the shared base once per image, so a part
+    claimed more than the whole plan's unique bytes (and its ETA, under --limit-rate, a
+    multiple of the time left) until its images finished."""
+    refs, _, _ = seed(plain_registry, "shard5")
+    dest = make_registry("tls_basic")
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    plan = tmp_path / "plan.yaml"
+    made = cli("plan", "images", str(listing), "--dest", f"{dest.host}/mirror", "-o", str(plan))
+    assert made.code == 0, made.err
+    doc = yaml.safe_load(plan.read_text())
+    unique = doc["totals"]["bytes"]
+    totals = []
+    for i in (1, 2):
+        out = cli("copy", "--plan", str(plan), "--shard", f"{i}/2",
+                  "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS)
+        assert out.code == 0, out.err
+        found = re.search(r"progress: 0/\d+ images, .* to send \((\d+) bytes\)", out.err)
+        assert found, out.err
+        totals.append(int(found.group(1)))
+    assert all(0 < total < unique for total in totals), (totals, unique)
+    assert abs(sum(totals) - unique) <= 2  # the parts share the whole out (rounding aside)

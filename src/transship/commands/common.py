@@ -448,6 +448,8 @@ async def run_engine(
 
         console = Console(stderr=True)
     total = sum(len(p) for p in task_phases)
+    if unique_bytes is None and shard is not None:  # a plan file's part: its share, estimated
+        unique_bytes = shard.split.estimated_unique_bytes
     budget = ByteBudget((t for p in task_phases for t in p), unique_bytes)
     observer: RichObserver | LogObserver
     if console is not None and console.is_terminal:
