@@ -13,6 +13,7 @@ from typing import Any
 import click
 import yaml
 
+from transship.buildinfo import CA_BUNDLES
 from transship.commands.copy import copy
 from transship.commands.verify import verify
 from transship.plan.shard import Shard
@@ -157,3 +158,16 @@ def test_the_verify_job_checks_the_whole_plan_from_the_same_configmap(tmp_path: 
     assert {a for a in args if a.startswith("--")} <= option_names(verify)
     check_mounts(job["spec"]["template"]["spec"], container, created("transship-shards.yaml"),
                  args)
+
+
+def test_the_image_has_a_ca_bundle_for_public_sources() -> None:
+    """The pods copy from public registries over TLS: the single file trusts the system's
+    roots (`buildinfo.CA_BUNDLES`), and debian:12-slim has none until ca-certificates is
+    installed (every public source was an unknown authority)."""
+    lines = (DOCS / "Containerfile").read_text().splitlines()
+    steps = " ".join(line.strip().removesuffix("\\") for line in lines
+                     if not line.lstrip().startswith("#"))
+    (base,) = re.findall(r"\bFROM\s+(\S+)", steps)
+    if base.split("/")[-1].startswith("debian:"):
+        assert re.search(r"\bRUN\b[^A-Z]*apt-get install\b[^A-Z]*\bca-certificates\b", steps), steps
+        assert "/etc/ssl/certs/ca-certificates.crt" in CA_BUNDLES  # where Debian puts it
