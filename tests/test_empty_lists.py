@@ -115,6 +115,40 @@ def test_a_plan_with_no_entries_is_a_usage_error_for_every_command(
                 out = cli(*args)
                 assert out.code == ExitCode.USAGE, (args, out.err)
                 line = out.error_line
-                assert f"{name}: lists no images (a plan with no entries)" in line, (args, line)
+                assert f"{name}: a plan with no entries" in line, (args, line)
                 assert "\n" not in out.err.strip() and "complete" not in out.err, out.err
+    assert not (tmp_path / "out.tar").exists()
+
+
+#: a plan file naming nothing: the placeholder the Kubernetes Job file once carried (applied
+#: over the real ConfigMap), and the same in JSON
+EMPTY_PLANS = (
+    "apiVersion: transship/v1alpha1\nkind: Plan\ncreated: \"2026-01-01T00:00:00Z\"\n"
+    "sources: []\nentries: []\n",
+    '{"apiVersion": "transship/v1alpha1", "kind": "Plan", "created": "2026-01-01T00:00:00Z",'
+    ' "entries": []}\n',
+)
+
+
+@pytest.mark.parametrize("text", EMPTY_PLANS)
+def test_a_plan_file_with_no_entries_is_a_usage_error_for_every_command(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, text: str
+) -> None:
+    """`verify --plan` of a plan with no entries said `complete: 0 entries` (exit 0) against a
+    real registry, and every `copy --shard` of it passed having copied nothing: what proves a
+    sharded copy complete must not pass on nothing."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text)
+    dest = f"{plain_registry.host}/empty"
+    for args in (
+        ("verify", "--plan", str(plan)),
+        ("verify", "--plan", str(plan), "--dest", dest),
+        ("copy", "--plan", str(plan), "--shard", "1/2"),
+        ("save", "--plan", str(plan), "-o", str(tmp_path / "out.tar")),
+        ("tkg", "config", "--plan", str(plan), "--dest", dest),
+    ):
+        out = cli(*args)
+        assert out.code == ExitCode.USAGE, (args, out.err)
+        assert f"{plan}: a plan with no entries" in out.error_line, (args, out.err)
+        assert "complete" not in out.err, out.err
     assert not (tmp_path / "out.tar").exists()

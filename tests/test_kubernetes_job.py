@@ -13,9 +13,9 @@ from typing import Any
 import click
 import yaml
 
+from transship.buildinfo import CA_BUNDLES
 from transship.commands.copy import copy
 from transship.commands.verify import verify
-from transship.plan.model import Plan
 from transship.plan.shard import Shard
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "kubernetes"
@@ -71,25 +71,39 @@ def transship_args(container: dict[str, Any], env: dict[str, str], tmp: Path) ->
     return out.stdout.splitlines()
 
 
-def check_mounts(pod: dict[str, Any], container: dict[str, Any], docs: list[dict[str, Any]],
-                 args: list[str]) -> None:
-    """Every file an option names lies in a mounted volume whose ConfigMap or Secret key exists
-    (in this file, or as the documented `kubectl create`)."""
+def created(name: str) -> dict[tuple[str, str], set[str]]:
+    """The objects the file's header says to make with `kubectl create`, and their keys:
+    (kind, name) → keys (`--from-file=KEY=…`, `--from-literal=KEY=…`)."""
+    header = " ".join(
+        line[1:].strip().removesuffix("\\")
+        for line in (DOCS / name).read_text().splitlines()
+        if line.startswith("#")
+    )
+    out: dict[tuple[str, str], set[str]] = {}
+    for command in re.findall(r"kubectl create (configmap \S+|secret generic \S+)([^#]*?)"
+                              r"(?=kubectl|$)", header):
+        kind, _, obj = command[0].rpartition(" ")
+        keys = set(re.findall(r"--from-(?:file|literal)=([^=\s]+)=", command[1]))
+        out[("ConfigMap" if kind == "configmap" else "Secret", obj)] = keys
+    return out
+
+
+def check_mounts(pod: dict[str, Any], container: dict[str, Any],
+                 objects: dict[tuple[str, str], set[str]], args: list[str]) -> None:
+    """Every file an option names lies in a mounted volume whose ConfigMap or Secret key the
+    documented `kubectl create` makes."""
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
-    maps = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
-    secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
     for arg in args:
         if not arg.startswith("/etc/"):
             continue
         directory, key = arg.rsplit("/", 1)
         volume = mounts[directory]
         if "configMap" in volume:
-            assert key in maps[volume["configMap"]["name"]]["data"]
+            assert key in objects[("ConfigMap", volume["configMap"]["name"])]
         else:
-            secret = secrets[volume["secret"]["secretName"]]
             paths = {i["path"]: i["key"] for i in volume["secret"].get("items", [])}
-            assert paths.get(key, key) in secret["stringData"]
+            assert paths.get(key, key) in objects[("Secret", volume["secret"]["secretName"])]
 
 
 def test_the_indexed_job_has_what_kubernetes_needs_and_a_distinct_shard_per_pod(
@@ -107,9 +121,9 @@ def test_the_indexed_job_has_what_kubernetes_needs_and_a_distinct_shard_per_pod(
     env = env_of(container)
     assert int(env["SHARDS"]["value"]) == count  # N is the number of completions
     secret_refs = [e["valueFrom"]["secretKeyRef"] for e in env.values() if "valueFrom" in e]
-    secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
-    for ref in secret_refs:  # a required Secret key is defined here
-        assert ref.get("optional") or ref["key"] in secrets[ref["name"]]["stringData"]
+    objects = created("transship-shards.yaml")
+    for ref in secret_refs:  # a required Secret key is made by the documented kubectl create
+        assert ref.get("optional") or ref["key"] in objects[("Secret", ref["name"])]
     assert "TRANSSHIP_DEST_CREDS" in env
 
     shards = []
@@ -119,19 +133,41 @@ def test_the_indexed_job_has_what_kubernetes_needs_and_a_distinct_shard_per_pod(
         assert args[0] == "copy"
         assert {a for a in args if a.startswith("--")} <= option_names(copy)
         shards.append(Shard.parse(args[args.index("--shard") + 1]))
-        check_mounts(pod, container, docs, args)
+        check_mounts(pod, container, objects, args)
     assert sorted((s.index, s.count) for s in shards) == [(i, count) for i in range(1, count + 1)]
 
-    (plan_map,) = by_kind(docs, "ConfigMap")  # the placeholder plan is a plan transship reads
-    assert Plan.from_yaml(plan_map["data"]["plan.yaml"], "configmap").entries == ()
+
+def test_applying_the_job_keeps_the_plan_and_credentials_kubectl_create_made() -> None:
+    """The header says `kubectl create` the plan's ConfigMap and the credentials' Secret, then
+    `kubectl apply -f` this file: an object of the same name in the file would be patched over
+    the real one (the placeholder plan has no entries, so every shard and the verify Job of the
+    whole plan passed having copied nothing; the CA and password became CHANGE-ME)."""
+    objects = created("transship-shards.yaml")
+    assert ("ConfigMap", "transship-plan") in objects and ("Secret", "transship-dest") in objects
+    for name in ("transship-shards.yaml", "transship-verify.yaml"):
+        defined = {(d["kind"], d["metadata"]["name"]) for d in documents(name)}
+        assert not defined & objects.keys(), defined
 
 
 def test_the_verify_job_checks_the_whole_plan_from_the_same_configmap(tmp_path: Path) -> None:
-    shards = documents("transship-shards.yaml")
     (job,) = by_kind(documents("transship-verify.yaml"), "Job")
     assert job["spec"].get("completionMode", "NonIndexed") == "NonIndexed"
     container = container_of(job)
     args = transship_args(container, {}, tmp_path)
     assert args[0] == "verify" and "--shard" not in args  # the whole plan, not a part
     assert {a for a in args if a.startswith("--")} <= option_names(verify)
-    check_mounts(job["spec"]["template"]["spec"], container, shards, args)
+    check_mounts(job["spec"]["template"]["spec"], container, created("transship-shards.yaml"),
+                 args)
+
+
+def test_the_image_has_a_ca_bundle_for_public_sources() -> None:
+    """The pods copy from public registries over TLS: the single file trusts the system's
+    roots (`buildinfo.CA_BUNDLES`), and debian:12-slim has none until ca-certificates is
+    installed (every public source was an unknown authority)."""
+    lines = (DOCS / "Containerfile").read_text().splitlines()
+    steps = " ".join(line.strip().removesuffix("\\") for line in lines
+                     if not line.lstrip().startswith("#"))
+    (base,) = re.findall(r"\bFROM\s+(\S+)", steps)
+    if base.split("/")[-1].startswith("debian:"):
+        assert re.search(r"\bRUN\b[^A-Z]*apt-get install\b[^A-Z]*\bca-certificates\b", steps), steps
+        assert "/etc/ssl/certs/ca-certificates.crt" in CA_BUNDLES  # where Debian puts it

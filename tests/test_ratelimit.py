@@ -32,7 +32,9 @@ def test_parse_rate_takes_curls_forms(text: str, rate: int) -> None:
     assert parse_rate(text) == rate
 
 
-@pytest.mark.parametrize("text", ["", "0", "0K", "fast", "-5M", "5X", "5MB/s", "M"])
+@pytest.mark.parametrize(
+    "text", ["", "0", "0K", "fast", "-5M", "5X", "5MB/s", "M", "50Mb", "1gb", "800kb", "5mib"]
+)
 def test_parse_rate_refuses_anything_else_in_one_line(text: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_rate(text)
@@ -90,6 +92,8 @@ def test_bad_limit_rate_is_a_one_line_usage_error(cli: CLI, tmp_path) -> None:
         ("save", "--images", str(tmp_path / "none.txt"), "-o", str(tmp_path / "x"),
          "--limit-rate", "0"),
         ("load", str(tmp_path / "none"), "--dest", "127.0.0.1:1/x", "--limit-rate", "9Q"),
+        # megabits, as a WAN link's rate is given: read as bytes it was a cap 8x too high
+        ("copy", "127.0.0.1:1/a:v1", "127.0.0.1:1/b:v1", "--limit-rate", "50Mb"),
     ):
         out = cli(*args)
         assert out.code == ExitCode.USAGE, (args, out.err)
@@ -110,3 +114,22 @@ def test_copy_under_limit_rate_takes_bytes_over_rate(
     assert out.code == 0, out.err
     assert 3.5 <= seconds < 30, seconds  # 8 MiB at 2 MiB/s: about 4 s
     assert dest.requests("PUT", r"/v2/capped/app/manifests/v1$")
+
+
+def test_save_as_imgpkg_tars_is_capped_too(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path
+) -> None:
+    """`save --format imgpkg-tars` writes its tars without the engine; the cap holds there too
+    (it was accepted and ignored: 8 MiB at "2M" took well under a second)."""
+    image = build_image(172, layer_sizes=(4 * MiB, 4 * MiB))
+    SeedClient.for_registry(plain_registry).push_image("capped/tars", image, "v1")
+    images = tmp_path / "images.txt"
+    images.write_text(plain_registry.ref("capped/tars:v1") + "\n")
+    out_dir = tmp_path / "tars"
+    start = time.monotonic()
+    out = cli("save", "--images", str(images), "-o", str(out_dir), "--format", "imgpkg-tars",
+              "--limit-rate", "2M", "-q")
+    seconds = time.monotonic() - start
+    assert out.code == 0, out.err
+    assert len(list(out_dir.glob("*.tar"))) == 1
+    assert seconds >= 3.5, seconds  # 8 MiB at 2 MiB/s cannot take less (a lower bound only)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
 import yaml
 from clirunner import CLI
 from harness.pki import PKI
@@ -18,6 +19,7 @@ from harness.seed import Blob, SeedClient, build_images_sharing_base, seed_index
 from harness.skopeo import Skopeo
 
 from transship.plan.model import Plan, PlanEntry
+from transship.plan.shard import Shard, split
 
 CREDS = "alice:s3cret-Pa55"
 SHARDS = 3
@@ -214,3 +216,77 @@ def test_shards_of_a_plan_without_a_prefix_name_their_repositories_alike(
         info = json.loads((out / "transship" / "archive.json").read_text())
         prefixes.append((info["destinationPrefix"], info["prefixOrigin"]))
     assert prefixes == [("mirror.example/m/shard3", "common")] * 2
+
+
+@pytest.mark.parametrize("name", ["part.tar", "part"])
+def test_save_resumed_as_another_shard_names_only_that_shards_images(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A save of shard 1/2 stopped unfinished, then the same output saved as shard 2/2: the
+    archive names shard 2's images only (the earlier run's names were kept in it, so `load`
+    pushed part of shard 1 too, and the index named images its plan.yaml does not)."""
+    client = SeedClient.for_registry(plain_registry)
+    images = build_images_sharing_base(181, 6, layer_sizes=(20_000,))
+    refs = []
+    for i, image in enumerate(images):
+        client.push_image(f"resh/app{i}", image, "v1")
+        refs.append(f"{plain_registry.host}/resh/app{i}:v1")
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    plan_file = tmp_path / "plan.yaml"
+    made = cli("plan", "images", str(listing), "--dest", "harbor.example/m", "-o", str(plan_file))
+    assert made.code == 0, made.err
+    plan = Plan.from_yaml(plan_file.read_text(), str(plan_file))
+    parts = [split(plan, Shard(i, 2)).part.entries for i in (1, 2)]
+    assert parts[0] and parts[1]
+    # a layer of shard 1's first image is gone from the source: its save lands the others
+    # and stays unfinished
+    repo = parts[0][0].source.split("/", 1)[1].split("@")[0].rsplit(":", 1)[0]
+    own_layer = images[int(repo.removeprefix("resh/app"))].pushable_blobs[-1].digest
+    gone = client.request("DELETE", f"/v2/{repo}/blobs/{own_layer}",
+                          scope=f"repository:{repo}:delete")
+    assert gone.status == 202
+    output = tmp_path / name
+    first = cli("save", "--plan", str(plan_file), "-o", str(output), "--shard", "1/2")
+    assert first.code != 0 and not (tmp_path / "part.tar").exists()
+
+    with caplog.at_level("WARNING", logger="transship.ops.save"):
+        second = cli("save", "--plan", str(plan_file), "-o", str(output), "--shard", "2/2")
+    assert second.code == 0, second.err
+    listed = cli("archive", "list", str(output), "--format", "json")
+    assert listed.code == 0, listed.err
+    named = {f"{e['repository']}:{e['tag']}" for e in json.loads(listed.out)["entries"]}
+    assert named == {f"{e.destination.removeprefix('harbor.example/m/')}:{e.tags[0]}"
+                     for e in parts[1]}
+    said = [r.getMessage() for r in caplog.records if r.name == "transship.ops.save"]
+    assert len(said) == 1 and "this plan does not list" in said[0]  # said, once
+    assert cli("archive", "verify", str(output)).code == 0
+
+
+def test_a_shards_progress_total_counts_a_shared_base_once_not_per_image(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, pki: PKI, tmp_path: Path
+) -> None:
+    """The bytes to send (the total the ETA runs against) of a shard of a plan file: the
+    part's sizes summed image by image counted the shared base once per image, so a part
+    claimed more than the whole plan's unique bytes (and its ETA, under --limit-rate, a
+    multiple of the time left) until its images finished."""
+    refs, _, _ = seed(plain_registry, "shard5")
+    dest = make_registry("tls_basic")
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    plan = tmp_path / "plan.yaml"
+    made = cli("plan", "images", str(listing), "--dest", f"{dest.host}/mirror", "-o", str(plan))
+    assert made.code == 0, made.err
+    doc = yaml.safe_load(plan.read_text())
+    unique = doc["totals"]["bytes"]
+    totals = []
+    for i in (1, 2):
+        out = cli("copy", "--plan", str(plan), "--shard", f"{i}/2",
+                  "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS)
+        assert out.code == 0, out.err
+        found = re.search(r"progress: 0/\d+ images, .* to send \((\d+) bytes\)", out.err)
+        assert found, out.err
+        totals.append(int(found.group(1)))
+    assert all(0 < total < unique for total in totals), (totals, unique)
+    assert abs(sum(totals) - unique) <= 2  # the parts share the whole out (rounding aside)

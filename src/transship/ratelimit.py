@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from transship.errors import UsageError
 from transship.sizes import parse_size
 
 #: what a cap saves up while nobody sends: a tenth of a second of bytes
@@ -19,7 +20,14 @@ BURST_SECONDS = 0.1
 
 def parse_rate(text: str) -> int:
     """`50M`, `500K`, `2G`, `1000000` → bytes per second (K/M/G are 1024 multiples, as curl's
-    `--limit-rate`); anything else is a one-line usage error."""
+    `--limit-rate`); anything else is a one-line usage error. A lowercase `b` (`50Mb`,
+    `1gb`) is refused: a link's rate is said in bits, and reading it as bytes would cap at
+    eight times what was meant."""
+    if text.strip().endswith("b"):
+        raise UsageError(
+            f"--limit-rate {text!r}: give bytes per second such as 50M (curl's units); "
+            "a lowercase 'b' reads as bits: divide a bit rate by 8 (50 megabits/s is about 6M)"
+        )
     return parse_size(text, option="--limit-rate", example="50M, 500K or 1G")
 
 

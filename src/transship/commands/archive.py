@@ -200,7 +200,9 @@ def save(
             plan = without_attachments(plan)
         info = info_for(plan)
         if imgpkg_tars:  # transship.ops.imgpkgtar
-            return await save_tar_set(plan, info.prefix, sources.get, output, quiet, held_back)
+            return await save_tar_set(
+                plan, info.prefix, sources.get, output, quiet, held_back, limit_rate
+            )
         if dry_run:
             found = await estimate(plan, target, sources.get)
             console.print(

@@ -311,16 +311,8 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
     """`--plan`: a plan file, or an archive (layout directory, tar, first volume or `.parts`)
     whose carried plan is read as `load` reads it; anything else is refused in one line.
     `listing_ok`: `plan imgpkg-tars -o`'s listing is taken too, as the plan of what that load
-    pushed (for the commands that only check destinations: verify, tkg config). A plan with
-    no entries is refused as an empty image list is (`plan_from_image_list`): not a run that
-    does nothing and reports a release complete."""
-    plan = _read_plan(path, dest_given=dest_given, listing_ok=listing_ok)
-    if not plan.entries:
-        raise PlanError(
-            f"{input_name(path)}: lists no images (a plan with no entries); give the plan "
-            "`transship plan` wrote for the release"
-        )
-    return plan
+    pushed (for the commands that only check destinations: verify, tkg config)."""
+    return _read_plan(path, dest_given=dest_given, listing_ok=listing_ok)
 
 
 def _read_plan(path: Path, *, dest_given: bool, listing_ok: bool) -> Plan:
@@ -354,7 +346,13 @@ def _read_plan(path: Path, *, dest_given: bool, listing_ok: bool) -> Plan:
                     "config --plan read it; load the tars themselves with transship load"
                 )
             return plan_from_listing(root)
-    return Plan.from_dict(root.value, name)
+    plan = Plan.from_dict(root.value, name)
+    if not plan.entries and not plan.gaps:  # as an empty image list: never "0 entries complete"
+        raise PlanError(
+            f"{name}: a plan with no entries (nothing to copy, save or verify); give the plan "
+            "`transship plan` wrote"
+        )
+    return plan
 
 
 @dataclass
@@ -510,6 +508,8 @@ async def run_engine(
 
         console = Console(stderr=True)
     total = sum(len(p) for p in task_phases)
+    if unique_bytes is None and shard is not None:  # a plan file's part: its share, estimated
+        unique_bytes = shard.split.estimated_unique_bytes
     budget = ByteBudget((t for p in task_phases for t in p), unique_bytes)
     observer: RichObserver | LogObserver
     if console is not None and console.is_terminal:

@@ -19,6 +19,7 @@ from rich.table import Table
 from transship.commands.common import (
     check_destinations,
     execute,
+    rate_limit,
     run_engine,
     run_report_for,
     setup_logging,
@@ -173,9 +174,13 @@ async def save_tar_set(
     out_dir: Path,
     quiet: bool,
     held_back: Sequence[PlanEntry] = (),
+    limit_rate: int | None = None,
 ) -> list[TaskResult]:
-    """`save --format imgpkg-tars`, rendered: what was written, then each failure."""
-    outcome = await save_imgpkg_tars(plan, prefix, source_for, out_dir, held_back)
+    """`save --format imgpkg-tars`, rendered: what was written, then each failure
+    (`limit_rate`: `--limit-rate`, paced across every tar)."""
+    outcome = await save_imgpkg_tars(
+        plan, prefix, source_for, out_dir, held_back, rate_limit(limit_rate)
+    )
     if not quiet:
         Console(stderr=True).print(
             f"wrote {outcome.written} of {outcome.tars} imgpkg tars, {FROMTAR_YAML} and "

@@ -25,6 +25,7 @@ from transship.errors import IntegrityError, UsageError, io_error
 from transship.fsutil import share_like_a_new_file
 from transship.imgpkg.tarball import MANIFEST_FILE, MAX_NESTING
 from transship.manifest import Descriptor, Manifest
+from transship.ratelimit import TokenBucket
 
 _BLOCK = 512
 
@@ -181,10 +182,13 @@ def _padding(size: int) -> bytes:
     return b"\0" * ((-size) % _BLOCK)
 
 
-async def write_imgpkg_tar(path: Path | str, sources: Sequence[TarSource]) -> int:
+async def write_imgpkg_tar(
+    path: Path | str, sources: Sequence[TarSource], rate_limit: TokenBucket | None = None
+) -> int:
     """Write one archive holding `sources` (and all they reference); returns its size.
 
-    The file appears under `path` only once complete and fsynced.
+    The file appears under `path` only once complete and fsynced. `rate_limit`: the run's
+    `--limit-rate` bucket, which every layer read from a source draws from.
     """
     dest = Path(path)
     collected = await collect(sources)
@@ -205,6 +209,8 @@ async def write_imgpkg_tar(path: Path | str, sources: Sequence[TarSource]) -> in
                 written = 0
                 async with source.endpoint.open_blob(source.repository, layer) as chunks:
                     async for chunk in chunks:
+                        if rate_limit is not None:
+                            await rate_limit.take(len(chunk))
                         out.write(chunk)
                         written += len(chunk)
                 if written != layer.size:

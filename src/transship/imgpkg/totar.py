@@ -26,6 +26,7 @@ from transship.imgpkg.fromtar import FROMTAR_YAML, EndpointFor
 from transship.imgpkg.tarball import ROOT_BUNDLE_LABEL, ImgpkgTar
 from transship.imgpkg.tarwriter import TarSource, write_imgpkg_tar
 from transship.plan.model import EntryKind, Plan, PlanEntry
+from transship.ratelimit import TokenBucket
 from transship.reference import Reference
 
 FROMTAR_SCRIPT = "publish-images-fromtar.sh"
@@ -134,9 +135,10 @@ async def write_tar_set(
     prefix: str,
     parallel: int = 4,
     variable: str | None = None,
+    rate_limit: TokenBucket | None = None,
 ) -> list[tuple[TarJob, TransshipError | None]]:
     """Write every tar (those already complete are kept), then the YAML and the script
-    (`variable`: see `fromtar_script`)."""
+    (`variable`: see `fromtar_script`; `rate_limit`: `--limit-rate`, across all tars)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     limit = asyncio.Semaphore(parallel)
 
@@ -146,7 +148,7 @@ async def write_tar_set(
             if await _complete(path):
                 return job, None
             try:
-                await write_imgpkg_tar(path, job.sources)
+                await write_imgpkg_tar(path, job.sources, rate_limit)
             except TransshipError as exc:
                 return job, exc
             return job, None

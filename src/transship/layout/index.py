@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from transship.errors import IntegrityError, LayoutError, UsageError
@@ -183,6 +183,22 @@ class LayoutIndex:
                 continue
             kept.append(existing)
         self._entries = kept
+
+    def retain(self, keep: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Drop every named entry whose (repository, tag) is not in `keep` (unnamed entries
+        stay); returns the dropped names, in index order."""
+        dropped = [name for name in self._named if split_ref_name(name) not in keep]
+        if not dropped:
+            return []
+        gone = frozenset(dropped)
+        for name in dropped:
+            del self._named[name]
+        self._entries = [
+            (entry, descriptor)
+            for entry, descriptor in self._entries
+            if (entry.get("annotations") or {}).get(REF_NAME) not in gone
+        ]
+        return [split_ref_name(name) for name in dropped]
 
     def serialize(self) -> bytes:
         doc = dict(self._doc)

@@ -643,6 +643,16 @@ class TarSink(LayoutReader):
             self._changes += 1
             await self._pacer.changed()
 
+    def retain_tags(self, keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A resumed save whose plan changed: forget the (repository, tag) names an earlier
+        run wrote that are not in `keep`, so the archive names only what its plan lists.
+        Returns what was dropped; their blobs stay (unnamed) until the layout is saved anew."""
+        self._check_writable()
+        dropped = self._index.retain(keep)
+        if dropped:
+            self._changes += 1
+        return dropped
+
     # -- the journal --------------------------------------------------------------------------
 
     async def flush(self) -> None:

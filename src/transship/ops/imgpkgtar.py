@@ -33,6 +33,7 @@ from transship.ops.save import PLACEHOLDER
 from transship.ops.tasks import EndpointFor
 from transship.plan._yaml import Node
 from transship.plan.model import EntryKind, Plan, PlanEntry
+from transship.ratelimit import TokenBucket
 from transship.reference import Reference
 
 log = logging.getLogger("transship.imgpkg")
@@ -182,14 +183,18 @@ async def save_imgpkg_tars(
     source_for: EndpointFor,
     out_dir: Path,
     held_back: Sequence[PlanEntry] = (),
+    rate_limit: TokenBucket | None = None,
 ) -> TarSetOutcome:
-    """One imgpkg tar per entry, plus the from-tar YAML and script, in `out_dir`."""
+    """One imgpkg tar per entry, plus the from-tar YAML and script, in `out_dir`
+    (`rate_limit`: `--limit-rate`'s bucket, which every layer read draws from)."""
     if out_dir.suffix == ".tar":
         raise UsageError(f"{out_dir}: --format imgpkg-tars writes a directory of tars")
     jobs = tar_jobs(plan, prefix, source_for)
     # saved from a list without --dest: the script pushes where TKG's own variable says
     variable = PREFIX_VARIABLE if prefix == PLACEHOLDER else None
-    written = await write_tar_set(jobs, out_dir, prefix, variable=variable)
+    written = await write_tar_set(
+        jobs, out_dir, prefix, variable=variable, rate_limit=rate_limit
+    )
     where = MemoryEndpoint(label=f"imgpkg-tars:{out_dir}")
     results = []
     for job, error in written:

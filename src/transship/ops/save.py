@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,8 @@ from transship.ops.archive import (
 from transship.ops.selfcopy import check_split_size, place_tool
 from transship.ops.tasks import EndpointFor, phases
 from transship.plan.model import Plan, PlanEntry
+
+log = logging.getLogger(__name__)
 
 #: the prefix of a list saved without --dest: load must be told where to go
 PLACEHOLDER = "archive.local"
@@ -218,7 +221,31 @@ class SaveJob:
         layout.write_extra("archive.json", info.to_json())
         layout.write_extra("plan.yaml", plan.to_yaml())
         job.tasks = save_tasks(plan, info, source_for, layout)
+        if not job.sealed:
+            job._forget_unplanned()
         return job
+
+    def _forget_unplanned(self) -> None:
+        """A save resumed with another plan (another `--shard`, a changed list) must not
+        carry what the earlier run wrote for names this plan does not list: the archive's
+        index would name images its `plan.yaml` does not, and `load` would push them."""
+        keep = {
+            (relative_repository(entry.destination, self.info.prefix), tag)
+            for entry in self.plan.entries
+            for tag in archive_tags(entry)
+        }
+        dropped = self.layout.retain_tags(keep)
+        if dropped:
+            names = ", ".join(f"{repo}:{tag}" for repo, tag in dropped[:3])
+            more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+            log.warning(
+                "%s: an earlier run of this save wrote %s%s, which this plan does not list; "
+                "left out of the archive (their blobs stay in it: remove %s to save afresh)",
+                self.target.output,
+                names,
+                more,
+                self.target.partial.name + "*" if self.target.is_tar else "it",
+            )
 
     def held_back(self, entries: Sequence[PlanEntry], source_for: EndpointFor) -> list[TaskResult]:
         """Results for bundles that could not be expanded: failed, never saved thin."""

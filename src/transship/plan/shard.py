@@ -111,6 +111,20 @@ class ShardSplit:
     assignment: Assignment
     part: Plan
     others: tuple[PlanEntry, ...]  # what the other shards copy (for the shared-blob count)
+    whole_unique_bytes: int | None = None  # the whole plan's bytes, each blob once
+
+    @property
+    def estimated_unique_bytes(self) -> int | None:
+        """This part's bytes, each blob once, for the progress total and its ETA: the whole
+        plan's unique bytes in the proportion of this part's sizes to the whole's. An
+        estimate (a blob other shards need too counts in each), which the total corrects as
+        images finish; the sum of the sizes would count a shared base layer once per image.
+        None without sizes."""
+        if self.whole_unique_bytes is None or self.assignment != "bytes":
+            return None
+        part = sum(e.size or 0 for e in self.part.entries)
+        whole = part + sum(e.size or 0 for e in self.others)
+        return round(self.whole_unique_bytes * part / whole) if whole > 0 else None
 
     @property
     def repositories(self) -> int:
@@ -136,9 +150,9 @@ class ShardSplit:
 def split(plan: Plan, shard: Shard) -> ShardSplit:
     """This shard's part of `plan` (same prefix and sources; gaps stay with every part, so a
     partial plan never looks complete). The part's `unique_bytes` is unknown: the plan's
-    figure counts every shard."""
+    figure counts every shard (`estimated_unique_bytes` is this part's share of it)."""
     owner = assign(plan, shard.count)
     mine = tuple(e for e in plan.entries if owner[e.destination] == shard.index)
     others = tuple(e for e in plan.entries if owner[e.destination] != shard.index)
     part = replace(plan, entries=mine, unique_bytes=None)
-    return ShardSplit(shard, assignment_of(plan), part, others)
+    return ShardSplit(shard, assignment_of(plan), part, others, plan.unique_bytes)
