@@ -100,7 +100,7 @@ def load_yaml(text: str, name: str, *, keep: bool = False) -> Node:
         if found is not None:
             return Node(name, "", found)
     node = _parse(text, name)
-    if kept is not None and _json_exact(node.value):
+    if kept is not None:
         _keep(kept, node.value)
     return node
 
@@ -131,9 +131,14 @@ def _read_kept(path: Path) -> object | None:
 
 
 def _keep(path: Path, value: object) -> None:
-    """Keep `value` (a cache: a file that cannot be written is skipped), and only the newest
-    `KEEP_AT_MOST` documents."""
-    body = json.dumps(value, ensure_ascii=False).encode()
+    """Keep `value` if JSON holds it exactly (a cache: a file that cannot be written is
+    skipped), and only the newest `KEEP_AT_MOST` documents."""
+    try:
+        if not _json_exact(value):
+            return
+        body = json.dumps(value, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # never worth failing a run over
+        return
     header = {"format": _KEEP_FORMAT, "text": path.stem, "body": hashlib.sha256(body).hexdigest()}
     try:
         write_atomic(path, json.dumps(header).encode() + b"\n" + body, private=True)
