@@ -5,8 +5,9 @@ to a no-op, so the default scale is small) is pushed into a plain loopback upstr
 (`plan images -o plan.yaml`) and copied once into a fresh TLS + htpasswd registry. Then each
 rerun form runs ROUNDS times into the now complete destination, by the transship under `--src`
 (a source tree's `src/`, default this checkout's; give several, comma-separated, to compare
-trees in one run, round-robin): wall time, requests at the destination and the upstream by
-method, and the machine's load average beside each figure.
+trees in one run, round-robin): wall time, transship's own CPU time (user + system of the
+process: what a shared machine disturbs least), requests at the destination and the upstream
+by method, and the machine's load average beside each figure.
 
     .venv/bin/python bench/noop.py [--walk release|old] [--rounds 5] [--src A/src,B/src]
         [--dest-mode tls_basic|tls]
@@ -160,10 +161,11 @@ def main() -> None:
         cold = run(trees[0], commands["plan"])
         print(f"cold copy --plan: {cold:.2f}s (load {load()})", flush=True)
         forms = [f for f in args.forms.split(",") if f]
-        for tree in trees:  # each tree's first --images run may fill its own cache
-            if "images" in forms:
-                run(tree, commands["images"])
+        for tree in trees:  # each tree's first run of a form may fill its own caches
+            for form in forms:  # (the list resolution, the plan kept parsed)
+                run(tree, commands[form])
         seconds: dict[tuple[str, str], list[float]] = {}
+        cpus: dict[tuple[str, str], list[float]] = {}
         for rnd in range(args.rounds):
             for form in forms:
                 for tree in trees:
@@ -174,6 +176,7 @@ def main() -> None:
                     cpu, dcpu = children_cpu() - cpu, cpu_of(dest.pid) - dcpu
                     d, u = by_method(dest, dmark), by_method(upstream, umark)
                     seconds.setdefault((form, str(tree)), []).append(took)
+                    cpus.setdefault((form, str(tree)), []).append(cpu)
                     print(
                         f"round {rnd} {form:6} {tree}: {took:.2f}s load {before} "
                         f"cpu transship {cpu:.2f}s dest {dcpu:.2f}s "
@@ -183,10 +186,13 @@ def main() -> None:
                     )
         print()
         for (form, tree), values in seconds.items():
+            used = cpus[(form, tree)]
             print(
                 f"{form:6} {tree}: median {statistics.median(values):.2f}s "
                 f"min {min(values):.2f}s max {max(values):.2f}s over {len(values)} "
-                f"({tags} tags: {statistics.median(values) / tags * 1000:.1f} ms/tag)"
+                f"({tags} tags: {statistics.median(values) / tags * 1000:.1f} ms/tag); "
+                f"transship CPU median {statistics.median(used):.2f}s "
+                f"(min {min(used):.2f}s max {max(used):.2f}s)"
             )
         print(f"load average now: {Path('/proc/loadavg').read_text().strip()}")
         if args.hold:

@@ -12,10 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.registry import RegistryProcess
+from harness.pki import PKI
+from harness.registry import PASSWORD, USERNAME, RegistryProcess
 from harness.seed import seed_image
 
 from transship.commands import MODULES, all_commands, command
+from transship.digest import Digest
+from transship.plan.model import Plan, PlanEntry
 
 
 def test_every_command_is_found_by_name_in_its_own_module() -> None:
@@ -115,6 +118,52 @@ def test_a_quiet_copy_and_its_rerun_leave_them_too(
         resolving = ("transship.ops.listcache", "transship.ops.listed")
         for lazy in (*(m for m in LAZY_FOR_COPY if m not in resolving), "yaml"):
             assert lazy not in loaded, lazy
+
+
+def test_a_copy_into_a_registry_given_its_ca_reads_no_certificate_with_cryptography(
+    plain_registry: RegistryProcess, tls_registry: RegistryProcess, pki: PKI, tmp_path: Path
+) -> None:
+    """`--dest-ca` with a self-signed CA (the common case: a private registry's root) is
+    checked to be a CA by OpenSSL alone, so the copy and its no-op rerun import no
+    cryptography (~50 ms of a rerun's start-up)."""
+    seed_image(plain_registry, "lazy/ca-src", "v1", seed=72)
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env["DOCKER_CONFIG"] = str(tmp_path)
+    argv = (
+        "copy",
+        plain_registry.ref("lazy/ca-src:v1"),
+        tls_registry.ref("lazy/ca-dst"),
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        f"{USERNAME}:{PASSWORD}",
+        "-q",
+    )
+    for _run in ("copy", "no-op rerun"):
+        loaded = _modules_after(*argv, env=env)
+        assert "transship.engine" in loaded
+        assert "cryptography" not in loaded
+
+
+def test_a_rerun_of_a_large_plan_reads_no_yaml(
+    plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A plan is read again by every rerun: kept parsed (`load_yaml(keep=True)`), its rerun
+    imports no PyYAML, and copies the same."""
+    image = seed_image(plain_registry, "lazy/plan-src", "v1", seed=73)
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env["DOCKER_CONFIG"] = str(tmp_path)
+    entry = PlanEntry.create(
+        plain_registry.ref("lazy/plan-src:v1"),
+        plain_registry.ref("lazy/plan-dst"),
+        source_digest=Digest.parse(image.digest),
+    )
+    plan = tmp_path / "plan.yaml"
+    padding = "# a plan as large as a release's (its size is what counts here)\n" * 400
+    plan.write_text(Plan((entry,)).to_yaml() + padding)
+    loaded = _modules_after("copy", "--plan", str(plan), "-q", env=env)
+    assert "yaml" in loaded  # the first read parses it
+    assert "yaml" not in _modules_after("copy", "--plan", str(plan), "-q", env=env)
 
 
 def test_aiohttp_is_imported_without_loading_the_system_roots() -> None:

@@ -88,3 +88,13 @@ def test_hasher_without_a_size_checks_the_hash_only() -> None:
     wrong.update(DATA + b"!")
     with pytest.raises(IntegrityError, match="does not match"):
         wrong.verify()
+
+
+def test_a_digest_is_parsed_once_per_run_and_a_bad_one_refused_every_time() -> None:
+    """A no-op rerun parses the same few hundred digests thousands of times (plan, tasks,
+    engine): the immutable result is kept; a refusal is never kept."""
+    text = "sha256:" + "ab" * 32
+    assert Digest.parse(text) is Digest.parse(text)
+    for _ in range(2):
+        with pytest.raises(InvalidDigestError, match="lowercase hex"):
+            Digest.parse("sha256:" + "AB" * 32)

@@ -12,6 +12,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 from harness.seed import Image, Index, build_image, build_index, random_layer
 
 from transship.digest import Digest
@@ -565,3 +566,29 @@ def test_a_torn_line_of_a_killed_run_does_not_swallow_the_next_record(tmp_path: 
     again.record("reg:5000", "two/app", second)
     again.close()
     assert LandedLog(tmp_path).homes("reg:5000") == {first: "one/app", second: "two/app"}
+
+
+def test_a_rerun_builds_each_destination_s_state_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-destination state (flights, locks, the presence tally) is made once per endpoint,
+    and whether it lists tags is asked of it then: not again at every check of a rerun (an
+    isinstance check against a runtime protocol walks its members each time)."""
+    import transship.engine as engine_module
+
+    images = [build_image(40 + i, layer_sizes=(300,)) for i in range(6)]
+    source = MemoryEndpoint(label="src", writable=True)
+    for i, image in enumerate(images):
+        source.add(generated(image), "app", (f"v{i}",))
+    dest = MemoryEndpoint(label="dst", writable=True)
+    tasks = [task(source, dest, f"mirror/app{i}", f"v{i}", identifier=f"v{i}") for i in range(6)]
+    assert all(r.status == "copied" for r in run(CopyEngine(), *tasks))
+    built: list[object] = []
+    real = engine_module._Sink
+
+    def counting(**kw: object) -> object:
+        built.append(kw)
+        return real(**kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_module, "_Sink", counting)
+    results = run(CopyEngine(), *tasks)
+    assert [r.status for r in results] == ["skipped"] * 6
+    assert built == [{"tag_index": dest}]

@@ -256,3 +256,17 @@ class TestPlanFile:
     def test_a_plan_must_be_a_mapping(self) -> None:
         with pytest.raises(PlanError, match="expected a mapping, found a list"):
             Plan.from_yaml("- a\n- b\n", "plan.yaml")
+
+
+def test_an_image_locations_record_is_built_once_for_the_check_and_the_copy() -> None:
+    """A plan's image-locations entry is checked against its digest when read, and its copy
+    task serves the same record: built once per run (JSON, a tar and a gzip each time), from
+    any iterable of the same rows."""
+    from transship.imgpkg.locations import ImageLocation, build_image_locations
+
+    rows = (ImageLocation("reg.example/app@sha256:" + "cd" * 32, False),)
+    first = build_image_locations(rows)
+    assert build_image_locations(list(rows)) is first
+    assert build_image_locations(iter(rows)) is first
+    other = build_image_locations((ImageLocation("reg.example/app@sha256:" + "ef" * 32, True),))
+    assert other.digest != first.digest

@@ -118,3 +118,12 @@ def test_one_prefix_check_for_every_prefix() -> None:
         assert info.value.exit_code == ExitCode.USAGE
     with pytest.raises(InvalidReferenceError, match="and a project"):
         parse_prefix("harbor.corp", "--dest", need_path=True)
+
+
+def test_a_reference_is_parsed_once_per_run_and_a_bad_one_refused_every_time() -> None:
+    """Plan, tasks and engine parse the same references again: the immutable result is kept;
+    a refusal is never kept (each caller gets its own error)."""
+    assert Reference.parse("reg.example/app:v1") is Reference.parse("reg.example/app:v1")
+    for _ in range(2):
+        with pytest.raises(InvalidReferenceError, match="tag"):
+            Reference.parse("reg.example/app:bad tag")

@@ -1,10 +1,11 @@
 """Where transship keeps its caches: one root, one switch to turn them all off.
 
-Three caches live under the root, each a hint that only saves work: the landed log
-(`transship.landed`), kept list resolutions (`transship.ops.listcache`) and the manifest store
-(`transship.manifeststore`). The root is `$XDG_CACHE_HOME/transship`, else
-`~/.cache/transship`; with `TRANSSHIP_NO_CACHE` set (to anything but empty or `0`), or no home
-to put it in, there is none, and every run works as if the caches were empty.
+Four caches live under the root, each a hint that only saves work: the landed log
+(`transship.landed`), kept list resolutions (`transship.ops.listcache`), the manifest store
+(`transship.manifeststore`) and plans kept parsed (`transship.plan._yaml`). The root is
+`$XDG_CACHE_HOME/transship`, else `~/.cache/transship`; with `TRANSSHIP_NO_CACHE` set (to
+anything but empty or `0`), or no home to put it in, there is none, and every run works as if
+the caches were empty.
 """
 
 from __future__ import annotations

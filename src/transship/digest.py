@@ -9,11 +9,16 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from transship.errors import IntegrityError, InvalidDigestError
 
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 _GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
+#: digests parsed and kept (a run parses the same few hundred again and again: plan, tasks,
+#: engine); a `Digest` is immutable, so one parse serves every caller
+PARSED_KEPT = 4096
 
 
 @dataclass(frozen=True, order=True)
@@ -24,8 +29,9 @@ class Digest:
     hex: str
 
     @classmethod
+    @lru_cache(maxsize=PARSED_KEPT)
     def parse(cls, text: str) -> Digest:
-        """Parse and validate; raises InvalidDigestError naming what is wrong."""
+        """Parse and validate; raises InvalidDigestError naming what is wrong (not kept)."""
         if not _GRAMMAR.match(text):
             raise InvalidDigestError(f"invalid digest {text!r}: expected 'sha256:<64 hex digits>'")
         algorithm, _, hexpart = text.partition(":")
@@ -34,7 +40,7 @@ class Digest:
             raise InvalidDigestError(
                 f"invalid digest {text!r}: unsupported algorithm {algorithm!r} (sha256 or sha512)"
             )
-        if len(hexpart) != want or not re.fullmatch(r"[0-9a-f]+", hexpart):
+        if len(hexpart) != want or not _LOWER_HEX.fullmatch(hexpart):
             raise InvalidDigestError(
                 f"invalid digest {text!r}: {algorithm} needs {want} lowercase hex digits"
             )

@@ -228,6 +228,9 @@ class _Catalog:
 class _Sink:
     """Per destination endpoint: which blobs landed where, and transfers in flight."""
 
+    #: the endpoint as a `TagIndex`, if it is one (asked once: an isinstance check against a
+    #: runtime protocol walks its members, and every check of a no-op rerun needs the answer)
+    tag_index: TagIndex | None = None
     landed: dict[Digest, set[str]] = field(default_factory=dict)
     #: blob transfers in flight per (repository, digest); `landed` remembers the outcome
     blobs: SingleFlight[tuple[str, Digest], None] = field(
@@ -279,7 +282,11 @@ class CopyEngine:
         self._writes: dict[int, list[int]] = {}
 
     def _sink(self, dest: Endpoint) -> _Sink:
-        return self._sinks.setdefault(id(dest), _Sink())
+        sink = self._sinks.get(id(dest))
+        if sink is None:  # built once per destination: it holds locks, flights and an event
+            index = dest if isinstance(dest, TagIndex) else None
+            sink = self._sinks[id(dest)] = _Sink(tag_index=index)
+        return sink
 
     async def run(self, tasks: Iterable[CopyTask]) -> list[TaskResult]:
         """Run every task; one failing task never stops the others."""
@@ -552,9 +559,9 @@ class CopyEngine:
         no HEAD), and that first check HEADs a repository it holds without a list, so a
         complete destination costs the catalog where it cost one tag list.
         """
-        if not isinstance(dest, TagIndex):
-            return "unknown"
         sink = self._sink(dest)
+        if sink.tag_index is None:
+            return "unknown"
         if sink.known is not None and sink.known.lacks(repository):
             return None
         if optional and not sink.tags.started(repository) and not await sink.presence.list_first():
@@ -566,7 +573,7 @@ class CopyEngine:
                 return None
             if first and optional:
                 return "unknown"  # the catalog stood in for this check's tag list
-        lister = dest
+        lister = sink.tag_index
 
         async def listed() -> TagView:
             try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from transship.digest import Digest
 from transship.errors import InvalidDigestError, InvalidReferenceError
@@ -56,6 +57,7 @@ class Reference:
     digest: Digest | None = None
 
     @classmethod
+    @lru_cache(maxsize=4096)  # immutable, and a run parses each reference many times
     def parse(cls, text: str) -> Reference:
         """Parse a reference, adding `docker.io` and `library/` like the Docker CLI does."""
         if not text or text != text.strip():

@@ -335,7 +335,7 @@ def _read_plan(path: Path, *, dest_given: bool, listing_ok: bool) -> Plan:
             ) from None
         raise
     name = input_name(path)
-    root = load_yaml(text, name)
+    root = load_yaml(text, name, keep=True)  # a plan is read again by every rerun
     if isinstance(root.value, dict) and "push" in root.value and "apiVersion" not in root.value:
         from transship.ops.imgpkgtar import is_tar_listing, plan_from_listing
 

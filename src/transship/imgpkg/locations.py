@@ -27,6 +27,7 @@ import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from transship.digest import Digest
 from transship.errors import UsageError
@@ -89,7 +90,13 @@ def _plain_yaml_scalar(text: str) -> bool:
 
 
 def build_image_locations(locations: Iterable[ImageLocation]) -> GeneratedImage:
-    """The ImageLocations image for one bundle; same input, same bytes, same digest."""
+    """The ImageLocations image for one bundle; same input, same bytes, same digest (built
+    once per run: a plan's check of its digest and the copy task both ask for it)."""
+    return _build_image_locations(tuple(locations))
+
+
+@lru_cache(maxsize=1024)
+def _build_image_locations(locations: tuple[ImageLocation, ...]) -> GeneratedImage:
     content = image_locations_yaml(locations)
     tar = _ustar(".", b"", 0o700, directory=True)
     tar += _ustar(LOCATIONS_FILE, content, 0o600)

@@ -508,14 +508,18 @@ def _entries_from_node(root: Node) -> list[PlanEntry]:
     return entries
 
 
+_KIND_CHOICES = ", ".join(k.value for k in EntryKind)
+
+
 def _entry_from_node(node: Node) -> PlanEntry:
     node.only_keys(_ENTRY_KEYS)
-    choices = ", ".join(k.value for k in EntryKind)
-    kind_node = node.child("kind", f"give one of {choices}")
+    kind_node = node.child("kind", f"give one of {_KIND_CHOICES}")
     try:
         kind = EntryKind(kind_node.string())
     except ValueError:
-        raise kind_node.error(f"unknown kind {kind_node.value!r}; use one of {choices}") from None
+        raise kind_node.error(
+            f"unknown kind {kind_node.value!r}; use one of {_KIND_CHOICES}"
+        ) from None
     locations = _locations_from_node(node, kind)
     try:
         entry = PlanEntry.create(

@@ -5,7 +5,8 @@ Some tools keep a PEM CA base64-encoded on one line in a variable (TKG does, see
 
 Costs that count in a short run: loading the system roots is ~50 ms of CPU, so it is done
 once per (CA, verify) and not at all for a context that verifies nothing; `cryptography` is
-imported only where a certificate is read (a CA given, a TLS failure explained).
+imported only where a certificate is read (a TLS failure explained, a CA that OpenSSL alone
+does not show to be a self-signed CA).
 """
 
 from __future__ import annotations
@@ -68,8 +69,6 @@ _SHORTEST_BASE64_CA = 400
 
 
 def _load_ca(value: str, require_ca: bool) -> CABundle:
-    from cryptography import x509
-
     origin: str
     data: bytes
     path = Path(value).expanduser()
@@ -99,6 +98,10 @@ def _load_ca(value: str, require_ca: bool) -> CABundle:
             )
         data = _decode_base64(value.strip().encode(), origin)
     _refuse_other_pem(data, origin)
+    if _self_signed_cas(data):
+        return CABundle(data, origin)
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -107,6 +110,30 @@ def _load_ca(value: str, require_ca: bool) -> CABundle:
         for cert in certs:
             _require_ca(cert, origin)
     return CABundle(data, origin)
+
+
+def _self_signed_cas(data: bytes) -> bool:
+    """Whether OpenSSL reads every certificate in `data` as a self-signed CA: then the checks
+    below accept each (a CA by basicConstraints, or an old root without the extension) and
+    `cryptography` (~50 ms to import) is not needed. Any other case (an intermediate, a server
+    certificate, a block OpenSSL cannot read, duplicates) is answered by those checks."""
+    blocks = data.count(_PEM_BEGIN)
+    if not blocks:
+        return False
+    store = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # holds nothing but `data`: no roots
+    try:
+        store.load_verify_locations(cadata=data.decode("ascii"))
+    except (ssl.SSLError, ValueError):  # not ASCII, not PEM: said by the checks below
+        return False
+    # only CAs by OpenSSL's test (basicConstraints CA:TRUE, or a v1 root, or without
+    # basicConstraints a keyUsage that allows certificate signing): self-signed by name, each
+    # is one the checks below accept
+    cas = store.get_ca_certs()
+    return (
+        store.cert_store_stats()["x509"] == blocks
+        and len(cas) == blocks
+        and all(ca.get("subject") == ca.get("issuer") for ca in cas)
+    )
 
 
 def _refuse_other_pem(data: bytes, origin: str) -> None:
