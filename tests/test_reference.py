@@ -78,6 +78,16 @@ def test_round_trip_and_identifier():
         ("127.0.0.1:5000", "names a registry, not an image"),
         ("localhost:5000", "names a registry, not an image"),
         ("registry.example:443", "e.g. registry.example:443/REPO:TAG"),
+        # the grammar is ASCII: a Unicode letter or digit in a tag used to pass (`\w`) and
+        # reach the registry, which refused the push as if the repository were missing (exit 4)
+        ("reg.example/app:v\u00e91", "tag 'v\u00e91'"),
+        ("reg.example/app:1\u0663", "tag '1\u0663'"),
+        ("reg.example/app:\u00e9", "tag '\u00e9'"),
+        # a newline inside the text used to pass (`$` matches before a final newline) and was
+        # dropped from the URL, so the image landed under another name than the one given
+        ("reg.example/lib\n/app:v1", "repository component 'lib\\n'"),
+        ("reg.example\n/app:v1", "registry host 'reg.example\\n'"),
+        ("reg.example/app:v1\n@sha256:" + "a" * 64, "tag 'v1\\n'"),
     ],
 )
 def test_invalid(text: str, fragment: str):
@@ -118,3 +128,13 @@ def test_one_prefix_check_for_every_prefix() -> None:
         assert info.value.exit_code == ExitCode.USAGE
     with pytest.raises(InvalidReferenceError, match="and a project"):
         parse_prefix("harbor.corp", "--dest", need_path=True)
+
+
+@pytest.mark.parametrize("tag", ["v\u00e91", "1\u0663", "v1\n"])
+def test_layout_tag_check_is_the_ascii_grammar(tag: str) -> None:
+    """A layout or tar a save writes refuses the tags the reference grammar refuses."""
+    from transship.errors import UsageError
+    from transship.layout.index import check_tag
+
+    with pytest.raises(UsageError, match="must be 1-128 of letters"):
+        check_tag(tag, "test")

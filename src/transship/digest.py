@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from transship.errors import IntegrityError, InvalidDigestError
 
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 
 
 @dataclass(frozen=True, order=True)
