@@ -29,6 +29,11 @@ _MAX_NAME = 255
 _TRANSPORTS = frozenset({"docker", "oci", "https", "http"})
 
 
+def is_tag(text: str) -> bool:
+    """Whether `text` is a tag the distribution grammar allows (what goes after `:`)."""
+    return bool(_TAG.match(text))
+
+
 def _fail(text: str, why: str) -> InvalidReferenceError:
     return InvalidReferenceError(f"invalid image reference {text!r}: {why}")
 
