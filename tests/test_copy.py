@@ -508,3 +508,25 @@ def test_dest_prefix_beside_source_and_destination_is_refused_not_ignored(
     out = cli("copy", plain_registry.ref("conflict/app:v1"), dest.ref("single/app:v1"), "-q")
     assert out.code == 0, out.err
     assert skopeo.digest(dest, "single/app:v1") == skopeo.digest(plain_registry, "conflict/app:v1")
+
+
+def test_a_password_written_into_a_reference_is_never_printed(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """`copy alice:PASSWORD@host/app:v1 …`, `--dest alice:PASSWORD@host/p` or such a line in a
+    list used to print the password back in the bad-reference error (the `cli` fixture fails
+    any output holding the suite's password). Each is one line saying where credentials go."""
+    secret = "alice:s3cret-Pa55@"
+    host = plain_registry.host
+    images = tmp_path / "images.txt"
+    images.write_text(f"{secret}{host}/cred/app:v1\n")
+    for args in (
+        ("copy", f"{secret}{host}/cred/app:v1", f"{host}/cred/copy:v1"),
+        ("copy", f"https://{secret}{host}/cred/app:v1", f"{host}/cred/copy:v1"),
+        ("copy", "--images", str(images), "--dest", f"{host}/mirror"),
+        ("copy", "--images", str(images), "--dest", f"{secret}{host}/mirror"),
+        ("ca", "check", f"https://{secret}{host}:port/"),
+    ):
+        out = cli(*args)
+        assert out.code == ExitCode.USAGE, (args, out.err)
+        assert "***@" in out.error_line, out.err

@@ -138,3 +138,28 @@ def test_layout_tag_check_is_the_ascii_grammar(tag: str) -> None:
 
     with pytest.raises(UsageError, match="must be 1-128 of letters"):
         check_tag(tag, "test")
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("alice:s3cret-Pa55@reg.example:5000/app:v1", "***@reg.example:5000/app:v1"),
+        ("https://alice:s3cret-Pa55@reg.example/app", "https://***@reg.example/app"),
+        ("alice:s3c/ret@Pa55@reg.example/app", "***@reg.example/app"),
+    ],
+)
+def test_credentials_in_a_reference_are_refused_without_echoing_them(text: str, masked: str):
+    """`user:password@host/…` used to be echoed whole in the bad-reference error (the part
+    before `@` read as a repository, the rest as a digest): the password reached the terminal
+    and CI logs. The error masks it and says where credentials go."""
+    for parse in (Reference.parse, parse_prefix):
+        with pytest.raises(InvalidReferenceError) as info:
+            parse(text)
+        message = str(info.value)
+        assert masked in message and "--src-creds/--dest-creds" in message
+        assert "s3c" not in message and "Pa55" not in message
+
+
+def test_a_digest_is_not_taken_for_credentials():
+    for text in (f"busybox:1.0@{D}", f"reg.example:5000/app:v1@{D}", f"reg.example/app@{D}"):
+        assert Reference.parse(text).digest == Digest.parse(D)

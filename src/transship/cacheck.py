@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from transship.errors import UsageError
+from transship.reference import without_userinfo
 from transship.remote.auth import Challenge
 from transship.remote.tls import CABundle, PeerCertificate, describe_certificate, ssl_context
 from transship.remote.transport import USER_AGENT
@@ -104,6 +105,7 @@ class Target:
     @classmethod
     def parse(cls, text: str) -> Target:
         raw = text.strip()
+        text = without_userinfo(raw) or text  # errors below never echo a password
         for scheme in ("https://", "http://"):
             if raw.lower().startswith(scheme):
                 raw = raw[len(scheme) :]

@@ -29,6 +29,30 @@ _MAX_NAME = 255
 _TRANSPORTS = frozenset({"docker", "oci", "https", "http"})
 
 
+#: `user:password@host/…` (with or without a scheme): credentials written into a reference,
+#: as in a URL; the last `@` followed by `host/` ends them (a digest's `@` is followed by none)
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<userinfo>.*:.*)@(?=[^/@]*/)")
+
+
+def without_userinfo(text: str) -> str | None:
+    """`text` with credentials written into it (`user:password@host/path`) masked as
+    `***@host/path`, or None when it holds none. An error must never echo a password."""
+    found = _USERINFO.match(text)
+    if found is None:
+        return None
+    return f"{found.group('scheme') or ''}***@{text[found.end() :]}"
+
+
+def _refuse_userinfo(text: str, what: str) -> None:
+    masked = without_userinfo(text)
+    if masked is not None:
+        raise InvalidReferenceError(
+            f"{what} {masked!r} holds credentials (user:password@): give the reference "
+            "without them and the credentials with --src-creds/--dest-creds USER:PASSWORD "
+            "(or docker login)"
+        )
+
+
 def is_tag(text: str) -> bool:
     """Whether `text` is a tag the distribution grammar allows (what goes after `:`)."""
     return bool(_TAG.match(text))
@@ -65,6 +89,7 @@ class Reference:
     @classmethod
     def parse(cls, text: str) -> Reference:
         """Parse a reference, adding `docker.io` and `library/` like the Docker CLI does."""
+        _refuse_userinfo(text, "invalid image reference")
         if not text or text != text.strip():
             raise _fail(text, "empty or surrounded by white space")
         transport, sep, after = text.partition("://")
@@ -168,6 +193,7 @@ def parse_prefix(text: str, what: str = "destination prefix", *, need_path: bool
     registry host spelled out, so that `tkg` is never silently read as `docker.io/tkg`.
     `need_path`: a bare host is not enough (TKG wants a project below it).
     """
+    _refuse_userinfo(text.strip(), what)
     value = text.strip().rstrip("/")
 
     def fail(why: str) -> InvalidReferenceError:
