@@ -72,6 +72,13 @@ def _load_ca(value: str, require_ca: bool) -> CABundle:
 
     origin: str
     data: bytes
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (`"$(cat ca.der)"`), from argv/stdin
+        raise CertificateError(
+            "the CA given is not text: give the path of the CA's PEM file, its PEM text or the "
+            "base64 of it (a DER file: openssl x509 -inform der -in FILE -out ca.pem)"
+        ) from None
     path = Path(value).expanduser()
     try:
         is_file = path.is_file()
