@@ -276,3 +276,15 @@ def test_a_ca_value_that_is_not_text_is_one_usage_line(
     assert out.code == ExitCode.USAGE, out.err
     assert "--dest-ca: the CA given is not text" in out.error_line
 
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_check_timeout_out_of_range_is_a_usage_error(
+    cli: CLI, tls_registry: RegistryProcess, pki: PKI, timeout: str
+) -> None:
+    """`--timeout 0` (or -1, nan) used to declare a registry that answers unreachable: 'no
+    answer within 0 s', exit 6; inf could wait for ever on a silent host."""
+    out = cli("ca", "check", tls_registry.host, "--ca", str(pki.ca_pem_path), "--timeout", timeout)
+    assert out.code == ExitCode.USAGE, out.err
+    assert "--timeout" in out.error_line
+    out = cli("ca", "check", tls_registry.host, "--ca", str(pki.ca_pem_path), "--timeout", "5")
+    assert out.code == 0, out.err

@@ -8,6 +8,7 @@ creation whether the CA was the right one; `ca check` finds out now.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from pathlib import Path
 
@@ -143,6 +144,8 @@ def ca_check(registry: str, ca: str | None, timeout: float) -> int:
       12  the port speaks plain HTTP, not TLS
       13  any other TLS failure (handshake refused, bad signature, ...)
     """
+    if not math.isfinite(timeout) or timeout <= 0:  # 0, -1, nan: 'no answer within 0 s', exit 6
+        raise UsageError(f"--timeout {timeout}: give a number of seconds above 0, e.g. 10")
     target = Target.parse(registry)
     bundle = load_ca(ca, given_as="--ca") if ca else None
     result = asyncio.run(check_registry(target, bundle, timeout=timeout))
