@@ -486,3 +486,15 @@ def test_a_tar_whose_tag_climbs_into_another_repository_is_refused(
     assert [e for e in reg.access_log(since=since) if e.method == "PUT"] == []
     status, _ = reg.probe("/v2/apps/other/manifests/pwned")
     assert status == 404
+
+
+def test_download_bundle_yaml_naming_a_tar_twice_is_refused(cli: CLI, tmp_path: Path) -> None:
+    """The last of two lines for one tar used to win without a word: which repository was meant?"""
+    directory = _set_dir(tmp_path)
+    (directory / "publish-images-fromtar.yaml").write_text(
+        "image-app-a.tar: app/a\nimage-app-a.tar: app/b\n"
+    )
+    out = cli("plan", "imgpkg-tars", str(directory), "--dest", "r.example/tkg")
+    assert out.code == ExitCode.USAGE, out.err
+    assert "publish-images-fromtar.yaml:2:" in out.error_line
+    assert "'image-app-a.tar' given twice (first on line 1)" in out.error_line

@@ -328,7 +328,7 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
             ) from None
         raise
     name = input_name(path)
-    root = load_yaml(text, name)
+    root = load_yaml(text, name, unique_keys=True)
     if isinstance(root.value, dict) and "push" in root.value and "apiVersion" not in root.value:
         from transship.ops.imgpkgtar import is_tar_listing, plan_from_listing
 

@@ -71,15 +71,47 @@ def read_text(path: Path | str) -> str:
         raise PlanError(f"{where}: not UTF-8 text (byte {exc.start}); give a text file") from None
 
 
-def load_yaml(text: str, name: str) -> Node:
-    """Parse one YAML document with a safe loader after rejecting anchors and aliases."""
+@cache
+def _unique_loader() -> type[yaml.SafeLoader]:
+    """`_loader`, refusing a key given twice in one mapping (PyYAML keeps the last silently):
+    two plans concatenated into one file (`cat a.yaml b.yaml`) would otherwise copy only the
+    second one's entries and report success."""
+    import yaml
+
+    class UniqueKeyLoader(_loader()):  # type: ignore[misc]
+        def construct_mapping(
+            self, node: yaml.MappingNode, deep: bool = False
+        ) -> dict[object, object]:
+            lines: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                first = lines.get(key_node.value)
+                lines.setdefault(key_node.value, key_node.start_mark.line)
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key_node.value!r} given twice (first on line {first + 1}): two "
+                        "files joined into one? keep one of them, or merge the lists under it",
+                        key_node.start_mark,
+                    )
+            mapping: dict[object, object] = super().construct_mapping(node, deep=deep)
+            return mapping
+
+    return UniqueKeyLoader
+
+
+def load_yaml(text: str, name: str, *, unique_keys: bool = False) -> Node:
+    """Parse one YAML document with a safe loader after rejecting anchors and aliases.
+    `unique_keys`: a key given twice in one mapping is an error (transship's own files)."""
     if len(text) > MAX_INPUT_BYTES:
         raise PlanError(f"{name}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
     import yaml
 
     try:
         _reject_aliases(text, name)
-        value = yaml.load(text, Loader=_loader())
+        value = yaml.load(text, Loader=_unique_loader() if unique_keys else _loader())
     except yaml.MarkedYAMLError as exc:
         raise PlanError(_describe_yaml_error(exc, name)) from None
     except yaml.YAMLError as exc:

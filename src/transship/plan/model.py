@@ -402,7 +402,7 @@ class Plan:
     @classmethod
     def from_yaml(cls, text: str, path: str) -> Plan:
         """Read a plan written by `to_yaml` (or `to_json`), checking every field."""
-        return _plan_from_node(load_yaml(text, path))
+        return _plan_from_node(load_yaml(text, path, unique_keys=True))
 
     @classmethod
     def from_dict(cls, value: object, path: str) -> Plan:
