@@ -288,3 +288,19 @@ def test_check_timeout_out_of_range_is_a_usage_error(
     assert "--timeout" in out.error_line
     out = cli("ca", "check", tls_registry.host, "--ca", str(pki.ca_pem_path), "--timeout", "5")
     assert out.code == 0, out.err
+
+
+def test_a_ca_path_that_is_a_directory_is_named_as_one(
+    cli: CLI, tls_registry: RegistryProcess, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """`--dest-ca certs/` (the directory, not the file in it) or `/dev/null` were reported as
+    'CA file … does not exist', sending the user to look for a path that is there."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for value, kind in ((str(certs), "a directory"), ("/dev/null", "a device or special file")):
+        out = cli(
+            "copy", plain_registry.ref("lib/x:v1"), tls_registry.ref("lib/x:v1"), "--dest-ca", value
+        )
+        assert out.code == ExitCode.USAGE, out.err
+        assert f"--dest-ca: CA file {value} is not a regular file ({kind})" in out.error_line
+        assert "does not exist" not in out.error_line

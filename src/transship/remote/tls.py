@@ -97,6 +97,11 @@ def _load_ca(value: str, require_ca: bool) -> CABundle:
             data = _decode_base64(data.strip(), origin)
     else:
         origin = "base64 CA"
+        if len(value) < 4096 and _exists(path):  # a directory, a device: never a CA file
+            kind = "a directory" if path.is_dir() else "a device or special file"
+            raise CertificateError(
+                f"CA file {value} is not a regular file ({kind}); give the CA's PEM file"
+            )
         if len(value) < 4096 and ("/" in value[:1] or value.endswith((".pem", ".crt"))):
             raise CertificateError(f"CA file {value} does not exist")
         if len(value.strip()) < _SHORTEST_BASE64_CA and not _is_base64(value.strip()):
@@ -114,6 +119,13 @@ def _load_ca(value: str, require_ca: bool) -> CABundle:
         for cert in certs:
             _require_ca(cert, origin)
     return CABundle(data, origin)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a long base64 string is not a usable path name
+        return False
 
 
 def _refuse_other_pem(data: bytes, origin: str) -> None:
