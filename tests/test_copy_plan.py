@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
 import yaml
 from clirunner import CLI
 from harness.pki import PKI
@@ -150,3 +151,38 @@ def test_two_plans_joined_into_one_file_are_refused_not_half_copied(
         line = out.error_line
         assert f"all.yaml:{second}:" in line and "'apiVersion' given twice" in line
     assert [e for e in dest.access_log(since=since) if e.method in ("PUT", "POST")] == []
+
+
+def test_a_plan_larger_than_an_image_list_may_be_is_read_and_plan_never_writes_an_unreadable_one(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`plan` writes some 300 bytes per entry, five times its image list's line, but a plan
+    file was read with the 16 MiB cap of lists and BOMs: a list of 60,000 images gave a plan
+    (written, exit 0) that `copy/verify --plan` then refused as 'larger than 16777216 bytes'.
+    Plans are read up to the 64 MiB an archive carries (here: a reviewed plan with a long
+    comment block past 16 MiB), and `plan` refuses to write one larger than that."""
+    seed_image(plain_registry, "bigplan/app", "v1", seed=7501, layer_sizes=(2_000,))
+    dest: RegistryProcess = make_registry("plain")
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"{plain_registry.host}/bigplan/app:v1\n")
+    plan = tmp_path / "plan.yaml"
+    out = cli("plan", "images", str(listing), "--dest", f"{dest.host}/m", "-o", str(plan))
+    assert out.code == 0, out.err
+    note = "# reviewed: " + "x" * 1000 + "\n"
+    with plan.open("a") as handle:
+        handle.write(note * (17 * 1024))  # 17 MiB
+    assert plan.stat().st_size > 16 * 1024 * 1024
+    out = cli("copy", "--plan", str(plan), "-q")
+    assert out.code == 0, out.err
+    source_digest = skopeo.digest(plain_registry, "bigplan/app:v1")
+    assert skopeo.digest(dest, "m/bigplan/app:v1") == source_digest
+    monkeypatch.setattr("transship.commands.plan.MAX_PLAN_BYTES", 600)
+    out = cli("plan", "images", str(listing), "--dest", f"{dest.host}/m", "-o", str(tmp_path / "b"))
+    assert out.code == ExitCode.USAGE, out.err
+    assert "more than the 600 a plan file may have" in out.error_line
+    assert not (tmp_path / "b").exists()

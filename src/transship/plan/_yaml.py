@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # imported on first use: a single `copy SRC DST` reads no YAM
     import yaml
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
+#: a plan file may be larger: `plan` writes some 300 bytes per entry (digest, size, origins),
+#: five times what its image list took, and an archive carries up to this much (`layout`'s
+#: MAX_EXTRA_BYTES); `plan` refuses to write one it could not read back
+MAX_PLAN_BYTES = 64 * 1024 * 1024
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -51,20 +55,20 @@ def input_name(path: Path | str) -> str:
     return "<stdin>" if str(path) == STDIN else str(path)
 
 
-def read_text(path: Path | str) -> str:
+def read_text(path: Path | str, limit: int = MAX_INPUT_BYTES) -> str:
     """Read a UTF-8 input file (or standard input for `-`), refusing huge ones before they
     reach the parser."""
     where = input_name(path)
     try:
         if str(path) == STDIN:
-            data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+            data = sys.stdin.buffer.read(limit + 1)
         else:
             with open(path, "rb") as handle:
-                data = handle.read(MAX_INPUT_BYTES + 1)
+                data = handle.read(limit + 1)
     except OSError as exc:
         raise PlanError(f"{where}: cannot read: {exc.strerror or exc}; check the path") from None
-    if len(data) > MAX_INPUT_BYTES:
-        raise PlanError(f"{where}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
+    if len(data) > limit:
+        raise PlanError(f"{where}: larger than {limit} bytes; is this the right file?")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -102,11 +106,13 @@ def _unique_loader() -> type[yaml.SafeLoader]:
     return UniqueKeyLoader
 
 
-def load_yaml(text: str, name: str, *, unique_keys: bool = False) -> Node:
+def load_yaml(
+    text: str, name: str, *, unique_keys: bool = False, limit: int = MAX_INPUT_BYTES
+) -> Node:
     """Parse one YAML document with a safe loader after rejecting anchors and aliases.
     `unique_keys`: a key given twice in one mapping is an error (transship's own files)."""
-    if len(text) > MAX_INPUT_BYTES:
-        raise PlanError(f"{name}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
+    if len(text) > limit:
+        raise PlanError(f"{name}: larger than {limit} bytes; is this the right file?")
     import yaml
 
     try:
