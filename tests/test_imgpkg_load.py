@@ -498,3 +498,24 @@ def test_download_bundle_yaml_naming_a_tar_twice_is_refused(cli: CLI, tmp_path: 
     assert out.code == ExitCode.USAGE, out.err
     assert "publish-images-fromtar.yaml:2:" in out.error_line
     assert "'image-app-a.tar' given twice (first on line 1)" in out.error_line
+
+
+def test_a_tar_listing_no_image_is_refused_not_loaded_as_done(
+    cli: CLI, make_registry, tmp_path: Path
+) -> None:
+    """A tar whose manifest.json is `[]` (imgpkg never writes one) loaded nothing and exited 0:
+    a wrong or damaged file taken for a finished job."""
+    reg: RegistryProcess = make_registry("plain")
+    with tarfile.open(FIXTURES / "image-app-a.tar") as tar:
+        info = tar.getmember("manifest.json")
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w", format=tarfile.USTAR_FORMAT) as out:
+        info.size = 2
+        out.addfile(info, io.BytesIO(b"[]"))
+    since = reg.log_offset()
+    for command in (("load",), ("plan", "imgpkg-tars")):
+        args = (*command, str(empty), "--dest", f"{reg.host}/apps/x")
+        out = cli(*args)
+        assert out.code == ExitCode.USAGE, out.err
+        assert "empty.tar" in out.error_line and "lists no image" in out.error_line
+    assert [e for e in reg.access_log(since=since) if e.method in ("PUT", "POST")] == []

@@ -329,6 +329,11 @@ def parse_manifest_json(raw: bytes, label: str) -> _Parsed:
         raise LayoutError(f"{label}: {MANIFEST_FILE} is not valid JSON") from None
     if not isinstance(doc, list):
         raise LayoutError(f"{label}: {MANIFEST_FILE} is not a list of items")
+    if not doc:  # imgpkg never writes one: a load of it would push nothing and say done
+        raise LayoutError(
+            f"{label}: {MANIFEST_FILE} lists no image; the tar is damaged or not what imgpkg "
+            "copy --to-tar wrote: export it again"
+        )
     parsed = _Parsed()
     for number, element in enumerate(doc):
         where = f"{label}: {MANIFEST_FILE} item {number}"
