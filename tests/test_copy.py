@@ -520,11 +520,14 @@ def test_a_password_written_into_a_reference_is_never_printed(
     host = plain_registry.host
     images = tmp_path / "images.txt"
     images.write_text(f"{secret}{host}/cred/app:v1\n")
+    two = tmp_path / "two.txt"  # two references on one line: the line was echoed whole
+    two.write_text(f"{secret}{host}/cred/app:v1 {host}/cred/tool:v1\n")
     for args in (
         ("copy", f"{secret}{host}/cred/app:v1", f"{host}/cred/copy:v1"),
         ("copy", f"https://{secret}{host}/cred/app:v1", f"{host}/cred/copy:v1"),
         ("copy", "--images", str(images), "--dest", f"{host}/mirror"),
         ("copy", "--images", str(images), "--dest", f"{secret}{host}/mirror"),
+        ("copy", "--images", str(two), "--dest", f"{host}/mirror"),
         ("ca", "check", f"https://{secret}{host}:port/"),
     ):
         out = cli(*args)
