@@ -163,3 +163,11 @@ def test_credentials_in_a_reference_are_refused_without_echoing_them(text: str, 
 def test_a_digest_is_not_taken_for_credentials():
     for text in (f"busybox:1.0@{D}", f"reg.example:5000/app:v1@{D}", f"reg.example/app@{D}"):
         assert Reference.parse(text).digest == Digest.parse(D)
+
+
+def test_a_digest_holding_a_slash_is_not_taken_for_credentials():
+    """`host:5000/app@sha256:../../etc/passwd` is a bad digest (and says so), not credentials:
+    what follows its `@` is no host[:port]/."""
+    with pytest.raises(InvalidReferenceError, match="expected 'sha256:") as info:
+        Reference.parse("127.0.0.1:5000/app@sha256:../../etc/passwd")
+    assert "***" not in str(info.value)

@@ -29,7 +29,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from transship.errors import UsageError
-from transship.reference import without_userinfo
 from transship.remote.auth import Challenge
 from transship.remote.tls import CABundle, PeerCertificate, describe_certificate, ssl_context
 from transship.remote.transport import USER_AGENT
@@ -105,7 +104,12 @@ class Target:
     @classmethod
     def parse(cls, text: str) -> Target:
         raw = text.strip()
-        text = without_userinfo(raw) or text  # errors below never echo a password
+        if "@" in raw:  # a registry has no digest: an `@` ends credentials, never echoed
+            scheme = "https://" if raw.lower().startswith("https://") else ""
+            scheme = "http://" if raw.lower().startswith("http://") else scheme
+            text = f"{scheme}***@{raw[raw.rfind('@') + 1 :]}"
+            raw = raw[len(scheme) :] if scheme else raw
+            raw = raw[raw.rfind("@") + 1 :]
         for scheme in ("https://", "http://"):
             if raw.lower().startswith(scheme):
                 raw = raw[len(scheme) :]

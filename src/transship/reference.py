@@ -30,8 +30,12 @@ _TRANSPORTS = frozenset({"docker", "oci", "https", "http"})
 
 
 #: `user:password@host/…` (with or without a scheme): credentials written into a reference,
-#: as in a URL; the last `@` followed by `host/` ends them (a digest's `@` is followed by none)
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<userinfo>.*:.*)@(?=[^/@]*/)")
+#: as in a URL; the last `@` followed by `host[:port]/` ends them (a digest's `@` is followed
+#: by `algorithm:hex`, which is no host[:port])
+_USERINFO = re.compile(
+    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<userinfo>.*:.*)@"
+    r"(?=(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?/)"  # then a host[:port]/, never a digest
+)
 
 
 def without_userinfo(text: str) -> str | None:
