@@ -171,3 +171,22 @@ def test_a_digest_holding_a_slash_is_not_taken_for_credentials():
     with pytest.raises(InvalidReferenceError, match="expected 'sha256:") as info:
         Reference.parse("127.0.0.1:5000/app@sha256:../../etc/passwd")
     assert "***" not in str(info.value)
+
+
+def test_a_huge_bogus_reference_is_refused_at_once():
+    """The credentials check must not backtrack: a damaged list or plan line of 1 MB full of
+    ':' took the first version of it (`.*:.*@`) close to an hour. The bound is generous (the
+    check is linear and takes milliseconds); it only catches a quadratic scan."""
+    import signal
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TimeoutError("the reference check did not finish within 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 60)
+    try:
+        with pytest.raises(InvalidReferenceError):
+            Reference.parse("a:" * 500_000)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -32,19 +32,25 @@ _TRANSPORTS = frozenset({"docker", "oci", "https", "http"})
 #: `user:password@host/…` (with or without a scheme): credentials written into a reference,
 #: as in a URL; the last `@` followed by `host[:port]/` ends them (a digest's `@` is followed
 #: by `algorithm:hex`, which is no host[:port])
-_USERINFO = re.compile(
-    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<userinfo>.*:.*)@"
-    r"(?=(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?/)"  # then a host[:port]/, never a digest
-)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_HOST_THEN_PATH = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?/")
 
 
 def without_userinfo(text: str) -> str | None:
     """`text` with credentials written into it (`user:password@host/path`) masked as
-    `***@host/path`, or None when it holds none. An error must never echo a password."""
-    found = _USERINFO.match(text)
-    if found is None:
-        return None
-    return f"{found.group('scheme') or ''}***@{text[found.end() :]}"
+    `***@host/path`, or None when it holds none. An error must never echo a password.
+    Linear in the text (no backtracking regex): a damaged file may hold a huge line."""
+    scheme = _SCHEME.match(text)
+    start = scheme.end() if scheme else 0
+    colon = text.find(":", start)
+    at = len(text)
+    while colon != -1:
+        at = text.rfind("@", colon + 1, at)
+        if at == -1:
+            return None
+        if _HOST_THEN_PATH.match(text, at + 1):
+            return f"{text[:start]}***@{text[at + 1 :]}"
+    return None
 
 
 def _refuse_userinfo(text: str, what: str) -> None:
