@@ -441,3 +441,45 @@ def test_a_helper_child_that_leaves_its_group_holding_the_pipes_does_not_hold_th
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert took < 10, took
     assert "did not answer within 1 s" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("doc", "named"),
+    [
+        ({"auths": [{"auth": "YWxpY2U6czNjcmV0LVBhNTU="}]}, "auths must be a JSON object"),
+        ({"auths": "YWxpY2U6czNjcmV0LVBhNTU="}, "auths must be a JSON object"),
+        ({"credHelpers": "HOST"}, "credHelpers must be a JSON object"),
+        ({"credHelpers": ["HOST"]}, "credHelpers must be a JSON object"),
+        ({"credHelpers": {"HOST": 5}}, "credHelpers['HOST'] must be the name of a credential"),
+        ({"credsStore": ["desktop"]}, "credsStore must be the name of a credential helper"),
+    ],
+)
+def test_a_config_of_the_wrong_shape_is_one_line_naming_the_file_and_key(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tls_registry: RegistryProcess,
+    pki: PKI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    doc: dict[str, object],
+    named: str,
+) -> None:
+    """A hand-edited config.json whose `auths` or `credHelpers` is not an object, or whose
+    helper name is not a string, used to end the copy in 'unexpected AttributeError' /
+    'TypeError' (exit 8) once the registry asked for credentials. It is bad input: one line
+    naming the file and the key (exit 1), never the value (it may be a password's base64)."""
+    host = tls_registry.host
+    shaped = json.loads(json.dumps(doc).replace("HOST", host))
+    config = _config(tmp_path, monkeypatch, shaped)
+    seed_image(plain_registry, "shape/one", "v1", seed=317)
+    out = cli(
+        "copy",
+        plain_registry.ref("shape/one:v1"),
+        tls_registry.ref("shape/one:v1"),
+        "--dest-ca",
+        str(pki.ca_pem_path),
+    )
+    assert out.code == ExitCode.USAGE, out.err
+    line = out.error_line
+    assert str(config) in line and named.replace("HOST", host) in line, line
+    assert "unexpected" not in line and "YWxpY2U6" not in out.err

@@ -7,6 +7,7 @@ import io
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clirunner import CLI
@@ -222,3 +223,84 @@ def test_check_bad_ca_is_a_usage_error(cli: CLI, tls_registry: RegistryProcess, 
     out = cli("ca", "check", tls_registry.host, "--ca", str(pki.server.cert_path))
     assert out.code == ExitCode.USAGE
     assert "not a CA" in out.error_line
+
+
+class _Endless(io.RawIOBase):
+    """`< /dev/zero`: zeros for ever (fails the test once far more than a CA was read)."""
+
+    def __init__(self) -> None:
+        self.given = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.given > 64 * 1024 * 1024:
+            raise AssertionError("standard input read without a bound")
+        view = memoryview(buffer).cast("B")
+        view[:] = b"\0" * len(view)
+        self.given += len(view)
+        return len(view)
+
+
+@pytest.mark.parametrize("command", ["encode", "decode"])
+def test_binary_or_endless_standard_input_is_one_usage_line(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """`ca decode -` of a DER file (bytes that are not UTF-8) ended in a UnicodeEncodeError
+    traceback; `ca decode - < /dev/zero` read until memory ran out. Both are bad input."""
+    der = b"\x30\x82\x01\xb0\x30\x82\x01\x56\xa0\x03\x02\x01\x02\x02\x14\xff\xfe" * 40
+    binary = b"-----BEGIN CERTIFICATE-----\n" + der if command == "encode" else der
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(binary)))
+    out = cli("ca", command, "-")
+    assert out.code == ExitCode.USAGE, out.err
+    assert "standard input: not text" in out.error_line and "openssl x509" in out.error_line
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BufferedReader(_Endless())))
+    out = cli("ca", command, "-")
+    assert out.code == ExitCode.USAGE, out.err
+    assert "standard input: larger than" in out.error_line
+
+
+def test_a_ca_value_that_is_not_text_is_one_usage_line(
+    cli: CLI, tls_registry: RegistryProcess, plain_registry: RegistryProcess
+) -> None:
+    """`--dest-ca "$(cat ca.der)"`: the shell hands over bytes that are not UTF-8 (Python sees
+    surrogates), which ended in a UnicodeEncodeError traceback."""
+    der_text = "0\udc82\x01\udcb0" * 150
+    out = cli("ca", "check", tls_registry.host, "--ca", der_text)
+    assert out.code == ExitCode.USAGE, out.err
+    assert "--ca: the CA given is not text" in out.error_line
+    out = cli(
+        "copy", plain_registry.ref("lib/x:v1"), tls_registry.ref("lib/x:v1"), "--dest-ca", der_text
+    )
+    assert out.code == ExitCode.USAGE, out.err
+    assert "--dest-ca: the CA given is not text" in out.error_line
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_check_timeout_out_of_range_is_a_usage_error(
+    cli: CLI, tls_registry: RegistryProcess, pki: PKI, timeout: str
+) -> None:
+    """`--timeout 0` (or -1, nan) used to declare a registry that answers unreachable: 'no
+    answer within 0 s', exit 6; inf could wait for ever on a silent host."""
+    out = cli("ca", "check", tls_registry.host, "--ca", str(pki.ca_pem_path), "--timeout", timeout)
+    assert out.code == ExitCode.USAGE, out.err
+    assert "--timeout" in out.error_line
+    out = cli("ca", "check", tls_registry.host, "--ca", str(pki.ca_pem_path), "--timeout", "5")
+    assert out.code == 0, out.err
+
+
+def test_a_ca_path_that_is_a_directory_is_named_as_one(
+    cli: CLI, tls_registry: RegistryProcess, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """`--dest-ca certs/` (the directory, not the file in it) or `/dev/null` were reported as
+    'CA file … does not exist', sending the user to look for a path that is there."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for value, kind in ((str(certs), "a directory"), ("/dev/null", "a device or special file")):
+        out = cli(
+            "copy", plain_registry.ref("lib/x:v1"), tls_registry.ref("lib/x:v1"), "--dest-ca", value
+        )
+        assert out.code == ExitCode.USAGE, out.err
+        assert f"--dest-ca: CA file {value} is not a regular file ({kind})" in out.error_line
+        assert "does not exist" not in out.error_line

@@ -116,7 +116,7 @@ def test_a_plan_option_refuses_what_is_neither_plan_nor_archive(
     binary.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
     big = tmp_path / "big.iso"
     with big.open("wb") as handle:
-        handle.truncate(17 * 1024 * 1024)
+        handle.truncate(65 * 1024 * 1024)  # sparse; above the 64 MiB a plan file may have
     plain_dir = tmp_path / "somedir"
     plain_dir.mkdir()
     latin1 = tmp_path / "plan.yaml"  # a real plan, saved in the wrong encoding

@@ -479,3 +479,57 @@ def test_an_output_file_that_cannot_be_written_is_refused_before_any_work(
     with pytest.raises(OSError) as failed:
         write_atomic(blocker / "report.json", "{}")
     assert failed.value.filename == str(blocker / "report.json")
+
+
+def test_dest_prefix_beside_source_and_destination_is_refused_not_ignored(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    skopeo: Skopeo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`copy SRC DST --dest PREFIX` used to copy to DST and drop --dest without a word: the
+    conflicting option is one usage line, and nothing is pushed. TKG_CUSTOM_IMAGE_REPOSITORY in
+    the environment (the same option's default) stays harmless for a single copy."""
+    seed_image(plain_registry, "conflict/app", "v1", seed=7301)
+    dest: RegistryProcess = make_registry("plain")
+    since = dest.log_offset()
+    out = cli(
+        "copy",
+        plain_registry.ref("conflict/app:v1"),
+        dest.ref("single/app:v1"),
+        "--dest",
+        f"{dest.host}/elsewhere",
+    )
+    assert out.code == ExitCode.USAGE, out.err
+    assert "--dest" in out.error_line and dest.ref("single/app:v1") in out.error_line
+    assert [e for e in dest.access_log(since=since) if e.method in ("PUT", "POST")] == []
+    monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY", f"{dest.host}/elsewhere")
+    out = cli("copy", plain_registry.ref("conflict/app:v1"), dest.ref("single/app:v1"), "-q")
+    assert out.code == 0, out.err
+    assert skopeo.digest(dest, "single/app:v1") == skopeo.digest(plain_registry, "conflict/app:v1")
+
+
+def test_a_password_written_into_a_reference_is_never_printed(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """`copy alice:PASSWORD@host/app:v1 …`, `--dest alice:PASSWORD@host/p` or such a line in a
+    list used to print the password back in the bad-reference error (the `cli` fixture fails
+    any output holding the suite's password). Each is one line saying where credentials go."""
+    secret = "alice:s3cret-Pa55@"
+    host = plain_registry.host
+    images = tmp_path / "images.txt"
+    images.write_text(f"{secret}{host}/cred/app:v1\n")
+    two = tmp_path / "two.txt"  # two references on one line: the line was echoed whole
+    two.write_text(f"{secret}{host}/cred/app:v1 {host}/cred/tool:v1\n")
+    for args in (
+        ("copy", f"{secret}{host}/cred/app:v1", f"{host}/cred/copy:v1"),
+        ("copy", f"https://{secret}{host}/cred/app:v1", f"{host}/cred/copy:v1"),
+        ("copy", "--images", str(images), "--dest", f"{host}/mirror"),
+        ("copy", "--images", str(images), "--dest", f"{secret}{host}/mirror"),
+        ("copy", "--images", str(two), "--dest", f"{host}/mirror"),
+        ("ca", "check", f"https://{secret}{host}:port/"),
+    ):
+        out = cli(*args)
+        assert out.code == ExitCode.USAGE, (args, out.err)
+        assert "***@" in out.error_line, out.err

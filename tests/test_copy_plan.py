@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
 import yaml
 from clirunner import CLI
 from harness.pki import PKI
 from harness.registry import AccessLogEntry, RegistryProcess
-from harness.seed import SeedClient, build_images_sharing_base, seed_index
+from harness.seed import SeedClient, build_images_sharing_base, seed_image, seed_index
 from harness.skopeo import Skopeo
+
+from transship.errors import ExitCode
 
 CREDS = "alice:s3cret-Pa55"
 
@@ -116,3 +119,70 @@ def test_kill_and_resume_resends_nothing_that_landed(
     for ref in refs:
         path = ref.split("/", 1)[1]
         assert skopeo(dest, f"mirror/{path}") == skopeo(plain_registry, path)
+
+
+def test_two_plans_joined_into_one_file_are_refused_not_half_copied(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path
+) -> None:
+    """`cat a.yaml b.yaml > all.yaml`: every top-level key is given twice, and PyYAML kept the
+    last of each, so `copy --plan all.yaml` copied only b's entries and exited 0 (`verify`
+    said complete). A key given twice in a plan is one line naming the file, the line and the
+    key (exit 1), and nothing is pushed."""
+    seed_image(plain_registry, "joined/app", "v1", seed=7401, layer_sizes=(3_000,))
+    seed_image(plain_registry, "joined/tool", "v1", seed=7402, layer_sizes=(3_000,))
+    dest: RegistryProcess = make_registry("plain")
+    halves = []
+    for name in ("app", "tool"):
+        listing = tmp_path / f"{name}.txt"
+        listing.write_text(f"{plain_registry.host}/joined/{name}:v1\n")
+        plan = tmp_path / f"{name}.yaml"
+        out = cli("plan", "images", str(listing), "--dest", f"{dest.host}/m", "-o", str(plan))
+        assert out.code == 0, out.err
+        halves.append(plan.read_text())
+    joined = tmp_path / "all.yaml"
+    joined.write_text(halves[0] + halves[1])
+    second = halves[0].count("\n") + 1 + halves[1].splitlines().index(
+        next(ln for ln in halves[1].splitlines() if ln.startswith("apiVersion:"))
+    )
+    since = dest.log_offset()
+    for command in ("copy", "verify"):
+        out = cli(command, "--plan", str(joined))
+        assert out.code == ExitCode.USAGE, out.err
+        line = out.error_line
+        assert f"all.yaml:{second}:" in line and "'apiVersion' given twice" in line
+    assert [e for e in dest.access_log(since=since) if e.method in ("PUT", "POST")] == []
+
+
+def test_a_plan_larger_than_an_image_list_may_be_is_read_and_plan_never_writes_an_unreadable_one(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`plan` writes some 300 bytes per entry, five times its image list's line, but a plan
+    file was read with the 16 MiB cap of lists and BOMs: a list of 60,000 images gave a plan
+    (written, exit 0) that `copy/verify --plan` then refused as 'larger than 16777216 bytes'.
+    Plans are read up to the 64 MiB an archive carries (here: a reviewed plan with a long
+    comment block past 16 MiB), and `plan` refuses to write one larger than that."""
+    seed_image(plain_registry, "bigplan/app", "v1", seed=7501, layer_sizes=(2_000,))
+    dest: RegistryProcess = make_registry("plain")
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"{plain_registry.host}/bigplan/app:v1\n")
+    plan = tmp_path / "plan.yaml"
+    out = cli("plan", "images", str(listing), "--dest", f"{dest.host}/m", "-o", str(plan))
+    assert out.code == 0, out.err
+    note = "# reviewed: " + "x" * 1000 + "\n"
+    with plan.open("a") as handle:
+        handle.write(note * (17 * 1024))  # 17 MiB
+    assert plan.stat().st_size > 16 * 1024 * 1024
+    out = cli("copy", "--plan", str(plan), "-q")
+    assert out.code == 0, out.err
+    source_digest = skopeo.digest(plain_registry, "bigplan/app:v1")
+    assert skopeo.digest(dest, "m/bigplan/app:v1") == source_digest
+    monkeypatch.setattr("transship.commands.plan.MAX_PLAN_BYTES", 600)
+    out = cli("plan", "images", str(listing), "--dest", f"{dest.host}/m", "-o", str(tmp_path / "b"))
+    assert out.code == ExitCode.USAGE, out.err
+    assert "more than the 600 a plan file may have" in out.error_line
+    assert not (tmp_path / "b").exists()

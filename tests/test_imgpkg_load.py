@@ -454,3 +454,68 @@ def test_a_plain_directory_of_tars_says_what_it_needs(cli: CLI, tmp_path: Path) 
     out = cli("plan", "imgpkg-tars", str(directory))
     assert out.code == ExitCode.USAGE
     assert "needs publish-images-fromtar.yaml" in out.error_line and "--script" in out.error_line
+
+
+def test_a_tar_whose_tag_climbs_into_another_repository_is_refused(
+    cli: CLI, make_registry, tmp_path: Path
+) -> None:
+    """An item's `Tag` becomes the last part of `PUT /v2/REPO/manifests/TAG`: one such as
+    `../../other/manifests/pwned` used to be sent as it was, the URL path was normalised and the
+    manifest landed in another repository (`apps/other:pwned`) than the `--dest` given. A tag
+    outside the grammar is refused naming the tar and item, before anything is pushed."""
+    reg: RegistryProcess = make_registry("plain")
+    # the other repository already holds the image's blobs, so only the tag would be new there
+    first = cli("load", str(FIXTURES / "image-app-a.tar"), "--dest", f"{reg.host}/apps/other")
+    assert first.code == 0, first.err
+    with tarfile.open(FIXTURES / "image-app-a.tar") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]  # type: ignore[union-attr]
+    info, data = members[0]
+    doc = json.loads(data)
+    doc[0]["Image"]["Tag"] = "../../other/manifests/pwned"
+    members[0] = (info, json.dumps(doc).encode())
+    path = tmp_path / "climbing.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as out:
+        for member, content in members:
+            member.size = len(content)
+            out.addfile(member, io.BytesIO(content))
+    since = reg.log_offset()
+    result = cli("load", str(path), "--dest", f"{reg.host}/apps/app-a")
+    assert result.code == ExitCode.USAGE, result.err
+    line = result.error_line
+    assert "climbing.tar" in line and "item 0 Tag '../../other/manifests/pwned'" in line
+    assert [e for e in reg.access_log(since=since) if e.method == "PUT"] == []
+    status, _ = reg.probe("/v2/apps/other/manifests/pwned")
+    assert status == 404
+
+
+def test_download_bundle_yaml_naming_a_tar_twice_is_refused(cli: CLI, tmp_path: Path) -> None:
+    """The last of two lines for one tar used to win without a word: which repository was meant?"""
+    directory = _set_dir(tmp_path)
+    (directory / "publish-images-fromtar.yaml").write_text(
+        "image-app-a.tar: app/a\nimage-app-a.tar: app/b\n"
+    )
+    out = cli("plan", "imgpkg-tars", str(directory), "--dest", "r.example/tkg")
+    assert out.code == ExitCode.USAGE, out.err
+    assert "publish-images-fromtar.yaml:2:" in out.error_line
+    assert "'image-app-a.tar' given twice (first on line 1)" in out.error_line
+
+
+def test_a_tar_listing_no_image_is_refused_not_loaded_as_done(
+    cli: CLI, make_registry, tmp_path: Path
+) -> None:
+    """A tar whose manifest.json is `[]` (imgpkg never writes one) loaded nothing and exited 0:
+    a wrong or damaged file taken for a finished job."""
+    reg: RegistryProcess = make_registry("plain")
+    with tarfile.open(FIXTURES / "image-app-a.tar") as tar:
+        info = tar.getmember("manifest.json")
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w", format=tarfile.USTAR_FORMAT) as out:
+        info.size = 2
+        out.addfile(info, io.BytesIO(b"[]"))
+    since = reg.log_offset()
+    for command in (("load",), ("plan", "imgpkg-tars")):
+        args = (*command, str(empty), "--dest", f"{reg.host}/apps/x")
+        out = cli(*args)
+        assert out.code == ExitCode.USAGE, out.err
+        assert "empty.tar" in out.error_line and "lists no image" in out.error_line
+    assert [e for e in reg.access_log(since=since) if e.method in ("PUT", "POST")] == []

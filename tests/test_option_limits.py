@@ -4,6 +4,7 @@ be moved below it, and two images claiming one destination tag (bug hunt items 2
 
 from __future__ import annotations
 
+import base64
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -239,3 +240,23 @@ def test_signatures_of_one_image_from_two_repositories_keep_the_first(
     )  # fmt: skip
     with pytest.raises(PlanError):  # attachments of different subjects still clash
         Plan((signature("quay.example", "1"), other))
+
+
+def test_an_output_below_a_file_names_the_file_that_is_no_directory(
+    cli: CLI, planned: tuple[Path, RegistryProcess, Path], pki, tmp_path: Path
+) -> None:
+    """`-o notes.txt/plan.yaml` (a file where a directory should be) failed with mkdir's bare
+    'File exists', which names no culprit: each output says which path is not a directory."""
+    plan, _dest, archive = planned
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a directory\n")
+    pem = pki.ca_pem_path.read_text()
+    for args in (
+        ("archive", "plan", str(archive), "-o", str(blocker / "plan.yaml")),
+        ("ca", "decode", base64.b64encode(pem.encode()).decode(), "-o", str(blocker / "d/ca.pem")),
+        ("save", "--plan", str(plan), "-o", str(blocker / "again.tar"), "-q"),
+    ):
+        out = cli(*args)
+        assert out.code == ExitCode.USAGE, (args, out.err)
+        assert f"{blocker} is not a directory" in out.error_line, out.err
+        assert "File exists" not in out.error_line

@@ -78,6 +78,16 @@ def test_round_trip_and_identifier():
         ("127.0.0.1:5000", "names a registry, not an image"),
         ("localhost:5000", "names a registry, not an image"),
         ("registry.example:443", "e.g. registry.example:443/REPO:TAG"),
+        # the grammar is ASCII: a Unicode letter or digit in a tag used to pass (`\w`) and
+        # reach the registry, which refused the push as if the repository were missing (exit 4)
+        ("reg.example/app:v\u00e91", "tag 'v\u00e91'"),
+        ("reg.example/app:1\u0663", "tag '1\u0663'"),
+        ("reg.example/app:\u00e9", "tag '\u00e9'"),
+        # a newline inside the text used to pass (`$` matches before a final newline) and was
+        # dropped from the URL, so the image landed under another name than the one given
+        ("reg.example/lib\n/app:v1", "repository component 'lib\\n'"),
+        ("reg.example\n/app:v1", "registry host 'reg.example\\n'"),
+        ("reg.example/app:v1\n@sha256:" + "a" * 64, "tag 'v1\\n'"),
     ],
 )
 def test_invalid(text: str, fragment: str):
@@ -127,3 +137,65 @@ def test_a_reference_is_parsed_once_per_run_and_a_bad_one_refused_every_time() -
     for _ in range(2):
         with pytest.raises(InvalidReferenceError, match="tag"):
             Reference.parse("reg.example/app:bad tag")
+
+
+@pytest.mark.parametrize("tag", ["v\u00e91", "1\u0663", "v1\n"])
+def test_layout_tag_check_is_the_ascii_grammar(tag: str) -> None:
+    """A layout or tar a save writes refuses the tags the reference grammar refuses."""
+    from transship.errors import UsageError
+    from transship.layout.index import check_tag
+
+    with pytest.raises(UsageError, match="must be 1-128 of letters"):
+        check_tag(tag, "test")
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("alice:s3cret-Pa55@reg.example:5000/app:v1", "***@reg.example:5000/app:v1"),
+        ("https://alice:s3cret-Pa55@reg.example/app", "https://***@reg.example/app"),
+        ("alice:s3c/ret@Pa55@reg.example/app", "***@reg.example/app"),
+    ],
+)
+def test_credentials_in_a_reference_are_refused_without_echoing_them(text: str, masked: str):
+    """`user:password@host/…` used to be echoed whole in the bad-reference error (the part
+    before `@` read as a repository, the rest as a digest): the password reached the terminal
+    and CI logs. The error masks it and says where credentials go."""
+    for parse in (Reference.parse, parse_prefix):
+        with pytest.raises(InvalidReferenceError) as info:
+            parse(text)
+        message = str(info.value)
+        assert masked in message and "--src-creds/--dest-creds" in message
+        assert "s3c" not in message and "Pa55" not in message
+
+
+def test_a_digest_is_not_taken_for_credentials():
+    for text in (f"busybox:1.0@{D}", f"reg.example:5000/app:v1@{D}", f"reg.example/app@{D}"):
+        assert Reference.parse(text).digest == Digest.parse(D)
+
+
+def test_a_digest_holding_a_slash_is_not_taken_for_credentials():
+    """`host:5000/app@sha256:../../etc/passwd` is a bad digest (and says so), not credentials:
+    what follows its `@` is no host[:port]/."""
+    with pytest.raises(InvalidReferenceError, match="expected 'sha256:") as info:
+        Reference.parse("127.0.0.1:5000/app@sha256:../../etc/passwd")
+    assert "***" not in str(info.value)
+
+
+def test_a_huge_bogus_reference_is_refused_at_once():
+    """The credentials check must not backtrack: a damaged list or plan line of 1 MB full of
+    ':' took the first version of it (`.*:.*@`) close to an hour. The bound is generous (the
+    check is linear and takes milliseconds); it only catches a quadratic scan."""
+    import signal
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TimeoutError("the reference check did not finish within 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 60)
+    try:
+        with pytest.raises(InvalidReferenceError):
+            Reference.parse("a:" * 500_000)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -104,6 +104,12 @@ class Target:
     @classmethod
     def parse(cls, text: str) -> Target:
         raw = text.strip()
+        if "@" in raw:  # a registry has no digest: an `@` ends credentials, never echoed
+            scheme = "https://" if raw.lower().startswith("https://") else ""
+            scheme = "http://" if raw.lower().startswith("http://") else scheme
+            text = f"{scheme}***@{raw[raw.rfind('@') + 1 :]}"
+            raw = raw[len(scheme) :] if scheme else raw
+            raw = raw[raw.rfind("@") + 1 :]
         for scheme in ("https://", "http://"):
             if raw.lower().startswith(scheme):
                 raw = raw[len(scheme) :]

@@ -14,7 +14,7 @@ from functools import lru_cache
 from transship.errors import IntegrityError, InvalidDigestError
 
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 _LOWER_HEX = re.compile(r"[0-9a-f]+")
 #: digests parsed and kept (a run parses the same few hundred again and again: plan, tasks,
 #: engine); a `Digest` is immutable, so one parse serves every caller

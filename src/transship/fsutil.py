@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -38,13 +39,23 @@ def share_like_a_new_file(fd: int) -> None:
     os.fchmod(fd, 0o666 & ~current_umask())
 
 
+def make_parent(path: Path) -> None:
+    """Create the directories `path` goes in. A file where one of them should be is said as
+    such ('a.txt is not a directory'), not as mkdir's 'File exists', which names no culprit."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = unwritable(path) if isinstance(exc, FileExistsError | NotADirectoryError) else None
+        raise OSError(errno.ENOTDIR if why else exc.errno, why or exc.strerror, str(path)) from None
+
+
 def write_atomic(path: Path, data: bytes | str, *, private: bool = False) -> None:
     """Write to a temporary file in the same directory, fsync, rename over `path`, then fsync
     the directory so the rename itself survives a crash. The file gets the umask's mode like
     any new file, or 0600 if `private` (a key, a file that may hold passwords, a cache)."""
     payload = data.encode() if isinstance(data, str) else data
+    make_parent(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:  # named as the user gave it, not by the temporary file
         raise OSError(exc.errno, exc.strerror, str(path)) from None

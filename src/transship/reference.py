@@ -15,17 +15,58 @@ from transship.errors import InvalidDigestError, InvalidReferenceError
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 
-_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+# `\Z`, not `$` (which also matches before a final newline), and ASCII classes, not `\w` (which
+# takes any Unicode letter or digit): the distribution grammar, nothing more
+_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(
-    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$"
+    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?\Z"
 )
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _MAX_NAME = 255
 
 
 #: skopeo's transport prefixes and URL schemes, which a reference here goes without
 _TRANSPORTS = frozenset({"docker", "oci", "https", "http"})
+
+
+#: `user:password@host/…` (with or without a scheme): credentials written into a reference,
+#: as in a URL; the last `@` followed by `host[:port]/` ends them (a digest's `@` is followed
+#: by `algorithm:hex`, which is no host[:port])
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_HOST_THEN_PATH = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?/")
+
+
+def without_userinfo(text: str) -> str | None:
+    """`text` with credentials written into it (`user:password@host/path`) masked as
+    `***@host/path`, or None when it holds none. An error must never echo a password.
+    Linear in the text (no backtracking regex): a damaged file may hold a huge line."""
+    scheme = _SCHEME.match(text)
+    start = scheme.end() if scheme else 0
+    colon = text.find(":", start)
+    at = len(text)
+    while colon != -1:
+        at = text.rfind("@", colon + 1, at)
+        if at == -1:
+            return None
+        if _HOST_THEN_PATH.match(text, at + 1):
+            return f"{text[:start]}***@{text[at + 1 :]}"
+    return None
+
+
+def _refuse_userinfo(text: str, what: str) -> None:
+    masked = without_userinfo(text)
+    if masked is not None:
+        raise InvalidReferenceError(
+            f"{what} {masked!r} holds credentials (user:password@): give the reference "
+            "without them and the credentials with --src-creds/--dest-creds USER:PASSWORD "
+            "(or docker login)"
+        )
+
+
+def is_tag(text: str) -> bool:
+    """Whether `text` is a tag the distribution grammar allows (what goes after `:`)."""
+    return bool(_TAG.match(text))
 
 
 def _fail(text: str, why: str) -> InvalidReferenceError:
@@ -60,6 +101,7 @@ class Reference:
     @lru_cache(maxsize=4096)  # immutable, and a run parses each reference many times
     def parse(cls, text: str) -> Reference:
         """Parse a reference, adding `docker.io` and `library/` like the Docker CLI does."""
+        _refuse_userinfo(text, "invalid image reference")
         if not text or text != text.strip():
             raise _fail(text, "empty or surrounded by white space")
         transport, sep, after = text.partition("://")
@@ -163,6 +205,7 @@ def parse_prefix(text: str, what: str = "destination prefix", *, need_path: bool
     registry host spelled out, so that `tkg` is never silently read as `docker.io/tkg`.
     `need_path`: a bare host is not enough (TKG wants a project below it).
     """
+    _refuse_userinfo(text.strip(), what)
     value = text.strip().rstrip("/")
 
     def fail(why: str) -> InvalidReferenceError:

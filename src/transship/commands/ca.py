@@ -8,6 +8,7 @@ creation whether the CA was the right one; `ca check` finds out now.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from pathlib import Path
 
@@ -35,6 +36,29 @@ def _describe(bundle: CABundle) -> str:
     return f"CA {first.subject.rfc4514_string()!r}{more}, valid until {until}"
 
 
+#: a CA bundle is a few KB; standard input beyond this is not one (`< /dev/zero` never ends)
+MAX_STDIN_BYTES = 1024 * 1024
+
+
+def _read_stdin() -> str:
+    """Standard input as text, bounded: binary or endless input is one usage line."""
+    stream = getattr(sys.stdin, "buffer", None)  # a text-only stdin (a test's) is read as is
+    if stream is None:
+        return str(sys.stdin.read(MAX_STDIN_BYTES + 1))
+    data: bytes = stream.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise UsageError(
+            f"standard input: larger than {MAX_STDIN_BYTES} bytes; give the CA's PEM or its base64"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"standard input: not text (byte {exc.start}); give the CA's PEM or its base64 (a "
+            "DER file: openssl x509 -inform der -in FILE -out ca.pem)"
+        ) from None
+
+
 @ca_group.command("encode", short_help="A PEM CA file as the one-line base64 TKG takes.")
 @click.argument("file", metavar="FILE|-")
 @click.option("-q", "--quiet", is_flag=True, help="Do not describe the CA on stderr.")
@@ -46,7 +70,7 @@ def ca_encode(file: str, quiet: bool) -> int:
     file must hold no private key. `-` reads the PEM from standard input.
     """
     if file == "-":
-        text = sys.stdin.read()
+        text = _read_stdin()
         if "-----BEGIN" not in text:
             raise UsageError("standard input holds no PEM certificate")
         bundle = load_ca(text)
@@ -77,7 +101,7 @@ def ca_decode(value: str, output: Path | None, quiet: bool) -> int:
     `-` reads the base64 from standard input, e.g. `tanzu config get | …`; a file holding the
     base64 form is read too.
     """
-    text = sys.stdin.read().strip() if value == "-" else value
+    text = _read_stdin().strip() if value == "-" else value
     if not text:
         raise UsageError("no base64 given")
     bundle = load_ca(text)
@@ -120,6 +144,8 @@ def ca_check(registry: str, ca: str | None, timeout: float) -> int:
       12  the port speaks plain HTTP, not TLS
       13  any other TLS failure (handshake refused, bad signature, ...)
     """
+    if not math.isfinite(timeout) or timeout <= 0:  # 0, -1, nan: 'no answer within 0 s', exit 6
+        raise UsageError(f"--timeout {timeout}: give a number of seconds above 0, e.g. 10")
     target = Target.parse(registry)
     bundle = load_ca(ca, given_as="--ca") if ca else None
     result = asyncio.run(check_registry(target, bundle, timeout=timeout))

@@ -37,7 +37,7 @@ from transship.fsutil import unwritable, write_atomic
 from transship.landed import LandedLog
 from transship.ops.report import run_report
 from transship.ops.run import RunOutcome, run_phases, shared_failure
-from transship.plan._yaml import STDIN, input_name, load_yaml, read_text
+from transship.plan._yaml import MAX_PLAN_BYTES, STDIN, input_name, load_yaml, read_text
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard, ShardSplit, split
 from transship.progress import ByteBudget, LogObserver, RichObserver, human_bytes, summary_table
@@ -325,7 +325,7 @@ def _read_plan(path: Path, *, dest_given: bool, listing_ok: bool) -> Plan:
 
         return asyncio.run(carried_plan(path, dest_given=dest_given))
     try:
-        text = read_text(path)
+        text = read_text(path, MAX_PLAN_BYTES)
     except PlanError as exc:
         readable = str(path) != STDIN and path.is_file() and os.access(path, os.R_OK)
         if readable:  # but too large or binary: why it is no plan, and that it is no archive
@@ -335,7 +335,8 @@ def _read_plan(path: Path, *, dest_given: bool, listing_ok: bool) -> Plan:
             ) from None
         raise
     name = input_name(path)
-    root = load_yaml(text, name, keep=True)  # a plan is read again by every rerun
+    # a plan is read again by every rerun: kept parsed
+    root = load_yaml(text, name, keep=True, unique_keys=True, limit=MAX_PLAN_BYTES)
     if isinstance(root.value, dict) and "push" in root.value and "apiVersion" not in root.value:
         from transship.ops.imgpkgtar import is_tar_listing, plan_from_listing
 

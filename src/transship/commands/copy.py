@@ -95,6 +95,12 @@ def copy(
             raise UsageError(f"--platform: {exc}") from None
         if shard is not None:
             raise UsageError("--shard splits a plan: give --plan, --images or --script")
+        if dest_prefix and _given_on_command_line("dest_prefix"):
+            # TKG_CUSTOM_IMAGE_REPOSITORY set in the environment is no mistake; the option is
+            raise UsageError(
+                "--dest PREFIX applies to --plan, --images and --script; a single copy goes to "
+                f"DESTINATION ({destination}): drop --dest, or write the prefix into DESTINATION"
+            )
         single: Plan | None = Plan((single_entry(source, destination),))
         # resolved as a list is: a bundle brings its images, an image its attachments
         resolve = True
@@ -156,6 +162,13 @@ def copy(
         return results
 
     return execute(run, src_settings, dest_settings, record)
+
+
+def _given_on_command_line(name: str) -> bool:
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return True
+    return context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 COMMANDS = [copy]

@@ -29,6 +29,7 @@ from transship.commands.imgpkgtar import plan_imgpkg_tars
 from transship.connect import RegistryPool
 from transship.errors import ExitCode, UsageError
 from transship.fsutil import write_atomic
+from transship.plan._yaml import MAX_PLAN_BYTES
 from transship.plan.imagelist import load_image_list
 from transship.plan.model import NOT_REGISTRY_NOTE, EntryKind, Plan
 from transship.plan.reader import ResolveOptions
@@ -228,6 +229,11 @@ def _run(
 def _finish(resolution: Resolution, kwargs: dict[str, Any]) -> int:
     plan = resolution.plan
     text = plan.to_json() if kwargs["fmt"] == "json" else plan.to_yaml()
+    if len(text.encode()) > MAX_PLAN_BYTES:  # copy/save/verify --plan would refuse it
+        raise UsageError(
+            f"the plan of {len(plan.entries)} entries is {len(text.encode())} bytes, more than "
+            f"the {MAX_PLAN_BYTES} a plan file may have; plan the list in parts"
+        )
     output: Path | None = kwargs["output"]
     if output is not None:
         write_atomic(output, text)

@@ -146,7 +146,7 @@ def _listed_paths(listing: Path) -> dict[str, str]:
     transship writes beside its script ({} when there is none): what re-rooting keeps."""
     if not listing.is_file():
         return {}
-    root = load_yaml(read_text(listing), str(listing))
+    root = load_yaml(read_text(listing), str(listing), unique_keys=True)
     paths = {}
     for tar_name, node in root.items():
         path = node.string().strip().strip("/")
@@ -191,7 +191,7 @@ def targets_from_directory(directory: Path, dest_prefix: str | None) -> list[Tar
             f"{listing}: the tars have no registry of their own; pass --dest REGISTRY/PROJECT "
             "(upload-bundle's --destination-repo)"
         )
-    root = load_yaml(read_text(listing), str(listing))
+    root = load_yaml(read_text(listing), str(listing), unique_keys=True)
     targets = []
     for tar_name, node in root.items():
         where = f"{listing}: {tar_name}"

@@ -38,7 +38,7 @@ from transship.layout.archive import COMPRESSED_MAGIC, TarMember, scan_tar
 from transship.layout.index import LayoutIndex
 from transship.layout.reader import BlobFile, LayoutReader
 from transship.manifest import Descriptor, Manifest, Referrer
-from transship.reference import Reference
+from transship.reference import Reference, is_tag
 
 MANIFEST_FILE = "manifest.json"
 #: a TKG per-image tar lists a few items; a big bundle tar a few thousand: far below this
@@ -329,6 +329,11 @@ def parse_manifest_json(raw: bytes, label: str) -> _Parsed:
         raise LayoutError(f"{label}: {MANIFEST_FILE} is not valid JSON") from None
     if not isinstance(doc, list):
         raise LayoutError(f"{label}: {MANIFEST_FILE} is not a list of items")
+    if not doc:  # imgpkg never writes one: a load of it would push nothing and say done
+        raise LayoutError(
+            f"{label}: {MANIFEST_FILE} lists no image; the tar is damaged or not what imgpkg "
+            "copy --to-tar wrote: export it again"
+        )
     parsed = _Parsed()
     for number, element in enumerate(doc):
         where = f"{label}: {MANIFEST_FILE} item {number}"
@@ -347,7 +352,7 @@ def parse_manifest_json(raw: bytes, label: str) -> _Parsed:
             TarItem(
                 manifest,
                 refs=_strings(desc.get("Refs"), f"{where} Refs"),
-                tag=_string(desc.get("Tag"), f"{where} Tag"),
+                tag=_tag(desc.get("Tag"), f"{where} Tag"),
                 orig_ref=_string(desc.get("OrigRef"), f"{where} OrigRef"),
                 labels=_labels(desc.get("Labels"), f"{where} Labels"),
                 is_bundle=is_bundle,
@@ -368,6 +373,18 @@ def _string(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise LayoutError(f"{where} is not a string")
     return value
+
+
+def _tag(value: Any, where: str) -> str:
+    """The item's tag: pushed as `/v2/REPO/manifests/TAG`, so a value outside the tag grammar
+    (`../../other/manifests/x`, a space) is refused here, naming the item, not sent."""
+    tag = _string(value, where)
+    if tag and not is_tag(tag):
+        raise LayoutError(
+            f"{where} {tag!r} is not a tag (1-128 of letters, digits, '_', '.', '-'); the tar "
+            "is damaged or was not written by imgpkg: export it again"
+        )
+    return tag
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:

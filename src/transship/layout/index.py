@@ -36,10 +36,10 @@ TOOL_FILE = f"{EXTRA_DIR}/bin/transship"
 UNFINISHED = "INCOMPLETE"
 MAX_EXTRA_BYTES = 64 * 1024 * 1024
 
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")  # ASCII, no final newline
 # containers/image (skopeo 1.9) validates `oci:DIR:REF` against the image-spec ref grammar
 _OCI_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
-_OCI_REF = re.compile(rf"^{_OCI_COMPONENT}(?:/{_OCI_COMPONENT})*$")
+_OCI_REF = re.compile(rf"^{_OCI_COMPONENT}(?:/{_OCI_COMPONENT})*\Z")
 
 
 def ref_name(repository: str, tag: str) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 
 from transship.digest import Digest, Hasher
 from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
-from transship.fsutil import fsync_dir, write_atomic
+from transship.fsutil import fsync_dir, make_parent, write_atomic
 from transship.layout.archive import TarMember, member_info
 from transship.layout.index import (
     EXTRA_DIR,
@@ -275,7 +275,7 @@ class TarSink(LayoutReader):
                 f"finish it with that version, or remove it to start over"
             )
         self._tool_id = _tool_id(self.tool) if self.tool is not None else None
-        self.output.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(self.output)
         if self.journal.exists():
             doc = self._read_journal()
             if "sealed" in doc:  # killed while publishing: `publish` finishes it

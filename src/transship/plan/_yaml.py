@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # imported on first use: a single `copy SRC DST` reads no YAM
     import yaml
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
+#: a plan file may be larger: `plan` writes some 300 bytes per entry (digest, size, origins),
+#: five times what its image list took, and an archive carries up to this much (`layout`'s
+#: MAX_EXTRA_BYTES); `plan` refuses to write one it could not read back
+MAX_PLAN_BYTES = 64 * 1024 * 1024
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 log = logging.getLogger("transship.cache")
@@ -65,51 +69,95 @@ def input_name(path: Path | str) -> str:
     return "<stdin>" if str(path) == STDIN else str(path)
 
 
-def read_text(path: Path | str) -> str:
+def read_text(path: Path | str, limit: int = MAX_INPUT_BYTES) -> str:
     """Read a UTF-8 input file (or standard input for `-`), refusing huge ones before they
     reach the parser."""
     where = input_name(path)
     try:
         if str(path) == STDIN:
-            data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+            data = sys.stdin.buffer.read(limit + 1)
         else:
             with open(path, "rb") as handle:
-                data = handle.read(MAX_INPUT_BYTES + 1)
+                data = handle.read(limit + 1)
     except OSError as exc:
         raise PlanError(f"{where}: cannot read: {exc.strerror or exc}; check the path") from None
-    if len(data) > MAX_INPUT_BYTES:
-        raise PlanError(f"{where}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
+    if len(data) > limit:
+        raise PlanError(f"{where}: larger than {limit} bytes; is this the right file?")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PlanError(f"{where}: not UTF-8 text (byte {exc.start}); give a text file") from None
 
 
-def load_yaml(text: str, name: str, *, keep: bool = False) -> Node:
+@cache
+def _unique_loader() -> type[yaml.SafeLoader]:
+    """`_loader`, refusing a key given twice in one mapping (PyYAML keeps the last silently):
+    two plans concatenated into one file (`cat a.yaml b.yaml`) would otherwise copy only the
+    second one's entries and report success."""
+    import yaml
+
+    class UniqueKeyLoader(_loader()):  # type: ignore[misc]
+        def construct_mapping(
+            self, node: yaml.MappingNode, deep: bool = False
+        ) -> dict[object, object]:
+            lines: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                first = lines.get(key_node.value)
+                lines.setdefault(key_node.value, key_node.start_mark.line)
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key_node.value!r} given twice (first on line {first + 1}): two "
+                        "files joined into one? keep one of them, or merge the lists under it",
+                        key_node.start_mark,
+                    )
+            mapping: dict[object, object] = super().construct_mapping(node, deep=deep)
+            return mapping
+
+    return UniqueKeyLoader
+
+
+def load_yaml(
+    text: str,
+    name: str,
+    *,
+    keep: bool = False,
+    unique_keys: bool = False,
+    limit: int = MAX_INPUT_BYTES,
+) -> Node:
     """Parse one YAML document with a safe loader after rejecting anchors and aliases.
+    `unique_keys`: a key given twice in one mapping is an error (transship's own files).
 
     `keep`: a large document (a plan, read again by every `copy --plan` rerun) is kept parsed
     in the cache (`$XDG_CACHE_HOME/transship/parsed`), as JSON under the sha256 of its text,
     and read back from there while the text is the same: ~2 ms instead of importing PyYAML
     and parsing (~75 ms for a 277-entry plan). Only a value JSON holds exactly is kept."""
-    if len(text) > MAX_INPUT_BYTES:
-        raise PlanError(f"{name}: larger than {MAX_INPUT_BYTES} bytes; is this the right file?")
-    kept = _kept_path(text) if keep and len(text) >= KEEP_FROM_CHARS else None
+    if len(text) > limit:
+        raise PlanError(f"{name}: larger than {limit} bytes; is this the right file?")
+    kept = _kept_path(text, unique_keys) if keep and len(text) >= KEEP_FROM_CHARS else None
     if kept is not None:
         found = _read_kept(kept)
         if found is not None:
             return Node(name, "", found)
-    node = _parse(text, name)
+    node = _parse(text, name, unique_keys=unique_keys)
     if kept is not None:
         _keep(kept, node.value)
     return node
 
 
-def _kept_path(text: str) -> Path | None:
+def _kept_path(text: str, unique_keys: bool) -> Path | None:
+    """Named by the sha256 of the text and of how it was read: a document kept from a read
+    that let a key repeat is never taken for one read with `unique_keys`."""
     directory = cache_dir("parsed")
     if directory is None:
         return None
-    return directory / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+    digest = hashlib.sha256(text.encode())
+    if unique_keys:
+        digest.update(b"\0unique-keys")
+    return directory / f"{digest.hexdigest()}.json"
 
 
 def _read_kept(path: Path) -> object | None:
@@ -162,12 +210,12 @@ def _json_exact(value: object) -> bool:
     return False
 
 
-def _parse(text: str, name: str) -> Node:
+def _parse(text: str, name: str, *, unique_keys: bool) -> Node:
     import yaml
 
     try:
         _reject_aliases(text, name)
-        value = yaml.load(text, Loader=_loader())
+        value = yaml.load(text, Loader=_unique_loader() if unique_keys else _loader())
     except yaml.MarkedYAMLError as exc:
         raise PlanError(_describe_yaml_error(exc, name)) from None
     except yaml.YAMLError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 from transship.errors import InvalidReferenceError, PlanError
 from transship.plan._yaml import input_name, read_text
 from transship.plan.model import EntryKind, Plan, PlanEntry, utc_now
-from transship.reference import Reference, parse_prefix
+from transship.reference import Reference, parse_prefix, without_userinfo
 
 
 def destination_under(prefix: str, source: Reference) -> str:
@@ -32,7 +32,8 @@ def entries_from_image_list(text: str, name: str, dest_prefix: str) -> list[Plan
 
 def _entry(line: str, where: str, dest_prefix: str) -> PlanEntry:
     if len(line.split()) > 1:
-        raise PlanError(f"{where}: {line!r}: one image reference per line; split the line")
+        shown = " ".join(without_userinfo(word) or word for word in line.split())  # no password
+        raise PlanError(f"{where}: {shown!r}: one image reference per line; split the line")
     try:
         source = Reference.parse(line)
         return PlanEntry.create(

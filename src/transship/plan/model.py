@@ -20,7 +20,7 @@ from typing import Any
 from transship.digest import Digest
 from transship.errors import InvalidDigestError, InvalidReferenceError, PlanError
 from transship.imgpkg.locations import ImageLocation, build_image_locations
-from transship.plan._yaml import Node, dump_yaml, load_yaml
+from transship.plan._yaml import MAX_PLAN_BYTES, Node, dump_yaml, load_yaml
 from transship.reference import Reference, parse_prefix
 
 API_VERSION = "transship/v1alpha1"
@@ -402,7 +402,7 @@ class Plan:
     @classmethod
     def from_yaml(cls, text: str, path: str) -> Plan:
         """Read a plan written by `to_yaml` (or `to_json`), checking every field."""
-        return _plan_from_node(load_yaml(text, path))
+        return _plan_from_node(load_yaml(text, path, unique_keys=True, limit=MAX_PLAN_BYTES))
 
     @classmethod
     def from_dict(cls, value: object, path: str) -> Plan:

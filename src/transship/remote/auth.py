@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from transship.errors import AuthenticationError, UsageError
 
@@ -129,11 +130,12 @@ def _config_entry(host: str, path: Path) -> Credentials | tuple[str, str] | None
     if not isinstance(config, dict):
         raise UsageError(f"{path}: not a Docker config JSON object")
     keys = _config_keys(host)
-    helpers = config.get("credHelpers") or {}
+    helpers = _section(config, "credHelpers", path)
     for key in keys:
         if key in helpers:
-            return str(helpers[key]), f"credHelpers[{key!r}]"
-    auths = config.get("auths") or {}
+            named_by = f"credHelpers[{key!r}]"
+            return _helper_name(helpers[key], named_by, path), named_by
+    auths = _section(config, "auths", path)
     for key in keys:
         entry = auths.get(key)
         if not isinstance(entry, dict):
@@ -152,8 +154,33 @@ def _config_entry(host: str, path: Path) -> Credentials | tuple[str, str] | None
             )
     store = config.get("credsStore")
     if store:
-        return str(store), "credsStore"
+        return _helper_name(store, "credsStore", path), "credsStore"
     return None
+
+
+def _section(config: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    """`auths` or `credHelpers`: an object keyed by registry (absent or null: empty). Another
+    type is a hand-edited file Docker itself would not read: say so rather than fail on it."""
+    section = config.get(name)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        # the kind of value only, never the value: it may hold a password
+        found = {list: "a list", str: "a string", bool: "true/false"}.get(type(section), "a number")
+        raise UsageError(
+            f"{path}: {name} must be a JSON object keyed by registry, not {found}; fix the file "
+            "(or move it aside and run 'docker login' again)"
+        )
+    return section
+
+
+def _helper_name(value: object, key: str, path: Path) -> str:
+    if not isinstance(value, str):
+        raise UsageError(
+            f"{path}: {key} must be the name of a credential helper (a string, as 'pass' for "
+            "docker-credential-pass); fix the file"
+        )
+    return value
 
 
 def _decode_auth(entry: dict[str, object], path: Path, key: str) -> tuple[str, str]:

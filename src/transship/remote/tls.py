@@ -71,6 +71,13 @@ _SHORTEST_BASE64_CA = 400
 def _load_ca(value: str, require_ca: bool) -> CABundle:
     origin: str
     data: bytes
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (`"$(cat ca.der)"`), from argv/stdin
+        raise CertificateError(
+            "the CA given is not text: give the path of the CA's PEM file, its PEM text or the "
+            "base64 of it (a DER file: openssl x509 -inform der -in FILE -out ca.pem)"
+        ) from None
     path = Path(value).expanduser()
     try:
         is_file = path.is_file()
@@ -89,6 +96,11 @@ def _load_ca(value: str, require_ca: bool) -> CABundle:
             data = _decode_base64(data.strip(), origin)
     else:
         origin = "base64 CA"
+        if len(value) < 4096 and _exists(path):  # a directory, a device: never a CA file
+            kind = "a directory" if path.is_dir() else "a device or special file"
+            raise CertificateError(
+                f"CA file {value} is not a regular file ({kind}); give the CA's PEM file"
+            )
         if len(value) < 4096 and ("/" in value[:1] or value.endswith((".pem", ".crt"))):
             raise CertificateError(f"CA file {value} does not exist")
         if len(value.strip()) < _SHORTEST_BASE64_CA and not _is_base64(value.strip()):
@@ -134,6 +146,13 @@ def _self_signed_cas(data: bytes) -> bool:
         and len(cas) == blocks
         and all(ca.get("subject") == ca.get("issuer") for ca in cas)
     )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a long base64 string is not a usable path name
+        return False
 
 
 def _refuse_other_pem(data: bytes, origin: str) -> None:
