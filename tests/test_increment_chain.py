@@ -6,6 +6,7 @@ Real saves from a real registry."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import json
 import shutil
@@ -18,7 +19,9 @@ from harness.seed import Image, seed_image
 from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 
+from transship.digest import Digest
 from transship.errors import ExitCode
+from transship.ops.load import missing_blob_hint
 from transship.plan.model import Plan
 from transship.serve.archive import ServedArchive
 
@@ -376,3 +379,45 @@ def test_an_increment_carries_the_whole_plan_it_was_saved_with(
     out = cli("verify", "--plan", str(small), "--dest", far, "--deep")
     assert out.code == 0, out.err
     assert "complete: 1 entries" in out.out, out.out
+
+
+def test_a_blob_a_base_stores_unnamed_is_not_held_for_serve_or_the_load_hint(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """inc saved on base when base still named app1; then base's name for app1 dropped (as a
+    save resumed with another plan drops names, keeping their blobs). Loading base no longer
+    pushes app1's blobs, so base does not hold them: `serve inc` does not serve them from
+    base's unnamed store (a registry loaded with base then inc would lack them too), and
+    load's hint does not send the user to base for them."""
+    refs, images = _images(plain_registry, "chain9")
+    usb = tmp_path / "usb"
+    base, inc = usb / "base", usb / "inc"
+    _save(cli, tmp_path, refs[:2], base)
+    _save(cli, tmp_path, refs, inc, base)
+    index_file = base / "index.json"
+    index = json.loads(index_file.read_text())
+    index["manifests"] = [
+        m for m in index["manifests"] if "chain9/app1" not in json.dumps(m.get("annotations"))
+    ]
+    index_file.write_text(json.dumps(index))
+    carried = base / "transship" / "plan.yaml"
+    plan = Plan.from_yaml(carried.read_text(), str(carried))
+    kept = tuple(e for e in plan.entries if "chain9/app1" not in e.source)
+    carried.write_text(dataclasses.replace(plan, entries=kept).to_yaml())
+    layer = Digest.parse(images[1].blob_digests[-1])
+    assert (base / "blobs" / "sha256" / layer.hex).exists()  # stored, unnamed
+
+    async def served_absent() -> set[Digest]:
+        served, _info = await ServedArchive.open(inc, [], None)
+        try:
+            return set(served.absent)
+        finally:
+            await served.close()
+
+    absent = asyncio.run(served_absent())
+    assert layer in absent  # app1's blob is answered 404, not read from base's unnamed store
+    kept_layer = Digest.parse(images[0].blob_digests[-1])  # named in base: held there
+    assert kept_layer not in absent
+    hint = asyncio.run(missing_blob_hint(inc, "base", layer, False))
+    assert "holds it" not in hint, hint
+    assert "(base holds it)" in asyncio.run(missing_blob_hint(inc, "base", kept_layer, False))

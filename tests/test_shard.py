@@ -290,3 +290,50 @@ def test_a_shards_progress_total_counts_a_shared_base_once_not_per_image(
         totals.append(int(found.group(1)))
     assert all(0 < total < unique for total in totals), (totals, unique)
     assert abs(sum(totals) - unique) <= 2  # the parts share the whole out (rounding aside)
+
+
+def test_an_increment_on_a_resumed_shard_carries_the_blobs_its_dropped_names_left_unnamed(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """part.tar: shard 1/2 stopped partway, resumed as shard 2/2 (shard 1's names dropped,
+    their blobs left in it unnamed); then the whole plan saved `--since part.tar`. The
+    increment must carry what only those unnamed blobs held: loading part.tar pushes what its
+    names reach, no more (the increment left them out, and `load inc.tar` failed)."""
+    client = SeedClient.for_registry(plain_registry)
+    images = build_images_sharing_base(191, 6, layer_sizes=(20_000,))
+    refs = []
+    for i, image in enumerate(images):
+        client.push_image(f"unnamed/app{i}", image, "v1")
+        refs.append(f"{plain_registry.host}/unnamed/app{i}:v1")
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    plan_file = tmp_path / "plan.yaml"
+    made = cli("plan", "images", str(listing), "--dest", "harbor.example/m", "-o", str(plan_file))
+    assert made.code == 0, made.err
+    plan = Plan.from_yaml(plan_file.read_text(), str(plan_file))
+    shard1 = split(plan, Shard(1, 2)).part.entries
+    assert len(shard1) >= 2  # one fails, the others land in part.tar and are then dropped
+    repo = shard1[0].source.split("/", 1)[1].split("@")[0].rsplit(":", 1)[0]
+    index = int(repo.removeprefix("unnamed/app"))
+    own_layer = images[index].pushable_blobs[-1].digest
+    gone = client.request("DELETE", f"/v2/{repo}/blobs/{own_layer}",
+                          scope=f"repository:{repo}:delete")
+    assert gone.status == 202
+    part, inc = tmp_path / "usb" / "part.tar", tmp_path / "usb" / "inc.tar"
+    part.parent.mkdir()
+    first = cli("save", "--plan", str(plan_file), "-o", str(part), "--shard", "1/2", "-q")
+    assert first.code != 0 and not part.exists()
+    second = cli("save", "--plan", str(plan_file), "-o", str(part), "--shard", "2/2", "-q")
+    assert second.code == 0, second.err
+    client.push_image(repo, images[index], "v1")  # the source whole again
+    whole = cli("save", "--plan", str(plan_file), "-o", str(inc), "--since", str(part), "-q")
+    assert whole.code == 0, whole.err
+
+    dest = make_registry("plain")
+    for archive in (part, inc):
+        out = cli("load", str(archive), "--dest", f"{dest.host}/m", "-q")
+        assert out.code == 0, out.err
+    for i in range(len(images)):
+        assert skopeo(dest, f"m/unnamed/app{i}:v1") == skopeo(plain_registry, f"unnamed/app{i}:v1")
+    out = cli("verify", "--plan", str(plan_file), "--dest", f"{dest.host}/m", "--deep", "-q")
+    assert out.code == 0, out.err

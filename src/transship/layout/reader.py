@@ -19,6 +19,9 @@ from transship.layout.index import LayoutIndex, ref_name
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
 from transship.streams import CHUNK
 
+#: how deep `named_reach` follows index children (index → image; as the engine copies)
+MAX_REACH_DEPTH = 4
+
 
 class BlobFile(Protocol):
     """An open blob: `size` bytes readable in order; `read` may block (run it in a thread)."""
@@ -45,6 +48,11 @@ class LayoutReader:
     #: an incremental archive: blobs that live in this base archive (read or written)
     base: LayoutReader | None = None
     base_name: str | None = None
+    #: linked as a base below an increment: the blobs and manifests its NAMED manifests reach
+    #: (`named_reach`, set by `ops.archive.link_bases`). Only those count as held for the
+    #: increment: one left unnamed in its store (a resumed save dropped the names that used
+    #: it) would never be pushed by loading this base. None: every stored blob counts
+    held: frozenset[Digest] | None = None
     #: set by whoever knows where the bases lie (`ops.load`): what to say when a blob an
     #: increment left out to its bases is asked for (which base holds it, what to run)
     missing_blob_hint: Callable[[Digest], Awaitable[str]] | None = None
@@ -151,6 +159,31 @@ class LayoutReader:
             return None  # a blob, not a manifest: a registry would say 404 too
         return Descriptor(manifest.media_type, digest, len(raw))
 
+    async def named_reach(self) -> frozenset[Digest]:
+        """Every manifest, config and layer digest the layout's named manifests reach (index
+        children, to `MAX_REACH_DEPTH`), reading manifests only (no blob is hashed). A named
+        manifest that cannot be read reaches nothing; the archive's checks report it."""
+        reached: set[Digest] = set()
+        walked: set[Digest] = set()
+
+        async def walk(digest: Digest, depth: int) -> None:
+            if digest in walked:
+                return
+            walked.add(digest)
+            try:
+                manifest = await self.get_manifest("", str(digest))
+            except TransshipError:
+                return
+            reached.add(digest)
+            if depth < MAX_REACH_DEPTH:
+                for child in manifest.manifests:
+                    await walk(child.digest, depth + 1)
+            reached.update(blob.digest for blob in manifest.blobs() if not blob.urls)
+
+        for _repository, _tag, descriptor in self.entries():
+            await walk(descriptor.digest, 0)
+        return frozenset(reached)
+
     async def list_referrers(self, repository: str, digest: Digest) -> tuple[Referrer, ...] | None:
         """None: a layout has no referrers API; a tag-schema index (`sha256-<hex>`) it holds
         is found through `list_tags`, as on a registry without the API."""
@@ -173,13 +206,30 @@ class LayoutReader:
     async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:
         """One store for every repository; `size`, when given, must match too.
 
-        Saving on top of a base archive, a blob the base holds counts as present: the
-        increment then carries only what the base lacks.
+        Saving on top of a base archive, a blob the base holds (`holds`: one its named
+        manifests reach) counts as present: the increment then carries only what the base
+        lacks.
         """
         found = self._blob_size(digest)
         if found is not None and (size is None or found == size):
             return True
-        return self.base is not None and await self.base.has_blob(repository, digest, size)
+        return self.base is not None and await self.base.holds(repository, digest, size)
+
+    async def holds(self, repository: str, digest: Digest, size: int | None = None) -> bool:
+        """As a base below an increment: `has_blob`, but only a blob its named manifests
+        reach (`held`) counts, here and in its own bases; loading it pushes exactly those."""
+        if self.held is not None and digest not in self.held:
+            return self.base is not None and await self.base.holds(repository, digest, size)
+        return await self.has_blob(repository, digest, size)
+
+    def _stored_below(self, digest: Digest) -> bool:
+        """Some base linked below stores the blob, named or not (what `open_blob` reads)."""
+        base = self.base
+        while base is not None:
+            if base._blob_size(digest) is not None:
+                return True
+            base = base.base
+        return False
 
     async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
         """Every repository shares the store: present is mounted."""
@@ -196,8 +246,9 @@ class LayoutReader:
             raise io_error(where, exc) from None
         if handle is None:
             base = self.base
-            if base is not None and await base.has_blob(repository, descriptor.digest):
-                # left out to a base linked below (`ops.archive.link_bases`): read it there
+            if base is not None and self._stored_below(descriptor.digest):
+                # left out to a base linked below (`ops.archive.link_bases`): read it there,
+                # verified as any blob (bytes a base holds unnamed are as good as named ones)
                 async with base.open_blob(repository, descriptor) as chunks:
                     yield chunks
                 return

@@ -357,6 +357,7 @@ async def open_base_chain(
     so in one line (the caller that checks `--since` first; the save reopens it quietly)."""
     first = await open_finished(path, what)
     try:
+        first.held = await first.named_reach()
         await link_bases(first, path, what, warn=warn)
     except BaseException:
         await close_chain(first)
@@ -367,8 +368,11 @@ async def open_base_chain(
 async def link_bases(archive: LayoutReader, path: Path, what: str, *, warn: bool = False) -> None:
     """Link below `archive` (opened from `path`) the base its archive.json names, beside it,
     each opened as `open_finished`, and so on down the chain (`open_base_chain`), as far as
-    the files are there. `load --repair` reads a blob the increment left out from them. On an
-    error the caller closes `archive` with `close_chain` (which closes what was linked)."""
+    the files are there. Each base holds, for what is above it, only what its named manifests
+    reach (`LayoutReader.held`, read from its manifests once here): a blob left unnamed in its
+    store is not pushed by loading it, so it is not left out of an increment either. `load
+    --repair` reads a blob the increment left out from them. On an error the caller closes
+    `archive` with `close_chain` (which closes what was linked)."""
     layout, names = archive, {path.name}
     for _ in range(MAX_BASE_CHAIN):
         name = ArchiveInfo.read(layout).base
@@ -385,6 +389,7 @@ async def link_bases(archive: LayoutReader, path: Path, what: str, *, warn: bool
             break
         names.add(name)
         layout.base = await open_finished(beside, what)
+        layout.base.held = await layout.base.named_reach()  # what loading that base pushes
         layout, path = layout.base, beside
 
 
@@ -484,7 +489,7 @@ async def measure(
     missing = {
         digest: size
         for digest, size in seen.items()
-        if existing is None or not await existing.has_blob("", Digest.parse(digest), size)
+        if existing is None or not await existing.holds("", Digest.parse(digest), size)
     }
     return sum(missing.values()), len(missing), manifests
 

@@ -49,8 +49,9 @@ class LoadJob:
             raise
         layout.base_name = info.base
         if info.base:
+            reach: dict[Path, frozenset[Digest]] = {}  # each base's names read once per load
             layout.missing_blob_hint = lambda digest: missing_blob_hint(
-                archive, info.base, digest, repair
+                archive, info.base, digest, repair, reach
             )
         return job
 
@@ -97,10 +98,18 @@ class LoadJob:
         await close_chain(self.layout)
 
 
-async def missing_blob_hint(archive: Path, base: str | None, digest: Digest, repair: bool) -> str:
+async def missing_blob_hint(
+    archive: Path,
+    base: str | None,
+    digest: Digest,
+    repair: bool,
+    reach: dict[Path, frozenset[Digest]] | None = None,
+) -> str:
     """Why an increment lacks `digest` and what to run: the chain of bases its archive.json
     files record (followed beside it, as `serve` and `save --since` do) and the one that holds
-    the blob. A repair (`--repair`: the images were loaded, the registry lost content) names
+    the blob: one whose named manifests reach it (`LayoutReader.named_reach`, kept in `reach`
+    per base), as loading that base pushes only those; a blob it stores unnamed is not held. A
+    repair (`--repair`: the images were loaded, the registry lost content) names
     `load BASE --repair` for that base; a plain load, loading the bases first, oldest first."""
     chain: list[str] = []
     holder: str | None = None
@@ -118,7 +127,13 @@ async def missing_blob_hint(archive: Path, base: str | None, digest: Digest, rep
             break
         try:
             if holder is None and layout.blob_extents(digest) is not None:
-                holder = name
+                named = reach.get(beside) if reach is not None else None
+                if named is None:
+                    named = await layout.named_reach()
+                    if reach is not None:
+                        reach[beside] = named
+                if digest in named:
+                    holder = name
             name = ArchiveInfo.read(layout).base
         finally:
             await layout.close()

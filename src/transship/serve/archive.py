@@ -116,6 +116,8 @@ class ServedArchive:
             wrong = _wrong_base(layers, [archive, *bases])
             missing = _follow_bases(layers, bases[-1] if bases else archive, [archive, *bases])
             cut: ChainCut | None = wrong or missing
+            for base_layer in layers[1:]:  # a base serves what its names reach, as it loads
+                base_layer.held = await base_layer.named_reach()
             for layer in layers:  # what load refuses is not served either
                 problems = completeness_problems(layer, ArchiveInfo.read(layer))
                 if problems:
@@ -263,7 +265,7 @@ class ServedArchive:
             return cached
         last: TransshipError | None = None
         for layer in self.layers:
-            if layer.blob_extents(digest) is None:
+            if not _holds(layer, digest):
                 continue
             try:
                 manifest = await layer.get_manifest("", str(digest))
@@ -293,10 +295,18 @@ class ServedArchive:
         if indexed is not None:
             return indexed
         for layer in self.layers:
-            extents = layer.blob_extents(digest)
+            extents = layer.blob_extents(digest) if _holds(layer, digest) else None
             if extents is not None:
                 return extents, layer
         return None
+
+
+def _holds(layer: Layer, digest: Digest) -> bool:
+    """The layer has the blob to serve: the archive any it stores; a base only one its named
+    manifests reach (`LayoutReader.held`), as `save --since` and `load` count a base's."""
+    if layer.held is not None and digest not in layer.held:
+        return False
+    return layer.blob_extents(digest) is not None
 
 
 @dataclass(frozen=True)
