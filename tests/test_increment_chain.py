@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from clirunner import CLI
 from harness.registry import RegistryProcess
-from harness.seed import Image, seed_image
+from harness.seed import Image, SeedClient, seed_image
 from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 
@@ -421,3 +421,39 @@ def test_a_blob_a_base_stores_unnamed_is_not_held_for_serve_or_the_load_hint(
     hint = asyncio.run(missing_blob_hint(inc, "base", layer, False))
     assert "holds it" not in hint, hint
     assert "(base holds it)" in asyncio.run(missing_blob_hint(inc, "base", kept_layer, False))
+
+
+def test_an_increment_on_a_base_whose_tag_moved_before_its_resume_carries_the_old_image(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """base.tar's save stopped with app0:v1 written; app0:v1 moved to another image before the
+    rerun, so base.tar names the new one and keeps the old one's blobs unnamed. An increment
+    that wants the old image (by digest) carries its blobs: `load base.tar` never pushes them."""
+    old = seed_image(plain_registry, "chain10/app0", "v1", seed=760, layer_sizes=(40_000,))
+    other = seed_image(plain_registry, "chain10/app1", "v1", seed=761, layer_sizes=(40_000,))
+    client = SeedClient.for_registry(plain_registry)
+    lost = other.pushable_blobs[-1].digest
+    gone = client.request("DELETE", f"/v2/chain10/app1/blobs/{lost}",
+                          scope="repository:chain10/app1:delete")
+    assert gone.status == 202
+    host = plain_registry.host
+    refs = [f"{host}/chain10/app0:v1", f"{host}/chain10/app1:v1"]
+    listing = tmp_path / "base.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    usb = tmp_path / "usb"
+    base, inc = usb / "base.tar", usb / "inc.tar"
+    first = cli("save", "--images", str(listing), "-o", str(base), "-q")
+    assert first.code != 0 and not base.exists()  # app0 written, app1 failed
+    seed_image(plain_registry, "chain10/app0", "v1", seed=762, layer_sizes=(40_000,))  # moved
+    client.push_image("chain10/app1", other, "v1")  # the source whole again
+    again = cli("save", "--images", str(listing), "-o", str(base), "-q")
+    assert again.code == 0, again.err
+    _save(cli, tmp_path, [*refs, f"{host}/chain10/app0@{old.digest}"], inc, base)
+
+    dest = make_registry("plain")
+    for archive in (base, inc):
+        out = cli("load", str(archive), "--dest", f"{dest.host}/far", "-q")
+        assert out.code == 0, out.err
+    assert skopeo(dest, f"far/chain10/app0@{old.digest}") == skopeo(
+        plain_registry, f"chain10/app0@{old.digest}"
+    )
