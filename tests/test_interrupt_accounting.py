@@ -229,3 +229,31 @@ def test_ctrl_c_while_a_save_resolves_its_list_lists_every_image_not_started(
     assert {e["destination"] for e in saved["entries"]} == {
         e["destination"] for e in doc["entries"]
     }, (saved, doc)
+
+
+def test_ctrl_c_while_a_save_without_a_report_resolves_its_list_prints_the_summary(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_fault_proxy,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """`save --images` without `--report` stopped while resolving: the summary is printed
+    all the same (whether a report is asked for changes nothing on the terminal)."""
+    for i in range(2):
+        seed_image(plain_registry, f"intsn/app{i}", "v1", seed=752 + i)
+    source = make_fault_proxy(plain_registry, Fault.stall(30, "/v2/intsn/app1/manifests/", None))
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(source.ref(f"intsn/app{i}:v1") + "\n" for i in range(2)))
+    out = tmp_path / "out.tar"
+    args = ["save", "--images", str(listing), "-o", str(out)]
+
+    def stuck() -> bool:
+        return any(r.finished is None for r in source.log(None, "/intsn/app1/manifests/"))
+
+    code, err = _interrupt_when(args, stuck, tmp_path)
+    assert code == 130, err
+    assert "transship: interrupted" in err and "Traceback" not in err, err
+    rows = summary(err)
+    assert rows.get("images copied / skipped / failed") == "0 / 0 / 0", err
+    assert rows.get("bytes sent") == human_bytes(0), err
+    assert rows.get("blobs sent / mounted / already there") == "0 / 0 / 0", err
