@@ -233,3 +233,45 @@ def test_identity_token_refused_by_oauth2_is_one_auth_error_and_no_get(
     asked = [(r.method, r.status) for r in tokens.token_requests(status=None)]
     assert asked == [("POST", 401)], asked  # once for the run, and no GET after it
     assert IDENTITY not in out.err + out.out
+
+
+def test_one_scope_denied_by_oauth2_fails_that_repository_alone(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_token_server,  # type: ignore[no-untyped-def]
+    make_registry,  # type: ignore[no-untyped-def]
+    pki: PKI,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An OAuth2 token service that takes the identity token but answers 403 for one
+    repository's scope (the token is good, that access is not): that image fails, saying
+    which scope was denied, and the others, asked after it, are copied; the identity token
+    is not reported as refused, and is posted again for them."""
+    tokens = make_token_server(
+        anonymous=False, oauth2=True, refresh_tokens={IDENTITY: "alice"}, denied={"o3/deny0"}
+    )
+    reg: RegistryProcess = make_registry("tls_token", token_server=tokens)
+    refs, images = [], {}
+    for n, name in enumerate(("deny0", "ok1", "ok2")):
+        images[name] = seed_image(plain_registry, f"o3/{name}", "v1", seed=321 + n)
+        refs.append(plain_registry.ref(f"o3/{name}:v1"))
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{ref}\n" for ref in refs))
+    auth = base64.b64encode(b"alice:").decode()
+    _docker_config(
+        tmp_path, monkeypatch, {"host": reg.host, "auth": auth, "identitytoken": IDENTITY}
+    )
+    out = cli(
+        "copy", "--images", str(listing), "--dest", reg.host, "--parallel", "1",
+        "--src-plain-http", "--dest-ca", str(pki.ca_pem_path),
+    )  # fmt: skip
+    assert out.code == ExitCode.PARTIAL, out.err  # one image failed, the others copied
+    assert "no permission for repository:o3/deny0" in out.err, out.err
+    assert "refused the identitytoken" not in out.err, out.err
+    for name in ("ok1", "ok2"):
+        assert skopeo(reg, f"o3/{name}:v1") == images[name].manifest
+    granted = {s for r in tokens.token_requests() for s in r.scopes}
+    assert any("o3/ok2" in s for s in granted), granted
+    assert IDENTITY not in out.err + out.out

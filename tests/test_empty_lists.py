@@ -91,64 +91,48 @@ def test_a_list_with_one_image_among_comments_still_runs(
     assert "empty/one" in (tmp_path / "plan.yaml").read_text()
 
 
+#: plans naming nothing: as `transship plan` writes one, one with the entries key left out,
+#: the placeholder the Kubernetes Job file once carried (applied over the real ConfigMap),
+#: and the same in JSON
+EMPTY_PLANS = {
+    "written": Plan((), destination_prefix="registry.example/empty").to_yaml(),
+    "no-entries-key": f"apiVersion: {API_VERSION}\nkind: Plan\ncreated: '2026-01-01T00:00:00Z'\n",
+    "placeholder": "apiVersion: transship/v1alpha1\nkind: Plan\n"
+    'created: "2026-01-01T00:00:00Z"\nsources: []\nentries: []\n',
+    "json": '{"apiVersion": "transship/v1alpha1", "kind": "Plan", "created": '
+    '"2026-01-01T00:00:00Z", "entries": []}\n',
+}
+
+
+@pytest.mark.parametrize("text", EMPTY_PLANS.values(), ids=EMPTY_PLANS.keys())
+@pytest.mark.parametrize("given", ["file", "stdin"])
 def test_a_plan_with_no_entries_is_a_usage_error_for_every_command(
     cli: CLI,
     plain_registry: RegistryProcess,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    given: str,
 ) -> None:
-    """`--plan` of a plan that names nothing (as `transship plan` writes one, or the entries
-    left out) is refused as an empty list is: one line naming the file, exit 1, no run."""
-    dest = f"{plain_registry.host}/empty"
-    written = Plan((), destination_prefix=dest).to_yaml()
-    bare = f"apiVersion: {API_VERSION}\nkind: Plan\ncreated: '2026-01-01T00:00:00Z'\n"
-    for text in (written, bare):
-        plan = tmp_path / "plan.yaml"
-        plan.write_text(text)
-        for source, name in ((str(plan), str(plan)), ("-", "<stdin>")):
-            for args in (
-                ("copy", "--plan", source),
-                ("save", "--plan", source, "-o", str(tmp_path / "out.tar")),
-                ("verify", "--plan", source, "--dest", dest),
-            ):
-                _stdin(monkeypatch, text)
-                out = cli(*args)
-                assert out.code == ExitCode.USAGE, (args, out.err)
-                line = out.error_line
-                assert f"{name}: a plan with no entries" in line, (args, line)
-                assert "\n" not in out.err.strip() and "complete" not in out.err, out.err
-    assert not (tmp_path / "out.tar").exists()
-
-
-#: a plan file naming nothing: the placeholder the Kubernetes Job file once carried (applied
-#: over the real ConfigMap), and the same in JSON
-EMPTY_PLANS = (
-    "apiVersion: transship/v1alpha1\nkind: Plan\ncreated: \"2026-01-01T00:00:00Z\"\n"
-    "sources: []\nentries: []\n",
-    '{"apiVersion": "transship/v1alpha1", "kind": "Plan", "created": "2026-01-01T00:00:00Z",'
-    ' "entries": []}\n',
-)
-
-
-@pytest.mark.parametrize("text", EMPTY_PLANS)
-def test_a_plan_file_with_no_entries_is_a_usage_error_for_every_command(
-    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, text: str
-) -> None:
-    """`verify --plan` of a plan with no entries said `complete: 0 entries` (exit 0) against a
-    real registry, and every `copy --shard` of it passed having copied nothing: what proves a
-    sharded copy complete must not pass on nothing."""
+    """`--plan` of a plan that names nothing is refused as an empty list is: one line naming
+    the file, exit 1, no run. (`verify --plan` of one said `complete: 0 entries`, exit 0,
+    against a real registry, and every `copy --shard` of it passed having copied nothing:
+    what proves a sharded copy complete must not pass on nothing.)"""
     plan = tmp_path / "plan.yaml"
     plan.write_text(text)
+    source, name = (str(plan), str(plan)) if given == "file" else ("-", "<stdin>")
     dest = f"{plain_registry.host}/empty"
     for args in (
-        ("verify", "--plan", str(plan)),
-        ("verify", "--plan", str(plan), "--dest", dest),
-        ("copy", "--plan", str(plan), "--shard", "1/2"),
-        ("save", "--plan", str(plan), "-o", str(tmp_path / "out.tar")),
-        ("tkg", "config", "--plan", str(plan), "--dest", dest),
+        ("copy", "--plan", source),
+        ("copy", "--plan", source, "--shard", "1/2"),
+        ("save", "--plan", source, "-o", str(tmp_path / "out.tar")),
+        ("verify", "--plan", source),
+        ("verify", "--plan", source, "--dest", dest),
+        ("tkg", "config", "--plan", source, "--dest", dest),
     ):
+        _stdin(monkeypatch, text)
         out = cli(*args)
         assert out.code == ExitCode.USAGE, (args, out.err)
-        assert f"{plan}: a plan with no entries" in out.error_line, (args, out.err)
-        assert "complete" not in out.err, out.err
+        assert f"{name}: a plan with no entries" in out.error_line, (args, out.err)
+        assert "\n" not in out.err.strip() and "complete" not in out.err, (args, out.err)
     assert not (tmp_path / "out.tar").exists()

@@ -457,3 +457,32 @@ def test_an_increment_on_a_base_whose_tag_moved_before_its_resume_carries_the_ol
     assert skopeo(dest, f"far/chain10/app0@{old.digest}") == skopeo(
         plain_registry, f"chain10/app0@{old.digest}"
     )
+
+
+def test_load_repair_of_an_increment_goes_on_past_an_unfinished_base_it_needs_nothing_from(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """The base beside an increment is unfinished (a save of it again, stopped): `load INC
+    --repair`, with nothing lost, reads nothing from it, so it goes through, warning in one
+    line that the base is not read from and why."""
+    refs, _ = _images(plain_registry, "chain9")
+    first, second = tmp_path / "a", tmp_path / "inc"
+    _save(cli, tmp_path, refs[:1], first)
+    _save(cli, tmp_path, refs[:2], second, first)
+    dest = make_registry("plain")
+    for archive in (first, second):
+        out = cli("load", str(archive), "--dest", f"{dest.host}/far", "-q")
+        assert out.code == 0, out.err
+    (first / "transship" / "INCOMPLETE").write_text("")
+    with caplog.at_level("WARNING", logger="transship.load"):
+        out = cli("load", str(second), "--dest", f"{dest.host}/far", "--repair", "-q")
+    assert out.code == 0, out.err
+    said = [r.getMessage() for r in caplog.records if r.name == "transship.load"]
+    assert len(said) == 1, said
+    assert "not reading from the base a beside it" in said[0], said
+    assert "its save did not finish (transship/INCOMPLETE is there)" in said[0], said
+    assert "Traceback" not in out.err, out.err

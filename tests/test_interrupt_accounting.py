@@ -229,3 +229,76 @@ def test_ctrl_c_while_a_save_resolves_its_list_lists_every_image_not_started(
     assert {e["destination"] for e in saved["entries"]} == {
         e["destination"] for e in doc["entries"]
     }, (saved, doc)
+
+
+def test_ctrl_c_while_a_save_without_a_report_resolves_its_list_prints_the_summary(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_fault_proxy,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """`save --images` without `--report` stopped while resolving: the summary is printed
+    all the same (whether a report is asked for changes nothing on the terminal)."""
+    for i in range(2):
+        seed_image(plain_registry, f"intsn/app{i}", "v1", seed=752 + i)
+    source = make_fault_proxy(plain_registry, Fault.stall(30, "/v2/intsn/app1/manifests/", None))
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(source.ref(f"intsn/app{i}:v1") + "\n" for i in range(2)))
+    out = tmp_path / "out.tar"
+    args = ["save", "--images", str(listing), "-o", str(out)]
+
+    def stuck() -> bool:
+        return any(r.finished is None for r in source.log(None, "/intsn/app1/manifests/"))
+
+    code, err = _interrupt_when(args, stuck, tmp_path)
+    assert code == 130, err
+    assert "transship: interrupted" in err and "Traceback" not in err, err
+    rows = summary(err)
+    assert rows.get("images copied / skipped / failed") == "0 / 0 / 0", err
+    assert rows.get("bytes sent") == human_bytes(0), err
+    assert rows.get("blobs sent / mounted / already there") == "0 / 0 / 0", err
+
+
+IMGPKG_TARS = Path(__file__).parent / "data" / "imgpkg-tars"
+
+
+@pytest.mark.parametrize("given", ["tar", "script"])
+def test_ctrl_c_during_the_preflight_of_an_imgpkg_tar_load_lists_every_image_not_started(
+    make_registry,  # type: ignore[no-untyped-def]
+    make_fault_proxy,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    given: str,
+) -> None:
+    """`load TAR` and `load --script publish-images-fromtar.sh` (imgpkg tars) stopped while
+    the destination stalls the preflight's upload: as for a `load` of an archive, the report
+    lists the images as not-started and the summary is printed."""
+    dest = make_fault_proxy(make_registry("plain"), Fault.stall(30, "/blobs/uploads/", "POST"))
+    report = tmp_path / "report.json"
+    side = ["--dest", f"{dest.host}/far", "--dest-plain-http", "--preflight",
+            "--report", str(report)]  # fmt: skip
+    if given == "tar":
+        args = ["load", str(IMGPKG_TARS / "image-app-a.tar"), *side]
+        repositories = {"far"}
+    else:
+        script = tmp_path / "publish-images-fromtar.sh"
+        script.write_text(
+            "imgpkg copy --tar image-app-a.tar --to-repo old.example/tkg/app/a\n"
+            "imgpkg copy --tar index-app-multi.tar --to-repo old.example/tkg/app/multi\n"
+        )
+        args = ["load", "--script", str(script), "--tars", str(IMGPKG_TARS), *side]
+        repositories = {"far/a", "far/multi"}  # the shared prefix is replaced
+
+    def stuck() -> bool:
+        return any(r.finished is None for r in dest.log("POST", "/blobs/uploads/"))
+
+    code, err = _interrupt_when(args, stuck, tmp_path)
+    assert code == 130, err
+    doc = json.loads(report.read_text())
+    assert {e["status"] for e in doc["entries"]} == {"not-started"}, doc
+    found = {e["destination"].split("/", 1)[1].split(":")[0] for e in doc["entries"]}
+    assert found == repositories, doc
+    assert doc["interrupted"] is True and doc["exitCode"] == 130, doc
+    assert "Traceback" not in err, err
+    rows = summary(err)
+    assert rows.get("images copied / skipped / failed") == "0 / 0 / 0", err
+    assert rows.get("bytes sent") == human_bytes(0), err

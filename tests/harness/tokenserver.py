@@ -109,6 +109,9 @@ class TokenServer:
       know, or a wrong password, answers 401; a malformed form 400. Off (the default), every
       POST answers 404, which sends Docker-style clients to the GET.
     - `refresh_tokens`: refresh (identity) token -> the user it stands for (`oauth2` only).
+    - `denied`: repository names an OAuth2 POST asking a scope on answers 403 `DENIED` (the
+      caller is known, that access is not), as some services answer rather than granting
+      less (`oauth2` only).
     """
 
     signer: SigningCert
@@ -125,6 +128,7 @@ class TokenServer:
     hiccups: list[int | float] = field(default_factory=list)
     oauth2: bool = False
     refresh_tokens: dict[str, str] = field(default_factory=dict)
+    denied: frozenset[str] = frozenset()
 
     requests: list[TokenRequest] = field(default_factory=list, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -449,6 +453,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not user or owner.users.get(user) != form.get("password"):
                 answer(401, None, "UNAUTHORIZED", "invalid credentials")
                 return
+        named = {parse_scope(p)[1] for s in scopes for p in s.split(" ") if p.count(":") >= 2}
+        if named & owner.denied:
+            answer(403, user, "DENIED", f"access to {sorted(named & owner.denied)} denied")
+            return
         try:
             access = owner.grant(user, scopes)
         except ValueError as exc:

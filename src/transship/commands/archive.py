@@ -190,9 +190,10 @@ def save(
         sealed = not (imgpkg_tars or dry_run) and target.sealed
         if plan_file is None and not sealed:  # a list or a script: resolved, bundles go whole
             pending = BeforeEngine(record, quiet)
-            if record is not None:  # an engine run ahead (not imgpkg tars, not a dry run)
+            engine_ahead = not (imgpkg_tars or dry_run)  # with or without --report
+            if engine_ahead:
                 pending.planned(planned_tasks(plan, info_for(plan), target, sources.get))
-            with pending.watch() if record is not None else contextlib.nullcontext():
+            with pending.watch() if engine_ahead else contextlib.nullcontext():
                 plan, held_back = await resolve_listed(
                     plan, sources, parallel, quiet, attachments=not no_attachments
                 )

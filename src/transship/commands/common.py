@@ -312,10 +312,6 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
     whose carried plan is read as `load` reads it; anything else is refused in one line.
     `listing_ok`: `plan imgpkg-tars -o`'s listing is taken too, as the plan of what that load
     pushed (for the commands that only check destinations: verify, tkg config)."""
-    return _read_plan(path, dest_given=dest_given, listing_ok=listing_ok)
-
-
-def _read_plan(path: Path, *, dest_given: bool, listing_ok: bool) -> Plan:
     from transship.layout.archive import looks_like_archive
 
     if str(path) != STDIN and path.is_dir():

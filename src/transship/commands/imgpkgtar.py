@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transship.commands.common import (
+    BeforeEngine,
     check_destinations,
     execute,
     rate_limit,
@@ -71,9 +72,12 @@ def load_imgpkg_tars(
         try:
             if not quiet:
                 console.print(summary_line(job.load))
-            await before_push(job.phases, projects, dests, preflight=preflight, quiet=quiet)
-            if preflight:
-                await check_destinations(job.phases, parallel)
+            pending = BeforeEngine(record, quiet)
+            pending.planned(job.phases)
+            with pending.watch():  # Ctrl-C until the engine runs: every image not started
+                await before_push(job.phases, projects, dests, preflight=preflight, quiet=quiet)
+                if preflight:
+                    await check_destinations(job.phases, parallel)
             results = await run_engine(
                 job.phases,
                 record,

@@ -4,6 +4,7 @@ last."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from transship.digest import Digest
 from transship.engine import CopyTask
 from transship.errors import IncompleteError, TransshipError
 from transship.layout import OCILayout, OCILayoutTar
+from transship.layout.reader import LayoutReader
 from transship.ops.archive import (
     MAX_BASE_CHAIN,
     PREFIX_COMMON,
@@ -25,6 +27,8 @@ from transship.ops.archive import (
     with_sizes,
 )
 from transship.ops.tasks import EndpointFor
+
+log = logging.getLogger("transship.load")
 
 
 @dataclass
@@ -90,9 +94,22 @@ class LoadJob:
         """`load --repair` of an increment: link the bases lying beside it (the chain `save
         --since` and `serve` follow, `ops.archive.link_bases`), so a blob the destination lost
         that the increment left out to a base is read from that base. Where a base is not
-        there the chain ends, and such a blob is reported (`missing_blob_hint`)."""
-        if self.info.base:
+        there the chain ends, and such a blob is reported (`missing_blob_hint`). A base that
+        is there but cannot be read from (unfinished, damaged) ends the chain too, with a
+        warning: the repair may need nothing from it."""
+        if not self.info.base:
+            return
+        try:
             await link_bases(self.layout, self.path, "load --repair")
+        except TransshipError as error:  # the bases linked so far stay linked
+            last: LayoutReader = self.layout
+            while last.base is not None:
+                last = last.base
+            log.warning(
+                "load --repair %s: not reading from the base %s beside it (%s); a blob the "
+                "destination lost that only it holds is reported as missing",
+                self.path, ArchiveInfo.read(last).base, error,
+            )  # fmt: skip
 
     async def close(self) -> None:
         await close_chain(self.layout)

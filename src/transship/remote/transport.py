@@ -161,9 +161,11 @@ class Transport:
         #: an identity token's service had no OAuth2 endpoint and the config no password, so
         #: its tokens are anonymous ones: a refusal is then said as one of the identity token
         self._identity_anonymous = False
-        #: the identity token a token service refused (its OAuth2 POST answered 400/401/403):
-        #: every later token is refused alike, at once, rather than posted again per scope
-        self._identity_refused: AuthenticationError | None = None
+        #: (realm, identity token) -> (message, hint) of the refusal of that token itself (its
+        #: OAuth2 POST answered 400/401): every later token asked of that realm with it is
+        #: refused alike, at once (a fresh error each time), rather than posted again per
+        #: scope; a 403 (one scope denied) is said for its request only
+        self._identity_refused: dict[tuple[str, str], tuple[str, str | None]] = {}
         #: token realms whose OAuth2 POST answered (so identity tokens are posted), and those
         #: without one (asked by GET from then on); the first POST to a realm goes alone
         self._oauth2: set[str] = set()
@@ -505,8 +507,13 @@ class Transport:
             query.append(("service", challenge.params["service"]))
         query += [("scope", s) for s in scopes]
         identity = creds is not None and bool(creds.identity_token)
-        if identity and self._identity_refused is not None:
-            raise self._identity_refused.with_traceback(None)
+        refused = (
+            self._identity_refused.get((realm, creds.identity_token))
+            if creds is not None and creds.identity_token
+            else None
+        )
+        if refused is not None:
+            raise AuthenticationError(refused[0], hint=refused[1])
         sent_identity = False  # the token service's answer is to the identity token itself
         basic: str | None = None
         try:
@@ -527,11 +534,13 @@ class Transport:
             raise RetryableError(
                 f"cannot reach the token service of {self.host} ({realm}): {_describe(exc)}"
             ) from None
-        if creds is not None and sent_identity and status in (400, 401, 403):  # OAuth2: 400
-            self._identity_refused = identity_token_refused(
-                self.host, creds, self.options.creds_option
-            )
-            raise self._identity_refused.with_traceback(None)
+        if creds is not None and sent_identity and status in (400, 401):  # OAuth2: 400
+            error = identity_token_refused(self.host, creds, self.options.creds_option)
+            refused = (error.message, error.hint)
+            self._identity_refused[(realm, creds.identity_token or "")] = refused
+            raise error
+        if creds is not None and sent_identity and status == 403:  # these scopes, not the token
+            raise permission_denied(self.host, scopes)
         if creds is not None and identity and basic is None and status in (401, 403):
             raise identity_token_refused(
                 self.host, creds, self.options.creds_option, NO_OAUTH2_ANONYMOUS
