@@ -135,7 +135,17 @@ def test_rerun_onto_a_damaged_archive_is_never_claimed(
     assert str(archive) in out.error_line and "is damaged" in out.error_line
     assert "remove it or choose another name" in out.error_line
 
-    manifest = json.loads((layout / "index.json").read_text())["manifests"][0]
+    index_file = layout / "index.json"
+    kept = index_file.read_bytes()
+    index = json.loads(kept)
+    index["manifests"][0]["annotations"]["edited"] = "by hand"  # the same names, edited
+    index_file.write_text(json.dumps(index))
+    out = cli("save", "--images", str(listing), "-o", str(layout), "-q")
+    assert out.code == ExitCode.INTEGRITY, out.err
+    assert "index.json does not match transship/SHA256SUMS" in out.error_line
+    index_file.write_bytes(kept)
+
+    manifest = json.loads(kept)["manifests"][0]
     image = json.loads((layout / "blobs" / "sha256" / manifest["digest"][7:]).read_bytes())
     layer = layout / "blobs" / "sha256" / image["layers"][0]["digest"][7:]
     layer.write_bytes(layer.read_bytes()[:-1])  # a blob cut short

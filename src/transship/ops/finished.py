@@ -27,7 +27,7 @@ from transship.errors import (
 )
 from transship.fsutil import file_sha256
 from transship.layout import OCILayout, OCILayoutTar
-from transship.layout.index import TOOL_FILE
+from transship.layout.index import INDEX_FILE, LAYOUT_FILE, TOOL_FILE
 from transship.layout.volumes import PARTS_SUFFIX
 from transship.ops.archive import (
     ArchiveInfo,
@@ -46,6 +46,7 @@ from transship.reference import Reference
 
 _REMEDY = "remove it or choose another name"
 #: transship's own files whose SHA256SUMS line is checked against what the archive holds
+#: (besides `oci-layout` and `index.json`)
 _CHECKED_EXTRAS = ("archive.json", "plan.yaml")
 
 
@@ -141,10 +142,13 @@ async def _read(path: Path, layout: OCILayout | OCILayoutTar, target: SaveTarget
     if raw_plan is None or raw_sums is None:
         raise _refuse(path, "holds an unfinished save (no transship/plan.yaml or SHA256SUMS)")
     sums = _sums(raw_sums)
-    for name in _CHECKED_EXTRAS:
-        data = layout.read_extra(name) or b""
-        if sums.get(f"transship/{name}") != hashlib.sha256(data).hexdigest():
-            raise _damaged(path, f"is damaged (transship/{name} does not match SHA256SUMS)")
+    own = {
+        **layout.opened_files,
+        **{f"transship/{name}": layout.read_extra(name) or b"" for name in _CHECKED_EXTRAS},
+    }
+    for name in (LAYOUT_FILE, INDEX_FILE, *(f"transship/{n}" for n in _CHECKED_EXTRAS)):
+        if sums.get(name) != hashlib.sha256(own.get(name, b"")).hexdigest():
+            raise _damaged(path, f"is damaged ({name} does not match transship/SHA256SUMS)")
     carried = sums.get(TOOL_FILE)
     if carried is None and target.tool is not None:
         raise _refuse(path, "carries no transship; this run adds it (--include-tool)")
@@ -153,8 +157,9 @@ async def _read(path: Path, layout: OCILayout | OCILayoutTar, target: SaveTarget
     if carried is not None and target.tool is not None and file_sha256(target.tool) != carried:
         raise _refuse(path, "carries another transship build than this one (--include-tool)")
     held = {(repository, tag): desc.digest for repository, tag, desc in layout.entries()}
+    seen: set[Digest] = set()  # an index shared by several tags is read once
     for (repository, tag), digest in held.items():
-        await _check_graph(path, layout, repository, tag, digest, 0)
+        await _check_graph(path, layout, repository, tag, digest, 0, seen)
     plan = Plan.from_yaml(raw_plan.decode(errors="replace"), f"{layout.label}:transship/plan.yaml")
     return FinishedSave(path, info, plan, held)
 
@@ -175,12 +180,16 @@ async def _check_graph(
     tag: str,
     digest: Digest,
     depth: int,
+    seen: set[Digest],
 ) -> None:
     """The manifest (verified: they are small) and every blob there, of the size it says."""
+    if digest in seen:
+        return
+    seen.add(digest)
     manifest = await layout.get_manifest(repository, str(digest))
     if manifest.is_index and depth < MAX_INDEX_DEPTH:
         for child in manifest.manifests:
-            await _check_graph(path, layout, repository, tag, child.digest, depth + 1)
+            await _check_graph(path, layout, repository, tag, child.digest, depth + 1, seen)
     for blob in manifest.blobs():
         if not blob.urls and not await layout.has_blob(repository, blob.digest, blob.size):
             raise _damaged(
