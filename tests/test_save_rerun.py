@@ -10,6 +10,7 @@ from pathlib import Path
 from clirunner import CLI
 from harness.registry import RegistryProcess
 from harness.seed import seed_image
+from test_attachments import image_list, seed
 
 from transship.errors import ExitCode
 
@@ -192,3 +193,20 @@ def test_rerun_of_a_plan_file_and_of_an_increment(
     out = cli("save", "--plan", str(tags_only), "-o", str(base), "-q")
     assert out.code == ExitCode.USAGE
     assert "1 image differs (rerun6/app1:v1: it holds sha256:" in out.error_line
+
+
+def test_rerun_with_attachments_does_nothing(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Signatures, attestations and referrers travel as plan entries of their own: the same
+    ones, at the same digests, are the same save."""
+    listing = image_list(tmp_path, seed(plain_registry, "rerun7"))
+    archive = tmp_path / "signed.tar"
+    assert cli("save", "--images", str(listing), "-o", str(archive), "-q").code == 0
+    before = snapshot([archive])
+    out = cli("save", "--images", str(listing), "-o", str(archive))
+    assert out.code == 0, out.err
+    assert "already holds this plan (" in out.err and "nothing to do" in out.err
+    assert snapshot([archive]) == before
+    out = cli("save", "--images", str(listing), "-o", str(archive), "--no-attachments", "-q")
+    assert out.code == ExitCode.USAGE and "holds another plan: " in out.error_line
