@@ -232,10 +232,10 @@ def save(
                 record.outcome = RunOutcome(skipped, stats, seconds)
             if not quiet:
                 console.print(summary_table(skipped, stats, seconds))
-            unexpanded = replace(plan, entries=tuple(held_back))
+            unexpanded = replace(plan, entries=tuple(held_back))  # failed, as SaveJob.held_back
             return skipped + [
-                TaskResult(task, "failed", error=UsageError(f"{task.source_reference} could not "
-                           "be expanded"))
+                TaskResult(task, "failed", error=UsageError(f"bundle {task.source_reference} "
+                           "could not be expanded"))
                 for group in planned_tasks(unexpanded, info, target, sources.get)
                 for task in group
             ]  # fmt: skip
