@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from transship.commands.common import (
 from transship.commands.harbor import after_push, before_push, project_options, project_settings
 from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars, save_tar_set
 from transship.connect import RegistryPool, SideSettings
-from transship.engine import TaskResult
+from transship.engine import CopyTask, Stats, TaskResult
 from transship.errors import UsageError
 from transship.fsutil import write_atomic
 from transship.layout.volumes import parse_size
@@ -48,7 +49,9 @@ from transship.ops.archive import (
     destination_prefix,
     open_base_chain,
 )
+from transship.ops.finished import FinishedSave, read_finished, same_save
 from transship.ops.load import LoadJob
+from transship.ops.run import RunOutcome
 from transship.ops.save import (
     PLACEHOLDER,
     SaveJob,
@@ -63,7 +66,7 @@ from transship.ops.tasks import without_attachments
 from transship.ops.verify import ArchiveCheck, verify_archive
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard
-from transship.progress import human_bytes
+from transship.progress import human_bytes, summary_table
 from transship.tkg.env import tkg_dest_defaults
 
 
@@ -186,6 +189,12 @@ def save(
     async def run(sources: RegistryPool, _dests: RegistryPool) -> list[TaskResult]:
         plan = listed
         held_back: list[PlanEntry] = []
+        started = time.monotonic()
+        # a finished archive at the output: refused now if it cannot be this save whatever
+        # the list resolves to (damaged, other options), else compared once it is resolved
+        finished = None
+        if not (imgpkg_tars or dry_run) and target.finished is not None:
+            finished = await read_finished(target)
         # an archive an earlier run sealed is only renamed into place: nothing to resolve
         sealed = not (imgpkg_tars or dry_run) and target.sealed
         if plan_file is None and not sealed:  # a list or a script: resolved, bundles go whole
@@ -213,6 +222,24 @@ def save(
             )
             found.require_space()
             return []
+        if finished is not None:  # a rerun of a save that finished: nothing to write
+            count = await same_save(finished, plan, info, sources.get)
+            if not quiet:
+                console.print(f"{output} already holds this plan ({count} images); nothing to do")
+            skipped = already_saved(finished, planned_tasks(plan, info, target, sources.get))
+            stats = Stats(manifests_present=len(skipped))
+            seconds = time.monotonic() - started
+            if record is not None:
+                record.outcome = RunOutcome(skipped, stats, seconds)
+            if not quiet:
+                console.print(summary_table(skipped, stats, seconds))
+            unexpanded = replace(plan, entries=tuple(held_back))  # failed, as SaveJob.held_back
+            return skipped + [
+                TaskResult(task, "failed", error=UsageError(f"bundle {task.source_reference} "
+                           "could not be expanded"))
+                for group in planned_tasks(unexpanded, info, target, sources.get)
+                for task in group
+            ]  # fmt: skip
         job = await SaveJob.open(plan, info, target, sources.get)
         account = None if cut is None else ShardAccount(cut, sources.get, parallel, plan)
         try:
@@ -239,6 +266,16 @@ def save(
         return results
 
     return execute(run, src_settings, SideSettings(side="dest"), record)  # no dest registry
+
+
+def already_saved(finished: FinishedSave, tasks: list[list[CopyTask]]) -> list[TaskResult]:
+    """The save's tasks as the finished archive holds them: skipped, as a rerun of a copy
+    reports what the destination already has."""
+    return [
+        TaskResult(task, "skipped", finished.held.get((task.dest_repository, task.dest_tags[0])))
+        for group in tasks
+        for task in group
+    ]
 
 
 def _one_since(given: tuple[Path, ...]) -> Path | None:

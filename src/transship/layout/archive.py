@@ -301,9 +301,9 @@ class OCILayoutTar(LayoutReader):
                     continue  # not addressable by any digest, so never read
         layout = self._member(files, LAYOUT_FILE, MAX_LAYOUT_FILE_BYTES)
         check_layout_file(layout, self.label)
-        return blobs, LayoutIndex.parse(
-            self._member(files, INDEX_FILE, MAX_INDEX_BYTES), self.label
-        )
+        raw = self._member(files, INDEX_FILE, MAX_INDEX_BYTES)
+        self.opened_files = {LAYOUT_FILE: layout, INDEX_FILE: raw}
+        return blobs, LayoutIndex.parse(raw, self.label)
 
     def _member(self, files: dict[str, tuple[int, int]], name: str, limit: int) -> bytes:
         found = files.get(name)

@@ -122,10 +122,14 @@ class OCILayout(LayoutReader):
             raise LayoutError(f"{self.label}: no such directory")
         elif not layout_file.is_file():
             raise LayoutError(f"{self.label}: not an OCI layout (no {LAYOUT_FILE} file)")
-        check_layout_file(read_layout_file(layout_file, MAX_LAYOUT_FILE_BYTES), self.label)
+        layout = read_layout_file(layout_file, MAX_LAYOUT_FILE_BYTES)
+        check_layout_file(layout, self.label)
         index_file = self.path / INDEX_FILE
         if index_file.exists():
-            return LayoutIndex.parse(read_layout_file(index_file, MAX_INDEX_BYTES), self.label)
+            raw = read_layout_file(index_file, MAX_INDEX_BYTES)
+            self.opened_files = {LAYOUT_FILE: layout, INDEX_FILE: raw}
+            return LayoutIndex.parse(raw, self.label)
+        self.opened_files = {LAYOUT_FILE: layout}
         if not self.writable:
             raise LayoutError(f"{self.label}: not an OCI layout (no {INDEX_FILE} file)")
         index = LayoutIndex.empty()

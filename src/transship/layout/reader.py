@@ -57,6 +57,10 @@ class LayoutReader:
     #: increment left out to its bases is asked for (which base holds it, what to run)
     missing_blob_hint: Callable[[Digest], Awaitable[str]] | None = None
 
+    #: the layout's own files (`oci-layout`, `index.json`) as read when it was opened: what a
+    #: finished save's `transship/SHA256SUMS` lists them by (`ops.finished`)
+    opened_files: dict[str, bytes]
+
     def entries(self) -> list[tuple[str, str, Descriptor]]:
         """Every (repository, tag, descriptor) the layout names."""
         return self._index.entries()

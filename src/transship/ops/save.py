@@ -91,9 +91,32 @@ class SaveTarget:
         """A directory's `transship/INCOMPLETE`, there from a save's start to its finish."""
         return self.output / EXTRA_DIR / UNFINISHED
 
+    @property
+    def parts_file(self) -> Path:
+        """`FILE.tar.parts`: the volume list of a tar saved in volumes."""
+        return self.output.with_name(self.output.name + PARTS_SUFFIX)
+
+    @property
+    def finished(self) -> Path | None:
+        """A finished save at the output: a layout directory without `transship/INCOMPLETE`,
+        `FILE.tar` or `FILE.tar.parts` with no journal beside it (`transship.ops.finished`
+        tells whether it holds what this run would save); None when there is none, or an
+        unfinished one this run resumes."""
+        if not self.is_tar:
+            layout = any((self.output / name).exists() for name in (LAYOUT_FILE, INDEX_FILE))
+            return self.output if layout and not self.unfinished_marker.exists() else None
+        if journal_path(self.output).exists():
+            return None
+        for done in (self.output, self.parts_file):
+            if done.exists():
+                return done
+        return None
+
     def check(self, *, dry_run: bool) -> None:
-        """Refuse what cannot work before any registry is asked, and a finished archive at
-        the output (merging into it would mix two saves); an unfinished one is resumed."""
+        """Refuse what cannot work before any registry is asked. A finished archive at the
+        output is not refused here: a rerun of the same save is told so once its list is
+        resolved, another save refused then (`transship.ops.finished`); an unfinished one is
+        resumed."""
         if self.part_size and not self.is_tar:
             raise UsageError("--split-size needs -o FILE.tar")
         if self.part_size and self.part_size < MIN_PART_SIZE:  # `10` meant 10G: 20,000 files
@@ -103,22 +126,10 @@ class SaveTarget:
             )
         if self.tool is not None and self.part_size:
             check_split_size(self.tool, self.part_size)
-        if dry_run:
+        if dry_run or not self.is_tar or journal_path(self.output).exists():
             return
-        if not self.is_tar:
-            layout = any((self.output / name).exists() for name in (LAYOUT_FILE, INDEX_FILE))
-            if layout and not self.unfinished_marker.exists():
-                raise UsageError(
-                    f"{self.output} exists and holds a finished layout; remove it or choose "
-                    "another name"
-                )
-            return
-        if journal_path(self.output).exists():
-            return
-        parts = self.output.with_name(self.output.name + PARTS_SUFFIX)
-        for done in (self.output, parts):
-            if done.exists():
-                raise UsageError(f"{done} exists; remove it or choose another name")
+        if self.output.exists() and self.parts_file.exists():  # two archives: which one?
+            raise UsageError(f"{self.output} exists; remove it or choose another name")
 
 
 @dataclass(frozen=True)
