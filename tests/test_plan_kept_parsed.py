@@ -36,7 +36,7 @@ def _kept(cache: Path) -> list[Path]:
 
 
 def _no_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(text: str, name: str) -> object:
+    def refuse(text: str, name: str, **kw: object) -> object:
         raise AssertionError("parsed the YAML again")
 
     monkeypatch.setattr(_yaml, "_parse", refuse)
@@ -154,3 +154,16 @@ def test_temporary_files_of_killed_writes_are_removed_when_stale(own_cache_dir: 
     load_yaml(f"# edited\n{text}", "plan.yaml", keep=True)
     assert not stale.exists() and fresh.exists()
     assert len(_kept(own_cache_dir)) == 2
+
+
+def test_a_document_kept_from_a_read_with_repeated_keys_is_not_served_unique(
+    own_cache_dir: Path,
+) -> None:
+    """Kept from a read that lets a key repeat (the last wins), a document must not answer a
+    read with `unique_keys`, which refuses it: the key of a kept document says how it was read."""
+    padding = "# " + "x" * 78 + "\n"
+    text = "a: 1\na: 2\n" + padding * (KEEP_FROM_CHARS // len(padding) + 1)
+    assert load_yaml(text, "doubled.yaml", keep=True).value == {"a": 2}
+    assert len(_kept(own_cache_dir)) == 1
+    with pytest.raises(PlanError, match=r"doubled\.yaml:2"):
+        load_yaml(text, "doubled.yaml", keep=True, unique_keys=True)

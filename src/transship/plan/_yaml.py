@@ -44,7 +44,9 @@ KEEP_AT_MOST = 8
 KEEP_BYTES = 64 * 1024 * 1024
 #: a `.<key>.json.*.tmp` left this long (seconds) by a killed write is removed by the next scan
 STALE_TMP_AGE = 3600
-_KEEP_FORMAT = 1
+#: part of every kept document's key and header: ANY change of what parsing gives back (the
+#: loaders, the alias refusal, what JSON keeps) must bump it, or old results would be served
+_KEEP_FORMAT = 2
 
 
 @cache
@@ -156,12 +158,14 @@ def load_yaml(
 
 
 def _kept_path(text: str, unique_keys: bool) -> Path | None:
-    """Named by the sha256 of the text and of how it was read: a document kept from a read
-    that let a key repeat is never taken for one read with `unique_keys`."""
+    """Named by the sha256 of the text, of how it was read and of `_KEEP_FORMAT`: a document
+    kept from a read that let a key repeat is never taken for one read with `unique_keys`, nor
+    one kept by another parse behaviour."""
     directory = cache_dir("parsed")
     if directory is None:
         return None
     digest = hashlib.sha256(text.encode())
+    digest.update(f"\0format={_KEEP_FORMAT}".encode())
     if unique_keys:
         digest.update(b"\0unique-keys")
     return directory / f"{digest.hexdigest()}.json"
