@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from transship.digest import Digest
@@ -199,3 +201,23 @@ def test_a_huge_bogus_reference_is_refused_at_once():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_large_plan_is_parsed_once_per_reference_and_digest() -> None:
+    """At 4096 kept, a 6000-entry plan evicted on each pass what the next one needed: the
+    second pass over the same texts had no hit at all. Now every text of the second pass hits."""
+    n = 6000
+    refs = [f"reg.example/kept/app{i}:v1" for i in range(n)]
+    digests = [f"sha256:{hashlib.sha256(str(i).encode()).hexdigest()}" for i in range(n)]
+    for text in refs:
+        Reference.parse(text)
+    for text in digests:
+        Digest.parse(text)
+    ref_hits = Reference.parse.cache_info().hits
+    digest_hits = Digest.parse.cache_info().hits
+    again = [Reference.parse(text) for text in refs]
+    assert Reference.parse.cache_info().hits - ref_hits == n
+    assert [str(r) for r in again] == refs
+    for text in digests:
+        Digest.parse(text)
+    assert Digest.parse.cache_info().hits - digest_hits == n

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from transship.digest import Digest
+from transship.digest import PARSED_KEPT, Digest
 from transship.errors import InvalidDigestError, InvalidReferenceError
 
 DOCKER_HUB = "docker.io"
@@ -98,7 +98,7 @@ class Reference:
     digest: Digest | None = None
 
     @classmethod
-    @lru_cache(maxsize=4096)  # immutable, and a run parses each reference many times
+    @lru_cache(maxsize=PARSED_KEPT)  # immutable, and a run parses each reference many times
     def parse(cls, text: str) -> Reference:
         """Parse a reference, adding `docker.io` and `library/` like the Docker CLI does."""
         _refuse_userinfo(text, "invalid image reference")
