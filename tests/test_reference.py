@@ -7,8 +7,9 @@ import hashlib
 import pytest
 
 from transship.digest import Digest
-from transship.errors import ExitCode, InvalidReferenceError
-from transship.reference import Reference, parse_prefix
+from transship.errors import ExitCode, InvalidReferenceError, UsageError
+from transship.layout.index import check_tag
+from transship.reference import Reference, is_tag, parse_prefix
 
 D = "sha256:" + "a" * 64
 
@@ -221,3 +222,14 @@ def test_a_large_plan_is_parsed_once_per_reference_and_digest() -> None:
     for text in digests:
         Digest.parse(text)
     assert Digest.parse.cache_info().hits - digest_hits == n
+
+
+def test_one_tag_check_for_references_layouts_and_serve() -> None:
+    """serve's own pattern took any Unicode letter (`\\w`) and a final newline (`$`): the
+    layout index, serve and references now share `is_tag`, ASCII and `\\Z`."""
+    for good in ("v1", "_x", "1.2.3-rc_4", "a" * 128):
+        assert is_tag(good), good
+    for bad in ("vé1", "v1\n", "", "-v1", ".v1", "a" * 129, "v1 ", "v:1", "ｖ1"):
+        assert not is_tag(bad), bad
+        with pytest.raises(UsageError):
+            check_tag(bad, "here")

@@ -65,7 +65,8 @@ def _refuse_userinfo(text: str, what: str) -> None:
 
 
 def is_tag(text: str) -> bool:
-    """Whether `text` is a tag the distribution grammar allows (what goes after `:`)."""
+    """Whether `text` is a tag the distribution grammar allows (what goes after `:`): ASCII
+    only, no final newline. The one check of a tag: layouts, `serve` and references use it."""
     return bool(_TAG.match(text))
 
 
@@ -120,7 +121,7 @@ class Reference:
         colon = rest.rfind(":")
         if colon > last_slash:
             rest, tag = rest[:colon], rest[colon + 1 :]
-            if not _TAG.match(tag):
+            if not is_tag(tag):
                 raise _fail(text, f"tag {tag!r} must be 1-128 of letters, digits, '_', '.', '-'")
         if not rest:
             raise _fail(text, "no repository name")
