@@ -9,7 +9,9 @@ import pytest
 from transship.digest import Digest
 from transship.errors import ExitCode, InvalidReferenceError, UsageError
 from transship.layout.index import check_tag
-from transship.reference import Reference, is_tag, parse_prefix
+from transship.plan import PlanError
+from transship.reference import Reference, is_tag, parse_prefix, without_userinfo
+from transship.tkg.script import entries_from_old_script
 
 D = "sha256:" + "a" * 64
 
@@ -202,6 +204,23 @@ def test_a_huge_bogus_reference_is_refused_at_once():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_text_far_longer_than_a_reference_is_refused_unscanned_and_unquoted() -> None:
+    """The credentials scan is linear but slow per character (a hostile 16 MiB line of '@host'
+    took ~9 s): text far beyond the name limits is refused as too long first, and not quoted
+    (where credentials in it would end is not looked for)."""
+    hostile = "a:" + "@a" * 100_000  # every '@' is tried as the end of user:password
+    assert without_userinfo(hostile) == f"<{len(hostile)} characters, not shown>"
+    for parse in (Reference.parse, parse_prefix):
+        with pytest.raises(InvalidReferenceError, match="far longer than any reference") as info:
+            parse(hostile)
+        assert len(str(info.value)) < 300 and "@a@a" not in str(info.value)
+    with pytest.raises(PlanError, match=r"^s\.sh:1: -i value of \d+ characters: far longer"):
+        entries_from_old_script(f"imgpkg copy -i {hostile} --to-repo h.local/a\n", "s.sh")
+    # the longest real references are untouched
+    longest = f"{'h' * 200}.example:5000/{'p' * 255}:{'t' * 128}@sha512:{'0' * 128}"
+    assert without_userinfo(f"u:{'p' * 2000}@{longest}") == f"***@{longest}"
 
 
 def test_a_large_plan_is_parsed_once_per_reference_and_digest() -> None:

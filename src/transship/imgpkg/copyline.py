@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from transship.errors import PlanError
-from transship.reference import without_userinfo
+from transship.reference import MAX_REFERENCE_CHARS, without_userinfo
 
 _COMMANDS = frozenset({"imgpkg", "imgpkg.exe"})
 _SHELL_SCAFFOLDING = frozenset({"set", "if", "then", "fi", "echo", "base64", "export"})
@@ -125,7 +125,13 @@ def _apply_option(copy: ImgpkgCopy, option: str, value: str) -> None:
 
 def _refuse_userinfo(where: str, option: str, value: str) -> None:
     """A reference with `user:password@` is refused here, where the line is read, so that no
-    later message (a pairing or prefix error) can quote the password."""
+    later message (a pairing or prefix error) can quote the password; text far longer than a
+    reference is refused unquoted (it is not scanned for credentials)."""
+    if len(value) > MAX_REFERENCE_CHARS:
+        raise PlanError(
+            f"{where}: {option} value of {len(value)} characters: far longer than any "
+            "reference can be (not shown); fix the line"
+        )
     masked = without_userinfo(value)
     if masked is not None:
         raise PlanError(
