@@ -57,11 +57,12 @@ def test_encode_and_decode_read_standard_input(
     cli: CLI, pki: PKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pem = pki.ca_pem_path.read_text()
-    monkeypatch.setattr("sys.stdin", io.StringIO(pem))
+    # stdin as a terminal or pipe has bytes under it (the size check reads those)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(pem.encode())))
     encoded = cli("ca", "encode", "-", "-q")
     assert encoded.code == 0, encoded.err
     assert encoded.err == ""
-    monkeypatch.setattr("sys.stdin", io.StringIO(encoded.out))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(encoded.out.encode())))
     decoded = cli("ca", "decode", "-", "-q")
     assert decoded.code == 0, decoded.err
     assert decoded.out == pem
@@ -152,6 +153,19 @@ def test_check_accepts_the_tkg_base64_form_and_variable(
     monkeypatch.setenv("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", b64)
     from_env = cli("ca", "check", tls_registry.host)
     assert from_env.code == 0, from_env.out + from_env.err
+
+
+@pytest.mark.parametrize(
+    "registry",
+    ["bob:S3cret@reg.example:5000", "https://bob:S3cret@reg.example/tkg", "bob:S3cret@[::1]:5000"],
+)
+def test_check_refuses_credentials_in_the_registry_masked(cli: CLI, registry: str) -> None:
+    """`ca check user:pw@host` dropped the credentials without a word and checked the host: it
+    is refused as a reference with credentials is, masked, before any connection."""
+    out = cli("ca", "check", registry)
+    assert out.code == ExitCode.USAGE, out.err
+    assert "holds credentials" in out.error_line and "***@" in out.error_line
+    assert "S3cret" not in out.out + out.err and "bob" not in out.out + out.err
 
 
 def test_check_bearer_realm_of_a_token_registry(

@@ -3,6 +3,8 @@ an edited plan or a damaged file is parsed afresh, and what JSON cannot hold is 
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,7 @@ def _kept(cache: Path) -> list[Path]:
 
 
 def _no_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(text: str, name: str) -> object:
+    def refuse(text: str, name: str, **kw: object) -> object:
         raise AssertionError("parsed the YAML again")
 
     monkeypatch.setattr(_yaml, "_parse", refuse)
@@ -93,3 +95,75 @@ def test_only_the_newest_documents_stay(own_cache_dir: Path) -> None:
     for i in range(_yaml.KEEP_AT_MOST + 3):
         load_yaml(f"# version {i}\n{text}", "plan.yaml", keep=True)
     assert len(_kept(own_cache_dir)) == _yaml.KEEP_AT_MOST
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Set `path`'s mtime `seconds` in the past (explicit times: no sleeps, no clock races)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_documents_beyond_the_byte_budget_go_oldest_first(
+    own_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded by count only, 8 kept plans could take 8 × 64 MiB: a byte budget holds too."""
+    text = _plan_text()
+    load_yaml(text, "plan.yaml", keep=True)
+    (first,) = _kept(own_cache_dir)
+    size = first.stat().st_size
+    monkeypatch.setattr(_yaml, "KEEP_BYTES", 3 * size + size // 2, raising=False)  # room for 3
+    names = [first.name]
+    for i in range(5):
+        load_yaml(f"# v{i}\n{text}", "plan.yaml", keep=True)
+        new = [p for p in _kept(own_cache_dir) if p.name not in names]
+        names += [p.name for p in new]
+        for path in _kept(own_cache_dir):  # older ones older still, in writing order
+            _age(path, 1000 - 10 * names.index(path.name))
+    left = _kept(own_cache_dir)
+    assert len(left) == 3
+    assert sorted(p.name for p in left) == sorted(names[-3:])
+
+
+def test_a_hit_makes_the_document_the_newest(own_cache_dir: Path) -> None:
+    """The plan every run rereads was evicted first (a hit left its mtime as written)."""
+    text = _plan_text()
+    load_yaml(text, "plan.yaml", keep=True)
+    (kept,) = _kept(own_cache_dir)
+    _age(kept, 10_000)
+    old = kept.stat().st_mtime
+    load_yaml(text, "plan.yaml", keep=True)
+    assert kept.stat().st_mtime > old
+    for i in range(_yaml.KEEP_AT_MOST - 1):  # a full cache, then one more: the reread stays
+        load_yaml(f"# other {i}\n{text}", "plan.yaml", keep=True)
+        for path in _kept(own_cache_dir):
+            if path != kept:
+                _age(path, 5000 - i)
+    load_yaml(f"# one more\n{text}", "plan.yaml", keep=True)
+    assert kept in _kept(own_cache_dir) and len(_kept(own_cache_dir)) == _yaml.KEEP_AT_MOST
+
+
+def test_temporary_files_of_killed_writes_are_removed_when_stale(own_cache_dir: Path) -> None:
+    text = _plan_text()
+    load_yaml(text, "plan.yaml", keep=True)
+    parsed = own_cache_dir / "transship" / "parsed"
+    stale = parsed / f".{'a' * 64}.json.x1y2.tmp"
+    fresh = parsed / f".{'b' * 64}.json.x3y4.tmp"  # another run may be writing it now
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    _age(stale, 2 * 3600)  # left two hours ago: no write takes that long
+    load_yaml(f"# edited\n{text}", "plan.yaml", keep=True)
+    assert not stale.exists() and fresh.exists()
+    assert len(_kept(own_cache_dir)) == 2
+
+
+def test_a_document_kept_from_a_read_with_repeated_keys_is_not_served_unique(
+    own_cache_dir: Path,
+) -> None:
+    """Kept from a read that lets a key repeat (the last wins), a document must not answer a
+    read with `unique_keys`, which refuses it: the key of a kept document says how it was read."""
+    padding = "# " + "x" * 78 + "\n"
+    text = "a: 1\na: 2\n" + padding * (KEEP_FROM_CHARS // len(padding) + 1)
+    assert load_yaml(text, "doubled.yaml", keep=True).value == {"a": 2}
+    assert len(_kept(own_cache_dir)) == 1
+    with pytest.raises(PlanError, match=r"doubled\.yaml:2"):
+        load_yaml(text, "doubled.yaml", keep=True, unique_keys=True)

@@ -265,6 +265,33 @@ class TestLines:
         with pytest.raises(PlanError, match=r"^s.sh:2: writes a-b-c-d.tar, which s.sh:1"):
             entries_from_old_script(text, "s.sh", "h.local")
 
+    @pytest.mark.parametrize(
+        ("text", "dest_prefix"),
+        [
+            # one line: "only goes to app.tar" quoted the source as written
+            ("imgpkg copy -i bob:S3cret@reg.example/tkg/app:v1 --to-tar app.tar\n", None),
+            # two lines into one archive: "which s.sh:1 already writes with SOURCE"
+            (
+                "imgpkg copy -i bob:S3cret@reg.example/tkg/app:v1 --to-tar app.tar\n"
+                "imgpkg copy -i reg.example/tkg/other:v1 --to-tar app.tar\n",
+                "h.local",
+            ),
+            (
+                "imgpkg copy -i reg.example/tkg/other:v1 --to-tar app.tar\n"
+                "imgpkg copy -b bob:S3cret@reg.example/tkg/app:v1 --to-tar app.tar\n",
+                "h.local",
+            ),
+            ("imgpkg copy --tar app.tar --to-repo bob:S3cret@h.local/tkg/app\n", None),
+        ],
+    )
+    def test_a_password_in_a_line_is_refused_masked(
+        self, text: str, dest_prefix: str | None
+    ) -> None:
+        with pytest.raises(PlanError, match="holds credentials") as info:
+            entries_from_old_script(text, "s.sh", dest_prefix)
+        assert "S3cret" not in str(info.value) and "bob" not in str(info.value)
+        assert "***@" in str(info.value) and str(info.value).startswith("s.sh:")
+
     def test_load_from_file(self, tmp_path: Path) -> None:
         path = tmp_path / "publish-images.sh"
         path.write_text(gen_publish_images())

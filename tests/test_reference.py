@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from transship.digest import Digest
-from transship.errors import ExitCode, InvalidReferenceError
-from transship.reference import Reference, parse_prefix
+from transship.errors import ExitCode, InvalidReferenceError, UsageError
+from transship.layout.index import check_tag
+from transship.plan import PlanError
+from transship.reference import Reference, is_tag, parse_prefix, without_userinfo
+from transship.tkg.script import entries_from_old_script
 
 D = "sha256:" + "a" * 64
 
@@ -199,3 +204,51 @@ def test_a_huge_bogus_reference_is_refused_at_once():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_text_far_longer_than_a_reference_is_refused_unscanned_and_unquoted() -> None:
+    """The credentials scan is linear but slow per character (a hostile 16 MiB line of '@host'
+    took ~9 s): text far beyond the name limits is refused as too long first, and not quoted
+    (where credentials in it would end is not looked for)."""
+    hostile = "a:" + "@a" * 100_000  # every '@' is tried as the end of user:password
+    assert without_userinfo(hostile) == f"<{len(hostile)} characters, not shown>"
+    for parse in (Reference.parse, parse_prefix):
+        with pytest.raises(InvalidReferenceError, match="far longer than any reference") as info:
+            parse(hostile)
+        assert len(str(info.value)) < 300 and "@a@a" not in str(info.value)
+    with pytest.raises(PlanError, match=r"^s\.sh:1: -i value of \d+ characters: far longer"):
+        entries_from_old_script(f"imgpkg copy -i {hostile} --to-repo h.local/a\n", "s.sh")
+    # the longest real references are untouched
+    longest = f"{'h' * 200}.example:5000/{'p' * 255}:{'t' * 128}@sha512:{'0' * 128}"
+    assert without_userinfo(f"u:{'p' * 2000}@{longest}") == f"***@{longest}"
+
+
+def test_a_large_plan_is_parsed_once_per_reference_and_digest() -> None:
+    """At 4096 kept, a 6000-entry plan evicted on each pass what the next one needed: the
+    second pass over the same texts had no hit at all. Now every text of the second pass hits."""
+    n = 6000
+    refs = [f"reg.example/kept/app{i}:v1" for i in range(n)]
+    digests = [f"sha256:{hashlib.sha256(str(i).encode()).hexdigest()}" for i in range(n)]
+    for text in refs:
+        Reference.parse(text)
+    for text in digests:
+        Digest.parse(text)
+    ref_hits = Reference.parse.cache_info().hits
+    digest_hits = Digest.parse.cache_info().hits
+    again = [Reference.parse(text) for text in refs]
+    assert Reference.parse.cache_info().hits - ref_hits == n
+    assert [str(r) for r in again] == refs
+    for text in digests:
+        Digest.parse(text)
+    assert Digest.parse.cache_info().hits - digest_hits == n
+
+
+def test_one_tag_check_for_references_layouts_and_serve() -> None:
+    """serve's own pattern took any Unicode letter (`\\w`) and a final newline (`$`): the
+    layout index, serve and references now share `is_tag`, ASCII and `\\Z`."""
+    for good in ("v1", "_x", "1.2.3-rc_4", "a" * 128):
+        assert is_tag(good), good
+    for bad in ("vé1", "v1\n", "", "-v1", ".v1", "a" * 129, "v1 ", "v:1", "ｖ1"):
+        assert not is_tag(bad), bad
+        with pytest.raises(UsageError):
+            check_tag(bad, "here")

@@ -415,6 +415,8 @@ def test_hostile_requests_get_spec_errors(served: ServeProcess, corpus: Corpus) 
         ("/v2/tkg/apps/big/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", {"DIGEST_INVALID"}),
         ("/v2/tkg/apps/big/manifests/sha256:zz", {"DIGEST_INVALID"}),
         ("/v2/tkg/apps/big/manifests/-bad-tag", {"TAG_INVALID"}),
+        ("/v2/tkg/apps/big/manifests/v%C3%A91", {"TAG_INVALID"}),  # "vé1": \w took Unicode
+        ("/v2/tkg/apps/big/manifests/v1%0A", {"TAG_INVALID"}),  # `$` took a final newline
         ("/v2/" + "a/" * 5000 + "manifests/v1", {"NAME_INVALID"}),  # a 10,000-character path
         ("/v2/tkg/apps/big/" + "x" * 10_000, {"NOT_FOUND"}),
         ("/v2/nothing/here/manifests/v1", {"NAME_UNKNOWN"}),

@@ -142,7 +142,7 @@ def test_served_prefix_and_names() -> None:
     assert served_prefix(ArchiveInfo("archive.local/x", prefix_origin=PREFIX_NONE)) == ""
     assert served_prefix(ArchiveInfo("harbor.corp/tkg", recorded=False)) == ""
     assert valid_name("tkg/antrea") and valid_name("a__b/c-d.e")
-    for bad in ("", "A", "a/../b", "a//b", "/a", "a/", "a" * 256, "a/%2e"):
+    for bad in ("", "A", "a/../b", "a//b", "/a", "a/", "a" * 256, "a/%2e", "a\n", "a/b\n"):
         assert not valid_name(bad), bad
 
 

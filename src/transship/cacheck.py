@@ -107,9 +107,11 @@ class Target:
         if "@" in raw:  # a registry has no digest: an `@` ends credentials, never echoed
             scheme = "https://" if raw.lower().startswith("https://") else ""
             scheme = "http://" if raw.lower().startswith("http://") else scheme
-            text = f"{scheme}***@{raw[raw.rfind('@') + 1 :]}"
-            raw = raw[len(scheme) :] if scheme else raw
-            raw = raw[raw.rfind("@") + 1 :]
+            masked = f"{scheme}***@{raw[raw.rfind('@') + 1 :]}"
+            raise UsageError(  # refused as in a reference, not dropped without a word
+                f"registry {masked!r} holds credentials (user:password@): 'ca check' sends "
+                "none; give host[:port]"
+            )
         for scheme in ("https://", "http://"):
             if raw.lower().startswith(scheme):
                 raw = raw[len(scheme) :]

@@ -16,9 +16,12 @@ from transship.errors import IntegrityError, InvalidDigestError
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 _GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 _LOWER_HEX = re.compile(r"[0-9a-f]+")
-#: digests parsed and kept (a run parses the same few hundred again and again: plan, tasks,
-#: engine); a `Digest` is immutable, so one parse serves every caller
-PARSED_KEPT = 4096
+#: digests (and references, `transship.reference`) parsed and kept: a run parses the same ones
+#: again and again (plan, tasks, engine), and a `Digest` is immutable, so one parse serves every
+#: caller. Far above what a run needs (a 6000-entry plan parses ~10x that many distinct texts;
+#: at 4096 each pass evicted what the next one needed: no hits at all), yet bounded: `serve`
+#: runs for long and parses what clients send
+PARSED_KEPT = 1 << 17
 
 
 @dataclass(frozen=True, order=True)

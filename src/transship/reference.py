@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from transship.digest import Digest
+from transship.digest import PARSED_KEPT, Digest
 from transship.errors import InvalidDigestError, InvalidReferenceError
 
 DOCKER_HUB = "docker.io"
@@ -24,6 +24,11 @@ _DOMAIN = re.compile(
 )
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _MAX_NAME = 255
+#: far longer than any reference or prefix can be (host 253 + port, path 255, tag 128, digest
+#: 135, with room for a `user:password@` or token left in): such text is refused as too long
+#: before it is scanned for credentials (~0.5 µs a character: 9 s for a hostile 16 MiB line),
+#: and never quoted, since where credentials in it end is not looked for
+MAX_REFERENCE_CHARS = 8192
 
 
 #: skopeo's transport prefixes and URL schemes, which a reference here goes without
@@ -40,7 +45,10 @@ _HOST_THEN_PATH = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?
 def without_userinfo(text: str) -> str | None:
     """`text` with credentials written into it (`user:password@host/path`) masked as
     `***@host/path`, or None when it holds none. An error must never echo a password.
-    Linear in the text (no backtracking regex): a damaged file may hold a huge line."""
+    Linear in the text (no backtracking regex): a damaged file may hold a huge line. Text
+    longer than `MAX_REFERENCE_CHARS` is not scanned: it is masked whole."""
+    if len(text) > MAX_REFERENCE_CHARS:
+        return f"<{len(text)} characters, not shown>"
     scheme = _SCHEME.match(text)
     start = scheme.end() if scheme else 0
     colon = text.find(":", start)
@@ -54,7 +62,17 @@ def without_userinfo(text: str) -> str | None:
     return None
 
 
+def refuse_too_long(text: str, what: str) -> None:
+    """Refuse text far longer than any reference, without scanning or quoting it."""
+    if len(text) > MAX_REFERENCE_CHARS:
+        raise InvalidReferenceError(
+            f"{what} of {len(text)} characters: far longer than any reference can be (at most "
+            f"{MAX_REFERENCE_CHARS}); not shown, it may hold credentials: is this the right line?"
+        )
+
+
 def _refuse_userinfo(text: str, what: str) -> None:
+    refuse_too_long(text, what)
     masked = without_userinfo(text)
     if masked is not None:
         raise InvalidReferenceError(
@@ -65,7 +83,8 @@ def _refuse_userinfo(text: str, what: str) -> None:
 
 
 def is_tag(text: str) -> bool:
-    """Whether `text` is a tag the distribution grammar allows (what goes after `:`)."""
+    """Whether `text` is a tag the distribution grammar allows (what goes after `:`): ASCII
+    only, no final newline. The one check of a tag: layouts, `serve` and references use it."""
     return bool(_TAG.match(text))
 
 
@@ -98,7 +117,7 @@ class Reference:
     digest: Digest | None = None
 
     @classmethod
-    @lru_cache(maxsize=4096)  # immutable, and a run parses each reference many times
+    @lru_cache(maxsize=PARSED_KEPT)  # immutable, and a run parses each reference many times
     def parse(cls, text: str) -> Reference:
         """Parse a reference, adding `docker.io` and `library/` like the Docker CLI does."""
         _refuse_userinfo(text, "invalid image reference")
@@ -120,7 +139,7 @@ class Reference:
         colon = rest.rfind(":")
         if colon > last_slash:
             rest, tag = rest[:colon], rest[colon + 1 :]
-            if not _TAG.match(tag):
+            if not is_tag(tag):
                 raise _fail(text, f"tag {tag!r} must be 1-128 of letters, digits, '_', '.', '-'")
         if not rest:
             raise _fail(text, "no repository name")

@@ -42,10 +42,7 @@ MAX_STDIN_BYTES = 1024 * 1024
 
 def _read_stdin() -> str:
     """Standard input as text, bounded: binary or endless input is one usage line."""
-    stream = getattr(sys.stdin, "buffer", None)  # a text-only stdin (a test's) is read as is
-    if stream is None:
-        return str(sys.stdin.read(MAX_STDIN_BYTES + 1))
-    data: bytes = stream.read(MAX_STDIN_BYTES + 1)
+    data: bytes = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
     if len(data) > MAX_STDIN_BYTES:
         raise UsageError(
             f"standard input: larger than {MAX_STDIN_BYTES} bytes; give the CA's PEM or its base64"

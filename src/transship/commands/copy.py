@@ -31,6 +31,7 @@ from transship.manifest import Platform
 from transship.ops.tasks import copy_phases, single_entry, task_for, without_attachments
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.shard import Shard
+from transship.reference import without_userinfo
 from transship.tkg.env import tkg_dest_defaults
 
 
@@ -96,10 +97,12 @@ def copy(
         if shard is not None:
             raise UsageError("--shard splits a plan: give --plan, --images or --script")
         if dest_prefix and _given_on_command_line("dest_prefix"):
-            # TKG_CUSTOM_IMAGE_REPOSITORY set in the environment is no mistake; the option is
+            # TKG_CUSTOM_IMAGE_REPOSITORY set in the environment is no mistake; the option is.
+            # DESTINATION is not parsed yet: quote it with any user:password@ masked
+            shown = without_userinfo(destination) or destination
             raise UsageError(
                 "--dest PREFIX applies to --plan, --images and --script; a single copy goes to "
-                f"DESTINATION ({destination}): drop --dest, or write the prefix into DESTINATION"
+                f"DESTINATION ({shown}): drop --dest, or write the prefix into DESTINATION"
             )
         single: Plan | None = Plan((single_entry(source, destination),))
         # resolved as a list is: a bundle brings its images, an image its attachments

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from transship.errors import PlanError
+from transship.reference import MAX_REFERENCE_CHARS, without_userinfo
 
 _COMMANDS = frozenset({"imgpkg", "imgpkg.exe"})
 _SHELL_SCAFFOLDING = frozenset({"set", "if", "then", "fi", "echo", "base64", "export"})
@@ -105,6 +106,8 @@ def _parse_copy(words: list[str], where: str) -> ImgpkgCopy:
 
 
 def _apply_option(copy: ImgpkgCopy, option: str, value: str) -> None:
+    if option in _SOURCES or option == "--to-repo":
+        _refuse_userinfo(copy.where, option, value)
     if option in _SOURCES:
         _set_once(copy, "source", value, option)
         copy.flavour = _SOURCES[option]
@@ -118,6 +121,24 @@ def _apply_option(copy: ImgpkgCopy, option: str, value: str) -> None:
         raise PlanError(f"{copy.where}: --lock sources are not supported; list the images instead")
     elif option not in _VALUE_OPTIONS:
         raise PlanError(f"{copy.where}: unknown imgpkg copy option {option}; remove it")
+
+
+def _refuse_userinfo(where: str, option: str, value: str) -> None:
+    """A reference with `user:password@` is refused here, where the line is read, so that no
+    later message (a pairing or prefix error) can quote the password; text far longer than a
+    reference is refused unquoted (it is not scanned for credentials)."""
+    if len(value) > MAX_REFERENCE_CHARS:
+        raise PlanError(
+            f"{where}: {option} value of {len(value)} characters: far longer than any "
+            "reference can be (not shown); fix the line"
+        )
+    masked = without_userinfo(value)
+    if masked is not None:
+        raise PlanError(
+            f"{where}: {option} {masked!r} holds credentials (user:password@): give the "
+            "reference without them and the credentials with --src-creds/--dest-creds "
+            "USER:PASSWORD (or docker login)"
+        )
 
 
 def _set_once(copy: ImgpkgCopy, field: str, value: str, option: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from transship.errors import IntegrityError, LayoutError, UsageError
 from transship.manifest import OCI_INDEX, Descriptor
+from transship.reference import is_tag
 
 REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_REPOSITORY = "io.transship.repository"
@@ -36,7 +37,6 @@ TOOL_FILE = f"{EXTRA_DIR}/bin/transship"
 UNFINISHED = "INCOMPLETE"
 MAX_EXTRA_BYTES = 64 * 1024 * 1024
 
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")  # ASCII, no final newline
 # containers/image (skopeo 1.9) validates `oci:DIR:REF` against the image-spec ref grammar
 _OCI_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _OCI_REF = re.compile(rf"^{_OCI_COMPONENT}(?:/{_OCI_COMPONENT})*\Z")
@@ -62,7 +62,7 @@ def skopeo_addressable(name: str) -> bool:
 
 def check_tag(tag: str, where: str) -> None:
     """Refuse a tag the distribution grammar would refuse: it becomes part of a ref name."""
-    if not _TAG.match(tag):
+    if not is_tag(tag):
         raise UsageError(f"{where}: tag {tag!r} must be 1-128 of letters, digits, '_', '.', '-'")
 
 

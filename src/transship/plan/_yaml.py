@@ -10,8 +10,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -38,7 +40,13 @@ log = logging.getLogger("transship.cache")
 KEEP_FROM_CHARS = 16 * 1024
 #: parsed documents kept (the newest; a plan is rewritten as a whole, so older ones go stale)
 KEEP_AT_MOST = 8
-_KEEP_FORMAT = 1
+#: and at most this many bytes of them in all (the oldest go first; the newest always stays)
+KEEP_BYTES = 64 * 1024 * 1024
+#: a `.<key>.json.*.tmp` left this long (seconds) by a killed write is removed by the next scan
+STALE_TMP_AGE = 3600
+#: part of every kept document's key and header: ANY change of what parsing gives back (the
+#: loaders, the alias refusal, what JSON keeps) must bump it, or old results would be served
+_KEEP_FORMAT = 2
 
 
 @cache
@@ -141,6 +149,7 @@ def load_yaml(
     if kept is not None:
         found = _read_kept(kept)
         if found is not None:
+            _touch(kept)
             return Node(name, "", found)
     node = _parse(text, name, unique_keys=unique_keys)
     if kept is not None:
@@ -149,12 +158,14 @@ def load_yaml(
 
 
 def _kept_path(text: str, unique_keys: bool) -> Path | None:
-    """Named by the sha256 of the text and of how it was read: a document kept from a read
-    that let a key repeat is never taken for one read with `unique_keys`."""
+    """Named by the sha256 of the text, of how it was read and of `_KEEP_FORMAT`: a document
+    kept from a read that let a key repeat is never taken for one read with `unique_keys`, nor
+    one kept by another parse behaviour."""
     directory = cache_dir("parsed")
     if directory is None:
         return None
     digest = hashlib.sha256(text.encode())
+    digest.update(f"\0format={_KEEP_FORMAT}".encode())
     if unique_keys:
         digest.update(b"\0unique-keys")
     return directory / f"{digest.hexdigest()}.json"
@@ -178,9 +189,17 @@ def _read_kept(path: Path) -> object | None:
     return None
 
 
+def _touch(path: Path) -> None:
+    """A hit makes the document the newest: the plan every run rereads is evicted last."""
+    try:
+        os.utime(path)
+    except OSError as exc:
+        log.debug("parsed document %s not touched: %s", path, exc)
+
+
 def _keep(path: Path, value: object) -> None:
     """Keep `value` if JSON holds it exactly (a cache: a file that cannot be written is
-    skipped), and only the newest `KEEP_AT_MOST` documents."""
+    skipped), and only the newest `KEEP_AT_MOST` documents, `KEEP_BYTES` in all."""
     try:
         if not _json_exact(value):
             return
@@ -190,11 +209,35 @@ def _keep(path: Path, value: object) -> None:
     header = {"format": _KEEP_FORMAT, "text": path.stem, "body": hashlib.sha256(body).hexdigest()}
     try:
         write_atomic(path, json.dumps(header).encode() + b"\n" + body, private=True)
-        others = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
-        for old in others[:-KEEP_AT_MOST]:
-            old.unlink()
+        _evict(path)
     except OSError as exc:
         log.debug("parsed document not kept in %s: %s", path.parent, exc)
+
+
+def _evict(newest: Path) -> None:
+    """Drop the oldest documents beyond `KEEP_AT_MOST` or `KEEP_BYTES` (never `newest`, just
+    written), and temporary files a killed write left more than `STALE_TMP_AGE` ago."""
+    now = time.time()
+    documents: list[tuple[float, int, Path]] = []
+    for entry in newest.parent.iterdir():
+        try:
+            info = entry.stat()
+        except FileNotFoundError:  # another run removed it meanwhile
+            continue
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            if now - info.st_mtime > STALE_TMP_AGE:
+                entry.unlink(missing_ok=True)
+        elif entry.suffix == ".json" and entry != newest:
+            documents.append((info.st_mtime, info.st_size, entry))
+    documents.sort()
+    total = newest.stat().st_size + sum(size for _, size, _ in documents)
+    count = len(documents) + 1
+    for _, size, old in documents:
+        if count <= KEEP_AT_MOST and total <= KEEP_BYTES:
+            break
+        old.unlink(missing_ok=True)
+        count -= 1
+        total -= size
 
 
 def _json_exact(value: object) -> bool:

@@ -20,7 +20,8 @@ from aiohttp import web
 from transship.digest import Digest
 from transship.errors import InvalidDigestError, TransshipError
 from transship.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
-from transship.serve.archive import TAG, Repository, ServedArchive, valid_name
+from transship.reference import is_tag
+from transship.serve.archive import Repository, ServedArchive, valid_name
 from transship.serve.auth import Htpasswd
 from transship.serve.blobs import BlobServer
 from transship.serve.errors import API_VERSION_HEADER, APIError
@@ -103,7 +104,9 @@ class RegistryAPI:
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        # `[\s\S]`, not `.`: a percent-encoded newline in the path (`…/manifests/v1%0A`) must
+        # reach dispatch for a spec error, not fail the route match (an HTTPNotFound, a 500)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.dispatch)
         app.on_response_prepare.append(_api_version_header)
         return app
 
@@ -167,7 +170,7 @@ class RegistryAPI:
     async def manifest(self, request: web.Request, repo: Repository, ref: str) -> web.Response:
         by_tag = ":" not in ref
         if by_tag:
-            if not TAG.match(ref):
+            if not is_tag(ref):
                 raise APIError("TAG_INVALID", {"tag": ref[:128]})
             descriptor = repo.tags.get(ref)
             if descriptor is None:

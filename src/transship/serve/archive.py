@@ -37,6 +37,7 @@ from transship.ops.archive import (
     open_archive,
     stands_for_untagged,
 )
+from transship.reference import is_tag
 from transship.serve.files import PinnedFiles
 
 log = logging.getLogger("transship.serve")
@@ -45,9 +46,8 @@ Layer = OCILayout | OCILayoutTar
 
 #: the distribution spec's repository name grammar, path component by path component
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")  # `\Z`: no final newline either
 MAX_NAME = 255
-TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 #: manifest bytes kept in memory (parsed) after a first read
 MANIFEST_CACHE_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 4  # index → image; anything deeper is not an image graph we serve
@@ -195,7 +195,7 @@ class ServedArchive:
             repo.blobs |= found.blobs
             for subject, referrers in found.referrers.items():
                 repo.referrers.setdefault(subject, {}).update(referrers)
-            if not stands_for_untagged(tag, descriptor.digest) and TAG.match(tag):
+            if not stands_for_untagged(tag, descriptor.digest) and is_tag(tag):
                 repo.tags[tag] = descriptor
         if dropped and self.cut is not None:
             self.problems.append(self.cut.not_served(sorted(dropped)))  # a stable order
