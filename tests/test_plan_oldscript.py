@@ -296,3 +296,23 @@ class TestLines:
         path = tmp_path / "publish-images.sh"
         path.write_text(gen_publish_images())
         assert load_old_script(path).totals.entries == 476
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "imgpkg pull -i r.example/a:v1 --registry-password S3cret -o out",
+        "imgpkg pull -i r.example/a:v1 --registry-token=S3cret -o out",
+        "IMGPKG_REGISTRY_PASSWORD=S3cret imgpkg copy -i r.example/a:v1 --to-repo h.local/a",
+        "skopeo copy docker://bob:S3cret@r.example/a:v1 docker://h.local/a",
+        "imgpkg copy -i r.example/a:v1 --to-repo h.local/a bob:S3cret@r.example/b",
+    ],
+)
+def test_a_line_quoted_in_an_error_never_shows_a_password(line: str) -> None:
+    """Lines that are no `imgpkg copy` (or carry a stray word) are quoted back so the operator
+    sees what was read; a password or token in them is masked."""
+    with pytest.raises(PlanError) as info:
+        entries_from_old_script(line + "\n", "s.sh", "h.local/p")
+    message = str(info.value)
+    assert message.startswith("s.sh:1: ") and "S3cret" not in message, message
+    assert "***" in message, message

@@ -7,6 +7,7 @@ parser lives in the imgpkg wing.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -29,6 +30,11 @@ _VALUE_OPTIONS = frozenset(
         "--lock-output",
     }
 )
+#: options whose value is a secret: never quoted back in an error
+_SECRET_OPTIONS = frozenset({"--registry-password", "--registry-token"})
+#: `NAME=value` words whose name says the value is a secret (`IMGPKG_REGISTRY_PASSWORD=…
+#: imgpkg …`, `--registry-token=…`)
+_SECRET_ASSIGNMENT = re.compile(r"[^=]*(?:pass|token|secret|auth|key)[^=]*=", re.IGNORECASE)
 _FLAG_OPTIONS = frozenset(
     {
         "--registry-verify-certs",
@@ -77,11 +83,27 @@ def _parse_line(line: str, where: str) -> ImgpkgCopy | None:
         return None
     if PurePath(words[0].replace("\\", "/")).name not in _COMMANDS:
         raise PlanError(
-            f"{where}: not an 'imgpkg copy' line: {line.strip()!r}; remove or comment it out"
+            f"{where}: not an 'imgpkg copy' line: {_shown(words)!r}; remove or comment it out"
         )
     if words[1:2] != ["copy"]:
-        raise PlanError(f"{where}: only 'imgpkg copy' is understood, found {line.strip()!r}")
+        raise PlanError(f"{where}: only 'imgpkg copy' is understood, found {_shown(words)!r}")
     return _parse_copy(words[2:], where)
+
+
+def _shown(words: list[str]) -> str:
+    """A line's words as an error may quote them: a password or token (an option's value, a
+    `NAME=value` assignment, `user:password@` in a reference) is masked as `***`."""
+    shown: list[str] = []
+    for word in words:
+        if shown and shown[-1] in _SECRET_OPTIONS:
+            shown.append("***")
+            continue
+        assignment = _SECRET_ASSIGNMENT.match(word)
+        if assignment:
+            shown.append(f"{assignment.group()}***")
+            continue
+        shown.append(without_userinfo(word) or word)
+    return " ".join(shown)
 
 
 def _parse_copy(words: list[str], where: str) -> ImgpkgCopy:
@@ -93,7 +115,9 @@ def _parse_copy(words: list[str], where: str) -> ImgpkgCopy:
             index += 1
             continue
         if not option.startswith("-"):
-            raise PlanError(f"{where}: unexpected argument {words[index]!r}; check the line")
+            raise PlanError(
+                f"{where}: unexpected argument {_shown(words[index : index + 1])!r}; check the line"
+            )
         if not has_value:
             if index + 1 >= len(words):
                 raise PlanError(f"{where}: {option} needs a value")
