@@ -4,15 +4,21 @@ damaged. Through the CLI, against a real registry."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from clirunner import CLI
 from harness.registry import RegistryProcess
 from harness.seed import seed_image
 from test_attachments import image_list, seed
 
-from transship.errors import ExitCode
+from transship.errors import ExitCode, IntegrityError
+from transship.layout.index import TOOL_FILE
+from transship.ops.finished import read_finished
+from transship.ops.save import SaveTarget
 
 
 def write_list(tmp_path: Path, name: str, refs: list[str]) -> Path:
@@ -210,3 +216,43 @@ def test_rerun_with_attachments_does_nothing(
     assert snapshot([archive]) == before
     out = cli("save", "--images", str(listing), "-o", str(archive), "--no-attachments", "-q")
     assert out.code == ExitCode.USAGE and "holds another plan: " in out.error_line
+
+
+def _list_fake_tool(layout: Path, tool: Path) -> None:
+    """A `transship/bin/transship` line in SHA256SUMS (as `--include-tool` writes), naming
+    `tool`'s sha256: the single-file build is not needed to test what a rerun makes of it."""
+    sums = layout / "transship" / "SHA256SUMS"
+    digest = hashlib.sha256(tool.read_bytes()).hexdigest()
+    sums.write_text(sums.read_text() + f"{digest}  {TOOL_FILE}\n")
+
+
+def test_rerun_checks_the_carried_tool_is_there_and_intact(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """SHA256SUMS lists the carried tool: a rerun reads the file, never only the line."""
+    listing = write_list(tmp_path, "images.txt", seed_two(plain_registry, "rerun8", 480))
+    layout = tmp_path / "layout"
+    assert cli("save", "--images", str(listing), "-o", str(layout), "-q").code == 0
+    tool = tmp_path / "transship-build"
+    tool.write_bytes(b"#!/bin/sh\necho a single-file transship\n")
+    _list_fake_tool(layout, tool)
+    target = SaveTarget(layout, tool=tool)
+
+    with pytest.raises(IntegrityError) as missing:  # listed, not there
+        asyncio.run(read_finished(target))
+    assert f"{TOOL_FILE}: listed in transship/SHA256SUMS but not in the archive" in str(
+        missing.value
+    )
+    carried = layout / TOOL_FILE
+    carried.parent.mkdir(parents=True)
+    carried.write_bytes(tool.read_bytes()[:-1] + b"!")  # there, bytes changed
+    with pytest.raises(IntegrityError) as damaged:
+        asyncio.run(read_finished(target))
+    assert "is damaged" in str(damaged.value) and "does not match" in str(damaged.value)
+    carried.write_bytes(tool.read_bytes())  # intact: the same save
+    assert asyncio.run(read_finished(target)).path == layout
+
+    carried.unlink()  # and through the CLI (this build carries none): exit 7, damaged
+    out = cli("save", "--images", str(listing), "-o", str(layout), "-q")
+    assert out.code == ExitCode.INTEGRITY, out.err
+    assert "listed in transship/SHA256SUMS but not in the archive" in out.error_line

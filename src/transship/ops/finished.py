@@ -39,6 +39,7 @@ from transship.ops.archive import (
     relative_repository,
 )
 from transship.ops.save import SaveTarget
+from transship.ops.selfcopy import carried_tool
 from transship.ops.tasks import EndpointFor, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
 from transship.plan.reader import MAX_INDEX_DEPTH
@@ -150,6 +151,10 @@ async def _read(path: Path, layout: OCILayout | OCILayoutTar, target: SaveTarget
         if sums.get(name) != hashlib.sha256(own.get(name, b"")).hexdigest():
             raise _damaged(path, f"is damaged ({name} does not match transship/SHA256SUMS)")
     carried = sums.get(TOOL_FILE)
+    if carried is not None:  # listed: the file must be there, of the sha256 listed
+        _note, tool_problems = carried_tool(layout)
+        if tool_problems:
+            raise _damaged(path, f"is damaged ({tool_problems[0]})")
     if carried is None and target.tool is not None:
         raise _refuse(path, "carries no transship; this run adds it (--include-tool)")
     if carried is not None and target.tool is None:

@@ -68,18 +68,20 @@ def place_tool(tool: Path | None, layout_dir: Path) -> None:
 
 
 def carried_tool(layout: LayoutReader) -> tuple[str | None, list[str]]:
-    """For `archive verify`: a note on the carried tool (None if there is none) and problems
-    (its sha256 is not the one `SHA256SUMS` lists)."""
+    """For `archive verify` and a save rerun: a note on the carried tool (None if there is
+    none) and problems (listed in `SHA256SUMS` but absent, or its sha256 not the one listed)."""
     name = TOOL_FILE.removeprefix(f"{EXTRA_DIR}/")
-    tool = layout.read_extra(name)
-    if tool is None:
-        return None, []
-    actual = hashlib.sha256(tool).hexdigest()
     listed = None
     for line in (layout.read_extra("SHA256SUMS") or b"").decode(errors="replace").splitlines():
         digest, _, listed_name = line.partition("  ")
         if listed_name == TOOL_FILE:
             listed = digest
+    tool = layout.read_extra(name)
+    if tool is None:
+        if listed is None:
+            return None, []
+        return None, [f"{TOOL_FILE}: listed in transship/SHA256SUMS but not in the archive"]
+    actual = hashlib.sha256(tool).hexdigest()
     if listed != actual:
         why = "is not listed in" if listed is None else "does not match"
         return None, [f"{TOOL_FILE}: its sha256 {actual[:12]}… {why} transship/SHA256SUMS"]
