@@ -256,3 +256,18 @@ def test_rerun_checks_the_carried_tool_is_there_and_intact(
     out = cli("save", "--images", str(listing), "-o", str(layout), "-q")
     assert out.code == ExitCode.INTEGRITY, out.err
     assert "listed in transship/SHA256SUMS but not in the archive" in out.error_line
+
+
+def test_rerun_onto_an_archive_missing_a_named_manifest_is_damaged(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    listing = write_list(tmp_path, "images.txt", seed_two(plain_registry, "rerun9", 490))
+    layout = tmp_path / "layout"
+    assert cli("save", "--images", str(listing), "-o", str(layout), "-q").code == 0
+    named = json.loads((layout / "index.json").read_bytes())["manifests"][0]["digest"]
+    (layout / "blobs" / "sha256" / named.removeprefix("sha256:")).unlink()
+    out = cli("save", "--images", str(listing), "-o", str(layout), "-q")
+    assert out.code == ExitCode.INTEGRITY, out.err
+    line = out.error_line
+    assert f"is damaged: manifest {named[:19]}" in line and ":v1 is missing" in line, line
+    assert line.endswith("; remove it or choose another name")

@@ -22,6 +22,7 @@ from transship.digest import Digest
 from transship.errors import (
     IncompatibleArchiveError,
     IntegrityError,
+    NotFoundError,
     TransshipError,
     UsageError,
 )
@@ -191,7 +192,14 @@ async def _check_graph(
     if digest in seen:
         return
     seen.add(digest)
-    manifest = await layout.get_manifest(repository, str(digest))
+    try:
+        manifest = await layout.get_manifest(repository, str(digest))
+    except NotFoundError:  # named by the index (checked against SHA256SUMS) or by an index
+        raise _damaged(
+            path, f"is damaged: manifest {digest.short} of {repository}:{tag} is missing"
+        ) from None
+    except IntegrityError as exc:
+        raise _damaged(path, f"is damaged ({exc})") from None
     if manifest.is_index and depth < MAX_INDEX_DEPTH:
         for child in manifest.manifests:
             await _check_graph(path, layout, repository, tag, child.digest, depth + 1, seen)
