@@ -271,3 +271,30 @@ def test_rerun_onto_an_archive_missing_a_named_manifest_is_damaged(
     line = out.error_line
     assert f"is damaged: manifest {named[:19]}" in line and ":v1 is missing" in line, line
     assert line.endswith("; remove it or choose another name")
+
+
+def test_rerun_of_an_increment_whose_base_was_resaved_names_the_base(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """The increment is intact: what is gone is in its base, so the line says restore that."""
+    a, b = seed_two(plain_registry, "rerun10", 500)
+    seed_image(plain_registry, "rerun10/other", "v1", seed=509)
+    base = tmp_path / "base.tar"
+    assert cli("save", "--images", str(write_list(tmp_path, "a.txt", [a])), "-o", str(base),
+               "-q").code == 0  # fmt: skip
+    increment = tmp_path / "increment.tar"
+    save = ("save", "--images", str(write_list(tmp_path, "ab.txt", [a, b])), "-o",
+            str(increment), "--since", str(base), "-q")  # fmt: skip
+    assert cli(*save).code == 0
+    before = snapshot([increment])
+    base.unlink()  # the base saved again, with other images
+    other = write_list(tmp_path, "other.txt", [f"{plain_registry.host}/rerun10/other:v1"])
+    assert cli("save", "--images", str(other), "-o", str(base), "-q").code == 0
+
+    out = cli(*save)
+    assert out.code == ExitCode.USAGE, out.err
+    line = out.error_line
+    assert f"{increment} is intact but its base base.tar no longer holds blob sha256:" in line
+    assert "of rerun10/app0:v1 (was base.tar re-saved?); restore the base it was saved on" in line
+    assert "remove it" not in line and "damaged" not in line
+    assert snapshot([increment]) == before

@@ -165,7 +165,7 @@ async def _read(path: Path, layout: OCILayout | OCILayoutTar, target: SaveTarget
     held = {(repository, tag): desc.digest for repository, tag, desc in layout.entries()}
     seen: set[Digest] = set()  # an index shared by several tags is read once
     for (repository, tag), digest in held.items():
-        await _check_graph(path, layout, repository, tag, digest, 0, seen)
+        await _check_graph(path, layout, info, repository, tag, digest, 0, seen)
     plan = Plan.from_yaml(raw_plan.decode(errors="replace"), f"{layout.label}:transship/plan.yaml")
     return FinishedSave(path, info, plan, held)
 
@@ -182,13 +182,15 @@ def _sums(raw: bytes) -> dict[str, str]:
 async def _check_graph(
     path: Path,
     layout: OCILayout | OCILayoutTar,
+    info: ArchiveInfo,
     repository: str,
     tag: str,
     digest: Digest,
     depth: int,
     seen: set[Digest],
 ) -> None:
-    """The manifest (verified: they are small) and every blob there, of the size it says."""
+    """The manifest (verified: they are small) and every blob there, of the size it says; a
+    blob an increment left out to its base (`info.base`) must be held there still."""
     if digest in seen:
         return
     seen.add(digest)
@@ -202,9 +204,18 @@ async def _check_graph(
         raise _damaged(path, f"is damaged ({exc})") from None
     if manifest.is_index and depth < MAX_INDEX_DEPTH:
         for child in manifest.manifests:
-            await _check_graph(path, layout, repository, tag, child.digest, depth + 1, seen)
+            await _check_graph(
+                path, layout, info, repository, tag, child.digest, depth + 1, seen
+            )
     for blob in manifest.blobs():
         if not blob.urls and not await layout.has_blob(repository, blob.digest, blob.size):
+            if layout.base is not None and layout.blob_extents(blob.digest) is None:
+                base = info.base or "its base"  # left out to the base, not there now
+                raise UsageError(
+                    f"{path} is intact but its base {base} no longer holds blob "
+                    f"{blob.digest.short} of {repository}:{tag} (was {base} re-saved?); "
+                    "restore the base it was saved on"
+                )
             raise _damaged(
                 path,
                 f"is damaged: blob {blob.digest.short} of {repository}:{tag} is missing or "
