@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from clirunner import CLI
 from harness.registry import RegistryProcess
-from harness.seed import seed_image
+from harness.seed import SeedClient, seed_image
 from test_attachments import image_list, seed
+from test_bundles import bundle_image
 
 from transship.errors import ExitCode, IntegrityError
 from transship.layout.index import TOOL_FILE
@@ -298,3 +299,33 @@ def test_rerun_of_an_increment_whose_base_was_resaved_names_the_base(
     assert "of rerun10/app0:v1 (was base.tar re-saved?); restore the base it was saved on" in line
     assert "remove it" not in line and "damaged" not in line
     assert snapshot([increment]) == before
+
+
+def test_rerun_with_a_bundle_not_expanded_this_time_fails_on_the_bundle(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle held back (its images unreadable now) is this run's failure, not 'another
+    plan' in the archive: the line names the bundle and never says to remove the archive."""
+    host = plain_registry.host
+    app = seed_image(plain_registry, "rerun11/app", "v1", seed=510)
+    client = SeedClient.for_registry(plain_registry)
+    client.push_image("rerun11/bundle", bundle_image([f"{host}/rerun11/app@{app.digest}"], "b"),
+                      "v1")  # fmt: skip
+    seed_image(plain_registry, "rerun11/other", "v1", seed=511)
+    listing = write_list(
+        tmp_path, "images.txt", [f"{host}/rerun11/bundle:v1", f"{host}/rerun11/other:v1"]
+    )
+    layout = tmp_path / "layout"
+    save = ("save", "--images", str(listing), "-o", str(layout))
+    assert cli(*save, "-q").code == 0
+    before = snapshot([layout])
+
+    client.delete_manifest("rerun11/app", app.digest)  # the bundle cannot be expanded now
+    monkeypatch.setenv("TRANSSHIP_NO_CACHE", "1")  # resolve the list again, as a new list
+    out = cli(*save)
+    assert out.code == ExitCode.PARTIAL, out.err
+    assert f"bundle {host}/rerun11/bundle:v1 could not be expanded" in out.err, out.err
+    assert f"{layout} holds the rest of this plan (1 images); nothing to do" in out.err
+    assert "0 / 1 / 1" in out.err  # copied / skipped / failed: the bundle counted as failed
+    assert "holds another plan" not in out.err and "remove it" not in out.err
+    assert snapshot([layout]) == before

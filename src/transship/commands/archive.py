@@ -223,23 +223,25 @@ def save(
             found.require_space()
             return []
         if finished is not None:  # a rerun of a save that finished: nothing to write
-            count = await same_save(finished, plan, info, sources.get)
+            count = await same_save(finished, plan, info, sources.get, held_back)
             if not quiet:
-                console.print(f"{output} already holds this plan ({count} images); nothing to do")
+                held = "already holds this plan" if not held_back else "holds the rest of this plan"
+                console.print(f"{output} {held} ({count} images); nothing to do")
             skipped = already_saved(finished, planned_tasks(plan, info, target, sources.get))
-            stats = Stats(manifests_present=len(skipped))
-            seconds = time.monotonic() - started
-            if record is not None:
-                record.outcome = RunOutcome(skipped, stats, seconds)
-            if not quiet:
-                console.print(summary_table(skipped, stats, seconds))
             unexpanded = replace(plan, entries=tuple(held_back))  # failed, as SaveJob.held_back
-            return skipped + [
+            done = skipped + [
                 TaskResult(task, "failed", error=UsageError(f"bundle {task.source_reference} "
                            "could not be expanded"))
                 for group in planned_tasks(unexpanded, info, target, sources.get)
                 for task in group
             ]  # fmt: skip
+            stats = Stats(manifests_present=len(skipped))
+            seconds = time.monotonic() - started
+            if record is not None:
+                record.outcome = RunOutcome(done, stats, seconds)
+            if not quiet:
+                console.print(summary_table(done, stats, seconds))
+            return done
         job = await SaveJob.open(plan, info, target, sources.get)
         account = None if cut is None else ShardAccount(cut, sources.get, parallel, plan)
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,12 +239,19 @@ def _names(entry: PlanEntry, prefix: str) -> Iterator[tuple[str, str]]:
 
 
 async def same_save(
-    finished: FinishedSave, plan: Plan, info: ArchiveInfo, source_for: EndpointFor
+    finished: FinishedSave,
+    plan: Plan,
+    info: ArchiveInfo,
+    source_for: EndpointFor,
+    held_back: Sequence[PlanEntry] = (),
 ) -> int:
     """How many images `finished` holds, when it holds exactly what this run (its list
     resolved: `plan`, `info`) would save; otherwise a UsageError saying what differs. An
-    entry without a digest (a plan file's) is asked of its source, as the save would."""
+    entry without a digest (a plan file's) is asked of its source, as the save would.
+    `held_back`: bundles this run could not expand (`ops.listed`); what the archive holds in
+    their repositories is not compared (the caller fails them, saying so)."""
     path = finished.path
+    unexpanded = {e.destination for e in held_back}
     if (finished.info.prefix, finished.info.prefix_origin) != (info.prefix, info.prefix_origin):
         raise _refuse(
             path,
@@ -275,6 +282,9 @@ async def same_save(
                 break
     for entry in carried.values():  # in the archive's plan, not in this run's
         names = list(_names(entry, finished.info.prefix))
+        if entry.destination in unexpanded:  # a held-back bundle, its images, their locations
+            wanted.update(names)
+            continue
         wanted.update(names)
         first = f"{names[0][0]}:{names[0][1]}"
         differ[first] = f"{first} is not listed by this run"
