@@ -329,3 +329,32 @@ def test_rerun_with_a_bundle_not_expanded_this_time_fails_on_the_bundle(
     assert "0 / 1 / 1" in out.err  # copied / skipped / failed: the bundle counted as failed
     assert "holds another plan" not in out.err and "remove it" not in out.err
     assert snapshot([layout]) == before
+
+
+def test_rerun_of_a_tags_only_plan_asks_the_source_by_head(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A plan naming tags only: the rerun asks each tag's digest with a HEAD, no manifest
+    read (a GET counts as a pull on some registries and moves their retention)."""
+    refs = [f"{plain_registry.host}/rerun12/app{n}:v1" for n in range(3)]
+    for n in range(3):
+        seed_image(plain_registry, f"rerun12/app{n}", "v1", seed=520 + n)
+    plan_file = tmp_path / "plan.yaml"
+    out = cli("plan", "images", str(write_list(tmp_path, "images.txt", refs)), "--dest",
+              "harbor.corp/tkg", "-o", str(plan_file), "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    tags_only = tmp_path / "tags-only.yaml"
+    lines = plan_file.read_text().splitlines(keepends=True)
+    tags_only.write_text("".join(ln for ln in lines if "sourceDigest:" not in ln))
+    archive = tmp_path / "tags.tar"
+    assert cli("save", "--plan", str(tags_only), "-o", str(archive), "-q").code == 0
+
+    mark = plain_registry.sync_log()
+    out = cli("save", "--plan", str(tags_only), "-o", str(archive))
+    assert out.code == 0, out.err
+    assert "already holds this plan (3 images); nothing to do" in out.err
+    plain_registry.sync_log()  # every line of the rerun's requests written
+    asked = [e for e in plain_registry.access_log(mark) if "/manifests/" in e.path]
+    assert sorted((e.method, e.path) for e in asked) == [
+        ("HEAD", f"/v2/rerun12/app{n}/manifests/v1") for n in range(3)
+    ], asked

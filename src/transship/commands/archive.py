@@ -223,7 +223,7 @@ def save(
             found.require_space()
             return []
         if finished is not None:  # a rerun of a save that finished: nothing to write
-            count = await same_save(finished, plan, info, sources.get, held_back)
+            count = await same_save(finished, plan, info, sources.get, held_back, parallel)
             if not quiet:
                 held = "already holds this plan" if not held_back else "holds the rest of this plan"
                 console.print(f"{output} {held} ({count} images); nothing to do")

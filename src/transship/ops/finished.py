@@ -11,6 +11,7 @@ save: equal, the archive is left as it is; otherwise one line says what differs.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -244,10 +245,12 @@ async def same_save(
     info: ArchiveInfo,
     source_for: EndpointFor,
     held_back: Sequence[PlanEntry] = (),
+    parallel: int = 16,
 ) -> int:
     """How many images `finished` holds, when it holds exactly what this run (its list
     resolved: `plan`, `info`) would save; otherwise a UsageError saying what differs. An
-    entry without a digest (a plan file's) is asked of its source, as the save would.
+    entry without a digest (a plan file's) is asked of its source, as the save would (HEAD,
+    `parallel` at once).
     `held_back`: bundles this run could not expand (`ops.listed`); what the archive holds in
     their repositories is not compared (the caller fails them, saying so)."""
     path = finished.path
@@ -261,19 +264,22 @@ async def same_save(
     carried = {(e.destination, archive_tags(e)): e for e in finished.plan.entries}
     differ: dict[str, str] = {}  # the image's first name → what differs
     wanted: set[tuple[str, str]] = set()
+    rows = []
     for entry in plan.entries:
         names = list(_names(entry, info.prefix))
         wanted.update(names)
+        rows.append((entry, names, carried.pop((entry.destination, archive_tags(entry)), None)))
+    asked = await _source_digests(
+        [e for e, _, was in rows if was is not None and _comparable(was) == _comparable(e)],
+        source_for,
+        parallel,
+    )
+    for entry, names, was in rows:
         first = f"{names[0][0]}:{names[0][1]}"
-        was = carried.pop((entry.destination, archive_tags(entry)), None)
         if was is None or _comparable(was) != _comparable(entry):
             differ[first] = f"{first} is not in its plan as this run lists it"
             continue
-        digest = entry.source_digest
-        if digest is None:
-            endpoint = source_endpoint(entry, source_for)
-            repository = Reference.parse(entry.source).repository
-            digest = (await endpoint.get_manifest(repository, source_identifier(entry))).digest
+        digest = entry.source_digest or asked[id(entry)]
         for name in names:
             held = finished.held.get(name)
             if held != digest or was.source_digest not in (None, digest):
@@ -295,3 +301,23 @@ async def same_save(
         what = f"{n} image{'s' if n > 1 else ''} differ{'' if n > 1 else 's'}"
         raise _refuse(path, f"holds another plan: {what} ({next(iter(differ.values()))})")
     return len(plan.entries)
+
+
+async def _source_digests(
+    entries: Sequence[PlanEntry], source_for: EndpointFor, parallel: int
+) -> dict[int, Digest]:
+    """The digest each entry without one names at its source now (by `id`): HEADs, at most
+    `parallel` at once, never a manifest read."""
+    gate = asyncio.Semaphore(max(1, parallel))
+
+    async def ask(entry: PlanEntry) -> tuple[int, Digest]:
+        async with gate:
+            endpoint = source_endpoint(entry, source_for)
+            repository = Reference.parse(entry.source).repository
+            found = await endpoint.head_manifest(repository, source_identifier(entry))
+        if found is None:
+            raise NotFoundError(f"manifest {entry.source} not found at its source")
+        return id(entry), found.digest
+
+    pending = [entry for entry in entries if entry.source_digest is None]
+    return dict(await asyncio.gather(*(ask(entry) for entry in pending)))
