@@ -486,3 +486,36 @@ def test_load_repair_of_an_increment_goes_on_past_an_unfinished_base_it_needs_no
     assert "not reading from the base a beside it" in said[0], said
     assert "its save did not finish (transship/INCOMPLETE is there)" in said[0], said
     assert "Traceback" not in out.err, out.err
+
+
+def test_save_since_walks_each_base_s_named_manifests_at_most_once_per_run(
+    cli: CLI, plain_registry: RegistryProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What a base holds (`named_reach`: every manifest its names reach, read and hashed) is
+    walked the first time a save asks a base for a blob, then kept: not again by the save
+    after `--since` was checked, nor twice by a rerun over the finished save. A real chain
+    base → mid → top, saved, then rerun; the walk is counted, not replaced."""
+    from transship.layout.reader import LayoutReader
+
+    refs, images = _images(plain_registry, "chain11")
+    usb = tmp_path / "usb"
+    base, mid, top = usb / "base", usb / "mid.tar", usb / "top"
+    _save(cli, tmp_path, refs[:1], base)
+    _save(cli, tmp_path, refs[:2], mid, base)
+    walks: list[str] = []
+    real = LayoutReader.named_reach
+
+    async def counted(self: LayoutReader) -> frozenset[Digest]:
+        walks.append(self.label)
+        return await real(self)
+
+    monkeypatch.setattr(LayoutReader, "named_reach", counted)
+    _save(cli, tmp_path, refs, top, mid)
+    assert sorted(walks) == sorted({*walks}), walks  # each base once
+    assert len(walks) == 2, walks  # both were asked: mid, and base below it
+    carried = _blobs(top)
+    assert carried.isdisjoint(images[0].blob_digests)  # what base holds still left out
+    assert carried.isdisjoint(images[1].blob_digests)
+    walks.clear()
+    _save(cli, tmp_path, refs, top, mid)  # the rerun: checks --since, reads the finished save
+    assert sorted(walks) == sorted({*walks}), walks

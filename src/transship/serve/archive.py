@@ -117,7 +117,8 @@ class ServedArchive:
             missing = _follow_bases(layers, bases[-1] if bases else archive, [archive, *bases])
             cut: ChainCut | None = wrong or missing
             for base_layer in layers[1:]:  # a base serves what its names reach, as it loads
-                base_layer.held = await base_layer.named_reach()
+                base_layer.reach_only = True
+                await base_layer.held_digests()  # walked once here: `_holds` reads `held`
             for layer in layers:  # what load refuses is not served either
                 problems = completeness_problems(layer, ArchiveInfo.read(layer))
                 if problems:
