@@ -16,11 +16,8 @@ from typing import NamedTuple, Protocol
 from transship.digest import Digest, Hasher
 from transship.errors import IntegrityError, LayoutError, NotFoundError, TransshipError, io_error
 from transship.layout.index import LayoutIndex, ref_name
-from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
+from transship.manifest import MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
 from transship.streams import CHUNK
-
-#: how deep `named_reach` follows index children (index → image; as the engine copies)
-MAX_REACH_DEPTH = 4
 
 
 class BlobFile(Protocol):
@@ -169,8 +166,9 @@ class LayoutReader:
 
     async def named_reach(self) -> frozenset[Digest]:
         """Every manifest, config and layer digest the layout's named manifests reach (index
-        children, to `MAX_REACH_DEPTH`), reading manifests only (no blob is hashed). A named
-        manifest that cannot be read reaches nothing; the archive's checks report it."""
+        children, to `MAX_INDEX_DEPTH`, as the engine copies), reading manifests only (no blob
+        is hashed). A named manifest that cannot be read reaches nothing; the archive's checks
+        report it."""
         reached: set[Digest] = set()
         walked: set[Digest] = set()
 
@@ -183,7 +181,7 @@ class LayoutReader:
             except TransshipError:
                 return
             reached.add(digest)
-            if depth < MAX_REACH_DEPTH:
+            if depth < MAX_INDEX_DEPTH:
                 for child in manifest.manifests:
                     await walk(child.digest, depth + 1)
             reached.update(blob.digest for blob in manifest.blobs() if not blob.urls)

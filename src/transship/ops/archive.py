@@ -34,9 +34,9 @@ from transship.layout.index import UNFINISHED
 from transship.layout.reader import LayoutReader
 from transship.layout.tarsink import TarSink
 from transship.layout.volumes import find_parts_file
+from transship.manifest import MAX_INDEX_DEPTH
 from transship.ops.tasks import EndpointFor, phases, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
-from transship.plan.reader import MAX_INDEX_DEPTH
 from transship.reference import Reference, parse_prefix
 
 #: The compatibility rule: a transship reads exactly the archive format it writes. The format
