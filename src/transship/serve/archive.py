@@ -28,7 +28,7 @@ from transship.errors import IncompleteError, TransshipError, UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import Extent
 from transship.layout.volumes import PARTS_SUFFIX
-from transship.manifest import Descriptor, Manifest
+from transship.manifest import MAX_INDEX_DEPTH, Descriptor, Manifest
 from transship.ops.archive import (
     MAX_BASE_CHAIN,
     ArchiveInfo,
@@ -50,7 +50,6 @@ NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")  # `\Z`: no final newli
 MAX_NAME = 255
 #: manifest bytes kept in memory (parsed) after a first read
 MANIFEST_CACHE_BYTES = 16 * 1024 * 1024
-MAX_DEPTH = 4  # index → image; anything deeper is not an image graph we serve
 
 
 def served_prefix(info: ArchiveInfo) -> str:
@@ -232,7 +231,7 @@ class ServedArchive:
         if self.blob(descriptor.digest) is None:
             lacking.add(descriptor.digest)
         manifest = await self.manifest(descriptor.digest, descriptor.media_type)
-        if depth < MAX_DEPTH:
+        if depth < MAX_INDEX_DEPTH:  # anything deeper is not an image graph we serve
             for child in manifest.manifests:
                 await self._walk(repo, child, walked, seen, lacking, depth + 1)
         seen.add(key)
