@@ -115,9 +115,6 @@ class ServedArchive:
             wrong = _wrong_base(layers, [archive, *bases])
             missing = _follow_bases(layers, bases[-1] if bases else archive, [archive, *bases])
             cut: ChainCut | None = wrong or missing
-            for base_layer in layers[1:]:  # a base serves what its names reach, as it loads
-                base_layer.reach_only = True
-                await base_layer.held_digests()  # walked once here: `_holds` reads `held`
             for layer in layers:  # what load refuses is not served either
                 problems = completeness_problems(layer, ArchiveInfo.read(layer))
                 if problems:
@@ -302,10 +299,9 @@ class ServedArchive:
 
 
 def _holds(layer: Layer, digest: Digest) -> bool:
-    """The layer has the blob to serve: the archive any it stores; a base only one its named
-    manifests reach (`LayoutReader.held`), as `save --since` and `load` count a base's."""
-    if layer.held is not None and digest not in layer.held:
-        return False
+    """The layer stores the blob to serve, named or not: only what the served names reach is
+    ever asked for (`_index`), so a base's unnamed bytes go out only for a manifest a name
+    needs, verified as any blob, as `load --repair` reads them (`LayoutReader.open_blob`)."""
     return layer.blob_extents(digest) is not None
 
 
