@@ -381,14 +381,15 @@ def test_an_increment_carries_the_whole_plan_it_was_saved_with(
     assert "complete: 1 entries" in out.out, out.out
 
 
-def test_a_blob_a_base_stores_unnamed_is_not_held_for_serve_or_the_load_hint(
+def test_a_blob_a_base_stores_unnamed_is_served_but_not_held_for_the_load_hint(
     cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
 ) -> None:
     """inc saved on base when base still named app1; then base's name for app1 dropped (as a
     save resumed with another plan drops names, keeping their blobs). Loading base no longer
-    pushes app1's blobs, so base does not hold them: `serve inc` does not serve them from
-    base's unnamed store (a registry loaded with base then inc would lack them too), and
-    load's hint does not send the user to base for them."""
+    pushes app1's blobs, so base does not hold them: load's hint does not send the user to
+    base for them. Bytes are another matter: `serve inc` reads them from base's store for the
+    app1 that inc names, verified as any blob, as `load inc --repair` does (one rule for
+    reading a base's bytes: stored is enough)."""
     refs, images = _images(plain_registry, "chain9")
     usb = tmp_path / "usb"
     base, inc = usb / "base", usb / "inc"
@@ -407,15 +408,17 @@ def test_a_blob_a_base_stores_unnamed_is_not_held_for_serve_or_the_load_hint(
     layer = Digest.parse(images[1].blob_digests[-1])
     assert (base / "blobs" / "sha256" / layer.hex).exists()  # stored, unnamed
 
-    async def served_absent() -> set[Digest]:
+    async def served_absent() -> tuple[set[Digest], str | None, list[str]]:
         served, _info = await ServedArchive.open(inc, [], None)
         try:
-            return set(served.absent)
+            found = served.blob(layer)
+            return set(served.absent), found[1].label if found else None, served.problems
         finally:
             await served.close()
 
-    absent = asyncio.run(served_absent())
-    assert layer in absent  # app1's blob is answered 404, not read from base's unnamed store
+    absent, served_from, problems = asyncio.run(served_absent())
+    assert layer not in absent and not problems, problems  # app1 served whole
+    assert served_from is not None and served_from.endswith("/usb/base")  # base's unnamed store
     kept_layer = Digest.parse(images[0].blob_digests[-1])  # named in base: held there
     assert kept_layer not in absent
     hint = asyncio.run(missing_blob_hint(inc, "base", layer, False))
@@ -486,3 +489,36 @@ def test_load_repair_of_an_increment_goes_on_past_an_unfinished_base_it_needs_no
     assert "not reading from the base a beside it" in said[0], said
     assert "its save did not finish (transship/INCOMPLETE is there)" in said[0], said
     assert "Traceback" not in out.err, out.err
+
+
+def test_save_since_walks_each_base_s_named_manifests_at_most_once_per_run(
+    cli: CLI, plain_registry: RegistryProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What a base holds (`named_reach`: every manifest its names reach, read and hashed) is
+    walked the first time a save asks a base for a blob, then kept: not again by the save
+    after `--since` was checked, nor twice by a rerun over the finished save. A real chain
+    base → mid → top, saved, then rerun; the walk is counted, not replaced."""
+    from transship.layout.reader import LayoutReader
+
+    refs, images = _images(plain_registry, "chain11")
+    usb = tmp_path / "usb"
+    base, mid, top = usb / "base", usb / "mid.tar", usb / "top"
+    _save(cli, tmp_path, refs[:1], base)
+    _save(cli, tmp_path, refs[:2], mid, base)
+    walks: list[str] = []
+    real = LayoutReader.named_reach
+
+    async def counted(self: LayoutReader) -> frozenset[Digest]:
+        walks.append(self.label)
+        return await real(self)
+
+    monkeypatch.setattr(LayoutReader, "named_reach", counted)
+    _save(cli, tmp_path, refs, top, mid)
+    assert sorted(walks) == sorted({*walks}), walks  # each base once
+    assert len(walks) == 2, walks  # both were asked: mid, and base below it
+    carried = _blobs(top)
+    assert carried.isdisjoint(images[0].blob_digests)  # what base holds still left out
+    assert carried.isdisjoint(images[1].blob_digests)
+    walks.clear()
+    _save(cli, tmp_path, refs, top, mid)  # the rerun: checks --since, reads the finished save
+    assert sorted(walks) == sorted({*walks}), walks

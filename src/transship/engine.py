@@ -29,7 +29,7 @@ from transship.errors import (
     describe_unexpected,
 )
 from transship.landed import LandedLog
-from transship.manifest import Descriptor, Manifest, Platform
+from transship.manifest import MAX_INDEX_DEPTH, Descriptor, Manifest, Platform
 from transship.ratelimit import TokenBucket
 from transship.retry import CONTENT_POLICY, RetryPolicy, worth_restarting
 from transship.singleflight import SingleFlight
@@ -43,7 +43,6 @@ _UPLOAD_RETRY_CODES = frozenset({"DIGEST_INVALID", "BLOB_UPLOAD_INVALID", "BLOB_
 _CONTENT_RACE_CODES = frozenset(
     {"BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN", "DIGEST_INVALID"}
 )  # configs and tiny layers get their own lane
-MAX_INDEX_DEPTH = 4
 #: at most this many catalog pages per destination (`RepositoryIndex`), and never more than
 #: the tag lists they would spare: a huge shared registry falls back to the tag lists
 CATALOG_PAGES = 5

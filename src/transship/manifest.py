@@ -29,6 +29,9 @@ SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 ACCEPT = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit
+#: how deep an index's children are followed (index → index → … → image): the engine copies,
+#: a bundle's plan is read, and a base's named reach is walked this far, and no further
+MAX_INDEX_DEPTH = 4
 
 
 @dataclass(frozen=True)

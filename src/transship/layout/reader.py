@@ -16,11 +16,8 @@ from typing import NamedTuple, Protocol
 from transship.digest import Digest, Hasher
 from transship.errors import IntegrityError, LayoutError, NotFoundError, TransshipError, io_error
 from transship.layout.index import LayoutIndex, ref_name
-from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
+from transship.manifest import MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES, Descriptor, Manifest, Referrer
 from transship.streams import CHUNK
-
-#: how deep `named_reach` follows index children (index → image; as the engine copies)
-MAX_REACH_DEPTH = 4
 
 
 class BlobFile(Protocol):
@@ -48,11 +45,15 @@ class LayoutReader:
     #: an incremental archive: blobs that live in this base archive (read or written)
     base: LayoutReader | None = None
     base_name: str | None = None
-    #: linked as a base below an increment: the blobs and manifests its NAMED manifests reach
-    #: (`named_reach`, set by `ops.archive.link_bases`). Only those count as held for the
-    #: increment: one left unnamed in its store (a resumed save dropped the names that used
-    #: it) would never be pushed by loading this base. None: every stored blob counts
+    #: linked as a base below an increment (`ops.archive.link_bases`): only the blobs and
+    #: manifests its NAMED manifests reach count as held for the increment: one left unnamed
+    #: in its store (a resumed save dropped the names that used it) would never be pushed by
+    #: loading this base. False: every stored blob counts
+    reach_only: bool = False
+    #: what its named manifests reach (`named_reach`), walked the first time `held_digests`
+    #: needs it and kept: opening a chain to check it or to read from it walks nothing
     held: frozenset[Digest] | None = None
+    _held_lock: asyncio.Lock | None = None
     #: set by whoever knows where the bases lie (`ops.load`): what to say when a blob an
     #: increment left out to its bases is asked for (which base holds it, what to run)
     missing_blob_hint: Callable[[Digest], Awaitable[str]] | None = None
@@ -165,8 +166,9 @@ class LayoutReader:
 
     async def named_reach(self) -> frozenset[Digest]:
         """Every manifest, config and layer digest the layout's named manifests reach (index
-        children, to `MAX_REACH_DEPTH`), reading manifests only (no blob is hashed). A named
-        manifest that cannot be read reaches nothing; the archive's checks report it."""
+        children, to `MAX_INDEX_DEPTH`, as the engine copies), reading manifests only (no blob
+        is hashed). A named manifest that cannot be read reaches nothing; the archive's checks
+        report it."""
         reached: set[Digest] = set()
         walked: set[Digest] = set()
 
@@ -179,7 +181,7 @@ class LayoutReader:
             except TransshipError:
                 return
             reached.add(digest)
-            if depth < MAX_REACH_DEPTH:
+            if depth < MAX_INDEX_DEPTH:
                 for child in manifest.manifests:
                     await walk(child.digest, depth + 1)
             reached.update(blob.digest for blob in manifest.blobs() if not blob.urls)
@@ -219,10 +221,26 @@ class LayoutReader:
             return True
         return self.base is not None and await self.base.holds(repository, digest, size)
 
+    async def held_digests(self) -> frozenset[Digest] | None:
+        """As a base (`reach_only`): what its named manifests reach, walked once, on the first
+        call (concurrent callers wait for that one walk), then kept in `held`. None when
+        every stored blob counts."""
+        if not self.reach_only:
+            return None
+        if self.held is None:
+            if self._held_lock is None:
+                self._held_lock = asyncio.Lock()
+            async with self._held_lock:
+                if self.held is None:
+                    self.held = await self.named_reach()
+        return self.held
+
     async def holds(self, repository: str, digest: Digest, size: int | None = None) -> bool:
         """As a base below an increment: `has_blob`, but only a blob its named manifests
-        reach (`held`) counts, here and in its own bases; loading it pushes exactly those."""
-        if self.held is not None and digest not in self.held:
+        reach (`held_digests`) counts, here and in its own bases; loading it pushes exactly
+        those."""
+        held = await self.held_digests()
+        if held is not None and digest not in held:
             return self.base is not None and await self.base.holds(repository, digest, size)
         return await self.has_blob(repository, digest, size)
 

@@ -34,9 +34,9 @@ from transship.layout.index import UNFINISHED
 from transship.layout.reader import LayoutReader
 from transship.layout.tarsink import TarSink
 from transship.layout.volumes import find_parts_file
+from transship.manifest import MAX_INDEX_DEPTH
 from transship.ops.tasks import EndpointFor, phases, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
-from transship.plan.reader import MAX_INDEX_DEPTH
 from transship.reference import Reference, parse_prefix
 
 #: The compatibility rule: a transship reads exactly the archive format it writes. The format
@@ -357,7 +357,7 @@ async def open_base_chain(
     so in one line (the caller that checks `--since` first; the save reopens it quietly)."""
     first = await open_finished(path, what)
     try:
-        first.held = await first.named_reach()
+        first.reach_only = True  # its reach walked when first needed (`held_digests`)
         await link_bases(first, path, what, warn=warn)
     except BaseException:
         await close_chain(first)
@@ -369,10 +369,11 @@ async def link_bases(archive: LayoutReader, path: Path, what: str, *, warn: bool
     """Link below `archive` (opened from `path`) the base its archive.json names, beside it,
     each opened as `open_finished`, and so on down the chain (`open_base_chain`), as far as
     the files are there. Each base holds, for what is above it, only what its named manifests
-    reach (`LayoutReader.held`, read from its manifests once here): a blob left unnamed in its
-    store is not pushed by loading it, so it is not left out of an increment either. `load
-    --repair` reads a blob the increment left out from them. On an error the caller closes
-    `archive` with `close_chain` (which closes what was linked)."""
+    reach (`LayoutReader.held_digests`, read from its manifests the first time it is asked,
+    then kept): a blob left unnamed in its store is not pushed by loading it, so it is not
+    left out of an increment either. `load --repair` reads a blob the increment left out from
+    them. On an error the caller closes `archive` with `close_chain` (which closes what was
+    linked)."""
     layout, names = archive, {path.name}
     for _ in range(MAX_BASE_CHAIN):
         name = ArchiveInfo.read(layout).base
@@ -389,7 +390,7 @@ async def link_bases(archive: LayoutReader, path: Path, what: str, *, warn: bool
             break
         names.add(name)
         layout.base = await open_finished(beside, what)
-        layout.base.held = await layout.base.named_reach()  # what loading that base pushes
+        layout.base.reach_only = True  # what loading that base pushes, walked when needed
         layout, path = layout.base, beside
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from transship.digest import Digest
 from transship.endpoint import Endpoint
-from transship.engine import MAX_INDEX_DEPTH, CopyTask, Observer, TaskResult
+from transship.engine import CopyTask, Observer, TaskResult
 from transship.errors import TransshipError
-from transship.manifest import Descriptor
+from transship.manifest import MAX_INDEX_DEPTH, Descriptor
 from transship.ops.archive import source_points
 from transship.ops.tasks import EndpointFor
 from transship.plan.model import Plan, PlanEntry

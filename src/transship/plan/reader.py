@@ -25,6 +25,7 @@ from transship.imgpkg.bundle import (
     only_regular_file,
     parse_images_lock,
 )
+from transship.manifest import MAX_INDEX_DEPTH as MAX_INDEX_DEPTH  # `ops.finished` imports it
 from transship.manifest import Descriptor, Manifest
 from transship.reference import Reference
 from transship.retry import restarting
@@ -34,7 +35,6 @@ EndpointFor = Callable[[str], Endpoint]
 T = TypeVar("T")
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
-MAX_INDEX_DEPTH = 4
 
 
 @dataclass(frozen=True)

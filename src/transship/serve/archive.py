@@ -28,7 +28,7 @@ from transship.errors import IncompleteError, TransshipError, UsageError
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.reader import Extent
 from transship.layout.volumes import PARTS_SUFFIX
-from transship.manifest import Descriptor, Manifest
+from transship.manifest import MAX_INDEX_DEPTH, Descriptor, Manifest
 from transship.ops.archive import (
     MAX_BASE_CHAIN,
     ArchiveInfo,
@@ -50,7 +50,6 @@ NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")  # `\Z`: no final newli
 MAX_NAME = 255
 #: manifest bytes kept in memory (parsed) after a first read
 MANIFEST_CACHE_BYTES = 16 * 1024 * 1024
-MAX_DEPTH = 4  # index → image; anything deeper is not an image graph we serve
 
 
 def served_prefix(info: ArchiveInfo) -> str:
@@ -116,8 +115,6 @@ class ServedArchive:
             wrong = _wrong_base(layers, [archive, *bases])
             missing = _follow_bases(layers, bases[-1] if bases else archive, [archive, *bases])
             cut: ChainCut | None = wrong or missing
-            for base_layer in layers[1:]:  # a base serves what its names reach, as it loads
-                base_layer.held = await base_layer.named_reach()
             for layer in layers:  # what load refuses is not served either
                 problems = completeness_problems(layer, ArchiveInfo.read(layer))
                 if problems:
@@ -231,7 +228,7 @@ class ServedArchive:
         if self.blob(descriptor.digest) is None:
             lacking.add(descriptor.digest)
         manifest = await self.manifest(descriptor.digest, descriptor.media_type)
-        if depth < MAX_DEPTH:
+        if depth < MAX_INDEX_DEPTH:  # anything deeper is not an image graph we serve
             for child in manifest.manifests:
                 await self._walk(repo, child, walked, seen, lacking, depth + 1)
         seen.add(key)
@@ -302,10 +299,9 @@ class ServedArchive:
 
 
 def _holds(layer: Layer, digest: Digest) -> bool:
-    """The layer has the blob to serve: the archive any it stores; a base only one its named
-    manifests reach (`LayoutReader.held`), as `save --since` and `load` count a base's."""
-    if layer.held is not None and digest not in layer.held:
-        return False
+    """The layer stores the blob to serve, named or not: only what the served names reach is
+    ever asked for (`_index`), so a base's unnamed bytes go out only for a manifest a name
+    needs, verified as any blob, as `load --repair` reads them (`LayoutReader.open_blob`)."""
     return layer.blob_extents(digest) is not None
 
 
