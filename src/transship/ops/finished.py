@@ -31,6 +31,7 @@ from transship.fsutil import file_sha256
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.index import INDEX_FILE, LAYOUT_FILE, TOOL_FILE
 from transship.layout.volumes import PARTS_SUFFIX
+from transship.manifest import MAX_INDEX_DEPTH
 from transship.ops.archive import (
     ArchiveInfo,
     archive_tags,
@@ -44,7 +45,6 @@ from transship.ops.save import SaveTarget
 from transship.ops.selfcopy import carried_tool
 from transship.ops.tasks import EndpointFor, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
-from transship.plan.reader import MAX_INDEX_DEPTH
 from transship.reference import Reference
 
 _REMEDY = "remove it or choose another name"

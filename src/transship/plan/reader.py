@@ -25,8 +25,7 @@ from transship.imgpkg.bundle import (
     only_regular_file,
     parse_images_lock,
 )
-from transship.manifest import MAX_INDEX_DEPTH as MAX_INDEX_DEPTH  # `ops.finished` imports it
-from transship.manifest import Descriptor, Manifest
+from transship.manifest import MAX_INDEX_DEPTH, Descriptor, Manifest
 from transship.reference import Reference
 from transship.retry import restarting
 from transship.singleflight import SingleFlight
