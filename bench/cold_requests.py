@@ -62,19 +62,34 @@ def main() -> None:
             listing = work / "images.txt"
             listing.write_text("\n".join(refs) + "\n")
             env = {**os.environ, "PYTHONPATH": str(args.src), "DOCKER_CONFIG": str(work)}
-            cmd = [sys.executable, "-m", "transship", "copy", "--images", str(listing),
-                   "--dest", f"{dest.host}/mirror", "-q"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "transship",
+                "copy",
+                "--images",
+                str(listing),
+                "--dest",
+                f"{dest.host}/mirror",
+                "-q",
+            ]
             for run in ("cold", "rerun"):
                 mark = dest.log_offset()
                 subprocess.run(cmd, env=env, check=True, timeout=300)
-                dest.wait_for_log(rf"/v2/mirror/bench/app{(args.tags - 1) % args.repos}/"
-                                  rf"manifests/v{args.tags - 1}", since=mark)
+                dest.wait_for_log(
+                    rf"/v2/mirror/bench/app{(args.tags - 1) % args.repos}/"
+                    rf"manifests/v{args.tags - 1}",
+                    since=mark,
+                )
                 by = counted(dest, mark)
                 reads = sum(by[m] for m in READS)
                 writes = sum(n for m, n in by.items() if m not in READS)
                 ratio = f"{reads / writes:.1%}" if writes else "-"
-                print(f"{run}: {sum(by.values())} requests {dict(sorted(by.items()))} "
-                      f"reads={reads} writes={writes} reads/writes={ratio}", flush=True)
+                print(
+                    f"{run}: {sum(by.values())} requests {dict(sorted(by.items()))} "
+                    f"reads={reads} writes={writes} reads/writes={ratio}",
+                    flush=True,
+                )
         finally:
             dest.stop()
             source.stop()

@@ -66,9 +66,19 @@ def run_shards(bench: Bench, plan_template: str, count: int, old_host: str) -> d
 
     def shard(index: int) -> None:
         cmd: list[str | Path] = [
-            TRANSSHIP, "copy", "--plan", plan, "--shard", f"{index}/{count}",
-            "--dest-ca", str(bench.pki.ca.cert_path), "--dest-creds", CREDS,
-            "-q", "--report", logs / f"report-{index}.json",
+            TRANSSHIP,
+            "copy",
+            "--plan",
+            plan,
+            "--shard",
+            f"{index}/{count}",
+            "--dest-ca",
+            str(bench.pki.ca.cert_path),
+            "--dest-creds",
+            CREDS,
+            "-q",
+            "--report",
+            logs / f"report-{index}.json",
         ]
         results[index] = timed(cmd, env, logs, f"shard-{index}-of-{count}")
 
@@ -84,24 +94,37 @@ def run_shards(bench: Bench, plan_template: str, count: int, old_host: str) -> d
         bench._add(run, result, f"shard {index}/{count}")
     bench.finish(run, dest, window)
     checked = timed(
-        [TRANSSHIP, "verify", "--plan", plan, "--dest-ca", str(bench.pki.ca.cert_path),
-         "--dest-creds", CREDS, "-q"],
-        env, logs, "verify",
+        [
+            TRANSSHIP,
+            "verify",
+            "--plan",
+            plan,
+            "--dest-ca",
+            str(bench.pki.ca.cert_path),
+            "--dest-creds",
+            CREDS,
+            "-q",
+        ],
+        env,
+        logs,
+        "verify",
     )
     shards = []
     for index in range(1, count + 1):
         doc = json.loads((logs / f"report-{index}.json").read_text())
         info = doc["shard"]
-        shards.append({
-            "shard": f"{index}/{count}",
-            "seconds": results[index].seconds,
-            "rss_mb": results[index].rss_kb / 1024,
-            "entries": info["entries"],
-            "repositories": info["repositories"],
-            "bytes": sum(int(e["bytes"] or 0) for e in doc["entries"]),
-            "shared_blobs": info["shared_blobs"],
-            "shared_bytes_sent": info["shared_bytes_sent"],
-        })
+        shards.append(
+            {
+                "shard": f"{index}/{count}",
+                "seconds": results[index].seconds,
+                "rss_mb": results[index].rss_kb / 1024,
+                "entries": info["entries"],
+                "repositories": info["repositories"],
+                "bytes": sum(int(e["bytes"] or 0) for e in doc["entries"]),
+                "shared_blobs": info["shared_blobs"],
+                "shared_bytes_sent": info["shared_bytes_sent"],
+            }
+        )
     dest.stop()
     return {
         "shards": count,
@@ -172,9 +195,19 @@ def main() -> None:
         probe = bench.fresh_dest("plan")  # a host to plan for; each run gets its own
         plan = work / "plan.yaml"
         subprocess.run(
-            [TRANSSHIP, "plan", "images", bench.images, "--dest", f"{probe.host}/{PREFIX}",
-             "-o", plan, "-q"],
-            env=tool_env(work / "plan-home"), check=True,
+            [
+                TRANSSHIP,
+                "plan",
+                "images",
+                bench.images,
+                "--dest",
+                f"{probe.host}/{PREFIX}",
+                "-o",
+                plan,
+                "-q",
+            ],
+            env=tool_env(work / "plan-home"),
+            check=True,
         )
         probe.stop()
         template = plan.read_text()

@@ -51,9 +51,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="transship-demo-"))
     pki = build_pki(work / "pki")
     say("starting an upstream registry (plain HTTP) and an internal one (TLS + password)")
-    with RegistryProcess(work / "upstream", "plain").start() as up, RegistryProcess(
-        work / "internal", "tls_basic", pki=pki
-    ).start() as internal:
+    with (
+        RegistryProcess(work / "upstream", "plain").start() as up,
+        RegistryProcess(work / "internal", "tls_basic", pki=pki).start() as internal,
+    ):
         print(f"upstream: {up.url}   internal: {internal.url} (CA {pki.ca_pem_path})")
         say("seeding the upstream with TKG-named images")
         for i, (name, kind, fmt) in enumerate(IMAGES):
@@ -95,13 +96,22 @@ def main() -> None:
         for name, _kind, _fmt in IMAGES:
             src = subprocess.run(
                 ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{up.host}/{name}"],
-                capture_output=True, check=True,
+                capture_output=True,
+                check=True,
             ).stdout
             dst = subprocess.run(
-                ["skopeo", "inspect", "--raw", "--cert-dir", str(certs), "--creds",
-                 f"{internal.username}:{internal.password}",
-                 f"docker://{internal.host}/tkg-mirror/{name}"],
-                capture_output=True, check=True,
+                [
+                    "skopeo",
+                    "inspect",
+                    "--raw",
+                    "--cert-dir",
+                    str(certs),
+                    "--creds",
+                    f"{internal.username}:{internal.password}",
+                    f"docker://{internal.host}/tkg-mirror/{name}",
+                ],
+                capture_output=True,
+                check=True,
             ).stdout
             same = "identical" if src == dst else "DIFFERENT"
             print(f"  {name:60} sha256:{hashlib.sha256(dst).hexdigest()[:12]}  {same}")

@@ -229,8 +229,15 @@ def test_plan_images_finds_cosign_tags_referrers_and_their_signatures(
 ) -> None:
     plan_file = tmp_path / "plan.yaml"
     mark = plain_registry.log_offset()
-    out = cli("plan", "images", str(image_list(tmp_path, seeded)), "--dest",
-              f"harbor.local/{DEST}", "-o", str(plan_file))
+    out = cli(
+        "plan",
+        "images",
+        str(image_list(tmp_path, seeded)),
+        "--dest",
+        f"harbor.local/{DEST}",
+        "-o",
+        str(plan_file),
+    )
     assert out.code == 0, out.err
     plan = Plan.from_yaml(plan_file.read_text(), str(plan_file))
     app, sbom, child = seeded.app, seeded.sbom, seeded.multi.images[1]
@@ -246,17 +253,37 @@ def test_plan_images_finds_cosign_tags_referrers_and_their_signatures(
 
     app_repo, multi_repo = seeded.repo("app"), seeded.repo("multi")
     assert found == {
-        (app_dest, (f"sha256-{hexof(app.digest)}.att",),
-         digest_of(f"{app_repo}:sha256-{hexof(app.digest)}.att"), app.digest),
-        (app_dest, (f"sha256-{hexof(app.digest)}.sig",),
-         digest_of(f"{app_repo}:sha256-{hexof(app.digest)}.sig"), app.digest),
+        (
+            app_dest,
+            (f"sha256-{hexof(app.digest)}.att",),
+            digest_of(f"{app_repo}:sha256-{hexof(app.digest)}.att"),
+            app.digest,
+        ),
+        (
+            app_dest,
+            (f"sha256-{hexof(app.digest)}.sig",),
+            digest_of(f"{app_repo}:sha256-{hexof(app.digest)}.sig"),
+            app.digest,
+        ),
         (app_dest, (), sbom.digest, app.digest),  # the referrer, by digest
-        (app_dest, (f"sha256-{hexof(app.digest)}",),  # and the tag-schema index that lists it
-         digest_of(f"{app_repo}:sha256-{hexof(app.digest)}"), app.digest),
-        (app_dest, (f"sha256-{hexof(sbom.digest)}.sig",),  # one level further
-         digest_of(f"{app_repo}:sha256-{hexof(sbom.digest)}.sig"), sbom.digest),
-        (multi_dest, (f"sha256-{hexof(child.digest)}.sig",),  # an index child's signature
-         digest_of(f"{multi_repo}:sha256-{hexof(child.digest)}.sig"), child.digest),
+        (
+            app_dest,
+            (f"sha256-{hexof(app.digest)}",),  # and the tag-schema index that lists it
+            digest_of(f"{app_repo}:sha256-{hexof(app.digest)}"),
+            app.digest,
+        ),
+        (
+            app_dest,
+            (f"sha256-{hexof(sbom.digest)}.sig",),  # one level further
+            digest_of(f"{app_repo}:sha256-{hexof(sbom.digest)}.sig"),
+            sbom.digest,
+        ),
+        (
+            multi_dest,
+            (f"sha256-{hexof(child.digest)}.sig",),  # an index child's signature
+            digest_of(f"{multi_repo}:sha256-{hexof(child.digest)}.sig"),
+            child.digest,
+        ),
     }
     unplanned = f"sha256-{hexof(seeded.unplanned.digest)}.sig"
     assert all(unplanned not in e.tags for e in plan.entries)
@@ -273,15 +300,24 @@ def test_plan_images_finds_cosign_tags_referrers_and_their_signatures(
     # cheap: one tag list per source repository, whatever the number of manifests
     listings = plain_registry.requests("GET", r"/tags/list", since=mark)
     assert sorted(e.path.split("/tags/")[0] for e in listings) == [
-        f"/v2/{app_repo}", f"/v2/{multi_repo}"
+        f"/v2/{app_repo}",
+        f"/v2/{multi_repo}",
     ]
     # distribution 2.8 has no referrers API: asked once, then never again on that host
     assert len(plain_registry.requests("GET", r"/referrers/", since=mark)) == 1
 
 
 def test_no_attachments_plans_none(cli: CLI, seeded: Seeded, tmp_path: Path) -> None:
-    out = cli("plan", "images", str(image_list(tmp_path, seeded)), "--dest",
-              f"harbor.local/{DEST}", "--no-attachments", "--format", "json")
+    out = cli(
+        "plan",
+        "images",
+        str(image_list(tmp_path, seeded)),
+        "--dest",
+        f"harbor.local/{DEST}",
+        "--no-attachments",
+        "--format",
+        "json",
+    )
     assert out.code == 0, out.err
     doc = json.loads(out.out)
     assert {e["kind"] for e in doc["entries"]} == {"image", "index"}
@@ -299,8 +335,16 @@ def test_copy_plan_lands_attachments_beside_their_images(
 ) -> None:
     dest = make_registry("plain")
     plan_file = tmp_path / "plan.yaml"
-    out = cli("plan", "images", str(image_list(tmp_path, seeded)), "--dest",
-              f"{dest.host}/{DEST}", "-o", str(plan_file), "-q")
+    out = cli(
+        "plan",
+        "images",
+        str(image_list(tmp_path, seeded)),
+        "--dest",
+        f"{dest.host}/{DEST}",
+        "-o",
+        str(plan_file),
+        "-q",
+    )
     assert out.code == 0, out.err
     copied = cli("copy", "--plan", str(plan_file), "-q")
     assert copied.code == 0, copied.err
@@ -326,7 +370,7 @@ def test_a_single_copy_brings_the_image_attachments_too(
     assert skopeo(dest, "one/app:v1") == seeded.app.manifest
     for key, raw in seeded.attached.items():
         if key.startswith(f"{app}:") or key.startswith(f"{app}@"):
-            assert skopeo(dest, f"one/app{key[len(app):]}") == raw, key
+            assert skopeo(dest, f"one/app{key[len(app) :]}") == raw, key
     out = cli("copy", f"{seeded.host}/{app}:v1", f"{dest.host}/bare/app:v1", "--no-attachments",
               "-q")  # fmt: skip
     assert out.code == 0, out.err
@@ -393,8 +437,14 @@ def test_plan_takes_referrers_from_the_api_and_merges_the_tag_schema_list(
     extra = sbom_referrer(seeded.app, 705)
     SeedClient.for_registry(plain_registry).push_image(seeded.repo("app"), extra)
     sig_tag = f"{seeded.repo('app')}:sha256-{hexof(seeded.app.digest)}.sig"
-    sig = Image(seeded.attached[sig_tag], OCI_MANIFEST, str(Digest.of(seeded.attached[sig_tag])),
-                seeded.sbom.config, (), {})  # Harbor lists cosign's images as referrers too
+    sig = Image(
+        seeded.attached[sig_tag],
+        OCI_MANIFEST,
+        str(Digest.of(seeded.attached[sig_tag])),
+        seeded.sbom.config,
+        (),
+        {},
+    )  # Harbor lists cosign's images as referrers too
     api_answer = json.loads(referrers_index(seeded.sbom, extra, sig))
 
     async def api(registry: object, repository: str, digest: Digest) -> tuple[Referrer, ...]:
@@ -403,8 +453,16 @@ def test_plan_takes_referrers_from_the_api_and_merges_the_tag_schema_list(
         return parse_referrers(json.dumps(api_answer).encode(), "api")
 
     monkeypatch.setattr(Registry, "list_referrers", api)
-    out = cli("plan", "images", str(image_list(tmp_path, seeded)), "--dest",
-              f"harbor.local/{DEST}", "--format", "json", "-q")
+    out = cli(
+        "plan",
+        "images",
+        str(image_list(tmp_path, seeded)),
+        "--dest",
+        f"harbor.local/{DEST}",
+        "--format",
+        "json",
+        "-q",
+    )
     assert out.code == 0, out.err
     plan = Plan.from_yaml(out.out, "stdout")
     by_digest = [str(e.source_digest) for e in attachment_entries(plan) if not e.tags]
@@ -436,8 +494,13 @@ def test_parse_referrers_reads_descriptors_and_artifact_types() -> None:
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
             "manifests": [
-                {"mediaType": OCI_MANIFEST, "digest": sig, "size": 512, "artifactType": SPDX,
-                 "annotations": {"org.opencontainers.image.created": "2024-01-01T00:00:00Z"}},
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": sig,
+                    "size": 512,
+                    "artifactType": SPDX,
+                    "annotations": {"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+                },
                 {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "b" * 64, "size": 7},
             ],
         }
@@ -445,7 +508,9 @@ def test_parse_referrers_reads_descriptors_and_artifact_types() -> None:
     found = parse_referrers(raw, "test")
     assert [r.artifact_type for r in found] == [SPDX, None]
     assert found[0].descriptor == Descriptor(
-        OCI_MANIFEST, Digest.parse(sig), 512,
+        OCI_MANIFEST,
+        Digest.parse(sig),
+        512,
         annotations=(("org.opencontainers.image.created", "2024-01-01T00:00:00Z"),),
     )
     assert parse_referrers(b'{"schemaVersion": 2, "manifests": []}', "empty") == ()
@@ -479,20 +544,29 @@ def test_distribution_has_no_referrers_api(seeded: Seeded) -> None:
 
 
 def _attachment(source: str, subject: Digest, tags: tuple[str, ...], own: Digest) -> PlanEntry:
-    return PlanEntry.create(source, "dest.local/app", kind=EntryKind.ATTACHMENT, tags=tags,
-                            source_digest=own, subject=subject)
+    return PlanEntry.create(
+        source,
+        "dest.local/app",
+        kind=EntryKind.ATTACHMENT,
+        tags=tags,
+        source_digest=own,
+        subject=subject,
+    )
 
 
 def test_attachment_phases_put_attachments_of_attachments_and_lists_last() -> None:
     image, sbom, sig, sbom_sig, listing = (Digest.of(bytes([n])) for n in range(5))
     image_entry = PlanEntry.create(f"src.local/app@{image}", "dest.local/app")
-    sig_entry = _attachment(f"src.local/app:{cosign_tag(image, 'sig')}", image,
-                            (cosign_tag(image, "sig"),), sig)
+    sig_entry = _attachment(
+        f"src.local/app:{cosign_tag(image, 'sig')}", image, (cosign_tag(image, "sig"),), sig
+    )
     sbom_entry = _attachment(f"src.local/app@{sbom}", image, (), sbom)
-    sbom_sig_entry = _attachment(f"src.local/app:{cosign_tag(sbom, 'sig')}", sbom,
-                                 (cosign_tag(sbom, "sig"),), sbom_sig)
-    list_entry = _attachment(f"src.local/app:{referrers_tag(image)}", image,
-                             (referrers_tag(image),), listing)
+    sbom_sig_entry = _attachment(
+        f"src.local/app:{cosign_tag(sbom, 'sig')}", sbom, (cosign_tag(sbom, "sig"),), sbom_sig
+    )
+    list_entry = _attachment(
+        f"src.local/app:{referrers_tag(image)}", image, (referrers_tag(image),), listing
+    )
     plan = Plan((image_entry, sig_entry, sbom_entry, sbom_sig_entry, list_entry))
     groups = attachment_phases(plan.entries)
     assert [{e.source_digest for e in g} for g in groups] == [{sig, sbom}, {sbom_sig}, {listing}]
@@ -503,8 +577,12 @@ def test_attachment_phases_put_attachments_of_attachments_and_lists_last() -> No
 
 def test_attachment_entries_round_trip_and_subject_belongs_to_attachments() -> None:
     subject = Digest.of(b"subject")
-    entry = _attachment(f"src.local/app:{cosign_tag(subject, 'sig')}", subject,
-                        (cosign_tag(subject, "sig"),), Digest.of(b"sig"))
+    entry = _attachment(
+        f"src.local/app:{cosign_tag(subject, 'sig')}",
+        subject,
+        (cosign_tag(subject, "sig"),),
+        Digest.of(b"sig"),
+    )
     plan = Plan((entry,))
     text = plan.to_yaml()
     assert f"subject: {subject}" in text and "kind: attachment" in text

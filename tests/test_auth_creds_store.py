@@ -130,8 +130,13 @@ def test_explicit_creds_never_run_the_helper_and_the_config_is_read_only_when_as
     ca = str(pki.ca_pem_path)
 
     out = cli(
-        "copy", tls_registry.ref("store/three:v1"), dest.ref("store/three:v1"),
-        "--src-ca", ca, "--src-creds", CREDS,
+        "copy",
+        tls_registry.ref("store/three:v1"),
+        dest.ref("store/three:v1"),
+        "--src-ca",
+        ca,
+        "--src-creds",
+        CREDS,
     )
     assert out.code == 0, out.err
     assert not calls.exists()  # neither side ran it: creds given, and a plain destination
@@ -229,15 +234,20 @@ def test_a_helper_that_exits_with_an_error_is_named_and_not_found_stays_anonymou
     run goes on anonymous); any other failing exit is the helper's error, quoted by its first
     line with the helper and the config entry, instead of a `docker login` hint."""
     _script_helper(
-        tmp_path, monkeypatch, "nodbus",
+        tmp_path,
+        monkeypatch,
+        "nodbus",
         'echo "Cannot autolaunch D-Bus without X11 \\$DISPLAY" >&2\nexit 1',
     )
     _script_helper(
-        tmp_path, monkeypatch, "empty",
+        tmp_path,
+        monkeypatch,
+        "empty",
         'echo "credentials not found in native keychain"\nexit 1',
     )
     config = _config(
-        tmp_path, monkeypatch,
+        tmp_path,
+        monkeypatch,
         {"credHelpers": {tls_registry.host: "nodbus", token_registry.host: "empty"}},
     )
     ca = str(pki.ca_pem_path)
@@ -268,7 +278,9 @@ def test_a_failing_helper_s_message_is_its_first_line_trimmed(
     """Helpers report errors on stdout (docker-credential-helpers): the first non-blank line,
     cut to 200 characters, is quoted; a killed helper says so."""
     _script_helper(
-        tmp_path, monkeypatch, "locked",
+        tmp_path,
+        monkeypatch,
+        "locked",
         f'echo ""\necho "pass: store locked {"x" * 300}"\necho second line\nexit 2',
     )
     _script_helper(tmp_path, monkeypatch, "killed", "kill -9 $$")
@@ -331,9 +343,14 @@ def test_ctrl_c_while_a_helper_hangs_ends_the_run_and_the_helper_at_once(
     seed_image(plain_registry, "store/hang", "v1", seed=330)
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "transship", "copy",
-            plain_registry.ref("store/hang:v1"), tls_registry.ref("store/hang:v1"),
-            "--dest-ca", str(pki.ca_pem_path),
+            sys.executable,
+            "-m",
+            "transship",
+            "copy",
+            plain_registry.ref("store/hang:v1"),
+            tls_registry.ref("store/hang:v1"),
+            "--dest-ca",
+            str(pki.ca_pem_path),
         ],
         env=dict(os.environ),
         stdin=subprocess.DEVNULL,
@@ -424,7 +441,7 @@ def test_a_helper_child_that_leaves_its_group_holding_the_pipes_does_not_hold_th
     pid_file = tmp_path / "escaped-pid"
     helper = bin_dir / "docker-credential-escape"
     helper.write_text(
-        f'#!/bin/sh\nread host\nsetsid sh -c \'echo $$ > "{pid_file}"; exec sleep 30\' &\n'
+        f"#!/bin/sh\nread host\nsetsid sh -c 'echo $$ > \"{pid_file}\"; exec sleep 30' &\n"
         "sleep 30\n"
     )
     helper.chmod(helper.stat().st_mode | stat.S_IEXEC)

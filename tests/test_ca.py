@@ -29,9 +29,7 @@ def gnu_base64(path: Path) -> str:
 # -- encode / decode -------------------------------------------------------------------------
 
 
-def test_encode_equals_base64_w0_and_decode_round_trips(
-    cli: CLI, pki: PKI, tmp_path: Path
-) -> None:
+def test_encode_equals_base64_w0_and_decode_round_trips(cli: CLI, pki: PKI, tmp_path: Path) -> None:
     encoded = cli("ca", "encode", str(pki.ca_pem_path))
     assert encoded.code == 0, encoded.err
     line = encoded.out.rstrip("\n")
@@ -176,9 +174,7 @@ def test_check_bearer_realm_of_a_token_registry(
     assert f'Bearer realm="{token_server.realm}"' in out.out
 
 
-def test_check_unknown_authority_names_the_issuer(
-    cli: CLI, make_registry, pki: PKI
-) -> None:
+def test_check_unknown_authority_names_the_issuer(cli: CLI, make_registry, pki: PKI) -> None:
     reg = make_registry("tls", cert=pki.wrong_ca_server)
     out = cli("ca", "check", reg.host, "--ca", str(pki.ca_pem_path))
     assert out.code == CheckExit.UNKNOWN_AUTHORITY == ExitCode.TLS

@@ -109,9 +109,7 @@ def test_verify_and_tkg_config_read_the_plan_of_a_split_archive(
     assert out.code == 0, out.err
 
 
-def test_a_plan_option_refuses_what_is_neither_plan_nor_archive(
-    cli: CLI, tmp_path: Path
-) -> None:
+def test_a_plan_option_refuses_what_is_neither_plan_nor_archive(cli: CLI, tmp_path: Path) -> None:
     binary = tmp_path / "photo.jpg"
     binary.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
     big = tmp_path / "big.iso"

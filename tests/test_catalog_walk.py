@@ -43,8 +43,10 @@ def pages_read(
     walk = CatalogWalk(prefix, start_after(prefix))
     remaining = list(catalog)
     if honours_last and walk.last:
-        key = (lambda n: n) if list(catalog) == sorted(catalog) else (
-            lambda n: n.replace("/", "\x00")
+        key = (
+            (lambda n: n)
+            if list(catalog) == sorted(catalog)
+            else (lambda n: n.replace("/", "\x00"))
         )
         remaining = [n for n in remaining if key(n) > key(walk.last)]
     pages = 0

@@ -126,9 +126,19 @@ def test_a_partly_filled_destination_lists_and_heads_only_the_repositories_it_ho
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(refs) + "\n")
     mark = dest.sync_log()
-    out = cli("copy", "--images", str(listing), "--dest", f"{dest.host}/mirror",
-              "--dest-ca", str(dest.ca_pem_path), "--dest-creds", CREDS,
-              "--report", str(tmp_path / "report.json"))
+    out = cli(
+        "copy",
+        "--images",
+        str(listing),
+        "--dest",
+        f"{dest.host}/mirror",
+        "--dest-ca",
+        str(dest.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "--report",
+        str(tmp_path / "report.json"),
+    )
     assert out.code == 0, out.err
     dest.wait_for_log(r"PUT /v2/mirror/part/app\d/manifests/v\d", since=mark)
     dest.sync_log()
@@ -158,8 +168,17 @@ def test_a_refused_catalog_costs_one_request_and_falls_back_to_tag_lists(
     tokens = make_token_server(catalog_users=frozenset())  # alice may not read the catalog
     dest = make_registry("tls_token", token_server=tokens)
     mark = dest.sync_log()
-    out = cli("copy", "--images", str(listing), "--dest", f"{dest.host}/mirror",
-              "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS)
+    out = cli(
+        "copy",
+        "--images",
+        str(listing),
+        "--dest",
+        f"{dest.host}/mirror",
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+    )
     assert out.code == 0, out.err
     assert "catalog" not in out.err.lower()  # silent
     dest.wait_for_log(r"PUT /v2/mirror/cold/app\d/manifests/v\d", since=mark)
@@ -201,8 +220,17 @@ def test_harbor_catalog_for_admins_and_tag_lists_for_everyone_else(
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(f"{plain_registry.host}/{p}" for p in paths) + "\n")
     creds = f"{ADMIN}:{ADMIN_PASSWORD}" if user == "admin" else ":".join(BOB)
-    out = cli("copy", "--images", str(listing), "--dest", f"{harbor.host}/tkg",
-              "--dest-ca", str(pki.ca_pem_path), "--dest-creds", creds)
+    out = cli(
+        "copy",
+        "--images",
+        str(listing),
+        "--dest",
+        f"{harbor.host}/tkg",
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        creds,
+    )
     assert out.code == 0, out.err
     v2 = [r for r in harbor.records if r.path.startswith("/v2/") and r.path != "/v2/"]
     catalogs = [r for r in v2 if r.path.startswith("/v2/_catalog")]
@@ -225,8 +253,17 @@ async def test_catalog_near_a_prefix_pages_distributions_path_order_without_miss
     """One name per page: paging that stopped at the first name past the prefix *as a
     string* would miss bench/tkg-x, which distribution lists after bench/tkg/x."""
     reg = make_registry("plain")
-    names = ["bench/tkf", "bench/tkg", "bench/tkg-x", "bench/tkg.y", "bench/tkg/x",
-             "bench/tkg/x/deep", "bench/tkg0", "bench/tkh", "other/app"]
+    names = [
+        "bench/tkf",
+        "bench/tkg",
+        "bench/tkg-x",
+        "bench/tkg.y",
+        "bench/tkg/x",
+        "bench/tkg/x/deep",
+        "bench/tkg0",
+        "bench/tkh",
+        "other/app",
+    ]
     for n, name in enumerate(names):
         seed_image(reg, name, "v1", seed=200 + n, layer_sizes=(100,))
     registry = Registry(reg.host, RegistryOptions(catalog_page_size=1))

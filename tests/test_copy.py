@@ -514,9 +514,7 @@ def test_dest_prefix_refusal_masks_a_password_in_destination(cli: CLI) -> None:
     """The `--dest beside SRC DST` refusal quoted DESTINATION as typed, so
     `bob:S3cret@reg.example/b` printed the password: it is quoted masked. Refused before any
     network use, so no registry is needed."""
-    out = cli(
-        "copy", "reg.example/a:v1", "bob:S3cret@reg.example/b", "--dest", "reg.example/proj"
-    )
+    out = cli("copy", "reg.example/a:v1", "bob:S3cret@reg.example/b", "--dest", "reg.example/proj")
     assert out.code == ExitCode.USAGE, out.err
     assert "--dest" in out.error_line and "***@reg.example/b" in out.error_line
     assert "S3cret" not in out.out + out.err and "bob" not in out.err

@@ -50,7 +50,11 @@ def seed_corpus(reg: RegistryProcess, prefix: str, layer: int = 40_000) -> tuple
 
 
 def test_plan_copy_sends_each_blob_once_and_mounts(
-    cli: CLI, plain_registry: RegistryProcess, make_registry, pki: PKI, skopeo: Skopeo,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    pki: PKI,
+    skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
     refs, corpus = seed_corpus(plain_registry, "corpus1")
@@ -58,9 +62,21 @@ def test_plan_copy_sends_each_blob_once_and_mounts(
     listing = tmp_path / "images.txt"
     listing.write_text("# corpus\n" + "\n".join(refs + refs[:2]) + "\n")  # duplicates too
     report, lock = tmp_path / "report.json", tmp_path / "lock.yml"
-    out = cli("copy", "--images", str(listing), "--dest", f"{dest.host}/mirror",
-              "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS,
-              "--report", str(report), "--lock-output", str(lock))
+    out = cli(
+        "copy",
+        "--images",
+        str(listing),
+        "--dest",
+        f"{dest.host}/mirror",
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "--report",
+        str(report),
+        "--lock-output",
+        str(lock),
+    )
     assert out.code == 0, out.err
     dest.wait_for_log(r"PUT /v2/mirror/corpus1/multi/manifests/v1")
     uploads = uploaded_digests(dest.blob_uploads())
@@ -72,8 +88,17 @@ def test_plan_copy_sends_each_blob_once_and_mounts(
     doc = json.loads(report.read_text())
     assert {e["status"] for e in doc["entries"]} == {"copied"} and len(doc["entries"]) == 7
     mark = dest.log_offset()
-    again = cli("copy", "--images", str(listing), "--dest", f"{dest.host}/mirror",
-                "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS)
+    again = cli(
+        "copy",
+        "--images",
+        str(listing),
+        "--dest",
+        f"{dest.host}/mirror",
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+    )
     assert again.code == 0, again.err
     dest.wait_for_log(r"HEAD /v2/mirror/corpus1/multi/manifests/v1", since=mark)
     requests = [e for e in dest.access_log(since=mark) if e.path != "/v2/"]
@@ -95,9 +120,21 @@ def test_kill_and_resume_resends_nothing_that_landed(
     dest = make_registry("tls_basic")
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(refs) + "\n")
-    args = [sys.executable, "-m", "transship", "copy", "--images", str(listing),
-            "--dest", f"{dest.host}/mirror", "--dest-ca", str(pki.ca_pem_path), "-q",
-            "--parallel", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "transship",
+        "copy",
+        "--images",
+        str(listing),
+        "--dest",
+        f"{dest.host}/mirror",
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "-q",
+        "--parallel",
+        "2",
+    ]
     env = {**os.environ, "TRANSSHIP_DEST_CREDS": CREDS, "DOCKER_CONFIG": str(tmp_path)}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
@@ -141,8 +178,12 @@ def test_two_plans_joined_into_one_file_are_refused_not_half_copied(
         halves.append(plan.read_text())
     joined = tmp_path / "all.yaml"
     joined.write_text(halves[0] + halves[1])
-    second = halves[0].count("\n") + 1 + halves[1].splitlines().index(
-        next(ln for ln in halves[1].splitlines() if ln.startswith("apiVersion:"))
+    second = (
+        halves[0].count("\n")
+        + 1
+        + halves[1]
+        .splitlines()
+        .index(next(ln for ln in halves[1].splitlines() if ln.startswith("apiVersion:")))
     )
     since = dest.log_offset()
     for command in ("copy", "verify"):

@@ -357,9 +357,7 @@ def test_verify_against_a_dead_destination(
     assert dead in doc["error"], doc
 
 
-def test_save_from_a_dead_source(
-    cli: CLI, make_registry: MakeRegistry, tmp_path: Path
-) -> None:
+def test_save_from_a_dead_source(cli: CLI, make_registry: MakeRegistry, tmp_path: Path) -> None:
     source = make_registry("plain")
     refs = seed_many(source, count=20, seed=4103)
     plan = make_plan(cli, tmp_path, refs, "mirror.example/m")

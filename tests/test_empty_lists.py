@@ -84,8 +84,14 @@ def test_a_list_with_one_image_among_comments_still_runs(
     text = f"# one\n\n{plain_registry.ref('empty/one:v1')}  # the image\n"
     _stdin(monkeypatch, text)
     out = cli(
-        "plan", "images", "-", "--dest", f"{plain_registry.host}/x",
-        "-o", str(tmp_path / "plan.yaml"), "--no-resolve",
+        "plan",
+        "images",
+        "-",
+        "--dest",
+        f"{plain_registry.host}/x",
+        "-o",
+        str(tmp_path / "plan.yaml"),
+        "--no-resolve",
     )
     assert out.code == 0, out.err
     assert "empty/one" in (tmp_path / "plan.yaml").read_text()

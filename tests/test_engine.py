@@ -403,8 +403,9 @@ class CatalogEndpoint(CountingEndpoint):
         return frozenset(r for r in held if r.startswith(prefix))
 
 
-def test_the_catalog_spares_every_tag_list_on_a_cold_destination_and_costs_a_warm_one_nothing(
-) -> None:
+def test_the_catalog_spares_every_tag_list_on_a_cold_destination_and_costs_a_warm_one_nothing() -> (
+    None
+):
     images = [build_image(70 + i, layer_sizes=(2000,)) for i in range(4)]
     source = MemoryEndpoint(label="src", writable=True)
     for i, image in enumerate(images):

@@ -21,7 +21,10 @@ DENY_URLS = {"validation": {"manifests": {"urls": {"allow": [], "deny": ["^https
 
 
 def test_foreign_layers_are_copied_as_references(
-    cli: CLI, plain_registry: RegistryProcess, make_registry, skopeo: Skopeo  # type: ignore[no-untyped-def]
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    skopeo: Skopeo,  # type: ignore[no-untyped-def]
 ) -> None:
     image = seed_image(
         plain_registry, "foreign/win", "ltsc", seed=321, fmt="docker", foreign_layer_sizes=(400,)

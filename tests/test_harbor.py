@@ -135,8 +135,9 @@ def test_emulator_project_api_follows_the_swagger(harbor: MakeHarbor, pki: PKI) 
     assert status == 403 and error_code(raw) == "FORBIDDEN"
     status, _, raw = call(h, pki, "POST", "/api/v2.0/projects", body=req, user=None)
     assert status == 401 and error_code(raw) == "UNAUTHORIZED"
-    project = json.loads(call(h, pki, "GET", "/api/v2.0/projects/tkg",
-                              headers={"X-Is-Resource-Name": "true"})[2])
+    project = json.loads(
+        call(h, pki, "GET", "/api/v2.0/projects/tkg", headers={"X-Is-Resource-Name": "true"})[2]
+    )
     assert project["name"] == "tkg" and project["metadata"] == {"public": "false"}
     summary = json.loads(call(h, pki, "GET", "/api/v2.0/projects/tkg/summary")[2])
     assert summary["quota"] == {"hard": {"storage": 1048576}, "used": {"storage": 0}}
@@ -155,12 +156,18 @@ def test_emulator_refuses_pushes_into_unknown_projects_like_harbor(
     status, headers, _ = call(bearer, pki, "GET", "/v2/", user=None)
     assert status == 401 and headers["www-authenticate"].startswith("Bearer realm=")
     status, _, raw = call(
-        bearer, pki, "GET", "/service/token?service=harbor-registry"
-        "&scope=repository:nope/app:pull,push",
+        bearer,
+        pki,
+        "GET",
+        "/service/token?service=harbor-registry&scope=repository:nope/app:pull,push",
     )
     token = json.loads(raw)["token"]
     status, headers, _ = call(
-        bearer, pki, "POST", "/v2/nope/app/blobs/uploads/", user=None,
+        bearer,
+        pki,
+        "POST",
+        "/v2/nope/app/blobs/uploads/",
+        user=None,
         headers={"Authorization": f"Bearer {token}"},
     )
     assert status == 401 and 'error="insufficient_scope"' in headers["www-authenticate"]
@@ -218,8 +225,14 @@ async def test_the_wing_reaches_only_registries_the_factory_opened(tmp_path: Pat
 def test_project_options_need_create_projects(cli: CLI) -> None:
     out = cli("copy", "127.0.0.1:9/a/b:v1", "127.0.0.1:9/c/d:v1", "--project-quota", "10G")
     assert out.code == ExitCode.USAGE and "--create-projects" in out.error_line
-    out = cli("copy", "127.0.0.1:9/a/b:v1", "127.0.0.1:9/c/d:v1", "--create-projects",
-              "--project-quota", "ten")
+    out = cli(
+        "copy",
+        "127.0.0.1:9/a/b:v1",
+        "127.0.0.1:9/c/d:v1",
+        "--create-projects",
+        "--project-quota",
+        "ten",
+    )
     assert out.code == ExitCode.USAGE and "--project-quota 'ten'" in out.error_line
 
 
@@ -232,10 +245,13 @@ def test_preflight_lists_every_missing_project_with_its_command(
     h = harbor()
     seed_image(plain_registry, "hb/a", "v1", seed=141)
     seed_image(plain_registry, "hb/b", "v1", seed=142)
-    plan = write_plan(tmp_path / "plan.yaml", [
-        (plain_registry.ref("hb/a:v1"), f"{h.host}/tkg-one/a"),
-        (plain_registry.ref("hb/b:v1"), f"{h.host}/tkg-two/b"),
-    ])
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        [
+            (plain_registry.ref("hb/a:v1"), f"{h.host}/tkg-one/a"),
+            (plain_registry.ref("hb/b:v1"), f"{h.host}/tkg-two/b"),
+        ],
+    )
     out = cli("copy", "--plan", str(plan), "--preflight", *dest_args(pki))
     no_secrets(out.err)
     assert out.code == ExitCode.NOT_FOUND, out.err
@@ -257,8 +273,14 @@ def test_create_projects_then_copy_and_rerun_is_a_no_op(
     seed_image(plain_registry, "hb/c", "v1", seed=143)
     src = plain_registry.ref("hb/c:v1")
     out = cli(
-        "copy", src, h.ref("tkg-1-5-3/c:v1"), "--create-projects", "--project-public",
-        "--project-quota", "64M", *dest_args(pki),
+        "copy",
+        src,
+        h.ref("tkg-1-5-3/c:v1"),
+        "--create-projects",
+        "--project-public",
+        "--project-quota",
+        "64M",
+        *dest_args(pki),
     )
     assert out.code == 0, out.err
     assert f"created Harbor project 'tkg-1-5-3' on {h.host}" in out.err
@@ -281,8 +303,13 @@ def test_robot_account_creates_projects(
 ) -> None:
     h = harbor(robots_may_create=frozenset({ROBOT[0]}))
     seed_image(plain_registry, "hb/r", "v1", seed=144)
-    out = cli("copy", plain_registry.ref("hb/r:v1"), h.ref("robots/r:v1"), "--create-projects",
-              *dest_args(pki, ROBOT))
+    out = cli(
+        "copy",
+        plain_registry.ref("hb/r:v1"),
+        h.ref("robots/r:v1"),
+        "--create-projects",
+        *dest_args(pki, ROBOT),
+    )
     no_secrets(out.err)
     assert out.code == 0, out.err
     assert h.projects["robots"].owner == ROBOT[0]
@@ -293,8 +320,13 @@ def test_user_without_the_role_gets_one_line(
 ) -> None:
     h = harbor()
     seed_image(plain_registry, "hb/d", "v1", seed=145)
-    out = cli("copy", plain_registry.ref("hb/d:v1"), h.ref("bobs/d:v1"), "--create-projects",
-              *dest_args(pki, BOB))
+    out = cli(
+        "copy",
+        plain_registry.ref("hb/d:v1"),
+        h.ref("bobs/d:v1"),
+        "--create-projects",
+        *dest_args(pki, BOB),
+    )
     no_secrets(out.err)
     assert out.code == ExitCode.AUTH
     line = out.error_line
@@ -303,8 +335,13 @@ def test_user_without_the_role_gets_one_line(
     assert "bobs" not in h.projects
     # where everyone may create projects, a robot account still needs the permission
     h.creation_restriction = "everyone"
-    out = cli("copy", plain_registry.ref("hb/d:v1"), h.ref("bots/d:v1"), "--create-projects",
-              *dest_args(pki, ROBOT))
+    out = cli(
+        "copy",
+        plain_registry.ref("hb/d:v1"),
+        h.ref("bots/d:v1"),
+        "--create-projects",
+        *dest_args(pki, ROBOT),
+    )
     assert out.code == ExitCode.AUTH
     assert "robot account with the 'create project' system permission" in out.error_line
     assert "restricted to admins" not in out.error_line
@@ -341,22 +378,35 @@ def test_quota_refusal_is_one_line_and_stops_uploads_into_the_project(
     h.add_project("full", storage_limit=limit)
     h.add_project("roomy")
     src = f"hbq{status}p{parallel}"
-    images = [seed_image(plain_registry, f"{src}/i{n}", "v1", seed=150 + n,
-                         layer_sizes=(200_000,)) for n in range(4)]
+    images = [
+        seed_image(plain_registry, f"{src}/i{n}", "v1", seed=150 + n, layer_sizes=(200_000,))
+        for n in range(4)
+    ]
     pairs = [(plain_registry.ref(f"{src}/i{n}:v1"), f"{h.host}/full/i{n}") for n in range(4)]
     pairs.append((plain_registry.ref(f"{src}/i0:v1"), f"{h.host}/roomy/i0"))
     plan = write_plan(tmp_path / "plan.yaml", pairs)
     report = tmp_path / "report.json"
-    out = cli("copy", "--plan", str(plan), "--parallel", str(parallel), "--report", str(report),
-              *dest_args(pki))
+    out = cli(
+        "copy",
+        "--plan",
+        str(plan),
+        "--parallel",
+        str(parallel),
+        "--report",
+        str(report),
+        *dest_args(pki),
+    )
     assert out.code == ExitCode.PARTIAL, out.err
     line = out.error_line
     # the refused push would exceed the quota; Harbor's "used" need not be near the limit (the
     # uploads in flight are not in it), so it is named as Harbor's count, not as a contradiction
     assert "Harbor project 'full'" in line
     assert "refused a push that would exceed its storage quota (limit 293.0 KiB; " in line
-    assert re.search(r"; \d+(\.\d)? (B|KiB) used as Harbor counts it, not counting uploads in "
-                     r"flight\)", line), line
+    assert re.search(
+        r"; \d+(\.\d)? (B|KiB) used as Harbor counts it, not counting uploads in "
+        r"flight\)",
+        line,
+    ), line
     assert "is over its storage quota" not in line
     assert "3 images not copied" in line
     entries = json.loads(report.read_text())["entries"]
@@ -371,12 +421,22 @@ def test_quota_refusal_is_one_line_and_stops_uploads_into_the_project(
         assert sorted(by_dest.values()) == ["copied", "copied", "failed", "failed", "failed"]
         assert by_dest["roomy/i0:v1"] == "copied"
         return
-    assert by_dest == {"full/i0:v1": "copied", "full/i1:v1": "failed", "full/i2:v1": "failed",
-                       "full/i3:v1": "failed", "roomy/i0:v1": "copied"}
+    assert by_dest == {
+        "full/i0:v1": "copied",
+        "full/i1:v1": "failed",
+        "full/i2:v1": "failed",
+        "full/i3:v1": "failed",
+        "roomy/i0:v1": "copied",
+    }
     # after the refusal no new upload started in that project
     refused = next(i for i, r in enumerate(h.records) if r.status == status)
-    after = [r for r in h.records[refused + 1:] if r.path.startswith("/v2/full/")
-             and r.method in ("POST", "PUT", "PATCH") and "/blobs/" in r.path]
+    after = [
+        r
+        for r in h.records[refused + 1 :]
+        if r.path.startswith("/v2/full/")
+        and r.method in ("POST", "PUT", "PATCH")
+        and "/blobs/" in r.path
+    ]
     assert after == []
 
 
@@ -435,15 +495,28 @@ def test_load_creates_the_project_and_a_rerun_only_heads(
     archive = tmp_path / "usb" / "tkg"
     out = cli("save", "--images", str(listing), "-o", str(archive), "-q")
     assert out.code == 0, out.err
-    out = cli("load", str(archive), "--dest", f"{h.host}/tkg-offline", "--create-projects",
-              *dest_args(pki))
+    out = cli(
+        "load",
+        str(archive),
+        "--dest",
+        f"{h.host}/tkg-offline",
+        "--create-projects",
+        *dest_args(pki),
+    )
     assert out.code == 0, out.err
     assert "created Harbor project 'tkg-offline'" in out.err
     assert h.projects["tkg-offline"].used > 0
     assert not h.requests("GET", r"^/v2/.+/manifests/")  # the first load never GETs either
     mark = len(h.records)
-    out = cli("load", str(archive), "--dest", f"{h.host}/tkg-offline", "--create-projects",
-              *dest_args(pki), "-q")
+    out = cli(
+        "load",
+        str(archive),
+        "--dest",
+        f"{h.host}/tkg-offline",
+        "--create-projects",
+        *dest_args(pki),
+        "-q",
+    )
     assert out.code == 0, out.err
     v2 = [r for r in h.records[mark:] if r.path.startswith("/v2/") and r.path != "/v2/"]
     # never a manifest GET (a pull) at Harbor: HEADs, and one tag list per repository
@@ -456,8 +529,7 @@ def test_create_projects_on_a_plain_registry_is_harmless(
 ) -> None:
     seed_image(plain_registry, "hbp/app", "v1", seed=163)
     dest = make_registry("plain")
-    out = cli("copy", plain_registry.ref("hbp/app:v1"), dest.ref("any/app:v1"),
-              "--create-projects")
+    out = cli("copy", plain_registry.ref("hbp/app:v1"), dest.ref("any/app:v1"), "--create-projects")
     assert out.code == 0, out.err
     assert f"{dest.host} is not Harbor" in out.err
 

@@ -36,8 +36,9 @@ def test_missing_project_exit_codes_as_the_readme_says(
     assert cli("save", "--images", str(listing), "-o", str(archive), "-q").code == 0
     for user in (BOB, None):
         creds = dest_args(pki, user) if user else dest_args(pki)
-        copied = cli("copy", "--images", str(listing), "--dest", f"{h.host}/absent", "--preflight",
-                     *creds)
+        copied = cli(
+            "copy", "--images", str(listing), "--dest", f"{h.host}/absent", "--preflight", *creds
+        )
         assert copied.code == ExitCode.NOT_FOUND, (auth, copied.err)
         assert "Harbor project(s) missing: 'absent'" in copied.error_line
         loaded = cli("load", str(archive), "--dest", f"{h.host}/absent", "--preflight", *creds)

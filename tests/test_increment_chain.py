@@ -436,8 +436,9 @@ def test_an_increment_on_a_base_whose_tag_moved_before_its_resume_carries_the_ol
     other = seed_image(plain_registry, "chain10/app1", "v1", seed=761, layer_sizes=(40_000,))
     client = SeedClient.for_registry(plain_registry)
     lost = other.pushable_blobs[-1].digest
-    gone = client.request("DELETE", f"/v2/chain10/app1/blobs/{lost}",
-                          scope="repository:chain10/app1:delete")
+    gone = client.request(
+        "DELETE", f"/v2/chain10/app1/blobs/{lost}", scope="repository:chain10/app1:delete"
+    )
     assert gone.status == 202
     host = plain_registry.host
     refs = [f"{host}/chain10/app0:v1", f"{host}/chain10/app1:v1"]

@@ -92,8 +92,19 @@ def test_ctrl_c_mid_blob_counts_no_retry_and_no_refetch(
     listing.write_text(plain_registry.ref(f"{repo}:v1") + "\n")
     dest = make_registry("tls_basic")
     report = tmp_path / "report.json"
-    side = ["--dest", f"{dest.host}/far", "--dest-ca", str(pki.ca_pem_path),
-            "--dest-creds", CREDS, "--limit-rate", "1M", "-v", "--report", str(report)]
+    side = [
+        "--dest",
+        f"{dest.host}/far",
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "--limit-rate",
+        "1M",
+        "-v",
+        "--report",
+        str(report),
+    ]
     if command == "load":
         archive = tmp_path / "big.tar"
         saved = cli("save", "--images", str(listing), "-o", str(archive), "-q")

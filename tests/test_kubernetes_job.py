@@ -80,16 +80,23 @@ def created(name: str) -> dict[tuple[str, str], set[str]]:
         if line.startswith("#")
     )
     out: dict[tuple[str, str], set[str]] = {}
-    for command in re.findall(r"kubectl create (configmap \S+|secret generic \S+)([^#]*?)"
-                              r"(?=kubectl|$)", header):
+    for command in re.findall(
+        r"kubectl create (configmap \S+|secret generic \S+)([^#]*?)"
+        r"(?=kubectl|$)",
+        header,
+    ):
         kind, _, obj = command[0].rpartition(" ")
         keys = set(re.findall(r"--from-(?:file|literal)=([^=\s]+)=", command[1]))
         out[("ConfigMap" if kind == "configmap" else "Secret", obj)] = keys
     return out
 
 
-def check_mounts(pod: dict[str, Any], container: dict[str, Any],
-                 objects: dict[tuple[str, str], set[str]], args: list[str]) -> None:
+def check_mounts(
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    objects: dict[tuple[str, str], set[str]],
+    args: list[str],
+) -> None:
     """Every file an option names lies in a mounted volume whose ConfigMap or Secret key the
     documented `kubectl create` makes."""
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -156,8 +163,7 @@ def test_the_verify_job_checks_the_whole_plan_from_the_same_configmap(tmp_path: 
     args = transship_args(container, {}, tmp_path)
     assert args[0] == "verify" and "--shard" not in args  # the whole plan, not a part
     assert {a for a in args if a.startswith("--")} <= option_names(verify)
-    check_mounts(job["spec"]["template"]["spec"], container, created("transship-shards.yaml"),
-                 args)
+    check_mounts(job["spec"]["template"]["spec"], container, created("transship-shards.yaml"), args)
 
 
 def test_the_image_has_a_ca_bundle_for_public_sources() -> None:
@@ -165,8 +171,9 @@ def test_the_image_has_a_ca_bundle_for_public_sources() -> None:
     roots (`buildinfo.CA_BUNDLES`), and debian:12-slim has none until ca-certificates is
     installed (every public source was an unknown authority)."""
     lines = (DOCS / "Containerfile").read_text().splitlines()
-    steps = " ".join(line.strip().removesuffix("\\") for line in lines
-                     if not line.lstrip().startswith("#"))
+    steps = " ".join(
+        line.strip().removesuffix("\\") for line in lines if not line.lstrip().startswith("#")
+    )
     (base,) = re.findall(r"\bFROM\s+(\S+)", steps)
     if base.split("/")[-1].startswith("debian:"):
         assert re.search(r"\bRUN\b[^A-Z]*apt-get install\b[^A-Z]*\bca-certificates\b", steps), steps

@@ -61,8 +61,16 @@ def test_a_list_rerun_reuses_its_resolution_until_a_tag_moves(
     listing.write_text(f"{source.host}/{PREFIX}/app:v1\n{source.host}/{PREFIX}/multi:v1\n")
     dest = make_registry("plain")
     report = tmp_path / "report.json"
-    args = ("copy", "--images", str(listing), "--dest", f"{dest.host}/mirror", "-q",
-            "--report", str(report))
+    args = (
+        "copy",
+        "--images",
+        str(listing),
+        "--dest",
+        f"{dest.host}/mirror",
+        "-q",
+        "--report",
+        str(report),
+    )
 
     def rerun() -> tuple[list[AccessLogEntry], dict[str, int]]:
         mark = source.log_offset()

@@ -175,7 +175,7 @@ def test_pruning_keeps_the_store_under_its_size_cap_dropping_the_least_recently_
     total = store.prune()
     kept = [m for m in manifests if store.path(m.digest).exists()]
     assert total <= cap * PRUNE_TO and total == sum(f.stat().st_size for f in _files(store))
-    assert kept == manifests[len(manifests) - len(kept):]  # the newest survive
+    assert kept == manifests[len(manifests) - len(kept) :]  # the newest survive
     assert 0 < len(kept) < len(manifests)
 
     # within a run, a store at its cap writes no more (until the next run's scan)

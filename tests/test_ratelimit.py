@@ -89,8 +89,15 @@ def test_bucket_saves_up_only_its_burst_while_idle() -> None:
 def test_bad_limit_rate_is_a_one_line_usage_error(cli: CLI, tmp_path) -> None:
     for args in (
         ("copy", "127.0.0.1:1/a:v1", "127.0.0.1:1/b:v1", "--limit-rate", "fast"),
-        ("save", "--images", str(tmp_path / "none.txt"), "-o", str(tmp_path / "x"),
-         "--limit-rate", "0"),
+        (
+            "save",
+            "--images",
+            str(tmp_path / "none.txt"),
+            "-o",
+            str(tmp_path / "x"),
+            "--limit-rate",
+            "0",
+        ),
         ("load", str(tmp_path / "none"), "--dest", "127.0.0.1:1/x", "--limit-rate", "9Q"),
         # megabits, as a WAN link's rate is given: read as bytes it was a cap 8x too high
         ("copy", "127.0.0.1:1/a:v1", "127.0.0.1:1/b:v1", "--limit-rate", "50Mb"),
@@ -108,8 +115,9 @@ def test_copy_under_limit_rate_takes_bytes_over_rate(
     SeedClient.for_registry(plain_registry).push_image("capped/app", image, "v1")
     dest = make_registry("plain")
     start = time.monotonic()
-    out = cli("copy", plain_registry.ref("capped/app:v1"), dest.ref("capped/app:v1"),
-              "--limit-rate", "2M")
+    out = cli(
+        "copy", plain_registry.ref("capped/app:v1"), dest.ref("capped/app:v1"), "--limit-rate", "2M"
+    )
     seconds = time.monotonic() - start
     assert out.code == 0, out.err
     assert 3.5 <= seconds < 30, seconds  # 8 MiB at 2 MiB/s: about 4 s
@@ -127,8 +135,18 @@ def test_save_as_imgpkg_tars_is_capped_too(
     images.write_text(plain_registry.ref("capped/tars:v1") + "\n")
     out_dir = tmp_path / "tars"
     start = time.monotonic()
-    out = cli("save", "--images", str(images), "-o", str(out_dir), "--format", "imgpkg-tars",
-              "--limit-rate", "2M", "-q")
+    out = cli(
+        "save",
+        "--images",
+        str(images),
+        "-o",
+        str(out_dir),
+        "--format",
+        "imgpkg-tars",
+        "--limit-rate",
+        "2M",
+        "-q",
+    )
     seconds = time.monotonic() - start
     assert out.code == 0, out.err
     assert len(list(out_dir.glob("*.tar"))) == 1

@@ -381,8 +381,10 @@ async def test_a_push_token_granted_less_than_asked_is_asked_again_exactly(
     asked = [r.scopes for r in tokens.token_requests()]
     exact = ("repository:app/r2:pull,push", "repository:hub/base:pull")
     assert [a for a in asked if sorted(a) == sorted(exact)], asked  # asked again, exactly
-    assert not any("repository:hub/base:pull" in a and "repository:app/r3:pull,push" in a
-                   and len(a) > 2 for a in asked)  # and the short hub not added again
+    assert not any(
+        "repository:hub/base:pull" in a and "repository:app/r3:pull,push" in a and len(a) > 2
+        for a in asked
+    )  # and the short hub not added again
     reg.sync_log()  # access lines are written after the replies
     statuses = [e.status for e in reg.access_log() if e.method == "POST" and "mount=" in e.path]
     assert statuses.count(201) == 8 and 1 <= statuses.count(401) <= 2

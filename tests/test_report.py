@@ -42,13 +42,18 @@ def assert_matches_summary(doc: dict[str, Any], err: str) -> None:
     rows = summary(err)
     counts, stats = doc["counts"], doc["stats"]
     assert rows["images copied / skipped / failed"] == [
-        str(counts["imagesCopied"]), str(counts["imagesSkipped"]), str(counts["imagesFailed"])
+        str(counts["imagesCopied"]),
+        str(counts["imagesSkipped"]),
+        str(counts["imagesFailed"]),
     ], err
     assert rows["blobs sent / mounted / already there"] == [
-        str(stats["blobsSent"]), str(stats["blobsMounted"]), str(stats["blobsPresent"])
+        str(stats["blobsSent"]),
+        str(stats["blobsMounted"]),
+        str(stats["blobsPresent"]),
     ], err
     assert rows["manifests pushed / already there"] == [
-        str(stats["manifestsPushed"]), str(stats["manifestsPresent"])
+        str(stats["manifestsPushed"]),
+        str(stats["manifestsPresent"]),
     ], err
     assert rows["bytes sent"] == [human_bytes(stats["bytesSent"])], err
     assert rows["bytes downloaded again"] == [human_bytes(stats["bytesRefetched"])], err
@@ -57,7 +62,10 @@ def assert_matches_summary(doc: dict[str, Any], err: str) -> None:
 
 
 def test_a_report_says_the_exit_code_and_the_summary_counters(
-    cli: CLI, plain_registry: RegistryProcess, make_registry, tmp_path: Path  # type: ignore[no-untyped-def]
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     images = [seed_image(plain_registry, f"rep/app{i}", "v1", seed=700 + i) for i in range(2)]
     refs = [plain_registry.ref(f"rep/app{i}:v1") for i in range(2)]
@@ -97,7 +105,10 @@ def test_a_report_says_the_exit_code_and_the_summary_counters(
 
 
 def test_ctrl_c_leaves_a_report_of_what_was_done(
-    plain_registry: RegistryProcess, make_registry, make_fault_proxy, tmp_path: Path  # type: ignore[no-untyped-def]
+    plain_registry: RegistryProcess,
+    make_registry,
+    make_fault_proxy,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """SIGINT after one image is copied, while one streams (rate-limited) and one waits:
     exit 130 with its one line, and a report that says so entry by entry."""
@@ -157,7 +168,9 @@ def test_ctrl_c_leaves_a_report_of_what_was_done(
 
 
 def test_ctrl_c_during_a_save_leaves_its_report_too(
-    plain_registry: RegistryProcess, make_fault_proxy, tmp_path: Path  # type: ignore[no-untyped-def]
+    plain_registry: RegistryProcess,
+    make_fault_proxy,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """The same for `save`: the one image saved is in the report, the one still being read is
     interrupted; the rerun resumes the archive (tested elsewhere), the report says what to."""

@@ -67,7 +67,11 @@ def run_shards(args: list[str], shards: list[int], env: dict[str, str], out: Pat
 
 
 def test_three_shards_as_processes_then_verify_of_the_whole_plan(
-    cli: CLI, plain_registry: RegistryProcess, make_registry, pki: PKI, skopeo: Skopeo,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,
+    pki: PKI,
+    skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
     refs, base_blob, blobs = seed(plain_registry, "shard1")
@@ -82,10 +86,26 @@ def test_three_shards_as_processes_then_verify_of_the_whole_plan(
     assert len(entries) == 13 and all(e["size"] for e in entries)  # split by bytes
 
     env = {**os.environ, "TRANSSHIP_DEST_CREDS": CREDS, "DOCKER_CONFIG": str(tmp_path)}
-    copy = [sys.executable, "-m", "transship", "copy", "--plan", str(plan),
-            "--dest-ca", str(pki.ca_pem_path)]
-    verify = ["verify", "--plan", str(plan), "--dest-ca", str(pki.ca_pem_path),
-              "--dest-creds", CREDS, "-q"]
+    copy = [
+        sys.executable,
+        "-m",
+        "transship",
+        "copy",
+        "--plan",
+        str(plan),
+        "--dest-ca",
+        str(pki.ca_pem_path),
+    ]
+    verify = [
+        "verify",
+        "--plan",
+        str(plan),
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "-q",
+    ]
 
     run_shards(copy, [1], env, tmp_path)  # one shard alone does not complete the plan
     assert cli(*verify).code == 9
@@ -141,19 +161,41 @@ def test_save_shards_from_a_list_hold_disjoint_parts_that_load_complete(
     held: list[set[str]] = []
     for i in (1, 2):  # a list without sizes is split by the hash of the repository
         out = tmp_path / f"part{i}.tar"
-        saved = cli("save", "--images", str(listing), "--dest", f"{dest.host}/mirror",
-                    "-o", str(out), "--shard", f"{i}/2", "--report", str(tmp_path / f"s{i}.json"))
+        saved = cli(
+            "save",
+            "--images",
+            str(listing),
+            "--dest",
+            f"{dest.host}/mirror",
+            "-o",
+            str(out),
+            "--shard",
+            f"{i}/2",
+            "--report",
+            str(tmp_path / f"s{i}.json"),
+        )
         assert saved.code == 0, saved.err
         report = json.loads((tmp_path / f"s{i}.json").read_text())
         assert report["shard"]["assignment"] == "hash"
         held.append({e["source"] for e in report["entries"]})
-        loaded = cli("load", str(out), "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS,
-                     "-q")
+        loaded = cli(
+            "load", str(out), "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS, "-q"
+        )
         assert loaded.code == 0, loaded.err
     assert held[0] and held[1] and not held[0] & held[1]
     assert held[0] | held[1] == set(refs)
-    verified = cli("verify", "--images", str(listing), "--dest", f"{dest.host}/mirror",
-                   "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS, "-q")
+    verified = cli(
+        "verify",
+        "--images",
+        str(listing),
+        "--dest",
+        f"{dest.host}/mirror",
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "-q",
+    )
     assert verified.code == 0
 
 
@@ -161,9 +203,11 @@ def test_bad_shard_is_a_one_line_usage_error(cli: CLI, tmp_path: Path) -> None:
     listing = tmp_path / "images.txt"
     listing.write_text("example.invalid/a:v1\n")
     for bad in ("0/3", "4/3", "x", "2/0"):
-        for command in (["copy", "--images", str(listing), "--dest", "127.0.0.1:9/m"],
-                        ["save", "--images", str(listing), "-o", str(tmp_path / "o")],
-                        ["verify", "--images", str(listing), "--dest", "127.0.0.1:9/m"]):
+        for command in (
+            ["copy", "--images", str(listing), "--dest", "127.0.0.1:9/m"],
+            ["save", "--images", str(listing), "-o", str(tmp_path / "o")],
+            ["verify", "--images", str(listing), "--dest", "127.0.0.1:9/m"],
+        ):
             out = cli(*command, "--shard", bad)
             assert out.code == 1 and "--shard" in out.error_line, out.err
     single = cli("copy", "example.invalid/a:v1", "127.0.0.1:9/m:v1", "--shard", "1/2")
@@ -220,7 +264,10 @@ def test_shards_of_a_plan_without_a_prefix_name_their_repositories_alike(
 
 @pytest.mark.parametrize("name", ["part.tar", "part"])
 def test_save_resumed_as_another_shard_names_only_that_shards_images(
-    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, name: str,
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tmp_path: Path,
+    name: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A save of shard 1/2 stopped unfinished, then the same output saved as shard 2/2: the
@@ -244,8 +291,9 @@ def test_save_resumed_as_another_shard_names_only_that_shards_images(
     # and stays unfinished
     repo = parts[0][0].source.split("/", 1)[1].split("@")[0].rsplit(":", 1)[0]
     own_layer = images[int(repo.removeprefix("resh/app"))].pushable_blobs[-1].digest
-    gone = client.request("DELETE", f"/v2/{repo}/blobs/{own_layer}",
-                          scope=f"repository:{repo}:delete")
+    gone = client.request(
+        "DELETE", f"/v2/{repo}/blobs/{own_layer}", scope=f"repository:{repo}:delete"
+    )
     assert gone.status == 202
     output = tmp_path / name
     first = cli("save", "--plan", str(plan_file), "-o", str(output), "--shard", "1/2")
@@ -257,8 +305,9 @@ def test_save_resumed_as_another_shard_names_only_that_shards_images(
     listed = cli("archive", "list", str(output), "--format", "json")
     assert listed.code == 0, listed.err
     named = {f"{e['repository']}:{e['tag']}" for e in json.loads(listed.out)["entries"]}
-    assert named == {f"{e.destination.removeprefix('harbor.example/m/')}:{e.tags[0]}"
-                     for e in parts[1]}
+    assert named == {
+        f"{e.destination.removeprefix('harbor.example/m/')}:{e.tags[0]}" for e in parts[1]
+    }
     said = [r.getMessage() for r in caplog.records if r.name == "transship.ops.save"]
     assert len(said) == 1 and "this plan does not list" in said[0]  # said, once
     assert cli("archive", "verify", str(output)).code == 0
@@ -282,8 +331,17 @@ def test_a_shards_progress_total_counts_a_shared_base_once_not_per_image(
     unique = doc["totals"]["bytes"]
     totals = []
     for i in (1, 2):
-        out = cli("copy", "--plan", str(plan), "--shard", f"{i}/2",
-                  "--dest-ca", str(pki.ca_pem_path), "--dest-creds", CREDS)
+        out = cli(
+            "copy",
+            "--plan",
+            str(plan),
+            "--shard",
+            f"{i}/2",
+            "--dest-ca",
+            str(pki.ca_pem_path),
+            "--dest-creds",
+            CREDS,
+        )
         assert out.code == 0, out.err
         found = re.search(r"progress: 0/\d+ images, .* to send \((\d+) bytes\)", out.err)
         assert found, out.err
@@ -316,8 +374,9 @@ def test_an_increment_on_a_resumed_shard_carries_the_blobs_its_dropped_names_lef
     repo = shard1[0].source.split("/", 1)[1].split("@")[0].rsplit(":", 1)[0]
     index = int(repo.removeprefix("unnamed/app"))
     own_layer = images[index].pushable_blobs[-1].digest
-    gone = client.request("DELETE", f"/v2/{repo}/blobs/{own_layer}",
-                          scope=f"repository:{repo}:delete")
+    gone = client.request(
+        "DELETE", f"/v2/{repo}/blobs/{own_layer}", scope=f"repository:{repo}:delete"
+    )
     assert gone.status == 202
     part, inc = tmp_path / "usb" / "part.tar", tmp_path / "usb" / "inc.tar"
     part.parent.mkdir()

@@ -128,9 +128,7 @@ def test_a_registry_that_answered_once_may_then_be_slow(
 
 
 @pytest.mark.usefixtures("short_waits")
-def test_a_path_that_drops_connections_says_so(
-    cli: CLI, plain_registry: RegistryProcess
-) -> None:
+def test_a_path_that_drops_connections_says_so(cli: CLI, plain_registry: RegistryProcess) -> None:
     """A listener whose queue is full drops further connection attempts, as a firewall that
     drops packets does: the verdict names time-outs while connecting, not a silent registry."""
     seed_image(plain_registry, "dropped/pause", "3.5", seed=33)

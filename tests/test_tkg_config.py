@@ -63,8 +63,9 @@ def release(tls_registry: RegistryProcess, request: pytest.FixtureRequest) -> st
 def test_prints_tanzu_commands_that_parse_back(
     cli: CLI, release: str, pki: PKI, tmp_path: Path
 ) -> None:
-    out = cli("tkg", "config", "--dest", release, "--ca", str(pki.ca_pem_path),
-              "--dest-creds", CREDS)
+    out = cli(
+        "tkg", "config", "--dest", release, "--ca", str(pki.ca_pem_path), "--dest-creds", CREDS
+    )
     assert out.code == 0, out.out + out.err
     settings = settings_of(out.out)
     assert list(settings) == [
@@ -75,9 +76,12 @@ def test_prints_tanzu_commands_that_parse_back(
     assert settings["TKG_CUSTOM_IMAGE_REPOSITORY"] == release
     assert settings["TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY"] == "false"
     ca_b64 = settings["TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"]
-    assert ca_b64 == subprocess.run(
-        ["base64", "-w", "0", str(pki.ca_pem_path)], capture_output=True, text=True, check=True
-    ).stdout
+    assert (
+        ca_b64
+        == subprocess.run(
+            ["base64", "-w", "0", str(pki.ca_pem_path)], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert base64.b64decode(ca_b64) == pki.ca_pem_path.read_bytes()
     decoded = cli("ca", "decode", ca_b64, "-q")
     assert decoded.out.encode() == pki.ca_pem_path.read_bytes()
@@ -154,8 +158,18 @@ def test_write_cluster_config_keeps_comments_and_other_keys(
     config = tmp_path / "mgmt.yaml"
     config.write_text(CLUSTER_CONFIG)
     config.chmod(0o640)
-    args = ["tkg", "config", "--dest", release, "--ca", str(pki.ca_pem_path),
-            "--dest-creds", CREDS, "--write-cluster-config", str(config)]
+    args = [
+        "tkg",
+        "config",
+        "--dest",
+        release,
+        "--ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "--write-cluster-config",
+        str(config),
+    ]
     out = cli(*args)
     assert out.code == 0, out.out + out.err
     assert out.out == ""  # written, not printed
@@ -181,12 +195,19 @@ def test_write_cluster_config_keeps_comments_and_other_keys(
     assert config.read_text() == text  # idempotent
 
 
-def test_write_cluster_config_creates_a_new_file(
-    cli: CLI, release: str, tmp_path: Path
-) -> None:
+def test_write_cluster_config_creates_a_new_file(cli: CLI, release: str, tmp_path: Path) -> None:
     config = tmp_path / "new" / "cluster.yaml"
-    out = cli("tkg", "config", "--dest", release, "--skip-tls-verify", "--dest-creds", CREDS,
-              "--write-cluster-config", str(config))
+    out = cli(
+        "tkg",
+        "config",
+        "--dest",
+        release,
+        "--skip-tls-verify",
+        "--dest-creds",
+        CREDS,
+        "--write-cluster-config",
+        str(config),
+    )
     assert out.code == 0, out.err
     assert yaml.safe_load(config.read_text()) == {
         "TKG_CUSTOM_IMAGE_REPOSITORY": release,
@@ -199,8 +220,18 @@ def test_write_cluster_config_refuses_invalid_yaml(
 ) -> None:
     config = tmp_path / "broken.yaml"
     config.write_text("CLUSTER_NAME: ok\nOTHER: [unclosed\n")
-    out = cli("tkg", "config", "--dest", release, "--ca", str(pki.ca_pem_path),
-              "--dest-creds", CREDS, "--write-cluster-config", str(config))
+    out = cli(
+        "tkg",
+        "config",
+        "--dest",
+        release,
+        "--ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "--write-cluster-config",
+        str(config),
+    )
     assert out.code == ExitCode.USAGE
     assert "not valid YAML" in out.error_line
     assert f"{config}:3:1: " in out.error_line, out.error_line  # where (the end, still open)
@@ -222,8 +253,17 @@ def test_plan_check_refuses_an_incomplete_destination(
     listing.write_text("".join(plain_registry.ref(f"tkgsrc/img{i}:v1\n") for i in range(3)))
     dest = f"{tls_registry.host}/tkgcfg-plan"
     ca = ["--ca", str(pki.ca_pem_path), "--dest-creds", CREDS]
-    copy = cli("copy", "--images", str(listing), "--dest", dest, "--dest-ca",
-               str(pki.ca_pem_path), "--dest-creds", CREDS)
+    copy = cli(
+        "copy",
+        "--images",
+        str(listing),
+        "--dest",
+        dest,
+        "--dest-ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+    )
     assert copy.code == 0, copy.err
     ok = cli("tkg", "config", "--dest", dest, *ca, "--images", str(listing))
     assert ok.code == 0, ok.out + ok.err
@@ -251,8 +291,18 @@ def test_plan_for_another_destination_is_refused(
         "entries:\n- source: registry.example.com/a/b:v1\n"
         f"  destination: {tls_registry.host}/elsewhere/b\n  tags: [v1]\n  kind: image\n"
     )
-    out = cli("tkg", "config", "--dest", f"{tls_registry.host}/tkg", "--ca",
-              str(pki.ca_pem_path), "--dest-creds", CREDS, "--plan", str(plan))
+    out = cli(
+        "tkg",
+        "config",
+        "--dest",
+        f"{tls_registry.host}/tkg",
+        "--ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "--plan",
+        str(plan),
+    )
     assert out.code == ExitCode.INCOMPLETE
     assert "none of the plan's 1 entries go below" in out.error_line
 
@@ -284,7 +334,10 @@ def test_the_plan_an_archive_carried_checks_where_it_was_loaded(
 
 
 def test_skip_tls_verify_variable_is_honoured_as_verify_honours_it(
-    cli: CLI, release: str, tls_registry: RegistryProcess, tmp_path: Path,
+    cli: CLI,
+    release: str,
+    tls_registry: RegistryProcess,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY=true lets the check reach a registry whose CA
@@ -297,8 +350,16 @@ def test_skip_tls_verify_variable_is_honoured_as_verify_honours_it(
         "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY": "true",
     }
     config = tmp_path / "cluster.yaml"
-    written = cli("tkg", "config", "--dest", release, "--dest-creds", CREDS,
-                  "--write-cluster-config", str(config))
+    written = cli(
+        "tkg",
+        "config",
+        "--dest",
+        release,
+        "--dest-creds",
+        CREDS,
+        "--write-cluster-config",
+        str(config),
+    )
     assert written.code == 0, written.err
     assert yaml.safe_load(config.read_text())["TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY"] is True
     # --force on a destination that fails its check still emits what the operator set
@@ -321,8 +382,18 @@ def test_write_cluster_config_keeps_crlf_line_endings(
     config = tmp_path / "windows.yaml"
     original = CLUSTER_CONFIG.replace("\n", "\r\n").encode()
     config.write_bytes(original)
-    args = ["tkg", "config", "--dest", release, "--ca", str(pki.ca_pem_path),
-            "--dest-creds", CREDS, "--write-cluster-config", str(config)]
+    args = [
+        "tkg",
+        "config",
+        "--dest",
+        release,
+        "--ca",
+        str(pki.ca_pem_path),
+        "--dest-creds",
+        CREDS,
+        "--write-cluster-config",
+        str(config),
+    ]
     out = cli(*args)
     assert out.code == 0, out.out + out.err
     data = config.read_bytes()

@@ -242,8 +242,13 @@ def test_source_gone_is_reported_not_fatal(
 def test_untrusted_destination_is_one_tls_error(cli: CLI, copied: dict, tmp_path: Path) -> None:
     dest: RegistryProcess = copied["dest"]
     out = cli(
-        "verify", "--images", str(copied["listing"]), "--dest", f"{dest.host}/mirror",
-        "--dest-creds", CREDS,
+        "verify",
+        "--images",
+        str(copied["listing"]),
+        "--dest",
+        f"{dest.host}/mirror",
+        "--dest-creds",
+        CREDS,
     )
     assert out.code == ExitCode.TLS
     assert "unknown authority" in out.error_line and "--dest-ca" in out.error_line

@@ -20,8 +20,9 @@ def test_a_truncated_volume_is_an_integrity_failure(
     refs, _stored = corpus(plain_registry, "gapcut")
     media = tmp_path / "media"
     listing = str(write_list(tmp_path, refs))
-    save = cli("save", "--images", listing, "-o", str(media / "t.tar"), "--split-size", "100K",
-               "-q")
+    save = cli(
+        "save", "--images", listing, "-o", str(media / "t.tar"), "--split-size", "100K", "-q"
+    )
     assert save.code == 0, save.err
     parts = sorted(media.glob("t.tar.[0-9][0-9][0-9]"))
     assert len(parts) >= 3

@@ -72,6 +72,7 @@ def cli() -> None:
 
 install_harbor_advice()  # registries answer in their dialects; errors are rendered with that
 
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: no tracebacks for user mistakes, one line and a distinct exit code."""
     adopt_system_roots()

@@ -63,9 +63,7 @@ class Endpoint(Protocol):
         """All tags of a repository (empty if the repository does not exist)."""
         ...
 
-    async def list_referrers(
-        self, repository: str, digest: Digest
-    ) -> tuple[Referrer, ...] | None:
+    async def list_referrers(self, repository: str, digest: Digest) -> tuple[Referrer, ...] | None:
         """Manifests whose `subject` is `digest` (OCI 1.1), or None when this endpoint has no
         referrers API; the referrers tag schema (a `sha256-<hex>` tag) then stands in for it.
 

@@ -89,8 +89,11 @@ class MemoryEndpoint:
         if found is None:
             raise NotFoundError(
                 f"{self.label}/{repository}@{identifier}: no such image here"
-                + ("" if self.writable else " (the plan may come from another transship "
-                   "version: plan again)")
+                + (
+                    ""
+                    if self.writable
+                    else " (the plan may come from another transship version: plan again)"
+                )
             )
         return found
 
@@ -174,9 +177,7 @@ class MemoryEndpoint:
             return None
         return frozenset(await self.list_tags(repository))
 
-    async def list_referrers(
-        self, repository: str, digest: Digest
-    ) -> tuple[Referrer, ...] | None:
+    async def list_referrers(self, repository: str, digest: Digest) -> tuple[Referrer, ...] | None:
         """Manifests held here whose `subject` is `digest`: an endpoint that indexes them."""
         return tuple(
             Referrer(m.descriptor, m.artifact_type)

@@ -18,6 +18,7 @@ from transship.sizes import parse_size
 #: what a cap saves up while nobody sends: a tenth of a second of bytes
 BURST_SECONDS = 0.1
 
+
 def parse_rate(text: str) -> int:
     """`50M`, `500K`, `2G`, `1000000` → bytes per second (K/M/G are 1024 multiples, as curl's
     `--limit-rate`); anything else is a one-line usage error. A lowercase `b` (`50Mb`,

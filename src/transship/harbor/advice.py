@@ -12,7 +12,7 @@ from transship.errors import TransshipError, register_advisor
 
 
 def missing_project_advice(error: TransshipError) -> str | None:
-    """"Create the project first" for a refused push; None for anything else."""
+    """ "Create the project first" for a refused push; None for anything else."""
     repository = error.refused_push
     if not repository:
         return None

@@ -162,8 +162,7 @@ class HarborAPI:
         if status == 403:
             if self.info is not None and self.info.creation_restriction == "everyone":
                 needed = (
-                    "a user account, or a robot account with the 'create project' system "
-                    "permission"
+                    "a user account, or a robot account with the 'create project' system permission"
                 )
             else:
                 needed = (
@@ -229,7 +228,6 @@ class HarborAPI:
             return [str(item["digest"]) for item in json.loads(raw)]
         except (ValueError, KeyError, TypeError):
             raise RegistryError(f"Harbor at {self.host}: unreadable accessories list") from None
-
 
     async def artifact_children(
         self, project: str, repository: str, digest: str

@@ -138,7 +138,7 @@ def _expand(to_repo: str, dest_prefix: str | None, where: str) -> str:
     root = dest_prefix or os.environ.get(variable, "")
     if not root.strip():
         raise UsageError(f"{where}: pushes under ${variable}; pass --dest REGISTRY/PROJECT")
-    return f"{root.strip().rstrip('/')}/{to_repo[found.end():]}"
+    return f"{root.strip().rstrip('/')}/{to_repo[found.end() :]}"
 
 
 def _listed_paths(listing: Path) -> dict[str, str]:

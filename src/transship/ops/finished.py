@@ -205,9 +205,7 @@ async def _check_graph(
         raise _damaged(path, f"is damaged ({exc})") from None
     if manifest.is_index and depth < MAX_INDEX_DEPTH:
         for child in manifest.manifests:
-            await _check_graph(
-                path, layout, info, repository, tag, child.digest, depth + 1, seen
-            )
+            await _check_graph(path, layout, info, repository, tag, child.digest, depth + 1, seen)
     for blob in manifest.blobs():
         if not blob.urls and not await layout.has_blob(repository, blob.digest, blob.size):
             if layout.base is not None and layout.blob_extents(blob.digest) is None:

@@ -192,9 +192,7 @@ async def save_imgpkg_tars(
     jobs = tar_jobs(plan, prefix, source_for)
     # saved from a list without --dest: the script pushes where TKG's own variable says
     variable = PREFIX_VARIABLE if prefix == PLACEHOLDER else None
-    written = await write_tar_set(
-        jobs, out_dir, prefix, variable=variable, rate_limit=rate_limit
-    )
+    written = await write_tar_set(jobs, out_dir, prefix, variable=variable, rate_limit=rate_limit)
     where = MemoryEndpoint(label=f"imgpkg-tars:{out_dir}")
     results = []
     for job, error in written:

@@ -33,9 +33,7 @@ def run_report(
     were (`seconds`, `bytes_refetched`, `entries`); `counts` and `stats` are what the
     summary table shows (`stats` the engine's own accounting, keys as `verify`'s report)."""
     # keyed apart from the statuses: `grep '"failed"' report.json` still finds failed entries
-    counts = {
-        COUNT_KEYS[s]: sum(1 for r in results if r.status == s) for s in STATUSES
-    }
+    counts = {COUNT_KEYS[s]: sum(1 for r in results if r.status == s) for s in STATUSES}
     return {
         "version": 1,
         "exitCode": exit_code,

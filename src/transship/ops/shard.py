@@ -30,9 +30,7 @@ from transship.plan.shard import ShardSplit
 log = logging.getLogger("transship.shard")
 
 
-async def blobs_of(
-    points: Iterable[tuple[Endpoint, str, str]], parallel: int
-) -> dict[Digest, int]:
+async def blobs_of(points: Iterable[tuple[Endpoint, str, str]], parallel: int) -> dict[Digest, int]:
     """Every distributable blob (config, layers) the manifest graphs at `points` reference."""
     slots = asyncio.Semaphore(max(1, parallel))
     blobs: dict[Digest, int] = {}
@@ -67,9 +65,7 @@ async def _both(
 class _Tee:
     """The CLI's observer, plus a record of every blob this shard streamed."""
 
-    def __init__(
-        self, inner: Observer, sent: dict[Digest, int], first: Callable[[], None]
-    ) -> None:
+    def __init__(self, inner: Observer, sent: dict[Digest, int], first: Callable[[], None]) -> None:
         self.inner = inner
         self.sent = sent
         self.first = first

@@ -315,9 +315,7 @@ def without_attachments_of(
     kept = list(entries)
     while True:
         more = [
-            e
-            for e in kept
-            if e.kind is EntryKind.ATTACHMENT and (e.subject, e.destination) in gone
+            e for e in kept if e.kind is EntryKind.ATTACHMENT and (e.subject, e.destination) in gone
         ]
         if not more:
             return tuple(kept)

@@ -273,7 +273,11 @@ def settle_tag_collisions(entries: Iterable[PlanEntry]) -> tuple[PlanEntry, ...]
         if attachments and entry.subject is not None and entry.subject == other.subject:
             log.warning(
                 "%s:%s: %s is left out; %s already goes there (attachments of the same image "
-                "from two repositories)", entry.destination, tag, entry.source, other.source,
+                "from two repositories)",
+                entry.destination,
+                tag,
+                entry.source,
+                other.source,
             )
             continue
         raise PlanError(

@@ -51,6 +51,7 @@ log = logging.getLogger("transship.plan")
 
 T = TypeVar("T")
 
+
 @dataclass(frozen=True)
 class ContentTotals:
     """The numbers people check before a long copy."""

@@ -136,9 +136,7 @@ def error_for(status: int, body: bytes, what: str) -> Exception:
     """A typed error for an error answer whose body (distribution's JSON errors) was read."""
     errors = _errors_of(body)
     codes = [str(e.get("code", "")) for e in errors]
-    detail = "; ".join(
-        str(e.get("message") or e.get("code")) for e in errors
-    )
+    detail = "; ".join(str(e.get("message") or e.get("code")) for e in errors)
     suffix = f" (registry says: {detail})" if detail else ""
     if status == 404:
         if "NAME_UNKNOWN" in codes:
@@ -371,9 +369,7 @@ class Registry:
                 raise await self._refused(_push_hint(error, repository), repository)
             return self._location(resp)
 
-    async def list_referrers(
-        self, repository: str, digest: Digest
-    ) -> tuple[Referrer, ...] | None:
+    async def list_referrers(self, repository: str, digest: Digest) -> tuple[Referrer, ...] | None:
         """The referrers API's list (all pages), or None when this registry has no such API."""
         from transship.remote.referrers import list_referrers  # it builds on this module
 
@@ -402,6 +398,7 @@ class Registry:
         """
         where = f"uploading blob {descriptor.digest.short} to {self.host}/{repository}"
         location = await self._start_upload(repository, descriptor.digest)
+
         async def hashed() -> AsyncIterator[bytes]:
             # Each chunk is sent only when the next one has arrived, and the last only after
             # the source stream finished (and so verified): a bad blob never arrives whole.

@@ -319,17 +319,17 @@ class Transport:
         seconds = self.options.answer_timeout
         if seconds is None:
             seconds = ANSWER_TIMEOUT
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=seconds, sock_read=seconds
-        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
         try:
             async with self._client().get(url, allow_redirects=False, timeout=timeout) as resp:
                 yield resp
         except aiohttp.ServerTimeoutError as exc:
             connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
             log.info(
-                "GET %s: %s in %g s", url.split("://", 1)[-1],
-                "no connection" if connecting else "no answer", seconds,
+                "GET %s: %s in %g s",
+                url.split("://", 1)[-1],
+                "no connection" if connecting else "no answer",
+                seconds,
             )
             raise NoAnswerError(seconds, connecting=connecting) from None
 
