@@ -351,6 +351,21 @@ def test_blob_get_head_and_ranges(served: ServeProcess, corpus: Corpus) -> None:
     assert status == 404 and error_code(body) == "BLOB_UNKNOWN"
 
 
+def test_head_of_a_blob_ignores_range(served: ServeProcess, corpus: Corpus) -> None:
+    """RFC 9110 14.2: Range is defined for GET only and MUST be ignored on HEAD: the whole
+    length with 200, whether the range could be satisfied or not (never 206, never 416)."""
+    blob = corpus.blob
+    path = f"/v2/tkg/apps/big/blobs/{blob.digest}"
+    for rng in ("bytes=0-9", f"bytes={blob.size}-", "bytes=99-10", "bytes=-0"):
+        status, headers, body = request(served, "HEAD", path, {"Range": rng})
+        assert status == 200, rng
+        assert body == b"" and int(headers["content-length"]) == blob.size, rng
+        assert "content-range" not in headers and headers["accept-ranges"] == "bytes", rng
+    # GET still honours it
+    status, _, _ = request(served, "GET", path, {"Range": f"bytes={blob.size}-"})
+    assert status == 416
+
+
 def test_tags_paginate_and_catalog(served: ServeProcess) -> None:
     seen: list[str] = []
     path = "/v2/tkg/apps/many/tags/list?n=10"

@@ -130,8 +130,11 @@ class BlobServer:
         }
         if etag in _etags(request.headers.get("If-None-Match")):
             return web.Response(status=304, headers=headers)
+        # RFC 9110 14.2: range handling is defined for GET only; a server MUST ignore Range
+        # on any other method, so a HEAD answers 200 with the whole length, never 206 or 416
+        ranged = request.headers.get("Range") if request.method == "GET" else None
         try:
-            wanted = parse_range(request.headers.get("Range"), size)
+            wanted = parse_range(ranged, size)
         except RangeNotSatisfiable as exc:
             raise APIError(
                 "RANGE_INVALID", str(exc), headers={"Content-Range": f"bytes */{size}"}
