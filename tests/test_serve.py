@@ -319,6 +319,28 @@ def test_manifest_headers_and_negotiation(served: ServeProcess, corpus: Corpus) 
     assert status == 200
 
 
+def test_if_none_match_compares_weakly_and_takes_a_star(
+    served: ServeProcess, corpus: Corpus
+) -> None:
+    """RFC 9110 13.1.2: If-None-Match uses the weak comparison (`W/"x"` matches `"x"`) and `*`
+    matches any current representation; a GET or HEAD then answers 304, manifests and blobs
+    alike. A tag that does not match still gets the body."""
+    index = corpus.tags["apps/oci-index:v1"]
+    blob = corpus.blob.digest
+    for path, digest in [
+        ("/v2/tkg/apps/oci-index/manifests/v1", index),
+        (f"/v2/tkg/apps/oci-index/manifests/{index}", index),
+        (f"/v2/tkg/apps/big/blobs/{blob}", blob),
+    ]:
+        for value in (f'W/"{digest}"', "*", f'"sha256:{"0" * 64}", W/"{digest}"'):
+            for method in ("GET", "HEAD"):
+                status, headers, body = request(served, method, path, {"If-None-Match": value})
+                assert status == 304 and body == b"", (method, path, value)
+                assert headers["etag"] == f'"{digest}"'
+        status, _, body = request(served, "GET", path, {"If-None-Match": f'"sha256:{"0" * 64}"'})
+        assert status == 200 and sha256_digest(body) == digest, path
+
+
 def test_blob_get_head_and_ranges(served: ServeProcess, corpus: Corpus) -> None:
     blob = corpus.blob
     path = f"/v2/tkg/apps/big/blobs/{blob.digest}"

@@ -23,7 +23,7 @@ from transship.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX,
 from transship.reference import is_tag
 from transship.serve.archive import Repository, ServedArchive, valid_name
 from transship.serve.auth import Htpasswd
-from transship.serve.blobs import BlobServer
+from transship.serve.blobs import BlobServer, not_modified
 from transship.serve.errors import API_VERSION_HEADER, APIError
 
 log = logging.getLogger("transship.serve")
@@ -203,7 +203,7 @@ class RegistryAPI:
             manifest = await self.archive.manifest(child.digest, child.media_type)
         etag = f'"{manifest.digest}"'
         headers = {"Docker-Content-Digest": str(manifest.digest), "ETag": etag}
-        if etag in {t.strip() for t in request.headers.get("If-None-Match", "").split(",")}:
+        if not_modified(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers=headers)
         response = web.Response(body=manifest.raw, headers=headers)
         response.headers["Content-Type"] = manifest.media_type

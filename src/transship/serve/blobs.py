@@ -128,7 +128,7 @@ class BlobServer:
             "Accept-Ranges": "bytes",
             "Cache-Control": "max-age=31536000",
         }
-        if etag in _etags(request.headers.get("If-None-Match")):
+        if not_modified(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers=headers)
         # RFC 9110 14.2: range handling is defined for GET only; a server MUST ignore Range
         # on any other method, so a HEAD answers 200 with the whole length, never 206 or 416
@@ -340,7 +340,10 @@ def _abort(request: web.Request) -> None:
         request.transport.abort()
 
 
-def _etags(header: str | None) -> set[str]:
+def not_modified(header: str | None, etag: str) -> bool:
+    """Whether `If-None-Match` names `etag`: RFC 9110 13.1.2 compares weakly (`W/"x"` is
+    `"x"`), and `*` matches any current representation; a GET or HEAD then answers 304."""
     if not header:
-        return set()
-    return {part.strip().removeprefix("W/") for part in header.split(",")}
+        return False
+    tags = {part.strip().removeprefix("W/") for part in header.split(",")}
+    return "*" in tags or etag in tags
