@@ -481,6 +481,35 @@ def test_access_log_and_ready_file(served: ServeProcess) -> None:
     assert '"GET /v2/ HTTP/1.1" 200' in lines[-1] and lines[-1].endswith('"probe/1.0"')
 
 
+def test_access_log_counts_body_bytes(corpus: Corpus, tmp_path: Path) -> None:
+    """The size field of an access line is the body bytes sent, as in distribution's (Apache
+    combined) format: a blob's whole size on its first (hashed) serve and on later `sendfile`
+    ones alike, the range's length for a 206, nothing for a HEAD or a 304; never the headers."""
+    blob = corpus.blob
+    path = f"/v2/tkg/apps/big/blobs/{blob.digest}"
+    manifest = corpus.images["apps/big:v1"].manifest
+    etag = f'"{blob.digest}"'
+    asked = [
+        ("GET", path, {}),  # first serve: streamed and hashed
+        ("GET", path, {}),  # verified: sendfile
+        ("GET", path, {"Range": "bytes=0-99"}),
+        ("HEAD", path, {}),
+        ("GET", path, {"If-None-Match": etag}),
+        ("GET", "/v2/tkg/apps/big/manifests/v1", {}),
+        ("GET", "/v2/", {}),
+    ]
+    with ServeProcess(tmp_path / "srv", corpus.layout) as server:
+        for number, (method, where, headers) in enumerate(asked):
+            request(server, method, where, {**headers, "User-Agent": f"count/{number}"})
+    log = server.read_log()  # stopped: every access line is written
+    sizes = {}
+    for line in log.splitlines():
+        if '"count/' in line:
+            number = int(line.rsplit('"count/', 1)[1].rstrip('"'))
+            sizes[number] = int(line.split('" ', 1)[1].split()[1])
+    assert sizes == {0: blob.size, 1: blob.size, 2: 100, 3: 0, 4: 0, 5: len(manifest), 6: 2}
+
+
 # -- TLS, auth, integrity, lifecycle ------------------------------------------------------------
 
 

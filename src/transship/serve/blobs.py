@@ -37,6 +37,9 @@ SERVE_READ = 256 * 1024
 #: that read wrong once (or a blob file put back as it was, mtime and all) is not refused forever
 CORRUPT_RECHECK = 60.0
 _RANGE = re.compile(r"^\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
+#: request key: body bytes of a blob actually sent (sendfile bypasses aiohttp's byte count,
+#: which counts the headers too), for the access log
+BODY_SENT = "transship.body_sent"
 
 
 class RangeNotSatisfiable(Exception):
@@ -261,6 +264,7 @@ class BlobServer:
                     done += len(chunk)
                     if held is not None:
                         await response.write(held)
+                        _count(request, len(held))
                     held = chunk
             finally:
                 handle.close()
@@ -274,6 +278,7 @@ class BlobServer:
             return
         if held is not None:
             await response.write(held)
+            _count(request, len(held))
         self.verified.add(digest)
         await response.write_eof()
 
@@ -324,6 +329,7 @@ async def _sendfile(
             if transport is None:
                 raise ConnectionResetError("connection lost")
             sent = await loop.sendfile(transport, handle, extent.offset, extent.size)
+            _count(request, sent)
             if sent != extent.size:
                 raise ShortFile(
                     f"{extent.path} gave {sent} of {extent.size} bytes at offset {extent.offset}"
@@ -332,6 +338,10 @@ async def _sendfile(
         for handle in handles:
             handle.close()
     await response.write_eof()
+
+
+def _count(request: web.Request, sent: int) -> None:
+    request[BODY_SENT] = request.get(BODY_SENT, 0) + sent
 
 
 def _abort(request: web.Request) -> None:

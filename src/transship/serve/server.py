@@ -31,6 +31,7 @@ from transship.fsutil import write_atomic
 from transship.serve.api import RegistryAPI
 from transship.serve.archive import ServedArchive
 from transship.serve.auth import Htpasswd
+from transship.serve.blobs import BODY_SENT
 
 access_log = logging.getLogger("transship.serve.access")
 
@@ -94,10 +95,22 @@ class AccessLogger(AbstractAccessLogger):
             f"{request.remote or '-'} - {user} [{when}] "
             f'"{request.method} {request.rel_url.raw_path_qs[:2048]} '
             f'HTTP/{request.version.major}.{request.version.minor}" '
-            f"{response.status} {response.body_length} "
+            f"{response.status} {body_bytes(request, response)} "
             f'"{request.headers.get("Referer", "-")}" "{request.headers.get("User-Agent", "-")}"'
         )
         self.logger.info("%s", line)
+
+
+def body_bytes(request: BaseRequest, response: StreamResponse) -> int:
+    """The body bytes sent, as the combined format's size field counts them (aiohttp's
+    `body_length` counts the headers too, and none of a blob sent with `sendfile`)."""
+    sent = request.get(BODY_SENT)
+    if isinstance(sent, int):
+        return sent
+    if request.method == "HEAD" or not isinstance(response, web.Response):
+        return 0
+    body = response.body
+    return len(body) if isinstance(body, bytes | bytearray) else 0
 
 
 async def serve(
