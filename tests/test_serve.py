@@ -388,6 +388,29 @@ def test_head_of_a_blob_ignores_range(served: ServeProcess, corpus: Corpus) -> N
     assert status == 416
 
 
+def test_if_range_that_does_not_match_sends_the_whole_blob(
+    served: ServeProcess, corpus: Corpus
+) -> None:
+    """RFC 9110 13.1.5: with If-Range, the Range is served only when the validator matches
+    strongly; another entity tag, a weak one or a date means the whole blob with 200."""
+    blob = corpus.blob
+    path = f"/v2/tkg/apps/big/blobs/{blob.digest}"
+    status, headers, body = request(
+        served, "GET", path, {"Range": "bytes=0-99", "If-Range": f'"{blob.digest}"'}
+    )
+    assert status == 206 and body == blob.data[:100]
+    for validator in (
+        f'"sha256:{"0" * 64}"',
+        f'W/"{blob.digest}"',
+        "Tue, 01 Dec 2026 00:00:00 GMT",
+    ):
+        status, headers, body = request(
+            served, "GET", path, {"Range": "bytes=0-99", "If-Range": validator}
+        )
+        assert status == 200 and body == blob.data, validator
+        assert "content-range" not in headers
+
+
 def test_tags_paginate_and_catalog(served: ServeProcess) -> None:
     seen: list[str] = []
     path = "/v2/tkg/apps/many/tags/list?n=10"

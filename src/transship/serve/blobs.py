@@ -136,6 +136,11 @@ class BlobServer:
         # RFC 9110 14.2: range handling is defined for GET only; a server MUST ignore Range
         # on any other method, so a HEAD answers 200 with the whole length, never 206 or 416
         ranged = request.headers.get("Range") if request.method == "GET" else None
+        if_range = request.headers.get("If-Range")
+        if ranged is not None and if_range is not None and if_range.strip() != etag:
+            # RFC 9110 13.1.5: a validator that does not match (strong comparison; a date can
+            # never match, no Last-Modified is sent) means the Range MUST be ignored: all of it
+            ranged = None
         try:
             wanted = parse_range(ranged, size)
         except RangeNotSatisfiable as exc:
