@@ -265,8 +265,15 @@ def test_push_is_refused(served: ServeProcess, skopeo: Skopeo, corpus: Corpus) -
         ("PATCH", "/v2/tkg/apps/big/blobs/uploads/abc"),
         ("DELETE", f"/v2/tkg/apps/big/manifests/{corpus.tags['apps/big:v1']}"),
     ]:
-        status, _headers, body = request(served, method, path, body=b"x")
+        status, headers, body = request(served, method, path, body=b"x")
         assert status == 405 and error_code(body) == "UNSUPPORTED", (method, path)
+        assert headers["allow"] == "GET, HEAD"
+    # the status of an upload (end-13: 204 or 404): none ever exists on a read-only registry
+    for path in ("/v2/tkg/apps/big/blobs/uploads/abc", "/v2/tkg/apps/big/blobs/uploads/"):
+        status, _headers, body = request(served, "GET", path)
+        assert status == 404 and error_code(body) == "BLOB_UPLOAD_UNKNOWN", path
+        status, _headers, body = request(served, "HEAD", path)
+        assert status == 404 and body == b"", path
     proc = skopeo.run(
         "copy",
         *skopeo.authfile_args,

@@ -3,7 +3,8 @@
 One catch-all route parses `/v2/...` itself: repository names hold slashes, and a hostile path
 (10,000 characters, `..`, percent-encoded tricks) must end in a spec error, never in a router's
 guess. Names and digests are validated, then looked up in dictionaries; no request string ever
-becomes a file path. Writes answer 405 UNSUPPORTED (401 first, without credentials).
+becomes a file path. Writes answer 405 UNSUPPORTED (401 first, without credentials); a GET of
+an upload's status 404 BLOB_UPLOAD_UNKNOWN.
 """
 
 from __future__ import annotations
@@ -144,7 +145,10 @@ class RegistryAPI:
         if rest == "_catalog":
             return self.catalog(request)
         if _UPLOADS.match(rest):
-            raise APIError("UNSUPPORTED", message="this registry is read-only")
+            # a GET of an upload's status (end-13) answers 204 or 404: no upload ever exists here
+            raise APIError(
+                "BLOB_UPLOAD_UNKNOWN", message="this registry is read-only: it holds no uploads"
+            )
         item = _ITEM.match(rest)
         if item:
             name, kind, ref = item["name"], item["kind"], item["ref"]

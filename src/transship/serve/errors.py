@@ -16,6 +16,7 @@ API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 #: code → (HTTP status, distribution's message)
 CODES: dict[str, tuple[int, str]] = {
     "BLOB_UNKNOWN": (404, "blob unknown to registry"),
+    "BLOB_UPLOAD_UNKNOWN": (404, "blob upload unknown to registry"),
     "DIGEST_INVALID": (400, "provided digest did not match uploaded content"),
     "MANIFEST_UNKNOWN": (404, "manifest unknown"),
     "NAME_INVALID": (400, "invalid repository name"),
