@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from harness.registry import make_htpasswd
 
+import transship.serve.auth
 from transship.digest import Digest
 from transship.errors import StorageError, UsageError
 from transship.layout.reader import Extent
@@ -172,6 +173,34 @@ def test_htpasswd(tmp_path: Path) -> None:
     weak.write_text("# users\nalice:$apr1$abc$def\n")
     with pytest.raises(UsageError, match=f"{weak}:2: .*htpasswd -B"):
         Htpasswd.load(weak)
+
+
+def test_htpasswd_checks_an_unknown_user_as_hard_as_a_known_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 401 for a user name that is not in the file costs the same bcrypt check as one for a
+    wrong password, so how long it takes does not tell which names exist (counted, not timed)."""
+    path = make_htpasswd(tmp_path / "htpasswd", {"alice": "s3cret-Pa55"})
+    auth = Htpasswd.load(path)
+    checked: list[bytes] = []
+    real = transship.serve.auth._check
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        checked.append(hashed)
+        return real(password, hashed)
+
+    monkeypatch.setattr(transship.serve.auth, "_check", counting)
+
+    async def refused(user: str, password: str) -> None:
+        value = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        with pytest.raises(APIError) as caught:
+            await auth.require(value)
+        assert caught.value.status == 401
+
+    asyncio.run(refused("alice", "wrong-password"))
+    asyncio.run(refused("mallory", "wrong-password"))
+    asyncio.run(refused("mallory", "s3cret-Pa55"))  # alice's password gets mallory nothing
+    assert checked == [auth.users["alice"]] * 3
 
 
 def test_error_body_is_the_spec_form() -> None:

@@ -32,6 +32,10 @@ class Htpasswd:
         self.users = users
         self.origin = origin
         self._good: dict[str, bytes] = {}  # user → sha256 of a password that matched
+        #: an unknown user's password is checked against this (a real entry, so the same bcrypt
+        #: cost) and refused whatever the result: answering at once would tell, by the time a
+        #: 401 takes, which user names exist
+        self._decoy = next(iter(users.values()), b"")
 
     @classmethod
     def load(cls, path: Path) -> Htpasswd:
@@ -60,8 +64,11 @@ class Htpasswd:
     async def require(self, header: str | None) -> str:
         """The authenticated user; raises APIError UNAUTHORIZED otherwise."""
         user, password = _basic(header)
-        hashed = self.users.get(user) if user is not None else None
-        if user is None or password is None or hashed is None:
+        if user is None or password is None:
+            raise _unauthorized()
+        hashed = self.users.get(user)
+        if hashed is None:
+            await asyncio.to_thread(_check, password, self._decoy)
             raise _unauthorized()
         fingerprint = hashlib.sha256(password).digest()
         remembered = self._good.get(user)
