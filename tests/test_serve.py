@@ -540,6 +540,21 @@ def test_access_log_counts_body_bytes(corpus: Corpus, tmp_path: Path) -> None:
     assert sizes == {0: blob.size, 1: blob.size, 2: 100, 3: 0, 4: 0, 5: len(manifest), 6: 2}
 
 
+def test_access_log_fields_cannot_be_forged(corpus: Corpus, tmp_path: Path) -> None:
+    """What a client sends (User-Agent, Referer, the request target) is escaped in its quoted
+    field, as Apache and distribution's logger do: a `"` cannot end the field early and make
+    the rest of the line say another status, size or agent."""
+    forged = 'x" 200 1 "-" "forged'
+    with ServeProcess(tmp_path / "srv", corpus.layout) as server:
+        request(server, "GET", "/v2/", {"User-Agent": forged, "Referer": 'r"ef\\'})
+        request(server, "GET", '/v2/a"b/tags/list', {"User-Agent": "probe-2"})
+    lines = server.read_log().splitlines()  # stopped: every access line is written
+    first = next(line for line in lines if "GET /v2/ " in line)
+    assert first.endswith(' 200 2 "r\\"ef\\\\" "x\\" 200 1 \\"-\\" \\"forged"'), first
+    second = next(line for line in lines if '"probe-2"' in line)
+    assert '"GET /v2/a\\"b/tags/list HTTP/1.1" 400 ' in second, second
+
+
 # -- TLS, auth, integrity, lifecycle ------------------------------------------------------------
 
 

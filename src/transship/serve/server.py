@@ -91,14 +91,30 @@ class AccessLogger(AbstractAccessLogger):
             return
         user = request.get("user") or "-"
         when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
+        target = request.rel_url.raw_path_qs[:2048]
+        version = f"HTTP/{request.version.major}.{request.version.minor}"
         line = (
-            f"{request.remote or '-'} - {user} [{when}] "
-            f'"{request.method} {request.rel_url.raw_path_qs[:2048]} '
-            f'HTTP/{request.version.major}.{request.version.minor}" '
+            f"{request.remote or '-'} - {_escaped(user)} [{when}] "
+            f'"{_escaped(f"{request.method} {target} {version}")}" '
             f"{response.status} {body_bytes(request, response)} "
-            f'"{request.headers.get("Referer", "-")}" "{request.headers.get("User-Agent", "-")}"'
+            f'"{_escaped(request.headers.get("Referer", "-"))}" '
+            f'"{_escaped(request.headers.get("User-Agent", "-"))}"'
         )
         self.logger.info("%s", line)
+
+
+def _escaped(text: str) -> str:
+    """A client-sent field as Apache writes it in a quoted log field: `"` and `\\` escaped,
+    control characters as `\\xHH`, so a User-Agent cannot end its field and forge the rest
+    of the line (or a line of its own)."""
+    return "".join(
+        "\\" + char
+        if char in '"\\'
+        else f"\\x{ord(char):02x}"
+        if ord(char) < 0x20 or ord(char) == 0x7F
+        else char
+        for char in text
+    )
 
 
 def body_bytes(request: BaseRequest, response: StreamResponse) -> int:
