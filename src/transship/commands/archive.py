@@ -459,7 +459,7 @@ def archive_verify(archive: Path) -> int:
     print(f"{job.layout.label}: {job.info.compatibility()}")
     try:
         unfinished = job.unfinished()
-        check = asyncio.run(verify_archive(job.layout, job.info.base, unfinished))
+        check = asyncio.run(verify_archive(job.layout, job.info.base, unfinished, job.path))
     finally:
         asyncio.run(job.close())
     print_archive_check(check)
@@ -468,7 +468,16 @@ def archive_verify(archive: Path) -> int:
 
 def print_archive_check(check: ArchiveCheck) -> None:
     if check.from_base:
-        print(f"{check.from_base} blobs are expected from the base archive {check.base}")
+        print(
+            f"{check.from_base} blobs are held by the base archive {check.base} beside it "
+            "(images it names reach them; `archive verify` of it re-hashes them)"
+        )
+    if check.unchecked:
+        print(
+            f"{check.unchecked} blobs are expected from the base archive "
+            f"{check.unchecked_base}, not checked: it is not beside the archive that names it "
+            "as its base (put it there to check them)"
+        )
     if check.tool_note:
         print(f"{check.label}: {check.tool_note}")
     for problem in check.problems:
