@@ -370,12 +370,14 @@ def load(
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
-            if repair:
-                await job.read_bases()
-            phases, unique = await job.tasks(dest_prefix, dests.get)
+            phases = job.planned(dest_prefix, dests.get)  # index.json only: known at once
             pending = BeforeEngine(record, quiet)
             pending.planned(phases)
             with pending.watch():  # Ctrl-C until the engine runs: every image not started
+                if repair:
+                    await job.read_bases()
+                phases, unique = await job.sized(phases)  # reads the archive's manifests
+                pending.planned(phases)
                 await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
                 if preflight:
                     await check_destinations(phases, parallel)
