@@ -21,8 +21,8 @@ from harness.registry import RegistryProcess
 from harness.seed import seed_image, seed_index
 
 from transship.connect import RegistryPool, SideSettings
-from transship.errors import ExitCode, PermissionDeniedError, RegistryError
-from transship.harbor.api import HarborAPI, parse_quota
+from transship.errors import ExitCode, PermissionDeniedError, RegistryError, UsageError
+from transship.harbor.api import HarborAPI, ProjectRefused, parse_quota
 from transship.harbor.quota import is_quota_refusal, quota_detail
 from transship.layout import OCILayout
 from transship.plan.model import Plan, PlanEntry
@@ -204,6 +204,42 @@ def test_quota_words_and_sizes() -> None:
     assert not is_quota_refusal(RegistryError("quota", status=400))
     assert parse_quota("10G") == 10 * 1024**3 and parse_quota("500MiB") == 500 * 1024**2
     assert parse_quota("-1") == -1 and parse_quota("4096") == 4096
+
+
+def test_a_quota_above_harbor_s_int64_is_a_usage_error_naming_the_option() -> None:
+    """Harbor's `storage_limit` is an int64 of bytes: its largest value is taken exactly (no
+    float rounding on the way), one byte more, in any unit, is refused naming the option."""
+    assert parse_quota(str(2**63 - 1)) == 2**63 - 1
+    assert parse_quota("8388607T") == 8388607 * 1024**4
+    for text in (str(2**63), "8388608T", "99999999999999999999T", "1" * 30):
+        with pytest.raises(UsageError, match=r"--project-quota .*largest storage limit Harbor"):
+            parse_quota(text)
+
+
+def test_an_absurd_quota_is_refused_before_any_request(cli: CLI) -> None:
+    out = cli("copy", "127.0.0.1:9/a/b:v1", "127.0.0.1:9/c/d:v1", "--create-projects",
+              "--project-quota", "9999999999T")  # fmt: skip
+    assert out.code == ExitCode.USAGE, out.err
+    assert "--project-quota '9999999999T'" in out.error_line and "Traceback" not in out.err
+
+
+async def test_the_emulator_takes_harbor_s_int64_storage_limit_and_no_more(
+    harbor: MakeHarbor, pki: PKI
+) -> None:
+    h = harbor()
+    options = RegistryOptions(ca=load_ca(str(pki.ca_pem_path)), credentials=Credentials(*ADMIN))
+    registry = Registry(h.host, options)
+    try:
+        api = HarborAPI(registry)
+        assert await api.detect() is not None
+        assert await api.create_project("widest", public=False, storage_limit=2**63 - 1)
+        assert h.projects["widest"].storage_limit == 2**63 - 1
+        with pytest.raises(ProjectRefused) as refused:
+            await api.create_project("wider", public=False, storage_limit=2**63)
+        assert refused.value.status == 400 and "int64" in str(refused.value), refused.value
+        assert "wider" not in h.projects
+    finally:
+        await registry.close()
 
 
 async def test_the_wing_reaches_only_registries_the_factory_opened(tmp_path: Path) -> None:

@@ -523,3 +523,49 @@ def test_save_since_walks_each_base_s_named_manifests_at_most_once_per_run(
     walks.clear()
     _save(cli, tmp_path, refs, top, mid)  # the rerun: checks --since, reads the finished save
     assert sorted(walks) == sorted({*walks}), walks
+
+
+def test_archive_verify_of_an_increment_checks_what_it_leaves_to_the_base_beside_it(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """`archive verify INC`: a blob INC left out is looked for in the base beside it, which
+    holds only what its named images reach (what loading it pushes). Once base's name for
+    app1 is dropped (its blobs kept, unnamed), app1's blobs are missing: a problem naming the
+    base, exit 9. With no base beside, they are counted as expected from it, not checked."""
+    refs, images = _images(plain_registry, "chain12")
+    usb = tmp_path / "usb"
+    base, inc = usb / "base", usb / "inc"
+    _save(cli, tmp_path, refs[:2], base)
+    _save(cli, tmp_path, refs, inc, base)
+    left_out = len(set(images[0].blob_digests) | set(images[1].blob_digests))
+
+    out = cli("archive", "verify", str(inc))
+    assert out.code == 0, out.err
+    assert f"{left_out} blobs are held by the base archive base beside it" in out.out, out.out
+
+    index_file = base / "index.json"
+    index = json.loads(index_file.read_text())
+    index["manifests"] = [
+        m for m in index["manifests"] if "chain12/app1" not in json.dumps(m.get("annotations"))
+    ]
+    index_file.write_text(json.dumps(index))
+    carried = base / "transship" / "plan.yaml"
+    plan = Plan.from_yaml(carried.read_text(), str(carried))
+    kept = tuple(e for e in plan.entries if "chain12/app1" not in e.source)
+    carried.write_text(dataclasses.replace(plan, entries=kept).to_yaml())
+    layer = Digest.parse(images[1].blob_digests[-1])
+    assert (base / "blobs" / "sha256" / layer.hex).exists()  # stored, unnamed
+
+    out = cli("archive", "verify", str(inc))
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    unheld = [ln for ln in out.err.splitlines() if "does not hold it" in ln]
+    assert len(unheld) == len(images[1].blob_digests), out.err
+    assert any(layer.short in ln and "chain12/app1:v1" in ln for ln in unheld), out.err
+    assert all("base archive base beside it" in ln for ln in unheld), out.err
+    held = len(images[0].blob_digests)
+    assert f"{held} blobs are held by the base archive base beside it" in out.out, out.out
+
+    shutil.move(base, tmp_path / "elsewhere")
+    out = cli("archive", "verify", str(inc))
+    assert out.code == 0, out.err
+    assert f"{left_out} blobs are expected from the base archive base, not checked" in out.out

@@ -4,12 +4,14 @@ and the report agrees with the summary table."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -313,3 +315,73 @@ def test_ctrl_c_during_the_preflight_of_an_imgpkg_tar_load_lists_every_image_not
     rows = summary(err)
     assert rows.get("images copied / skipped / failed") == "0 / 0 / 0", err
     assert rows.get("bytes sent") == human_bytes(0), err
+
+
+def _blocked_on_a_fifo(pid: int) -> bool:
+    """Some thread of `pid` waits in open(2) of a FIFO for a writer (Linux: its wchan)."""
+    for wchan in Path(f"/proc/{pid}/task").glob("*/wchan"):
+        with contextlib.suppress(OSError):
+            if wchan.read_text() == "wait_for_partner":
+                return True
+    return False
+
+
+def test_ctrl_c_while_load_reads_its_archive_to_build_its_tasks_lists_every_image_not_started(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    make_registry,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """`load` stopped while it reads the archive's manifests to size its tasks (one manifest
+    file is a FIFO nobody writes, so the read waits there): nothing was pushed, and the
+    report and summary list both images as not-started, exit 130, no traceback."""
+    refs = []
+    for i in range(2):
+        seed_image(plain_registry, f"intld/app{i}", "v1", seed=760 + i)
+        refs.append(plain_registry.ref(f"intld/app{i}:v1"))
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    archive = tmp_path / "two"
+    saved = cli("save", "--images", str(listing), "-o", str(archive), "-q")
+    assert saved.code == 0, saved.err
+    index = json.loads((archive / "index.json").read_text())
+    named = next(m for m in index["manifests"] if "intld/app1" in json.dumps(m["annotations"]))
+    manifest = archive / "blobs" / "sha256" / named["digest"].split(":")[1]
+    manifest.unlink()
+    os.mkfifo(manifest)
+    dest = make_registry("plain")
+    report = tmp_path / "report.json"
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transship", "load", str(archive), "--dest", f"{dest.host}/far",
+         "--report", str(report)],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _blocked_on_a_fifo(proc.pid):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        # the stuck read is let go once the interrupt is accounted for (the summary printed),
+        # or, when it is not, after a while, so the run can end and the test say what it lacks
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any("images copied / skipped / failed" in line for line in lines):
+                break
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(os.open(manifest, os.O_WRONLY | os.O_NONBLOCK))  # EOF for the reader
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    err = "".join(lines)
+    assert proc.returncode == 130, err
+    names = {"far/intld/app0:v1", "far/intld/app1:v1"}
+    _assert_all_not_started(json.loads(report.read_text()), err, names)
+    assert not dest.blob_uploads("far/intld/app0") and not dest.blob_uploads("far/intld/app1")

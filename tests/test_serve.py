@@ -37,6 +37,7 @@ from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 
 from transship.digest import Digest
+from transship.errors import ExitCode
 from transship.layout import OCILayout, write_tar
 from transship.layout.volumes import split_archive
 from transship.manifest import Descriptor, Manifest
@@ -664,6 +665,21 @@ def test_ctrl_c_stops_cleanly_and_bad_options_say_one_line(
     bad.write_text("bob:{SHA}abcdefg=\n")
     out = cli("serve", str(corpus.layout), "--htpasswd", str(bad))
     assert out.code == 1 and f"{bad}:1" in out.error_line
+
+
+def test_an_invalid_san_is_a_one_line_usage_error_before_anything_is_made(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """`--san` takes an IP address or a DNS name (RFC 1123); anything else is refused, naming
+    it, before the CA or certificate is made or the archive opened."""
+    certs = tmp_path / "certs"
+    for bad in ("bad name", "-x", "a..b", "c" * 300):
+        out = cli("serve", str(tmp_path / "missing"), "--tls-self-signed", str(certs),
+                  "--san", "reg.lab", "--san", bad)  # fmt: skip
+        assert out.code == ExitCode.USAGE, out.err
+        assert out.error_line.startswith(f"transship: error: --san '{bad[:40]}"), out.err
+        assert "Traceback" not in out.err
+    assert not certs.exists()
 
 
 def test_increment_is_served_with_its_base(

@@ -33,7 +33,7 @@ from transship.serve.blobs import BlobServer, RangeNotSatisfiable, parse_range, 
 from transship.serve.errors import APIError
 from transship.serve.files import ChangedOnDisk, Identity, PinnedFiles
 from transship.serve.server import Listen, Ready, tls_names, write_ready_file
-from transship.serve.tls import self_signed
+from transship.serve.tls import check_san, self_signed
 
 
 @pytest.mark.parametrize(
@@ -130,6 +130,30 @@ def test_listen_and_certificate_names() -> None:
             Listen.parse(bad)
     assert tls_names(Listen("10.0.0.5", 5000), ["reg.lab"]) == ["10.0.0.5", "reg.lab"]
     assert tls_names(Listen("127.0.0.1", 5000), []) == ["127.0.0.1", "localhost"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["reg.lab", "REG-1.corp.example", "*.corp.example", "localhost", "x", "10.0.0.5", "::1",
+     "a" * 63 + ".lab", ".".join(["a" * 63] * 3 + ["b" * 61]), "xn--bcher-kva.example"],
+)  # fmt: skip
+def test_san_takes_an_ip_address_or_an_rfc_1123_name(name: str) -> None:
+    assert check_san(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["bad name", "-x", "x-", "a..b", ".lab", "lab.", "", "*", "*.", "a.*.lab", "**.lab",
+     "under_score.lab", "a" * 64, "b" * 300, ".".join(["a" * 63] * 3 + ["b" * 62]),
+     "1.2.3.999", "fe80::1%eth0", "bücher.example", "a\nb"],
+)  # fmt: skip
+def test_san_refuses_anything_else_in_one_line_naming_it(name: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        check_san(name)
+    text = str(refused.value)
+    assert "\n" not in text and text.startswith("--san '")
+    shown = name.replace("\n", "\\n")  # a control character is shown escaped
+    assert (shown if len(name) <= 80 else name[:40]) in text, text
 
 
 def test_served_prefix_and_names() -> None:

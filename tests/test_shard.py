@@ -13,13 +13,15 @@ from urllib.parse import unquote
 import pytest
 import yaml
 from clirunner import CLI
+from harness.faultproxy import Fault
 from harness.pki import PKI
 from harness.registry import AccessLogEntry, RegistryProcess
 from harness.seed import Blob, SeedClient, build_images_sharing_base, seed_index
 from harness.skopeo import Skopeo
 
+from transship.errors import ExitCode
 from transship.plan.model import Plan, PlanEntry
-from transship.plan.shard import Shard, split
+from transship.plan.shard import Shard, hash_shard, split
 
 CREDS = "alice:s3cret-Pa55"
 SHARDS = 3
@@ -396,3 +398,30 @@ def test_an_increment_on_a_resumed_shard_carries_the_blobs_its_dropped_names_lef
         assert skopeo(dest, f"m/unnamed/app{i}:v1") == skopeo(plain_registry, f"unnamed/app{i}:v1")
     out = cli("verify", "--plan", str(plan_file), "--dest", f"{dest.host}/m", "--deep", "-q")
     assert out.code == 0, out.err
+
+
+def test_a_shared_blob_whose_transfer_fails_is_not_counted_as_sent_here_too(
+    cli: CLI, plain_registry: RegistryProcess, make_registry, make_fault_proxy, tmp_path: Path
+) -> None:
+    """The shared base's every read from the source is corrupt, so its transfer starts (each
+    try) and never lands: the shard's summary and report count it as shared, not as sent here
+    too (it was counted when its transfer started)."""
+    refs, base_blob, _ = seed(plain_registry, "shard7")
+    src = make_fault_proxy(plain_registry, Fault.flip(rf"/blobs/{base_blob.digest}$"))
+    dest = make_registry("plain")
+    listing = tmp_path / "images.txt"  # the twelve images, each on the base (not the index)
+    listing.write_text("".join(f"{src.host}/{ref.split('/', 1)[1]}\n" for ref in refs[:-1]))
+    # a list is split by a hash of the destination repository (its port varies): run the
+    # shard app0 falls in, of a count that leaves other apps (so the base) to other shards
+    repos = [f"{dest.host}/mirror/shard7/app{i}" for i in range(8)]
+    count = next(n for n in range(2, 9) if len({hash_shard(r, n) for r in repos}) > 1)
+    index = hash_shard(repos[0], count)
+    report = tmp_path / "r.json"
+    out = cli("copy", "--images", str(listing), "--src-plain-http", "--dest", f"{dest.host}/mirror",
+              "--shard", f"{index}/{count}", "--report", str(report))  # fmt: skip
+    assert out.code == ExitCode.INTEGRITY, out.err  # every image of the part needs the base
+    assert not dest.has_blob(base_blob.digest)
+    shard = json.loads(report.read_text())["shard"]
+    assert shard["shared_blobs"] == 1 and shard["shared_bytes"] == base_blob.size, shard
+    assert shard["shared_blobs_sent"] == 0 and shard["shared_bytes_sent"] == 0, shard
+    assert "sent here too" in out.out + out.err

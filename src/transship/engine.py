@@ -131,6 +131,9 @@ class Observer(Protocol):
     def blob_started(self, descriptor: Descriptor) -> None: ...
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None: ...
     def blob_finished(self, descriptor: Descriptor) -> None: ...
+    #: the blob landed at the destination (after `blob_finished`, only when its transfer
+    #: succeeded: a failed one is finished, never landed)
+    def blob_landed(self, descriptor: Descriptor) -> None: ...
 
 
 class NullObserver:
@@ -147,6 +150,9 @@ class NullObserver:
         pass
 
     def blob_finished(self, descriptor: Descriptor) -> None:
+        pass
+
+    def blob_landed(self, descriptor: Descriptor) -> None:
         pass
 
 
@@ -871,6 +877,7 @@ class CopyEngine:
                     self._refetched(task, int(getattr(chunks, "refetched", 0)))
         finally:
             self.observer.blob_finished(blob)
+        self.observer.blob_landed(blob)
         self.stats.blobs_uploaded += 1
         self.stats.bytes_uploaded += blob.size
         self._wrote(task)

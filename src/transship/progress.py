@@ -141,6 +141,9 @@ class RichObserver:
         self.active -= 1
         self._describe()
 
+    def blob_landed(self, descriptor: Descriptor) -> None:
+        pass
+
     def _describe(self) -> None:
         elapsed = time.monotonic() - self.start
         detail = bytes_detail(self.budget.done, self.budget.total, elapsed)
@@ -205,6 +208,9 @@ class LogObserver:
             self._emit(f"progress: {self.done}/{self.total} images, {detail}")
 
     def blob_finished(self, descriptor: Descriptor) -> None:
+        pass
+
+    def blob_landed(self, descriptor: Descriptor) -> None:
         pass
 
 

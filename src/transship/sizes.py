@@ -9,6 +9,7 @@ with one line naming the option.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from transship.errors import UsageError
 
@@ -20,7 +21,8 @@ def parse_size(text: str, *, option: str, example: str = "4G or 700M") -> int:
     m = _SIZE.fullmatch(text)
     size = 0
     if m and len(m.group(1)) <= 30:  # longer is a typo, not a size (and would overflow)
-        size = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+        # exact (a float would round 2**63-1 up): a fraction of a byte is dropped
+        size = int(Fraction(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
     if size <= 0:
         raise UsageError(f"{option} {text!r}: give a positive size such as {example}")
     return size

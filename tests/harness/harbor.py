@@ -31,6 +31,8 @@ The registry front behaves as Harbor does for what transship relies on:
   message: "Quota exceeded when processing the request of adding …" (`quota_wording="quota"`,
   1.9 on) or, as Harbor 2.x prints it, without the word ("adding … will exceed the configured
   upper limit of …", `quota_wording="upper-limit"`); the registry never receives the blob.
+  `POST /projects` takes a `storage_limit` of -1 or 1 to 2**63-1 (Harbor's int64; larger is
+  refused 400 as Go's JSON decoder refuses it).
 - `GET /v2/<name>/referrers/<digest>` (Harbor ≥ 2.8) from the `subject` of manifests pushed
   through the emulator (`referrers_api=False` answers 404 like older Harbor).
 - `GET /v2/_catalog` (src/server/registry/catalog.go, middleware/v2auth): system admins only;
@@ -70,6 +72,7 @@ from .registry import RegistryProcess
 
 #: Harbor's project name rule (src/common/utils: `^[a-z0-9]+(?:[._-][a-z0-9]+)*$`, ≤ 255).
 PROJECT_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+INT64_MAX = 2**63 - 1  # Harbor's storage_limit (swagger ProjectReq) is an int64 of bytes
 ADMIN = "admin"
 ADMIN_PASSWORD = "Harbor12345"  # Harbor's documented default; a test secret only
 
@@ -473,7 +476,17 @@ class HarborEmulator:
                 "project name is not in lower case or contains illegal characters",
             )
         limit = body.get("storage_limit")
-        if limit is not None and (not isinstance(limit, int) or limit == 0 or limit < -1):
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > INT64_MAX:
+            # swagger `ProjectReq.storage_limit` is int64: Go's JSON decoder refuses the body
+            return _errors(
+                400,
+                "BAD_REQUEST",
+                f'parsing body body from "" failed, because json: cannot unmarshal number '
+                f"{limit} into Go struct field ProjectReq.storage_limit of type int64",
+            )
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit == 0 or limit < -1
+        ):
             return _errors(400, "BAD_REQUEST", "storage_limit must be -1 or a positive size")
         if not self._may_create(user):
             return _errors(403, "FORBIDDEN", "Only system admin can create project")

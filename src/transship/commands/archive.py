@@ -370,12 +370,14 @@ def load(
 
     async def run(_sources: RegistryPool, dests: RegistryPool) -> list[TaskResult]:
         try:
-            if repair:
-                await job.read_bases()
-            phases, unique = await job.tasks(dest_prefix, dests.get)
+            phases = job.planned(dest_prefix, dests.get)  # index.json only: known at once
             pending = BeforeEngine(record, quiet)
             pending.planned(phases)
             with pending.watch():  # Ctrl-C until the engine runs: every image not started
+                if repair:
+                    await job.read_bases()
+                phases, unique = await job.sized(phases)  # reads the archive's manifests
+                pending.planned(phases)
                 await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
                 if preflight:
                     await check_destinations(phases, parallel)
@@ -459,7 +461,7 @@ def archive_verify(archive: Path) -> int:
     print(f"{job.layout.label}: {job.info.compatibility()}")
     try:
         unfinished = job.unfinished()
-        check = asyncio.run(verify_archive(job.layout, job.info.base, unfinished))
+        check = asyncio.run(verify_archive(job.layout, job.info.base, unfinished, job.path))
     finally:
         asyncio.run(job.close())
     print_archive_check(check)
@@ -468,7 +470,16 @@ def archive_verify(archive: Path) -> int:
 
 def print_archive_check(check: ArchiveCheck) -> None:
     if check.from_base:
-        print(f"{check.from_base} blobs are expected from the base archive {check.base}")
+        print(
+            f"{check.from_base} blobs are held by the base archive {check.base} beside it "
+            "(images it names reach them; `archive verify` of it re-hashes them)"
+        )
+    if check.unchecked:
+        print(
+            f"{check.unchecked} blobs are expected from the base archive "
+            f"{check.unchecked_base}, not checked: it is not beside the archive that names it "
+            "as its base (put it there to check them)"
+        )
     if check.tool_note:
         print(f"{check.label}: {check.tool_note}")
     for problem in check.problems:

@@ -15,7 +15,7 @@ from transship.remote.tls import load_ca
 from transship.serve.archive import ServedArchive
 from transship.serve.auth import Htpasswd
 from transship.serve.server import Listen, Ready, serve, tls_names, write_ready_file
-from transship.serve.tls import TLSFiles, self_signed, server_context
+from transship.serve.tls import TLSFiles, check_san, self_signed, server_context
 from transship.tkg.ca import refuse_private_key, tkg_ca_form
 from transship.tkg.config import TkgSettings
 
@@ -159,7 +159,7 @@ def _tls_files(
     if self_signed_dir is not None:
         if cert or key:
             raise UsageError("give either --tls-self-signed or --tls-cert/--tls-key, not both")
-        return self_signed(self_signed_dir, tls_names(where, san))
+        return self_signed(self_signed_dir, tls_names(where, [check_san(n) for n in san]))
     if (cert is None) != (key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if san:

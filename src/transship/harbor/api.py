@@ -24,6 +24,7 @@ from transship.errors import (
     RegistryError,
     TransshipError,
     UnreachableError,
+    UsageError,
 )
 from transship.remote.registry import Registry
 from transship.sizes import parse_size
@@ -259,11 +260,23 @@ def _message(raw: bytes) -> str:
         return raw.decode("utf-8", "replace").strip()[:200]
 
 
+#: Harbor's `storage_limit` (swagger `ProjectReq`) is an int64 count of bytes
+MAX_STORAGE_LIMIT = 2**63 - 1
+
+
 def parse_quota(text: str) -> int:
-    """`--project-quota`: `10G`, `500M`, `1T` (binary multiples) or bytes; -1 is unlimited."""
+    """`--project-quota`: `10G`, `500M`, `1T` (binary multiples) or bytes; -1 is unlimited.
+    Above Harbor's int64 (`MAX_STORAGE_LIMIT`, 8 EiB less a byte) is a one-line usage error."""
     if text.strip() == "-1":
         return -1
-    return parse_size(text, option="--project-quota", example="10G or 500M, or -1")
+    size = parse_size(text, option="--project-quota", example="10G or 500M, or -1")
+    if size > MAX_STORAGE_LIMIT:
+        raise UsageError(
+            f"--project-quota {text!r}: over the largest storage limit Harbor takes "
+            f"({MAX_STORAGE_LIMIT} bytes, 8 EiB less a byte); give a size such as 10G, or -1 "
+            "for unlimited"
+        )
+    return size
 
 
 def project_body(name: str, *, public: bool, storage_limit: int | None) -> dict[str, Any]:

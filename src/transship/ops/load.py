@@ -82,12 +82,14 @@ class LoadJob:
             "replaces that; see `transship archive list`"
         )
 
-    async def tasks(
-        self, prefix: str | None, dest_for: EndpointFor
-    ) -> tuple[list[list[CopyTask]], int]:
-        """Every named manifest as a task to `prefix` (or the planned prefix)/repository, each
-        with the bytes of its manifest graph; and the archive's unique bytes (for progress)."""
-        planned = load_tasks(self.layout, self.info, prefix, dest_for)
+    def planned(self, prefix: str | None, dest_for: EndpointFor) -> list[list[CopyTask]]:
+        """Every named manifest as a task to `prefix` (or the planned prefix)/repository, from
+        `index.json` alone (no manifest is read): what the run is to copy, known at once."""
+        return load_tasks(self.layout, self.info, prefix, dest_for)
+
+    async def sized(self, planned: list[list[CopyTask]]) -> tuple[list[list[CopyTask]], int]:
+        """`planned`, each task with the bytes of its manifest graph (read from the archive's
+        manifests), and the archive's unique bytes (for progress)."""
         return await with_sizes(self.layout, planned)
 
     async def read_bases(self) -> None:

@@ -63,12 +63,14 @@ async def _both(
 
 
 class _Tee:
-    """The CLI's observer, plus a record of every blob this shard streamed."""
+    """The CLI's observer, plus a record of every blob this shard streamed and landed (a
+    transfer that fails is not counted as sent). The first transfer to start starts the count
+    of shared blobs (`first`), so it overlaps the copy."""
 
     def __init__(self, inner: Observer, sent: dict[Digest, int], first: Callable[[], None]) -> None:
         self.inner = inner
         self.sent = sent
-        self.first = first
+        self.first: Callable[[], None] | None = first
 
     def task_started(self, task: CopyTask) -> None:
         self.inner.task_started(task)
@@ -77,9 +79,9 @@ class _Tee:
         self.inner.task_finished(result)
 
     def blob_started(self, descriptor: Descriptor) -> None:
-        if not self.sent:
+        if self.first is not None:
             self.first()
-        self.sent[descriptor.digest] = descriptor.size
+            self.first = None
         self.inner.blob_started(descriptor)
 
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None:
@@ -87,6 +89,10 @@ class _Tee:
 
     def blob_finished(self, descriptor: Descriptor) -> None:
         self.inner.blob_finished(descriptor)
+
+    def blob_landed(self, descriptor: Descriptor) -> None:
+        self.sent[descriptor.digest] = descriptor.size
+        self.inner.blob_landed(descriptor)
 
 
 @dataclass
@@ -109,6 +115,8 @@ class ShardAccount:
         return _Tee(observer, self.sent, self._start)
 
     def _start(self) -> None:
+        if self._walk is not None:  # one count per run, whichever observer starts it
+            return
         # a few requests at a time: the count must not slow the copy it runs beside
         slots = max(2, self.parallel // 4)
         mine = self.mine.entries if self.mine is not None else self.split.part.entries
@@ -140,7 +148,8 @@ class ShardAccount:
 
     @property
     def shared_sent(self) -> dict[Digest, int]:
-        """Shared blobs this run streamed itself (another shard streams its own copy)."""
+        """Shared blobs this run streamed itself and landed (another shard streams its own
+        copy; a transfer that failed is not counted)."""
         return {d: s for d, s in (self.shared or {}).items() if d in self.sent}
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import copy
 import time
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from transship.digest import Digest
@@ -37,6 +38,7 @@ from transship.imgpkg.locations import build_image_locations
 from transship.layout import OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.manifest import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
+from transship.ops.archive import ArchiveInfo, base_beside, close_chain, open_base_chain
 from transship.ops.selfcopy import carried_tool
 from transship.ops.tasks import source_endpoint
 from transship.plan.model import EntryKind, Plan, PlanEntry
@@ -473,10 +475,12 @@ class ArchiveCheck:
     problems: tuple[str, ...]
     blobs: int
     manifests: int
-    from_base: int = 0  # blobs missing here that the base archive of an increment holds
+    from_base: int = 0  # blobs missing here that the base chain beside it holds (checked)
     base: str | None = None
     corrupt: bool = False  # some content does not match its digest or size
     tool_note: str | None = None  # the carried single-file transship, when it checks out
+    unchecked: int = 0  # blobs missing here left to a base that is not there: not checked
+    unchecked_base: str | None = None  # that base (the increment's own, or one down its chain)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -485,34 +489,108 @@ class ArchiveCheck:
         return ExitCode.INTEGRITY if self.corrupt else ExitCode.INCOMPLETE
 
 
+@dataclass
+class _BaseJudgement:
+    problems: list[str] = field(default_factory=list)
+    held: int = 0
+    unchecked: int = 0
+    unchecked_base: str | None = None
+
+
 async def verify_archive(
-    layout: LayoutReader, base: str | None = None, unfinished: Sequence[str] = ()
+    layout: LayoutReader,
+    base: str | None = None,
+    unfinished: Sequence[str] = (),
+    path: Path | None = None,
 ) -> ArchiveCheck:
     """Re-hash every blob and check every manifest's references are present, offline.
 
-    `base`: the archive an increment was saved on top of; blobs missing here are expected
-    there, so they are counted, not reported. `unfinished`: why the archive is not a finished
-    save (`LoadJob.unfinished`), reported first: every blob of a half-written one may check out.
+    `base`: the archive an increment was saved on top of (`path`: where the increment lies).
+    A blob missing here is looked for in that base when it lies beside the increment (as
+    `save --since`, `serve` and `load` find it, down its chain of bases as far as they are
+    there): one a base holds (its named manifests reach it: what loading it pushes,
+    `LayoutReader.holds`) is counted, one it does not hold is a problem naming the base. When
+    the base is not there, such blobs are counted as expected from it, unchecked.
+    `unfinished`: why the archive is not a finished save (`LoadJob.unfinished`), reported
+    first: every blob of a half-written one may check out.
     """
     problems = layout.verify_volumes() if isinstance(layout, OCILayoutTar) else []
-    found, blobs, manifests = await _walk_archive(layout)
+    found, missing, blobs, manifests = await _walk_archive(layout)
     problems += found
     tool_note, tool_problems = carried_tool(layout)
     problems += tool_problems
-    from_base = 0
-    if base:
-        in_base = [p for p in problems if p.endswith("is missing")]
-        problems = [p for p in problems if not p.endswith("is missing")]
-        from_base = len(in_base)
+    judged = _BaseJudgement()
+    if base and missing:
+        judged = await _judge_missing(path, base, missing)
+        problems += judged.problems
+    else:
+        problems += [f"{where}: blob {blob.digest.short} is missing" for where, blob in missing]
     corrupt = any("does not match" in p or "bytes" in p for p in problems)  # not `unfinished`
     problems = [*unfinished, *problems]
     return ArchiveCheck(
-        layout.label, tuple(problems), blobs, manifests, from_base, base, corrupt, tool_note
+        layout.label,
+        tuple(problems),
+        blobs,
+        manifests,
+        judged.held,
+        base,
+        corrupt,
+        tool_note,
+        judged.unchecked,
+        judged.unchecked_base,
     )
 
 
-async def _walk_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
+async def _judge_missing(
+    path: Path | None, base: str, missing: Sequence[tuple[str, Descriptor]]
+) -> _BaseJudgement:
+    """Which of the blobs an increment lacks its base chain holds (see `verify_archive`)."""
+    judged = _BaseJudgement()
+    beside = base_beside(path, base) if path is not None else None
+    if path is None or beside is None:
+        judged.unchecked, judged.unchecked_base = len(missing), base
+        return judged
+    try:
+        chain = await open_base_chain(beside, "archive verify")
+    except TransshipError as exc:
+        judged.problems.append(
+            f"the base archive {base} beside it cannot be read ({exc}): the {len(missing)} "
+            "blob(s) this increment leaves to it are not checked"
+        )
+        return judged
+    try:
+        names: set[str] = {path.name, base}
+        last: LayoutReader = chain
+        while last.base is not None:
+            names.add(str(ArchiveInfo.read(last).base))
+            last = last.base
+        deeper = ArchiveInfo.read(last).base  # the chain ends at a base that is not there
+        if deeper in names:
+            deeper = None
+        for where, blob in missing:
+            if await chain.holds("", blob.digest, blob.size):
+                judged.held += 1
+            elif deeper:
+                judged.unchecked += 1
+                judged.unchecked_base = deeper
+            else:
+                below = ", nor do its own bases'" if chain.base is not None else ""
+                judged.problems.append(
+                    f"{where}: blob {blob.digest.short} is missing, and the base archive "
+                    f"{base} beside it does not hold it (no image it names reaches it{below}"
+                    "; an unnamed copy is not loaded with it)"
+                )
+    finally:
+        await close_chain(chain)
+    return judged
+
+
+async def _walk_archive(
+    layout: LayoutReader,
+) -> tuple[list[str], list[tuple[str, Descriptor]], int, int]:
+    """(problems, blobs missing with where they are needed, blobs and manifests checked)."""
     problems: list[str] = []
+    missing: list[tuple[str, Descriptor]] = []
     checked_blobs: set[Digest] = set()
     checked_manifests: set[Digest] = set()
 
@@ -532,7 +610,7 @@ async def _walk_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
                 continue
             checked_blobs.add(blob.digest)
             if not await layout.has_blob(repository, blob.digest):
-                problems.append(f"{where}: blob {blob.digest.short} is missing")
+                missing.append((where, blob))
                 continue
             try:
                 async with layout.open_blob(repository, blob) as chunks:
@@ -543,4 +621,4 @@ async def _walk_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
 
     for repository, tag, _descriptor in layout.entries():
         await check_manifest(repository, tag, f"{repository}:{tag}")
-    return problems, len(checked_blobs), len(checked_manifests)
+    return problems, missing, len(checked_blobs), len(checked_manifests)

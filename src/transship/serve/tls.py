@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,37 @@ def _current(cert_path: Path, key_path: Path, ca: x509.Certificate, names: list[
     want = {str(ipaddress.ip_address(n)) if _is_ip(n) else n for n in names}
     fresh = cert.not_valid_after_utc - RENEW_BEFORE > dt.datetime.now(dt.UTC)
     return cert.issuer == ca.subject and have == want and fresh
+
+
+#: one label of a host name (RFC 1123 2.1): letters, digits, hyphens, 1-63, no hyphen at an end
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+#: a DNS name's longest text form (RFC 1035 2.3.4, without the trailing dot)
+MAX_NAME = 253
+
+
+def check_san(name: str) -> str:
+    """`--san NAME`, as given, when it is an IP address or a host name a certificate can carry
+    (RFC 1123: labels of 1-63 letters, digits or hyphens, no hyphen at either end, the last
+    one not all digits, 253 characters in all; one leading `*.` for a wildcard); anything else
+    is a one-line `UsageError` naming it."""
+    if _is_ip(name) and "%" not in name:  # a zone (`fe80::1%eth0`) has no place in a SAN
+        return name
+    host = name[2:] if name.startswith("*.") else name
+    labels = host.split(".")
+    if (
+        len(name) <= MAX_NAME
+        and all(_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    ):
+        return name
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)  # one line
+    if len(name) > 80:
+        shown = f"{shown[:40]}... ({len(name)} characters)"
+    raise UsageError(
+        f"--san '{shown}' is neither an IP address nor a DNS name: give labels of 1-63 "
+        "letters, digits or hyphens (no hyphen first or last) joined by dots, 253 characters "
+        "at most, optionally after one leading '*.'"
+    )
 
 
 def _is_ip(name: str) -> bool:
