@@ -37,10 +37,10 @@ from transship.layout.index import (
     UNFINISHED,
     LayoutIndex,
     check_layout_file,
-    check_tag,
 )
 from transship.layout.pacing import FlushPacer
-from transship.layout.reader import BlobFile, Extent, LayoutReader
+from transship.layout.reader import BlobFile, Extent
+from transship.layout.writer import LayoutWriter
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from transship.streams import CHUNK, read_bounded
 
@@ -77,7 +77,7 @@ class _FileBlob:
         self._handle.close()
 
 
-class OCILayout(LayoutReader):
+class OCILayout(LayoutWriter):
     """One layout directory; all repositories share its blob store (see `transship.layout`)."""
 
     def __init__(self, path: Path | str, *, writable: bool, flush_interval: float = 2.0) -> None:
@@ -222,11 +222,8 @@ class OCILayout(LayoutReader):
         os.replace(tmp, final)
         self._dirs_to_sync.add(final.parent)
 
-    async def check_push(self, repository: str) -> None:
-        """Preflight: a push lands if the layout is open for writing."""
-        self._check_writable()
-
-    def _check_writable(self) -> None:
+    def _check_writable(self, *, content: bool = False) -> None:
+        """`content` makes no difference: a layout open for writing takes anything."""
         if not self.writable:
             raise LayoutError(f"{self.label} is opened read-only")
         if self._closed:
@@ -287,34 +284,11 @@ class OCILayout(LayoutReader):
             tmp.unlink(missing_ok=True)
             raise
 
-    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
-        """Store the exact bytes as a blob; a tag also (re)points the index.json entry."""
-        self._check_writable()
-        where = self._where(repository, tag or str(manifest.digest))
-        if tag is not None:
-            check_tag(tag, where)
-        actual = Digest.of(manifest.raw, manifest.digest.algorithm)
-        if actual != manifest.digest:
-            raise IntegrityError(f"{where}: manifest bytes hash to {actual.short}")
+    async def _store_manifest_bytes(self, repository: str, manifest: Manifest, where: str) -> None:
         try:
             await asyncio.to_thread(self._store_manifest, manifest)
         except OSError as exc:
             raise io_error(f"{where}: writing manifest", exc) from None
-        if tag is not None:
-            extra = self.annotations.get((repository, tag))
-            self._index.set(repository, tag, manifest.descriptor, extra)
-            self._changes += 1
-            await self._pacer.changed()
-
-    def retain_tags(self, keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
-        """A resumed save whose plan changed: forget the (repository, tag) names an earlier
-        run wrote that are not in `keep`, so the archive names only what its plan lists.
-        Returns what was dropped; their blobs stay (unnamed) until the layout is saved anew."""
-        self._check_writable()
-        dropped = self._index.retain(keep)
-        if dropped:
-            self._changes += 1
-        return dropped
 
     # -- index.json -------------------------------------------------------------------------
 

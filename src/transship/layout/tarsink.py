@@ -49,11 +49,11 @@ from transship.layout.index import (
     LAYOUT_FILE,
     TOOL_FILE,
     LayoutIndex,
-    check_tag,
 )
 from transship.layout.pacing import FlushPacer
 from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.layout.volumes import PARTS_FORMAT, PARTS_SUFFIX
+from transship.layout.writer import LayoutWriter
 from transship.manifest import Descriptor, Manifest
 from transship.streams import CHUNK
 
@@ -219,7 +219,7 @@ class _Store:
             self._close_one(number)
 
 
-class TarSink(LayoutReader):
+class TarSink(LayoutWriter):
     """A writable `Endpoint` whose store is the tar itself (see the module docstring)."""
 
     def __init__(
@@ -513,9 +513,6 @@ class TarSink(LayoutReader):
     def blob_extents(self, digest: Digest) -> list[Extent] | None:
         return None  # not served while it is written
 
-    async def check_push(self, repository: str) -> None:
-        self._check_writable(content=True)
-
     def _check_writable(self, *, content: bool = False) -> None:
         if self._closed:
             raise LayoutError(f"{self.label} is closed")
@@ -627,31 +624,8 @@ class TarSink(LayoutReader):
             self._reserved.pop(offset, None)
             self._land(Member(name, offset, offset + len(header), 0))
 
-    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
-        """Store the exact bytes as a blob member; a tag also (re)points the index entry."""
-        self._check_writable(content=True)
-        where = self._where(repository, tag or str(manifest.digest))
-        if tag is not None:
-            check_tag(tag, where)
-        actual = Digest.of(manifest.raw, manifest.digest.algorithm)
-        if actual != manifest.digest:
-            raise IntegrityError(f"{where}: manifest bytes hash to {actual.short}")
+    async def _store_manifest_bytes(self, repository: str, manifest: Manifest, where: str) -> None:
         await self.put_blob(repository, manifest.descriptor, _once(manifest.raw))
-        if tag is not None:
-            extra = self.annotations.get((repository, tag))
-            self._index.set(repository, tag, manifest.descriptor, extra)
-            self._changes += 1
-            await self._pacer.changed()
-
-    def retain_tags(self, keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
-        """A resumed save whose plan changed: forget the (repository, tag) names an earlier
-        run wrote that are not in `keep`, so the archive names only what its plan lists.
-        Returns what was dropped; their blobs stay (unnamed) until the layout is saved anew."""
-        self._check_writable()
-        dropped = self._index.retain(keep)
-        if dropped:
-            self._changes += 1
-        return dropped
 
     # -- the journal --------------------------------------------------------------------------
 
