@@ -512,35 +512,27 @@ async def verify_archive(
 
 
 async def _walk_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
+    """Every named manifest's graph (no depth limit), each distinct blob re-hashed once."""
     problems: list[str] = []
     checked_blobs: set[Digest] = set()
-    checked_manifests: set[Digest] = set()
-
-    async def check_manifest(repository: str, identifier: str, where: str) -> None:
-        try:
-            manifest: Manifest = await layout.get_manifest(repository, identifier)
-        except TransshipError as exc:
-            problems.append(f"{where}: {exc}")
-            return
-        if manifest.digest in checked_manifests:
-            return
-        checked_manifests.add(manifest.digest)
-        for child in manifest.manifests:
-            await check_manifest(repository, str(child.digest), f"{where} child")
+    checked_manifests = 0
+    async for reached in layout.walk_named(by_tag=True, max_depth=None):
+        where, manifest = reached.where, reached.manifest
+        if manifest is None:
+            problems.append(f"{where}: {reached.error}")
+            continue
+        checked_manifests += 1
         for blob in manifest.blobs():
             if blob.urls or blob.digest in checked_blobs:
                 continue
             checked_blobs.add(blob.digest)
-            if not await layout.has_blob(repository, blob.digest):
+            if not await layout.has_blob(reached.repository, blob.digest):
                 problems.append(f"{where}: blob {blob.digest.short} is missing")
                 continue
             try:
-                async with layout.open_blob(repository, blob) as chunks:
+                async with layout.open_blob(reached.repository, blob) as chunks:
                     async for _ in chunks:
                         pass
             except IntegrityError as exc:
                 problems.append(f"{where}: {exc}")
-
-    for repository, tag, _descriptor in layout.entries():
-        await check_manifest(repository, tag, f"{repository}:{tag}")
-    return problems, len(checked_blobs), len(checked_manifests)
+    return problems, len(checked_blobs), checked_manifests
