@@ -20,7 +20,6 @@ from transship.commands.common import (
     REPORT_FILE,
     SHARD,
     BeforeEngine,
-    check_destinations,
     execute,
     load_plan_source,
     parallel_option,
@@ -376,9 +375,9 @@ def load(
             pending = BeforeEngine(record, quiet)
             pending.planned(phases)
             with pending.watch():  # Ctrl-C until the engine runs: every image not started
-                await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
-                if preflight:
-                    await check_destinations(phases, parallel)
+                await before_push(
+                    phases, projects, dests, preflight=preflight, quiet=quiet, parallel=parallel
+                )
             results = await run_engine(
                 phases, record, lock_output, quiet, parallel, unique, limit_rate, repair=repair
             )
