@@ -42,7 +42,7 @@ from transship.layout.pacing import FlushPacer
 from transship.layout.reader import BlobFile, Extent
 from transship.layout.writer import LayoutWriter
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
-from transship.streams import CHUNK, read_bounded
+from transship.streams import in_batches, read_bounded
 
 log = logging.getLogger("transship.layout")
 
@@ -243,16 +243,9 @@ class OCILayout(LayoutWriter):
         except OSError as exc:
             raise io_error(where, exc) from None
         try:
-            pending: list[bytes] = []
-            pending_size = 0
-            async for chunk in chunks:
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
-                    await asyncio.to_thread(_write_hashed, handle, hasher, pending)
-                    pending, pending_size = [], 0
-            if pending:
-                await asyncio.to_thread(_write_hashed, handle, hasher, pending)
+            async with contextlib.aclosing(in_batches(chunks)) as batches:
+                async for pieces in batches:
+                    await asyncio.to_thread(_write_hashed, handle, hasher, pieces)
             hasher.verify("blob")
             await asyncio.to_thread(self._publish, handle, tmp, self._blob_path(descriptor.digest))
         except BaseException as exc:

@@ -55,7 +55,7 @@ from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.layout.volumes import PARTS_FORMAT, PARTS_SUFFIX
 from transship.layout.writer import LayoutWriter
 from transship.manifest import Descriptor, Manifest
-from transship.streams import CHUNK
+from transship.streams import CHUNK, in_batches
 
 log = logging.getLogger("transship.layout")
 
@@ -570,18 +570,10 @@ class TarSink(LayoutWriter):
             await asyncio.shield(writing)
 
         try:
-            pending: list[bytes] = []
-            pending_size = 0
-            async for chunk in chunks:
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
-                    await in_thread(self._write_hashed, hasher, pending, data + written)
-                    written += pending_size
-                    pending, pending_size = [], 0
-            if pending:
-                await in_thread(self._write_hashed, hasher, pending, data + written)
-                written += pending_size
+            async with contextlib.aclosing(in_batches(chunks)) as batches:
+                async for pieces in batches:
+                    await in_thread(self._write_hashed, hasher, pieces, data + written)
+                    written += sum(len(piece) for piece in pieces)
             hasher.verify("blob")
             tail = bytes(length - len(header) - descriptor.size)
             await in_thread(self._seal_member, header, offset, tail, data + written)
