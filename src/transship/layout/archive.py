@@ -9,7 +9,6 @@ is ever extracted or written while reading.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import struct
@@ -39,6 +38,7 @@ from transship.layout.index import (
     LayoutIndex,
     check_layout_file,
 )
+from transship.layout.locking import lock_now
 from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.layout.volumes import Volumes, find_parts_file
 from transship.manifest import Descriptor, Manifest
@@ -388,12 +388,9 @@ def write_tar(layout_dir: Path | str, tar_path: Path | str) -> int:
     except OSError as exc:
         raise io_error(f"{label}: opening layout", exc) from None
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LayoutError(
-                f"{label}: another writer holds this layout (open elsewhere)"
-            ) from None
+        lock_now(
+            lock_fd, f"{label}: another writer holds this layout (open elsewhere)", shared=True
+        )
         return _write_tar_locked(src, dest, label)
     except OSError as exc:
         raise io_error(f"{label}: writing {dest}", exc) from None

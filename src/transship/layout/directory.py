@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import stat
@@ -38,6 +37,7 @@ from transship.layout.index import (
     LayoutIndex,
     check_layout_file,
 )
+from transship.layout.locking import lock_now
 from transship.layout.pacing import FlushPacer
 from transship.layout.reader import BlobFile, Extent
 from transship.layout.writer import LayoutWriter
@@ -139,12 +139,10 @@ class OCILayout(LayoutWriter):
     def _lock(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            lock_now(fd, f"{self.label}: another writer holds this layout (open elsewhere)")
+        except BaseException:
             os.close(fd)
-            raise LayoutError(
-                f"{self.label}: another writer holds this layout (open elsewhere)"
-            ) from None
+            raise
         self._lock_fd = fd
 
     def _unlock(self) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -50,6 +49,7 @@ from transship.layout.index import (
     TOOL_FILE,
     LayoutIndex,
 )
+from transship.layout.locking import lock_now
 from transship.layout.pacing import FlushPacer
 from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.layout.volumes import PARTS_FORMAT, PARTS_SUFFIX
@@ -147,12 +147,9 @@ class _Store:
 
     def lock(self) -> None:
         """One writer per archive: an exclusive flock on the first (or only) partial file."""
-        try:
-            fcntl.flock(self._fd(0), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LayoutError(
-                f"{self.path(0)}: another save is writing this archive (open elsewhere)"
-            ) from None
+        lock_now(
+            self._fd(0), f"{self.path(0)}: another save is writing this archive (open elsewhere)"
+        )
 
     def _runs(self, offset: int, n: int) -> Iterable[tuple[int, int, int]]:
         """(volume, local offset, length) runs of bytes [offset, offset + n)."""
@@ -768,12 +765,7 @@ class TarSink(LayoutWriter):
             fd = None  # another rerun published it meanwhile: `_place` checks what it left
         try:
             if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise LayoutError(
-                        f"{self.journal}: another save is finishing this archive"
-                    ) from None
+                lock_now(fd, f"{self.journal}: another save is finishing this archive")
             yield
         finally:
             if fd is not None:
