@@ -366,15 +366,7 @@ class Verifier:
         else:
             there = await self._has_manifest(dest, ref, child.digest)
         if not there:
-            platform = f"{child.platform} " if child.platform else ""
-            check.problems.append(
-                Problem(
-                    CHILD_MISSING,
-                    f"{ref.name}@{child.digest}",
-                    child.digest,
-                    detail=f"{platform}child of {parent.digest.short}",
-                )
-            )
+            check.problems.append(_child_missing(ref, child, parent.digest))
         elif descend and manifest is not None:
             await self._walk(check, dest, ref, manifest)
 
@@ -393,15 +385,7 @@ class Verifier:
             self.counters.manifest_heads += 1
             found = await self._limited(dest.head_manifest(ref.repository, str(child.digest)))
             if found is None:
-                platform = f"{child.platform} " if child.platform else ""
-                check.problems.append(
-                    Problem(
-                        CHILD_MISSING,
-                        f"{ref.name}@{child.digest}",
-                        child.digest,
-                        detail=f"{platform}child of {digest.short}",
-                    )
-                )
+                check.problems.append(_child_missing(ref, child, digest))
             elif found.media_type in INDEX_TYPES:
                 await self._listed_children(check, dest, ref, child.digest, depth + 1)
         return True
@@ -444,6 +428,17 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
         elif isinstance(exc, TransshipError | KeyboardInterrupt):
             return exc
     return group
+
+
+def _child_missing(ref: Reference, child: Descriptor, parent: Digest) -> Problem:
+    """An index's child the destination lacks, named with its platform and its index."""
+    platform = f"{child.platform} " if child.platform else ""
+    return Problem(
+        CHILD_MISSING,
+        f"{ref.name}@{child.digest}",
+        child.digest,
+        detail=f"{platform}child of {parent.short}",
+    )
 
 
 def _with_resolve_hint(exc: TransshipError) -> TransshipError:
