@@ -57,6 +57,14 @@ COMPRESSED_MAGIC = {
 }
 
 
+def refuse_compressed(head: bytes, label: str, why: str) -> None:
+    """A tar compressed as a whole (known by its first bytes, `head`) is refused, saying
+    what it is, `why` that will not do, and what to do."""
+    for magic, kind in COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            raise LayoutError(f"{label}: {kind}-compressed; {why}, decompress it first")
+
+
 def looks_like_archive(path: Path) -> bool:
     """Whether `path` is read as an archive rather than a text file where either may be
     given (`--plan`): a directory, a tar (its first header's magic), a compressed file
@@ -277,13 +285,7 @@ class OCILayoutTar(LayoutReader):
         else:
             size = os.fstat(self._fd).st_size
             reader = None
-        head = self._pread(8, 0)
-        for magic, kind in COMPRESSED_MAGIC.items():
-            if head.startswith(magic):
-                raise LayoutError(
-                    f"{self.label}: {kind}-compressed; transship reads tar archives in place, "
-                    "decompress it first"
-                )
+        refuse_compressed(self._pread(8, 0), self.label, "transship reads tar archives in place")
         files = scan_tar(self.path, size, reader)
         self._extras = {
             name.removeprefix(f"{EXTRA_DIR}/"): where
