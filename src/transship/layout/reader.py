@@ -8,7 +8,7 @@ registry endpoint does: a layout on a USB stick is as untrusted as a network.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +185,7 @@ class LayoutReader:
 
     async def walk_named(
         self, *, by_tag: bool = False, max_depth: int | None = MAX_INDEX_DEPTH
-    ) -> AsyncIterator[Reached]:
+    ) -> AsyncGenerator[Reached, None]:
         """Every manifest the named manifests reach, each read (verified) once: depth first,
         an index's children (to `max_depth`; None: no limit) before the index itself, so a
         caller checking each one's blobs checks them in the order the graph is copied. A
@@ -196,7 +196,7 @@ class LayoutReader:
 
         async def walk(
             repository: str, tag: str, digest: Digest, identifier: str, depth: int
-        ) -> AsyncIterator[Reached]:
+        ) -> AsyncGenerator[Reached, None]:
             try:
                 manifest = await self.get_manifest(repository, identifier)
             except TransshipError as exc:

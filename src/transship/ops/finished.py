@@ -12,6 +12,7 @@ save: equal, the archive is left as it is; otherwise one line says what differs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ from transship.errors import (
 from transship.fsutil import file_sha256
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.index import INDEX_FILE, LAYOUT_FILE, TOOL_FILE
+from transship.layout.reader import Reached
 from transship.layout.volumes import PARTS_SUFFIX
 from transship.ops.archive import (
     ArchiveInfo,
@@ -181,32 +183,40 @@ async def _check_graph(path: Path, layout: OCILayout | OCILayoutTar, info: Archi
     """Every manifest the index names and those below (verified: they are small) and every
     blob there, of the size it says; a blob an increment left out to its base (`info.base`)
     must be held there still."""
-    async for reached in layout.walk_named():
-        repository, tag, manifest = reached.repository, reached.tag, reached.manifest
-        if manifest is None:
-            if isinstance(reached.error, NotFoundError):  # named by the index or by an index
-                raise _damaged(
-                    path,
-                    f"is damaged: manifest {reached.digest.short} of {repository}:{tag} is missing",
+    async with contextlib.aclosing(layout.walk_named()) as walk:  # left at the first problem
+        async for reached in walk:
+            await _check_reached(path, layout, info, reached)
+
+
+async def _check_reached(
+    path: Path, layout: OCILayout | OCILayoutTar, info: ArchiveInfo, reached: Reached
+) -> None:
+    """One manifest the walk reached: read, and every blob it names there (or in the base)."""
+    repository, tag, manifest = reached.repository, reached.tag, reached.manifest
+    if manifest is None:
+        if isinstance(reached.error, NotFoundError):  # named by the index or by an index
+            raise _damaged(
+                path,
+                f"is damaged: manifest {reached.digest.short} of {repository}:{tag} is missing",
+            )
+        if isinstance(reached.error, IntegrityError):
+            raise _damaged(path, f"is damaged ({reached.error})")
+        assert reached.error is not None
+        raise reached.error
+    for blob in manifest.blobs():
+        if not blob.urls and not await layout.has_blob(repository, blob.digest, blob.size):
+            if layout.base is not None and layout.blob_extents(blob.digest) is None:
+                base = info.base or "its base"  # left out to the base, not there now
+                raise UsageError(
+                    f"{path} is intact but its base {base} no longer holds blob "
+                    f"{blob.digest.short} of {repository}:{tag} (was {base} re-saved?); "
+                    "restore the base it was saved on"
                 )
-            if isinstance(reached.error, IntegrityError):
-                raise _damaged(path, f"is damaged ({reached.error})")
-            assert reached.error is not None
-            raise reached.error
-        for blob in manifest.blobs():
-            if not blob.urls and not await layout.has_blob(repository, blob.digest, blob.size):
-                if layout.base is not None and layout.blob_extents(blob.digest) is None:
-                    base = info.base or "its base"  # left out to the base, not there now
-                    raise UsageError(
-                        f"{path} is intact but its base {base} no longer holds blob "
-                        f"{blob.digest.short} of {repository}:{tag} (was {base} re-saved?); "
-                        "restore the base it was saved on"
-                    )
-                raise _damaged(
-                    path,
-                    f"is damaged: blob {blob.digest.short} of {repository}:{tag} is missing or "
-                    f"not {blob.size} bytes",
-                )
+            raise _damaged(
+                path,
+                f"is damaged: blob {blob.digest.short} of {repository}:{tag} is missing or "
+                f"not {blob.size} bytes",
+            )
 
 
 def _comparable(entry: PlanEntry) -> dict[str, Any]:
