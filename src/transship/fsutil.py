@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(directory: Path) -> None:
@@ -71,6 +74,27 @@ def write_atomic(path: Path, data: bytes | str, *, private: bool = False) -> Non
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """`write_atomic` for a file written piece by piece (an archive): a temporary file in
+    `path`'s directory (created if need be), with the mode any new file gets, fsynced and
+    renamed over `path` when the block ends, then the directory fsynced; removed if the block
+    raises. Errors are the caller's to name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        share_like_a_new_file(fd)
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 

@@ -6,6 +6,7 @@ Mirrors the grammar of distribution's `reference` package: `[host[:port]/]path[:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -244,3 +245,17 @@ def parse_prefix(text: str, what: str = "destination prefix", *, need_path: bool
     except InvalidReferenceError as exc:
         raise fail(str(exc).removeprefix("invalid image reference ")) from None
     return value
+
+
+def shared_parts(paths: Sequence[Sequence[str]]) -> list[str]:
+    """The leading path parts (`host`, `project`, …) every one of `paths` begins with; the
+    callers decide how much of a repository name must stay outside it. Empty for no paths."""
+    if not paths:
+        return []
+    common = list(paths[0])
+    for parts in paths[1:]:
+        n = 0
+        while n < min(len(common), len(parts)) and common[n] == parts[n]:
+            n += 1
+        common = common[:n]
+    return common

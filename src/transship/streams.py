@@ -8,7 +8,7 @@ refuse an oversized answer without ever holding more.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import BinaryIO
 
 #: the streaming unit of every blob transfer
@@ -32,3 +32,21 @@ async def read_bounded_async(read: Callable[[int], Awaitable[bytes]], limit: int
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+async def in_batches(
+    chunks: AsyncIterator[bytes], at_least: int = CHUNK
+) -> AsyncGenerator[list[bytes], None]:
+    """`chunks` gathered into lists of at least `at_least` bytes (the last may hold less), so
+    a writer that hands each list to a thread makes one hop per MiB however small the chunks
+    come. The pieces are not joined here: that copy is for the thread to make."""
+    pending: list[bytes] = []
+    pending_size = 0
+    async for chunk in chunks:
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= at_least:
+            yield pending
+            pending, pending_size = [], 0
+    if pending:
+        yield pending

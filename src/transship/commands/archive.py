@@ -20,7 +20,6 @@ from transship.commands.common import (
     REPORT_FILE,
     SHARD,
     BeforeEngine,
-    check_destinations,
     execute,
     load_plan_source,
     parallel_option,
@@ -378,9 +377,9 @@ def load(
                     await job.read_bases()
                 phases, unique = await job.sized(phases)  # reads the archive's manifests
                 pending.planned(phases)
-                await before_push(phases, projects, dests, preflight=preflight, quiet=quiet)
-                if preflight:
-                    await check_destinations(phases, parallel)
+                await before_push(
+                    phases, projects, dests, preflight=preflight, quiet=quiet, parallel=parallel
+                )
             results = await run_engine(
                 phases, record, lock_output, quiet, parallel, unique, limit_rate, repair=repair
             )

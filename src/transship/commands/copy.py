@@ -10,7 +10,6 @@ import click
 from transship.commands.common import (
     SHARD,
     BeforeEngine,
-    check_destinations,
     execute,
     load_plan_source,
     plan_source_options,
@@ -139,9 +138,9 @@ def copy(
                 chosen = without_attachments(chosen)
             task_phases = copy_phases(chosen, sources.get, dests.get, wanted)
             pending.planned(task_phases)
-            await before_push(task_phases, projects, dests, preflight=preflight, quiet=quiet)
-            if preflight:
-                await check_destinations(task_phases, parallel)
+            await before_push(
+                task_phases, projects, dests, preflight=preflight, quiet=quiet, parallel=parallel
+            )
         account = None
         if cut is not None:
             from transship.ops.shard import ShardAccount  # --shard only

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from transship.commands.common import check_destinations
 from transship.connect import RegistryPool
 from transship.engine import CopyTask, TaskResult
 from transship.errors import UsageError
@@ -65,11 +66,25 @@ async def before_push(
     *,
     preflight: bool,
     quiet: bool,
+    parallel: int,
 ) -> None:
-    """Quota readers on every destination; projects checked (and made) when asked to."""
+    """Between building tasks and the engine: quota readers on every destination; projects
+    checked (and made) when asked to; then, with `--preflight`, every destination repository
+    asked whether a push would land (`check_destinations`)."""
     install_quota_readers((t.dest for tasks in task_phases for t in tasks), dests.registry_of)
-    if not (settings.create or preflight):
-        return
+    if settings.create or preflight:
+        await _ensure_projects(task_phases, settings, dests, quiet=quiet)
+    if preflight:
+        await check_destinations(task_phases, parallel)
+
+
+async def _ensure_projects(
+    task_phases: Sequence[Sequence[CopyTask]],
+    settings: ProjectSettings,
+    dests: RegistryPool,
+    *,
+    quiet: bool,
+) -> None:
     report = await ensure_projects(task_phases, settings, dests.registry_of)
     for host in report.other_hosts if settings.create and not quiet else ():
         print(

@@ -18,7 +18,6 @@ from rich.table import Table
 
 from transship.commands.common import (
     BeforeEngine,
-    check_destinations,
     execute,
     rate_limit,
     run_engine,
@@ -75,9 +74,9 @@ def load_imgpkg_tars(
             pending = BeforeEngine(record, quiet)
             pending.planned(job.phases)
             with pending.watch():  # Ctrl-C until the engine runs: every image not started
-                await before_push(job.phases, projects, dests, preflight=preflight, quiet=quiet)
-                if preflight:
-                    await check_destinations(job.phases, parallel)
+                await before_push(
+                    job.phases, projects, dests, preflight=preflight, quiet=quiet, parallel=parallel
+                )
             results = await run_engine(
                 job.phases,
                 record,

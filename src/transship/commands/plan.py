@@ -86,6 +86,16 @@ def _common_options(func: F) -> F:
     return func
 
 
+#: `plan tkg` and `plan bom`: where TKG's images go, as its own variable names it
+_TKG_DEST = click.option(
+    "--dest",
+    envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
+    required=True,
+    metavar="PREFIX",
+    help="Destination prefix (env TKG_CUSTOM_IMAGE_REPOSITORY).",
+)
+
+
 @click.group()
 def plan() -> None:
     """Write a reviewable plan: every image to copy, where it goes, digests and sizes."""
@@ -101,13 +111,7 @@ def plan() -> None:
     help="Registry prefix holding tkg-compatibility, tkg-bom, … (env TKG_IMAGE_REPO).",
 )
 @click.option("--tkg-version", required=True, metavar="VERSION", help="TKG version, e.g. v1.5.3.")
-@click.option(
-    "--dest",
-    envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
-    required=True,
-    metavar="PREFIX",
-    help="Destination prefix (env TKG_CUSTOM_IMAGE_REPOSITORY).",
-)
+@_TKG_DEST
 @click.option(
     "--tkr",
     "tkrs",
@@ -176,13 +180,7 @@ def plan_script(file: Path, dest: str | None, **kwargs: Any) -> int:
 
 @plan.command("bom")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--dest",
-    envvar="TKG_CUSTOM_IMAGE_REPOSITORY",
-    required=True,
-    metavar="PREFIX",
-    help="Destination prefix (env TKG_CUSTOM_IMAGE_REPOSITORY).",
-)
+@_TKG_DEST
 @click.option(
     "--source",
     envvar="TKG_IMAGE_REPO",

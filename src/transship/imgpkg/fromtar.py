@@ -46,7 +46,7 @@ from transship.imgpkg.locations import (
 )
 from transship.imgpkg.tarball import ImgpkgTar, TarItem, is_imgpkg_tar
 from transship.plan._yaml import load_yaml, read_text
-from transship.reference import Reference
+from transship.reference import Reference, shared_parts
 
 #: the destination endpoint for a registry host (a `RegistryPool.get`, or a stand-in)
 EndpointFor = Callable[[str], Endpoint]
@@ -158,12 +158,7 @@ def _listed_paths(listing: Path) -> dict[str, str]:
 
 def _reroot(targets: list[TarTarget], dest_prefix: str) -> list[TarTarget]:
     paths = [t.repository.split("/") for t in targets]
-    common = paths[0]
-    for parts in paths[1:]:
-        n = 0
-        while n < min(len(common), len(parts)) and common[n] == parts[n]:
-            n += 1
-        common = common[:n]
+    common = shared_parts(paths)
     keep = max(1, min(len(common), min(len(p) for p in paths) - 1))
     prefix = dest_prefix.strip().rstrip("/")
     log.warning(

@@ -34,7 +34,7 @@ from transship.errors import (
     TransshipError,
     io_error,
 )
-from transship.layout.archive import COMPRESSED_MAGIC, TarMember, scan_tar
+from transship.layout.archive import COMPRESSED_MAGIC, TarMember, refuse_compressed, scan_tar
 from transship.layout.index import LayoutIndex
 from transship.layout.reader import BlobFile, LayoutReader
 from transship.manifest import Descriptor, Manifest, Referrer
@@ -170,13 +170,7 @@ class ImgpkgTar(LayoutReader):
 
     def _load(self) -> None:
         size = os.fstat(self._fd).st_size
-        head = self._pread(8, 0)
-        for magic, kind in COMPRESSED_MAGIC.items():
-            if head.startswith(magic):
-                raise LayoutError(
-                    f"{self.label}: {kind}-compressed; imgpkg writes plain tars, "
-                    "decompress it first"
-                )
+        refuse_compressed(self._pread(8, 0), self.label, "imgpkg writes plain tars")
         files = scan_tar(self.path, size)
         found = files.get(MANIFEST_FILE)
         if found is None:

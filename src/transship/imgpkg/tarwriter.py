@@ -12,8 +12,6 @@ file that is renamed into place only when complete, so a killed writer leaves no
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 from transship.digest import Digest
 from transship.endpoint import Endpoint
 from transship.errors import IntegrityError, UsageError, io_error
-from transship.fsutil import share_like_a_new_file
+from transship.fsutil import atomic_file
 from transship.imgpkg.tarball import MANIFEST_FILE, MAX_NESTING
 from transship.manifest import Descriptor, Manifest
 from transship.ratelimit import TokenBucket
@@ -195,12 +193,8 @@ async def write_imgpkg_tar(
     manifest_json = _go_json(
         [element for _, element in sorted(collected.items, key=lambda i: i[0])]
     )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    share_like_a_new_file(fd)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_file(dest) as out:
             out.write(_header(MANIFEST_FILE, len(manifest_json)))
             out.write(manifest_json + _padding(len(manifest_json)))
             for digest in sorted(collected.layers, key=str):
@@ -220,14 +214,7 @@ async def write_imgpkg_tar(
                     )
                 out.write(_padding(layer.size))
             out.write(b"\0" * (2 * _BLOCK))
-            out.flush()
-            os.fsync(out.fileno())
             size = out.tell()
-        os.replace(tmp, dest)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise io_error(f"writing {dest}", exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return size

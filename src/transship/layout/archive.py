@@ -9,12 +9,10 @@ is ever extracted or written while reading.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import struct
 import tarfile
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -27,7 +25,7 @@ from transship.errors import (
     UnsafeArchiveError,
     io_error,
 )
-from transship.fsutil import fsync_dir, share_like_a_new_file
+from transship.fsutil import atomic_file
 from transship.layout.directory import read_layout_file
 from transship.layout.index import (
     EXTRA_DIR,
@@ -40,6 +38,7 @@ from transship.layout.index import (
     LayoutIndex,
     check_layout_file,
 )
+from transship.layout.locking import lock_now
 from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.layout.volumes import Volumes, find_parts_file
 from transship.manifest import Descriptor, Manifest
@@ -56,6 +55,14 @@ COMPRESSED_MAGIC = {
     b"\xfd7zXZ\x00": "xz",
     b"BZh": "bzip2",
 }
+
+
+def refuse_compressed(head: bytes, label: str, why: str) -> None:
+    """A tar compressed as a whole (known by its first bytes, `head`) is refused, saying
+    what it is, `why` that will not do, and what to do."""
+    for magic, kind in COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            raise LayoutError(f"{label}: {kind}-compressed; {why}, decompress it first")
 
 
 def looks_like_archive(path: Path) -> bool:
@@ -278,13 +285,7 @@ class OCILayoutTar(LayoutReader):
         else:
             size = os.fstat(self._fd).st_size
             reader = None
-        head = self._pread(8, 0)
-        for magic, kind in COMPRESSED_MAGIC.items():
-            if head.startswith(magic):
-                raise LayoutError(
-                    f"{self.label}: {kind}-compressed; transship reads tar archives in place, "
-                    "decompress it first"
-                )
+        refuse_compressed(self._pread(8, 0), self.label, "transship reads tar archives in place")
         files = scan_tar(self.path, size, reader)
         self._extras = {
             name.removeprefix(f"{EXTRA_DIR}/"): where
@@ -389,12 +390,9 @@ def write_tar(layout_dir: Path | str, tar_path: Path | str) -> int:
     except OSError as exc:
         raise io_error(f"{label}: opening layout", exc) from None
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LayoutError(
-                f"{label}: another writer holds this layout (open elsewhere)"
-            ) from None
+        lock_now(
+            lock_fd, f"{label}: another writer holds this layout (open elsewhere)", shared=True
+        )
         return _write_tar_locked(src, dest, label)
     except OSError as exc:
         raise io_error(f"{label}: writing {dest}", exc) from None
@@ -420,47 +418,35 @@ def _write_tar_locked(src: Path, dest: Path, label: str) -> int:
             if blob.is_file():
                 blobs.append((f"blobs/{digest.algorithm}/{digest.hex}", digest, blob))
     algorithms = sorted({digest.algorithm for _, digest, _ in blobs})
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    share_like_a_new_file(fd)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with tarfile.TarFile(
-                fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
-            ) as tar:
-                tool = src / TOOL_FILE
-                carried = tool.is_file()
-                if carried:
-                    _add_tool(tar, tool)
-                tar.addfile(member_info(LAYOUT_FILE, len(layout)), io.BytesIO(layout))
-                tar.addfile(member_info(INDEX_FILE, len(index)), io.BytesIO(index))
-                extras = sorted(p for p in (src / EXTRA_DIR).glob("*") if p.is_file())
-                if extras and not carried:
-                    tar.addfile(member_info(EXTRA_DIR, 0, directory=True))
-                for extra in extras:
-                    data = read_layout_file(extra, MAX_EXTRA_BYTES)
-                    info = member_info(f"{EXTRA_DIR}/{extra.name}", len(data))
-                    tar.addfile(info, io.BytesIO(data))
-                tar.addfile(member_info("blobs", 0, directory=True))
-                for algorithm in algorithms:
-                    tar.addfile(member_info(f"blobs/{algorithm}", 0, directory=True))
-                for arcname, digest, blob in blobs:
-                    with open(blob, "rb") as handle:
-                        size = os.fstat(handle.fileno()).st_size
-                        hasher = Hasher(digest, size)
-                        tar.addfile(member_info(arcname, size), _HashingReader(handle, hasher))
-                    try:
-                        hasher.verify("blob")
-                    except IntegrityError as exc:
-                        raise IntegrityError(f"{label}: {exc.message}") from None
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_file(dest) as out,
+        tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar,
+    ):
+        tool = src / TOOL_FILE
+        carried = tool.is_file()
+        if carried:
+            _add_tool(tar, tool)
+        tar.addfile(member_info(LAYOUT_FILE, len(layout)), io.BytesIO(layout))
+        tar.addfile(member_info(INDEX_FILE, len(index)), io.BytesIO(index))
+        extras = sorted(p for p in (src / EXTRA_DIR).glob("*") if p.is_file())
+        if extras and not carried:
+            tar.addfile(member_info(EXTRA_DIR, 0, directory=True))
+        for extra in extras:
+            data = read_layout_file(extra, MAX_EXTRA_BYTES)
+            info = member_info(f"{EXTRA_DIR}/{extra.name}", len(data))
+            tar.addfile(info, io.BytesIO(data))
+        tar.addfile(member_info("blobs", 0, directory=True))
+        for algorithm in algorithms:
+            tar.addfile(member_info(f"blobs/{algorithm}", 0, directory=True))
+        for arcname, digest, blob in blobs:
+            with open(blob, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                hasher = Hasher(digest, size)
+                tar.addfile(member_info(arcname, size), _HashingReader(handle, hasher))
+            try:
+                hasher.verify("blob")
+            except IntegrityError as exc:
+                raise IntegrityError(f"{label}: {exc.message}") from None
     return len(blobs)
 
 

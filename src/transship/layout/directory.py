@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import stat
@@ -37,12 +36,13 @@ from transship.layout.index import (
     UNFINISHED,
     LayoutIndex,
     check_layout_file,
-    check_tag,
 )
+from transship.layout.locking import lock_now
 from transship.layout.pacing import FlushPacer
-from transship.layout.reader import BlobFile, Extent, LayoutReader
+from transship.layout.reader import BlobFile, Extent
+from transship.layout.writer import LayoutWriter
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
-from transship.streams import CHUNK, read_bounded
+from transship.streams import in_batches, read_bounded
 
 log = logging.getLogger("transship.layout")
 
@@ -77,7 +77,7 @@ class _FileBlob:
         self._handle.close()
 
 
-class OCILayout(LayoutReader):
+class OCILayout(LayoutWriter):
     """One layout directory; all repositories share its blob store (see `transship.layout`)."""
 
     def __init__(self, path: Path | str, *, writable: bool, flush_interval: float = 2.0) -> None:
@@ -139,12 +139,10 @@ class OCILayout(LayoutReader):
     def _lock(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            lock_now(fd, f"{self.label}: another writer holds this layout (open elsewhere)")
+        except BaseException:
             os.close(fd)
-            raise LayoutError(
-                f"{self.label}: another writer holds this layout (open elsewhere)"
-            ) from None
+            raise
         self._lock_fd = fd
 
     def _unlock(self) -> None:
@@ -222,11 +220,8 @@ class OCILayout(LayoutReader):
         os.replace(tmp, final)
         self._dirs_to_sync.add(final.parent)
 
-    async def check_push(self, repository: str) -> None:
-        """Preflight: a push lands if the layout is open for writing."""
-        self._check_writable()
-
-    def _check_writable(self) -> None:
+    def _check_writable(self, *, content: bool = False) -> None:
+        """`content` makes no difference: a layout open for writing takes anything."""
         if not self.writable:
             raise LayoutError(f"{self.label} is opened read-only")
         if self._closed:
@@ -246,16 +241,9 @@ class OCILayout(LayoutReader):
         except OSError as exc:
             raise io_error(where, exc) from None
         try:
-            pending: list[bytes] = []
-            pending_size = 0
-            async for chunk in chunks:
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
-                    await asyncio.to_thread(_write_hashed, handle, hasher, pending)
-                    pending, pending_size = [], 0
-            if pending:
-                await asyncio.to_thread(_write_hashed, handle, hasher, pending)
+            async with contextlib.aclosing(in_batches(chunks)) as batches:
+                async for pieces in batches:
+                    await asyncio.to_thread(_write_hashed, handle, hasher, pieces)
             hasher.verify("blob")
             await asyncio.to_thread(self._publish, handle, tmp, self._blob_path(descriptor.digest))
         except BaseException as exc:
@@ -287,34 +275,11 @@ class OCILayout(LayoutReader):
             tmp.unlink(missing_ok=True)
             raise
 
-    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
-        """Store the exact bytes as a blob; a tag also (re)points the index.json entry."""
-        self._check_writable()
-        where = self._where(repository, tag or str(manifest.digest))
-        if tag is not None:
-            check_tag(tag, where)
-        actual = Digest.of(manifest.raw, manifest.digest.algorithm)
-        if actual != manifest.digest:
-            raise IntegrityError(f"{where}: manifest bytes hash to {actual.short}")
+    async def _store_manifest_bytes(self, repository: str, manifest: Manifest, where: str) -> None:
         try:
             await asyncio.to_thread(self._store_manifest, manifest)
         except OSError as exc:
             raise io_error(f"{where}: writing manifest", exc) from None
-        if tag is not None:
-            extra = self.annotations.get((repository, tag))
-            self._index.set(repository, tag, manifest.descriptor, extra)
-            self._changes += 1
-            await self._pacer.changed()
-
-    def retain_tags(self, keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
-        """A resumed save whose plan changed: forget the (repository, tag) names an earlier
-        run wrote that are not in `keep`, so the archive names only what its plan lists.
-        Returns what was dropped; their blobs stay (unnamed) until the layout is saved anew."""
-        self._check_writable()
-        dropped = self._index.retain(keep)
-        if dropped:
-            self._changes += 1
-        return dropped
 
     # -- index.json -------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ registry endpoint does: a layout on a USB stick is as untrusted as a network.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -35,6 +36,24 @@ class Extent(NamedTuple):
     path: Path
     offset: int
     size: int
+
+
+@dataclass(frozen=True)
+class Reached:
+    """One manifest `LayoutReader.walk_named` reached from a name in the index: read, or the
+    error that kept it from being read (`manifest` None)."""
+
+    repository: str
+    tag: str
+    depth: int  # 0: the manifest the index names; 1: a child of that index; …
+    digest: Digest  # as named: by the index entry or by the parent index
+    manifest: Manifest | None
+    error: TransshipError | None = None
+
+    @property
+    def where(self) -> str:
+        """`repository:tag`, then ` child` per level below it (as `archive verify` says it)."""
+        return f"{self.repository}:{self.tag}" + " child" * self.depth
 
 
 class LayoutReader:
@@ -164,30 +183,50 @@ class LayoutReader:
             return None  # a blob, not a manifest: a registry would say 404 too
         return Descriptor(manifest.media_type, digest, len(raw))
 
+    async def walk_named(
+        self, *, by_tag: bool = False, max_depth: int | None = MAX_INDEX_DEPTH
+    ) -> AsyncGenerator[Reached, None]:
+        """Every manifest the named manifests reach, each read (verified) once: depth first,
+        an index's children (to `max_depth`; None: no limit) before the index itself, so a
+        caller checking each one's blobs checks them in the order the graph is copied. A
+        manifest that cannot be read is yielded with its error each time it is named, and
+        nothing below it is walked. `by_tag`: the named ones are read by tag, checked against
+        their index entry, rather than by its digest."""
+        seen: set[Digest] = set()
+
+        async def walk(
+            repository: str, tag: str, digest: Digest, identifier: str, depth: int
+        ) -> AsyncGenerator[Reached, None]:
+            try:
+                manifest = await self.get_manifest(repository, identifier)
+            except TransshipError as exc:
+                yield Reached(repository, tag, depth, digest, None, exc)
+                return
+            if manifest.digest in seen:
+                return
+            seen.add(manifest.digest)
+            if max_depth is None or depth < max_depth:
+                for child in manifest.manifests:
+                    child_id = str(child.digest)
+                    async for below in walk(repository, tag, child.digest, child_id, depth + 1):
+                        yield below
+            yield Reached(repository, tag, depth, digest, manifest)
+
+        for repository, tag, descriptor in self.entries():
+            identifier = tag if by_tag else str(descriptor.digest)
+            async for reached in walk(repository, tag, descriptor.digest, identifier, 0):
+                yield reached
+
     async def named_reach(self) -> frozenset[Digest]:
         """Every manifest, config and layer digest the layout's named manifests reach (index
         children, to `MAX_INDEX_DEPTH`, as the engine copies), reading manifests only (no blob
         is hashed). A named manifest that cannot be read reaches nothing; the archive's checks
         report it."""
         reached: set[Digest] = set()
-        walked: set[Digest] = set()
-
-        async def walk(digest: Digest, depth: int) -> None:
-            if digest in walked:
-                return
-            walked.add(digest)
-            try:
-                manifest = await self.get_manifest("", str(digest))
-            except TransshipError:
-                return
-            reached.add(digest)
-            if depth < MAX_INDEX_DEPTH:
-                for child in manifest.manifests:
-                    await walk(child.digest, depth + 1)
-            reached.update(blob.digest for blob in manifest.blobs() if not blob.urls)
-
-        for _repository, _tag, descriptor in self.entries():
-            await walk(descriptor.digest, 0)
+        async for step in self.walk_named():
+            if step.manifest is not None:
+                reached.add(step.digest)
+                reached.update(blob.digest for blob in step.manifest.blobs() if not blob.urls)
         return frozenset(reached)
 
     async def list_referrers(self, repository: str, digest: Digest) -> tuple[Referrer, ...] | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -49,13 +48,14 @@ from transship.layout.index import (
     LAYOUT_FILE,
     TOOL_FILE,
     LayoutIndex,
-    check_tag,
 )
+from transship.layout.locking import lock_now
 from transship.layout.pacing import FlushPacer
 from transship.layout.reader import BlobFile, Extent, LayoutReader
 from transship.layout.volumes import PARTS_FORMAT, PARTS_SUFFIX
+from transship.layout.writer import LayoutWriter
 from transship.manifest import Descriptor, Manifest
-from transship.streams import CHUNK
+from transship.streams import CHUNK, in_batches
 
 log = logging.getLogger("transship.layout")
 
@@ -147,12 +147,9 @@ class _Store:
 
     def lock(self) -> None:
         """One writer per archive: an exclusive flock on the first (or only) partial file."""
-        try:
-            fcntl.flock(self._fd(0), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LayoutError(
-                f"{self.path(0)}: another save is writing this archive (open elsewhere)"
-            ) from None
+        lock_now(
+            self._fd(0), f"{self.path(0)}: another save is writing this archive (open elsewhere)"
+        )
 
     def _runs(self, offset: int, n: int) -> Iterable[tuple[int, int, int]]:
         """(volume, local offset, length) runs of bytes [offset, offset + n)."""
@@ -219,7 +216,7 @@ class _Store:
             self._close_one(number)
 
 
-class TarSink(LayoutReader):
+class TarSink(LayoutWriter):
     """A writable `Endpoint` whose store is the tar itself (see the module docstring)."""
 
     def __init__(
@@ -513,9 +510,6 @@ class TarSink(LayoutReader):
     def blob_extents(self, digest: Digest) -> list[Extent] | None:
         return None  # not served while it is written
 
-    async def check_push(self, repository: str) -> None:
-        self._check_writable(content=True)
-
     def _check_writable(self, *, content: bool = False) -> None:
         if self._closed:
             raise LayoutError(f"{self.label} is closed")
@@ -573,18 +567,10 @@ class TarSink(LayoutReader):
             await asyncio.shield(writing)
 
         try:
-            pending: list[bytes] = []
-            pending_size = 0
-            async for chunk in chunks:
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
-                    await in_thread(self._write_hashed, hasher, pending, data + written)
-                    written += pending_size
-                    pending, pending_size = [], 0
-            if pending:
-                await in_thread(self._write_hashed, hasher, pending, data + written)
-                written += pending_size
+            async with contextlib.aclosing(in_batches(chunks)) as batches:
+                async for pieces in batches:
+                    await in_thread(self._write_hashed, hasher, pieces, data + written)
+                    written += sum(len(piece) for piece in pieces)
             hasher.verify("blob")
             tail = bytes(length - len(header) - descriptor.size)
             await in_thread(self._seal_member, header, offset, tail, data + written)
@@ -627,31 +613,8 @@ class TarSink(LayoutReader):
             self._reserved.pop(offset, None)
             self._land(Member(name, offset, offset + len(header), 0))
 
-    async def put_manifest(self, repository: str, manifest: Manifest, tag: str | None) -> None:
-        """Store the exact bytes as a blob member; a tag also (re)points the index entry."""
-        self._check_writable(content=True)
-        where = self._where(repository, tag or str(manifest.digest))
-        if tag is not None:
-            check_tag(tag, where)
-        actual = Digest.of(manifest.raw, manifest.digest.algorithm)
-        if actual != manifest.digest:
-            raise IntegrityError(f"{where}: manifest bytes hash to {actual.short}")
+    async def _store_manifest_bytes(self, repository: str, manifest: Manifest, where: str) -> None:
         await self.put_blob(repository, manifest.descriptor, _once(manifest.raw))
-        if tag is not None:
-            extra = self.annotations.get((repository, tag))
-            self._index.set(repository, tag, manifest.descriptor, extra)
-            self._changes += 1
-            await self._pacer.changed()
-
-    def retain_tags(self, keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
-        """A resumed save whose plan changed: forget the (repository, tag) names an earlier
-        run wrote that are not in `keep`, so the archive names only what its plan lists.
-        Returns what was dropped; their blobs stay (unnamed) until the layout is saved anew."""
-        self._check_writable()
-        dropped = self._index.retain(keep)
-        if dropped:
-            self._changes += 1
-        return dropped
 
     # -- the journal --------------------------------------------------------------------------
 
@@ -802,12 +765,7 @@ class TarSink(LayoutReader):
             fd = None  # another rerun published it meanwhile: `_place` checks what it left
         try:
             if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise LayoutError(
-                        f"{self.journal}: another save is finishing this archive"
-                    ) from None
+                lock_now(fd, f"{self.journal}: another save is finishing this archive")
             yield
         finally:
             if fd is not None:

@@ -37,7 +37,7 @@ from transship.layout.volumes import find_parts_file
 from transship.manifest import MAX_INDEX_DEPTH
 from transship.ops.tasks import EndpointFor, phases, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
-from transship.reference import Reference, parse_prefix
+from transship.reference import Reference, parse_prefix, shared_parts
 
 #: The compatibility rule: a transship reads exactly the archive format it writes. The format
 #: changes only when a reader of the old one would misread the new archive; added keys (such as
@@ -65,12 +65,7 @@ def destination_prefix(plan: Plan) -> str:
     paths = [entry.destination.split("/") for entry in plan.entries]
     if not paths:
         return ""
-    common = paths[0]
-    for parts in paths[1:]:
-        n = 0
-        while n < min(len(common), len(parts)) and common[n] == parts[n]:
-            n += 1
-        common = common[:n]
+    common = shared_parts(paths)
     shortest = min(len(p) for p in paths)
     common = common[: min(len(common), shortest - 1)]  # never a whole repository name
     return "/".join(common)

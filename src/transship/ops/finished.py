@@ -12,6 +12,7 @@ save: equal, the archive is left as it is; otherwise one line says what differs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -30,8 +31,8 @@ from transship.errors import (
 from transship.fsutil import file_sha256
 from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.index import INDEX_FILE, LAYOUT_FILE, TOOL_FILE
+from transship.layout.reader import Reached
 from transship.layout.volumes import PARTS_SUFFIX
-from transship.manifest import MAX_INDEX_DEPTH
 from transship.ops.archive import (
     ArchiveInfo,
     archive_tags,
@@ -164,9 +165,7 @@ async def _read(path: Path, layout: OCILayout | OCILayoutTar, target: SaveTarget
     if carried is not None and target.tool is not None and file_sha256(target.tool) != carried:
         raise _refuse(path, "carries another transship build than this one (--include-tool)")
     held = {(repository, tag): desc.digest for repository, tag, desc in layout.entries()}
-    seen: set[Digest] = set()  # an index shared by several tags is read once
-    for (repository, tag), digest in held.items():
-        await _check_graph(path, layout, info, repository, tag, digest, 0, seen)
+    await _check_graph(path, layout, info)
     plan = Plan.from_yaml(raw_plan.decode(errors="replace"), f"{layout.label}:transship/plan.yaml")
     return FinishedSave(path, info, plan, held)
 
@@ -180,32 +179,30 @@ def _sums(raw: bytes) -> dict[str, str]:
     return out
 
 
-async def _check_graph(
-    path: Path,
-    layout: OCILayout | OCILayoutTar,
-    info: ArchiveInfo,
-    repository: str,
-    tag: str,
-    digest: Digest,
-    depth: int,
-    seen: set[Digest],
+async def _check_graph(path: Path, layout: OCILayout | OCILayoutTar, info: ArchiveInfo) -> None:
+    """Every manifest the index names and those below (verified: they are small) and every
+    blob there, of the size it says; a blob an increment left out to its base (`info.base`)
+    must be held there still."""
+    async with contextlib.aclosing(layout.walk_named()) as walk:  # left at the first problem
+        async for reached in walk:
+            await _check_reached(path, layout, info, reached)
+
+
+async def _check_reached(
+    path: Path, layout: OCILayout | OCILayoutTar, info: ArchiveInfo, reached: Reached
 ) -> None:
-    """The manifest (verified: they are small) and every blob there, of the size it says; a
-    blob an increment left out to its base (`info.base`) must be held there still."""
-    if digest in seen:
-        return
-    seen.add(digest)
-    try:
-        manifest = await layout.get_manifest(repository, str(digest))
-    except NotFoundError:  # named by the index (checked against SHA256SUMS) or by an index
-        raise _damaged(
-            path, f"is damaged: manifest {digest.short} of {repository}:{tag} is missing"
-        ) from None
-    except IntegrityError as exc:
-        raise _damaged(path, f"is damaged ({exc})") from None
-    if manifest.is_index and depth < MAX_INDEX_DEPTH:
-        for child in manifest.manifests:
-            await _check_graph(path, layout, info, repository, tag, child.digest, depth + 1, seen)
+    """One manifest the walk reached: read, and every blob it names there (or in the base)."""
+    repository, tag, manifest = reached.repository, reached.tag, reached.manifest
+    if manifest is None:
+        if isinstance(reached.error, NotFoundError):  # named by the index or by an index
+            raise _damaged(
+                path,
+                f"is damaged: manifest {reached.digest.short} of {repository}:{tag} is missing",
+            )
+        if isinstance(reached.error, IntegrityError):
+            raise _damaged(path, f"is damaged ({reached.error})")
+        assert reached.error is not None
+        raise reached.error
     for blob in manifest.blobs():
         if not blob.urls and not await layout.has_blob(repository, blob.digest, blob.size):
             if layout.base is not None and layout.blob_extents(blob.digest) is None:

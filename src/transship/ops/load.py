@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transship.digest import Digest
@@ -38,6 +38,9 @@ class LoadJob:
     layout: OCILayout | OCILayoutTar
     info: ArchiveInfo
     path: Path
+    #: the bases `missing_blob_hint` opened beside an increment, kept (with what each holds,
+    #: `LayoutReader.held`) until `close`
+    hint_bases: dict[Path, OCILayout | OCILayoutTar] = field(default_factory=dict)
 
     @classmethod
     def open(cls, archive: Path, *, finished: bool = False, repair: bool = False) -> LoadJob:
@@ -53,9 +56,8 @@ class LoadJob:
             raise
         layout.base_name = info.base
         if info.base:
-            reach: dict[Path, frozenset[Digest]] = {}  # each base's names read once per load
             layout.missing_blob_hint = lambda digest: missing_blob_hint(
-                archive, info.base, digest, repair, reach
+                archive, info.base, digest, repair, job.hint_bases
             )
         return job
 
@@ -114,7 +116,12 @@ class LoadJob:
             )  # fmt: skip
 
     async def close(self) -> None:
-        await close_chain(self.layout)
+        try:
+            await close_chain(self.layout)
+        finally:
+            bases, self.hint_bases = list(self.hint_bases.values()), {}
+            for base in bases:
+                await base.close()
 
 
 async def missing_blob_hint(
@@ -122,14 +129,16 @@ async def missing_blob_hint(
     base: str | None,
     digest: Digest,
     repair: bool,
-    reach: dict[Path, frozenset[Digest]] | None = None,
+    opened: dict[Path, OCILayout | OCILayoutTar] | None = None,
 ) -> str:
     """Why an increment lacks `digest` and what to run: the chain of bases its archive.json
     files record (followed beside it, as `serve` and `save --since` do) and the one that holds
-    the blob: one whose named manifests reach it (`LayoutReader.named_reach`, kept in `reach`
-    per base), as loading that base pushes only those; a blob it stores unnamed is not held. A
-    repair (`--repair`: the images were loaded, the registry lost content) names
-    `load BASE --repair` for that base; a plain load, loading the bases first, oldest first."""
+    the blob: one whose named manifests reach it (`LayoutReader.holds` of a base opened
+    `reach_only`), as loading that base pushes only those; a blob it stores unnamed is not
+    held. A repair (`--repair`: the images were loaded, the registry lost content) names
+    `load BASE --repair` for that base; a plain load, loading the bases first, oldest first.
+    `opened`: the bases opened by earlier calls, by path, kept open (each base's reach walked
+    once) for the caller to close; None: each is closed before returning."""
     chain: list[str] = []
     holder: str | None = None
     path, name = archive, base
@@ -141,21 +150,17 @@ async def missing_blob_hint(
         if beside is None:
             break
         try:
-            layout = await asyncio.to_thread(open_archive, beside)
+            layout = await _open_hint_base(beside, opened)
         except TransshipError:
             break
         try:
-            if holder is None and layout.blob_extents(digest) is not None:
-                named = reach.get(beside) if reach is not None else None
-                if named is None:
-                    named = await layout.named_reach()
-                    if reach is not None:
-                        reach[beside] = named
-                if digest in named:
-                    holder = name
+            stored = layout.blob_extents(digest) is not None
+            if holder is None and stored and await layout.holds("", digest):
+                holder = name
             name = ArchiveInfo.read(layout).base
         finally:
-            await layout.close()
+            if opened is None:
+                await layout.close()
         path = beside
     recorded = chain[0] + "".join(f" (saved on {n})" for n in chain[1:])
     said = f"this archive is incremental on top of {recorded}"
@@ -171,3 +176,21 @@ async def missing_blob_hint(
     return (
         f"{said}{where}; load those archives into the registry first, oldest first ({oldest_first})"
     )
+
+
+async def _open_hint_base(
+    path: Path, opened: dict[Path, OCILayout | OCILayoutTar] | None
+) -> OCILayout | OCILayoutTar:
+    """The base at `path`, as loading it pushes it (`reach_only`): from `opened` if an earlier
+    call opened it, else opened now (and kept in `opened`, when given)."""
+    kept = opened.get(path) if opened is not None else None
+    if kept is not None:
+        return kept
+    layout = await asyncio.to_thread(open_archive, path)
+    layout.reach_only = True
+    if opened is None:
+        return layout
+    kept = opened.setdefault(path, layout)  # a concurrent call may have opened it meanwhile
+    if kept is not layout:
+        await layout.close()
+    return kept

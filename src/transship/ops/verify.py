@@ -368,15 +368,7 @@ class Verifier:
         else:
             there = await self._has_manifest(dest, ref, child.digest)
         if not there:
-            platform = f"{child.platform} " if child.platform else ""
-            check.problems.append(
-                Problem(
-                    CHILD_MISSING,
-                    f"{ref.name}@{child.digest}",
-                    child.digest,
-                    detail=f"{platform}child of {parent.digest.short}",
-                )
-            )
+            check.problems.append(_child_missing(ref, child, parent.digest))
         elif descend and manifest is not None:
             await self._walk(check, dest, ref, manifest)
 
@@ -395,15 +387,7 @@ class Verifier:
             self.counters.manifest_heads += 1
             found = await self._limited(dest.head_manifest(ref.repository, str(child.digest)))
             if found is None:
-                platform = f"{child.platform} " if child.platform else ""
-                check.problems.append(
-                    Problem(
-                        CHILD_MISSING,
-                        f"{ref.name}@{child.digest}",
-                        child.digest,
-                        detail=f"{platform}child of {digest.short}",
-                    )
-                )
+                check.problems.append(_child_missing(ref, child, digest))
             elif found.media_type in INDEX_TYPES:
                 await self._listed_children(check, dest, ref, child.digest, depth + 1)
         return True
@@ -446,6 +430,17 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
         elif isinstance(exc, TransshipError | KeyboardInterrupt):
             return exc
     return group
+
+
+def _child_missing(ref: Reference, child: Descriptor, parent: Digest) -> Problem:
+    """An index's child the destination lacks, named with its platform and its index."""
+    platform = f"{child.platform} " if child.platform else ""
+    return Problem(
+        CHILD_MISSING,
+        f"{ref.name}@{child.digest}",
+        child.digest,
+        detail=f"{platform}child of {parent.short}",
+    )
 
 
 def _with_resolve_hint(exc: TransshipError) -> TransshipError:
@@ -588,37 +583,29 @@ async def _judge_missing(
 async def _walk_archive(
     layout: LayoutReader,
 ) -> tuple[list[str], list[tuple[str, Descriptor]], int, int]:
-    """(problems, blobs missing with where they are needed, blobs and manifests checked)."""
+    """Every named manifest's graph (no depth limit), each distinct blob re-hashed once:
+    (problems, blobs missing with where they are needed, blobs and manifests checked)."""
     problems: list[str] = []
     missing: list[tuple[str, Descriptor]] = []
     checked_blobs: set[Digest] = set()
-    checked_manifests: set[Digest] = set()
-
-    async def check_manifest(repository: str, identifier: str, where: str) -> None:
-        try:
-            manifest: Manifest = await layout.get_manifest(repository, identifier)
-        except TransshipError as exc:
-            problems.append(f"{where}: {exc}")
-            return
-        if manifest.digest in checked_manifests:
-            return
-        checked_manifests.add(manifest.digest)
-        for child in manifest.manifests:
-            await check_manifest(repository, str(child.digest), f"{where} child")
+    checked_manifests = 0
+    async for reached in layout.walk_named(by_tag=True, max_depth=None):
+        where, manifest = reached.where, reached.manifest
+        if manifest is None:
+            problems.append(f"{where}: {reached.error}")
+            continue
+        checked_manifests += 1
         for blob in manifest.blobs():
             if blob.urls or blob.digest in checked_blobs:
                 continue
             checked_blobs.add(blob.digest)
-            if not await layout.has_blob(repository, blob.digest):
+            if not await layout.has_blob(reached.repository, blob.digest):
                 missing.append((where, blob))
                 continue
             try:
-                async with layout.open_blob(repository, blob) as chunks:
+                async with layout.open_blob(reached.repository, blob) as chunks:
                     async for _ in chunks:
                         pass
             except IntegrityError as exc:
                 problems.append(f"{where}: {exc}")
-
-    for repository, tag, _descriptor in layout.entries():
-        await check_manifest(repository, tag, f"{repository}:{tag}")
-    return problems, missing, len(checked_blobs), len(checked_manifests)
+    return problems, missing, len(checked_blobs), checked_manifests
