@@ -231,6 +231,8 @@ def summary_table(results: Sequence[TaskResult], stats: Stats, seconds: float) -
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("effective rate", f"{human_bytes(stats.bytes_uploaded / max(seconds, 1e-6))}/s")
     table.add_row("bytes downloaded again", human_bytes(stats.bytes_refetched))
+    if stats.bytes_resumed:
+        table.add_row("kept from partly saved blobs", human_bytes(stats.bytes_resumed))
     if stats.retries:
         table.add_row("retries", str(stats.retries))
     return table

@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, LayoutError, io_error
+from transship.digest import Digest, Hasher, RestOpener
+from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
 from transship.fsutil import fsync_dir, share_like_a_new_file, write_atomic
 from transship.layout.index import (
     EXTRA_DIR,
@@ -47,6 +47,7 @@ from transship.streams import CHUNK, read_bounded
 log = logging.getLogger("transship.layout")
 
 TMP_DIR = ".transship-tmp"
+PARTIAL_SUFFIX = ".partial"
 
 
 def empty_but_for_a_save(path: Path) -> bool:
@@ -94,6 +95,7 @@ class OCILayout(LayoutReader):
         self._flush_lock = asyncio.Lock()
         self._pacer = FlushPacer(self.flush, flush_interval)
         self._closed = False
+        self._partials_busy: set[Digest] = set()  # digests a transfer now writes a partial of
         try:
             self._index = self._open()
         except OSError as exc:
@@ -153,11 +155,14 @@ class OCILayout(LayoutReader):
             self._lock_fd = None
 
     def _clean_tmp(self) -> None:
-        """Temp files of a killed run: safe to delete, we hold the writer lock."""
+        """Temp files of a killed run: safe to delete, we hold the writer lock. A blob's
+        partial file (named by its digest) stays, for the transfer of that blob to continue
+        (`put_blob_resuming`); a finished save drops the rest (`drop_partials`)."""
         tmp = self.path / TMP_DIR
         if tmp.is_dir():
             for leftover in tmp.iterdir():
-                leftover.unlink(missing_ok=True)
+                if _partial_digest(leftover.name) is None or not leftover.is_file():
+                    leftover.unlink(missing_ok=True)
 
     # -- storage primitives -----------------------------------------------------------------
 
@@ -268,6 +273,89 @@ class OCILayout(LayoutReader):
             raise
         return hasher.size
 
+    async def put_blob_resuming(
+        self, repository: str, descriptor: Descriptor, open_rest: RestOpener
+    ) -> tuple[int, int]:
+        """As `put_blob`, into `.transship-tmp/<alg>-<hex>.partial`, which stays when the
+        transfer is stopped (killed, interrupted, its source gone): the next transfer of the
+        digest re-reads and hashes what it holds and has `open_rest` send only the rest. The
+        kept bytes are never trusted: the whole blob is verified before it is renamed into
+        place, and a partial file that fails is removed (the engine's retry starts at 0).
+        One transfer per digest writes it; another one at the same time uses a temp file."""
+        self._check_writable()
+        digest = descriptor.digest
+        if digest in self._partials_busy:
+            hasher = Hasher(digest, descriptor.size)
+            async with open_rest(hasher) as chunks:
+                return await self.put_blob(repository, descriptor, chunks), 0
+        self._partials_busy.add(digest)
+        try:
+            return await self._put_resuming(descriptor, open_rest)
+        finally:
+            self._partials_busy.discard(digest)
+
+    async def _put_resuming(self, descriptor: Descriptor, open_rest: RestOpener) -> tuple[int, int]:
+        digest = descriptor.digest
+        where = f"writing blob {digest.short} to {self.label}"
+        tmp = self.path / TMP_DIR / f"{digest.algorithm}-{digest.hex}{PARTIAL_SUFFIX}"
+        try:
+            handle, hasher = await asyncio.to_thread(self._open_partial, tmp, descriptor)
+        except OSError as exc:
+            raise io_error(where, exc) from None
+        kept = hasher.size
+        if kept:
+            log.info("%s: continuing %s after the %d bytes kept", self.label, digest.short, kept)
+        try:
+            async with open_rest(hasher.copy()) as chunks:
+                pending: list[bytes] = []
+                pending_size = 0
+                async for chunk in chunks:
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= CHUNK:
+                        await asyncio.to_thread(_write_hashed, handle, hasher, pending)
+                        pending, pending_size = [], 0
+                if pending:
+                    await asyncio.to_thread(_write_hashed, handle, hasher, pending)
+            hasher.verify("blob")
+            await asyncio.to_thread(self._publish, handle, tmp, self._blob_path(digest))
+        except BaseException as exc:
+            handle.close()
+            if isinstance(exc, IntegrityError):  # what it held is wrong: start over next time
+                tmp.unlink(missing_ok=True)
+                raise IntegrityError(f"{self.label}: {exc.message}") from None
+            if isinstance(exc, OSError):
+                raise io_error(where, exc) from None
+            raise
+        return hasher.size, kept
+
+    @staticmethod
+    def _open_partial(tmp: Path, descriptor: Descriptor) -> tuple[BinaryIO, Hasher]:
+        """The partial file of a blob, its bytes re-read and hashed, positioned after them:
+        at most all but the last byte is kept (so the rest is never empty), and nothing of
+        one longer than the blob."""
+        tmp.parent.mkdir(exist_ok=True)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+        handle = os.fdopen(fd, "r+b")
+        try:
+            share_like_a_new_file(fd)
+            hasher = Hasher(descriptor.digest, descriptor.size)
+            size = os.fstat(fd).st_size
+            keep = min(size, descriptor.size - 1) if size <= descriptor.size else 0
+            left = keep
+            while left > 0:
+                data = handle.read(min(CHUNK, left))
+                if not data:
+                    break
+                hasher.update(data)
+                left -= len(data)
+            handle.truncate(hasher.size)
+            handle.seek(hasher.size)
+        except BaseException:
+            handle.close()
+            raise
+        return handle, hasher
+
     def _store_manifest(self, manifest: Manifest) -> None:
         final = self._blob_path(manifest.digest)
         if self._blob_size(manifest.digest) == len(manifest.raw):
@@ -354,6 +442,28 @@ class OCILayout(LayoutReader):
         finally:
             self._closed = True
             self._unlock()
+
+
+def drop_partials(path: Path) -> None:
+    """A save that finished needs no partly written blob any more (one of an image an earlier
+    run's plan listed and this one does not): the temp directory goes."""
+    tmp = path / TMP_DIR
+    if tmp.is_dir():
+        for leftover in tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.rmdir()
+
+
+def _partial_digest(name: str) -> Digest | None:
+    """The digest a partial file `<alg>-<hex>.partial` is of, or None for any other name."""
+    if not name.endswith(PARTIAL_SUFFIX):
+        return None
+    algorithm, _, hex_ = name.removesuffix(PARTIAL_SUFFIX).partition("-")
+    try:
+        return Digest.parse(f"{algorithm}:{hex_}")
+    except TransshipError:
+        return None
 
 
 def _write_hashed(handle: BinaryIO, hasher: Hasher, pieces: list[bytes]) -> None:

@@ -21,7 +21,7 @@ from transship.engine import CopyTask, TaskResult
 from transship.errors import StorageError, UsageError
 from transship.fsutil import file_sha256, fsync_dir, write_atomic
 from transship.layout import OCILayout, OCILayoutTar
-from transship.layout.directory import empty_but_for_a_save
+from transship.layout.directory import drop_partials, empty_but_for_a_save
 from transship.layout.index import EXTRA_DIR, INDEX_FILE, LAYOUT_FILE, TOOL_FILE, UNFINISHED
 from transship.layout.reader import LayoutReader
 from transship.layout.tarsink import (
@@ -305,6 +305,7 @@ class SaveJob:
             volumes = await asyncio.to_thread(sink.seal, {"SHA256SUMS": sums.encode()})
             return Written(self.target.output, sink.blob_count(), volumes)
         layout_dir = self.target.output
+        drop_partials(layout_dir)
         place_tool(self.target.tool, layout_dir)  # None: drops one a resumed run left there
         own = [*_OWN_FILES, TOOL_FILE] if self.target.tool else list(_OWN_FILES)
         sums = checksum_list(layout_dir, own)

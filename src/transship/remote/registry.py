@@ -314,6 +314,16 @@ class Registry:
         async with download:
             yield download
 
+    @asynccontextmanager
+    async def open_blob_at(
+        self, repository: str, descriptor: Descriptor, hasher: Hasher
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The blob from byte `hasher.size` (`Range`), the bytes before it already hashed:
+        a save continuing a blob an earlier run partly wrote (`endpoint.RangeSource`)."""
+        download = BlobDownload(self, repository, descriptor, hasher)
+        async with download:
+            yield download
+
     async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
         """Cross-repository mount; a refusal leaves an upload session for `put_blob` to use.
 
@@ -672,20 +682,28 @@ class BlobDownload:
     on, so only the consumer (the engine) can start over.
     """
 
-    def __init__(self, registry: Registry, repository: str, descriptor: Descriptor) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        repository: str,
+        descriptor: Descriptor,
+        hasher: Hasher | None = None,
+    ) -> None:
         self.registry = registry
         self.repository = repository
         self.descriptor = descriptor
         self.where = f"blob {registry.host}/{repository}@{descriptor.digest.short}"
         self.refetched = 0
-        self._hasher = Hasher(descriptor.digest, descriptor.size)
+        #: given: the bytes before `hasher.size` came from elsewhere (a partly saved blob)
+        self._hasher = hasher if hasher is not None else Hasher(descriptor.digest, descriptor.size)
         self._stack = AsyncExitStack()
         self._resp: aiohttp.ClientResponse | None = None
         self._skip = 0  # bytes of the current answer already hashed (a 200 to a Range GET)
         self._stream: AsyncIterator[bytes] | None = None
 
     async def __aenter__(self) -> BlobDownload:
-        await self._open(0)  # errors of the first answer (404, 401, ...) surface here
+        # errors of the first answer (404, 401, ...) surface here
+        await self._open(self._hasher.size)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
