@@ -7,6 +7,7 @@ SIGKILLed process, its rerun counted in the source registry's access log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -28,14 +29,15 @@ from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 from test_airgap import corpus, write_list
 
-from transship.digest import Digest
-from transship.errors import ExitCode, IntegrityError, LayoutError
+from transship.digest import Digest, Hasher
+from transship.errors import ExitCode, IntegrityError, LayoutError, RetryableError
 from transship.layout import OCILayout, OCILayoutTar, tarsink, write_tar
 from transship.layout.archive import tool_head_size
 from transship.layout.index import TOOL_FILE
 from transship.layout.tarsink import TarSink, journal_path, partial_path
 from transship.layout.volumes import Volumes
 from transship.manifest import Descriptor, Manifest
+from transship.streams import CHUNK
 
 
 async def chunked(data: bytes, size: int = 7000) -> AsyncIterator[bytes]:
@@ -483,3 +485,85 @@ def test_a_damaged_journal_stops_save_with_one_line(
     out = cli("save", "--images", str(listing), "-o", str(tar), "-q")
     assert out.code == 0, out.err
     assert cli("archive", "verify", str(tar)).code == 0
+
+
+async def test_a_stopped_blob_continues_in_its_region_after_a_kill(tmp_path: Path) -> None:
+    """The journal lists how much of a blob in flight was written (and synced): the rerun
+    re-reads and hashes those bytes, asks only for the rest, and nothing else takes the
+    region meanwhile, not even a blob of the same member length."""
+    data = os.urandom(3 * CHUNK + 5)
+    twin = os.urandom(len(data))  # same member length: would fit the region exactly
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    other = desc("sha256:" + hashlib.sha256(twin).hexdigest(), len(twin))
+    sink = TarSink(tmp_path / "a.tar", flush_interval=0)
+
+    @contextlib.asynccontextmanager
+    async def cut(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def two_mib_then_gone() -> AsyncIterator[bytes]:
+            yield data[: 2 * CHUNK]
+            raise RetryableError("source gone", exhausted=True)
+
+        yield two_mib_then_gone()
+
+    with pytest.raises(RetryableError):
+        await sink.put_blob_resuming("r", blob, cut)
+    abandon(sink)  # SIGKILL: what the journal said at the last flush is all there is
+
+    asked: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def rest(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        asked.append(hasher.size)
+        yield chunked(data[hasher.size :], 300_000)
+
+    again = TarSink(tmp_path / "a.tar")
+    await again.put_blob("r", other, chunked(twin))  # does not take the kept region
+    assert await again.put_blob_resuming("r", blob, rest) == (len(data), 2 * CHUNK)
+    assert asked == [2 * CHUNK]
+    await again.close()
+    again.seal({})
+    found = members(tmp_path / "a.tar")
+    assert found[f"blobs/sha256/{blob.digest.hex}"] == data
+    assert found[f"blobs/sha256/{other.digest.hex}"] == twin
+    assert not [n for n in found if n.startswith("transship/unused")]
+
+
+async def test_a_damaged_kept_part_fails_the_blob_and_frees_its_region(tmp_path: Path) -> None:
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    sink = TarSink(tmp_path / "a.tar", flush_interval=0)
+
+    @contextlib.asynccontextmanager
+    async def cut(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def one_mib_then_gone() -> AsyncIterator[bytes]:
+            yield data[:CHUNK]
+            raise RetryableError("source gone", exhausted=True)
+
+        yield one_mib_then_gone()
+
+    with pytest.raises(RetryableError):
+        await sink.put_blob_resuming("r", blob, cut)
+    await sink.close()  # Ctrl-C: the journal keeps the partial blob
+    kept = json.loads(journal_path(tmp_path / "a.tar").read_bytes())["partials"]
+    assert [(d, w) for d, _, _, w, _ in kept] == [(str(blob.digest), CHUNK)]
+    with partial_path(tmp_path / "a.tar").open("r+b") as handle:
+        handle.seek(kept[0][2] + 10)
+        handle.write(b"\xff")
+
+    @contextlib.asynccontextmanager
+    async def rest(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def verified() -> AsyncIterator[bytes]:  # as a source's stream, whole blob
+            yield data[hasher.size :]
+            hasher.update(data[hasher.size :])
+            hasher.verify("blob")
+
+        yield verified()
+
+    again = TarSink(tmp_path / "a.tar")
+    with pytest.raises(IntegrityError):
+        await again.put_blob_resuming("r", blob, rest)
+    assert not again._held and not again._reserved, "the region is free, its bytes forgotten"
+    assert await again.put_blob_resuming("r", blob, rest) == (len(data), 0)
+    await again.close()
+    again.seal({})
+    assert members(tmp_path / "a.tar")[f"blobs/sha256/{blob.digest.hex}"] == data

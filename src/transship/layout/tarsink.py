@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transship.digest import Digest, Hasher
+from transship.digest import Digest, Hasher, RestOpener
 from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
 from transship.fsutil import fsync_dir, make_parent, write_atomic
 from transship.layout.archive import TarMember, member_info
@@ -244,6 +244,11 @@ class TarSink(LayoutReader):
         self._reserved: dict[int, int] = {}  # offset → length of regions being written
         #: digests being written now: a second writer of one waits for it (one member each)
         self._landing: dict[Digest, asyncio.Event] = {}
+        #: digest → [region offset, data offset, bytes written, region length] being written
+        self._inflight: dict[Digest, list[int]] = {}
+        #: digest → (region offset, region length, data offset, bytes kept): a transfer that
+        #: was stopped (this run or a killed one), its region kept for the digest to continue
+        self._held: dict[Digest, tuple[int, int, int, int]] = {}
         self._end = 0
         self._extras: dict[str, bytes] = {}
         self._tool_id: dict[str, object] | None = None
@@ -349,6 +354,10 @@ class TarSink(LayoutReader):
             ]
             doc["end"] = int(doc["end"])
             doc["regions"] = sorted((int(o), int(n)) for o, n in doc.get("regions", []))
+            doc["partials"] = [
+                (Digest.parse(str(d)), int(o), int(data), int(w), int(n))
+                for d, o, data, w, n in doc.get("partials", [])
+            ]
             doc["index"] = LayoutIndex.parse(json.dumps(doc["index"]).encode(), str(where))
             if "sealed" in doc:
                 doc["sealed"] = _check_sealed(doc["sealed"], doc["part_size"])
@@ -432,7 +441,21 @@ class TarSink(LayoutReader):
                 self._free += _split_gap(taken, member.offset, regions)
             taken = member.end
             self._land(member)
-        self._end = taken  # a free run at the end is simply cut off
+        if end > taken:
+            self._free += _split_gap(taken, end, regions)
+        for digest, offset, data, kept, length in doc["partials"]:
+            region = (offset, length)
+            if (
+                region in self._free
+                and kept > 0
+                and offset < data
+                and data + kept <= min(offset + length, on_disk)
+            ):
+                self._free.remove(region)
+                self._held[digest] = (offset, length, data, kept)
+        # the tar ends after its last member or kept partial blob: a free run after is cut off
+        self._end = max([taken, *(o + n for o, n, _, _ in self._held.values())])
+        self._free = [r for r in self._free if r[0] + r[1] <= self._end]
         self._index = index
         self._store.truncate(self._end)
         log.info("%s: resuming, %d blobs already in the tar", self.label, len(self._blobs))
@@ -470,6 +493,7 @@ class TarSink(LayoutReader):
             self._end = self._free.pop()[0]
 
     def _snapshot(self, sealed: dict[str, Any] | None = None) -> bytes:
+        held = self._held.values() if sealed is None else ()
         doc: dict[str, Any] = {
             "format": JOURNAL_FORMAT if sealed is None else SEALED_FORMAT,
             "archive": self.output.name,
@@ -477,8 +501,16 @@ class TarSink(LayoutReader):
             "tool": self._tool_id,
             "end": self._end,
             "members": [m.to_json() for m in self._members.values()],
-            #: free and in-flight regions, so a rerun's blobs find theirs again one by one
-            "regions": sorted([*self._free, *self._reserved.items()]),
+            #: free, in-flight and held regions, so a rerun's blobs find theirs again
+            "regions": sorted(
+                [*self._free, *self._reserved.items(), *((o, n) for o, n, _, _ in held)]
+            ),
+            #: [digest, region, data, bytes written, region length] of every blob partly
+            #: written (only bytes written before this snapshot: `flush` syncs them first)
+            "partials": sorted(
+                [[str(d), o, data, w, n] for d, (o, n, data, w) in self._held.items()]
+                + [[str(d), o, data, w, n] for d, (o, data, w, n) in self._inflight.items() if w]
+            ),
             "index": json.loads(self._index.serialize()),
         }
         if sealed is not None:
@@ -532,15 +564,35 @@ class TarSink(LayoutReader):
         One writer per digest: the engine sends a digest once per repository, and a tar holds
         it once, so a second transfer waits for the first and is only streamed if that failed.
         """
+
+        @contextlib.asynccontextmanager
+        async def given(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+            yield chunks
+
+        stored, _ = await self._one_writer(descriptor, given, resume=False)
+        return stored
+
+    async def put_blob_resuming(
+        self, repository: str, descriptor: Descriptor, open_rest: RestOpener
+    ) -> tuple[int, int]:
+        """As `put_blob`; the bytes an earlier transfer of the digest wrote into its region
+        and the journal lists as synced (`partials`) are re-read and hashed, and only the rest
+        is asked of `open_rest`. Never trusted: a whole blob that fails its digest frees the
+        region, and the engine's retry starts at byte 0. Returns (stored, kept)."""
+        return await self._one_writer(descriptor, open_rest, resume=True)
+
+    async def _one_writer(
+        self, descriptor: Descriptor, open_rest: RestOpener, *, resume: bool
+    ) -> tuple[int, int]:
         self._check_writable(content=True)
         digest = descriptor.digest
         while (landing := self._landing.get(digest)) is not None:
             await landing.wait()
         if digest in self._blobs:
-            return descriptor.size  # landed meanwhile
+            return descriptor.size, 0  # landed meanwhile
         self._landing[digest] = landing = asyncio.Event()
         try:
-            return await self._put_blob(descriptor, chunks)
+            return await self._put_blob(descriptor, open_rest, resume)
         finally:
             del self._landing[digest]
             landing.set()
@@ -553,17 +605,38 @@ class TarSink(LayoutReader):
             await landing.wait()
         return await super().mount_blob(repository, digest, from_repository)
 
-    async def _put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> int:
+    async def _put_blob(
+        self, descriptor: Descriptor, open_rest: RestOpener, resume: bool
+    ) -> tuple[int, int]:
+        """Into the blob's region: the one its stopped transfer left (`resume`: its bytes
+        kept, re-read and hashed), else a new one; `open_rest` gives the bytes after those."""
         digest = descriptor.digest
         name = f"blobs/{digest.algorithm}/{digest.hex}"
         where = f"writing blob {digest.short} to {self.label}"
         await self._ensure_dir(f"blobs/{digest.algorithm}")
         header = member_header(name, descriptor.size)
         length = len(header) + padded(descriptor.size)
-        offset = self._reserve(length)
-        data = offset + len(header)
         hasher = Hasher(digest, descriptor.size)
-        written = 0
+        held = self._held.pop(digest, None)
+        if resume and held is not None and held[1:3] == (length, held[0] + len(header)):
+            offset, data = held[0], held[2]
+            self._reserved[offset] = length
+            keep = min(held[3], descriptor.size - 1)
+            try:
+                await asyncio.to_thread(self._hash_kept, hasher, data, keep)
+            except BaseException:
+                self._release(offset, length)
+                raise
+        else:
+            if held is not None:  # a whole stream, or a journal entry that does not fit
+                self._release(held[0], held[1])
+            offset = self._reserve(length)
+            data = offset + len(header)
+        kept = written = hasher.size
+        if kept:
+            log.info("%s: continuing %s after the %d bytes kept", self.label, digest.short, kept)
+        #: for the journal: what of this region is written (synced by the next flush)
+        self._inflight[digest] = [offset, data, written, length]
         writing: asyncio.Future[None] | None = None
 
         async def in_thread(*args: Any) -> None:
@@ -572,19 +645,27 @@ class TarSink(LayoutReader):
             writing = asyncio.ensure_future(asyncio.to_thread(*args))
             await asyncio.shield(writing)
 
+        async def wrote(size: int) -> None:
+            nonlocal written
+            written += size
+            self._inflight[digest][2] = written
+            self._changes += 1  # the journal keeps up (every `flush_interval`)
+            await self._pacer.changed()
+
         try:
-            pending: list[bytes] = []
-            pending_size = 0
-            async for chunk in chunks:
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
+            async with open_rest(hasher.copy()) as chunks:
+                pending: list[bytes] = []
+                pending_size = 0
+                async for chunk in chunks:
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
+                        await in_thread(self._write_hashed, hasher, pending, data + written)
+                        await wrote(pending_size)
+                        pending, pending_size = [], 0
+                if pending:
                     await in_thread(self._write_hashed, hasher, pending, data + written)
-                    written += pending_size
-                    pending, pending_size = [], 0
-            if pending:
-                await in_thread(self._write_hashed, hasher, pending, data + written)
-                written += pending_size
+                    await wrote(pending_size)
             hasher.verify("blob")
             tail = bytes(length - len(header) - descriptor.size)
             await in_thread(self._seal_member, header, offset, tail, data + written)
@@ -596,17 +677,33 @@ class TarSink(LayoutReader):
                     if not writing.cancelled():
                         writing.exception()  # retrieved: its error (if any) is `exc` already
             finally:
-                self._release(offset, length)
+                del self._inflight[digest]
+                if written and not isinstance(exc, IntegrityError):
+                    # stopped, not wrong: the next transfer of the digest continues it
+                    self._reserved.pop(offset, None)
+                    self._held[digest] = (offset, length, data, written)
+                    self._changes += 1
+                else:
+                    self._release(offset, length)
             if isinstance(exc, IntegrityError):
                 raise IntegrityError(f"{self.label}: {exc.message}") from None
             if isinstance(exc, OSError):
                 raise io_error(where, exc) from None
             raise
+        del self._inflight[digest]
         self._reserved.pop(offset, None)
         self._land(Member(name, offset, data, descriptor.size))
         self._changes += 1
         await self._pacer.changed()
-        return hasher.size
+        return hasher.size, kept
+
+    def _hash_kept(self, hasher: Hasher, data: int, keep: int) -> None:
+        """Re-read and hash the first `keep` bytes of a region (fewer if the tar is short)."""
+        while hasher.size < keep:
+            piece = self._store.pread(min(CHUNK, keep - hasher.size), data + hasher.size)
+            if not piece:
+                return
+            hasher.update(piece)
 
     def _write_hashed(self, hasher: Hasher, pieces: list[bytes], offset: int) -> None:
         """Hash and write off the event loop; an oversize stream raises before it is written."""
@@ -716,6 +813,7 @@ class TarSink(LayoutReader):
         for offset, length in self._gaps():
             self._fill(offset, length)
         self._free = []
+        self._held = {}
         offset = self._end
         trailing: list[tuple[str, bytes | None]] = list(self.own_files().items())
         if EXTRA_DIR not in self._members:
