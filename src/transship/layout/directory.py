@@ -321,8 +321,9 @@ class OCILayout(LayoutReader):
             await asyncio.to_thread(self._publish, handle, tmp, self._blob_path(digest))
         except BaseException as exc:
             handle.close()
-            if isinstance(exc, IntegrityError):  # what it held is wrong: start over next time
+            if isinstance(exc, IntegrityError) or not hasher.size:  # wrong, or nothing kept
                 tmp.unlink(missing_ok=True)
+            if isinstance(exc, IntegrityError):  # what it held is wrong: start over next time
                 raise IntegrityError(f"{self.label}: {exc.message}") from None
             if isinstance(exc, OSError):
                 raise io_error(where, exc) from None
