@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -567,3 +568,62 @@ async def test_a_damaged_kept_part_fails_the_blob_and_frees_its_region(tmp_path:
     await again.close()
     again.seal({})
     assert members(tmp_path / "a.tar")[f"blobs/sha256/{blob.digest.hex}"] == data
+
+
+async def keep_one_mib(tmp_path: Path, data: bytes, blob: Descriptor) -> None:
+    """A save stopped (Ctrl-C) after 1 MiB of `blob`: the journal keeps it for a rerun."""
+    sink = TarSink(tmp_path / "a.tar", flush_interval=0)
+
+    @contextlib.asynccontextmanager
+    async def cut(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def one_mib_then_gone() -> AsyncIterator[bytes]:
+            yield data[:CHUNK]
+            raise RetryableError("source gone", exhausted=True)
+
+        yield one_mib_then_gone()
+
+    with pytest.raises(RetryableError):
+        await sink.put_blob_resuming("r", blob, cut)
+    await sink.close()
+
+
+def journal_partials(tar: Path) -> list[tuple[str, int]]:
+    doc = json.loads(journal_path(tar).read_bytes())
+    return [(d, w) for d, _, _, w, _ in doc["partials"]]
+
+
+async def test_kept_bytes_stay_in_the_journal_while_they_are_re_read(tmp_path: Path) -> None:
+    """While a rerun re-reads a blob's kept bytes, a journal written meanwhile still lists
+    them, and a stop (Ctrl-C) in the middle of the re-read keeps them for the next run."""
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    await keep_one_mib(tmp_path, data, blob)
+    again = TarSink(tmp_path / "a.tar", flush_interval=0)
+    reading, go_on = threading.Event(), threading.Event()
+    hash_kept = again._hash_kept
+
+    def slow_hash_kept(hasher: Hasher, data_at: int, keep: int) -> None:
+        reading.set()
+        go_on.wait()
+        hash_kept(hasher, data_at, keep)
+
+    again._hash_kept = slow_hash_kept  # type: ignore[method-assign]
+
+    @contextlib.asynccontextmanager
+    async def never(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        raise AssertionError("the stopped transfer asked its source")
+        yield chunked(b"")
+
+    task = asyncio.create_task(again.put_blob_resuming("r", blob, never))
+    try:
+        await asyncio.to_thread(reading.wait)
+        again._changes += 1  # another blob landed: the journal is rewritten meanwhile
+        await again.flush()
+        assert journal_partials(tmp_path / "a.tar") == [(str(blob.digest), CHUNK)]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        go_on.set()
+    await again.close()
+    assert journal_partials(tmp_path / "a.tar") == [(str(blob.digest), CHUNK)]

@@ -622,10 +622,20 @@ class TarSink(LayoutReader):
             offset, data = held[0], held[2]
             self._reserved[offset] = length
             keep = min(held[3], descriptor.size - 1)
+            # in flight while re-read, its kept bytes counted as written: a journal written
+            # meanwhile still lists them, and a stop here keeps them for the next transfer
+            self._inflight[digest] = [offset, data, keep, length]
             try:
                 await asyncio.to_thread(self._hash_kept, hasher, data, keep)
-            except BaseException:
-                self._release(offset, length)
+            except BaseException as exc:
+                del self._inflight[digest]
+                if isinstance(exc, IntegrityError):
+                    self._release(offset, length)
+                else:
+                    self._reserved.pop(offset, None)
+                    self._held[digest] = held
+                if isinstance(exc, OSError):
+                    raise io_error(where, exc) from None
                 raise
         else:
             if held is not None:  # a whole stream, or a journal entry that does not fit
