@@ -627,3 +627,20 @@ async def test_kept_bytes_stay_in_the_journal_while_they_are_re_read(tmp_path: P
         go_on.set()
     await again.close()
     assert journal_partials(tmp_path / "a.tar") == [(str(blob.digest), CHUNK)]
+
+
+async def test_a_kept_partial_the_plan_no_longer_needs_is_cut_off_when_sealed(
+    tmp_path: Path,
+) -> None:
+    """A rerun whose plan no longer lists a blob an earlier run partly wrote: the sealed
+    tar does not carry that blob's region as a zeroed filler member."""
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    await keep_one_mib(tmp_path, data, blob)
+    again = TarSink(tmp_path / "a.tar")
+    assert again._held
+    await again.close()
+    again.seal({})
+    found = members(tmp_path / "a.tar")
+    assert not [n for n in found if n.startswith("transship/unused")]
+    assert (tmp_path / "a.tar").stat().st_size < len(data)

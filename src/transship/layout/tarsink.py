@@ -820,10 +820,14 @@ class TarSink(LayoutReader):
         return {LAYOUT_FILE: LAYOUT_BYTES, INDEX_FILE: self._index.serialize()}
 
     def _seal(self, extras: dict[str, bytes]) -> tuple[Path, ...]:
+        # a kept partial blob this run did not need is free space: cut off at the end,
+        # else filled like any other free region
+        for offset, length, _, _ in list(self._held.values()):
+            self._release(offset, length)
+        self._held = {}
         for offset, length in self._gaps():
             self._fill(offset, length)
         self._free = []
-        self._held = {}
         offset = self._end
         trailing: list[tuple[str, bytes | None]] = list(self.own_files().items())
         if EXTRA_DIR not in self._members:
