@@ -508,6 +508,8 @@ async def test_a_stopped_blob_continues_in_its_region_after_a_kill(tmp_path: Pat
 
     with pytest.raises(RetryableError):
         await sink.put_blob_resuming("r", blob, cut)
+    if sink._pacer._deferred is not None:  # the journal's deferred rewrite ran by now
+        await sink._pacer._deferred
     abandon(sink)  # SIGKILL: what the journal said at the last flush is all there is
 
     asked: list[int] = []
@@ -644,3 +646,73 @@ async def test_a_kept_partial_the_plan_no_longer_needs_is_cut_off_when_sealed(
     found = members(tmp_path / "a.tar")
     assert not [n for n in found if n.startswith("transship/unused")]
     assert (tmp_path / "a.tar").stat().st_size < len(data)
+
+
+async def test_a_blob_in_flight_never_flushes_the_journal_inline(tmp_path: Path) -> None:
+    """Progress of a streaming blob only schedules the journal's deferred rewrite: the
+    stream never waits for an fsync of the whole tar (only a landed blob may)."""
+    data = os.urandom(4 * CHUNK)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    sink = TarSink(tmp_path / "a.tar", flush_interval=0)  # a flush is always due
+    streaming = True
+    inline: list[int] = []
+    flush = sink._pacer._flush
+
+    async def watched() -> None:
+        if streaming and asyncio.current_task() is task:
+            inline.append(1)
+        await flush()
+
+    sink._pacer._flush = watched
+
+    async def source() -> AsyncIterator[bytes]:
+        nonlocal streaming
+        for i in range(0, len(data), CHUNK):
+            yield data[i : i + CHUNK]
+        streaming = False
+
+    task = asyncio.create_task(sink.put_blob("r", blob, source()))
+    assert await task == len(data)
+    assert inline == []
+    await sink.close()
+
+
+async def test_a_flush_covered_by_one_that_ran_meanwhile_is_skipped(tmp_path: Path) -> None:
+    """Flushes queued behind a running one: the first to run after it writes everything
+    changed so far; a queued one whose change that covered does not fsync the tar again,
+    even though blobs in flight changed the state since."""
+    sink = TarSink(tmp_path / "a.tar")
+    entered = [threading.Event(), threading.Event()]
+    gates = [threading.Event(), threading.Event()]
+    syncs: list[int] = []
+    sync = sink._store.sync
+
+    def gated_sync() -> None:
+        n = len(syncs)
+        syncs.append(n)
+        if n < len(gates):
+            entered[n].set()
+            gates[n].wait()
+        sync()
+
+    sink._store.sync = gated_sync  # type: ignore[method-assign]
+    try:
+        sink._changes += 1
+        first = asyncio.create_task(sink.flush())
+        await asyncio.to_thread(entered[0].wait)
+        sink._changes += 1
+        second = asyncio.create_task(sink.flush())
+        await asyncio.sleep(0)  # queued on the lock, wanting change 2
+        sink._changes += 1
+        third = asyncio.create_task(sink.flush())
+        await asyncio.sleep(0)  # queued, wanting change 3
+        gates[0].set()
+        await asyncio.to_thread(entered[1].wait)  # the second writes changes up to 3
+        sink._changes += 1  # a blob in flight wrote more meanwhile
+        gates[1].set()
+        await asyncio.gather(first, second, third)
+    finally:
+        for gate in gates:
+            gate.set()
+    assert len(syncs) == 2
+    await sink.close()

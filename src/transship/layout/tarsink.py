@@ -655,12 +655,12 @@ class TarSink(LayoutReader):
             writing = asyncio.ensure_future(asyncio.to_thread(*args))
             await asyncio.shield(writing)
 
-        async def wrote(size: int) -> None:
+        def wrote(size: int) -> None:
             nonlocal written
             written += size
             self._inflight[digest][2] = written
-            self._changes += 1  # the journal keeps up (every `flush_interval`)
-            await self._pacer.changed()
+            self._changes += 1  # the journal keeps up (every `flush_interval`), deferred:
+            self._pacer.schedule()  # an inline flush would stall this stream on an fsync
 
         try:
             async with open_rest(hasher.copy()) as chunks:
@@ -671,11 +671,11 @@ class TarSink(LayoutReader):
                     pending_size += len(chunk)
                     if pending_size >= CHUNK:  # one thread hop per MiB, however small the chunks
                         await in_thread(self._write_hashed, hasher, pending, data + written)
-                        await wrote(pending_size)
+                        wrote(pending_size)
                         pending, pending_size = [], 0
                 if pending:
                     await in_thread(self._write_hashed, hasher, pending, data + written)
-                    await wrote(pending_size)
+                    wrote(pending_size)
             hasher.verify("blob")
             tail = bytes(length - len(header) - descriptor.size)
             await in_thread(self._seal_member, header, offset, tail, data + written)
@@ -764,8 +764,10 @@ class TarSink(LayoutReader):
 
     async def flush(self) -> None:
         """fsync the data of every landed member, then rewrite the journal that lists them."""
+        wanted = self._changes
         async with self._flush_lock:
-            if self._saved == self._changes or self._sealed is not None:
+            # a flush that ran while this one waited for the lock may already cover `wanted`
+            if self._saved >= wanted or self._sealed is not None:
                 return
             generation = self._changes
             snapshot = self._snapshot()  # taken before the sync: lists only synced members
