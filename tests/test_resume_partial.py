@@ -10,6 +10,7 @@ ignores `Range` (200) still gives the right blob, the skipped bytes counted as d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,9 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from clirunner import CLI
@@ -28,9 +29,14 @@ from harness.pki import PKI
 from harness.registry import RegistryProcess
 from harness.seed import Image, SeedClient, build_image
 
-from transship.errors import ExitCode
+from transship.digest import Digest, Hasher
+from transship.errors import ExitCode, RetryableError
+from transship.layout import OCILayout
 from transship.layout.directory import TMP_DIR
 from transship.layout.tarsink import journal_path
+from transship.manifest import Descriptor
+from transship.ops.save import SaveJob, SaveTarget, mark_unfinished
+from transship.streams import CHUNK
 
 BIG = 24 * 1024 * 1024
 MakeRegistry = Callable[..., RegistryProcess]
@@ -208,3 +214,46 @@ def test_a_flipped_byte_in_the_kept_part_restarts_the_blob_from_zero(
     assert doc["stats"]["bytesRefetched"] == layer.size - kept, doc
     assert "kept from partly saved blobs" not in out.err
     _archive_right(cli, output, image, source, make_registry)
+
+
+async def test_a_finished_save_drops_its_partials_before_releasing_the_lock(
+    tmp_path: Path,
+) -> None:
+    """The partial blobs a finished save no longer needs go while it still holds the
+    directory's lock: a save that takes the lock after it keeps its own partial files."""
+    out = tmp_path / "out"
+    data = os.urandom(2 * CHUNK + 5)
+    blob = Descriptor(
+        "application/octet-stream",
+        Digest.parse(f"sha256:{hashlib.sha256(data).hexdigest()}"),
+        len(data),
+    )
+
+    @contextlib.asynccontextmanager
+    async def cut(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def one_mib_then_gone() -> AsyncIterator[bytes]:
+            yield data[:CHUNK]
+            raise RetryableError("source gone", exhausted=True)
+
+        yield one_mib_then_gone()
+
+    async def stop_a_blob(layout: OCILayout) -> None:
+        with pytest.raises(RetryableError):
+            await layout.put_blob_resuming("r", blob, cut)
+
+    mark_unfinished(out)
+    first = OCILayout(out, writable=True)
+    for name in ("archive.json", "plan.yaml"):  # as `SaveJob.open` writes them
+        first.write_extra(name, "{}")
+    await stop_a_blob(first)  # a blob this plan needed no more (an earlier plan's)
+    job = SaveJob(cast(Any, None), cast(Any, None), SaveTarget(out), first, None)
+    await job.close(finished=True)
+    assert not list((out / TMP_DIR).glob("*")), "dropped while the lock was held"
+
+    second = OCILayout(out, writable=True)  # a save that took the lock right after
+    try:
+        await stop_a_blob(second)
+        await job.finish()
+        assert len(list((out / TMP_DIR).glob("*.partial"))) == 1, "the second save's"
+    finally:
+        await second.close()

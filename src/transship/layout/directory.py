@@ -157,7 +157,7 @@ class OCILayout(LayoutReader):
     def _clean_tmp(self) -> None:
         """Temp files of a killed run: safe to delete, we hold the writer lock. A blob's
         partial file (named by its digest) stays, for the transfer of that blob to continue
-        (`put_blob_resuming`); a finished save drops the rest (`drop_partials`)."""
+        (`put_blob_resuming`); a finished save drops the rest (`drop_partials`, before `close`)."""
         tmp = self.path / TMP_DIR
         if tmp.is_dir():
             for leftover in tmp.iterdir():
@@ -430,6 +430,17 @@ class OCILayout(LayoutReader):
         if data is not None:
             write_atomic(self.path / INDEX_FILE, data)  # fsyncs the layout directory too
 
+    def drop_partials(self) -> None:
+        """A save that finished needs no partly written blob any more (one of an image an
+        earlier run's plan listed and this one does not): the temp directory's files go.
+        Only while this writer holds the lock (before `close`): a save that takes the lock
+        next may have partial files of its own there."""
+        self._check_writable()
+        tmp = self.path / TMP_DIR
+        if tmp.is_dir():
+            for leftover in tmp.iterdir():
+                leftover.unlink(missing_ok=True)
+
     async def close(self) -> None:
         """Write the pending index, drop the temp directory if empty, release the lock."""
         if self._closed:
@@ -443,17 +454,6 @@ class OCILayout(LayoutReader):
         finally:
             self._closed = True
             self._unlock()
-
-
-def drop_partials(path: Path) -> None:
-    """A save that finished needs no partly written blob any more (one of an image an earlier
-    run's plan listed and this one does not): the temp directory goes."""
-    tmp = path / TMP_DIR
-    if tmp.is_dir():
-        for leftover in tmp.iterdir():
-            leftover.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            tmp.rmdir()
 
 
 def _partial_digest(name: str) -> Digest | None:

@@ -21,7 +21,7 @@ from transship.engine import CopyTask, TaskResult
 from transship.errors import StorageError, UsageError
 from transship.fsutil import file_sha256, fsync_dir, write_atomic
 from transship.layout import OCILayout, OCILayoutTar
-from transship.layout.directory import drop_partials, empty_but_for_a_save
+from transship.layout.directory import empty_but_for_a_save
 from transship.layout.index import EXTRA_DIR, INDEX_FILE, LAYOUT_FILE, TOOL_FILE, UNFINISHED
 from transship.layout.reader import LayoutReader
 from transship.layout.tarsink import (
@@ -293,19 +293,25 @@ class SaveJob:
                         f"again unchanged, or remove {partial}* and its journal to start over"
                     )
 
-    async def close(self) -> None:
-        await self.layout.close()
-        await close_chain(self.base)
+    async def close(self, *, finished: bool = False) -> None:
+        """Release the layout; `finished` (the run had no failures, `finish` comes next): a
+        layout directory first drops its partial blobs, while its lock is still held."""
+        try:
+            if finished and isinstance(self.layout, OCILayout):
+                self.layout.drop_partials()
+        finally:
+            await self.layout.close()
+            await close_chain(self.base)
 
     async def finish(self) -> Written:
-        """After a run without failures (and `close`): checksums, then seal a tar."""
+        """After a run without failures (and `close(finished=True)`): checksums, then seal a
+        tar."""
         if isinstance(self.layout, TarSink):
             sink = self.layout
             sums = "" if sink.sealed else sink_checksums(sink, self.target.tool)
             volumes = await asyncio.to_thread(sink.seal, {"SHA256SUMS": sums.encode()})
             return Written(self.target.output, sink.blob_count(), volumes)
         layout_dir = self.target.output
-        drop_partials(layout_dir)
         place_tool(self.target.tool, layout_dir)  # None: drops one a resumed run left there
         own = [*_OWN_FILES, TOOL_FILE] if self.target.tool else list(_OWN_FILES)
         sums = checksum_list(layout_dir, own)
