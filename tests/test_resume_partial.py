@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import pytest
 from clirunner import CLI
-from harness.faultproxy import FaultProxy
+from harness.faultproxy import Fault, FaultProxy
 from harness.pki import PKI
 from harness.registry import RegistryProcess
 from harness.seed import Image, SeedClient, build_image
@@ -257,3 +257,37 @@ async def test_a_finished_save_drops_its_partials_before_releasing_the_lock(
         assert len(list((out / TMP_DIR).glob("*.partial"))) == 1, "the second save's"
     finally:
         await second.close()
+
+
+def test_a_source_refusing_the_range_of_a_kept_blob_sends_it_whole(
+    big_source: tuple[RegistryProcess, Image],
+    make_registry: MakeRegistry,
+    make_fault_proxy: MakeProxy,
+    cli: CLI,
+    tmp_path: Path,
+) -> None:
+    """A source answering the rerun's `Range: bytes=N-` with 416: the blob is asked again
+    without `Range`, its first N bytes skipped (and counted as downloaded again), instead of
+    failing on every rerun."""
+    source, image = big_source
+    layer = image.layers[-1]
+    proxy = make_fault_proxy(source)
+    output = tmp_path / "out"
+    args = _args(proxy, output, tmp_path / "report.json")
+
+    def written() -> int:
+        try:
+            return _partial_file(output, layer.digest).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    kept = _kill_mid_blob(args, written, tmp_path)
+    mark = len(proxy.records)
+    proxy.add(Fault.http(416, rf"/blobs/{layer.digest}$", "GET", count=1))  # the ranged GET
+    _, doc = _rerun(cli, args)
+
+    gets = _layer_gets(proxy, layer.digest, mark)
+    assert [(r.range, r.status) for r in gets] == [(f"bytes={kept}-", 416), (None, 200)]
+    assert gets[1].bytes_out == layer.size
+    assert doc["stats"]["bytesRefetched"] == kept, doc
+    _archive_right(cli, output, image, source, make_registry)
