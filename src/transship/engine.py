@@ -139,6 +139,8 @@ class Observer(Protocol):
     def task_finished(self, result: TaskResult) -> None: ...
     def blob_started(self, descriptor: Descriptor) -> None: ...
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None: ...
+    #: bytes of the blob a stopped earlier run wrote and this one keeps (not transferred)
+    def blob_kept(self, descriptor: Descriptor, nbytes: int) -> None: ...
     def blob_finished(self, descriptor: Descriptor) -> None: ...
 
 
@@ -153,6 +155,9 @@ class NullObserver:
         pass
 
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None:
+        pass
+
+    def blob_kept(self, descriptor: Descriptor, nbytes: int) -> None:
         pass
 
     def blob_finished(self, descriptor: Descriptor) -> None:
@@ -878,7 +883,6 @@ class CopyEngine:
                     task.dest_repository, blob, self._counting(task, blob, read, open_rest)
                 )
                 if kept:
-                    self.observer.blob_progress(blob, kept)
                     self.stats.bytes_resumed += kept
             else:
                 rest = self._counting(
@@ -907,6 +911,8 @@ class CopyEngine:
 
         @asynccontextmanager
         async def opened(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+            if hasher.size:  # kept from an earlier run: shown done now, never in the rate
+                self.observer.blob_kept(blob, hasher.size)
             async with opener(hasher) as chunks:
 
                 async def counted() -> AsyncIterator[bytes]:
