@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -716,3 +717,85 @@ async def test_a_flush_covered_by_one_that_ran_meanwhile_is_skipped(tmp_path: Pa
             gate.set()
     assert len(syncs) == 2
     await sink.close()
+
+
+def rewrite_journal(tar: Path, change: Any) -> None:
+    doc = json.loads(journal_path(tar).read_bytes())
+    change(doc)
+    journal_path(tar).write_text(json.dumps(doc))
+
+
+async def test_a_bad_digest_in_the_journals_partials_is_a_damaged_journal(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    await keep_one_mib(tmp_path, data, blob)
+    rewrite_journal(tmp_path / "a.tar", lambda doc: doc["partials"][0].__setitem__(0, "sha256:zz"))
+    with pytest.raises(LayoutError, match="damaged save journal"):
+        TarSink(tmp_path / "a.tar")
+
+
+async def test_a_journal_without_partials_resumes_with_their_regions_free(
+    tmp_path: Path,
+) -> None:
+    """A journal an older transship wrote (no `partials`): the stopped blob's region is
+    free again, the blob is fetched whole into it, and the sealed tar holds it right."""
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    await keep_one_mib(tmp_path, data, blob)
+    rewrite_journal(tmp_path / "a.tar", lambda doc: doc.pop("partials"))
+    again = TarSink(tmp_path / "a.tar")
+    assert not again._held and again._free == []  # the free region at the end was cut off
+    asked: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def whole(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        asked.append(hasher.size)
+        yield chunked(data[hasher.size :], 300_000)
+
+    assert await again.put_blob_resuming("r", blob, whole) == (len(data), 0)
+    assert asked == [0]
+    await again.close()
+    again.seal({})
+    assert members(tmp_path / "a.tar")[f"blobs/sha256/{blob.digest.hex}"] == data
+
+
+async def test_a_kept_blob_across_a_volume_boundary_continues(tmp_path: Path) -> None:
+    """--split-size: a blob stopped after 2 MiB whose region spans three 1 MiB volumes is
+    continued after those bytes and reads back whole from the sealed volumes."""
+    part = CHUNK
+    tar = tmp_path / "m" / "a.tar"
+    data = os.urandom(3 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    sink = TarSink(tar, part_size=part, flush_interval=0)
+
+    @contextlib.asynccontextmanager
+    async def cut(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def two_mib_then_gone() -> AsyncIterator[bytes]:
+            yield data[: 2 * CHUNK]
+            raise RetryableError("source gone", exhausted=True)
+
+        yield two_mib_then_gone()
+
+    with pytest.raises(RetryableError):
+        await sink.put_blob_resuming("r", blob, cut)
+    await sink.close()
+    [(_, _, start, written, _)] = json.loads(journal_path(tar).read_bytes())["partials"]
+    assert written == 2 * CHUNK
+    assert start // part != (start + written - 1) // part, "the kept bytes span volumes"
+    asked: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def rest(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        asked.append(hasher.size)
+        yield chunked(data[hasher.size :], 300_000)
+
+    again = TarSink(tar, part_size=part)
+    assert await again.put_blob_resuming("r", blob, rest) == (len(data), 2 * CHUNK)
+    assert asked == [2 * CHUNK]
+    await again.close()
+    volumes = again.seal({})
+    whole = tmp_path / "whole.tar"
+    whole.write_bytes(b"".join(v.read_bytes() for v in volumes))
+    assert members(whole)[f"blobs/sha256/{blob.digest.hex}"] == data

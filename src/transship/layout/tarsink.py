@@ -4,16 +4,20 @@ Packing a finished layout directory needs the archive's space twice; this endpoi
 once. Each blob's size is known from its descriptor, so its member (header + padded data) gets
 a region of the tar before the first byte arrives: concurrent transfers stream into disjoint
 regions with `pwrite`, hashed on the way. The header is written only after the digest checked
-out; a failed transfer leaves its region free for the retry (same size), or for any blob whose
+out; a transfer stopped without a digest failure keeps its region, and the bytes it wrote, for
+the next transfer of its digest (`_held`), which re-reads them and fetches only the rest; one
+whose digest failed leaves its region free for the retry (same size), or for any blob whose
 member has exactly that length.
 
 What has landed is recorded in a journal beside the tar (`FILE.tar.partial.journal`, rewritten
 atomically at most every `flush_interval` seconds, after an fsync of the data it lists): the
 members with their offsets, the free and in-flight regions one by one, the tar's reserved end,
 and the index entries. A killed save reruns from it: the tar is cut back to the journal's end,
-regions nobody finished are free again (each blob in flight finds its own region on the rerun),
-and every landed blob is present without being fetched. `seal` writes the trailing members
-(`oci-layout`, `index.json`, `transship/*`), fills any region left free with a harmless
+a blob the journal lists as partly written (`partials`) keeps its region and its synced bytes
+for its digest, other regions nobody finished are free again, and every landed blob is present
+without being fetched. `seal` writes the trailing members
+(`oci-layout`, `index.json`, `transship/*`), frees the region of any kept partial blob this
+run did not need (cut off at the end), fills any region left free with a harmless
 `transship/unused/<offset>` member, ends the tar, records in the journal that it is sealed
 (size, and the `.parts` document of volumes), then renames it (each volume) into place and drops
 the journal: a run stopped in between is finished by its rerun without fetching anything.
@@ -355,7 +359,7 @@ class TarSink(LayoutReader):
             doc["end"] = int(doc["end"])
             doc["regions"] = sorted((int(o), int(n)) for o, n in doc.get("regions", []))
             doc["partials"] = [
-                (Digest.parse(str(d)), int(o), int(data), int(w), int(n))
+                (_journal_digest(d), int(o), int(data), int(w), int(n))
                 for d, o, data, w, n in doc.get("partials", [])
             ]
             doc["index"] = LayoutIndex.parse(json.dumps(doc["index"]).encode(), str(where))
@@ -470,9 +474,10 @@ class TarSink(LayoutReader):
                 self._blobs[Digest.parse(f"{parts[1]}:{parts[2]}")] = member
 
     def _reserve(self, length: int) -> int:
-        """A region of `length` bytes: a free one of exactly that length (what a retried or
-        resumed transfer of the same blob left), else at the end. Free regions are not split:
-        a small blob arriving first would take the space its own blob needs again."""
+        """A region of `length` bytes: a free one of exactly that length (what a transfer whose
+        digest failed left, or a region nobody finished before a kill), else at the end. Free
+        regions are not split: a small blob arriving first would take the space its own blob
+        needs again."""
         for i, (offset, free) in enumerate(self._free):
             if free == length:
                 del self._free[i]
@@ -693,6 +698,7 @@ class TarSink(LayoutReader):
                     self._reserved.pop(offset, None)
                     self._held[digest] = (offset, length, data, written)
                     self._changes += 1
+                    self._pacer.schedule()  # the journal says so within `flush_interval`
                 else:
                     self._release(offset, length)
             if isinstance(exc, IntegrityError):
@@ -1037,6 +1043,14 @@ def _split_gap(start: int, stop: int, regions: list[tuple[int, int]]) -> list[tu
     if pos < stop:
         out.append((pos, stop - pos))
     return out
+
+
+def _journal_digest(text: Any) -> Digest:
+    """A digest the journal lists; a malformed one makes the journal damaged (ValueError)."""
+    try:
+        return Digest.parse(str(text))
+    except TransshipError:
+        raise ValueError(f"bad digest {str(text)[:80]!r} in partials") from None
 
 
 def _check_sealed(sealed: Any, part_size: Any) -> dict[str, Any]:
