@@ -291,3 +291,34 @@ def test_a_source_refusing_the_range_of_a_kept_blob_sends_it_whole(
     assert gets[1].bytes_out == layer.size
     assert doc["stats"]["bytesRefetched"] == kept, doc
     _archive_right(cli, output, image, source, make_registry)
+
+
+async def test_a_symlink_named_like_a_partial_blob_is_never_written_through(
+    tmp_path: Path,
+) -> None:
+    """A symlink in the layout's temp directory with a partial blob's name (planted, or
+    left by anything else) is removed, never followed: the file it points at stays as it was."""
+    out = tmp_path / "out"
+    data = os.urandom(CHUNK + 5)
+    digest = Digest.parse(f"sha256:{hashlib.sha256(data).hexdigest()}")
+    blob = Descriptor("application/octet-stream", digest, len(data))
+    outside = tmp_path / "precious"
+    outside.write_bytes(os.urandom(3 * CHUNK))
+    before = outside.read_bytes()
+    (out / TMP_DIR).mkdir(parents=True)
+    (out / TMP_DIR / f"sha256-{digest.hex}.partial").symlink_to(outside)
+
+    @contextlib.asynccontextmanager
+    async def whole(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def rest() -> AsyncIterator[bytes]:
+            yield data[hasher.size :]
+
+        yield rest()
+
+    layout = OCILayout(out, writable=True)
+    try:
+        assert await layout.put_blob_resuming("r", blob, whole) == (len(data), 0)
+    finally:
+        await layout.close()
+    assert outside.read_bytes() == before
+    assert (out / "blobs" / "sha256" / digest.hex).read_bytes() == data

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -161,7 +162,8 @@ class OCILayout(LayoutReader):
         tmp = self.path / TMP_DIR
         if tmp.is_dir():
             for leftover in tmp.iterdir():
-                if _partial_digest(leftover.name) is None or not leftover.is_file():
+                # a symlink named like a partial file is never written through: it goes too
+                if _partial_digest(leftover.name) is None or not _plain_file(leftover):
                     leftover.unlink(missing_ok=True)
 
     # -- storage primitives -----------------------------------------------------------------
@@ -298,8 +300,13 @@ class OCILayout(LayoutReader):
         digest = descriptor.digest
         where = f"writing blob {digest.short} to {self.label}"
         tmp = self.path / TMP_DIR / f"{digest.algorithm}-{digest.hex}{PARTIAL_SUFFIX}"
+        # shielded: a Ctrl-C while the thread opens the file closes what it opened
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open_partial, tmp, descriptor))
         try:
-            handle, hasher = await asyncio.to_thread(self._open_partial, tmp, descriptor)
+            handle, hasher = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)
+            raise
         except OSError as exc:
             raise io_error(where, exc) from None
         kept = hasher.size
@@ -336,7 +343,13 @@ class OCILayout(LayoutReader):
         at most all but the last byte is kept (so the rest is never empty), and nothing of
         one longer than the blob."""
         tmp.parent.mkdir(exist_ok=True)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(tmp))
+        except BaseException:
+            os.close(fd)
+            raise
         handle = os.fdopen(fd, "r+b")
         try:
             share_like_a_new_file(fd)
@@ -454,6 +467,20 @@ class OCILayout(LayoutReader):
         finally:
             self._closed = True
             self._unlock()
+
+
+def _close_opened(opening: asyncio.Future[tuple[BinaryIO, Hasher]]) -> None:
+    """The partial file a cancelled transfer's thread opened after all: closed."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[0].close()
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file itself, not a symlink to one."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _partial_digest(name: str) -> Digest | None:
