@@ -128,7 +128,9 @@ class Stats:
     #: source bytes downloaded more than once: a blob restarted after a bad digest or a
     #: refused upload, or a resumed download whose server ignored `Range`
     bytes_refetched: int = 0
-    #: bytes of blobs an earlier, stopped save had written, kept instead of downloaded again
+    #: bytes of blobs an earlier, stopped save had written, kept (re-read and hashed, not
+    #: written again); a source that ignored or refused `Range` sent them all the same, so
+    #: those are in `bytes_refetched` too
     bytes_resumed: int = 0
 
 
