@@ -6,6 +6,7 @@ the seeded images independently add up to.
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -13,10 +14,17 @@ import yaml
 from clirunner import CLI
 from harness.registry import RegistryProcess
 from harness.seed import SeedClient, build_images_sharing_base
+from rich.console import Console
 
-from transship.engine import CopyTask, TaskResult
+from transship.engine import CopyTask, Stats, TaskResult
 from transship.layout import OCILayout
-from transship.progress import ByteBudget, bytes_detail, eta_seconds, format_duration
+from transship.progress import (
+    ByteBudget,
+    bytes_detail,
+    eta_seconds,
+    format_duration,
+    summary_table,
+)
 
 # --- pure functions ------------------------------------------------------------------------
 
@@ -40,6 +48,27 @@ def test_eta_is_what_is_left_at_the_average_rate() -> None:
 def test_bytes_detail_shows_done_total_rate_and_eta() -> None:
     assert bytes_detail(90_000_000, 117_000_000, 9.0) == "90.0 MB / 117.0 MB  10.0 MB/s  ETA 0:03"
     assert bytes_detail(5_000, None, 1.0) == "5.0 KB  5.0 KB/s"  # a single copy: no total
+
+
+def test_kept_bytes_count_as_done_but_not_in_the_rate() -> None:
+    """A resumed save kept 80 MB an earlier run wrote and moved 10 MB in 10 s: the bar
+    shows 90 MB done, at 1 MB/s, 27 MB left taking 27 s, not 90 MB/s and 0:00."""
+    assert bytes_detail(90_000_000, 117_000_000, 10.0, kept=80_000_000) == (
+        "90.0 MB / 117.0 MB  1.0 MB/s  ETA 0:27"
+    )
+    assert eta_seconds(80, 100, 5.0, kept=80) is None  # nothing moved yet: no rate
+    budget = ByteBudget([_task("a", 100)])
+    budget.resumed(80)
+    budget.sent(10)
+    assert (budget.done, budget.kept) == (90, 80)
+
+
+def test_summary_rate_leaves_kept_bytes_out() -> None:
+    stats = Stats(bytes_uploaded=100_000_000, bytes_resumed=90_000_000)
+    console = Console(width=100, file=io.StringIO())
+    console.print(summary_table([], stats, 10.0))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert re.search(r"effective rate\s*│\s*1\.0 MB/s", text), text
 
 
 def _task(name: str, size: int | None) -> CopyTask:

@@ -7,6 +7,7 @@ SIGKILLed process, its rerun counted in the source registry's access log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -15,9 +16,11 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -28,14 +31,15 @@ from harness.serve import ServeProcess
 from harness.skopeo import Skopeo
 from test_airgap import corpus, write_list
 
-from transship.digest import Digest
-from transship.errors import ExitCode, IntegrityError, LayoutError
+from transship.digest import Digest, Hasher
+from transship.errors import ExitCode, IntegrityError, LayoutError, RetryableError
 from transship.layout import OCILayout, OCILayoutTar, tarsink, write_tar
 from transship.layout.archive import tool_head_size
 from transship.layout.index import TOOL_FILE
 from transship.layout.tarsink import TarSink, journal_path, partial_path
 from transship.layout.volumes import Volumes
 from transship.manifest import Descriptor, Manifest
+from transship.streams import CHUNK
 
 
 async def chunked(data: bytes, size: int = 7000) -> AsyncIterator[bytes]:
@@ -483,3 +487,315 @@ def test_a_damaged_journal_stops_save_with_one_line(
     out = cli("save", "--images", str(listing), "-o", str(tar), "-q")
     assert out.code == 0, out.err
     assert cli("archive", "verify", str(tar)).code == 0
+
+
+async def test_a_stopped_blob_continues_in_its_region_after_a_kill(tmp_path: Path) -> None:
+    """The journal lists how much of a blob in flight was written (and synced): the rerun
+    re-reads and hashes those bytes, asks only for the rest, and nothing else takes the
+    region meanwhile, not even a blob of the same member length."""
+    data = os.urandom(3 * CHUNK + 5)
+    twin = os.urandom(len(data))  # same member length: would fit the region exactly
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    other = desc("sha256:" + hashlib.sha256(twin).hexdigest(), len(twin))
+    sink = TarSink(tmp_path / "a.tar", flush_interval=0)
+
+    @contextlib.asynccontextmanager
+    async def cut(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def two_mib_then_gone() -> AsyncIterator[bytes]:
+            yield data[: 2 * CHUNK]
+            raise RetryableError("source gone", exhausted=True)
+
+        yield two_mib_then_gone()
+
+    with pytest.raises(RetryableError):
+        await sink.put_blob_resuming("r", blob, cut)
+    if sink._pacer._deferred is not None:  # the journal's deferred rewrite ran by now
+        await sink._pacer._deferred
+    abandon(sink)  # SIGKILL: what the journal said at the last flush is all there is
+
+    asked: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def rest(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        asked.append(hasher.size)
+        yield chunked(data[hasher.size :], 300_000)
+
+    again = TarSink(tmp_path / "a.tar")
+    await again.put_blob("r", other, chunked(twin))  # does not take the kept region
+    assert await again.put_blob_resuming("r", blob, rest) == (len(data), 2 * CHUNK)
+    assert asked == [2 * CHUNK]
+    await again.close()
+    again.seal({})
+    found = members(tmp_path / "a.tar")
+    assert found[f"blobs/sha256/{blob.digest.hex}"] == data
+    assert found[f"blobs/sha256/{other.digest.hex}"] == twin
+    assert not [n for n in found if n.startswith("transship/unused")]
+
+
+async def test_a_damaged_kept_part_fails_the_blob_and_frees_its_region(tmp_path: Path) -> None:
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    sink = TarSink(tmp_path / "a.tar", flush_interval=0)
+
+    @contextlib.asynccontextmanager
+    async def cut(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def one_mib_then_gone() -> AsyncIterator[bytes]:
+            yield data[:CHUNK]
+            raise RetryableError("source gone", exhausted=True)
+
+        yield one_mib_then_gone()
+
+    with pytest.raises(RetryableError):
+        await sink.put_blob_resuming("r", blob, cut)
+    await sink.close()  # Ctrl-C: the journal keeps the partial blob
+    kept = json.loads(journal_path(tmp_path / "a.tar").read_bytes())["partials"]
+    assert [(d, w) for d, _, _, w, _ in kept] == [(str(blob.digest), CHUNK)]
+    with partial_path(tmp_path / "a.tar").open("r+b") as handle:
+        handle.seek(kept[0][2] + 10)
+        handle.write(b"\xff")
+
+    @contextlib.asynccontextmanager
+    async def rest(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def verified() -> AsyncIterator[bytes]:  # as a source's stream, whole blob
+            yield data[hasher.size :]
+            hasher.update(data[hasher.size :])
+            hasher.verify("blob")
+
+        yield verified()
+
+    again = TarSink(tmp_path / "a.tar")
+    with pytest.raises(IntegrityError):
+        await again.put_blob_resuming("r", blob, rest)
+    assert not again._held and not again._reserved, "the region is free, its bytes forgotten"
+    assert await again.put_blob_resuming("r", blob, rest) == (len(data), 0)
+    await again.close()
+    again.seal({})
+    assert members(tmp_path / "a.tar")[f"blobs/sha256/{blob.digest.hex}"] == data
+
+
+async def keep_one_mib(tmp_path: Path, data: bytes, blob: Descriptor) -> None:
+    """A save stopped (Ctrl-C) after 1 MiB of `blob`: the journal keeps it for a rerun."""
+    sink = TarSink(tmp_path / "a.tar", flush_interval=0)
+
+    @contextlib.asynccontextmanager
+    async def cut(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def one_mib_then_gone() -> AsyncIterator[bytes]:
+            yield data[:CHUNK]
+            raise RetryableError("source gone", exhausted=True)
+
+        yield one_mib_then_gone()
+
+    with pytest.raises(RetryableError):
+        await sink.put_blob_resuming("r", blob, cut)
+    await sink.close()
+
+
+def journal_partials(tar: Path) -> list[tuple[str, int]]:
+    doc = json.loads(journal_path(tar).read_bytes())
+    return [(d, w) for d, _, _, w, _ in doc["partials"]]
+
+
+async def test_kept_bytes_stay_in_the_journal_while_they_are_re_read(tmp_path: Path) -> None:
+    """While a rerun re-reads a blob's kept bytes, a journal written meanwhile still lists
+    them, and a stop (Ctrl-C) in the middle of the re-read keeps them for the next run."""
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    await keep_one_mib(tmp_path, data, blob)
+    again = TarSink(tmp_path / "a.tar", flush_interval=0)
+    reading, go_on = threading.Event(), threading.Event()
+    hash_kept = again._hash_kept
+
+    def slow_hash_kept(hasher: Hasher, data_at: int, keep: int) -> None:
+        reading.set()
+        go_on.wait()
+        hash_kept(hasher, data_at, keep)
+
+    again._hash_kept = slow_hash_kept  # type: ignore[method-assign]
+
+    @contextlib.asynccontextmanager
+    async def never(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        raise AssertionError("the stopped transfer asked its source")
+        yield chunked(b"")
+
+    task = asyncio.create_task(again.put_blob_resuming("r", blob, never))
+    try:
+        await asyncio.to_thread(reading.wait)
+        again._changes += 1  # another blob landed: the journal is rewritten meanwhile
+        await again.flush()
+        assert journal_partials(tmp_path / "a.tar") == [(str(blob.digest), CHUNK)]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        go_on.set()
+    await again.close()
+    assert journal_partials(tmp_path / "a.tar") == [(str(blob.digest), CHUNK)]
+
+
+async def test_a_kept_partial_the_plan_no_longer_needs_is_cut_off_when_sealed(
+    tmp_path: Path,
+) -> None:
+    """A rerun whose plan no longer lists a blob an earlier run partly wrote: the sealed
+    tar does not carry that blob's region as a zeroed filler member."""
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    await keep_one_mib(tmp_path, data, blob)
+    again = TarSink(tmp_path / "a.tar")
+    assert again._held
+    await again.close()
+    again.seal({})
+    found = members(tmp_path / "a.tar")
+    assert not [n for n in found if n.startswith("transship/unused")]
+    assert (tmp_path / "a.tar").stat().st_size < len(data)
+
+
+async def test_a_blob_in_flight_never_flushes_the_journal_inline(tmp_path: Path) -> None:
+    """Progress of a streaming blob only schedules the journal's deferred rewrite: the
+    stream never waits for an fsync of the whole tar (only a landed blob may)."""
+    data = os.urandom(4 * CHUNK)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    sink = TarSink(tmp_path / "a.tar", flush_interval=0)  # a flush is always due
+    streaming = True
+    inline: list[int] = []
+    flush = sink._pacer._flush
+
+    async def watched() -> None:
+        if streaming and asyncio.current_task() is task:
+            inline.append(1)
+        await flush()
+
+    sink._pacer._flush = watched
+
+    async def source() -> AsyncIterator[bytes]:
+        nonlocal streaming
+        for i in range(0, len(data), CHUNK):
+            yield data[i : i + CHUNK]
+        streaming = False
+
+    task = asyncio.create_task(sink.put_blob("r", blob, source()))
+    assert await task == len(data)
+    assert inline == []
+    await sink.close()
+
+
+async def test_a_flush_covered_by_one_that_ran_meanwhile_is_skipped(tmp_path: Path) -> None:
+    """Flushes queued behind a running one: the first to run after it writes everything
+    changed so far; a queued one whose change that covered does not fsync the tar again,
+    even though blobs in flight changed the state since."""
+    sink = TarSink(tmp_path / "a.tar")
+    entered = [threading.Event(), threading.Event()]
+    gates = [threading.Event(), threading.Event()]
+    syncs: list[int] = []
+    sync = sink._store.sync
+
+    def gated_sync() -> None:
+        n = len(syncs)
+        syncs.append(n)
+        if n < len(gates):
+            entered[n].set()
+            gates[n].wait()
+        sync()
+
+    sink._store.sync = gated_sync  # type: ignore[method-assign]
+    try:
+        sink._changes += 1
+        first = asyncio.create_task(sink.flush())
+        await asyncio.to_thread(entered[0].wait)
+        sink._changes += 1
+        second = asyncio.create_task(sink.flush())
+        await asyncio.sleep(0)  # queued on the lock, wanting change 2
+        sink._changes += 1
+        third = asyncio.create_task(sink.flush())
+        await asyncio.sleep(0)  # queued, wanting change 3
+        gates[0].set()
+        await asyncio.to_thread(entered[1].wait)  # the second writes changes up to 3
+        sink._changes += 1  # a blob in flight wrote more meanwhile
+        gates[1].set()
+        await asyncio.gather(first, second, third)
+    finally:
+        for gate in gates:
+            gate.set()
+    assert len(syncs) == 2
+    await sink.close()
+
+
+def rewrite_journal(tar: Path, change: Any) -> None:
+    doc = json.loads(journal_path(tar).read_bytes())
+    change(doc)
+    journal_path(tar).write_text(json.dumps(doc))
+
+
+async def test_a_bad_digest_in_the_journals_partials_is_a_damaged_journal(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    await keep_one_mib(tmp_path, data, blob)
+    rewrite_journal(tmp_path / "a.tar", lambda doc: doc["partials"][0].__setitem__(0, "sha256:zz"))
+    with pytest.raises(LayoutError, match="damaged save journal"):
+        TarSink(tmp_path / "a.tar")
+
+
+async def test_a_journal_without_partials_resumes_with_their_regions_free(
+    tmp_path: Path,
+) -> None:
+    """A journal an older transship wrote (no `partials`): the stopped blob's region is
+    free again, the blob is fetched whole into it, and the sealed tar holds it right."""
+    data = os.urandom(2 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    await keep_one_mib(tmp_path, data, blob)
+    rewrite_journal(tmp_path / "a.tar", lambda doc: doc.pop("partials"))
+    again = TarSink(tmp_path / "a.tar")
+    assert not again._held and again._free == []  # the free region at the end was cut off
+    asked: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def whole(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        asked.append(hasher.size)
+        yield chunked(data[hasher.size :], 300_000)
+
+    assert await again.put_blob_resuming("r", blob, whole) == (len(data), 0)
+    assert asked == [0]
+    await again.close()
+    again.seal({})
+    assert members(tmp_path / "a.tar")[f"blobs/sha256/{blob.digest.hex}"] == data
+
+
+async def test_a_kept_blob_across_a_volume_boundary_continues(tmp_path: Path) -> None:
+    """--split-size: a blob stopped after 2 MiB whose region spans three 1 MiB volumes is
+    continued after those bytes and reads back whole from the sealed volumes."""
+    part = CHUNK
+    tar = tmp_path / "m" / "a.tar"
+    data = os.urandom(3 * CHUNK + 5)
+    blob = desc("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    sink = TarSink(tar, part_size=part, flush_interval=0)
+
+    @contextlib.asynccontextmanager
+    async def cut(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def two_mib_then_gone() -> AsyncIterator[bytes]:
+            yield data[: 2 * CHUNK]
+            raise RetryableError("source gone", exhausted=True)
+
+        yield two_mib_then_gone()
+
+    with pytest.raises(RetryableError):
+        await sink.put_blob_resuming("r", blob, cut)
+    await sink.close()
+    [(_, _, start, written, _)] = json.loads(journal_path(tar).read_bytes())["partials"]
+    assert written == 2 * CHUNK
+    assert start // part != (start + written - 1) // part, "the kept bytes span volumes"
+    asked: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def rest(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        asked.append(hasher.size)
+        yield chunked(data[hasher.size :], 300_000)
+
+    again = TarSink(tar, part_size=part)
+    assert await again.put_blob_resuming("r", blob, rest) == (len(data), 2 * CHUNK)
+    assert asked == [2 * CHUNK]
+    await again.close()
+    volumes = again.seal({})
+    whole = tmp_path / "whole.tar"
+    whole.write_bytes(b"".join(v.read_bytes() for v in volumes))
+    assert members(whole)[f"blobs/sha256/{blob.digest.hex}"] == data

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -85,6 +87,13 @@ class Hasher:
                 f"({self.size} > {self.expected_size} bytes)"
             )
 
+    def copy(self) -> Hasher:
+        """An independent hasher in the same state (the same bytes seen)."""
+        twin = Hasher(self.expected, self.expected_size)
+        twin._hash = self._hash.copy()
+        twin.size = self.size
+        return twin
+
     def verify(self, what: str = "blob") -> None:
         """Raise IntegrityError if the bytes seen do not match."""
         if self.expected_size is not None and self.size != self.expected_size:
@@ -98,3 +107,8 @@ class Hasher:
                 f"{what} {self.expected.short} does not match its digest "
                 f"(content hashes to {self.expected.algorithm}:{actual[:12]})"
             )
+
+
+#: opens the rest of a blob from byte `hasher.size`, the hasher already fed the bytes before
+#: it (what a resuming sink re-read); the stream verifies the whole blob's digest at its end
+RestOpener = Callable[[Hasher], AbstractAsyncContextManager[AsyncIterator[bytes]]]

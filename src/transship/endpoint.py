@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
-from transship.digest import Digest
+from transship.digest import Digest, Hasher, RestOpener
 from transship.manifest import Descriptor, Manifest, Referrer
 
 
@@ -116,4 +116,29 @@ class RepositoryIndex(Protocol):
     async def existing_repositories(self, prefix: str, *, max_pages: int) -> frozenset[str] | None:
         """The repositories whose names start with `prefix`, or None when the endpoint cannot
         say within `max_pages` requests (not allowed, no such API, too many names)."""
+        ...
+
+
+@runtime_checkable
+class RangeSource(Protocol):
+    """Optional capability: stream a blob from a byte offset (`Range: bytes=N-`)."""
+
+    def open_blob_at(
+        self, repository: str, descriptor: Descriptor, hasher: Hasher
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream the blob from byte `hasher.size`; `hasher` holds the bytes before it and
+        verifies the whole blob at the end (IntegrityError as `open_blob`'s)."""
+        ...
+
+
+@runtime_checkable
+class ResumingSink(Protocol):
+    """Optional capability: keep a blob's bytes written before a run was stopped, and on the
+    next transfer of that digest continue after them (`save`'s layouts)."""
+
+    async def put_blob_resuming(
+        self, repository: str, descriptor: Descriptor, open_rest: RestOpener
+    ) -> tuple[int, int]:
+        """As `put_blob`, the stream opened by `open_rest` from the first byte not kept (0
+        when nothing is). Returns (bytes stored, bytes kept from an earlier run)."""
         ...

@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from transship.digest import Digest
-from transship.endpoint import Endpoint, RepositoryIndex, TagIndex
+from transship.digest import Digest, Hasher, RestOpener
+from transship.endpoint import (
+    Endpoint,
+    RangeSource,
+    RepositoryIndex,
+    ResumingSink,
+    TagIndex,
+)
 from transship.errors import (
     DependencyError,
     HostDownError,
@@ -121,6 +128,10 @@ class Stats:
     #: source bytes downloaded more than once: a blob restarted after a bad digest or a
     #: refused upload, or a resumed download whose server ignored `Range`
     bytes_refetched: int = 0
+    #: bytes of blobs an earlier, stopped save had written, kept (re-read and hashed, not
+    #: written again); a source that ignored or refused `Range` sent them all the same, so
+    #: those are in `bytes_refetched` too
+    bytes_resumed: int = 0
 
 
 class Observer(Protocol):
@@ -130,6 +141,8 @@ class Observer(Protocol):
     def task_finished(self, result: TaskResult) -> None: ...
     def blob_started(self, descriptor: Descriptor) -> None: ...
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None: ...
+    #: bytes of the blob a stopped earlier run wrote and this one keeps (not transferred)
+    def blob_kept(self, descriptor: Descriptor, nbytes: int) -> None: ...
     def blob_finished(self, descriptor: Descriptor) -> None: ...
     #: the blob landed at the destination (after `blob_finished`, only when its transfer
     #: succeeded: a failed one is finished, never landed)
@@ -147,6 +160,9 @@ class NullObserver:
         pass
 
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None:
+        pass
+
+    def blob_kept(self, descriptor: Descriptor, nbytes: int) -> None:
         pass
 
     def blob_finished(self, descriptor: Descriptor) -> None:
@@ -860,8 +876,53 @@ class CopyEngine:
     async def _stream(self, task: CopyTask, blob: Descriptor, read: list[int]) -> None:
         self.observer.blob_started(blob)
         try:
-            async with task.source.open_blob(task.source_repository, blob) as chunks:
-                limit = self.options.rate_limit
+            source, dest = task.source, task.dest
+            if isinstance(dest, ResumingSink) and isinstance(source, RangeSource):
+                # a save continues what an earlier run of it wrote of this blob: the sink
+                # re-reads and hashes those bytes, the source sends the rest (`Range`)
+                def open_rest(
+                    hasher: Hasher,
+                ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+                    if hasher.size:
+                        return source.open_blob_at(task.source_repository, blob, hasher)
+                    return source.open_blob(task.source_repository, blob)
+
+                _, kept = await dest.put_blob_resuming(
+                    task.dest_repository, blob, self._counting(task, blob, read, open_rest)
+                )
+                if kept:
+                    self.stats.bytes_resumed += kept
+            else:
+                rest = self._counting(
+                    task, blob, read, lambda _: source.open_blob(task.source_repository, blob)
+                )
+                async with rest(Hasher(blob.digest, blob.size)) as chunks:
+                    await dest.put_blob(task.dest_repository, blob, chunks)
+        finally:
+            self.observer.blob_finished(blob)
+        self.observer.blob_landed(blob)
+        self.stats.blobs_uploaded += 1
+        self.stats.bytes_uploaded += blob.size
+        self._wrote(task)
+        if id(task) in self._task_bytes:
+            self._task_bytes[id(task)] += blob.size
+
+    def _counting(
+        self,
+        task: CopyTask,
+        blob: Descriptor,
+        read: list[int],
+        opener: Callable[[Hasher], AbstractAsyncContextManager[AsyncIterator[bytes]]],
+    ) -> RestOpener:
+        """`opener`'s stream paced by `--limit-rate`, its bytes counted in `read` and shown
+        as progress; bytes a resumed download had to skip are counted as downloaded again."""
+        limit = self.options.rate_limit
+
+        @asynccontextmanager
+        async def opened(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+            if hasher.size:  # kept from an earlier run: shown done now, never in the rate
+                self.observer.blob_kept(blob, hasher.size)
+            async with opener(hasher) as chunks:
 
                 async def counted() -> AsyncIterator[bytes]:
                     async for chunk in chunks:
@@ -872,17 +933,11 @@ class CopyEngine:
                         yield chunk
 
                 try:
-                    await task.dest.put_blob(task.dest_repository, blob, counted())
+                    yield counted()
                 finally:  # a resumed download that had to skip bytes says how many
                     self._refetched(task, int(getattr(chunks, "refetched", 0)))
-        finally:
-            self.observer.blob_finished(blob)
-        self.observer.blob_landed(blob)
-        self.stats.blobs_uploaded += 1
-        self.stats.bytes_uploaded += blob.size
-        self._wrote(task)
-        if id(task) in self._task_bytes:
-            self._task_bytes[id(task)] += blob.size
+
+        return opened
 
 
 def _common_prefix(names: Iterable[str]) -> str:

@@ -37,19 +37,22 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def eta_seconds(done: int, total: int | None, elapsed: float) -> float | None:
-    """Seconds left at the average rate so far; None while there is nothing to go on."""
-    if total is None or done <= 0 or elapsed <= 0:
+def eta_seconds(done: int, total: int | None, elapsed: float, kept: int = 0) -> float | None:
+    """Seconds left at the average rate so far; None while there is nothing to go on.
+    `kept` of `done` were not transferred this run (a resumed save's): not in the rate."""
+    moved = done - kept
+    if total is None or moved <= 0 or elapsed <= 0:
         return None
-    return max(total - done, 0) / (done / elapsed)
+    return max(total - done, 0) / (moved / elapsed)
 
 
-def bytes_detail(done: int, total: int | None, elapsed: float) -> str:
-    """`90.0 MB / 117.0 MB  12.0 MB/s  ETA 0:02`: done out of the total, rate, time left."""
-    rate = done / max(elapsed, 1e-6)
+def bytes_detail(done: int, total: int | None, elapsed: float, kept: int = 0) -> str:
+    """`90.0 MB / 117.0 MB  12.0 MB/s  ETA 0:02`: done out of the total, rate, time left
+    (the rate of the bytes transferred: `kept` bytes of `done` are not)."""
+    rate = max(done - kept, 0) / max(elapsed, 1e-6)
     text = human_bytes(done) if total is None else f"{human_bytes(done)} / {human_bytes(total)}"
     text += f"  {human_bytes(rate)}/s"
-    eta = eta_seconds(done, total, elapsed)
+    eta = eta_seconds(done, total, elapsed, kept)
     if eta is not None:
         text += f"  ETA {format_duration(eta)}"
     return text
@@ -72,11 +75,18 @@ class ByteBudget:
         scale = estimate / naive if naive else 0.0
         self.known = bool(sizes)
         self.done = 0  # bytes read from sources into destinations, retries included
+        #: of `done`, bytes a stopped earlier save had written and this run kept
+        self.kept = 0
         self._shares = {key: size * scale for key, size in sizes.items()}
         self._total = float(estimate)
 
     def sent(self, nbytes: int) -> None:
         self.done += nbytes
+
+    def resumed(self, nbytes: int) -> None:
+        """Bytes of a blob kept from an earlier run: done, but not transferred now."""
+        self.done += nbytes
+        self.kept += nbytes
 
     def finished(self, result: TaskResult) -> None:
         self._total += result.bytes_sent - self._shares.pop(id(result.task), 0.0)
@@ -137,6 +147,10 @@ class RichObserver:
         self.budget.sent(nbytes)
         self._describe()
 
+    def blob_kept(self, descriptor: Descriptor, nbytes: int) -> None:
+        self.budget.resumed(nbytes)
+        self._describe()
+
     def blob_finished(self, descriptor: Descriptor) -> None:
         self.active -= 1
         self._describe()
@@ -146,7 +160,7 @@ class RichObserver:
 
     def _describe(self) -> None:
         elapsed = time.monotonic() - self.start
-        detail = bytes_detail(self.budget.done, self.budget.total, elapsed)
+        detail = bytes_detail(self.budget.done, self.budget.total, elapsed, self.budget.kept)
         detail += f"  {self.active} active"
         self.progress.update(
             self._bytes, completed=self.budget.done, total=self.budget.total, detail=detail
@@ -204,8 +218,13 @@ class LogObserver:
         now = time.monotonic()
         if now - self._last >= self.interval:
             self._last = now
-            detail = bytes_detail(self.budget.done, self.budget.total, now - self.start)
+            detail = bytes_detail(
+                self.budget.done, self.budget.total, now - self.start, self.budget.kept
+            )
             self._emit(f"progress: {self.done}/{self.total} images, {detail}")
+
+    def blob_kept(self, descriptor: Descriptor, nbytes: int) -> None:
+        self.budget.resumed(nbytes)
 
     def blob_finished(self, descriptor: Descriptor) -> None:
         pass
@@ -235,8 +254,11 @@ def summary_table(results: Sequence[TaskResult], stats: Stats, seconds: float) -
     )
     table.add_row("bytes sent", human_bytes(stats.bytes_uploaded))
     table.add_row("time", f"{seconds:.1f} s")
-    table.add_row("effective rate", f"{human_bytes(stats.bytes_uploaded / max(seconds, 1e-6))}/s")
+    moved = stats.bytes_uploaded - stats.bytes_resumed  # kept bytes were not transferred now
+    table.add_row("effective rate", f"{human_bytes(moved / max(seconds, 1e-6))}/s")
     table.add_row("bytes downloaded again", human_bytes(stats.bytes_refetched))
+    if stats.bytes_resumed:
+        table.add_row("kept from partly saved blobs", human_bytes(stats.bytes_resumed))
     if stats.retries:
         table.add_row("retries", str(stats.retries))
     return table

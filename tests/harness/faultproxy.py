@@ -225,6 +225,7 @@ class ProxyRecord:
     bytes_in: int = 0  # request body bytes read from the client
     bytes_out: int = 0  # response body bytes written to the client
     error: str | None = None  # upstream or client connection trouble (not injected)
+    range: str | None = None  # the request's `Range` header, as the client sent it
 
     @property
     def path(self) -> str:
@@ -535,6 +536,7 @@ class FaultProxy:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         target = request.raw_path
         rec = self._record(request.method, target)
+        rec.range = request.headers.get("Range")
         has_body = _request_has_body(request)
         picked = self._pick(request.method, target, has_body)
         try:

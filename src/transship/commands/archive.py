@@ -243,6 +243,7 @@ def save(
             return done
         job = await SaveJob.open(plan, info, target, sources.get)
         account = None if cut is None else ShardAccount(cut, sources.get, parallel, plan)
+        succeeded = False
         try:
             if job.sealed:  # killed while renaming: finish that, as a save that ended so
                 job.check_sealed()
@@ -251,10 +252,11 @@ def save(
                 results = await run_engine(
                     job.tasks, record, None, quiet, parallel, plan.unique_bytes, limit_rate, account
                 )
+            results += job.held_back(held_back, sources.get)  # failed: the exit code says so
+            succeeded = not any(r.status == "failed" for r in results)
         finally:
-            await job.close()
-        results += job.held_back(held_back, sources.get)  # failed: the exit code says so
-        if any(r.status == "failed" for r in results):
+            await job.close(finished=succeeded)
+        if not succeeded:
             return results
         written = await job.finish()
         if written.volumes and not quiet:

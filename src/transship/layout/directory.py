@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -22,8 +23,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from transship.digest import Digest, Hasher
-from transship.errors import IntegrityError, LayoutError, io_error
+from transship.digest import Digest, Hasher, RestOpener
+from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
 from transship.fsutil import fsync_dir, share_like_a_new_file, write_atomic
 from transship.layout.index import (
     EXTRA_DIR,
@@ -42,11 +43,12 @@ from transship.layout.pacing import FlushPacer
 from transship.layout.reader import BlobFile, Extent
 from transship.layout.writer import LayoutWriter
 from transship.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
-from transship.streams import in_batches, read_bounded
+from transship.streams import CHUNK, in_batches, read_bounded
 
 log = logging.getLogger("transship.layout")
 
 TMP_DIR = ".transship-tmp"
+PARTIAL_SUFFIX = ".partial"
 
 
 def empty_but_for_a_save(path: Path) -> bool:
@@ -94,6 +96,7 @@ class OCILayout(LayoutWriter):
         self._flush_lock = asyncio.Lock()
         self._pacer = FlushPacer(self.flush, flush_interval)
         self._closed = False
+        self._partials_busy: set[Digest] = set()  # digests a transfer now writes a partial of
         try:
             self._index = self._open()
         except OSError as exc:
@@ -151,11 +154,15 @@ class OCILayout(LayoutWriter):
             self._lock_fd = None
 
     def _clean_tmp(self) -> None:
-        """Temp files of a killed run: safe to delete, we hold the writer lock."""
+        """Temp files of a killed run: safe to delete, we hold the writer lock. A blob's
+        partial file (named by its digest) stays, for the transfer of that blob to continue
+        (`put_blob_resuming`); a finished save drops the rest (`drop_partials`, before `close`)."""
         tmp = self.path / TMP_DIR
         if tmp.is_dir():
             for leftover in tmp.iterdir():
-                leftover.unlink(missing_ok=True)
+                # a symlink named like a partial file is never written through: it goes too
+                if _partial_digest(leftover.name) is None or not _plain_file(leftover):
+                    leftover.unlink(missing_ok=True)
 
     # -- storage primitives -----------------------------------------------------------------
 
@@ -256,6 +263,96 @@ class OCILayout(LayoutWriter):
             raise
         return hasher.size
 
+    async def put_blob_resuming(
+        self, repository: str, descriptor: Descriptor, open_rest: RestOpener
+    ) -> tuple[int, int]:
+        """As `put_blob`, into `.transship-tmp/<alg>-<hex>.partial`, which stays when the
+        transfer is stopped (killed, interrupted, its source gone): the next transfer of the
+        digest re-reads and hashes what it holds and has `open_rest` send only the rest. The
+        kept bytes are never trusted: the whole blob is verified before it is renamed into
+        place, and a partial file that fails is removed (the engine's retry starts at 0).
+        One transfer per digest writes it; another one at the same time uses a temp file."""
+        self._check_writable()
+        digest = descriptor.digest
+        if digest in self._partials_busy:
+            hasher = Hasher(digest, descriptor.size)
+            async with open_rest(hasher) as chunks:
+                return await self.put_blob(repository, descriptor, chunks), 0
+        self._partials_busy.add(digest)
+        try:
+            return await self._put_resuming(descriptor, open_rest)
+        finally:
+            self._partials_busy.discard(digest)
+
+    async def _put_resuming(self, descriptor: Descriptor, open_rest: RestOpener) -> tuple[int, int]:
+        digest = descriptor.digest
+        where = f"writing blob {digest.short} to {self.label}"
+        tmp = self.path / TMP_DIR / f"{digest.algorithm}-{digest.hex}{PARTIAL_SUFFIX}"
+        # shielded: a Ctrl-C while the thread opens the file closes what it opened
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open_partial, tmp, descriptor))
+        try:
+            handle, hasher = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)
+            raise
+        except OSError as exc:
+            raise io_error(where, exc) from None
+        kept = hasher.size
+        if kept:
+            log.info("%s: continuing %s after the %d bytes kept", self.label, digest.short, kept)
+        try:
+            async with (
+                open_rest(hasher.copy()) as chunks,
+                contextlib.aclosing(in_batches(chunks)) as batches,
+            ):
+                async for pieces in batches:
+                    await asyncio.to_thread(_write_hashed, handle, hasher, pieces)
+            hasher.verify("blob")
+            await asyncio.to_thread(self._publish, handle, tmp, self._blob_path(digest))
+        except BaseException as exc:
+            handle.close()
+            if isinstance(exc, IntegrityError) or not hasher.size:  # wrong, or nothing kept
+                tmp.unlink(missing_ok=True)
+            if isinstance(exc, IntegrityError):  # what it held is wrong: start over next time
+                raise IntegrityError(f"{self.label}: {exc.message}") from None
+            if isinstance(exc, OSError):
+                raise io_error(where, exc) from None
+            raise
+        return hasher.size, kept
+
+    @staticmethod
+    def _open_partial(tmp: Path, descriptor: Descriptor) -> tuple[BinaryIO, Hasher]:
+        """The partial file of a blob, its bytes re-read and hashed, positioned after them:
+        at most all but the last byte is kept (so the rest is never empty), and nothing of
+        one longer than the blob."""
+        tmp.parent.mkdir(exist_ok=True)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(tmp))
+        except BaseException:
+            os.close(fd)
+            raise
+        handle = os.fdopen(fd, "r+b")
+        try:
+            share_like_a_new_file(fd)
+            hasher = Hasher(descriptor.digest, descriptor.size)
+            size = os.fstat(fd).st_size
+            keep = min(size, descriptor.size - 1) if size <= descriptor.size else 0
+            left = keep
+            while left > 0:
+                data = handle.read(min(CHUNK, left))
+                if not data:
+                    break
+                hasher.update(data)
+                left -= len(data)
+            handle.truncate(hasher.size)
+            handle.seek(hasher.size)
+        except BaseException:
+            handle.close()
+            raise
+        return handle, hasher
+
     def _store_manifest(self, manifest: Manifest) -> None:
         final = self._blob_path(manifest.digest)
         if self._blob_size(manifest.digest) == len(manifest.raw):
@@ -306,6 +403,17 @@ class OCILayout(LayoutWriter):
         if data is not None:
             write_atomic(self.path / INDEX_FILE, data)  # fsyncs the layout directory too
 
+    def drop_partials(self) -> None:
+        """A save that finished needs no partly written blob any more (one of an image an
+        earlier run's plan listed and this one does not): the temp directory's files go.
+        Only while this writer holds the lock (before `close`): a save that takes the lock
+        next may have partial files of its own there."""
+        self._check_writable()
+        tmp = self.path / TMP_DIR
+        if tmp.is_dir():
+            for leftover in tmp.iterdir():
+                leftover.unlink(missing_ok=True)
+
     async def close(self) -> None:
         """Write the pending index, drop the temp directory if empty, release the lock."""
         if self._closed:
@@ -319,6 +427,31 @@ class OCILayout(LayoutWriter):
         finally:
             self._closed = True
             self._unlock()
+
+
+def _close_opened(opening: asyncio.Future[tuple[BinaryIO, Hasher]]) -> None:
+    """The partial file a cancelled transfer's thread opened after all: closed."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[0].close()
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file itself, not a symlink to one."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _partial_digest(name: str) -> Digest | None:
+    """The digest a partial file `<alg>-<hex>.partial` is of, or None for any other name."""
+    if not name.endswith(PARTIAL_SUFFIX):
+        return None
+    algorithm, _, hex_ = name.removesuffix(PARTIAL_SUFFIX).partition("-")
+    try:
+        return Digest.parse(f"{algorithm}:{hex_}")
+    except TransshipError:
+        return None
 
 
 def _write_hashed(handle: BinaryIO, hasher: Hasher, pieces: list[bytes]) -> None:

@@ -2,8 +2,9 @@
 
 Rewriting (with fsyncs) after every landed blob would cost more than the blobs; never
 rewriting would lose a killed run's progress. So a change is written at once when the last
-write is `interval` old, else by one deferred write once it is; the first change is always
-written at once, because nothing may depend on how long the machine has been up
+write is `interval` old, else by one deferred write once it is (progress that need not be
+written at once, such as a blob in flight, only ever schedules the deferred write); the first
+change is always written at once, because nothing may depend on how long the machine has been up
 (`time.monotonic()` counts from boot, and CI machines are freshly booted).
 """
 
@@ -28,27 +29,47 @@ class FlushPacer:
         self.interval = interval
         self._last: float | None = None  # monotonic time of the last write; None: never
         self._deferred: asyncio.Task[None] | None = None
+        self._again = False  # changed while the deferred write was running
 
     async def changed(self) -> None:
         """Something changed: write now if the last write is old enough, else defer it."""
-        now = time.monotonic()
-        due = now if self._last is None else self._last + self.interval
-        if now >= due:
+        if self._due() <= 0:
             await self._flush()
-        elif self._deferred is None:
-            self._deferred = asyncio.create_task(self._later(due - now))
+        else:
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Something changed that need not be written at once (a blob in flight): the
+        deferred write, when due, covers it; never writes inline (the caller goes on)."""
+        if self._deferred is not None:
+            self._again = True  # changed while the deferred write runs: one more after it
+            return
+        self._deferred = asyncio.create_task(self._later())
 
     def flushed(self) -> None:
         """The owner wrote its state (called by its `flush`)."""
         self._last = time.monotonic()
 
-    async def _later(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._deferred = None
+    def _due(self) -> float:
+        """Seconds until a write is due (0 or less: now)."""
+        if self._last is None:
+            return 0.0
+        return self._last + self.interval - time.monotonic()
+
+    async def _later(self) -> None:
         try:
-            await self._flush()
-        except TransshipError as exc:  # the owner's close() flushes again and raises
-            log.warning("%s", exc)
+            while True:
+                await asyncio.sleep(max(0.0, self._due()))
+                self._again = False
+                try:
+                    await self._flush()
+                except TransshipError as exc:  # the owner's close() flushes again and raises
+                    log.warning("%s", exc)
+                if not self._again:
+                    return
+        finally:
+            if self._deferred is asyncio.current_task():
+                self._deferred = None
 
     async def cancel(self) -> None:
         """Drop a deferred write (the owner is closing and writes for itself)."""

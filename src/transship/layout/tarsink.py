@@ -4,16 +4,20 @@ Packing a finished layout directory needs the archive's space twice; this endpoi
 once. Each blob's size is known from its descriptor, so its member (header + padded data) gets
 a region of the tar before the first byte arrives: concurrent transfers stream into disjoint
 regions with `pwrite`, hashed on the way. The header is written only after the digest checked
-out; a failed transfer leaves its region free for the retry (same size), or for any blob whose
+out; a transfer stopped without a digest failure keeps its region, and the bytes it wrote, for
+the next transfer of its digest (`_held`), which re-reads them and fetches only the rest; one
+whose digest failed leaves its region free for the retry (same size), or for any blob whose
 member has exactly that length.
 
 What has landed is recorded in a journal beside the tar (`FILE.tar.partial.journal`, rewritten
 atomically at most every `flush_interval` seconds, after an fsync of the data it lists): the
 members with their offsets, the free and in-flight regions one by one, the tar's reserved end,
 and the index entries. A killed save reruns from it: the tar is cut back to the journal's end,
-regions nobody finished are free again (each blob in flight finds its own region on the rerun),
-and every landed blob is present without being fetched. `seal` writes the trailing members
-(`oci-layout`, `index.json`, `transship/*`), fills any region left free with a harmless
+a blob the journal lists as partly written (`partials`) keeps its region and its synced bytes
+for its digest, other regions nobody finished are free again, and every landed blob is present
+without being fetched. `seal` writes the trailing members
+(`oci-layout`, `index.json`, `transship/*`), frees the region of any kept partial blob this
+run did not need (cut off at the end), fills any region left free with a harmless
 `transship/unused/<offset>` member, ends the tar, records in the journal that it is sealed
 (size, and the `.parts` document of volumes), then renames it (each volume) into place and drops
 the journal: a run stopped in between is finished by its rerun without fetching anything.
@@ -37,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transship.digest import Digest, Hasher
+from transship.digest import Digest, Hasher, RestOpener
 from transship.errors import IntegrityError, LayoutError, TransshipError, io_error
 from transship.fsutil import fsync_dir, make_parent, write_atomic
 from transship.layout.archive import TarMember, member_info
@@ -241,6 +245,11 @@ class TarSink(LayoutWriter):
         self._reserved: dict[int, int] = {}  # offset → length of regions being written
         #: digests being written now: a second writer of one waits for it (one member each)
         self._landing: dict[Digest, asyncio.Event] = {}
+        #: digest → [region offset, data offset, bytes written, region length] being written
+        self._inflight: dict[Digest, list[int]] = {}
+        #: digest → (region offset, region length, data offset, bytes kept): a transfer that
+        #: was stopped (this run or a killed one), its region kept for the digest to continue
+        self._held: dict[Digest, tuple[int, int, int, int]] = {}
         self._end = 0
         self._extras: dict[str, bytes] = {}
         self._tool_id: dict[str, object] | None = None
@@ -346,6 +355,10 @@ class TarSink(LayoutWriter):
             ]
             doc["end"] = int(doc["end"])
             doc["regions"] = sorted((int(o), int(n)) for o, n in doc.get("regions", []))
+            doc["partials"] = [
+                (_journal_digest(d), int(o), int(data), int(w), int(n))
+                for d, o, data, w, n in doc.get("partials", [])
+            ]
             doc["index"] = LayoutIndex.parse(json.dumps(doc["index"]).encode(), str(where))
             if "sealed" in doc:
                 doc["sealed"] = _check_sealed(doc["sealed"], doc["part_size"])
@@ -429,7 +442,21 @@ class TarSink(LayoutWriter):
                 self._free += _split_gap(taken, member.offset, regions)
             taken = member.end
             self._land(member)
-        self._end = taken  # a free run at the end is simply cut off
+        if end > taken:
+            self._free += _split_gap(taken, end, regions)
+        for digest, offset, data, kept, length in doc["partials"]:
+            region = (offset, length)
+            if (
+                region in self._free
+                and kept > 0
+                and offset < data
+                and data + kept <= min(offset + length, on_disk)
+            ):
+                self._free.remove(region)
+                self._held[digest] = (offset, length, data, kept)
+        # the tar ends after its last member or kept partial blob: a free run after is cut off
+        self._end = max([taken, *(o + n for o, n, _, _ in self._held.values())])
+        self._free = [r for r in self._free if r[0] + r[1] <= self._end]
         self._index = index
         self._store.truncate(self._end)
         log.info("%s: resuming, %d blobs already in the tar", self.label, len(self._blobs))
@@ -444,9 +471,10 @@ class TarSink(LayoutWriter):
                 self._blobs[Digest.parse(f"{parts[1]}:{parts[2]}")] = member
 
     def _reserve(self, length: int) -> int:
-        """A region of `length` bytes: a free one of exactly that length (what a retried or
-        resumed transfer of the same blob left), else at the end. Free regions are not split:
-        a small blob arriving first would take the space its own blob needs again."""
+        """A region of `length` bytes: a free one of exactly that length (what a transfer whose
+        digest failed left, or a region nobody finished before a kill), else at the end. Free
+        regions are not split: a small blob arriving first would take the space its own blob
+        needs again."""
         for i, (offset, free) in enumerate(self._free):
             if free == length:
                 del self._free[i]
@@ -467,6 +495,7 @@ class TarSink(LayoutWriter):
             self._end = self._free.pop()[0]
 
     def _snapshot(self, sealed: dict[str, Any] | None = None) -> bytes:
+        held = self._held.values() if sealed is None else ()
         doc: dict[str, Any] = {
             "format": JOURNAL_FORMAT if sealed is None else SEALED_FORMAT,
             "archive": self.output.name,
@@ -474,8 +503,16 @@ class TarSink(LayoutWriter):
             "tool": self._tool_id,
             "end": self._end,
             "members": [m.to_json() for m in self._members.values()],
-            #: free and in-flight regions, so a rerun's blobs find theirs again one by one
-            "regions": sorted([*self._free, *self._reserved.items()]),
+            #: free, in-flight and held regions, so a rerun's blobs find theirs again
+            "regions": sorted(
+                [*self._free, *self._reserved.items(), *((o, n) for o, n, _, _ in held)]
+            ),
+            #: [digest, region, data, bytes written, region length] of every blob partly
+            #: written (only bytes written before this snapshot: `flush` syncs them first)
+            "partials": sorted(
+                [[str(d), o, data, w, n] for d, (o, n, data, w) in self._held.items()]
+                + [[str(d), o, data, w, n] for d, (o, data, w, n) in self._inflight.items() if w]
+            ),
             "index": json.loads(self._index.serialize()),
         }
         if sealed is not None:
@@ -526,15 +563,35 @@ class TarSink(LayoutWriter):
         One writer per digest: the engine sends a digest once per repository, and a tar holds
         it once, so a second transfer waits for the first and is only streamed if that failed.
         """
+
+        @contextlib.asynccontextmanager
+        async def given(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+            yield chunks
+
+        stored, _ = await self._one_writer(descriptor, given, resume=False)
+        return stored
+
+    async def put_blob_resuming(
+        self, repository: str, descriptor: Descriptor, open_rest: RestOpener
+    ) -> tuple[int, int]:
+        """As `put_blob`; the bytes an earlier transfer of the digest wrote into its region
+        and the journal lists as synced (`partials`) are re-read and hashed, and only the rest
+        is asked of `open_rest`. Never trusted: a whole blob that fails its digest frees the
+        region, and the engine's retry starts at byte 0. Returns (stored, kept)."""
+        return await self._one_writer(descriptor, open_rest, resume=True)
+
+    async def _one_writer(
+        self, descriptor: Descriptor, open_rest: RestOpener, *, resume: bool
+    ) -> tuple[int, int]:
         self._check_writable(content=True)
         digest = descriptor.digest
         while (landing := self._landing.get(digest)) is not None:
             await landing.wait()
         if digest in self._blobs:
-            return descriptor.size  # landed meanwhile
+            return descriptor.size, 0  # landed meanwhile
         self._landing[digest] = landing = asyncio.Event()
         try:
-            return await self._put_blob(descriptor, chunks)
+            return await self._put_blob(descriptor, open_rest, resume)
         finally:
             del self._landing[digest]
             landing.set()
@@ -547,17 +604,48 @@ class TarSink(LayoutWriter):
             await landing.wait()
         return await super().mount_blob(repository, digest, from_repository)
 
-    async def _put_blob(self, descriptor: Descriptor, chunks: AsyncIterator[bytes]) -> int:
+    async def _put_blob(
+        self, descriptor: Descriptor, open_rest: RestOpener, resume: bool
+    ) -> tuple[int, int]:
+        """Into the blob's region: the one its stopped transfer left (`resume`: its bytes
+        kept, re-read and hashed), else a new one; `open_rest` gives the bytes after those."""
         digest = descriptor.digest
         name = f"blobs/{digest.algorithm}/{digest.hex}"
         where = f"writing blob {digest.short} to {self.label}"
         await self._ensure_dir(f"blobs/{digest.algorithm}")
         header = member_header(name, descriptor.size)
         length = len(header) + padded(descriptor.size)
-        offset = self._reserve(length)
-        data = offset + len(header)
         hasher = Hasher(digest, descriptor.size)
-        written = 0
+        held = self._held.pop(digest, None)
+        if resume and held is not None and held[1:3] == (length, held[0] + len(header)):
+            offset, data = held[0], held[2]
+            self._reserved[offset] = length
+            keep = min(held[3], descriptor.size - 1)
+            # in flight while re-read, its kept bytes counted as written: a journal written
+            # meanwhile still lists them, and a stop here keeps them for the next transfer
+            self._inflight[digest] = [offset, data, keep, length]
+            try:
+                await asyncio.to_thread(self._hash_kept, hasher, data, keep)
+            except BaseException as exc:
+                del self._inflight[digest]
+                if isinstance(exc, IntegrityError):
+                    self._release(offset, length)
+                else:
+                    self._reserved.pop(offset, None)
+                    self._held[digest] = held
+                if isinstance(exc, OSError):
+                    raise io_error(where, exc) from None
+                raise
+        else:
+            if held is not None:  # a whole stream, or a journal entry that does not fit
+                self._release(held[0], held[1])
+            offset = self._reserve(length)
+            data = offset + len(header)
+        kept = written = hasher.size
+        if kept:
+            log.info("%s: continuing %s after the %d bytes kept", self.label, digest.short, kept)
+        #: for the journal: what of this region is written (synced by the next flush)
+        self._inflight[digest] = [offset, data, written, length]
         writing: asyncio.Future[None] | None = None
 
         async def in_thread(*args: Any) -> None:
@@ -566,11 +654,21 @@ class TarSink(LayoutWriter):
             writing = asyncio.ensure_future(asyncio.to_thread(*args))
             await asyncio.shield(writing)
 
+        def wrote(size: int) -> None:
+            nonlocal written
+            written += size
+            self._inflight[digest][2] = written
+            self._changes += 1  # the journal keeps up (every `flush_interval`), deferred:
+            self._pacer.schedule()  # an inline flush would stall this stream on an fsync
+
         try:
-            async with contextlib.aclosing(in_batches(chunks)) as batches:
+            async with (
+                open_rest(hasher.copy()) as chunks,
+                contextlib.aclosing(in_batches(chunks)) as batches,
+            ):
                 async for pieces in batches:
                     await in_thread(self._write_hashed, hasher, pieces, data + written)
-                    written += sum(len(piece) for piece in pieces)
+                    wrote(sum(len(piece) for piece in pieces))
             hasher.verify("blob")
             tail = bytes(length - len(header) - descriptor.size)
             await in_thread(self._seal_member, header, offset, tail, data + written)
@@ -582,17 +680,34 @@ class TarSink(LayoutWriter):
                     if not writing.cancelled():
                         writing.exception()  # retrieved: its error (if any) is `exc` already
             finally:
-                self._release(offset, length)
+                del self._inflight[digest]
+                if written and not isinstance(exc, IntegrityError):
+                    # stopped, not wrong: the next transfer of the digest continues it
+                    self._reserved.pop(offset, None)
+                    self._held[digest] = (offset, length, data, written)
+                    self._changes += 1
+                    self._pacer.schedule()  # the journal says so within `flush_interval`
+                else:
+                    self._release(offset, length)
             if isinstance(exc, IntegrityError):
                 raise IntegrityError(f"{self.label}: {exc.message}") from None
             if isinstance(exc, OSError):
                 raise io_error(where, exc) from None
             raise
+        del self._inflight[digest]
         self._reserved.pop(offset, None)
         self._land(Member(name, offset, data, descriptor.size))
         self._changes += 1
         await self._pacer.changed()
-        return hasher.size
+        return hasher.size, kept
+
+    def _hash_kept(self, hasher: Hasher, data: int, keep: int) -> None:
+        """Re-read and hash the first `keep` bytes of a region (fewer if the tar is short)."""
+        while hasher.size < keep:
+            piece = self._store.pread(min(CHUNK, keep - hasher.size), data + hasher.size)
+            if not piece:
+                return
+            hasher.update(piece)
 
     def _write_hashed(self, hasher: Hasher, pieces: list[bytes], offset: int) -> None:
         """Hash and write off the event loop; an oversize stream raises before it is written."""
@@ -620,8 +735,10 @@ class TarSink(LayoutWriter):
 
     async def flush(self) -> None:
         """fsync the data of every landed member, then rewrite the journal that lists them."""
+        wanted = self._changes
         async with self._flush_lock:
-            if self._saved == self._changes or self._sealed is not None:
+            # a flush that ran while this one waited for the lock may already cover `wanted`
+            if self._saved >= wanted or self._sealed is not None:
                 return
             generation = self._changes
             snapshot = self._snapshot()  # taken before the sync: lists only synced members
@@ -676,6 +793,11 @@ class TarSink(LayoutWriter):
         return {LAYOUT_FILE: LAYOUT_BYTES, INDEX_FILE: self._index.serialize()}
 
     def _seal(self, extras: dict[str, bytes]) -> tuple[Path, ...]:
+        # a kept partial blob this run did not need is free space: cut off at the end,
+        # else filled like any other free region
+        for offset, length, _, _ in list(self._held.values()):
+            self._release(offset, length)
+        self._held = {}
         for offset, length in self._gaps():
             self._fill(offset, length)
         self._free = []
@@ -881,6 +1003,14 @@ def _split_gap(start: int, stop: int, regions: list[tuple[int, int]]) -> list[tu
     if pos < stop:
         out.append((pos, stop - pos))
     return out
+
+
+def _journal_digest(text: Any) -> Digest:
+    """A digest the journal lists; a malformed one makes the journal damaged (ValueError)."""
+    try:
+        return Digest.parse(str(text))
+    except TransshipError:
+        raise ValueError(f"bad digest {str(text)[:80]!r} in partials") from None
 
 
 def _check_sealed(sealed: Any, part_size: Any) -> dict[str, Any]:

@@ -49,6 +49,7 @@ def run_report(
             "manifestsPresent": stats.manifests_present,
             "bytesSent": stats.bytes_uploaded,
             "bytesRefetched": stats.bytes_refetched,
+            "bytesResumed": stats.bytes_resumed,
             "retries": stats.retries,
         },
         **(extra or {}),

@@ -293,12 +293,19 @@ class SaveJob:
                         f"again unchanged, or remove {partial}* and its journal to start over"
                     )
 
-    async def close(self) -> None:
-        await self.layout.close()
-        await close_chain(self.base)
+    async def close(self, *, finished: bool = False) -> None:
+        """Release the layout; `finished` (the run had no failures, `finish` comes next): a
+        layout directory first drops its partial blobs, while its lock is still held."""
+        try:
+            if finished and isinstance(self.layout, OCILayout):
+                self.layout.drop_partials()
+        finally:
+            await self.layout.close()
+            await close_chain(self.base)
 
     async def finish(self) -> Written:
-        """After a run without failures (and `close`): checksums, then seal a tar."""
+        """After a run without failures (and `close(finished=True)`): checksums, then seal a
+        tar."""
         if isinstance(self.layout, TarSink):
             sink = self.layout
             sums = "" if sink.sealed else sink_checksums(sink, self.target.tool)

@@ -87,6 +87,9 @@ class _Tee:
     def blob_progress(self, descriptor: Descriptor, nbytes: int) -> None:
         self.inner.blob_progress(descriptor, nbytes)
 
+    def blob_kept(self, descriptor: Descriptor, nbytes: int) -> None:
+        self.inner.blob_kept(descriptor, nbytes)
+
     def blob_finished(self, descriptor: Descriptor) -> None:
         self.inner.blob_finished(descriptor)
 

@@ -314,6 +314,16 @@ class Registry:
         async with download:
             yield download
 
+    @asynccontextmanager
+    async def open_blob_at(
+        self, repository: str, descriptor: Descriptor, hasher: Hasher
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The blob from byte `hasher.size` (`Range`), the bytes before it already hashed:
+        a save continuing a blob an earlier run partly wrote (`endpoint.RangeSource`)."""
+        download = BlobDownload(self, repository, descriptor, hasher)
+        async with download:
+            yield download
+
     async def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
         """Cross-repository mount; a refusal leaves an upload session for `put_blob` to use.
 
@@ -664,28 +674,39 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECA
 class BlobDownload:
     """One blob GET that survives cuts: hashed as it streams, resumed from the bytes already
     hashed with `Range: bytes=N-` (as go-containerregistry and regclient do), under the
-    transport's retry policy. A server that ignores `Range` (200, not 206) is read from byte 0
-    again and its first N bytes skipped, so every byte is hashed exactly once in order.
+    transport's retry policy. A server that ignores `Range` (200, not 206), or answers it with
+    416 or a Content-Range not starting at N, is read from byte 0 again (without `Range`) and
+    its first N bytes skipped, so every byte is hashed exactly once in order.
 
     `refetched` counts bytes received more than once (the skipped ones), for the summary.
     A digest mismatch found at the end raises IntegrityError: the bytes were already passed
     on, so only the consumer (the engine) can start over.
     """
 
-    def __init__(self, registry: Registry, repository: str, descriptor: Descriptor) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        repository: str,
+        descriptor: Descriptor,
+        hasher: Hasher | None = None,
+    ) -> None:
         self.registry = registry
         self.repository = repository
         self.descriptor = descriptor
         self.where = f"blob {registry.host}/{repository}@{descriptor.digest.short}"
         self.refetched = 0
-        self._hasher = Hasher(descriptor.digest, descriptor.size)
+        #: given: the bytes before `hasher.size` came from elsewhere (a partly saved blob)
+        self._hasher = hasher if hasher is not None else Hasher(descriptor.digest, descriptor.size)
         self._stack = AsyncExitStack()
         self._resp: aiohttp.ClientResponse | None = None
         self._skip = 0  # bytes of the current answer already hashed (a 200 to a Range GET)
+        #: the source answered a `Range` GET with 416 or a wrong Content-Range: no more asked
+        self._no_range = False
         self._stream: AsyncIterator[bytes] | None = None
 
     async def __aenter__(self) -> BlobDownload:
-        await self._open(0)  # errors of the first answer (404, 401, ...) surface here
+        # errors of the first answer (404, 401, ...) surface here
+        await self._open(self._hasher.size)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -694,7 +715,8 @@ class BlobDownload:
     async def _open(self, offset: int) -> None:
         await self._stack.aclose()
         self._stack = AsyncExitStack()
-        headers = {"Range": f"bytes={offset}-"} if offset else None
+        ranged = offset > 0 and not self._no_range
+        headers = {"Range": f"bytes={offset}-"} if ranged else None
         resp = await self._stack.enter_async_context(
             self.registry.transport.request(
                 "GET",
@@ -706,13 +728,21 @@ class BlobDownload:
         )
         size = self.descriptor.size
         length = resp.content_length
-        if offset and resp.status == 206:
+        if ranged and resp.status in (206, 416):
             span = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-            if span is None or int(span.group(1)) != offset:
-                raise RetryableError(
-                    f"{self.where}: resumed at byte {offset}, the registry answered "
-                    f"Content-Range {resp.headers.get('Content-Range')!r}"
+            if resp.status == 416 or span is None or int(span.group(1)) != offset:
+                # the source cannot serve this range: the whole blob again, bytes skipped
+                log.info(
+                    "%s: resumed at byte %d, the registry answered %d (Content-Range %r); "
+                    "reading it from byte 0",
+                    self.where,
+                    offset,
+                    resp.status,
+                    resp.headers.get("Content-Range"),
                 )
+                self._no_range = True
+                await self._open(offset)
+                return
             expected = size - offset
             self._skip = 0
         elif resp.status == 200:
