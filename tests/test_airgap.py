@@ -117,6 +117,13 @@ def test_save_tar_read_in_place_and_by_skopeo(
     out = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(tar), "-q")
     assert out.code == 0, out.err
     assert tar.is_file() and not (tmp_path / "tkg.tar.partial").exists()
+    # the dry run counts what the archive then holds, as archive verify counts it: each
+    # manifest once, and not again among the blobs
+    checked = cli("archive", "verify", str(tar))
+    found = re.search(r"(\d+) manifests and (\d+) blobs checked", checked.out)
+    assert checked.code == 0 and found, checked.out
+    manifests, blobs = found.groups()
+    assert f"({blobs} blobs, {manifests} manifests)" in dry.err, dry.err
     # skopeo looks up OCI-typed entries only (a Docker manifest list is not found by name)
     raw = skopeo.run("inspect", "--raw", f"oci-archive:{tar}:gap2/app0:v0").stdout
     assert raw == skopeo(plain_registry, "gap2/app0:v0")

@@ -261,10 +261,10 @@ def save(
         if written.volumes and not quiet:
             console.print(
                 f"wrote {len(written.volumes)} volumes {written.volumes[0].name}… "
-                f"({written.blobs} blobs)"
+                f"({written.blobs} blobs, manifests included)"
             )
         elif written.blobs is not None and not quiet:
-            console.print(f"wrote {written.path} ({written.blobs} blobs)")
+            console.print(f"wrote {written.path} ({written.blobs} blobs, manifests included)")
         return results
 
     return execute(run, src_settings, SideSettings(side="dest"), record)  # no dest registry

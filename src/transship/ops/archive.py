@@ -468,14 +468,14 @@ def source_points(plan: Plan, source_for: EndpointFor) -> list[tuple[Endpoint, s
 async def measure(
     points: Sequence[tuple[Endpoint, str, str]], existing: LayoutReader | None
 ) -> tuple[int, int, int]:
-    """(bytes to write, blobs to write, manifests) for a save, reading manifests only."""
+    """(bytes to write, blobs to write, manifests to write) for a save, reading manifests
+    only: each counted once, as `archive verify` counts them (a manifest is not a blob)."""
     seen: dict[str, int] = {}
-    manifests = 0
+    manifests: set[str] = set()
 
     async def walk(endpoint: Endpoint, repository: str, identifier: str, depth: int) -> None:
-        nonlocal manifests
         manifest = await endpoint.get_manifest(repository, identifier)
-        manifests += 1
+        manifests.add(str(manifest.digest))
         seen[str(manifest.digest)] = manifest.size
         if manifest.is_index and depth < MAX_INDEX_DEPTH:
             for child in manifest.manifests:
@@ -492,7 +492,8 @@ async def measure(
         for digest, size in seen.items()
         if existing is None or not await existing.holds("", Digest.parse(digest), size)
     }
-    return sum(missing.values()), len(missing), manifests
+    new_manifests = len(manifests.intersection(missing))
+    return sum(missing.values()), len(missing) - new_manifests, new_manifests
 
 
 async def with_sizes(
