@@ -290,6 +290,20 @@ def test_split_volumes_load_from_first_part_and_refuse_incomplete_set(
     out = cli("load", str(parts[0]), "--dest", f"{dest.host}/v", "-q")
     assert out.code == 0, out.err
     assert skopeo(dest, "v/gap6/multi:v1") == skopeo(plain_registry, "gap6/multi:v1")
+    # the name the save was given is no file now: every command taking the archive says
+    # which file to give instead (exit 1)
+    named = str(media / "tkg.tar")
+    for args in (
+        ("load", named, "--dest", f"{dest.host}/v"),
+        ("archive", "verify", named),
+        ("serve", named, "--listen", "127.0.0.1:0"),
+        ("verify", "--plan", named, "--dest", f"{dest.host}/v"),
+        ("serve", str(parts[0]), "--base", named, "--listen", "127.0.0.1:0"),
+        ("save", "--images", str(tmp_path / "images.txt"), "--since", named, "-o", "x.tar"),
+    ):
+        out = cli(*args)
+        assert out.code == ExitCode.USAGE, (args, out.err)
+        assert f"give its first volume {parts[0]}" in out.error_line, (args, out.err)
     # a damaged volume is found by verify; a missing one stops load before anything is pushed
     data = bytearray(parts[1].read_bytes())
     data[-1] ^= 1

@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from transship.commands.archivepaths import existing_archives
 from transship.commands.common import (
     LIMIT_RATE,
     REPORT_FILE,
@@ -88,7 +89,8 @@ from transship.tkg.env import tkg_dest_defaults
 @click.option(
     "--since",
     "since_given",
-    type=click.Path(exists=True, path_type=Path),
+    type=click.Path(path_type=Path),
+    callback=existing_archives,
     multiple=True,  # only to refuse a repeat (`_one_since`): an archive records one base
     metavar="OLD_ARCHIVE",
     help="Incremental: write only blobs OLD_ARCHIVE does not hold (load OLD first); when OLD is "

@@ -320,6 +320,11 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
         from transship.ops.archive import carried_plan
 
         return asyncio.run(carried_plan(path, dest_given=dest_given))
+    if str(path) != STDIN and not path.exists():
+        from transship.layout.volumes import split_name_hint
+
+        if hint := split_name_hint(path):
+            raise PlanError(f"--plan {path} does not exist{hint}")
     try:
         text = read_text(path, MAX_PLAN_BYTES)
     except PlanError as exc:

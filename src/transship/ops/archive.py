@@ -33,7 +33,7 @@ from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.index import UNFINISHED
 from transship.layout.reader import LayoutReader
 from transship.layout.tarsink import TarSink
-from transship.layout.volumes import find_parts_file
+from transship.layout.volumes import find_parts_file, split_name_hint
 from transship.manifest import MAX_INDEX_DEPTH
 from transship.ops.tasks import EndpointFor, phases, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
@@ -284,7 +284,7 @@ def open_archive(path: Path) -> OCILayout | OCILayoutTar:
         return OCILayout(path, writable=False)
     if path.is_file():
         return OCILayoutTar(path)
-    raise UsageError(f"archive {path} does not exist")
+    raise UsageError(f"archive {path} does not exist{split_name_hint(path)}")
 
 
 async def carried_plan(path: Path, *, dest_given: bool) -> Plan:
