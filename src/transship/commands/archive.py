@@ -36,7 +36,13 @@ from transship.commands.common import (
     side_settings,
 )
 from transship.commands.harbor import after_push, before_push, project_options, project_settings
-from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars, save_tar_set
+from transship.commands.imgpkgtar import (
+    imgpkg_targets,
+    is_tar_folder,
+    load_imgpkg_tars,
+    save_tar_set,
+    tar_folder_error,
+)
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, Stats, TaskResult
 from transship.errors import UsageError
@@ -363,6 +369,8 @@ def load(
             repair=repair,
         )
     assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
+    if is_tar_folder(archive):  # not "not an OCI layout": say what a folder of tars needs
+        raise tar_folder_error(archive)
     job = LoadJob.open(archive, finished=True, repair=repair)
     warning = job.prefix_warning(dest_prefix)
     if warning and not quiet:

@@ -33,12 +33,26 @@ from transship.fsutil import write_atomic
 from transship.harbor.projects import ProjectSettings
 from transship.imgpkg.fromtar import FROMTAR_YAML, TarLoad, TarTarget
 from transship.imgpkg.totar import FROMTAR_SCRIPT
-from transship.ops.imgpkgtar import TarLoadJob, imgpkg_targets, save_imgpkg_tars, tar_listing
+from transship.ops.imgpkgtar import (
+    TarLoadJob,
+    imgpkg_targets,
+    is_tar_folder,
+    save_imgpkg_tars,
+    tar_folder_error,
+    tar_listing,
+)
 from transship.ops.tasks import EndpointFor
 from transship.plan.model import Plan, PlanEntry
 from transship.progress import human_bytes
 
-__all__ = ["imgpkg_targets", "load_imgpkg_tars", "plan_imgpkg_tars", "save_tar_set"]
+__all__ = [
+    "imgpkg_targets",
+    "is_tar_folder",
+    "load_imgpkg_tars",
+    "plan_imgpkg_tars",
+    "save_tar_set",
+    "tar_folder_error",
+]
 
 
 def summary_line(load: TarLoad) -> str:
@@ -145,11 +159,7 @@ def plan_imgpkg_tars(
     targets = imgpkg_targets(archive, script_file, tars_dir, dest)
     if targets is None:
         if archive is not None and archive.is_dir():
-            raise UsageError(
-                f"{archive}: a directory of imgpkg tars needs publish-images-fromtar.yaml "
-                "(which tar goes to which repository); give one tar with --dest, or the "
-                "from-tar script with --script"
-            )
+            raise tar_folder_error(archive)
         raise UsageError(f"{archive}: not an imgpkg tar nor a download-bundle directory")
     load, doc = tar_listing(targets)
     try:
