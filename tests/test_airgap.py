@@ -358,6 +358,13 @@ def test_incremental_archive_chain(
         skopeo.run("inspect", "--raw", f"oci-archive:{first}:gap7/app0:v0").stdout
     )["layers"][0]["digest"].split(":")[1]
     assert base_blob not in increment  # the shared base layer travelled in a.tar only
+    # archive verify counts the blobs it re-hashed, not those left to the base
+    checked = cli("archive", "verify", str(second))
+    assert checked.code == 0, checked.err
+    found = re.search(r"(\d+) blobs are expected from the base archive a\.tar", checked.out)
+    assert found and int(found.group(1)) > 0, checked.out
+    blobs = len(increment) - int(re.search(r"(\d+) manifests and", checked.out).group(1))
+    assert f"manifests and {blobs} blobs checked, 0 problem(s)" in checked.out, checked.out
     fresh = make_registry("plain")
     alone = cli("load", str(second), "--dest", f"{fresh.host}/i", "-q")
     assert alone.code in (ExitCode.PARTIAL, ExitCode.NOT_FOUND)

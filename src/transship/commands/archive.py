@@ -478,7 +478,10 @@ def archive_verify(archive: Path) -> int:
 
 def print_archive_check(check: ArchiveCheck) -> None:
     if check.from_base:
-        print(f"{check.from_base} blobs are expected from the base archive {check.base}")
+        print(
+            f"{check.from_base} blobs are expected from the base archive {check.base} (not "
+            "checked here: archive verify that one too)"
+        )
     if check.tool_note:
         print(f"{check.label}: {check.tool_note}")
     for problem in check.problems:

@@ -474,6 +474,7 @@ class ArchiveCheck:
     blobs: int
     manifests: int
     from_base: int = 0  # blobs missing here that the base archive of an increment holds
+    # (`blobs` counts only the blobs re-hashed here: not those, nor any other missing one)
     base: str | None = None
     corrupt: bool = False  # some content does not match its digest or size
     tool_note: str | None = None  # the carried single-file transship, when it checks out
@@ -513,10 +514,12 @@ async def verify_archive(
 
 async def _walk_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
     problems: list[str] = []
-    checked_blobs: set[Digest] = set()
+    checked_blobs: set[Digest] = set()  # seen: each blob is looked at once
+    hashed = 0  # of those, the ones there to re-hash: what "N blobs checked" counts
     checked_manifests: set[Digest] = set()
 
     async def check_manifest(repository: str, identifier: str, where: str) -> None:
+        nonlocal hashed
         try:
             manifest: Manifest = await layout.get_manifest(repository, identifier)
         except TransshipError as exc:
@@ -534,6 +537,7 @@ async def _walk_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
             if not await layout.has_blob(repository, blob.digest):
                 problems.append(f"{where}: blob {blob.digest.short} is missing")
                 continue
+            hashed += 1
             try:
                 async with layout.open_blob(repository, blob) as chunks:
                     async for _ in chunks:
@@ -543,4 +547,4 @@ async def _walk_archive(layout: LayoutReader) -> tuple[list[str], int, int]:
 
     for repository, tag, _descriptor in layout.entries():
         await check_manifest(repository, tag, f"{repository}:{tag}")
-    return problems, len(checked_blobs), len(checked_manifests)
+    return problems, hashed, len(checked_manifests)
