@@ -466,10 +466,14 @@ def source_points(plan: Plan, source_for: EndpointFor) -> list[tuple[Endpoint, s
 
 
 async def measure(
-    points: Sequence[tuple[Endpoint, str, str]], existing: LayoutReader | None
+    points: Sequence[tuple[Endpoint, str, str]],
+    own: LayoutReader | None,
+    base: LayoutReader | None = None,
 ) -> tuple[int, int, int]:
     """(bytes to write, blobs to write, manifests to write) for a save, reading manifests
-    only: each counted once, as `archive verify` counts them (a manifest is not a blob)."""
+    only: each counted once, as `archive verify` counts them (a manifest is not a blob).
+    `own`: what an earlier run of this save wrote; `base` (`--since`): a blob it holds is
+    left out, a manifest is not (an increment carries every manifest its index names)."""
     seen: dict[str, int] = {}
     manifests: set[str] = set()
 
@@ -487,11 +491,14 @@ async def measure(
 
     for endpoint, repository, identifier in points:
         await walk(endpoint, repository, identifier, 0)
-    missing = {
-        digest: size
-        for digest, size in seen.items()
-        if existing is None or not await existing.holds("", Digest.parse(digest), size)
-    }
+
+    async def written(digest: str, size: int) -> bool:
+        if own is not None and await own.has_blob("", Digest.parse(digest), size):
+            return True
+        in_base = base is not None and await base.holds("", Digest.parse(digest), size)
+        return in_base and digest not in manifests
+
+    missing = {digest: size for digest, size in seen.items() if not await written(digest, size)}
     new_manifests = len(manifests.intersection(missing))
     return sum(missing.values()), len(missing) - new_manifests, new_manifests
 
