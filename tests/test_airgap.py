@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
 from clirunner import CLI
 from harness.pki import PKI
 from harness.registry import RegistryProcess
@@ -109,10 +110,13 @@ def test_save_tar_read_in_place_and_by_skopeo(
     pki: PKI,
     skopeo: Skopeo,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     refs, _stored = corpus(plain_registry, "gap2")
     tar = tmp_path / "tkg.tar"
+    monkeypatch.setenv("COLUMNS", "80")  # a log or pipe of the default width
     dry = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(tar), "--dry-run")
+    monkeypatch.setenv("COLUMNS", "200")
     assert dry.code == 0 and "save would write" in dry.err and not tar.exists()
     out = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(tar), "-q")
     assert out.code == 0, out.err
@@ -124,6 +128,8 @@ def test_save_tar_read_in_place_and_by_skopeo(
     assert checked.code == 0 and found, checked.out
     manifests, blobs = found.groups()
     assert f"({blobs} blobs, {manifests} manifests)" in dry.err, dry.err
+    [line] = dry.err.splitlines()  # one line however long its path, for logs and grep
+    assert line.startswith("save would write ") and "; free space there: " in line, dry.err
     # skopeo looks up OCI-typed entries only (a Docker manifest list is not found by name)
     raw = skopeo.run("inspect", "--raw", f"oci-archive:{tar}:gap2/app0:v0").stdout
     assert raw == skopeo(plain_registry, "gap2/app0:v0")

@@ -226,7 +226,8 @@ def save(
             console.print(
                 f"save would write {human_bytes(found.bytes)} ({found.blobs} blobs, "
                 f"{found.manifests} manifests) to {output}; free space there: "
-                f"{human_bytes(found.free)}"
+                f"{human_bytes(found.free)}",
+                soft_wrap=True,
             )
             found.require_space()
             return []
@@ -234,7 +235,7 @@ def save(
             count = await same_save(finished, plan, info, sources.get, held_back, parallel)
             if not quiet:
                 held = "already holds this plan" if not held_back else "holds the rest of this plan"
-                console.print(f"{output} {held} ({count} images); nothing to do")
+                console.print(f"{output} {held} ({count} images); nothing to do", soft_wrap=True)
             skipped = already_saved(finished, planned_tasks(plan, info, target, sources.get))
             unexpanded = replace(plan, entries=tuple(held_back))  # failed, as SaveJob.held_back
             done = skipped + [
@@ -269,10 +270,13 @@ def save(
         if written.volumes and not quiet:
             console.print(
                 f"wrote {len(written.volumes)} volumes {written.volumes[0].name}… "
-                f"({written.blobs} blobs, manifests included)"
+                f"({written.blobs} blobs, manifests included)",
+                soft_wrap=True,
             )
         elif written.blobs is not None and not quiet:
-            console.print(f"wrote {written.path} ({written.blobs} blobs, manifests included)")
+            console.print(
+                f"wrote {written.path} ({written.blobs} blobs, manifests included)", soft_wrap=True
+            )
         return results
 
     return execute(run, src_settings, SideSettings(side="dest"), record)  # no dest registry

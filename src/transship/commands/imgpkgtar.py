@@ -85,7 +85,7 @@ def load_imgpkg_tars(
         job = TarLoadJob.open(targets, dests.get)
         try:
             if not quiet:
-                console.print(summary_line(job.load))
+                console.print(summary_line(job.load), soft_wrap=True)
             pending = BeforeEngine(record, quiet)
             pending.planned(job.phases)
             with pending.watch():  # Ctrl-C until the engine runs: every image not started
@@ -198,7 +198,8 @@ async def save_tar_set(
     if not quiet:
         Console(stderr=True).print(
             f"wrote {outcome.written} of {outcome.tars} imgpkg tars, {FROMTAR_YAML} and "
-            f"{FROMTAR_SCRIPT} to {out_dir}"
+            f"{FROMTAR_SCRIPT} to {out_dir}",
+            soft_wrap=True,
         )
         for result in outcome.results:
             if result.error is not None:
