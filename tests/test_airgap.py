@@ -53,6 +53,7 @@ def test_save_dir_then_load_into_tls_registry(
     pki: PKI,
     skopeo: Skopeo,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     refs, stored = corpus(plain_registry, "gap1")
     archive = tmp_path / "usb" / "tkg"
@@ -90,8 +91,13 @@ def test_save_dir_then_load_into_tls_registry(
     for ref in refs:
         path = ref.split("/", 1)[1]
         assert skopeo(dest, f"internal/{path}") == skopeo(plain_registry, path)
+    monkeypatch.setenv("COLUMNS", "80")  # a pipe of the default width: a row per entry
     listed = cli("archive", "list", str(archive))
+    monkeypatch.setenv("COLUMNS", "200")
     assert listed.code == 0 and "gap1/multi" in listed.out
+    rows = [ln for ln in listed.out.splitlines() if "sha256:" in ln]
+    assert len(rows) == len(refs), listed.out
+    assert all(re.search(r"application/vnd\.\S+json\s*│$", ln) for ln in rows), listed.out
     listed = cli("archive", "list", str(archive), "--format", "json")
     assert listed.code == 0, listed.err
     rows = {(e["repository"], e["tag"]): e["digest"] for e in json.loads(listed.out)["entries"]}

@@ -43,6 +43,7 @@ from transship.commands.imgpkgtar import (
     save_tar_set,
     tar_folder_error,
 )
+from transship.commands.rendering import wide_console
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, Stats, TaskResult
 from transship.errors import UsageError
@@ -439,7 +440,7 @@ def archive_list(archive: Path, fmt: str) -> int:
             table.add_column(column, overflow="fold")  # folded, never cut: names stay whole
         for repository, tag, descriptor in entries:
             table.add_row(repository, tag, descriptor.digest.short, descriptor.media_type)
-        Console().print(table)
+        wide_console(stderr=False).print(table)  # in a pipe, a row per entry: grep finds it
         return 0
     finally:
         asyncio.run(job.close())
