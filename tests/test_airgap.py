@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
 from clirunner import CLI
 from harness.pki import PKI
 from harness.registry import RegistryProcess
@@ -52,6 +53,7 @@ def test_save_dir_then_load_into_tls_registry(
     pki: PKI,
     skopeo: Skopeo,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     refs, stored = corpus(plain_registry, "gap1")
     archive = tmp_path / "usb" / "tkg"
@@ -89,8 +91,13 @@ def test_save_dir_then_load_into_tls_registry(
     for ref in refs:
         path = ref.split("/", 1)[1]
         assert skopeo(dest, f"internal/{path}") == skopeo(plain_registry, path)
+    monkeypatch.setenv("COLUMNS", "80")  # a pipe of the default width: a row per entry
     listed = cli("archive", "list", str(archive))
+    monkeypatch.setenv("COLUMNS", "200")
     assert listed.code == 0 and "gap1/multi" in listed.out
+    rows = [ln for ln in listed.out.splitlines() if "sha256:" in ln]
+    assert len(rows) == len(refs), listed.out
+    assert all(re.search(r"application/vnd\.\S+json\s*│$", ln) for ln in rows), listed.out
     listed = cli("archive", "list", str(archive), "--format", "json")
     assert listed.code == 0, listed.err
     rows = {(e["repository"], e["tag"]): e["digest"] for e in json.loads(listed.out)["entries"]}
@@ -109,14 +116,26 @@ def test_save_tar_read_in_place_and_by_skopeo(
     pki: PKI,
     skopeo: Skopeo,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     refs, _stored = corpus(plain_registry, "gap2")
     tar = tmp_path / "tkg.tar"
+    monkeypatch.setenv("COLUMNS", "80")  # a log or pipe of the default width
     dry = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(tar), "--dry-run")
+    monkeypatch.setenv("COLUMNS", "200")
     assert dry.code == 0 and "save would write" in dry.err and not tar.exists()
     out = cli("save", "--images", str(write_list(tmp_path, refs)), "-o", str(tar), "-q")
     assert out.code == 0, out.err
     assert tar.is_file() and not (tmp_path / "tkg.tar.partial").exists()
+    # the dry run counts what the archive then holds, as archive verify counts it: each
+    # manifest once, and not again among the blobs
+    checked = cli("archive", "verify", str(tar))
+    found = re.search(r"(\d+) manifests and (\d+) blobs checked", checked.out)
+    assert checked.code == 0 and found, checked.out
+    manifests, blobs = found.groups()
+    assert f"({blobs} blobs, {manifests} manifests)" in dry.err, dry.err
+    [line] = dry.err.splitlines()  # one line however long its path, for logs and grep
+    assert line.startswith("save would write ") and "; free space there: " in line, dry.err
     # skopeo looks up OCI-typed entries only (a Docker manifest list is not found by name)
     raw = skopeo.run("inspect", "--raw", f"oci-archive:{tar}:gap2/app0:v0").stdout
     assert raw == skopeo(plain_registry, "gap2/app0:v0")
@@ -283,6 +302,20 @@ def test_split_volumes_load_from_first_part_and_refuse_incomplete_set(
     out = cli("load", str(parts[0]), "--dest", f"{dest.host}/v", "-q")
     assert out.code == 0, out.err
     assert skopeo(dest, "v/gap6/multi:v1") == skopeo(plain_registry, "gap6/multi:v1")
+    # the name the save was given is no file now: every command taking the archive says
+    # which file to give instead (exit 1)
+    named = str(media / "tkg.tar")
+    for args in (
+        ("load", named, "--dest", f"{dest.host}/v"),
+        ("archive", "verify", named),
+        ("serve", named, "--listen", "127.0.0.1:0"),
+        ("verify", "--plan", named, "--dest", f"{dest.host}/v"),
+        ("serve", str(parts[0]), "--base", named, "--listen", "127.0.0.1:0"),
+        ("save", "--images", str(tmp_path / "images.txt"), "--since", named, "-o", "x.tar"),
+    ):
+        out = cli(*args)
+        assert out.code == ExitCode.USAGE, (args, out.err)
+        assert f"give its first volume {parts[0]}" in out.error_line, (args, out.err)
     # a damaged volume is found by verify; a missing one stops load before anything is pushed
     data = bytearray(parts[1].read_bytes())
     data[-1] ^= 1
@@ -321,22 +354,27 @@ def test_incremental_archive_chain(
         cli("save", "--images", str(write_list(tmp_path, refs[:2])), "-o", str(first), "-q").code
         == 0
     )
-    out = cli(
-        "save",
-        "--images",
-        str(write_list(tmp_path, refs)),
-        "-o",
-        str(second),
-        "--since",
-        str(first),
-        "-q",
-    )
+    increment_save = ("save", "--images", str(write_list(tmp_path, refs)), "-o", str(second))
+    dry = cli(*increment_save, "--since", str(first), "--dry-run")
+    assert dry.code == 0, dry.err
+    out = cli(*increment_save, "--since", str(first), "-q")
     assert out.code == 0, out.err
     increment = {p.name for p in (second / "blobs" / "sha256").iterdir()}
     base_blob = json.loads(
         skopeo.run("inspect", "--raw", f"oci-archive:{first}:gap7/app0:v0").stdout
     )["layers"][0]["digest"].split(":")[1]
     assert base_blob not in increment  # the shared base layer travelled in a.tar only
+    # archive verify counts the blobs it re-hashed, not those left to the base
+    checked = cli("archive", "verify", str(second))
+    assert checked.code == 0, checked.err
+    found = re.search(r"(\d+) blobs are held by the base archive a\.tar beside it", checked.out)
+    assert found and int(found.group(1)) > 0, checked.out
+    manifests = int(re.search(r"(\d+) manifests and", checked.out).group(1))
+    blobs = len(increment) - manifests
+    assert f"manifests and {blobs} blobs checked, 0 problem(s)" in checked.out, checked.out
+    # the dry run counted the same: the blobs the base lacks, and every manifest (an
+    # increment carries all its index names, whatever the base holds)
+    assert f"({blobs} blobs, {manifests} manifests)" in dry.err, dry.err
     fresh = make_registry("plain")
     alone = cli("load", str(second), "--dest", f"{fresh.host}/i", "-q")
     assert alone.code in (ExitCode.PARTIAL, ExitCode.NOT_FOUND)

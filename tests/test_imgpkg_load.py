@@ -454,6 +454,10 @@ def test_a_plain_directory_of_tars_says_what_it_needs(cli: CLI, tmp_path: Path) 
     out = cli("plan", "imgpkg-tars", str(directory))
     assert out.code == ExitCode.USAGE
     assert "needs publish-images-fromtar.yaml" in out.error_line and "--script" in out.error_line
+    # load says the same, not "not an OCI layout": it takes such folders (with their YAML)
+    out = cli("load", str(directory), "--dest", "127.0.0.1:9/x")
+    assert out.code == ExitCode.USAGE
+    assert "needs publish-images-fromtar.yaml" in out.error_line and "--script" in out.error_line
 
 
 def test_a_tar_whose_tag_climbs_into_another_repository_is_refused(

@@ -68,3 +68,25 @@ def test_preflight_names_the_missing_project_before_any_upload(
             "-q",
         )
         assert out.code == 0, out.err
+
+
+def test_preflight_says_a_wrong_password_once_not_once_per_repository(
+    cli: CLI, tls_registry: RegistryProcess, pki: PKI, tmp_path: Path
+) -> None:
+    # three repositories in an archive, then a load into a password registry with a wrong one
+    archive = tmp_path / "three"
+    listing = tmp_path / "images.txt"
+    refs = []
+    for n in range(3):
+        seed_image(tls_registry, f"pfpw/app{n}", "v1", seed=70 + n)
+        refs.append(tls_registry.ref(f"pfpw/app{n}:v1"))
+    listing.write_text("\n".join(refs) + "\n")
+    ca = ["--src-ca", str(pki.ca_pem_path), "--src-creds", CREDS]
+    out = cli("save", "--images", str(listing), "-o", str(archive), *ca, "-q")
+    assert out.code == 0, out.err
+    side = ["--dest", f"{tls_registry.host}/pfpw-far", "--dest-ca", str(pki.ca_pem_path)]
+    out = cli("load", str(archive), *side, "--dest-creds", "alice:wrong", "--preflight", "-q")
+    assert out.code == ExitCode.AUTH, out.err
+    lines = [ln for ln in out.err.splitlines() if ln.startswith("transship: preflight: ")]
+    assert len(lines) == 1 and lines[0].endswith("(3 repositories)"), out.err
+    assert "wrong username or password" in lines[0]

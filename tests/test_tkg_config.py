@@ -153,8 +153,9 @@ def test_rejects_a_malformed_dest(cli: CLI, dest: str) -> None:
 
 
 def test_write_cluster_config_keeps_comments_and_other_keys(
-    cli: CLI, release: str, pki: PKI, tmp_path: Path
+    cli: CLI, release: str, pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # a log or pipe of the default width
     config = tmp_path / "mgmt.yaml"
     config.write_text(CLUSTER_CONFIG)
     config.chmod(0o640)
@@ -173,6 +174,9 @@ def test_write_cluster_config_keeps_comments_and_other_keys(
     out = cli(*args)
     assert out.code == 0, out.out + out.err
     assert out.out == ""  # written, not printed
+    lines = out.err.splitlines()  # each message one line, however long, for logs and grep
+    assert any(ln.startswith("transship: checked: ") and ln.endswith("first)") for ln in lines)
+    assert any(ln.startswith("transship: set ") and ln.endswith(str(config)) for ln in lines)
     text = config.read_text()
     for line in CLUSTER_CONFIG.splitlines():
         if line.startswith(("#", "CLUSTER_NAME", "VSPHERE", "ENABLE", "CLUSTER_PLAN")):

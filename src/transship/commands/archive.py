@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from transship.commands.archivepaths import existing_archives
 from transship.commands.common import (
     LIMIT_RATE,
     REPORT_FILE,
@@ -34,7 +35,14 @@ from transship.commands.common import (
     side_settings,
 )
 from transship.commands.harbor import after_push, before_push, project_options, project_settings
-from transship.commands.imgpkgtar import imgpkg_targets, load_imgpkg_tars, save_tar_set
+from transship.commands.imgpkgtar import (
+    imgpkg_targets,
+    is_tar_folder,
+    load_imgpkg_tars,
+    save_tar_set,
+    tar_folder_error,
+)
+from transship.commands.rendering import wide_console
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, Stats, TaskResult
 from transship.errors import UsageError
@@ -87,7 +95,8 @@ from transship.tkg.env import tkg_dest_defaults
 @click.option(
     "--since",
     "since_given",
-    type=click.Path(exists=True, path_type=Path),
+    type=click.Path(path_type=Path),
+    callback=existing_archives,
     multiple=True,  # only to refuse a repeat (`_one_since`): an archive records one base
     metavar="OLD_ARCHIVE",
     help="Incremental: write only blobs OLD_ARCHIVE does not hold (load OLD first); when OLD is "
@@ -217,7 +226,8 @@ def save(
             console.print(
                 f"save would write {human_bytes(found.bytes)} ({found.blobs} blobs, "
                 f"{found.manifests} manifests) to {output}; free space there: "
-                f"{human_bytes(found.free)}"
+                f"{human_bytes(found.free)}",
+                soft_wrap=True,
             )
             found.require_space()
             return []
@@ -225,7 +235,7 @@ def save(
             count = await same_save(finished, plan, info, sources.get, held_back, parallel)
             if not quiet:
                 held = "already holds this plan" if not held_back else "holds the rest of this plan"
-                console.print(f"{output} {held} ({count} images); nothing to do")
+                console.print(f"{output} {held} ({count} images); nothing to do", soft_wrap=True)
             skipped = already_saved(finished, planned_tasks(plan, info, target, sources.get))
             unexpanded = replace(plan, entries=tuple(held_back))  # failed, as SaveJob.held_back
             done = skipped + [
@@ -262,10 +272,13 @@ def save(
         if written.volumes and not quiet:
             console.print(
                 f"wrote {len(written.volumes)} volumes {written.volumes[0].name}… "
-                f"({written.blobs} blobs)"
+                f"({written.blobs} blobs, manifests included)",
+                soft_wrap=True,
             )
         elif written.blobs is not None and not quiet:
-            console.print(f"wrote {written.path} ({written.blobs} blobs)")
+            console.print(
+                f"wrote {written.path} ({written.blobs} blobs, manifests included)", soft_wrap=True
+            )
         return results
 
     return execute(run, src_settings, SideSettings(side="dest"), record)  # no dest registry
@@ -362,6 +375,8 @@ def load(
             repair=repair,
         )
     assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
+    if is_tar_folder(archive):  # not "not an OCI layout": say what a folder of tars needs
+        raise tar_folder_error(archive)
     job = LoadJob.open(archive, finished=True, repair=repair)
     warning = job.prefix_warning(dest_prefix)
     if warning and not quiet:
@@ -428,7 +443,7 @@ def archive_list(archive: Path, fmt: str) -> int:
             table.add_column(column, overflow="fold")  # folded, never cut: names stay whole
         for repository, tag, descriptor in entries:
             table.add_row(repository, tag, descriptor.digest.short, descriptor.media_type)
-        Console().print(table)
+        wide_console(stderr=False).print(table)  # in a pipe, a row per entry: grep finds it
         return 0
     finally:
         asyncio.run(job.close())

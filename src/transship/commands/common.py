@@ -320,6 +320,11 @@ def read_plan(path: Path, *, dest_given: bool, listing_ok: bool = False) -> Plan
         from transship.ops.archive import carried_plan
 
         return asyncio.run(carried_plan(path, dest_given=dest_given))
+    if str(path) != STDIN and not path.exists():
+        from transship.layout.volumes import split_name_hint
+
+        if hint := split_name_hint(path):
+            raise PlanError(f"--plan {path} does not exist{hint}")
     try:
         text = read_text(path, MAX_PLAN_BYTES)
     except PlanError as exc:
@@ -553,14 +558,20 @@ async def run_engine(
 
 
 async def check_destinations(task_phases: Sequence[Sequence[CopyTask]], parallel: int) -> None:
-    """`--preflight`: every refusal on its own line, then the error (rendered by the CLI)."""
+    """`--preflight`: every refusal on its own line, then the error (rendered by the CLI). A
+    refusal the same for many repositories (a wrong password: the registry's, not theirs) is
+    one line saying how many, not the same line once per repository."""
     from transship.ops.preflight import preflight
 
     try:
         await preflight(task_phases, parallel)
     except PreflightError as exc:
+        counts: dict[str, int] = {}
         for problem in exc.problems:
-            print(f"transship: preflight: {problem}", file=sys.stderr)
+            counts[str(problem)] = counts.get(str(problem), 0) + 1
+        for text, n in counts.items():
+            times = f" ({n} repositories)" if n > 1 else ""
+            print(f"transship: preflight: {text}{times}", file=sys.stderr)
         raise
 
 

@@ -32,12 +32,26 @@ from transship.fsutil import write_atomic
 from transship.harbor.projects import ProjectSettings
 from transship.imgpkg.fromtar import FROMTAR_YAML, TarLoad, TarTarget
 from transship.imgpkg.totar import FROMTAR_SCRIPT
-from transship.ops.imgpkgtar import TarLoadJob, imgpkg_targets, save_imgpkg_tars, tar_listing
+from transship.ops.imgpkgtar import (
+    TarLoadJob,
+    imgpkg_targets,
+    is_tar_folder,
+    save_imgpkg_tars,
+    tar_folder_error,
+    tar_listing,
+)
 from transship.ops.tasks import EndpointFor
 from transship.plan.model import Plan, PlanEntry
 from transship.progress import human_bytes
 
-__all__ = ["imgpkg_targets", "load_imgpkg_tars", "plan_imgpkg_tars", "save_tar_set"]
+__all__ = [
+    "imgpkg_targets",
+    "is_tar_folder",
+    "load_imgpkg_tars",
+    "plan_imgpkg_tars",
+    "save_tar_set",
+    "tar_folder_error",
+]
 
 
 def summary_line(load: TarLoad) -> str:
@@ -70,7 +84,7 @@ def load_imgpkg_tars(
         job = TarLoadJob.open(targets, dests.get)
         try:
             if not quiet:
-                console.print(summary_line(job.load))
+                console.print(summary_line(job.load), soft_wrap=True)
             pending = BeforeEngine(record, quiet)
             pending.planned(job.phases)
             with pending.watch():  # Ctrl-C until the engine runs: every image not started
@@ -144,11 +158,7 @@ def plan_imgpkg_tars(
     targets = imgpkg_targets(archive, script_file, tars_dir, dest)
     if targets is None:
         if archive is not None and archive.is_dir():
-            raise UsageError(
-                f"{archive}: a directory of imgpkg tars needs publish-images-fromtar.yaml "
-                "(which tar goes to which repository); give one tar with --dest, or the "
-                "from-tar script with --script"
-            )
+            raise tar_folder_error(archive)
         raise UsageError(f"{archive}: not an imgpkg tar nor a download-bundle directory")
     load, doc = tar_listing(targets)
     try:
@@ -187,7 +197,8 @@ async def save_tar_set(
     if not quiet:
         Console(stderr=True).print(
             f"wrote {outcome.written} of {outcome.tars} imgpkg tars, {FROMTAR_YAML} and "
-            f"{FROMTAR_SCRIPT} to {out_dir}"
+            f"{FROMTAR_SCRIPT} to {out_dir}",
+            soft_wrap=True,
         )
         for result in outcome.results:
             if result.error is not None:

@@ -46,6 +46,7 @@ def print_result(result: VerifyResult, console: Console) -> None:
             f"note: bundle {bundle.destination} was not expanded in the plan: the images it "
             "references were not checked (plan it with resolution to list them)",
             highlight=False,
+            soft_wrap=True,
         )
     console.print(result.summary(), highlight=False, soft_wrap=True)
     lost = {BLOB_MISSING, CHILD_MISSING}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from transship.commands.archivepaths import existing_archives
 from transship.errors import UsageError
 from transship.remote.tls import load_ca
 from transship.serve.archive import ServedArchive
@@ -26,7 +27,8 @@ from transship.tkg.config import TkgSettings
     "--base",
     "bases",
     multiple=True,
-    type=click.Path(exists=True, path_type=Path),
+    type=click.Path(path_type=Path),
+    callback=existing_archives,
     metavar="OLD_ARCHIVE",
     help="For an increment (save --since): the archive it was saved on top of.",
 )

@@ -194,6 +194,7 @@ def tkg_config(
                 console.print(
                     f"transship: checked: {compatibility.name}:{tag} is there (TKG reads it first)",
                     highlight=False,
+                    soft_wrap=True,
                 )
     except TransshipError as exc:
         if not force:
@@ -201,11 +202,16 @@ def tkg_config(
         console.print(
             f"transship: warning: {exc.message}; emitting the settings anyway (--force)",
             highlight=False,
+            soft_wrap=True,
         )
     if cluster_config is not None:
         keys = write_cluster_config(cluster_config, settings)
         if not quiet:
-            console.print(f"transship: set {', '.join(keys)} in {cluster_config}", highlight=False)
+            console.print(
+                f"transship: set {', '.join(keys)} in {cluster_config}",
+                highlight=False,
+                soft_wrap=True,
+            )
     else:
         for line in settings.tanzu_commands():
             click.echo(line)

@@ -92,6 +92,19 @@ def find_parts_file(path: Path) -> Path | None:
     return None
 
 
+def split_name_hint(path: Path) -> str:
+    """For a path that does not exist: when it is the name a split save was given (`save -o
+    FILE.tar --split-size`, which writes `FILE.tar.001`, … and `FILE.tar.parts` instead), what
+    to give in its place; else ''."""
+    if path.exists() or not path.with_name(path.name + PARTS_SUFFIX).is_file():
+        return ""
+    first = path.with_name(f"{path.name}.001")
+    return (
+        f"; it was saved split into volumes: give its first volume {first} (or its volume "
+        f"list {path.name}{PARTS_SUFFIX})"
+    )
+
+
 def _parts_missing(volume: Path, parts: Path) -> LayoutError:
     """The volume list is what makes volumes one archive: say which file, where, and that it
     travels with the volumes (save writes it beside them)."""

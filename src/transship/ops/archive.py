@@ -33,7 +33,7 @@ from transship.layout import OCILayout, OCILayoutTar
 from transship.layout.index import UNFINISHED
 from transship.layout.reader import LayoutReader
 from transship.layout.tarsink import TarSink
-from transship.layout.volumes import find_parts_file
+from transship.layout.volumes import find_parts_file, split_name_hint
 from transship.manifest import MAX_INDEX_DEPTH
 from transship.ops.tasks import EndpointFor, phases, source_endpoint, source_identifier
 from transship.plan.model import Plan, PlanEntry
@@ -279,7 +279,7 @@ def open_archive(path: Path) -> OCILayout | OCILayoutTar:
         return OCILayout(path, writable=False)
     if path.is_file():
         return OCILayoutTar(path)
-    raise UsageError(f"archive {path} does not exist")
+    raise UsageError(f"archive {path} does not exist{split_name_hint(path)}")
 
 
 async def carried_plan(path: Path, *, dest_given: bool) -> Plan:
@@ -461,16 +461,20 @@ def source_points(plan: Plan, source_for: EndpointFor) -> list[tuple[Endpoint, s
 
 
 async def measure(
-    points: Sequence[tuple[Endpoint, str, str]], existing: LayoutReader | None
+    points: Sequence[tuple[Endpoint, str, str]],
+    own: LayoutReader | None,
+    base: LayoutReader | None = None,
 ) -> tuple[int, int, int]:
-    """(bytes to write, blobs to write, manifests) for a save, reading manifests only."""
+    """(bytes to write, blobs to write, manifests to write) for a save, reading manifests
+    only: each counted once, as `archive verify` counts them (a manifest is not a blob).
+    `own`: what an earlier run of this save wrote; `base` (`--since`): a blob it holds is
+    left out, a manifest is not (an increment carries every manifest its index names)."""
     seen: dict[str, int] = {}
-    manifests = 0
+    manifests: set[str] = set()
 
     async def walk(endpoint: Endpoint, repository: str, identifier: str, depth: int) -> None:
-        nonlocal manifests
         manifest = await endpoint.get_manifest(repository, identifier)
-        manifests += 1
+        manifests.add(str(manifest.digest))
         seen[str(manifest.digest)] = manifest.size
         if manifest.is_index and depth < MAX_INDEX_DEPTH:
             for child in manifest.manifests:
@@ -482,12 +486,16 @@ async def measure(
 
     for endpoint, repository, identifier in points:
         await walk(endpoint, repository, identifier, 0)
-    missing = {
-        digest: size
-        for digest, size in seen.items()
-        if existing is None or not await existing.holds("", Digest.parse(digest), size)
-    }
-    return sum(missing.values()), len(missing), manifests
+
+    async def written(digest: str, size: int) -> bool:
+        if own is not None and await own.has_blob("", Digest.parse(digest), size):
+            return True
+        in_base = base is not None and await base.holds("", Digest.parse(digest), size)
+        return in_base and digest not in manifests
+
+    missing = {digest: size for digest, size in seen.items() if not await written(digest, size)}
+    new_manifests = len(manifests.intersection(missing))
+    return sum(missing.values()), len(missing) - new_manifests, new_manifests
 
 
 async def with_sizes(

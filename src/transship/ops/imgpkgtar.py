@@ -28,6 +28,7 @@ from transship.imgpkg.fromtar import (
     targets_from_script,
 )
 from transship.imgpkg.totar import tar_jobs, write_tar_set
+from transship.layout.index import LAYOUT_FILE
 from transship.memory import MemoryEndpoint
 from transship.ops.save import PLACEHOLDER
 from transship.ops.tasks import EndpointFor
@@ -56,6 +57,27 @@ def imgpkg_targets(
     if looks_like_imgpkg_tar(archive):
         return [single_target(archive, dest)]
     return None
+
+
+def tar_folder_error(directory: Path) -> UsageError:
+    """A folder of imgpkg tars without publish-images-fromtar.yaml: nothing says which tar
+    goes to which repository."""
+    return UsageError(
+        f"{directory}: a directory of imgpkg tars needs publish-images-fromtar.yaml "
+        "(which tar goes to which repository); give one tar with --dest, or the "
+        "from-tar script with --script"
+    )
+
+
+def is_tar_folder(path: Path) -> bool:
+    """A directory that is no OCI layout (nor holds a split archive's `.parts` list) but holds
+    tars: what `load` and `plan imgpkg-tars` are given for a folder of imgpkg tars."""
+    return (
+        path.is_dir()
+        and not (path / LAYOUT_FILE).exists()
+        and not any(path.glob("*.parts"))
+        and any(path.glob("*.tar"))
+    )
 
 
 @dataclass

@@ -189,14 +189,12 @@ async def estimate(plan: Plan, target: SaveTarget, source_for: EndpointFor) -> S
     """Bytes, blobs and manifests a save would write (reading manifests only), and free space."""
     base = await open_base_chain(target.since) if target.since else None
     try:
-        existing: LayoutReader | None = base
+        own: LayoutReader | None = None  # what an earlier run of this save wrote
         if target.is_tar:
-            existing = read_journal_blobs(target.output) or base
+            own = read_journal_blobs(target.output)
         elif target.output.exists():
-            existing = OCILayout(target.output, writable=False)
-        if existing is not None and base is not None and existing is not base:
-            existing.base = base
-        size, blobs, manifests = await measure(source_points(plan, source_for), existing)
+            own = OCILayout(target.output, writable=False)
+        size, blobs, manifests = await measure(source_points(plan, source_for), own, base)
         size += target.tool.stat().st_size if target.tool else 0
     finally:
         await close_chain(base)

@@ -471,6 +471,7 @@ class ArchiveCheck:
     blobs: int
     manifests: int
     from_base: int = 0  # blobs missing here that the base chain beside it holds (checked)
+    # (`blobs` counts only the blobs re-hashed here: not those, nor any other missing one)
     base: str | None = None
     corrupt: bool = False  # some content does not match its digest or size
     tool_note: str | None = None  # the carried single-file transship, when it checks out
@@ -584,10 +585,11 @@ async def _walk_archive(
     layout: LayoutReader,
 ) -> tuple[list[str], list[tuple[str, Descriptor]], int, int]:
     """Every named manifest's graph (no depth limit), each distinct blob re-hashed once:
-    (problems, blobs missing with where they are needed, blobs and manifests checked)."""
+    (problems, blobs missing with where they are needed, blobs re-hashed, manifests checked)."""
     problems: list[str] = []
     missing: list[tuple[str, Descriptor]] = []
     checked_blobs: set[Digest] = set()
+    hashed = 0  # of those, the ones there to re-hash: what "N blobs checked" counts
     checked_manifests = 0
     async for reached in layout.walk_named(by_tag=True, max_depth=None):
         where, manifest = reached.where, reached.manifest
@@ -602,10 +604,11 @@ async def _walk_archive(
             if not await layout.has_blob(reached.repository, blob.digest):
                 missing.append((where, blob))
                 continue
+            hashed += 1
             try:
                 async with layout.open_blob(reached.repository, blob) as chunks:
                     async for _ in chunks:
                         pass
             except IntegrityError as exc:
                 problems.append(f"{where}: {exc}")
-    return problems, missing, len(checked_blobs), checked_manifests
+    return problems, missing, hashed, checked_manifests
