@@ -546,14 +546,31 @@ def test_access_log_fields_cannot_be_forged(corpus: Corpus, tmp_path: Path) -> N
     field, as Apache and distribution's logger do: a `"` cannot end the field early and make
     the rest of the line say another status, size or agent."""
     forged = 'x" 200 1 "-" "forged'
+    # raw bytes no http.client sends: NEL (U+0085) and U+2028 cut a line for `splitlines`, the
+    # C1 CSI (U+009B) drives a terminal the log is read on, a byte that is no UTF-8 reaches the
+    # logger as a lone surrogate. (The parser itself refuses C0 controls such as ESC.)
+    raw_agent = b"raw\xc2\x85nel\xe2\x80\xa8ls\xc2\x9bcsi\xffend"
     with ServeProcess(tmp_path / "srv", corpus.layout) as server:
         request(server, "GET", "/v2/", {"User-Agent": forged, "Referer": 'r"ef\\'})
         request(server, "GET", '/v2/a"b/tags/list', {"User-Agent": "probe-2"})
+        host, port = server.host.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"User-Agent: " + raw_agent + b"\r\n\r\n"
+            )
+            while sock.recv(65536):  # the whole response: the server closes
+                pass
     lines = server.read_log().splitlines()  # stopped: every access line is written
-    first = next(line for line in lines if "GET /v2/ " in line)
+    first = next(line for line in lines if "GET /v2/ " in line and "forged" in line)
     assert first.endswith(' 200 2 "r\\"ef\\\\" "x\\" 200 1 \\"-\\" \\"forged"'), first
     second = next(line for line in lines if '"probe-2"' in line)
     assert '"GET /v2/a\\"b/tags/list HTTP/1.1" 400 ' in second, second
+    third = next(line for line in lines if '"raw' in line)
+    assert third.startswith("127.0.0.1 - - ["), third
+    assert third.endswith(
+        '"GET /v2/ HTTP/1.1" 200 2 "-" "raw\\xc2\\x85nel\\xe2\\x80\\xa8ls\\xc2\\x9bcsi\\xffend"'
+    ), third
 
 
 # -- TLS, auth, integrity, lifecycle ------------------------------------------------------------
