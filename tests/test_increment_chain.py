@@ -569,3 +569,44 @@ def test_archive_verify_of_an_increment_checks_what_it_leaves_to_the_base_beside
     out = cli("archive", "verify", str(inc))
     assert out.code == 0, out.err
     assert f"{left_out} blobs are expected from the base archive base, not checked" in out.out
+
+
+def test_archive_verify_of_an_intact_increment_is_no_integrity_failure_for_its_base_s_fault(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Whether `archive verify` exits INTEGRITY is decided where a digest or size mismatch is
+    found in the archive itself, never from a problem's text: an intact increment beside a
+    base named `bytes-2026` that lacks an image, or beside a split base whose volume is cut
+    short (its error says "N bytes, the volume list says M"), is INCOMPLETE."""
+    refs, _images_seeded = _images(plain_registry, "chain14")
+    usb = tmp_path / "usb"
+    base, inc = usb / "bytes-2026", usb / "inc"
+    _save(cli, tmp_path, refs[:2], base)
+    _save(cli, tmp_path, refs, inc, base)
+    index_file = base / "index.json"
+    index = json.loads(index_file.read_text())
+    index["manifests"] = [
+        m for m in index["manifests"] if "chain14/app1" not in json.dumps(m.get("annotations"))
+    ]
+    index_file.write_text(json.dumps(index))
+    carried = base / "transship" / "plan.yaml"
+    plan = Plan.from_yaml(carried.read_text(), str(carried))
+    kept = tuple(e for e in plan.entries if "chain14/app1" not in e.source)
+    carried.write_text(dataclasses.replace(plan, entries=kept).to_yaml())
+    out = cli("archive", "verify", str(inc))
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    assert "the base archive bytes-2026 beside it does not hold it" in out.err, out.err
+
+    split = tmp_path / "split"
+    listing = tmp_path / "split.txt"
+    listing.write_text("\n".join(refs[:2]) + "\n")
+    out = cli("save", "--images", str(listing), "-o", str(split / "tkg.tar"), "--split-size",
+              "64K", "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    _save(cli, tmp_path, refs, split / "tkg-2.tar", split / "tkg.tar.001")
+    assert cli("archive", "verify", str(split / "tkg-2.tar")).code == 0
+    last = sorted(split.glob("tkg.tar.0*"))[-1]
+    last.write_bytes(last.read_bytes()[:-1])  # cut short on the way
+    out = cli("archive", "verify", str(split / "tkg-2.tar"))
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    assert "the volume list says" in out.err and "cannot be read" in out.err, out.err

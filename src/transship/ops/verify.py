@@ -510,17 +510,21 @@ async def verify_archive(
     first: every blob of a half-written one may check out.
     """
     problems = layout.verify_volumes() if isinstance(layout, OCILayoutTar) else []
-    found, missing, blobs, manifests = await _walk_archive(layout)
+    corrupt = bool(problems)  # a volume whose sha256 is not the one its list gives
+    found, missing, blobs, manifests, damaged = await _walk_archive(layout)
     problems += found
-    tool_note, tool_problems = carried_tool(layout)
+    tool_note, tool_problems, damaged_tool = carried_tool(layout)
     problems += tool_problems
+    #: decided where each problem is found, never from its text: a problem may quote a base's
+    #: error or name a file or tag that says "bytes" or "does not match". A base beside an
+    #: increment that is damaged is the base's integrity problem, not this archive's.
+    corrupt = corrupt or damaged or damaged_tool
     judged = _BaseJudgement()
     if base and missing:
         judged = await _judge_missing(path, base, missing)
         problems += judged.problems
     else:
         problems += [f"{where}: blob {blob.digest.short} is missing" for where, blob in missing]
-    corrupt = any("does not match" in p or "bytes" in p for p in problems)  # not `unfinished`
     problems = [*unfinished, *problems]
     return ArchiveCheck(
         layout.label,
@@ -582,9 +586,11 @@ async def _judge_missing(
 
 async def _walk_archive(
     layout: LayoutReader,
-) -> tuple[list[str], list[tuple[str, Descriptor]], int, int]:
+) -> tuple[list[str], list[tuple[str, Descriptor]], int, int, bool]:
     """Every named manifest's graph (no depth limit), each distinct blob re-hashed once:
-    (problems, blobs missing with where they are needed, blobs and manifests checked)."""
+    (problems, blobs missing with where they are needed, blobs and manifests checked, whether
+    some manifest or blob does not match its digest or size)."""
+    corrupt = False
     problems: list[str] = []
     missing: list[tuple[str, Descriptor]] = []
     checked_blobs: set[Digest] = set()
@@ -593,6 +599,7 @@ async def _walk_archive(
         where, manifest = reached.where, reached.manifest
         if manifest is None:
             problems.append(f"{where}: {reached.error}")
+            corrupt = corrupt or isinstance(reached.error, IntegrityError)
             continue
         checked_manifests += 1
         for blob in manifest.blobs():
@@ -608,4 +615,5 @@ async def _walk_archive(
                         pass
             except IntegrityError as exc:
                 problems.append(f"{where}: {exc}")
-    return problems, missing, len(checked_blobs), checked_manifests
+                corrupt = True
+    return problems, missing, len(checked_blobs), checked_manifests, corrupt
