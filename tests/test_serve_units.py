@@ -134,7 +134,7 @@ def test_listen_and_certificate_names() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["reg.lab", "REG-1.corp.example", "*.corp.example", "localhost", "x", "10.0.0.5", "::1",
+    ["reg.lab", "reg-1.corp.example", "*.corp.example", "localhost", "x", "10.0.0.5", "::1",
      "a" * 63 + ".lab", ".".join(["a" * 63] * 3 + ["b" * 61]), "xn--bcher-kva.example"],
 )  # fmt: skip
 def test_san_takes_an_ip_address_or_an_rfc_1123_name(name: str) -> None:
@@ -142,8 +142,32 @@ def test_san_takes_an_ip_address_or_an_rfc_1123_name(name: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "carried"),
+    [("REG-1.Corp.example", "reg-1.corp.example"), ("reg.lab.", "reg.lab"),
+     ("*.Corp.Example.", "*.corp.example"), ("::0001", "::1"), ("FE80::A", "fe80::a")],
+)  # fmt: skip
+def test_san_is_carried_lower_case_without_the_root_dot(name: str, carried: str) -> None:
+    """Names compare without case and `lab.` is `lab`: one form each, so a certificate never
+    carries Registry.Lab and registry.lab both."""
+    assert check_san(name) == carried
+    listen = Listen("Registry.Lab", 5000)
+    assert tls_names(listen, [check_san("registry.lab."), check_san("REGISTRY.lab")]) == [
+        "registry.lab"
+    ]
+
+
+def test_san_refusals_say_what_to_give() -> None:
+    with pytest.raises(UsageError, match=r"an IP address with a zone is not allowed.*'%eth0'"):
+        check_san("fe80::1%eth0")
+    with pytest.raises(UsageError, match=r"punycode \(xn--\) form: xn--bcher-kva\.example$"):
+        check_san("bücher.example")
+    with pytest.raises(UsageError, match=r"at most one trailing dot"):
+        check_san("lab..")
+
+
+@pytest.mark.parametrize(
     "name",
-    ["bad name", "-x", "x-", "a..b", ".lab", "lab.", "", "*", "*.", "a.*.lab", "**.lab",
+    ["bad name", "-x", "x-", "a..b", ".lab", "lab..", ".", "", "*", "*.", "a.*.lab", "**.lab",
      "under_score.lab", "a" * 64, "b" * 300, ".".join(["a" * 63] * 3 + ["b" * 62]),
      "1.2.3.999", "fe80::1%eth0", "bücher.example", "a\nb"],
 )  # fmt: skip

@@ -216,7 +216,8 @@ def _client_host(listen: Listen) -> str:
 
 def tls_names(listen: Listen, extra: list[str]) -> list[str]:
     """Names the server certificate must carry: the listen host (or this machine's name when
-    listening everywhere), loopback names when reachable that way, and every `--san`."""
+    listening everywhere), loopback names when reachable that way, and every `--san`; each
+    once, lower-cased (names compare without case: `Reg.Lab` and `reg.lab` are one)."""
     names: list[str] = []
     if listen.wildcard:
         names += [socket.gethostname(), socket.getfqdn()]
@@ -227,8 +228,8 @@ def tls_names(listen: Listen, extra: list[str]) -> list[str]:
     names += extra
     seen: list[str] = []
     for name in names:
-        if name and name not in seen:
-            seen.append(name)
+        if name and name.lower() not in seen:
+            seen.append(name.lower())
     return seen
 
 
