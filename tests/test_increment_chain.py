@@ -610,3 +610,24 @@ def test_archive_verify_of_an_intact_increment_is_no_integrity_failure_for_its_b
     out = cli("archive", "verify", str(split / "tkg-2.tar"))
     assert out.code == ExitCode.INCOMPLETE, out.err
     assert "the volume list says" in out.err and "cannot be read" in out.err, out.err
+
+
+def test_an_increment_given_as_dot_from_inside_finds_its_base_beside_it(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`archive verify .` and `save --since .` from inside a directory archive: its base is
+    beside the directory (`..`/<base>), not inside it (Path('.').parent is '.')."""
+    refs, images = _images(plain_registry, "chain15")
+    usb = tmp_path / "usb"
+    base, inc = usb / "base", usb / "inc"
+    _save(cli, tmp_path, refs[:2], base)
+    _save(cli, tmp_path, refs[:1] + refs[2:], inc, base)
+    monkeypatch.chdir(inc)
+    out = cli("archive", "verify", ".")
+    assert out.code == 0, out.err
+    held = len(images[0].blob_digests)
+    assert f"{held} blobs are held by the base archive base beside it" in out.out, out.out
+    _save(cli, tmp_path, refs, usb / "inc2", Path("."))
+    carried = _blobs(usb / "inc2")
+    assert carried.isdisjoint(images[1].blob_digests)  # base's, found beside inc (`..`/base)
+    assert carried.isdisjoint(images[2].blob_digests)  # inc's own
