@@ -631,3 +631,24 @@ def test_an_increment_given_as_dot_from_inside_finds_its_base_beside_it(
     carried = _blobs(usb / "inc2")
     assert carried.isdisjoint(images[1].blob_digests)  # base's, found beside inc (`..`/base)
     assert carried.isdisjoint(images[2].blob_digests)  # inc's own
+
+
+def test_archive_verify_blames_the_base_that_cannot_be_read_not_the_one_above_it(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """inc on b1 on b0, b0 no finished save (an image its plan lists is not in it): the
+    problem names b0 as the base that cannot be read, under b1; not b1, which is fine."""
+    refs, _images_seeded = _images(plain_registry, "chain16")
+    usb = tmp_path / "usb"
+    b0, b1, inc = usb / "b0", usb / "b1", usb / "inc"
+    _save(cli, tmp_path, refs[:1], b0)
+    _save(cli, tmp_path, refs[:2], b1, b0)
+    _save(cli, tmp_path, refs, inc, b1)
+    index_file = b0 / "index.json"
+    index = json.loads(index_file.read_text())
+    index["manifests"] = []
+    index_file.write_text(json.dumps(index))
+    out = cli("archive", "verify", str(inc))
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    line = next(ln for ln in out.err.splitlines() if "cannot be read" in ln)
+    assert "the base archive b0, under b1 beside it, cannot be read" in line, line

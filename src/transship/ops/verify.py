@@ -38,7 +38,13 @@ from transship.imgpkg.locations import build_image_locations
 from transship.layout import OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.manifest import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
-from transship.ops.archive import ArchiveInfo, base_beside, close_chain, open_base_chain
+from transship.ops.archive import (
+    ArchiveInfo,
+    base_beside,
+    close_chain,
+    link_bases,
+    open_finished,
+)
 from transship.ops.selfcopy import carried_tool
 from transship.ops.tasks import source_endpoint
 from transship.plan.model import EntryKind, Plan, PlanEntry
@@ -549,17 +555,35 @@ async def _judge_missing(
     if path is None or beside is None:
         judged.unchecked, judged.unchecked_base = len(missing), base
         return judged
+    unchecked = f"the {len(missing)} blob(s) this increment leaves to it are not checked"
     try:
-        chain = await open_base_chain(beside, "archive verify")
+        chain = await open_finished(beside, "archive verify")
     except TransshipError as exc:
         judged.problems.append(
-            f"the base archive {base} beside it cannot be read ({exc}): the {len(missing)} "
-            "blob(s) this increment leaves to it are not checked"
+            f"the base archive {base} beside it cannot be read ({exc}): {unchecked}"
         )
         return judged
     try:
-        names: set[str] = {path.name, base}
+        chain.reach_only = True  # as open_base_chain: what loading it pushes, walked when needed
+        await link_bases(chain, beside, "archive verify")
+    except TransshipError as exc:
+        # a base further down failed, the one below the last linked: blame it, not `base`
         last: LayoutReader = chain
+        while last.base is not None:
+            last = last.base
+        broken = ArchiveInfo.read(last).base or base
+        await close_chain(chain)
+        judged.problems.append(
+            f"the base archive {broken}, under {base} beside it, cannot be read ({exc}): "
+            f"{unchecked}"
+        )
+        return judged
+    except BaseException:
+        await close_chain(chain)
+        raise
+    try:
+        names: set[str] = {path.name, base}
+        last = chain
         while last.base is not None:
             names.add(str(ArchiveInfo.read(last).base))
             last = last.base
