@@ -569,3 +569,86 @@ def test_archive_verify_of_an_increment_checks_what_it_leaves_to_the_base_beside
     out = cli("archive", "verify", str(inc))
     assert out.code == 0, out.err
     assert f"{left_out} blobs are expected from the base archive base, not checked" in out.out
+
+
+def test_archive_verify_of_an_intact_increment_is_no_integrity_failure_for_its_base_s_fault(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Whether `archive verify` exits INTEGRITY is decided where a digest or size mismatch is
+    found in the archive itself, never from a problem's text: an intact increment beside a
+    base named `bytes-2026` that lacks an image, or beside a split base whose volume is cut
+    short (its error says "N bytes, the volume list says M"), is INCOMPLETE."""
+    refs, _images_seeded = _images(plain_registry, "chain14")
+    usb = tmp_path / "usb"
+    base, inc = usb / "bytes-2026", usb / "inc"
+    _save(cli, tmp_path, refs[:2], base)
+    _save(cli, tmp_path, refs, inc, base)
+    index_file = base / "index.json"
+    index = json.loads(index_file.read_text())
+    index["manifests"] = [
+        m for m in index["manifests"] if "chain14/app1" not in json.dumps(m.get("annotations"))
+    ]
+    index_file.write_text(json.dumps(index))
+    carried = base / "transship" / "plan.yaml"
+    plan = Plan.from_yaml(carried.read_text(), str(carried))
+    kept = tuple(e for e in plan.entries if "chain14/app1" not in e.source)
+    carried.write_text(dataclasses.replace(plan, entries=kept).to_yaml())
+    out = cli("archive", "verify", str(inc))
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    assert "the base archive bytes-2026 beside it does not hold it" in out.err, out.err
+
+    split = tmp_path / "split"
+    listing = tmp_path / "split.txt"
+    listing.write_text("\n".join(refs[:2]) + "\n")
+    out = cli("save", "--images", str(listing), "-o", str(split / "tkg.tar"), "--split-size",
+              "64K", "-q")  # fmt: skip
+    assert out.code == 0, out.err
+    _save(cli, tmp_path, refs, split / "tkg-2.tar", split / "tkg.tar.001")
+    assert cli("archive", "verify", str(split / "tkg-2.tar")).code == 0
+    last = sorted(split.glob("tkg.tar.0*"))[-1]
+    last.write_bytes(last.read_bytes()[:-1])  # cut short on the way
+    out = cli("archive", "verify", str(split / "tkg-2.tar"))
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    assert "the volume list says" in out.err and "cannot be read" in out.err, out.err
+
+
+def test_an_increment_given_as_dot_from_inside_finds_its_base_beside_it(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`archive verify .` and `save --since .` from inside a directory archive: its base is
+    beside the directory (`..`/<base>), not inside it (Path('.').parent is '.')."""
+    refs, images = _images(plain_registry, "chain15")
+    usb = tmp_path / "usb"
+    base, inc = usb / "base", usb / "inc"
+    _save(cli, tmp_path, refs[:2], base)
+    _save(cli, tmp_path, refs[:1] + refs[2:], inc, base)
+    monkeypatch.chdir(inc)
+    out = cli("archive", "verify", ".")
+    assert out.code == 0, out.err
+    held = len(images[0].blob_digests)
+    assert f"{held} blobs are held by the base archive base beside it" in out.out, out.out
+    _save(cli, tmp_path, refs, usb / "inc2", Path("."))
+    carried = _blobs(usb / "inc2")
+    assert carried.isdisjoint(images[1].blob_digests)  # base's, found beside inc (`..`/base)
+    assert carried.isdisjoint(images[2].blob_digests)  # inc's own
+
+
+def test_archive_verify_blames_the_base_that_cannot_be_read_not_the_one_above_it(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """inc on b1 on b0, b0 no finished save (an image its plan lists is not in it): the
+    problem names b0 as the base that cannot be read, under b1; not b1, which is fine."""
+    refs, _images_seeded = _images(plain_registry, "chain16")
+    usb = tmp_path / "usb"
+    b0, b1, inc = usb / "b0", usb / "b1", usb / "inc"
+    _save(cli, tmp_path, refs[:1], b0)
+    _save(cli, tmp_path, refs[:2], b1, b0)
+    _save(cli, tmp_path, refs, inc, b1)
+    index_file = b0 / "index.json"
+    index = json.loads(index_file.read_text())
+    index["manifests"] = []
+    index_file.write_text(json.dumps(index))
+    out = cli("archive", "verify", str(inc))
+    assert out.code == ExitCode.INCOMPLETE, out.err
+    line = next(ln for ln in out.err.splitlines() if "cannot be read" in ln)
+    assert "the base archive b0, under b1 beside it, cannot be read" in line, line

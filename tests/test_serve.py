@@ -541,19 +541,75 @@ def test_access_log_counts_body_bytes(corpus: Corpus, tmp_path: Path) -> None:
     assert sizes == {0: blob.size, 1: blob.size, 2: 100, 3: 0, 4: 0, 5: len(manifest), 6: 2}
 
 
+def test_access_log_counts_a_sendfile_the_client_cut_short(tmp_path: Path) -> None:
+    """A client that takes part of a big blob sent with `sendfile` and goes away: the access
+    line counts what went out (sent in slices, each counted once sent), not 0. The client's
+    small receive buffer keeps the server from getting the whole blob out before the cut."""
+    big = build_image(8, layer_sizes=(32 * 1024 * 1024,))
+    blob = big.layers[0]
+    layout = tmp_path / "layout"
+
+    async def write() -> None:
+        writer = OCILayout(layout, writable=True)
+        try:
+            await _put(writer, "apps/huge", big, "v1")
+            info = {"format": "transship-archive/v1", "destinationPrefix": PREFIX, "base": None}
+            writer.write_extra("archive.json", json.dumps({**info, "phases": {}}))
+        finally:
+            await writer.close()
+
+    asyncio.run(write())
+    path = f"/v2/tkg/apps/huge/blobs/{blob.digest}"
+    with ServeProcess(tmp_path / "srv", layout) as server:
+        status, _, _ = request(server, "GET", path, {"Range": "bytes=0-0"})  # hashed: verified
+        assert status == 206
+        host, port = server.host.rsplit(":", 1)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.settimeout(30)
+            sock.connect((host, int(port)))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: cut/1\r\n\r\n".encode())
+            received = 0
+            while received < 10 * 1024 * 1024:  # past two slices, then gone
+                chunk = sock.recv(1024 * 1024)
+                assert chunk, "the server closed first"
+                received += len(chunk)
+    log = server.read_log()  # stopped: every access line is written
+    line = next(line for line in log.splitlines() if line.endswith('"cut/1"'))
+    size = int(line.split('" ', 1)[1].split()[1])
+    assert 0 < size <= blob.size, line
+
+
 def test_access_log_fields_cannot_be_forged(corpus: Corpus, tmp_path: Path) -> None:
     """What a client sends (User-Agent, Referer, the request target) is escaped in its quoted
     field, as Apache and distribution's logger do: a `"` cannot end the field early and make
     the rest of the line say another status, size or agent."""
     forged = 'x" 200 1 "-" "forged'
+    # raw bytes no http.client sends: NEL (U+0085) and U+2028 cut a line for `splitlines`, the
+    # C1 CSI (U+009B) drives a terminal the log is read on, a byte that is no UTF-8 reaches the
+    # logger as a lone surrogate. (The parser itself refuses C0 controls such as ESC.)
+    raw_agent = b"raw\xc2\x85nel\xe2\x80\xa8ls\xc2\x9bcsi\xffend"
     with ServeProcess(tmp_path / "srv", corpus.layout) as server:
         request(server, "GET", "/v2/", {"User-Agent": forged, "Referer": 'r"ef\\'})
         request(server, "GET", '/v2/a"b/tags/list', {"User-Agent": "probe-2"})
+        host, port = server.host.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"User-Agent: " + raw_agent + b"\r\n\r\n"
+            )
+            while sock.recv(65536):  # the whole response: the server closes
+                pass
     lines = server.read_log().splitlines()  # stopped: every access line is written
-    first = next(line for line in lines if "GET /v2/ " in line)
+    first = next(line for line in lines if "GET /v2/ " in line and "forged" in line)
     assert first.endswith(' 200 2 "r\\"ef\\\\" "x\\" 200 1 \\"-\\" \\"forged"'), first
     second = next(line for line in lines if '"probe-2"' in line)
     assert '"GET /v2/a\\"b/tags/list HTTP/1.1" 400 ' in second, second
+    third = next(line for line in lines if '"raw' in line)
+    assert third.startswith("127.0.0.1 - - ["), third
+    assert third.endswith(
+        '"GET /v2/ HTTP/1.1" 200 2 "-" "raw\\xc2\\x85nel\\xe2\\x80\\xa8ls\\xc2\\x9bcsi\\xffend"'
+    ), third
 
 
 # -- TLS, auth, integrity, lifecycle ------------------------------------------------------------

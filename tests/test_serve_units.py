@@ -134,7 +134,7 @@ def test_listen_and_certificate_names() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["reg.lab", "REG-1.corp.example", "*.corp.example", "localhost", "x", "10.0.0.5", "::1",
+    ["reg.lab", "reg-1.corp.example", "*.corp.example", "localhost", "x", "10.0.0.5", "::1",
      "a" * 63 + ".lab", ".".join(["a" * 63] * 3 + ["b" * 61]), "xn--bcher-kva.example"],
 )  # fmt: skip
 def test_san_takes_an_ip_address_or_an_rfc_1123_name(name: str) -> None:
@@ -142,8 +142,32 @@ def test_san_takes_an_ip_address_or_an_rfc_1123_name(name: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "carried"),
+    [("REG-1.Corp.example", "reg-1.corp.example"), ("reg.lab.", "reg.lab"),
+     ("*.Corp.Example.", "*.corp.example"), ("::0001", "::1"), ("FE80::A", "fe80::a")],
+)  # fmt: skip
+def test_san_is_carried_lower_case_without_the_root_dot(name: str, carried: str) -> None:
+    """Names compare without case and `lab.` is `lab`: one form each, so a certificate never
+    carries Registry.Lab and registry.lab both."""
+    assert check_san(name) == carried
+    listen = Listen("Registry.Lab", 5000)
+    assert tls_names(listen, [check_san("registry.lab."), check_san("REGISTRY.lab")]) == [
+        "registry.lab"
+    ]
+
+
+def test_san_refusals_say_what_to_give() -> None:
+    with pytest.raises(UsageError, match=r"an IP address with a zone is not allowed.*'%eth0'"):
+        check_san("fe80::1%eth0")
+    with pytest.raises(UsageError, match=r"punycode \(xn--\) form: xn--bcher-kva\.example$"):
+        check_san("bücher.example")
+    with pytest.raises(UsageError, match=r"at most one trailing dot"):
+        check_san("lab..")
+
+
+@pytest.mark.parametrize(
     "name",
-    ["bad name", "-x", "x-", "a..b", ".lab", "lab.", "", "*", "*.", "a.*.lab", "**.lab",
+    ["bad name", "-x", "x-", "a..b", ".lab", "lab..", ".", "", "*", "*.", "a.*.lab", "**.lab",
      "under_score.lab", "a" * 64, "b" * 300, ".".join(["a" * 63] * 3 + ["b" * 62]),
      "1.2.3.999", "fe80::1%eth0", "bücher.example", "a\nb"],
 )  # fmt: skip
@@ -224,7 +248,45 @@ def test_htpasswd_checks_an_unknown_user_as_hard_as_a_known_one(
     asyncio.run(refused("alice", "wrong-password"))
     asyncio.run(refused("mallory", "wrong-password"))
     asyncio.run(refused("mallory", "s3cret-Pa55"))  # alice's password gets mallory nothing
-    assert checked == [auth.users["alice"]] * 3
+    assert checked == [auth.users["alice"], auth._decoy, auth._decoy]
+    assert bcrypt_cost(auth._decoy) == bcrypt_cost(auth.users["alice"])
+
+
+def bcrypt_cost(hashed: bytes) -> int:
+    return int(hashed.split(b"$")[2])
+
+
+def test_htpasswd_decoy_is_as_costly_as_the_costliest_well_formed_entry(tmp_path: Path) -> None:
+    """The unknown user's decoy is not the file's first entry, which may be malformed (bcrypt
+    refuses it at once) or cheap: it is made at load at the highest cost a good entry has."""
+    good = make_htpasswd(tmp_path / "good", {"cheap": "a", "dear": "b"})
+    cheap, dear = good.read_text().splitlines()
+    cheap = cheap.replace("$05$", "$04$", 1)  # htpasswd -B's least cost is 5; bcrypt's is 4
+    dear = dear.replace("$05$", "$06$", 1)
+    for first in ("broken:$2y$05$not-a-hash", cheap):
+        path = tmp_path / "htpasswd"
+        path.write_text(f"{first}\n{dear}\nodd:$2y$99$" + "a" * 53 + "\n")
+        auth = Htpasswd.load(path)
+        assert bcrypt_cost(auth._decoy) == 6, first
+        assert not transship.serve.auth._check(b"b", auth._decoy)  # well formed: checked
+    path.write_text("broken:$2y$05$not-a-hash\n")
+    assert bcrypt_cost(Htpasswd.load(path)._decoy) == 12  # none good: bcrypt's default
+
+
+def test_htpasswd_password_longer_than_bcrypt_reads(tmp_path: Path) -> None:
+    """htpasswd makes an entry from a password of 100 bytes out of its first 72, as bcrypt does;
+    bcrypt 5 raises on such a password, which must not lock its user out."""
+    password = "p" * 100
+    auth = Htpasswd.load(make_htpasswd(tmp_path / "htpasswd", {"long": password}))
+
+    async def check() -> None:
+        value = "Basic " + base64.b64encode(f"long:{password}".encode()).decode()
+        assert await auth.require(value) == "long"
+        value = "Basic " + base64.b64encode(f"long:{'q' * 100}".encode()).decode()
+        with pytest.raises(APIError):
+            await auth.require(value)
+
+    asyncio.run(check())
 
 
 def test_error_body_is_the_spec_form() -> None:

@@ -26,7 +26,11 @@ def test_sizes_take_binary_multiples(text: str, size: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "0", "0K", "-5M", "big", "5X", "M", "5MB/s", "1e3", "1" * 400]
+    "text",
+    [
+        *("", "0", "0K", "-5M", "big", "5X", "M", "5MB/s", "1e3", "1" * 400),
+        *("١٢٣", "１０G", "10\u212a", "\u300010"),  # other digits, the Kelvin sign, a wide space
+    ],
 )
 def test_anything_else_is_one_line_naming_the_option(text: str) -> None:
     with pytest.raises(UsageError) as info:

@@ -13,7 +13,9 @@ from fractions import Fraction
 
 from transship.errors import UsageError
 
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE)
+#: ASCII only: `\d` would take other scripts' digits (`١٢٣`, `１０G`), and a case-blind `k`
+#: the Kelvin sign (U+212A), which `.upper()` leaves out of "KMGT"
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE | re.ASCII)
 
 
 def parse_size(text: str, *, option: str, example: str = "4G or 700M") -> int:

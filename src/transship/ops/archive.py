@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -336,8 +337,15 @@ MAX_BASE_CHAIN = 64
 def base_beside(archive: Path, name: str) -> Path | None:
     """The base archive.json names (`base`), beside the increment (as `save --since` gave it:
     a directory, a tar, a first volume or a `.parts` file), or None when it is not there."""
-    beside = archive.parent / name
+    beside = where_beside(archive, name)
     return beside if beside.exists() else None
+
+
+def where_beside(archive: Path, name: str) -> Path:
+    """Where a base named `name` lies beside `archive`: in the directory that holds it, also
+    when it is given as `.` or `..` (from inside a directory archive), whose `parent` is not
+    that directory. Made absolute without following links: beside the archive as named."""
+    return Path(os.path.abspath(archive)).parent / name
 
 
 async def open_base_chain(
@@ -380,7 +388,7 @@ async def link_bases(archive: LayoutReader, path: Path, what: str, *, warn: bool
                 log.warning(
                     "%s %s: %s is an increment on top of %s, which is not beside it (%s); "
                     "the blobs %s holds are carried again (put it there to leave them out)",
-                    what, path, path.name, name, path.parent / name, name,
+                    what, path, path.name, name, where_beside(path, name), name,
                 )  # fmt: skip
             break
         names.add(name)

@@ -155,7 +155,7 @@ async def _read(path: Path, layout: OCILayout | OCILayoutTar, target: SaveTarget
             raise _damaged(path, f"is damaged ({name} does not match transship/SHA256SUMS)")
     carried = sums.get(TOOL_FILE)
     if carried is not None:  # listed: the file must be there, of the sha256 listed
-        _note, tool_problems = carried_tool(layout)
+        _note, tool_problems, _damaged_tool = carried_tool(layout)
         if tool_problems:
             raise _damaged(path, f"is damaged ({tool_problems[0]})")
     if carried is None and target.tool is not None:

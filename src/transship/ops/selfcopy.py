@@ -67,9 +67,10 @@ def place_tool(tool: Path | None, layout_dir: Path) -> None:
         raise
 
 
-def carried_tool(layout: LayoutReader) -> tuple[str | None, list[str]]:
+def carried_tool(layout: LayoutReader) -> tuple[str | None, list[str], bool]:
     """For `archive verify` and a save rerun: a note on the carried tool (None if there is
-    none) and problems (listed in `SHA256SUMS` but absent, or its sha256 not the one listed)."""
+    none), problems (listed in `SHA256SUMS` but absent, or its sha256 not the one listed), and
+    whether the tool is damaged (its sha256 not the one listed: an integrity problem)."""
     name = TOOL_FILE.removeprefix(f"{EXTRA_DIR}/")
     listed = None
     for line in (layout.read_extra("SHA256SUMS") or b"").decode(errors="replace").splitlines():
@@ -79,10 +80,11 @@ def carried_tool(layout: LayoutReader) -> tuple[str | None, list[str]]:
     tool = layout.read_extra(name)
     if tool is None:
         if listed is None:
-            return None, []
-        return None, [f"{TOOL_FILE}: listed in transship/SHA256SUMS but not in the archive"]
+            return None, [], False
+        return None, [f"{TOOL_FILE}: listed in transship/SHA256SUMS but not in the archive"], False
     actual = hashlib.sha256(tool).hexdigest()
     if listed != actual:
         why = "is not listed in" if listed is None else "does not match"
-        return None, [f"{TOOL_FILE}: its sha256 {actual[:12]}… {why} transship/SHA256SUMS"]
-    return f"carries {TOOL_FILE} ({len(tool)} bytes, sha256 {actual[:12]}…, as listed)", []
+        problem = f"{TOOL_FILE}: its sha256 {actual[:12]}… {why} transship/SHA256SUMS"
+        return None, [problem], listed is not None
+    return f"carries {TOOL_FILE} ({len(tool)} bytes, sha256 {actual[:12]}…, as listed)", [], False

@@ -38,7 +38,13 @@ from transship.imgpkg.locations import build_image_locations
 from transship.layout import OCILayoutTar
 from transship.layout.reader import LayoutReader
 from transship.manifest import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
-from transship.ops.archive import ArchiveInfo, base_beside, close_chain, open_base_chain
+from transship.ops.archive import (
+    ArchiveInfo,
+    base_beside,
+    close_chain,
+    link_bases,
+    open_finished,
+)
 from transship.ops.selfcopy import carried_tool
 from transship.ops.tasks import source_endpoint
 from transship.plan.model import EntryKind, Plan, PlanEntry
@@ -511,17 +517,21 @@ async def verify_archive(
     first: every blob of a half-written one may check out.
     """
     problems = layout.verify_volumes() if isinstance(layout, OCILayoutTar) else []
-    found, missing, blobs, manifests = await _walk_archive(layout)
+    corrupt = bool(problems)  # a volume whose sha256 is not the one its list gives
+    found, missing, blobs, manifests, damaged = await _walk_archive(layout)
     problems += found
-    tool_note, tool_problems = carried_tool(layout)
+    tool_note, tool_problems, damaged_tool = carried_tool(layout)
     problems += tool_problems
+    #: decided where each problem is found, never from its text: a problem may quote a base's
+    #: error or name a file or tag that says "bytes" or "does not match". A base beside an
+    #: increment that is damaged is the base's integrity problem, not this archive's.
+    corrupt = corrupt or damaged or damaged_tool
     judged = _BaseJudgement()
     if base and missing:
         judged = await _judge_missing(path, base, missing)
         problems += judged.problems
     else:
         problems += [f"{where}: blob {blob.digest.short} is missing" for where, blob in missing]
-    corrupt = any("does not match" in p or "bytes" in p for p in problems)  # not `unfinished`
     problems = [*unfinished, *problems]
     return ArchiveCheck(
         layout.label,
@@ -546,17 +556,35 @@ async def _judge_missing(
     if path is None or beside is None:
         judged.unchecked, judged.unchecked_base = len(missing), base
         return judged
+    unchecked = f"the {len(missing)} blob(s) this increment leaves to it are not checked"
     try:
-        chain = await open_base_chain(beside, "archive verify")
+        chain = await open_finished(beside, "archive verify")
     except TransshipError as exc:
         judged.problems.append(
-            f"the base archive {base} beside it cannot be read ({exc}): the {len(missing)} "
-            "blob(s) this increment leaves to it are not checked"
+            f"the base archive {base} beside it cannot be read ({exc}): {unchecked}"
         )
         return judged
     try:
-        names: set[str] = {path.name, base}
+        chain.reach_only = True  # as open_base_chain: what loading it pushes, walked when needed
+        await link_bases(chain, beside, "archive verify")
+    except TransshipError as exc:
+        # a base further down failed, the one below the last linked: blame it, not `base`
         last: LayoutReader = chain
+        while last.base is not None:
+            last = last.base
+        broken = ArchiveInfo.read(last).base or base
+        await close_chain(chain)
+        judged.problems.append(
+            f"the base archive {broken}, under {base} beside it, cannot be read ({exc}): "
+            f"{unchecked}"
+        )
+        return judged
+    except BaseException:
+        await close_chain(chain)
+        raise
+    try:
+        names: set[str] = {path.name, base}
+        last = chain
         while last.base is not None:
             names.add(str(ArchiveInfo.read(last).base))
             last = last.base
@@ -583,9 +611,11 @@ async def _judge_missing(
 
 async def _walk_archive(
     layout: LayoutReader,
-) -> tuple[list[str], list[tuple[str, Descriptor]], int, int]:
+) -> tuple[list[str], list[tuple[str, Descriptor]], int, int, bool]:
     """Every named manifest's graph (no depth limit), each distinct blob re-hashed once:
-    (problems, blobs missing with where they are needed, blobs re-hashed, manifests checked)."""
+    (problems, blobs missing with where they are needed, blobs re-hashed, manifests checked,
+    whether some manifest or blob does not match its digest or size)."""
+    corrupt = False
     problems: list[str] = []
     missing: list[tuple[str, Descriptor]] = []
     checked_blobs: set[Digest] = set()
@@ -595,6 +625,7 @@ async def _walk_archive(
         where, manifest = reached.where, reached.manifest
         if manifest is None:
             problems.append(f"{where}: {reached.error}")
+            corrupt = corrupt or isinstance(reached.error, IntegrityError)
             continue
         checked_manifests += 1
         for blob in manifest.blobs():
@@ -611,4 +642,5 @@ async def _walk_archive(
                         pass
             except IntegrityError as exc:
                 problems.append(f"{where}: {exc}")
-    return problems, missing, hashed, checked_manifests
+                corrupt = True
+    return problems, missing, hashed, checked_manifests, corrupt

@@ -13,6 +13,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
+import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 import bcrypt
@@ -23,6 +26,11 @@ from transship.serve.errors import APIError
 REALM = "transship"
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 _MAX_REMEMBERED = 1024
+#: bcrypt reads only this many bytes of a password; bcrypt 5 raises on longer ones, htpasswd and
+#: distribution (Go's bcrypt) use the first 72 and ignore the rest
+_BCRYPT_MAX_PASSWORD = 72
+_WELL_FORMED = re.compile(rb"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+_DEFAULT_COST = 12  # bcrypt.gensalt's own default, for a file without one well-formed entry
 
 
 class Htpasswd:
@@ -32,10 +40,11 @@ class Htpasswd:
         self.users = users
         self.origin = origin
         self._good: dict[str, bytes] = {}  # user → sha256 of a password that matched
-        #: an unknown user's password is checked against this (a real entry, so the same bcrypt
-        #: cost) and refused whatever the result: answering at once would tell, by the time a
-        #: 401 takes, which user names exist
-        self._decoy = next(iter(users.values()), b"")
+        #: an unknown user's password is checked against this and refused whatever the result:
+        #: answering at once would tell, by the time a 401 takes, which user names exist. A hash
+        #: of a random secret made here at the highest cost the file uses, not one of its
+        #: entries: the first might be malformed (refused at once) or of a low cost
+        self._decoy = decoy_hash(users.values())
 
     @classmethod
     def load(cls, path: Path) -> Htpasswd:
@@ -82,9 +91,24 @@ class Htpasswd:
         return user
 
 
+def bcrypt_cost(hashed: bytes) -> int | None:
+    """The cost of a well-formed bcrypt hash; None for one bcrypt would refuse."""
+    match = _WELL_FORMED.fullmatch(hashed)
+    if match is None:
+        return None
+    cost = int(match[1])
+    return cost if 4 <= cost <= 31 else None
+
+
+def decoy_hash(hashes: Iterable[bytes]) -> bytes:
+    """A bcrypt hash of a random secret, as costly as the costliest well-formed one given."""
+    cost = max(filter(None, map(bcrypt_cost, hashes)), default=_DEFAULT_COST)
+    return bytes(bcrypt.hashpw(secrets.token_bytes(32), bcrypt.gensalt(rounds=cost)))
+
+
 def _check(password: bytes, hashed: bytes) -> bool:
     try:
-        return bool(bcrypt.checkpw(password, hashed))
+        return bool(bcrypt.checkpw(password[:_BCRYPT_MAX_PASSWORD], hashed))
     except ValueError:  # a malformed hash in the file: nobody gets in with it
         return False
 

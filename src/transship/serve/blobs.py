@@ -36,6 +36,9 @@ SERVE_READ = 256 * 1024
 #: a corrupt verdict is trusted this long, then the blob is hashed again on request: a medium
 #: that read wrong once (or a blob file put back as it was, mtime and all) is not refused forever
 CORRUPT_RECHECK = 60.0
+#: most bytes one `loop.sendfile` call sends: its count is known only when it returns, so a
+#: client that goes away partway leaves at most this much of what it got out of the access log
+SENDFILE_SLICE = 4 * 1024 * 1024
 _RANGE = re.compile(r"^\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
 #: request key: body bytes of a blob actually sent (sendfile bypasses aiohttp's byte count,
 #: which counts the headers too), for the access log
@@ -330,15 +333,20 @@ async def _sendfile(
         loop = asyncio.get_running_loop()
         sized = (extent for extent in extents if extent.size)  # count 0: "to the end"
         for extent, handle in zip(sized, handles, strict=True):
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("connection lost")
-            sent = await loop.sendfile(transport, handle, extent.offset, extent.size)
-            _count(request, sent)
-            if sent != extent.size:
-                raise ShortFile(
-                    f"{extent.path} gave {sent} of {extent.size} bytes at offset {extent.offset}"
-                )
+            done = 0
+            while done < extent.size:  # in slices, each counted once sent (see SENDFILE_SLICE)
+                transport = request.transport
+                if transport is None:
+                    raise ConnectionResetError("connection lost")
+                count = min(SENDFILE_SLICE, extent.size - done)
+                sent = await loop.sendfile(transport, handle, extent.offset + done, count)
+                _count(request, sent)
+                done += sent
+                if sent != count:
+                    raise ShortFile(
+                        f"{extent.path} gave {done} of {extent.size} bytes "
+                        f"at offset {extent.offset}"
+                    )
     finally:
         for handle in handles:
             handle.close()

@@ -104,17 +104,22 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def _escaped(text: str) -> str:
-    """A client-sent field as Apache writes it in a quoted log field: `"` and `\\` escaped,
-    control characters as `\\xHH`, so a User-Agent cannot end its field and forge the rest
-    of the line (or a line of its own)."""
-    return "".join(
-        "\\" + char
-        if char in '"\\'
-        else f"\\x{ord(char):02x}"
-        if ord(char) < 0x20 or ord(char) == 0x7F
-        else char
-        for char in text
-    )
+    """A client-sent field as Apache writes it in a quoted log field: `"` and `\\` escaped, every
+    byte outside printable ASCII as `\\xHH` (of its UTF-8; a byte aiohttp kept undecoded, as a
+    surrogateescape surrogate, as itself), so a User-Agent cannot end its field and forge the
+    rest of the line, nor cut it in two with a character `splitlines` breaks at (NEL, U+2028)."""
+    out: list[str] = []
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for an undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
 
 
 def body_bytes(request: BaseRequest, response: StreamResponse) -> int:
@@ -211,7 +216,8 @@ def _client_host(listen: Listen) -> str:
 
 def tls_names(listen: Listen, extra: list[str]) -> list[str]:
     """Names the server certificate must carry: the listen host (or this machine's name when
-    listening everywhere), loopback names when reachable that way, and every `--san`."""
+    listening everywhere), loopback names when reachable that way, and every `--san`; each
+    once, lower-cased (names compare without case: `Reg.Lab` and `reg.lab` are one)."""
     names: list[str] = []
     if listen.wildcard:
         names += [socket.gethostname(), socket.getfqdn()]
@@ -222,8 +228,8 @@ def tls_names(listen: Listen, extra: list[str]) -> list[str]:
     names += extra
     seen: list[str] = []
     for name in names:
-        if name and name not in seen:
-            seen.append(name)
+        if name and name.lower() not in seen:
+            seen.append(name.lower())
     return seen
 
 

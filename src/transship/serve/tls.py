@@ -166,28 +166,52 @@ MAX_NAME = 253
 
 
 def check_san(name: str) -> str:
-    """`--san NAME`, as given, when it is an IP address or a host name a certificate can carry
-    (RFC 1123: labels of 1-63 letters, digits or hyphens, no hyphen at either end, the last
-    one not all digits, 253 characters in all; one leading `*.` for a wildcard); anything else
-    is a one-line `UsageError` naming it."""
-    if _is_ip(name) and "%" not in name:  # a zone (`fe80::1%eth0`) has no place in a SAN
-        return name
-    host = name[2:] if name.startswith("*.") else name
+    """`--san NAME` as a certificate carries it, when it is an IP address (in its canonical
+    form) or a host name (RFC 1123: labels of 1-63 letters, digits or hyphens, no hyphen at
+    either end, the last one not all digits, 253 characters in all; one leading `*.` for a
+    wildcard; lower-cased, as names compare without case; one trailing dot, the root, left
+    off); anything else is a one-line `UsageError` naming it and what to give instead."""
+    if _is_ip(name):
+        if "%" in name:  # a zone (`fe80::1%eth0`) is local to one host: a SAN has no place for it
+            zone = _shown(name.split("%", 1)[1])
+            raise UsageError(
+                f"--san '{_shown(name)}': an IP address with a zone is not allowed; "
+                f"give it without '%{zone}'"
+            )
+        return str(ipaddress.ip_address(name))
+    bare = name[:-1] if name.endswith(".") else name
+    host = bare[2:] if bare.startswith("*.") else bare
     labels = host.split(".")
     if (
-        len(name) <= MAX_NAME
+        len(bare) <= MAX_NAME
         and all(_LABEL.fullmatch(label) for label in labels)
         and not labels[-1].isdigit()
     ):
-        return name
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)  # one line
+        return bare.lower()
+    rule = (
+        "give labels of 1-63 letters, digits or hyphens (no hyphen first or last) joined by "
+        "dots, 253 characters at most, optionally after one leading '*.' (and before at most one "
+        "trailing dot)"
+    )
+    if not name.isascii() and name.isprintable():
+        rule += f"; a name in other letters goes in its punycode (xn--) form{_punycode(name)}"
+    raise UsageError(f"--san '{_shown(name)}' is neither an IP address nor a DNS name: {rule}")
+
+
+def _shown(name: str) -> str:
+    """`name` on one line (control characters escaped), cut when long."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
     if len(name) > 80:
         shown = f"{shown[:40]}... ({len(name)} characters)"
-    raise UsageError(
-        f"--san '{shown}' is neither an IP address nor a DNS name: give labels of 1-63 "
-        "letters, digits or hyphens (no hyphen first or last) joined by dots, 253 characters "
-        "at most, optionally after one leading '*.'"
-    )
+    return shown
+
+
+def _punycode(name: str) -> str:
+    """`: xn--…` for a name IDNA can encode, else nothing."""
+    try:
+        return f": {name.encode('idna').decode('ascii').lower()}"
+    except UnicodeError:
+        return ""
 
 
 def _is_ip(name: str) -> bool:
