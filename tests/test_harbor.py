@@ -21,7 +21,13 @@ from harness.registry import RegistryProcess
 from harness.seed import seed_image, seed_index
 
 from transship.connect import RegistryPool, SideSettings
-from transship.errors import ExitCode, PermissionDeniedError, RegistryError, UsageError
+from transship.errors import (
+    ExitCode,
+    PermissionDeniedError,
+    RegistryError,
+    UsageError,
+    shown_text,
+)
 from transship.harbor.api import HarborAPI, ProjectRefused, parse_quota
 from transship.harbor.quota import is_quota_refusal, quota_detail
 from transship.layout import OCILayout
@@ -240,6 +246,47 @@ async def test_the_emulator_takes_harbor_s_int64_storage_limit_and_no_more(
         assert "wider" not in h.projects
     finally:
         await registry.close()
+
+
+async def test_a_refused_project_says_harbor_s_reason_not_only_its_name(
+    harbor: MakeHarbor, pki: PKI
+) -> None:
+    """Harbor answers 400 to `POST /projects` for the name, the storage limit or the body:
+    the message names the project and gives Harbor's reason (`errors[].message`), never
+    "refused project name" for a limit it objects to, nor a credential."""
+    h = harbor()
+    options = RegistryOptions(ca=load_ca(str(pki.ca_pem_path)), credentials=Credentials(*ADMIN))
+    registry = Registry(h.host, options)
+    try:
+        api = HarborAPI(registry)
+        assert await api.detect() is not None
+        with pytest.raises(ProjectRefused) as refused:
+            await api.create_project("zero", public=False, storage_limit=0)
+        said = str(refused.value)
+        assert refused.value.status == 400 and "project 'zero'" in said, said
+        assert said.endswith(": storage_limit must be -1 or a positive size"), said
+        assert "project name" not in said, said
+        with pytest.raises(ProjectRefused) as refused:
+            await api.create_project("Bad_Name", public=False, storage_limit=None)
+        said = str(refused.value)
+        assert "project 'Bad_Name'" in said and "not in lower case" in said, said
+        for secret in PASSWORDS:
+            assert secret not in said
+        assert not {"zero", "Bad_Name"} & set(h.projects)
+    finally:
+        await registry.close()
+
+
+def test_text_from_elsewhere_is_shown_on_one_line_without_credentials() -> None:
+    """What Harbor (or an exception) says is shown without the run's own credentials, nor
+    anything after an auth scheme, on one line of at most 200 characters."""
+    said = shown_text(
+        "bad request from admin:Harbor12345 (Authorization: Basic YWRtaW46SGFyYm9yMTIzNDU=)\n"
+        "second line",
+        ["Harbor12345", ""],
+    )
+    assert said == "bad request from admin:*** (Authorization: Basic ***)", said
+    assert len(shown_text("x" * 500)) == 203
 
 
 async def test_the_wing_reaches_only_registries_the_factory_opened(tmp_path: Path) -> None:

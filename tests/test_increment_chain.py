@@ -9,7 +9,10 @@ import asyncio
 import dataclasses
 import http.client
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,8 @@ from transship.errors import ExitCode
 from transship.ops.load import missing_blob_hint
 from transship.plan.model import Plan
 from transship.serve.archive import ServedArchive
+
+TRANSSHIP = [sys.executable, "-m", "transship"]
 
 
 def _images(reg: RegistryProcess, name: str) -> tuple[list[str], list[Image]]:
@@ -490,6 +495,21 @@ def test_load_repair_of_an_increment_goes_on_past_an_unfinished_base_it_needs_no
     assert "not reading from the base a beside it" in said[0], said
     assert "its save did not finish (transship/INCOMPLETE is there)" in said[0], said
     assert "Traceback" not in out.err, out.err
+
+    # as an operator sees it (default verbosity, its own process: pytest's log capture holds
+    # the root logger in-process): the warning reads as every other `transship: warning:`
+    run = subprocess.run(
+        [*TRANSSHIP, "load", str(second), "--dest", f"{dest.host}/far", "--repair"],
+        env={**os.environ, "DOCKER_CONFIG": str(tmp_path / "docker-config")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    warned = [ln for ln in run.stderr.splitlines() if "not reading from the base" in ln]
+    assert len(warned) == 1, run.stderr
+    assert warned[0].startswith("transship: warning: load --repair "), run.stderr
+    assert "WARNING" not in run.stderr, run.stderr
 
 
 def test_save_since_walks_each_base_s_named_manifests_at_most_once_per_run(

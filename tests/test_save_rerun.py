@@ -61,6 +61,36 @@ def test_rerun_onto_its_finished_tar_does_nothing_and_succeeds(
     assert cli("archive", "verify", str(archive)).code == 0
 
 
+def test_dry_run_onto_its_finished_archive_says_it_would_write_nothing(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """`save --dry-run` makes the check a rerun makes (read only): onto a finished tar, or its
+    volumes, holding this plan it says nothing would be written, not the whole size again.
+    Onto one holding another plan it measures, as before (only the real run refuses)."""
+    refs = []
+    for n in range(2):  # 40 KiB layers: more than one 64 KiB volume
+        seed_image(plain_registry, f"rerun0/app{n}", "v1", seed=400 + n, layer_sizes=(40_000,))
+        refs.append(f"{plain_registry.host}/rerun0/app{n}:v1")
+    listing = write_list(tmp_path, "images.txt", refs)
+    usb = tmp_path / "usb"
+    for archive, split in ((usb / "one.tar", ()), (usb / "cut.tar", ("--split-size", "64K"))):
+        save = ("save", "--images", str(listing), "-o", str(archive), *split)
+        assert cli(*save, "-q").code == 0
+        before = snapshot([usb])
+        out = cli(*save, "--dry-run")
+        assert out.code == 0, out.err
+        said = f"save would write nothing: {archive} already holds this plan (2 images)"
+        assert said in out.err, out.err
+        assert "free space there" not in out.err, out.err  # nothing measured
+        assert snapshot([usb]) == before
+
+    seed_image(plain_registry, "rerun0/app1", "v1", seed=499, layer_sizes=(40_000,))  # moved
+    out = cli("save", "--images", str(listing), "-o", str(usb / "one.tar"), "--dry-run")
+    assert out.code == 0, out.err
+    assert "save would write " in out.err and "would write nothing" not in out.err, out.err
+    assert snapshot([usb]) == before
+
+
 def test_rerun_after_a_tag_moved_is_refused_naming_the_image(
     cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
 ) -> None:

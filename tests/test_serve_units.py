@@ -7,10 +7,13 @@ import asyncio
 import base64
 import json
 import os
+import ssl
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from harness.registry import make_htpasswd
 
 import transship.serve.auth
@@ -33,7 +36,7 @@ from transship.serve.blobs import BlobServer, RangeNotSatisfiable, parse_range, 
 from transship.serve.errors import APIError
 from transship.serve.files import ChangedOnDisk, Identity, PinnedFiles
 from transship.serve.server import Listen, Ready, tls_names, write_ready_file
-from transship.serve.tls import check_san, self_signed
+from transship.serve.tls import check_san, self_signed, server_context
 
 
 @pytest.mark.parametrize(
@@ -178,6 +181,48 @@ def test_san_refuses_anything_else_in_one_line_naming_it(name: str) -> None:
     assert "\n" not in text and text.startswith("--san '")
     shown = name.replace("\n", "\\n")  # a control character is shown escaped
     assert (shown if len(name) <= 80 else name[:40]) in text, text
+
+
+def test_a_first_name_too_long_for_a_common_name_still_makes_a_certificate(
+    tmp_path: Path,
+) -> None:
+    """The first name (the listen host, a long `--san`) may be a DNS name of up to 253
+    characters, X.509 allows 64 in the CN: the CN is "transship serve" then, the SANs carry
+    every name whole, and a client checking the long name against the CA accepts it."""
+    long = ".".join(["a" * 63, "b" * 63, "lab"])  # 131 characters
+    files = self_signed(tmp_path / "certs", [long, "127.0.0.1"])
+    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert [a.value for a in cn] == ["transship serve"]
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert alt.get_values_for_type(x509.DNSName) == [long]
+
+    # a TLS handshake in memory, the client verifying the long name as a registry client does
+    bios = {side: (ssl.MemoryBIO(), ssl.MemoryBIO()) for side in ("client", "server")}
+    ends = {
+        "server": server_context(files).wrap_bio(*bios["server"], server_side=True),
+        "client": ssl.create_default_context(cafile=str(files.ca)).wrap_bio(
+            *bios["client"], server_hostname=long
+        ),
+    }
+    done = {"client": False, "server": False}
+    for _ in range(10):  # a handshake takes a few flights; each step moves the bytes across
+        for side, peer in (("client", "server"), ("server", "client")):
+            try:
+                ends[side].do_handshake()
+                done[side] = True
+            except ssl.SSLWantReadError:
+                pass
+            bios[peer][0].write(bios[side][1].read())  # my outgoing into the peer's incoming
+        if all(done.values()):
+            break
+    assert all(done.values()), done
+    client = ends["client"]
+    assert client.getpeercert()["subjectAltName"][0] == ("DNS", long)
+
+    short = self_signed(tmp_path / "short", ["reg.lab"])  # a name that fits stays the CN
+    cert = x509.load_pem_x509_certificate(short.cert.read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "reg.lab"
 
 
 def test_served_prefix_and_names() -> None:

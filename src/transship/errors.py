@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 
 
@@ -250,13 +250,23 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _SECRET_SHAPES = re.compile(r"(?i)\b(basic|bearer)(\s+|=|:\s*)[^\s'\",)}>]+|(?<=://)[^/@\s'\"]+@")
 
 
+def shown_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Text from elsewhere (an exception's, a server's answer) as a message may show it: its
+    first line, what may follow an auth scheme or sit in a URL's user part and each of
+    `secrets` (the run's own credentials) replaced by ***, at most 200 characters."""
+    first = (text.strip().splitlines() or [""])[0]
+    for secret in secrets:
+        if secret:
+            first = first.replace(secret, "***")
+    first = _SECRET_SHAPES.sub(lambda m: f"{m.group(1)} ***" if m.group(1) else "***@", first)
+    return first if len(first) <= 200 else first[:200] + "..."
+
+
 def describe_unexpected(exc: BaseException) -> str:
     """An exception nobody foresaw, for a message or a report: its type and the first line of
     its text, secrets scrubbed, never its repr (aiohttp's carry the request's headers, the
     Authorization header included)."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    text = _SECRET_SHAPES.sub(lambda m: f"{m.group(1)} ***" if m.group(1) else "***@", first)
-    text = text if len(text) <= 200 else text[:200] + "..."
+    text = shown_text(str(exc))
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 

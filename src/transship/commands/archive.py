@@ -45,7 +45,7 @@ from transship.commands.imgpkgtar import (
 from transship.commands.rendering import wide_console
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, Stats, TaskResult
-from transship.errors import UsageError
+from transship.errors import IncompatibleArchiveError, IntegrityError, UsageError
 from transship.fsutil import write_atomic
 from transship.layout.volumes import parse_size
 from transship.ops.archive import (
@@ -222,6 +222,13 @@ def save(
                 plan, info.prefix, sources.get, output, quiet, held_back, limit_rate
             )
         if dry_run:
+            rerun = await _finished_rerun(target, plan, info, sources, held_back, parallel)
+            if rerun is not None:  # what the real rerun would say: nothing written
+                console.print(
+                    f"save would write nothing: {output} {_holds(held_back)} ({rerun} images)",
+                    soft_wrap=True,
+                )
+                return []
             found = await estimate(plan, target, sources.get)
             console.print(
                 f"save would write {human_bytes(found.bytes)} ({found.blobs} blobs, "
@@ -234,8 +241,9 @@ def save(
         if finished is not None:  # a rerun of a save that finished: nothing to write
             count = await same_save(finished, plan, info, sources.get, held_back, parallel)
             if not quiet:
-                held = "already holds this plan" if not held_back else "holds the rest of this plan"
-                console.print(f"{output} {held} ({count} images); nothing to do", soft_wrap=True)
+                console.print(
+                    f"{output} {_holds(held_back)} ({count} images); nothing to do", soft_wrap=True
+                )
             skipped = already_saved(finished, planned_tasks(plan, info, target, sources.get))
             unexpanded = replace(plan, entries=tuple(held_back))  # failed, as SaveJob.held_back
             done = skipped + [
@@ -282,6 +290,31 @@ def save(
         return results
 
     return execute(run, src_settings, SideSettings(side="dest"), record)  # no dest registry
+
+
+def _holds(held_back: list[PlanEntry]) -> str:
+    return "already holds this plan" if not held_back else "holds the rest of this plan"
+
+
+async def _finished_rerun(
+    target: SaveTarget,
+    plan: Plan,
+    info: ArchiveInfo,
+    sources: RegistryPool,
+    held_back: list[PlanEntry],
+    parallel: int,
+) -> int | None:
+    """For `save --dry-run`: how many images the finished archive at the output holds when a
+    real rerun would find it holds this plan and do nothing (the same checks, read only);
+    None when there is none, or it holds something else (the dry run measures then, as
+    before: only the real run refuses)."""
+    if target.finished is None:
+        return None
+    try:
+        finished = await read_finished(target)
+        return await same_save(finished, plan, info, sources.get, held_back, parallel)
+    except (UsageError, IntegrityError, IncompatibleArchiveError):
+        return None
 
 
 def already_saved(finished: FinishedSave, tasks: list[list[CopyTask]]) -> list[TaskResult]:

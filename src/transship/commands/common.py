@@ -109,9 +109,26 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.DEBUG
     if quiet:
         level = logging.ERROR
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter(verbose, "%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+class OperatorFormatter(logging.Formatter):
+    """A logged warning (or error) at the default verbosity reads as every other line
+    transship prints to an operator: `transship: warning: ...`, not the logger's own form."""
+
+    def __init__(self) -> None:
+        super().__init__("%(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"transship: {record.levelname.lower()}: {super().format(record)}"
+
+
+def log_formatter(verbose: int, detail: str) -> logging.Formatter:
+    """The operator's form at the default verbosity; with -v/-vv the `detail` format (level,
+    logger name) as before."""
+    return OperatorFormatter() if verbose == 0 else logging.Formatter(detail)
 
 
 def _parse_rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:

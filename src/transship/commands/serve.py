@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from transship.commands.archivepaths import existing_archives
+from transship.commands.common import log_formatter
 from transship.errors import UsageError
 from transship.remote.tls import load_ca
 from transship.serve.archive import ServedArchive
@@ -189,7 +190,7 @@ def _logging(verbose: int, quiet: bool) -> None:
     access.propagate = False
     access.setLevel(logging.ERROR if quiet else logging.INFO)
     errors = logging.StreamHandler(sys.stderr)
-    errors.setFormatter(logging.Formatter("transship: %(levelname)s: %(message)s"))
+    errors.setFormatter(log_formatter(verbose, "transship: %(levelname)s: %(message)s"))
     main = logging.getLogger("transship.serve")
     main.handlers[:] = [errors]
     main.propagate = False

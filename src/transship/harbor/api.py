@@ -10,7 +10,7 @@ pool and TLS trust the registry calls use. Paths and shapes follow goharbor/harb
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +25,7 @@ from transship.errors import (
     TransshipError,
     UnreachableError,
     UsageError,
+    shown_text,
 )
 from transship.remote.registry import Registry
 from transship.sizes import parse_size
@@ -74,6 +75,14 @@ class HarborAPI:
     def user(self) -> str | None:
         creds = self.registry.transport.known_credentials
         return creds.username if creds and creds.username else None
+
+    def _secrets(self) -> tuple[str, ...]:
+        """The credentials this run sends Harbor: never in a message, whatever Harbor echoes."""
+        creds = self.registry.transport.known_credentials
+        if creds is None:
+            return ()
+        basic = creds.basic().removeprefix("Basic ") if creds.username else ""
+        return tuple(s for s in (creds.password, creds.identity_token, basic) if s)
 
     async def _headers(self) -> dict[str, str]:
         # looked up only if the registry asked for credentials on /v2/ (Harbor always does)
@@ -158,7 +167,7 @@ class HarborAPI:
             return True
         if status == 409:
             return False
-        detail = _message(raw)
+        detail = _message(raw, self._secrets())
         who = f"user '{self.user}'" if self.user else "an anonymous caller"
         if status == 403:
             if self.info is not None and self.info.creation_restriction == "everyone":
@@ -182,9 +191,10 @@ class HarborAPI:
                 status=401,
                 hint=f"pass {self.registry.options.creds_option} USER:PASSWORD",
             )
-        if status == 400:
+        if status == 400:  # the name, the storage limit, the body: Harbor's reason says which
             raise ProjectRefused(
-                f"Harbor at {self.host} refused project name '{name}': {detail or 'bad request'}",
+                f"Harbor at {self.host} refused to create project '{name}': "
+                + (detail or "400 Bad Request, no reason given"),
                 status=400,
             )
         raise RegistryError(
@@ -251,13 +261,17 @@ class HarborAPI:
             return None
 
 
-def _message(raw: bytes) -> str:
-    """The first message of a swagger `Errors` body."""
+def _message(raw: bytes, secrets: Iterable[str] = ()) -> str:
+    """Harbor's reason from a swagger `Errors` body (each `errors[].message`, else its
+    `code`), else the body's text: one line as `shown_text` shows it, `secrets` never."""
     try:
         errors = json.loads(raw).get("errors") or []
-        return str(errors[0].get("message") or errors[0].get("code") or "")
-    except (ValueError, AttributeError, IndexError, TypeError):
-        return raw.decode("utf-8", "replace").strip()[:200]
+        text = "; ".join(
+            str(e.get("message") or e.get("code") or "") for e in errors if isinstance(e, dict)
+        )
+    except (ValueError, AttributeError, TypeError, UnicodeDecodeError):
+        text = raw.decode("utf-8", "replace")
+    return shown_text(text, secrets)
 
 
 #: Harbor's `storage_limit` (swagger `ProjectReq`) is an int64 count of bytes

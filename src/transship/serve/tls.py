@@ -74,7 +74,7 @@ def _self_signed(directory: Path, names: list[str]) -> TLSFiles:
                 alt.append(x509.DNSName(name))
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(names))]))
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -92,6 +92,18 @@ def _self_signed(directory: Path, names: list[str]) -> TLSFiles:
         _write_key(key_path, key)
         write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return TLSFiles(cert_path, key_path, directory / CA_FILE)
+
+
+#: X.509's upper bound on a common name (RFC 5280 ub-common-name)
+MAX_COMMON_NAME = 64
+
+
+def common_name(names: list[str]) -> str:
+    """The server certificate's subject CN: its first name when that fits X.509's 64
+    characters, else "transship serve" (a DNS name may be 253): clients match the SANs, which
+    carry every name whole, the CN is only a label."""
+    first = names[0] if names else ""
+    return first if 0 < len(first) <= MAX_COMMON_NAME else "transship serve"
 
 
 def _ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
