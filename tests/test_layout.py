@@ -12,8 +12,9 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clirunner import CLI
@@ -37,9 +38,11 @@ from transship.layout import (
     split_ref_name,
     write_tar,
 )
+from transship.layout.reader import Reached
 from transship.manifest import MAX_INDEX_DEPTH, OCI_INDEX, Descriptor, Manifest
 from transship.ops.archive import ArchiveInfo
 from transship.ops.finished import _check_graph
+from transship.ops.verify import _walk_archive
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -731,4 +734,30 @@ async def test_a_manifest_cut_by_the_depth_limit_is_walked_again_higher_up(
     layout = OCILayout(tmp_path / "L", writable=False)
     with pytest.raises(IntegrityError, match=f"blob {Digest.parse(layer.digest).short} of r:b"):
         await _check_graph(tmp_path / "L", layout, ArchiveInfo())
+    await layout.close()
+
+
+class _FailingCheck(OCILayout):
+    """A layout whose blob check fails, and which notes when its walk is closed."""
+
+    walk_closed = False
+
+    async def walk_named(self, **kw: Any) -> AsyncGenerator[Reached, None]:
+        try:
+            async for step in super().walk_named(**kw):
+                yield step
+        finally:
+            self.walk_closed = True
+
+    async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:
+        raise RuntimeError("the disk went away")
+
+
+async def test_archive_verify_closes_its_walk_when_a_check_raises(tmp_path: Path) -> None:
+    """The walk is closed as the check fails, not left to the event loop's finaliser."""
+    await make_layout(tmp_path / "L")
+    layout = _FailingCheck(tmp_path / "L", writable=False)
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        await _walk_archive(layout)
+    assert layout.walk_closed  # no await since: closed by the walk's own `aclosing`
     await layout.close()

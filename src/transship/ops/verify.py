@@ -15,6 +15,7 @@ then checked for presence only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Coroutine, Hashable, Sequence
@@ -589,9 +590,10 @@ async def _walk_archive(
     missing: list[tuple[str, Descriptor]] = []
     checked_blobs: set[Digest] = set()
     checked_manifests = 0
-    async for reached in layout.walk_named(by_tag=True, max_depth=None):
-        await _check_reached(layout, reached, problems, missing, checked_blobs)
-        checked_manifests += reached.manifest is not None
+    async with contextlib.aclosing(layout.walk_named(by_tag=True, max_depth=None)) as walk:
+        async for reached in walk:
+            await _check_reached(layout, reached, problems, missing, checked_blobs)
+            checked_manifests += reached.manifest is not None
     return problems, missing, len(checked_blobs), checked_manifests
 
 
