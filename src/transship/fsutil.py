@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger("transship.fsutil")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -83,7 +86,9 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """`write_atomic` for a file written piece by piece (an archive): a temporary file in
     `path`'s directory (created if need be), with the mode any new file gets, fsynced and
     renamed over `path` when the block ends, then the directory fsynced; removed if the block
-    raises. Errors are the caller's to name."""
+    raises. Errors are the caller's to name. Once renamed the file is complete and in place:
+    a failing fsync of the directory after that is a warning (the new name may not survive a
+    crash), not an error that would report a finished file as failed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -96,7 +101,14 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:
+        log.warning(
+            "%s is written, but syncing its directory failed (%s): after a crash it may be "
+            "missing; check it then",
+            path, exc.strerror or exc,
+        )  # fmt: skip
 
 
 def unwritable(path: Path) -> str | None:
