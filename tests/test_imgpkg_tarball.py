@@ -3,13 +3,16 @@ damaged archives, and the writer reproducing imgpkg's bytes."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from transship import fsutil
 from transship.digest import Digest
 from transship.errors import IntegrityError, TransshipError
 from transship.imgpkg.tarball import ImgpkgTar, is_imgpkg_tar
@@ -280,3 +283,29 @@ async def test_graph_size_is_what_a_push_reads(name: str) -> None:
             assert await tar.list_referrers("any/repo", item.digest) is None
     finally:
         await tar.close()
+
+
+async def test_a_tar_in_place_is_not_failed_by_syncing_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once renamed into place the tar is complete: a directory fsync failing after that is a
+    warning naming it, not a failed tar (the other tars of the set carry on either way)."""
+
+    def failing(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(directory))
+
+    monkeypatch.setattr(fsutil, "fsync_dir", failing)
+    original = FIXTURES / "image-app-a.tar"
+    tar = ImgpkgTar(original)
+    item = tar.items[0]
+    out = tmp_path / "copy.tar"
+    source = TarSource(
+        tar, item.source_repository, str(item.digest), item.refs[0].split("@")[0], tag=item.tag
+    )
+    try:
+        with caplog.at_level(logging.WARNING):
+            await write_imgpkg_tar(out, [source])
+    finally:
+        await tar.close()
+    assert out.read_bytes() == original.read_bytes()
+    assert f"{out} is written, but syncing its directory failed (Input/output error)" in caplog.text

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,9 @@ from harness.skopeo import Skopeo
 
 from transship.digest import Digest
 from transship.errors import ExitCode
-from transship.ops.load import missing_blob_hint
+from transship.layout import OCILayout, OCILayoutTar
+from transship.ops import load as load_ops
+from transship.ops.load import LoadJob, missing_blob_hint
 from transship.plan.model import Plan
 from transship.serve.archive import ServedArchive
 
@@ -672,3 +675,128 @@ def test_archive_verify_blames_the_base_that_cannot_be_read_not_the_one_above_it
     assert out.code == ExitCode.INCOMPLETE, out.err
     line = next(ln for ln in out.err.splitlines() if "cannot be read" in ln)
     assert "the base archive b0, under b1 beside it, cannot be read" in line, line
+
+
+def _chain_of_three(
+    cli: CLI, reg: RegistryProcess, tmp_path: Path, name: str
+) -> tuple[Path, Digest]:
+    """base, mid (on base), inc (on mid), directories side by side; a layer only base holds."""
+    refs, images = _images(reg, name)
+    usb = tmp_path / "usb"
+    _save(cli, tmp_path, refs[:1], usb / "base")
+    _save(cli, tmp_path, refs[:2], usb / "mid", usb / "base")
+    _save(cli, tmp_path, refs, usb / "inc", usb / "mid")
+    return usb / "inc", Digest.parse(images[0].blob_digests[-1])
+
+
+def _recording_opens(monkeypatch: pytest.MonkeyPatch) -> list[OCILayout | OCILayoutTar]:
+    """Every base the load hint opens (`ops.load.open_archive`), to see each is closed."""
+    opened: list[OCILayout | OCILayoutTar] = []
+    real = load_ops.open_archive
+
+    def recording(path: Path) -> OCILayout | OCILayoutTar:
+        layout = real(path)
+        opened.append(layout)
+        return layout
+
+    monkeypatch.setattr(load_ops, "open_archive", recording)
+    return opened
+
+
+def _closed(layout: OCILayout | OCILayoutTar) -> bool:
+    return bool(layout._closed) if isinstance(layout, OCILayout) else False
+
+
+def test_a_load_hint_asked_as_the_load_closes_leaves_no_base_open(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob missing asked for after (or while) the job closes: the bases the hint opens are
+    closed, not kept in a set nobody closes any more."""
+    inc, layer = _chain_of_three(cli, plain_registry, tmp_path, "chain20")
+    job = LoadJob.open(inc)
+    opened = _recording_opens(monkeypatch)
+
+    async def late_hint() -> str:
+        await job.close()
+        assert job.layout.missing_blob_hint is not None
+        return await job.layout.missing_blob_hint(layer)
+
+    assert "(base holds it)" in asyncio.run(late_hint())
+    assert len(opened) == 2 and all(_closed(base) for base in opened)
+
+
+def test_load_closes_every_hint_base_when_closing_one_fails(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inc, layer = _chain_of_three(cli, plain_registry, tmp_path, "chain21")
+    job = LoadJob.open(inc)
+    opened = _recording_opens(monkeypatch)
+
+    async def failing_close() -> None:
+        raise OSError("the stick was pulled")
+
+    async def hint_then_close() -> None:
+        assert job.layout.missing_blob_hint is not None
+        assert "(base holds it)" in await job.layout.missing_blob_hint(layer)
+        assert len(opened) == 2
+        opened[0].close = failing_close  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="the stick was pulled"):
+            await job.close()
+
+    asyncio.run(hint_then_close())
+    assert _closed(opened[1])
+
+
+def test_a_cancelled_load_hint_closes_the_base_its_thread_opened(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inc, layer = _chain_of_three(cli, plain_registry, tmp_path, "chain22")
+    job = LoadJob.open(inc)
+    opened: list[OCILayout | OCILayoutTar] = []
+    real = load_ops.open_archive
+    started, go, done = threading.Event(), threading.Event(), threading.Event()
+
+    def held_open(path: Path) -> OCILayout | OCILayoutTar:
+        started.set()
+        go.wait(60)  # a guard against a hang, not a synchronisation
+        try:
+            layout = real(path)
+            opened.append(layout)
+            return layout
+        finally:
+            done.set()
+
+    monkeypatch.setattr(load_ops, "open_archive", held_open)
+
+    async def cancelled() -> None:
+        assert job.layout.missing_blob_hint is not None
+        hint = asyncio.ensure_future(job.layout.missing_blob_hint(layer))
+        assert await asyncio.to_thread(started.wait, 60)
+        hint.cancel()
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await hint
+        assert await asyncio.to_thread(done.wait, 60)
+        await job.close()
+
+    asyncio.run(cancelled())
+    assert len(opened) == 1 and _closed(opened[0])
+
+
+def test_load_repair_hints_from_the_bases_it_linked_without_opening_them_again(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inc, layer = _chain_of_three(cli, plain_registry, tmp_path, "chain23")
+    job = LoadJob.open(inc, repair=True)
+    opened = _recording_opens(monkeypatch)
+
+    async def repair_hint() -> str:
+        try:
+            await job.read_bases()
+            assert job.layout.missing_blob_hint is not None
+            return await job.layout.missing_blob_hint(layer)
+        finally:
+            await job.close()
+
+    assert "base holds it: run `transship load base --repair`" in asyncio.run(repair_hint())
+    assert opened == []

@@ -12,10 +12,12 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from clirunner import CLI
 from harness.seed import Image, Index, build_image, build_images_sharing_base, build_index
 from harness.skopeo import Skopeo
 
@@ -36,7 +38,11 @@ from transship.layout import (
     split_ref_name,
     write_tar,
 )
-from transship.manifest import Descriptor, Manifest
+from transship.layout.reader import Reached
+from transship.manifest import MAX_INDEX_DEPTH, OCI_INDEX, Descriptor, Manifest
+from transship.ops.archive import ArchiveInfo
+from transship.ops.finished import _check_graph
+from transship.ops.verify import _walk_archive
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -610,3 +616,148 @@ async def test_write_tar_waits_for_the_writer_to_close(tmp_path: Path) -> None:
     reader = OCILayoutTar(tmp_path / "a.tar")
     assert await reader.list_tags("") == []
     await reader.close()
+
+
+# -- walking what the index names ----------------------------------------------------------------
+
+
+def index_of(children: Iterable[Manifest], note: str) -> Manifest:
+    """An OCI index over `children`, told apart from others over the same by `note`."""
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": c.media_type, "digest": str(c.digest), "size": len(c.raw)}
+                for c in children
+            ],
+            "annotations": {"note": note},
+        }
+    ).encode()
+    return manifest_of(raw, OCI_INDEX)
+
+
+def counting_reads(layout: OCILayout) -> list[Digest]:
+    """Every manifest `layout` reads from its store from now on (read and hashed)."""
+    reads: list[Digest] = []
+    real = layout._read_manifest
+
+    def counted(digest: Digest, where: str) -> bytes | None:
+        reads.append(digest)
+        return real(digest, where)
+
+    layout._read_manifest = counted  # type: ignore[method-assign]
+    return reads
+
+
+async def test_walk_named_reads_a_shared_manifest_once(tmp_path: Path) -> None:
+    """50 tags on one index and 50 indexes over the same 3 images: each manifest is read once
+    (by tag: each tag once more, checked against its index entry), not once per name."""
+    layout = OCILayout(tmp_path / "L", writable=True)
+    shared = await put_index(
+        layout,
+        "r",
+        build_index(80, platforms=(("linux", "amd64"), ("linux", "arm64"), ("linux", "s390x"))),
+        "t0",
+    )
+    images = [await layout.get_manifest("r", str(c.digest)) for c in shared.manifests]
+    for i in range(1, 50):
+        await layout.put_manifest("r", shared, f"t{i}")
+    for i in range(50):
+        await layout.put_manifest("r", index_of(images, str(i)), f"i{i}")
+    reads = counting_reads(layout)
+    walked = [step async for step in layout.walk_named()]
+    assert len(reads) == len(set(reads)) == 1 + 3 + 50
+    assert len(walked) == 54 and all(step.manifest is not None for step in walked)
+    reads.clear()
+    walked = [step async for step in layout.walk_named(by_tag=True, max_depth=None)]
+    assert len(reads) == 50 + 3 + 50  # every tag read by tag, each child once
+    assert len(walked) == 54
+    await layout.close()
+
+
+async def deep_chain(root: Path, levels: int) -> str:
+    """A layout whose tag `deep` names a chain of `levels` indexes over one image."""
+    layout = OCILayout(root, writable=True)
+    image = build_image(81)
+    below = await put_image(layout, "r", image, None)
+    for level in range(levels):
+        below = index_of([below], str(level))
+        await layout.put_manifest("r", below, None)
+    await layout.put_manifest("r", below, "deep")
+    await layout.close()
+    return image.digest
+
+
+async def test_walk_named_survives_a_chain_thousands_deep(tmp_path: Path) -> None:
+    """A hostile index chain far deeper than Python's recursion limit is walked, iteratively."""
+    image = await deep_chain(tmp_path / "L", 2000)
+    layout = OCILayout(tmp_path / "L", writable=False)
+    steps = [step async for step in layout.walk_named(max_depth=None)]
+    assert len(steps) == 2001 and steps[0].digest == Digest.parse(image)
+    assert len([s async for s in layout.walk_named()]) == MAX_INDEX_DEPTH + 1
+    await layout.close()
+
+
+def test_archive_verify_of_a_chain_thousands_deep_says_so(tmp_path: Path, cli: CLI) -> None:
+    """No RecursionError traceback: one line saying the nesting is deeper than load takes."""
+    asyncio.run(deep_chain(tmp_path / "L", 2000))
+    out = cli("archive", "verify", str(tmp_path / "L"))
+    assert out.code != 0
+    assert "Traceback" not in out.err and "RecursionError" not in out.out + out.err
+    assert f"r:deep: index nesting deeper than {MAX_INDEX_DEPTH} levels" in out.out + out.err
+
+
+async def test_a_manifest_cut_by_the_depth_limit_is_walked_again_higher_up(
+    tmp_path: Path,
+) -> None:
+    """Tag `a` reaches index X at the depth limit (its image is cut off); tag `b` names X
+    itself: the image below X is walked from there, so a finished save's check still sees
+    its missing layer."""
+    layout = OCILayout(tmp_path / "L", writable=True)
+    image = build_image(82)
+    child = await put_image(layout, "r", image, None)
+    x = index_of([child], "x")
+    await layout.put_manifest("r", x, None)
+    above = x
+    for level in range(MAX_INDEX_DEPTH):
+        above = index_of([above], str(level))
+        await layout.put_manifest("r", above, None)
+    await layout.put_manifest("r", above, "a")  # x at depth MAX_INDEX_DEPTH
+    await layout.put_manifest("r", x, "b")
+    steps = [(s.tag, s.depth, s.digest) async for s in layout.walk_named()]
+    assert ("b", 1, child.digest) in steps
+    assert child.digest in await layout.named_reach()
+    await layout.close()
+    layer = image.layers[-1]
+    (tmp_path / "L" / "blobs" / "sha256" / Digest.parse(layer.digest).hex).unlink()
+    layout = OCILayout(tmp_path / "L", writable=False)
+    with pytest.raises(IntegrityError, match=f"blob {Digest.parse(layer.digest).short} of r:b"):
+        await _check_graph(tmp_path / "L", layout, ArchiveInfo())
+    await layout.close()
+
+
+class _FailingCheck(OCILayout):
+    """A layout whose blob check fails, and which notes when its walk is closed."""
+
+    walk_closed = False
+
+    async def walk_named(self, **kw: Any) -> AsyncGenerator[Reached, None]:
+        try:
+            async for step in super().walk_named(**kw):
+                yield step
+        finally:
+            self.walk_closed = True
+
+    async def has_blob(self, repository: str, digest: Digest, size: int | None = None) -> bool:
+        raise RuntimeError("the disk went away")
+
+
+async def test_archive_verify_closes_its_walk_when_a_check_raises(tmp_path: Path) -> None:
+    """The walk is closed as the check fails, not left to the event loop's finaliser."""
+    await make_layout(tmp_path / "L")
+    layout = _FailingCheck(tmp_path / "L", writable=False)
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        await _walk_archive(layout)
+    assert layout.walk_closed  # no await since: closed by the walk's own `aclosing`
+    await layout.close()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger("transship.fsutil")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -54,41 +57,32 @@ def make_parent(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes | str, *, private: bool = False) -> None:
     """Write to a temporary file in the same directory, fsync, rename over `path`, then fsync
-    the directory so the rename itself survives a crash. The file gets the umask's mode like
-    any new file, or 0600 if `private` (a key, a file that may hold passwords, a cache)."""
+    the directory so the rename itself survives a crash (`atomic_file`). The file gets the
+    umask's mode like any new file, or 0600 if `private` (a key, a file that may hold
+    passwords, a cache). An error names `path` as the user gave it, never the temporary."""
     payload = data.encode() if isinstance(data, str) else data
-    make_parent(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:  # named as the user gave it, not by the temporary file
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    try:
-        if not private:
-            share_like_a_new_file(fd)
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(path, private=private) as handle:
             handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
-    fsync_dir(path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, *, private: bool = False) -> Iterator[BinaryIO]:
     """`write_atomic` for a file written piece by piece (an archive): a temporary file in
-    `path`'s directory (created if need be), with the mode any new file gets, fsynced and
-    renamed over `path` when the block ends, then the directory fsynced; removed if the block
-    raises. Errors are the caller's to name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    `path`'s directory (created if need be, `make_parent`), with the mode any new file gets
+    (0600 if `private`), fsynced and renamed over `path` when the block ends, then the
+    directory fsynced; removed if the block raises. Errors are the caller's to name. Once
+    renamed the file is complete and in place: a failing fsync of the directory after that
+    is a warning (the new name may not survive a crash), not an error that would report a
+    finished file as failed."""
+    make_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        share_like_a_new_file(fd)
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as out:  # owns the descriptor from here: closed whatever fails
+            if not private:
+                share_like_a_new_file(out.fileno())
             yield out
             out.flush()
             os.fsync(out.fileno())
@@ -96,7 +90,14 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:
+        log.warning(
+            "%s is written, but syncing its directory failed (%s): after a crash it may be "
+            "missing; check it then",
+            path, exc.strerror or exc,
+        )  # fmt: skip
 
 
 def unwritable(path: Path) -> str | None:

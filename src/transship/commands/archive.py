@@ -21,6 +21,7 @@ from transship.commands.common import (
     REPORT_FILE,
     SHARD,
     BeforeEngine,
+    before_engine,
     execute,
     load_plan_source,
     parallel_option,
@@ -34,7 +35,7 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
-from transship.commands.harbor import after_push, before_push, project_options, project_settings
+from transship.commands.harbor import after_push, project_options, project_settings
 from transship.commands.imgpkgtar import (
     imgpkg_targets,
     is_tar_folder,
@@ -427,7 +428,7 @@ def load(
                     await job.read_bases()
                 phases, unique = await job.sized(phases)  # reads the archive's manifests
                 pending.planned(phases)
-                await before_push(
+                await before_engine(
                     phases, projects, dests, preflight=preflight, quiet=quiet, parallel=parallel
                 )
             results = await run_engine(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from transship import landed
+from transship.commands.harbor import before_push
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, EngineOptions, Stats, TaskResult
 from transship.errors import (
@@ -46,6 +47,7 @@ from transship.ratelimit import TokenBucket, parse_rate
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from transship.harbor.projects import ProjectSettings
     from transship.ops.shard import ShardAccount
     from transship.ops.verify import VerifyOptions, VerifyResult
 
@@ -572,6 +574,24 @@ async def run_engine(
     if outcome.stopped is not None:  # a registry is down: one line and exit 6, not one per entry
         raise outcome.stopped
     return outcome.results
+
+
+async def before_engine(
+    task_phases: Sequence[Sequence[CopyTask]],
+    projects: ProjectSettings,
+    dests: RegistryPool,
+    *,
+    preflight: bool,
+    quiet: bool,
+    parallel: int,
+) -> None:
+    """Between building tasks and the engine (copy, load, load of imgpkg tars), in this
+    order: the Harbor wing's `before_push` (quota readers; projects made or listed), then,
+    with `--preflight`, every destination repository asked whether a push would land
+    (`check_destinations`)."""
+    await before_push(task_phases, projects, dests, preflight=preflight, quiet=quiet)
+    if preflight:
+        await check_destinations(task_phases, parallel)
 
 
 async def check_destinations(task_phases: Sequence[Sequence[CopyTask]], parallel: int) -> None:

@@ -10,6 +10,7 @@ import click
 from transship.commands.common import (
     SHARD,
     BeforeEngine,
+    before_engine,
     execute,
     load_plan_source,
     plan_source_options,
@@ -22,7 +23,7 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
-from transship.commands.harbor import after_push, before_push, project_options, project_settings
+from transship.commands.harbor import after_push, project_options, project_settings
 from transship.connect import RegistryPool
 from transship.engine import TaskResult
 from transship.errors import UsageError
@@ -138,7 +139,7 @@ def copy(
                 chosen = without_attachments(chosen)
             task_phases = copy_phases(chosen, sources.get, dests.get, wanted)
             pending.planned(task_phases)
-            await before_push(
+            await before_engine(
                 task_phases, projects, dests, preflight=preflight, quiet=quiet, parallel=parallel
             )
         account = None

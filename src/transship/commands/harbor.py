@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import click
 
-from transship.commands.common import check_destinations
 from transship.connect import RegistryPool
 from transship.engine import CopyTask, TaskResult
 from transship.errors import UsageError
@@ -66,16 +65,14 @@ async def before_push(
     *,
     preflight: bool,
     quiet: bool,
-    parallel: int,
 ) -> None:
-    """Between building tasks and the engine: quota readers on every destination; projects
-    checked (and made) when asked to; then, with `--preflight`, every destination repository
-    asked whether a push would land (`check_destinations`)."""
+    """The Harbor wing between building tasks and the engine: quota readers on every
+    destination; projects checked (and made) when asked to (`--create-projects`), or listed
+    with the command that makes them (`--preflight`). The vendor-neutral preflight is
+    `commands.common.before_engine`'s, after this."""
     install_quota_readers((t.dest for tasks in task_phases for t in tasks), dests.registry_of)
     if settings.create or preflight:
         await _ensure_projects(task_phases, settings, dests, quiet=quiet)
-    if preflight:
-        await check_destinations(task_phases, parallel)
 
 
 async def _ensure_projects(

@@ -18,13 +18,14 @@ from rich.table import Table
 
 from transship.commands.common import (
     BeforeEngine,
+    before_engine,
     execute,
     rate_limit,
     run_engine,
     run_report_for,
     setup_logging,
 )
-from transship.commands.harbor import after_push, before_push
+from transship.commands.harbor import after_push
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
@@ -88,7 +89,7 @@ def load_imgpkg_tars(
             pending = BeforeEngine(record, quiet)
             pending.planned(job.phases)
             with pending.watch():  # Ctrl-C until the engine runs: every image not started
-                await before_push(
+                await before_engine(
                     job.phases, projects, dests, preflight=preflight, quiet=quiet, parallel=parallel
                 )
             results = await run_engine(

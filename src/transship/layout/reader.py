@@ -8,7 +8,7 @@ registry endpoint does: a layout on a USB stick is as untrusted as a network.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,15 @@ class Reached:
     def where(self) -> str:
         """`repository:tag`, then ` child` per level below it (as `archive verify` says it)."""
         return f"{self.repository}:{self.tag}" + " child" * self.depth
+
+
+@dataclass
+class _Walking:
+    """An index `LayoutReader.walk_named` is below: its children left to walk."""
+
+    reached: Reached
+    children: Iterator[Descriptor]
+    whole: bool  # nothing below it was cut by the depth limit (so far)
 
 
 class LayoutReader:
@@ -186,36 +195,56 @@ class LayoutReader:
     async def walk_named(
         self, *, by_tag: bool = False, max_depth: int | None = MAX_INDEX_DEPTH
     ) -> AsyncGenerator[Reached, None]:
-        """Every manifest the named manifests reach, each read (verified) once: depth first,
-        an index's children (to `max_depth`; None: no limit) before the index itself, so a
-        caller checking each one's blobs checks them in the order the graph is copied. A
-        manifest that cannot be read is yielded with its error each time it is named, and
-        nothing below it is walked. `by_tag`: the named ones are read by tag, checked against
-        their index entry, rather than by its digest."""
-        seen: set[Digest] = set()
+        """Every manifest the named manifests reach: depth first, an index's children (to
+        `max_depth`; None: no limit) before the index itself, so a caller checking each one's
+        blobs checks them in the order the graph is copied.
 
-        async def walk(
-            repository: str, tag: str, digest: Digest, identifier: str, depth: int
-        ) -> AsyncGenerator[Reached, None]:
-            try:
-                manifest = await self.get_manifest(repository, identifier)
-            except TransshipError as exc:
-                yield Reached(repository, tag, depth, digest, None, exc)
-                return
-            if manifest.digest in seen:
-                return
-            seen.add(manifest.digest)
-            if max_depth is None or depth < max_depth:
-                for child in manifest.manifests:
-                    child_id = str(child.digest)
-                    async for below in walk(repository, tag, child.digest, child_id, depth + 1):
-                        yield below
-            yield Reached(repository, tag, depth, digest, manifest)
-
+        Each is read (verified) and yielded once: a digest already walked is neither read nor
+        yielded again, with two exceptions. `by_tag`: a named one is read by its tag, checked
+        against its index entry (digest and size), every time the index names it. And one a
+        name reaches higher up than where `max_depth` cut its first walk short is walked (read
+        and yielded) again from there: the limit counts from the shallowest place a manifest
+        is reached. A manifest that cannot be read is yielded with its error each time it is
+        named, and nothing below it is walked. The walk keeps its own stack (no recursion): a
+        hostile chain of indexes thousands deep is walked, not a RecursionError."""
+        #: digest → (the depth its walk began at, nothing below it was cut by `max_depth`)
+        walked: dict[Digest, tuple[int, bool]] = {}
         for repository, tag, descriptor in self.entries():
-            identifier = tag if by_tag else str(descriptor.digest)
-            async for reached in walk(repository, tag, descriptor.digest, identifier, 0):
-                yield reached
+            stack: list[_Walking] = []
+            named: tuple[Digest, int] | None = (descriptor.digest, 0)
+            while named is not None or stack:
+                if named is not None:
+                    digest, depth = named
+                    named = None
+                    before = walked.get(digest)
+                    done = before is not None and (before[1] or before[0] <= depth)
+                    if done and stack:  # cut below there: cut below here too
+                        stack[-1].whole = stack[-1].whole and bool(before and before[1])
+                    if done and not (by_tag and depth == 0):
+                        continue
+                    identifier = tag if by_tag and depth == 0 else str(digest)
+                    try:
+                        manifest = await self.get_manifest(repository, identifier)
+                    except TransshipError as exc:
+                        yield Reached(repository, tag, depth, digest, None, exc)
+                        continue
+                    if done:  # a name read by tag, its graph walked already
+                        continue
+                    cut = max_depth is not None and depth >= max_depth and bool(manifest.manifests)
+                    children = iter(() if cut else manifest.manifests)
+                    reached = Reached(repository, tag, depth, digest, manifest)
+                    stack.append(_Walking(reached, children, not cut))
+                    continue
+                top = stack[-1]
+                child = next(top.children, None)
+                if child is not None:
+                    named = (child.digest, top.reached.depth + 1)
+                    continue
+                stack.pop()
+                walked[top.reached.digest] = (top.reached.depth, top.whole)
+                if stack:
+                    stack[-1].whole = stack[-1].whole and top.whole
+                yield top.reached
 
     async def named_reach(self) -> frozenset[Digest]:
         """Every manifest, config and layer digest the layout's named manifests reach (index

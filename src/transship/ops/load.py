@@ -4,6 +4,7 @@ last."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,24 @@ log = logging.getLogger("transship.load")
 
 
 @dataclass
+class HintBases:
+    """The bases `missing_blob_hint` opened beside an increment, by path, kept open (each
+    base's reach walked once) until `close`. Once closed, a base opened for a late hint is
+    closed again before that hint returns."""
+
+    opened: dict[Path, OCILayout | OCILayoutTar] = field(default_factory=dict)
+    closed: bool = False
+
+    async def close(self) -> None:
+        """Close every base, each even when closing another raised (that error is raised)."""
+        self.closed = True
+        bases, self.opened = list(self.opened.values()), {}
+        async with contextlib.AsyncExitStack() as stack:
+            for base in bases:
+                stack.push_async_callback(base.close)
+
+
+@dataclass
 class LoadJob:
     """An archive opened for reading, with what `transship/archive.json` says about it."""
 
@@ -40,7 +59,7 @@ class LoadJob:
     path: Path
     #: the bases `missing_blob_hint` opened beside an increment, kept (with what each holds,
     #: `LayoutReader.held`) until `close`
-    hint_bases: dict[Path, OCILayout | OCILayoutTar] = field(default_factory=dict)
+    hint_bases: HintBases = field(default_factory=HintBases)
 
     @classmethod
     def open(cls, archive: Path, *, finished: bool = False, repair: bool = False) -> LoadJob:
@@ -56,8 +75,9 @@ class LoadJob:
             raise
         layout.base_name = info.base
         if info.base:
+            hints = job.hint_bases  # one for the job's life: `close` closes what it opened
             layout.missing_blob_hint = lambda digest: missing_blob_hint(
-                archive, info.base, digest, repair, job.hint_bases
+                archive, info.base, digest, repair, hints, layout.base
             )
         return job
 
@@ -119,9 +139,7 @@ class LoadJob:
         try:
             await close_chain(self.layout)
         finally:
-            bases, self.hint_bases = list(self.hint_bases.values()), {}
-            for base in bases:
-                await base.close()
+            await self.hint_bases.close()
 
 
 async def missing_blob_hint(
@@ -129,7 +147,8 @@ async def missing_blob_hint(
     base: str | None,
     digest: Digest,
     repair: bool,
-    opened: dict[Path, OCILayout | OCILayoutTar] | None = None,
+    opened: HintBases | None = None,
+    linked: LayoutReader | None = None,
 ) -> str:
     """Why an increment lacks `digest` and what to run: the chain of bases its archive.json
     files record (followed beside it, as `serve` and `save --since` do) and the one that holds
@@ -138,7 +157,9 @@ async def missing_blob_hint(
     held. A repair (`--repair`: the images were loaded, the registry lost content) names
     `load BASE --repair` for that base; a plain load, loading the bases first, oldest first.
     `opened`: the bases opened by earlier calls, by path, kept open (each base's reach walked
-    once) for the caller to close; None: each is closed before returning."""
+    once) for the caller to close; None: each is closed before returning. `linked`: the chain
+    `load --repair` linked below the increment already (`LoadJob.read_bases`): those bases are
+    asked, not opened again."""
     chain: list[str] = []
     holder: str | None = None
     path, name = archive, base
@@ -149,18 +170,24 @@ async def missing_blob_hint(
         beside = base_beside(path, name)
         if beside is None:
             break
-        try:
-            layout = await _open_hint_base(beside, opened)
-        except TransshipError:
-            break
+        layout: LayoutReader
+        ours: OCILayout | OCILayoutTar | None = None  # opened here, closed here
+        if linked is not None:  # opened from `beside` by `link_bases`, closed with the chain
+            layout, linked = linked, linked.base
+        else:
+            try:
+                layout, close = await _open_hint_base(beside, opened)
+            except TransshipError:
+                break
+            ours = layout if close else None
         try:
             stored = layout.blob_extents(digest) is not None
             if holder is None and stored and await layout.holds("", digest):
                 holder = name
             name = ArchiveInfo.read(layout).base
         finally:
-            if opened is None:
-                await layout.close()
+            if ours is not None:
+                await ours.close()
         path = beside
     recorded = chain[0] + "".join(f" (saved on {n})" for n in chain[1:])
     said = f"this archive is incremental on top of {recorded}"
@@ -179,18 +206,32 @@ async def missing_blob_hint(
 
 
 async def _open_hint_base(
-    path: Path, opened: dict[Path, OCILayout | OCILayoutTar] | None
-) -> OCILayout | OCILayoutTar:
-    """The base at `path`, as loading it pushes it (`reach_only`): from `opened` if an earlier
-    call opened it, else opened now (and kept in `opened`, when given)."""
-    kept = opened.get(path) if opened is not None else None
+    path: Path, opened: HintBases | None
+) -> tuple[OCILayout | OCILayoutTar, bool]:
+    """The base at `path`, as loading it pushes it (`reach_only`), and whether the caller is
+    to close it: from `opened` if an earlier call opened it, else opened now (and kept in
+    `opened` while it is not closed)."""
+    kept = opened.opened.get(path) if opened is not None else None
     if kept is not None:
-        return kept
-    layout = await asyncio.to_thread(open_archive, path)
+        return kept, False
+    layout = await _open_in_thread(path)
     layout.reach_only = True
-    if opened is None:
-        return layout
-    kept = opened.setdefault(path, layout)  # a concurrent call may have opened it meanwhile
+    if opened is None or opened.closed:
+        return layout, True
+    kept = opened.opened.setdefault(path, layout)  # a concurrent call may have opened it meanwhile
     if kept is not layout:
         await layout.close()
-    return kept
+    return kept, False
+
+
+async def _open_in_thread(path: Path) -> OCILayout | OCILayoutTar:
+    """`open_archive` in a thread; cancelled meanwhile, the archive the thread still opens is
+    closed (after the thread ends: it cannot be stopped) before the cancellation goes on."""
+    opening = asyncio.ensure_future(asyncio.to_thread(open_archive, path))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            layout = await opening
+            await layout.close()
+        raise

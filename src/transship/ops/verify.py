@@ -15,6 +15,7 @@ then checked for presence only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Coroutine, Hashable, Sequence
@@ -36,8 +37,8 @@ from transship.errors import (
 )
 from transship.imgpkg.locations import build_image_locations
 from transship.layout import OCILayoutTar
-from transship.layout.reader import LayoutReader
-from transship.manifest import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
+from transship.layout.reader import LayoutReader, Reached
+from transship.manifest import INDEX_TYPES, MANIFEST_TYPES, MAX_INDEX_DEPTH, Descriptor, Manifest
 from transship.ops.archive import (
     ArchiveInfo,
     base_beside,
@@ -621,26 +622,52 @@ async def _walk_archive(
     checked_blobs: set[Digest] = set()
     hashed = 0  # of those, the ones there to re-hash: what "N blobs checked" counts
     checked_manifests = 0
-    async for reached in layout.walk_named(by_tag=True, max_depth=None):
-        where, manifest = reached.where, reached.manifest
-        if manifest is None:
-            problems.append(f"{where}: {reached.error}")
-            corrupt = corrupt or isinstance(reached.error, IntegrityError)
-            continue
-        checked_manifests += 1
-        for blob in manifest.blobs():
-            if blob.urls or blob.digest in checked_blobs:
-                continue
-            checked_blobs.add(blob.digest)
-            if not await layout.has_blob(reached.repository, blob.digest):
-                missing.append((where, blob))
-                continue
-            hashed += 1
-            try:
-                async with layout.open_blob(reached.repository, blob) as chunks:
-                    async for _ in chunks:
-                        pass
-            except IntegrityError as exc:
-                problems.append(f"{where}: {exc}")
-                corrupt = True
+    async with contextlib.aclosing(layout.walk_named(by_tag=True, max_depth=None)) as walk:
+        async for reached in walk:
+            rehashed, damaged = await _check_reached(
+                layout, reached, problems, missing, checked_blobs
+            )
+            hashed += rehashed
+            corrupt = corrupt or damaged
+            checked_manifests += reached.manifest is not None
     return problems, missing, hashed, checked_manifests, corrupt
+
+
+async def _check_reached(
+    layout: LayoutReader,
+    reached: Reached,
+    problems: list[str],
+    missing: list[tuple[str, Descriptor]],
+    checked_blobs: set[Digest],
+) -> tuple[int, bool]:
+    """One manifest `_walk_archive` reached: its blobs, each distinct one re-hashed once.
+    (blobs re-hashed, whether the manifest or one of them does not match its digest or size)"""
+    manifest = reached.manifest
+    where = reached.where
+    if reached.depth > MAX_INDEX_DEPTH:  # not "child" a thousand times over
+        where = f"{reached.repository}:{reached.tag} {reached.depth} levels down"
+    if reached.depth == MAX_INDEX_DEPTH + 1:
+        problems.append(
+            f"{reached.repository}:{reached.tag}: index nesting deeper than {MAX_INDEX_DEPTH} "
+            "levels (load and copy refuse it)"
+        )
+    if manifest is None:
+        problems.append(f"{where}: {reached.error}")
+        return 0, isinstance(reached.error, IntegrityError)
+    hashed, corrupt = 0, False
+    for blob in manifest.blobs():
+        if blob.urls or blob.digest in checked_blobs:
+            continue
+        checked_blobs.add(blob.digest)
+        if not await layout.has_blob(reached.repository, blob.digest):
+            missing.append((where, blob))
+            continue
+        hashed += 1
+        try:
+            async with layout.open_blob(reached.repository, blob) as chunks:
+                async for _ in chunks:
+                    pass
+        except IntegrityError as exc:
+            problems.append(f"{where}: {exc}")
+            corrupt = True
+    return hashed, corrupt
