@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+import threading
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -242,6 +243,54 @@ async def test_deferred_flush_writes_without_close(tmp_path: Path) -> None:
     await asyncio.sleep(0.5)
     assert len(index_entries(tmp_path)) == 2  # a killed run would have kept both
     await layout.close()
+
+
+async def test_close_waits_for_a_deferred_write_already_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() during a deferred index.json write waits for it and writes after it: the
+    running write is never cancelled (its thread would go on and could put an older index
+    over the one close() wrote)."""
+    from transship.layout import directory
+
+    layout = OCILayout(tmp_path, writable=True, flush_interval=0)
+    for seed, tag in ((30, "a"), (31, "b"), (32, "c")):
+        await put_image(layout, "r", build_image(seed), tag)
+    real_write = directory.write_atomic
+    entered, gate = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def gated_write(path: Path, data: bytes) -> None:
+        if not entered.is_set():  # the deferred write: held until let go
+            entered.set()
+            gate.wait()
+            real_write(path, data)
+            order.append("deferred")
+        else:
+            real_write(path, data)
+            order.append("close")
+            gate.set()  # (a close that did not wait: the held write goes on after this one)
+
+    monkeypatch.setattr(directory, "write_atomic", gated_write)
+    try:
+        layout.retain_tags({("r", "a"), ("r", "b")})
+        layout._pacer.schedule()  # the deferred write of [a, b]
+        await asyncio.to_thread(entered.wait)
+        deferred = layout._pacer._deferred
+        assert deferred is not None
+        layout.retain_tags({("r", "a")})  # newer than what the held write has
+        closing = asyncio.create_task(layout.close())
+        for _ in range(50):  # event-loop turns, no clock: close() reaches its cancel()
+            if closing.done() or deferred.done():
+                break
+            await asyncio.sleep(0)
+        assert not deferred.cancelled(), "a running write was cancelled"
+        gate.set()
+        await closing
+    finally:
+        gate.set()
+    assert order == ["deferred", "close"]
+    assert [e["annotations"][REF_NAME] for e in index_entries(tmp_path)] == ["r:a"]  # type: ignore[index]
 
 
 async def test_corruption_is_detected_on_read(tmp_path: Path) -> None:
