@@ -37,6 +37,7 @@ from transship.layout import (
     split_ref_name,
     write_tar,
 )
+from transship.layout.pacing import FlushPacer
 from transship.manifest import Descriptor, Manifest
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -291,6 +292,33 @@ async def test_close_waits_for_a_deferred_write_already_running(
         gate.set()
     assert order == ["deferred", "close"]
     assert [e["annotations"][REF_NAME] for e in index_entries(tmp_path)] == ["r:a"]  # type: ignore[index]
+
+
+async def test_a_failing_deferred_write_is_tried_again_only_after_the_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A deferred write that fails (disk full) while streams keep changing things is tried
+    again `interval` later, not at once in a loop (an fsync and a warning per MiB)."""
+    calls = 0
+    writing, go = asyncio.Event(), asyncio.Event()
+
+    async def failing_flush() -> None:
+        nonlocal calls
+        calls += 1
+        writing.set()
+        await go.wait()
+        raise LayoutError("index.json: No space left on device")
+
+    pacer = FlushPacer(failing_flush, 3600)
+    pacer.schedule()
+    await writing.wait()
+    pacer.schedule()  # a stream wrote more while the write ran
+    go.set()
+    for _ in range(50):  # event-loop turns, no clock
+        await asyncio.sleep(0)
+    assert calls == 1
+    assert len([r for r in caplog.records if "No space" in r.getMessage()]) == 1
+    await pacer.cancel()
 
 
 async def test_corruption_is_detected_on_read(tmp_path: Path) -> None:

@@ -58,15 +58,19 @@ class FlushPacer:
         return self._last + self.interval - time.monotonic()
 
     async def _later(self) -> None:
+        failed = False
         try:
             while True:
-                await asyncio.sleep(max(0.0, self._due()))
+                # after a failed write `interval` too: not an fsync and a warning per MiB
+                await asyncio.sleep(self.interval if failed else max(0.0, self._due()))
                 self._again = False
                 self._flushing = True
                 try:
                     await self._flush()
+                    failed = False
                 except TransshipError as exc:  # the owner's close() flushes again and raises
                     log.warning("%s", exc)
+                    failed = True
                 finally:
                     self._flushing = False
                 if not self._again or self._stopping:
