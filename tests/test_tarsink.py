@@ -563,10 +563,18 @@ async def test_a_damaged_kept_part_fails_the_blob_and_frees_its_region(tmp_path:
 
         yield verified()
 
-    again = TarSink(tmp_path / "a.tar")
+    @contextlib.asynccontextmanager
+    async def wrong_at_once(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        raise IntegrityError("the source's answer does not fit the blob")  # no byte written
+        yield chunked(b"")
+
+    again = TarSink(tmp_path / "a.tar", flush_interval=0)
     with pytest.raises(IntegrityError):
-        await again.put_blob_resuming("r", blob, rest)
+        await again.put_blob_resuming("r", blob, wrong_at_once)
     assert not again._held and not again._reserved, "the region is free, its bytes forgotten"
+    if again._pacer._deferred is not None:  # the journal's deferred rewrite
+        await asyncio.wait([again._pacer._deferred])
+    assert journal_partials(tmp_path / "a.tar") == [], "the journal forgets them too"
     assert await again.put_blob_resuming("r", blob, rest) == (len(data), 0)
     await again.close()
     again.seal({})
