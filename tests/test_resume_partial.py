@@ -219,8 +219,9 @@ def test_a_flipped_byte_in_the_kept_part_restarts_the_blob_from_zero(
 async def test_a_finished_save_drops_its_partials_before_releasing_the_lock(
     tmp_path: Path,
 ) -> None:
-    """The partial blobs a finished save no longer needs go while it still holds the
-    directory's lock: a save that takes the lock after it keeps its own partial files."""
+    """A finished save drops the partial blobs it no longer needs, writes SHA256SUMS and
+    removes its INCOMPLETE marker while it still holds the directory's lock: a save that
+    takes the lock after it keeps its own partial files and marker."""
     out = tmp_path / "out"
     data = os.urandom(2 * CHUNK + 5)
     blob = Descriptor(
@@ -250,13 +251,21 @@ async def test_a_finished_save_drops_its_partials_before_releasing_the_lock(
     await job.close(finished=True)
     assert not list((out / TMP_DIR).glob("*")), "dropped while the lock was held"
 
-    second = OCILayout(out, writable=True)  # a save that took the lock right after
+    sums = out / "transship" / "SHA256SUMS"
+    finished = sums.read_bytes() if sums.is_file() else None
+    marker_gone = not (out / "transship" / "INCOMPLETE").exists()
+
+    mark_unfinished(out)  # a save that took the lock right after
+    second = OCILayout(out, writable=True)
     try:
         await stop_a_blob(second)
         await job.finish()
         assert len(list((out / TMP_DIR).glob("*.partial"))) == 1, "the second save's"
+        assert (out / "transship" / "INCOMPLETE").exists(), "the second save's marker stays"
+        assert sums.read_bytes() == finished, "no SHA256SUMS of a layout still changing"
     finally:
         await second.close()
+    assert finished is not None and marker_gone, "finished by close(finished=True), locked"
 
 
 def test_a_source_refusing_the_range_of_a_kept_blob_sends_it_whole(
