@@ -27,7 +27,7 @@ from clirunner import CLI
 from harness.faultproxy import Fault, FaultProxy
 from harness.pki import PKI
 from harness.registry import RegistryProcess
-from harness.seed import Image, SeedClient, build_image
+from harness.seed import Image, SeedClient, build_image, build_images_sharing_base
 
 from transship.digest import Digest, Hasher
 from transship.errors import ExitCode, RetryableError
@@ -214,6 +214,46 @@ def test_a_flipped_byte_in_the_kept_part_restarts_the_blob_from_zero(
     assert doc["stats"]["bytesRefetched"] == layer.size - kept, doc
     assert "kept from partly saved blobs" not in out.err
     _archive_right(cli, output, image, source, make_registry)
+
+
+@pytest.mark.parametrize("kind", ["dir", "tar"])
+def test_bytes_this_run_sent_are_never_counted_as_kept(
+    make_registry: MakeRegistry,
+    make_fault_proxy: MakeProxy,
+    cli: CLI,
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    """One layer in two images: the first image's transfer of it is cut and then fails for
+    good (its partial kept), the second continues it. Those kept bytes came in this run:
+    never reported as kept from an earlier run (bytesResumed, the 'kept' line)."""
+    source = make_registry("plain")
+    images = build_images_sharing_base(9402, 2, base_sizes=(4 << 20,), layer_sizes=(1024,))
+    seed = SeedClient.for_registry(source)
+    for name, image in zip(("x/one", "x/two"), images, strict=True):
+        seed.push_image(name, image, "v1")
+    shared = images[0].layers[0].digest
+    assert shared == images[1].layers[0].digest
+    proxy = make_fault_proxy(
+        source,
+        Fault.reset(rf"/x/one/blobs/{shared}$", count=1),  # cut midway, resumed at once:
+        Fault.http(404, rf"/x/one/blobs/{shared}$", "GET", count=1),  # and gone for good
+    )
+    output = tmp_path / ("out" if kind == "dir" else "out.tar")
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"{proxy.ref('x/one:v1')}\n{proxy.ref('x/two:v1')}\n")
+    report = tmp_path / "report.json"
+    out = cli(
+        *("save", "--images", str(listing), "-o", str(output), "--src-plain-http"),
+        *("--report", str(report), "--parallel", "1"),
+    )
+    assert out.code != ExitCode.OK
+    gets = [r for r in proxy.log("GET", rf"/blobs/{shared}$")]
+    assert [r.status for r in gets][:2] == [200, 404], [(r.range, r.status) for r in gets]
+    assert gets[-1].range is not None and gets[-1].status == 206, "the second image resumed"
+    doc = json.loads(report.read_text())
+    assert doc["stats"]["bytesResumed"] == 0, doc
+    assert "kept from partly saved blobs" not in out.err
 
 
 async def test_a_finished_save_drops_its_partials_before_releasing_the_lock(
