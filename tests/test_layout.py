@@ -294,6 +294,41 @@ async def test_close_waits_for_a_deferred_write_already_running(
     assert [e["annotations"][REF_NAME] for e in index_entries(tmp_path)] == ["r:a"]  # type: ignore[index]
 
 
+async def test_a_cancelled_flush_leaves_its_directories_to_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush cancelled (Ctrl-C) while it syncs: the blob directories it was to fsync are
+    still to be synced by the next one (close's)."""
+    from transship.layout import directory
+
+    layout = OCILayout(tmp_path, writable=True, flush_interval=3600)
+    await put_image(layout, "r", build_image(40), "a")  # first change: written at once
+    await put_image(layout, "r", build_image(41), "b")  # a new blob's directory to sync
+    pending = set(layout._dirs_to_sync)
+    assert pending
+    entered, gate = threading.Event(), threading.Event()
+    real_fsync_dir = directory.fsync_dir
+
+    def gated_fsync_dir(path: Path) -> None:
+        if not entered.is_set():
+            entered.set()
+            gate.wait()
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(directory, "fsync_dir", gated_fsync_dir)
+    try:
+        flushing = asyncio.create_task(layout.flush())
+        await asyncio.to_thread(entered.wait)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+    finally:
+        gate.set()
+    assert layout._dirs_to_sync >= pending
+    await layout.close()
+    assert not layout._dirs_to_sync
+
+
 async def test_a_failing_deferred_write_is_tried_again_only_after_the_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
