@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from transship.layout import (
     split_ref_name,
     write_tar,
 )
+from transship.layout.pacing import FlushPacer
 from transship.layout.reader import Reached
 from transship.manifest import MAX_INDEX_DEPTH, OCI_INDEX, Descriptor, Manifest
 from transship.ops.archive import ArchiveInfo
@@ -248,6 +250,116 @@ async def test_deferred_flush_writes_without_close(tmp_path: Path) -> None:
     await asyncio.sleep(0.5)
     assert len(index_entries(tmp_path)) == 2  # a killed run would have kept both
     await layout.close()
+
+
+async def test_close_waits_for_a_deferred_write_already_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() during a deferred index.json write waits for it and writes after it: the
+    running write is never cancelled (its thread would go on and could put an older index
+    over the one close() wrote)."""
+    from transship.layout import directory
+
+    layout = OCILayout(tmp_path, writable=True, flush_interval=0)
+    for seed, tag in ((30, "a"), (31, "b"), (32, "c")):
+        await put_image(layout, "r", build_image(seed), tag)
+    real_write = directory.write_atomic
+    entered, gate = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def gated_write(path: Path, data: bytes) -> None:
+        if not entered.is_set():  # the deferred write: held until let go
+            entered.set()
+            gate.wait()
+            real_write(path, data)
+            order.append("deferred")
+        else:
+            real_write(path, data)
+            order.append("close")
+            gate.set()  # (a close that did not wait: the held write goes on after this one)
+
+    monkeypatch.setattr(directory, "write_atomic", gated_write)
+    try:
+        layout.retain_tags({("r", "a"), ("r", "b")})
+        layout._pacer.schedule()  # the deferred write of [a, b]
+        await asyncio.to_thread(entered.wait)
+        deferred = layout._pacer._deferred
+        assert deferred is not None
+        layout.retain_tags({("r", "a")})  # newer than what the held write has
+        closing = asyncio.create_task(layout.close())
+        for _ in range(50):  # event-loop turns, no clock: close() reaches its cancel()
+            if closing.done() or deferred.done():
+                break
+            await asyncio.sleep(0)
+        assert not deferred.cancelled(), "a running write was cancelled"
+        gate.set()
+        await closing
+    finally:
+        gate.set()
+    assert order == ["deferred", "close"]
+    assert [e["annotations"][REF_NAME] for e in index_entries(tmp_path)] == ["r:a"]  # type: ignore[index]
+
+
+async def test_a_cancelled_flush_leaves_its_directories_to_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush cancelled (Ctrl-C) while it syncs: the blob directories it was to fsync are
+    still to be synced by the next one (close's)."""
+    from transship.layout import directory
+
+    layout = OCILayout(tmp_path, writable=True, flush_interval=3600)
+    await put_image(layout, "r", build_image(40), "a")  # first change: written at once
+    await put_image(layout, "r", build_image(41), "b")  # a new blob's directory to sync
+    pending = set(layout._dirs_to_sync)
+    assert pending
+    entered, gate = threading.Event(), threading.Event()
+    real_fsync_dir = directory.fsync_dir
+
+    def gated_fsync_dir(path: Path) -> None:
+        if not entered.is_set():
+            entered.set()
+            gate.wait()
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(directory, "fsync_dir", gated_fsync_dir)
+    try:
+        flushing = asyncio.create_task(layout.flush())
+        await asyncio.to_thread(entered.wait)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+    finally:
+        gate.set()
+    assert layout._dirs_to_sync >= pending
+    await layout.close()
+    assert not layout._dirs_to_sync
+
+
+async def test_a_failing_deferred_write_is_tried_again_only_after_the_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A deferred write that fails (disk full) while streams keep changing things is tried
+    again `interval` later, not at once in a loop (an fsync and a warning per MiB)."""
+    calls = 0
+    writing, go = asyncio.Event(), asyncio.Event()
+
+    async def failing_flush() -> None:
+        nonlocal calls
+        calls += 1
+        writing.set()
+        await go.wait()
+        raise LayoutError("index.json: No space left on device")
+
+    pacer = FlushPacer(failing_flush, 3600)
+    pacer.schedule()
+    await writing.wait()
+    pacer.schedule()  # a stream wrote more while the write ran
+    go.set()
+    for _ in range(50):  # event-loop turns, no clock
+        await asyncio.sleep(0)
+    assert calls == 1
+    assert len([r for r in caplog.records if "No space" in r.getMessage()]) == 1
+    await pacer.cancel()
 
 
 async def test_corruption_is_detected_on_read(tmp_path: Path) -> None:

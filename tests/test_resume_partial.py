@@ -27,7 +27,7 @@ from clirunner import CLI
 from harness.faultproxy import Fault, FaultProxy
 from harness.pki import PKI
 from harness.registry import RegistryProcess
-from harness.seed import Image, SeedClient, build_image
+from harness.seed import Image, SeedClient, build_image, build_images_sharing_base
 
 from transship.digest import Digest, Hasher
 from transship.errors import ExitCode, RetryableError
@@ -216,11 +216,52 @@ def test_a_flipped_byte_in_the_kept_part_restarts_the_blob_from_zero(
     _archive_right(cli, output, image, source, make_registry)
 
 
+@pytest.mark.parametrize("kind", ["dir", "tar"])
+def test_bytes_this_run_sent_are_never_counted_as_kept(
+    make_registry: MakeRegistry,
+    make_fault_proxy: MakeProxy,
+    cli: CLI,
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    """One layer in two images: the first image's transfer of it is cut and then fails for
+    good (its partial kept), the second continues it. Those kept bytes came in this run:
+    never reported as kept from an earlier run (bytesResumed, the 'kept' line)."""
+    source = make_registry("plain")
+    images = build_images_sharing_base(9402, 2, base_sizes=(4 << 20,), layer_sizes=(1024,))
+    seed = SeedClient.for_registry(source)
+    for name, image in zip(("x/one", "x/two"), images, strict=True):
+        seed.push_image(name, image, "v1")
+    shared = images[0].layers[0].digest
+    assert shared == images[1].layers[0].digest
+    proxy = make_fault_proxy(
+        source,
+        Fault.reset(rf"/x/one/blobs/{shared}$", count=1),  # cut midway, resumed at once:
+        Fault.http(404, rf"/x/one/blobs/{shared}$", "GET", count=1),  # and gone for good
+    )
+    output = tmp_path / ("out" if kind == "dir" else "out.tar")
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"{proxy.ref('x/one:v1')}\n{proxy.ref('x/two:v1')}\n")
+    report = tmp_path / "report.json"
+    out = cli(
+        *("save", "--images", str(listing), "-o", str(output), "--src-plain-http"),
+        *("--report", str(report), "--parallel", "1"),
+    )
+    assert out.code != ExitCode.OK
+    gets = [r for r in proxy.log("GET", rf"/blobs/{shared}$")]
+    assert [r.status for r in gets][:2] == [200, 404], [(r.range, r.status) for r in gets]
+    assert gets[-1].range is not None and gets[-1].status == 206, "the second image resumed"
+    doc = json.loads(report.read_text())
+    assert doc["stats"]["bytesResumed"] == 0, doc
+    assert "kept from partly saved blobs" not in out.err
+
+
 async def test_a_finished_save_drops_its_partials_before_releasing_the_lock(
     tmp_path: Path,
 ) -> None:
-    """The partial blobs a finished save no longer needs go while it still holds the
-    directory's lock: a save that takes the lock after it keeps its own partial files."""
+    """A finished save drops the partial blobs it no longer needs, writes SHA256SUMS and
+    removes its INCOMPLETE marker while it still holds the directory's lock: a save that
+    takes the lock after it keeps its own partial files and marker."""
     out = tmp_path / "out"
     data = os.urandom(2 * CHUNK + 5)
     blob = Descriptor(
@@ -250,13 +291,21 @@ async def test_a_finished_save_drops_its_partials_before_releasing_the_lock(
     await job.close(finished=True)
     assert not list((out / TMP_DIR).glob("*")), "dropped while the lock was held"
 
-    second = OCILayout(out, writable=True)  # a save that took the lock right after
+    sums = out / "transship" / "SHA256SUMS"
+    finished = sums.read_bytes() if sums.is_file() else None
+    marker_gone = not (out / "transship" / "INCOMPLETE").exists()
+
+    mark_unfinished(out)  # a save that took the lock right after
+    second = OCILayout(out, writable=True)
     try:
         await stop_a_blob(second)
         await job.finish()
         assert len(list((out / TMP_DIR).glob("*.partial"))) == 1, "the second save's"
+        assert (out / "transship" / "INCOMPLETE").exists(), "the second save's marker stays"
+        assert sums.read_bytes() == finished, "no SHA256SUMS of a layout still changing"
     finally:
         await second.close()
+    assert finished is not None and marker_gone, "finished by close(finished=True), locked"
 
 
 def test_a_source_refusing_the_range_of_a_kept_blob_sends_it_whole(

@@ -563,10 +563,18 @@ async def test_a_damaged_kept_part_fails_the_blob_and_frees_its_region(tmp_path:
 
         yield verified()
 
-    again = TarSink(tmp_path / "a.tar")
+    @contextlib.asynccontextmanager
+    async def wrong_at_once(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
+        raise IntegrityError("the source's answer does not fit the blob")  # no byte written
+        yield chunked(b"")
+
+    again = TarSink(tmp_path / "a.tar", flush_interval=0)
     with pytest.raises(IntegrityError):
-        await again.put_blob_resuming("r", blob, rest)
+        await again.put_blob_resuming("r", blob, wrong_at_once)
     assert not again._held and not again._reserved, "the region is free, its bytes forgotten"
+    if again._pacer._deferred is not None:  # the journal's deferred rewrite
+        await asyncio.wait([again._pacer._deferred])
+    assert journal_partials(tmp_path / "a.tar") == [], "the journal forgets them too"
     assert await again.put_blob_resuming("r", blob, rest) == (len(data), 0)
     await again.close()
     again.seal({})
@@ -647,6 +655,53 @@ async def test_a_kept_partial_the_plan_no_longer_needs_is_cut_off_when_sealed(
     found = members(tmp_path / "a.tar")
     assert not [n for n in found if n.startswith("transship/unused")]
     assert (tmp_path / "a.tar").stat().st_size < len(data)
+
+
+async def test_close_waits_for_a_journal_write_already_running(tmp_path: Path) -> None:
+    """close() while a deferred journal write is in its fsync: that write is waited for,
+    never cancelled (its thread would go on with the fds close() closes), and the journal
+    close() writes after it is the newest."""
+    sink = TarSink(tmp_path / "a.tar", flush_interval=0)
+    for n, image in enumerate(images(2)):
+        await put_image(sink, "r", image, f"t{n}")
+    entered, gate = threading.Event(), threading.Event()
+    order: list[str] = []
+    sync = sink._store.sync
+
+    def gated_sync() -> None:
+        if not entered.is_set():  # the deferred write's: held until let go
+            entered.set()
+            gate.wait()
+            sync()
+            order.append("deferred")
+        else:
+            sync()
+            order.append("close")
+
+    sink._store.sync = gated_sync  # type: ignore[method-assign]
+    try:
+        sink._changes += 1
+        sink._pacer.schedule()  # the deferred write of [t0, t1]
+        await asyncio.to_thread(entered.wait)
+        deferred = sink._pacer._deferred
+        assert deferred is not None
+        sink.retain_tags({("r", "t0")})  # newer than what the held write has
+        closing = asyncio.create_task(sink.close())
+        for _ in range(50):  # event-loop turns, no clock: close() reaches its cancel()
+            if closing.done() or deferred.done():
+                break
+            await asyncio.sleep(0)
+        assert not deferred.cancelled(), "a running write was cancelled"
+        gate.set()
+        await closing
+    finally:
+        gate.set()
+    assert order == ["deferred", "close"]
+    doc = json.loads(journal_path(tmp_path / "a.tar").read_bytes())
+    names = [
+        m["annotations"]["org.opencontainers.image.ref.name"] for m in doc["index"]["manifests"]
+    ]
+    assert names == ["r:t0"], names
 
 
 async def test_a_blob_in_flight_never_flushes_the_journal_inline(tmp_path: Path) -> None:

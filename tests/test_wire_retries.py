@@ -144,6 +144,38 @@ def test_server_ignoring_range_is_read_again_and_hashed_right(
     assert "bytes downloaded again" in out.err
 
 
+def test_a_refused_range_is_not_asked_again_but_a_later_cut_resumes_with_range(
+    big_source: tuple[RegistryProcess, Image],
+    make_registry: MakeRegistry,
+    make_fault_proxy: MakeProxy,
+    cli: CLI,
+    tmp_path: Path,
+) -> None:
+    """Cut at 50 %, the resume refused with 416: read from byte 0 (the hashed bytes
+    skipped); that answer cut at 90 % resumes with `Range` again, from its own offset."""
+    source, image = big_source
+    layer = image.layers[-1]
+    path = rf"/blobs/{layer.digest}$"
+    proxy = make_fault_proxy(
+        source,
+        Fault.reset(path, count=1, at=0.5),
+        Fault.http(416, path, "GET", count=1),
+        Fault.reset(path, count=1, at=0.9),
+    )
+    dest = make_registry("plain")
+    _copy_big(cli, proxy, dest, tmp_path / "report.json")
+
+    gets = proxy.log("GET", path)
+    assert [(r.range is not None, r.status) for r in gets] == [
+        (False, 200),
+        (True, 416),
+        (False, 200),
+        (True, 206),
+    ]
+    assert gets[3].range != gets[1].range  # further on than the refused offset
+    _layer_intact(dest, image)
+
+
 def test_flip_then_resume_still_fails_the_digest(
     big_source: tuple[RegistryProcess, Image],
     make_registry: MakeRegistry,

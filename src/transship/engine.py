@@ -288,6 +288,11 @@ class CopyEngine:
         self._sinks: dict[int, _Sink] = {}
         self._task_bytes: dict[int, int] = {}  # bytes each running task itself uploaded
         self._task_refetched: dict[int, int] = {}
+        #: per (destination, digest): the bytes an earlier run kept of the blob, as its first
+        #: transfer in this run found them; what a later transfer keeps beyond that, this run
+        #: sent itself (an attempt that failed), so it is never counted or shown as kept
+        self._kept_earlier: dict[tuple[int, Digest], int] = {}
+        self._kept_shown: set[tuple[int, Digest]] = set()  # blob_kept said (once per blob)
         self.policy = self.options.retry_policy
         self._images = asyncio.Semaphore(self.options.parallel_images)
         self._big = asyncio.Semaphore(self.options.parallel_blobs)
@@ -887,11 +892,15 @@ class CopyEngine:
                         return source.open_blob_at(task.source_repository, blob, hasher)
                     return source.open_blob(task.source_repository, blob)
 
-                _, kept = await dest.put_blob_resuming(
-                    task.dest_repository, blob, self._counting(task, blob, read, open_rest)
-                )
-                if kept:
-                    self.stats.bytes_resumed += kept
+                key = (id(dest), blob.digest)
+                try:
+                    _, kept = await dest.put_blob_resuming(
+                        task.dest_repository, blob, self._counting(task, blob, read, open_rest)
+                    )
+                except IntegrityError:
+                    self._kept_earlier[key] = 0  # the sink dropped what it kept: nothing left
+                    raise
+                self.stats.bytes_resumed += min(kept, self._kept_earlier.get(key, 0))
             else:
                 rest = self._counting(
                     task, blob, read, lambda _: source.open_blob(task.source_repository, blob)
@@ -920,8 +929,13 @@ class CopyEngine:
 
         @asynccontextmanager
         async def opened(hasher: Hasher) -> AsyncIterator[AsyncIterator[bytes]]:
-            if hasher.size:  # kept from an earlier run: shown done now, never in the rate
-                self.observer.blob_kept(blob, hasher.size)
+            # kept from an earlier run: shown done now (once), never in the rate; bytes an
+            # attempt of this run sent are already shown
+            key = (id(task.dest), blob.digest)
+            earlier = min(hasher.size, self._kept_earlier.setdefault(key, hasher.size))
+            if earlier and key not in self._kept_shown:
+                self._kept_shown.add(key)
+                self.observer.blob_kept(blob, earlier)
             async with opener(hasher) as chunks:
 
                 async def counted() -> AsyncIterator[bytes]:

@@ -391,9 +391,11 @@ class OCILayout(LayoutWriter):
             self._dirs_to_sync -= dirs
             try:
                 await asyncio.to_thread(self._write_index, data, dirs)
-            except OSError as exc:
-                self._dirs_to_sync |= dirs
-                raise io_error(f"{self.label}: writing {INDEX_FILE}", exc) from None
+            except BaseException as exc:  # failed, or cancelled (Ctrl-C): the next flush
+                self._dirs_to_sync |= dirs  # syncs them (close's, after a cancelled one)
+                if isinstance(exc, OSError):
+                    raise io_error(f"{self.label}: writing {INDEX_FILE}", exc) from None
+                raise
             self._saved = generation
             self._pacer.flushed()
 

@@ -11,7 +11,6 @@ change is always written at once, because nothing may depend on how long the mac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,8 @@ class FlushPacer:
         self._last: float | None = None  # monotonic time of the last write; None: never
         self._deferred: asyncio.Task[None] | None = None
         self._again = False  # changed while the deferred write was running
+        self._flushing = False  # the deferred task is inside `flush` (not asleep)
+        self._stopping = False  # `cancel` waits for the running write: no write after it
 
     async def changed(self) -> None:
         """Something changed: write now if the last write is old enough, else defer it."""
@@ -57,24 +58,44 @@ class FlushPacer:
         return self._last + self.interval - time.monotonic()
 
     async def _later(self) -> None:
+        failed = False
         try:
             while True:
-                await asyncio.sleep(max(0.0, self._due()))
+                # after a failed write `interval` too: not an fsync and a warning per MiB
+                await asyncio.sleep(self.interval if failed else max(0.0, self._due()))
                 self._again = False
+                self._flushing = True
                 try:
                     await self._flush()
+                    failed = False
                 except TransshipError as exc:  # the owner's close() flushes again and raises
                     log.warning("%s", exc)
-                if not self._again:
+                    failed = True
+                finally:
+                    self._flushing = False
+                if not self._again or self._stopping:
                     return
         finally:
             if self._deferred is asyncio.current_task():
                 self._deferred = None
 
     async def cancel(self) -> None:
-        """Drop a deferred write (the owner is closing and writes for itself)."""
-        if self._deferred is not None:
-            self._deferred.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._deferred
-            self._deferred = None
+        """Drop a deferred write not yet begun (the owner is closing and writes for itself).
+
+        One already writing is waited for, never cancelled: cancelled, it would release the
+        owner's flush lock while its thread still writes, so an older state (index.json, the
+        journal) could land after the owner's last write, or touch files the owner closes."""
+        task = self._deferred
+        if task is None:
+            return
+        self._stopping = True
+        try:
+            if not self._flushing:
+                task.cancel()  # asleep (or not started): nothing of it runs any more
+            await asyncio.wait([task])  # a cancel of this wait leaves the write running
+            if not task.cancelled():
+                task.result()
+        finally:
+            self._stopping = False
+            if task.done() and self._deferred is task:  # cancelled before it ever ran
+                self._deferred = None

@@ -494,6 +494,13 @@ class TarSink(LayoutWriter):
         while self._free and sum(self._free[-1]) == self._end:
             self._end = self._free.pop()[0]
 
+    def _drop_partial(self, offset: int, length: int) -> None:
+        """A partly written blob's region freed: the journal stops listing it in `partials`
+        within `flush_interval` (a rerun would re-read bytes nobody wants, or bad ones)."""
+        self._release(offset, length)
+        self._changes += 1
+        self._pacer.schedule()
+
     def _snapshot(self, sealed: dict[str, Any] | None = None) -> bytes:
         held = self._held.values() if sealed is None else ()
         doc: dict[str, Any] = {
@@ -629,7 +636,7 @@ class TarSink(LayoutWriter):
             except BaseException as exc:
                 del self._inflight[digest]
                 if isinstance(exc, IntegrityError):
-                    self._release(offset, length)
+                    self._drop_partial(offset, length)
                 else:
                     self._reserved.pop(offset, None)
                     self._held[digest] = held
@@ -638,7 +645,7 @@ class TarSink(LayoutWriter):
                 raise
         else:
             if held is not None:  # a whole stream, or a journal entry that does not fit
-                self._release(held[0], held[1])
+                self._drop_partial(held[0], held[1])
             offset = self._reserve(length)
             data = offset + len(header)
         kept = written = hasher.size
@@ -688,7 +695,7 @@ class TarSink(LayoutWriter):
                     self._changes += 1
                     self._pacer.schedule()  # the journal says so within `flush_interval`
                 else:
-                    self._release(offset, length)
+                    self._drop_partial(offset, length)
             if isinstance(exc, IntegrityError):
                 raise IntegrityError(f"{self.label}: {exc.message}") from None
             if isinstance(exc, OSError):

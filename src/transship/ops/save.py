@@ -213,6 +213,8 @@ class SaveJob:
     layout: OCILayout | TarSink
     base: OCILayout | OCILayoutTar | None
     tasks: list[list[CopyTask]] = field(default_factory=list)
+    #: a layout directory finished by `close(finished=True)`, under its lock
+    _written: Written | None = field(default=None, init=False, repr=False)
 
     @classmethod
     async def open(
@@ -293,22 +295,32 @@ class SaveJob:
 
     async def close(self, *, finished: bool = False) -> None:
         """Release the layout; `finished` (the run had no failures, `finish` comes next): a
-        layout directory first drops its partial blobs, while its lock is still held."""
+        layout directory is finished here, while its lock is still held (a save that takes
+        the lock next must find its own INCOMPLETE marker and partial blobs untouched):
+        index.json written, the partial blobs dropped, then the tool, SHA256SUMS, and the
+        INCOMPLETE marker removed last."""
         try:
             if finished and isinstance(self.layout, OCILayout):
+                await self.layout.flush()
                 self.layout.drop_partials()
+                self._written = self._finish_directory()
         finally:
             await self.layout.close()
             await close_chain(self.base)
 
     async def finish(self) -> Written:
-        """After a run without failures (and `close(finished=True)`): checksums, then seal a
-        tar."""
+        """After a run without failures (and `close(finished=True)`): a tar's checksums, then
+        its seal (which locks it again); a layout directory was finished by `close`."""
         if isinstance(self.layout, TarSink):
             sink = self.layout
             sums = "" if sink.sealed else sink_checksums(sink, self.target.tool)
             volumes = await asyncio.to_thread(sink.seal, {"SHA256SUMS": sums.encode()})
             return Written(self.target.output, sink.blob_count(), volumes)
+        if self._written is None:
+            raise RuntimeError("finish() of a layout directory not closed as finished")
+        return self._written
+
+    def _finish_directory(self) -> Written:
         layout_dir = self.target.output
         place_tool(self.target.tool, layout_dir)  # None: drops one a resumed run left there
         own = [*_OWN_FILES, TOOL_FILE] if self.target.tool else list(_OWN_FILES)

@@ -676,7 +676,8 @@ class BlobDownload:
     hashed with `Range: bytes=N-` (as go-containerregistry and regclient do), under the
     transport's retry policy. A server that ignores `Range` (200, not 206), or answers it with
     416 or a Content-Range not starting at N, is read from byte 0 again (without `Range`) and
-    its first N bytes skipped, so every byte is hashed exactly once in order.
+    its first N bytes skipped, so every byte is hashed exactly once in order; a later cut
+    of that answer, further on, is resumed with `Range` again.
 
     `refetched` counts bytes received more than once (the skipped ones), for the summary.
     A digest mismatch found at the end raises IntegrityError: the bytes were already passed
@@ -700,8 +701,9 @@ class BlobDownload:
         self._stack = AsyncExitStack()
         self._resp: aiohttp.ClientResponse | None = None
         self._skip = 0  # bytes of the current answer already hashed (a 200 to a Range GET)
-        #: the source answered a `Range` GET with 416 or a wrong Content-Range: no more asked
-        self._no_range = False
+        #: the offset whose `Range` GET the source answered with 416 or a wrong Content-Range:
+        #: not asked again (a later cut, further on, is resumed with `Range` as usual)
+        self._no_range_at: int | None = None
         self._stream: AsyncIterator[bytes] | None = None
 
     async def __aenter__(self) -> BlobDownload:
@@ -715,7 +717,7 @@ class BlobDownload:
     async def _open(self, offset: int) -> None:
         await self._stack.aclose()
         self._stack = AsyncExitStack()
-        ranged = offset > 0 and not self._no_range
+        ranged = offset > 0 and offset != self._no_range_at
         headers = {"Range": f"bytes={offset}-"} if ranged else None
         resp = await self._stack.enter_async_context(
             self.registry.transport.request(
@@ -740,7 +742,7 @@ class BlobDownload:
                     resp.status,
                     resp.headers.get("Content-Range"),
                 )
-                self._no_range = True
+                self._no_range_at = offset
                 await self._open(offset)
                 return
             expected = size - offset
