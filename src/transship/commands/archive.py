@@ -36,11 +36,10 @@ from transship.commands.common import (
 )
 from transship.commands.harbor import after_push, before_push, project_options, project_settings
 from transship.commands.imgpkgtar import (
+    folder_refusal,
     imgpkg_targets,
-    is_tar_folder,
     load_imgpkg_tars,
     save_tar_set,
-    tar_folder_error,
 )
 from transship.commands.rendering import wide_console
 from transship.connect import RegistryPool, SideSettings
@@ -408,8 +407,8 @@ def load(
             repair=repair,
         )
     assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
-    if is_tar_folder(archive):  # not "not an OCI layout": say what a folder of tars needs
-        raise tar_folder_error(archive)
+    if refusal := folder_refusal(archive):  # not "not an OCI layout": what the folder needs
+        raise refusal
     job = LoadJob.open(archive, finished=True, repair=repair)
     warning = job.prefix_warning(dest_prefix)
     if warning and not quiet:

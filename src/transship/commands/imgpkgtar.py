@@ -34,8 +34,8 @@ from transship.imgpkg.fromtar import FROMTAR_YAML, TarLoad, TarTarget
 from transship.imgpkg.totar import FROMTAR_SCRIPT
 from transship.ops.imgpkgtar import (
     TarLoadJob,
+    folder_refusal,
     imgpkg_targets,
-    is_tar_folder,
     save_imgpkg_tars,
     tar_folder_error,
     tar_listing,
@@ -45,8 +45,8 @@ from transship.plan.model import Plan, PlanEntry
 from transship.progress import human_bytes
 
 __all__ = [
+    "folder_refusal",
     "imgpkg_targets",
-    "is_tar_folder",
     "load_imgpkg_tars",
     "plan_imgpkg_tars",
     "save_tar_set",
