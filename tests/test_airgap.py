@@ -109,6 +109,38 @@ def test_save_dir_then_load_into_tls_registry(
     assert verified.code == 0 and "0 problem(s)" in verified.out
 
 
+def test_archive_list_in_a_pipe_keeps_an_imgpkg_tag_in_a_long_repository_on_one_line(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TKG archive holds `sha256-<64 hex>.imgpkg` tags in long repositories: 200 columns
+    is too narrow for such a row, so in a pipe the table is as wide as its rows need (one
+    line per entry, whole names: grep finds them)."""
+    repository = "tanzu-cluster-essentials/some-long-subproject/kapp-controller"
+    tags = [f"sha256-{'ab' * 32}.imgpkg", "v0.50.0"]
+    layout = tmp_path / "tkg"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    manifests = [
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": f"sha256:{str(n) * 64}",
+            "size": 500,
+            "annotations": {"org.opencontainers.image.ref.name": f"{repository}:{tag}"},
+        }
+        for n, tag in enumerate(tags)
+    ]
+    index = {"schemaVersion": 2, "manifests": manifests}
+    (layout / "index.json").write_text(json.dumps(index))
+    for columns in ("80", "200"):  # a pipe of the default width, and the wider log
+        monkeypatch.setenv("COLUMNS", columns)
+        listed = cli("archive", "list", str(layout))
+        assert listed.code == 0, listed.err
+        for tag in tags:
+            rows = [ln for ln in listed.out.splitlines() if tag in ln]
+            assert len(rows) == 1 and repository in rows[0], listed.out
+            assert rows[0].rstrip().endswith("json │"), listed.out
+
+
 def test_save_tar_read_in_place_and_by_skopeo(
     cli: CLI,
     plain_registry: RegistryProcess,

@@ -475,7 +475,7 @@ def archive_list(archive: Path, fmt: str) -> int:
             table.add_column(column, overflow="fold")  # folded, never cut: names stay whole
         for repository, tag, descriptor in entries:
             table.add_row(repository, tag, descriptor.digest.short, descriptor.media_type)
-        wide_console(stderr=False).print(table)  # in a pipe, a row per entry: grep finds it
+        wide_console(stderr=False, fit=table).print(table)  # in a pipe, a row per entry
         return 0
     finally:
         asyncio.run(job.close())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from transship.ops.verify import BLOB_MISSING, CHILD_MISSING, VerifyResult
@@ -30,12 +30,20 @@ def problems_table(result: VerifyResult, limit: int = MAX_ROWS) -> Table:
     return table
 
 
-def wide_console(*, stderr: bool) -> Console:
-    """A terminal's own width; 200 columns for logs and pipes, so references are not folded."""
+def wide_console(*, stderr: bool, fit: RenderableType | None = None) -> Console:
+    """A terminal's own width; for logs and pipes 200 columns, or as many as `fit` (a table)
+    needs to print each of its rows on one line: references are not folded, grep finds them."""
     console = Console(stderr=stderr)
     if console.is_terminal:
         return console
-    return Console(stderr=stderr, width=max(console.width, 200))
+    width = max(console.width, 200)
+    if fit is not None:
+        width = max(width, Console(width=_UNBOUNDED, stderr=stderr).measure(fit).maximum)
+    return Console(stderr=stderr, width=width)
+
+
+#: the width a table is measured in: wider than any row it could hold
+_UNBOUNDED = 1 << 20
 
 
 def print_result(result: VerifyResult, console: Console) -> None:
