@@ -93,7 +93,6 @@ def test_save_dir_then_load_into_tls_registry(
         assert skopeo(dest, f"internal/{path}") == skopeo(plain_registry, path)
     monkeypatch.setenv("COLUMNS", "80")  # a pipe of the default width: a row per entry
     listed = cli("archive", "list", str(archive))
-    monkeypatch.setenv("COLUMNS", "200")
     assert listed.code == 0 and "gap1/multi" in listed.out
     rows = [ln for ln in listed.out.splitlines() if "sha256:" in ln]
     assert len(rows) == len(refs), listed.out
@@ -139,6 +138,28 @@ def test_archive_list_in_a_pipe_keeps_an_imgpkg_tag_in_a_long_repository_on_one_
             rows = [ln for ln in listed.out.splitlines() if tag in ln]
             assert len(rows) == 1 and repository in rows[0], listed.out
             assert rows[0].rstrip().endswith("json │"), listed.out
+
+
+def test_paths_with_brackets_are_printed_as_given(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output path is no Rich markup: `[old]` is not eaten and `[/x]` raises nothing
+    (it used to end in a MarkupError traceback); each message is one line in a log."""
+    refs, _stored = corpus(plain_registry, "gapbr")
+    parent = tmp_path / "usb[/x]" / "tkg[old]"
+    parent.mkdir(parents=True)
+    archive = parent / ("tkg-archive-with-a-rather-long-name-" + "y" * 60 + ".tar")
+    images = write_list(tmp_path, refs)
+    monkeypatch.setenv("COLUMNS", "80")  # a log of the default width
+    out = cli("save", "--images", str(images), "-o", str(archive))
+    assert out.code == 0, out.err
+    assert re.search(rf"^wrote {re.escape(str(archive))} \(\d+ blobs", out.err, re.M), out.err
+    for args in ((), ("--dry-run",)):  # a rerun: it holds this plan already
+        out = cli("save", "--images", str(images), "-o", str(archive), *args)
+        assert out.code == 0, out.err
+        assert f"{archive} already holds this plan" in out.err, out.err
+    listed = cli("archive", "list", str(archive))
+    assert listed.code == 0 and str(archive) in listed.out, listed.out + listed.err
 
 
 def test_save_tar_read_in_place_and_by_skopeo(

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from transship.commands.common import (
     BeforeEngine,
@@ -25,6 +26,7 @@ from transship.commands.common import (
     setup_logging,
 )
 from transship.commands.harbor import after_push, before_push
+from transship.commands.rendering import PLAIN
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
@@ -84,7 +86,7 @@ def load_imgpkg_tars(
         job = TarLoadJob.open(targets, dests.get)
         try:
             if not quiet:
-                console.print(summary_line(job.load), soft_wrap=True)
+                console.print(summary_line(job.load), **PLAIN)
             pending = BeforeEngine(record, quiet)
             pending.planned(job.phases)
             with pending.watch():  # Ctrl-C until the engine runs: every image not started
@@ -170,7 +172,7 @@ def plan_imgpkg_tars(
                 table.add_column(column)
             for row in load.rows:
                 tags = ", ".join(t for t in row.tags if not t.endswith(".imgpkg")) or "-"
-                table.add_row(row.tar, row.destination, tags, row.digest.short, row.kind)
+                table.add_row(Text(row.tar), row.destination, tags, row.digest.short, row.kind)
             Console().print(table)
         if not quiet:
             print(summary_line(load), file=sys.stderr)
@@ -198,7 +200,7 @@ async def save_tar_set(
         Console(stderr=True).print(
             f"wrote {outcome.written} of {outcome.tars} imgpkg tars, {FROMTAR_YAML} and "
             f"{FROMTAR_SCRIPT} to {out_dir}",
-            soft_wrap=True,
+            **PLAIN,
         )
         for result in outcome.results:
             if result.error is not None:
