@@ -93,7 +93,6 @@ def test_save_dir_then_load_into_tls_registry(
         assert skopeo(dest, f"internal/{path}") == skopeo(plain_registry, path)
     monkeypatch.setenv("COLUMNS", "80")  # a pipe of the default width: a row per entry
     listed = cli("archive", "list", str(archive))
-    monkeypatch.setenv("COLUMNS", "200")
     assert listed.code == 0 and "gap1/multi" in listed.out
     rows = [ln for ln in listed.out.splitlines() if "sha256:" in ln]
     assert len(rows) == len(refs), listed.out
@@ -107,6 +106,60 @@ def test_save_dir_then_load_into_tls_registry(
         assert rows[(repository, tag)] == skopeo.digest(plain_registry, path)
     verified = cli("archive", "verify", str(archive))
     assert verified.code == 0 and "0 problem(s)" in verified.out
+
+
+def test_archive_list_in_a_pipe_keeps_an_imgpkg_tag_in_a_long_repository_on_one_line(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TKG archive holds `sha256-<64 hex>.imgpkg` tags in long repositories: 200 columns
+    is too narrow for such a row, so in a pipe the table is as wide as its rows need (one
+    line per entry, whole names: grep finds them)."""
+    repository = "tanzu-cluster-essentials/some-long-subproject/kapp-controller"
+    tags = [f"sha256-{'ab' * 32}.imgpkg", "v0.50.0"]
+    layout = tmp_path / "tkg"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    manifests = [
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": f"sha256:{str(n) * 64}",
+            "size": 500,
+            "annotations": {"org.opencontainers.image.ref.name": f"{repository}:{tag}"},
+        }
+        for n, tag in enumerate(tags)
+    ]
+    index = {"schemaVersion": 2, "manifests": manifests}
+    (layout / "index.json").write_text(json.dumps(index))
+    for columns in ("80", "200"):  # a pipe of the default width, and the wider log
+        monkeypatch.setenv("COLUMNS", columns)
+        listed = cli("archive", "list", str(layout))
+        assert listed.code == 0, listed.err
+        for tag in tags:
+            rows = [ln for ln in listed.out.splitlines() if tag in ln]
+            assert len(rows) == 1 and repository in rows[0], listed.out
+            assert rows[0].rstrip().endswith("json │"), listed.out
+
+
+def test_paths_with_brackets_are_printed_as_given(
+    cli: CLI, plain_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output path is no Rich markup: `[old]` is not eaten and `[/x]` raises nothing
+    (it used to end in a MarkupError traceback); each message is one line in a log."""
+    refs, _stored = corpus(plain_registry, "gapbr")
+    parent = tmp_path / "usb[/x]" / "tkg[old]"
+    parent.mkdir(parents=True)
+    archive = parent / ("tkg-archive-with-a-rather-long-name-" + "y" * 60 + ".tar")
+    images = write_list(tmp_path, refs)
+    monkeypatch.setenv("COLUMNS", "80")  # a log of the default width
+    out = cli("save", "--images", str(images), "-o", str(archive))
+    assert out.code == 0, out.err
+    assert re.search(rf"^wrote {re.escape(str(archive))} \(\d+ blobs", out.err, re.M), out.err
+    for args in ((), ("--dry-run",)):  # a rerun: it holds this plan already
+        out = cli("save", "--images", str(images), "-o", str(archive), *args)
+        assert out.code == 0, out.err
+        assert f"{archive} already holds this plan" in out.err, out.err
+    listed = cli("archive", "list", str(archive))
+    assert listed.code == 0 and str(archive) in listed.out, listed.out + listed.err
 
 
 def test_save_tar_read_in_place_and_by_skopeo(

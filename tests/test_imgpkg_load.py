@@ -23,6 +23,7 @@ from harness.skopeo import Skopeo
 
 from transship.errors import ExitCode
 from transship.imgpkg.locations import ImageLocation, build_image_locations
+from transship.layout.archive import write_tar
 
 FIXTURES = Path(__file__).parent / "data" / "imgpkg-tars"
 APP_A = "sha256:98eabb44fe0612b082ca13bd7797c064c574975be98184de5302c89ff7a1f4e6"
@@ -523,3 +524,44 @@ def test_a_tar_listing_no_image_is_refused_not_loaded_as_done(
         assert out.code == ExitCode.USAGE, out.err
         assert "empty.tar" in out.error_line and "lists no image" in out.error_line
     assert [e for e in reg.access_log(since=since) if e.method in ("PUT", "POST")] == []
+
+
+def test_a_folder_holding_one_oci_archive_names_the_archive_file(cli: CLI, tmp_path: Path) -> None:
+    """A folder is taken for a folder of imgpkg tars only when its tars are imgpkg's: one
+    holding the OCI archive `save -o app.tar` wrote is told to give that file instead."""
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    one = tmp_path / "one"
+    one.mkdir()
+    write_tar(layout, one / "app.tar")
+    out = cli("load", str(one), "--dest", "127.0.0.1:9/x")
+    assert out.code == ExitCode.USAGE, out.err
+    assert f"give the archive file {one / 'app.tar'}" in out.error_line
+    assert "publish-images-fromtar" not in out.error_line
+    # beside imgpkg tars too, the OCI archive is what is named
+    shutil.copy(FIXTURES / "image-app-a.tar", one / "image-app-a.tar")
+    out = cli("load", str(one), "--dest", "127.0.0.1:9/x")
+    assert f"give the archive file {one / 'app.tar'}" in out.error_line
+
+
+def test_a_folder_of_volumes_without_their_list_says_so_despite_a_stray_tar(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """`tkg.tar.001`, `tkg.tar.002` without `tkg.tar.parts`, and a `notes.tar` beside them: the
+    missing volume list is what to say, not what a folder of imgpkg tars needs."""
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    (mix / "tkg.tar.001").write_bytes(b"\0" * 1024)
+    (mix / "tkg.tar.002").write_bytes(b"\0" * 1024)
+    with tarfile.open(mix / "notes.tar", "w") as tar:
+        data = b"notes\n"
+        info = tarfile.TarInfo("notes.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    out = cli("load", str(mix), "--dest", "127.0.0.1:9/x")
+    assert out.code != 0
+    assert "looks like a volume" in out.error_line, out.err
+    assert "copy tkg.tar.parts" in out.error_line
+    assert "publish-images-fromtar" not in out.error_line

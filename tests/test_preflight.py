@@ -88,5 +88,8 @@ def test_preflight_says_a_wrong_password_once_not_once_per_repository(
     out = cli("load", str(archive), *side, "--dest-creds", "alice:wrong", "--preflight", "-q")
     assert out.code == ExitCode.AUTH, out.err
     lines = [ln for ln in out.err.splitlines() if ln.startswith("transship: preflight: ")]
-    assert len(lines) == 1 and lines[0].endswith("(3 repositories)"), out.err
+    assert len(lines) == 1 and "(3 repositories)" in lines[0], out.err
     assert "wrong username or password" in lines[0]
+    # the count belongs to the message: it comes before the hint (what to do), not after it
+    message, _, hint = lines[0].partition(" (3 repositories)")
+    assert "wrong username or password" in message and hint.startswith(" ("), out.err

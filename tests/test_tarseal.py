@@ -38,7 +38,7 @@ from transship.layout.tarsink import (
     journal_path,
     partial_path,
 )
-from transship.layout.volumes import Volumes, find_parts_file
+from transship.layout.volumes import Volumes, find_parts_file, split_name_hint
 from transship.manifest import Manifest
 
 
@@ -453,3 +453,21 @@ def test_a_damaged_tar_is_one_line_and_the_integrity_exit_code(
     (media / "notes.tar").write_bytes(b"just some notes\n" * 100)
     out = cli("archive", "verify", str(media / "notes.tar"))
     assert out.code == ExitCode.USAGE and "not a readable tar archive" in out.error_line
+
+
+def test_split_name_hint_names_the_first_volume_only_when_it_is_there(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """`FILE.tar` given, `FILE.tar.parts` beside it: the hint names `FILE.tar.001` only when
+    that volume exists; with the list alone it names the list, never a file that is not
+    there."""
+    named = tmp_path / "tkg.tar"
+    assert split_name_hint(named) == ""  # no list: no hint
+    (tmp_path / "tkg.tar.parts").write_text("{}\n")
+    hint = split_name_hint(named)
+    assert "tkg.tar.001" not in hint and str(tmp_path / "tkg.tar.parts") in hint
+    out = cli("archive", "verify", str(named))
+    assert out.code == ExitCode.USAGE
+    assert "tkg.tar.001" not in out.error_line and "tkg.tar.parts" in out.error_line
+    (tmp_path / "tkg.tar.001").write_bytes(b"\0" * 512)
+    assert f"give its first volume {tmp_path / 'tkg.tar.001'}" in split_name_hint(named)

@@ -137,7 +137,10 @@ class RichObserver:
         self.budget.finished(result)
         self.progress.update(self._images, advance=1, detail=f"{self.done}/{self.total}")
         if result.status == "failed" and self.total != 1:
-            self.progress.console.print(f"[red]failed[/] {result.task.label}: {result.error}")
+            from rich.text import Text
+
+            line = Text.assemble(("failed", "red"), f" {result.task.label}: {result.error}")
+            self.progress.console.print(line, highlight=False)  # the error's words, as they are
         self._describe()
 
     def blob_started(self, descriptor: Descriptor) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from transship.commands.archivepaths import existing_archives
 from transship.commands.common import (
@@ -37,13 +38,12 @@ from transship.commands.common import (
 )
 from transship.commands.harbor import after_push, project_options, project_settings
 from transship.commands.imgpkgtar import (
+    folder_refusal,
     imgpkg_targets,
-    is_tar_folder,
     load_imgpkg_tars,
     save_tar_set,
-    tar_folder_error,
 )
-from transship.commands.rendering import wide_console
+from transship.commands.rendering import PLAIN, wide_console
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import CopyTask, Stats, TaskResult
 from transship.errors import IncompatibleArchiveError, IntegrityError, UsageError
@@ -227,7 +227,7 @@ def save(
             if rerun is not None:  # what the real rerun would say: nothing written
                 console.print(
                     f"save would write nothing: {output} {_holds(held_back)} ({rerun} images)",
-                    soft_wrap=True,
+                    **PLAIN,
                 )
                 return []
             found = await estimate(plan, target, sources.get)
@@ -235,7 +235,7 @@ def save(
                 f"save would write {human_bytes(found.bytes)} ({found.blobs} blobs, "
                 f"{found.manifests} manifests) to {output}; free space there: "
                 f"{human_bytes(found.free)}",
-                soft_wrap=True,
+                **PLAIN,
             )
             found.require_space()
             return []
@@ -243,7 +243,7 @@ def save(
             count = await same_save(finished, plan, info, sources.get, held_back, parallel)
             if not quiet:
                 console.print(
-                    f"{output} {_holds(held_back)} ({count} images); nothing to do", soft_wrap=True
+                    f"{output} {_holds(held_back)} ({count} images); nothing to do", **PLAIN
                 )
             skipped = already_saved(finished, planned_tasks(plan, info, target, sources.get))
             unexpanded = replace(plan, entries=tuple(held_back))  # failed, as SaveJob.held_back
@@ -282,11 +282,11 @@ def save(
             console.print(
                 f"wrote {len(written.volumes)} volumes {written.volumes[0].name}… "
                 f"({written.blobs} blobs, manifests included)",
-                soft_wrap=True,
+                **PLAIN,
             )
         elif written.blobs is not None and not quiet:
             console.print(
-                f"wrote {written.path} ({written.blobs} blobs, manifests included)", soft_wrap=True
+                f"wrote {written.path} ({written.blobs} blobs, manifests included)", **PLAIN
             )
         return results
 
@@ -409,8 +409,8 @@ def load(
             repair=repair,
         )
     assert archive is not None  # imgpkg_targets refuses neither ARCHIVE nor --script
-    if is_tar_folder(archive):  # not "not an OCI layout": say what a folder of tars needs
-        raise tar_folder_error(archive)
+    if refusal := folder_refusal(archive):  # not "not an OCI layout": what the folder needs
+        raise refusal
     job = LoadJob.open(archive, finished=True, repair=repair)
     warning = job.prefix_warning(dest_prefix)
     if warning and not quiet:
@@ -472,12 +472,13 @@ def archive_list(archive: Path, fmt: str) -> int:
             click.echo(json.dumps(doc, indent=2))
             return 0
         prefix = f" (names relative to {info.prefix})" if info.prefix else ""
-        table = Table(title=f"{job.layout.label}{prefix}")
+        title = Text(f"{job.layout.label}{prefix}")  # a path: no markup in it
+        table = Table(title=title, min_width=title.cell_len)  # in a pipe, not folded either
         for column in ("repository", "tag", "digest", "media type"):
             table.add_column(column, overflow="fold")  # folded, never cut: names stay whole
         for repository, tag, descriptor in entries:
             table.add_row(repository, tag, descriptor.digest.short, descriptor.media_type)
-        wide_console(stderr=False).print(table)  # in a pipe, a row per entry: grep finds it
+        wide_console(stderr=False, fit=table).print(table)  # in a pipe, a row per entry
         return 0
     finally:
         asyncio.run(job.close())

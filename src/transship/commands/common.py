@@ -31,6 +31,7 @@ from transship.errors import (
     NamespaceFullError,
     PlanError,
     PreflightError,
+    TransshipError,
     UsageError,
     exit_code_of,
 )
@@ -603,12 +604,14 @@ async def check_destinations(task_phases: Sequence[Sequence[CopyTask]], parallel
     try:
         await preflight(task_phases, parallel)
     except PreflightError as exc:
-        counts: dict[str, int] = {}
+        folded: dict[str, tuple[TransshipError, int]] = {}  # identical lines: one, counted
         for problem in exc.problems:
-            counts[str(problem)] = counts.get(str(problem), 0) + 1
-        for text, n in counts.items():
-            times = f" ({n} repositories)" if n > 1 else ""
-            print(f"transship: preflight: {text}{times}", file=sys.stderr)
+            first, n = folded.get(str(problem), (problem, 0))
+            folded[str(problem)] = (first, n + 1)
+        for text, (problem, n) in folded.items():
+            if n > 1:  # the count inside the message, before its hint: `message (N …) (hint)`
+                text = f"{problem.message} ({n} repositories){text[len(problem.message) :]}"
+            print(f"transship: preflight: {text}", file=sys.stderr)
         raise
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from transship.commands.common import (
     BeforeEngine,
@@ -26,6 +27,7 @@ from transship.commands.common import (
     setup_logging,
 )
 from transship.commands.harbor import after_push
+from transship.commands.rendering import PLAIN
 from transship.connect import RegistryPool, SideSettings
 from transship.engine import TaskResult
 from transship.errors import UsageError
@@ -35,8 +37,8 @@ from transship.imgpkg.fromtar import FROMTAR_YAML, TarLoad, TarTarget
 from transship.imgpkg.totar import FROMTAR_SCRIPT
 from transship.ops.imgpkgtar import (
     TarLoadJob,
+    folder_refusal,
     imgpkg_targets,
-    is_tar_folder,
     save_imgpkg_tars,
     tar_folder_error,
     tar_listing,
@@ -46,8 +48,8 @@ from transship.plan.model import Plan, PlanEntry
 from transship.progress import human_bytes
 
 __all__ = [
+    "folder_refusal",
     "imgpkg_targets",
-    "is_tar_folder",
     "load_imgpkg_tars",
     "plan_imgpkg_tars",
     "save_tar_set",
@@ -85,7 +87,7 @@ def load_imgpkg_tars(
         job = TarLoadJob.open(targets, dests.get)
         try:
             if not quiet:
-                console.print(summary_line(job.load), soft_wrap=True)
+                console.print(summary_line(job.load), **PLAIN)
             pending = BeforeEngine(record, quiet)
             pending.planned(job.phases)
             with pending.watch():  # Ctrl-C until the engine runs: every image not started
@@ -171,7 +173,7 @@ def plan_imgpkg_tars(
                 table.add_column(column)
             for row in load.rows:
                 tags = ", ".join(t for t in row.tags if not t.endswith(".imgpkg")) or "-"
-                table.add_row(row.tar, row.destination, tags, row.digest.short, row.kind)
+                table.add_row(Text(row.tar), row.destination, tags, row.digest.short, row.kind)
             Console().print(table)
         if not quiet:
             print(summary_line(load), file=sys.stderr)
@@ -199,7 +201,7 @@ async def save_tar_set(
         Console(stderr=True).print(
             f"wrote {outcome.written} of {outcome.tars} imgpkg tars, {FROMTAR_YAML} and "
             f"{FROMTAR_SCRIPT} to {out_dir}",
-            soft_wrap=True,
+            **PLAIN,
         )
         for result in outcome.results:
             if result.error is not None:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from typing import TypedDict
+
+from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from transship.ops.verify import BLOB_MISSING, CHILD_MISSING, VerifyResult
 
 MAX_ROWS = 200
+
+
+class _Plain(TypedDict):
+    markup: bool
+    highlight: bool
+    soft_wrap: bool
+
+
+#: `console.print` keywords for a line holding what a user named (a path, a reference) or a
+#: message quoting it: printed as it is, on one line (no markup to eat `[old]` or to raise on
+#: `[/x]`, no highlighting, never wrapped in a log)
+PLAIN = _Plain(markup=False, highlight=False, soft_wrap=True)
 
 
 def problems_table(result: VerifyResult, limit: int = MAX_ROWS) -> Table:
@@ -23,19 +38,27 @@ def problems_table(result: VerifyResult, limit: int = MAX_ROWS) -> Table:
             problem.reference,
             problem.expected.short if problem.expected else "",
             problem.found.short if problem.found else "",
-            detail,
+            Text(detail),  # a registry's or the system's words: no markup
         )
     if len(rows) > limit:
         table.caption = f"… and {len(rows) - limit} more: see --report"
     return table
 
 
-def wide_console(*, stderr: bool) -> Console:
-    """A terminal's own width; 200 columns for logs and pipes, so references are not folded."""
+def wide_console(*, stderr: bool, fit: RenderableType | None = None) -> Console:
+    """A terminal's own width; for logs and pipes 200 columns, or as many as `fit` (a table)
+    needs to print each of its rows on one line: references are not folded, grep finds them."""
     console = Console(stderr=stderr)
     if console.is_terminal:
         return console
-    return Console(stderr=stderr, width=max(console.width, 200))
+    width = max(console.width, 200)
+    if fit is not None:
+        width = max(width, Console(width=_UNBOUNDED, stderr=stderr).measure(fit).maximum)
+    return Console(stderr=stderr, width=width)
+
+
+#: the width a table is measured in: wider than any row it could hold
+_UNBOUNDED = 1 << 20
 
 
 def print_result(result: VerifyResult, console: Console) -> None:
@@ -45,16 +68,14 @@ def print_result(result: VerifyResult, console: Console) -> None:
         console.print(
             f"note: bundle {bundle.destination} was not expanded in the plan: the images it "
             "references were not checked (plan it with resolution to list them)",
-            highlight=False,
-            soft_wrap=True,
+            **PLAIN,
         )
-    console.print(result.summary(), highlight=False, soft_wrap=True)
+    console.print(result.summary(), **PLAIN)
     lost = {BLOB_MISSING, CHILD_MISSING}
     if any(problem.kind in lost for _check, problem in result.problems):
         console.print(
             "hint: a manifest is there but content below it is not: `transship copy --repair` "
             "(or `load --repair` from the archive) with the same input sends what is missing; "
             "a plain copy or load trusts the manifest",
-            highlight=False,
-            soft_wrap=True,
+            **PLAIN,
         )

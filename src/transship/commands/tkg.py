@@ -21,7 +21,7 @@ from transship.commands.common import (
     side_options,
     side_settings,
 )
-from transship.commands.rendering import print_result, wide_console
+from transship.commands.rendering import PLAIN, print_result, wide_console
 from transship.connect import RegistryPool, SideSettings
 from transship.errors import IncompleteError, TransshipError
 from transship.ops.verify import VerifyOptions
@@ -193,24 +193,21 @@ def tkg_config(
             if not quiet:
                 console.print(
                     f"transship: checked: {compatibility.name}:{tag} is there (TKG reads it first)",
-                    highlight=False,
-                    soft_wrap=True,
+                    **PLAIN,
                 )
     except TransshipError as exc:
         if not force:
             raise
         console.print(
             f"transship: warning: {exc.message}; emitting the settings anyway (--force)",
-            highlight=False,
-            soft_wrap=True,
+            **PLAIN,
         )
     if cluster_config is not None:
         keys = write_cluster_config(cluster_config, settings)
         if not quiet:
             console.print(
                 f"transship: set {', '.join(keys)} in {cluster_config}",
-                highlight=False,
-                soft_wrap=True,
+                **PLAIN,
             )
     else:
         for line in settings.tanzu_commands():
@@ -243,7 +240,7 @@ def _check_plan(
         print_result(result, console)
         raise IncompleteError(f"the destination is incomplete: {result.summary()}", hint=FORCE_HINT)
     if not quiet:
-        console.print(f"transship: checked: {result.summary()}", highlight=False, soft_wrap=True)
+        console.print(f"transship: checked: {result.summary()}", **PLAIN)
 
 
 async def _check_release(dest_settings: SideSettings, compatibility: Reference) -> str:

@@ -86,6 +86,22 @@ def looks_like_archive(path: Path) -> bool:
         return False
 
 
+def is_oci_archive_tar(path: Path) -> bool:
+    """Whether `path` is a tar holding an OCI layout (an `oci-layout` member at its top),
+    as `save -o FILE.tar` or `skopeo copy oci-archive:` write it. Only member headers are read
+    (the data is skipped); anything unreadable is no such archive."""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for count, info in enumerate(tar):
+                if count >= MAX_MEMBERS:
+                    return False
+                if info.isfile() and info.name.removeprefix("./") == LAYOUT_FILE:
+                    return True
+    except (OSError, tarfile.TarError, ValueError, EOFError, OverflowError, struct.error):
+        return False
+    return False
+
+
 class TarMember:
     """A member's bytes: `pread` at an absolute offset, so concurrent readers never interfere.
 

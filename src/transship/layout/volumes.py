@@ -96,12 +96,15 @@ def split_name_hint(path: Path) -> str:
     """For a path that does not exist: when it is the name a split save was given (`save -o
     FILE.tar --split-size`, which writes `FILE.tar.001`, … and `FILE.tar.parts` instead), what
     to give in its place; else ''."""
-    if path.exists() or not path.with_name(path.name + PARTS_SUFFIX).is_file():
+    parts = path.with_name(path.name + PARTS_SUFFIX)
+    if path.exists() or not parts.is_file():
         return ""
     first = path.with_name(f"{path.name}.001")
+    if not first.is_file():  # the list alone (its volumes elsewhere): name only what is there
+        return f"; it was saved split into volumes: give its volume list {parts}"
     return (
         f"; it was saved split into volumes: give its first volume {first} (or its volume "
-        f"list {path.name}{PARTS_SUFFIX})"
+        f"list {parts.name})"
     )
 
 

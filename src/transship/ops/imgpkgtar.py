@@ -15,7 +15,7 @@ from typing import Any
 
 from transship.digest import Digest
 from transship.engine import CopyTask, TaskResult
-from transship.errors import UsageError
+from transship.errors import LayoutError, UsageError
 from transship.imgpkg.fromtar import (
     TarLoad,
     TarTarget,
@@ -28,7 +28,9 @@ from transship.imgpkg.fromtar import (
     targets_from_script,
 )
 from transship.imgpkg.totar import tar_jobs, write_tar_set
+from transship.layout.archive import is_oci_archive_tar
 from transship.layout.index import LAYOUT_FILE
+from transship.layout.volumes import find_parts_file
 from transship.memory import MemoryEndpoint
 from transship.ops.save import PLACEHOLDER
 from transship.ops.tasks import EndpointFor
@@ -69,15 +71,36 @@ def tar_folder_error(directory: Path) -> UsageError:
     )
 
 
-def is_tar_folder(path: Path) -> bool:
-    """A directory that is no OCI layout (nor holds a split archive's `.parts` list) but holds
-    tars: what `load` and `plan imgpkg-tars` are given for a folder of imgpkg tars."""
-    return (
-        path.is_dir()
-        and not (path / LAYOUT_FILE).exists()
-        and not any(path.glob("*.parts"))
-        and any(path.glob("*.tar"))
-    )
+def folder_refusal(path: Path) -> UsageError | LayoutError | None:
+    """For a directory given as ARCHIVE that is no OCI layout: what to say when it holds tars
+    rather than being an archive itself, or None (opening it as an archive says what is wrong).
+
+    A folder of split volumes is said about first (its missing `.parts` list is the useful
+    news, a stray tar beside the volumes notwithstanding); a folder holding an OCI archive tar
+    (`save -o FILE.tar`) names that file; only a folder whose tars include imgpkg tars and no
+    OCI archive is taken for a folder of imgpkg tars."""
+    if not path.is_dir() or (path / LAYOUT_FILE).exists():
+        return None
+    try:
+        if find_parts_file(path) is not None:
+            return None  # a folder of volumes with their list: read as the archive
+    except LayoutError as exc:  # volumes without their `.parts` list: say which file to copy
+        return exc
+    tars = sorted(p for p in path.glob("*.tar") if p.is_file())
+    archives = [p for p in tars if is_oci_archive_tar(p)]
+    if len(archives) == 1:
+        return UsageError(
+            f"{path} is a folder holding an OCI archive: give the archive file {archives[0]}"
+        )
+    if archives:
+        names = ", ".join(str(p) for p in archives)
+        return UsageError(
+            f"{path} is a folder holding {len(archives)} OCI archives: give one archive file "
+            f"({names})"
+        )
+    if any(looks_like_imgpkg_tar(p) for p in tars):
+        return tar_folder_error(path)
+    return None
 
 
 @dataclass
