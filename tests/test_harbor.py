@@ -28,7 +28,7 @@ from transship.errors import (
     UsageError,
     shown_text,
 )
-from transship.harbor.api import HarborAPI, ProjectRefused, parse_quota
+from transship.harbor.api import HarborAPI, ProjectRefused, _message, parse_quota
 from transship.harbor.quota import is_quota_refusal, quota_detail
 from transship.layout import OCILayout
 from transship.plan.model import Plan, PlanEntry
@@ -287,6 +287,16 @@ def test_text_from_elsewhere_is_shown_on_one_line_without_credentials() -> None:
     )
     assert said == "bad request from admin:*** (Authorization: Basic ***)", said
     assert len(shown_text("x" * 500)) == 203
+
+
+def test_harbor_reason_is_withheld_rather_than_garbled_by_a_short_password() -> None:
+    """A password `a` masked everywhere turned Harbor's "project name" into "project n***me":
+    Harbor's reason is withheld, saying why, where a short secret sits inside a word."""
+    body = json.dumps({"errors": [{"code": "BAD_REQUEST", "message": "project name invalid"}]})
+    assert _message(body.encode(), ["admin", "a"]) == (
+        "(Harbor's reason withheld: it may quote the password)"
+    )
+    assert _message(body.encode(), ["admin", "Harbor12345"]) == "project name invalid"
 
 
 async def test_the_wing_reaches_only_registries_the_factory_opened(tmp_path: Path) -> None:

@@ -271,7 +271,9 @@ def _message(raw: bytes, secrets: Iterable[str] = ()) -> str:
         )
     except (ValueError, AttributeError, TypeError, UnicodeDecodeError):
         text = raw.decode("utf-8", "replace")
-    return shown_text(text, secrets)
+    return shown_text(
+        text, secrets, withheld="(Harbor's reason withheld: it may quote the password)"
+    )
 
 
 #: Harbor's `storage_limit` (swagger `ProjectReq`) is an int64 count of bytes
