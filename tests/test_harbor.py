@@ -289,6 +289,19 @@ def test_text_from_elsewhere_is_shown_on_one_line_without_credentials() -> None:
     assert len(shown_text("x" * 500)) == 203
 
 
+def test_harbor_reason_from_a_body_without_errors_is_its_message_or_its_text() -> None:
+    """A JSON body without `errors` (or with an empty list) gives its own `message`, else its
+    text, never an empty reason."""
+    assert _message(b'{"errors": [{"code": "CONFLICT", "message": "taken"}]}') == "taken"
+    assert _message(b'{"errors": [{"code": "CONFLICT"}]}') == "CONFLICT"
+    assert _message(b'{"message": "project quota exceeded"}') == "project quota exceeded"
+    assert _message(b'{"errors": [], "message": "denied"}') == "denied"
+    assert _message(b'{"errors": [], "detail": "odd"}') == '{"errors": [], "detail": "odd"}'
+    assert _message(b'{"code": 500}') == '{"code": 500}'
+    assert _message(b"<html>bad gateway</html>") == "<html>bad gateway</html>"
+    assert _message(b'{"message": "as Harbor12345"}', ["Harbor12345"]) == "as ***"
+
+
 def test_harbor_reason_is_withheld_rather_than_garbled_by_a_short_password() -> None:
     """A password `a` masked everywhere turned Harbor's "project name" into "project n***me":
     Harbor's reason is withheld, saying why, where a short secret sits inside a word."""
