@@ -32,7 +32,7 @@ from transship.ops.archive import (
     ArchiveInfo,
 )
 from transship.serve.api import accepted_types, negotiate, page
-from transship.serve.archive import served_prefix, valid_name
+from transship.serve.archive import ChainCut, served_prefix, valid_name
 from transship.serve.auth import Htpasswd
 from transship.serve.blobs import BlobServer, RangeNotSatisfiable, parse_range, slice_extents
 from transship.serve.errors import APIError
@@ -457,3 +457,15 @@ def test_a_corrupt_verdict_is_not_kept_forever() -> None:
     again.corrupt[digest] = ("x at offset 0 (1 bytes)", time.monotonic() - 61)
     again._refuse_corrupt(digest)  # hashed again on this request
     assert digest not in again.corrupt
+
+
+def test_a_chain_cut_from_an_archive_given_as_dot_names_its_base_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From inside a directory archive `.` has no parent but '.': where a base beside it
+    should be is named beside the directory, absolute, not as a relative `base`."""
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    monkeypatch.chdir(inc)
+    why = ChainCut(Path("."), "base")._why()
+    assert why.endswith(f"which is not beside it ({tmp_path / 'base'})"), why
