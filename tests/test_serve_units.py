@@ -149,11 +149,13 @@ def test_san_takes_an_ip_address_or_an_rfc_1123_name(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "carried"),
     [("REG-1.Corp.example", "reg-1.corp.example"), ("reg.lab.", "reg.lab"),
-     ("*.Corp.Example.", "*.corp.example"), ("::0001", "::1"), ("FE80::A", "fe80::a")],
+     ("*.Corp.Example.", "*.corp.example"), ("::0001", "::1"), ("FE80::A", "fe80::a"),
+     ("::ffff:10.0.0.5", "10.0.0.5"), ("::FFFF:a00:5", "10.0.0.5")],
 )  # fmt: skip
 def test_san_is_carried_lower_case_without_the_root_dot(name: str, carried: str) -> None:
     """Names compare without case and `lab.` is `lab`: one form each, so a certificate never
-    carries Registry.Lab and registry.lab both."""
+    carries Registry.Lab and registry.lab both. An IPv4-mapped IPv6 address is carried as the
+    IPv4 address it maps: an IPv4 client never matches an IPv6 SAN."""
     assert check_san(name) == carried
     listen = Listen("Registry.Lab", 5000)
     assert tls_names(listen, [check_san("registry.lab."), check_san("REGISTRY.lab")]) == [
