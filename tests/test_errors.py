@@ -24,6 +24,7 @@ from transship.errors import (
     advice_for,
     describe_unexpected,
     io_error,
+    shown_text,
 )
 from transship.harbor.advice import install, missing_project_advice
 
@@ -104,3 +105,24 @@ def test_an_unforeseen_error_is_described_without_request_headers() -> None:
     ]:
         assert describe_unexpected(ValueError(raw)) == f"ValueError: {shown}"
     assert describe_unexpected(ValueError("")) == "ValueError"
+
+
+def test_a_secret_is_masked_where_it_stands_as_a_token_the_longest_first() -> None:
+    """The run's credentials are masked as tokens, the longest first: a shorter secret masked
+    first would leave part of a longer one shown."""
+    assert (
+        shown_text("login admin12345 refused for admin", ["admin", "admin12345"])
+        == "login *** refused for ***"
+    )
+    assert shown_text("user ab: refused (ab)", ["ab"]) == "user ***: refused (***)"
+    assert shown_text("token=xHarbor12345y", ["Harbor12345"]) == "token=x***y"  # 4+: anywhere
+    assert shown_text("a * b", ["*"]) == "a *** b"
+
+
+def test_a_short_secret_inside_a_word_withholds_the_text_rather_than_garble_it() -> None:
+    """A password `a` masked everywhere turned Harbor's "project name" into "project n***me";
+    a secret under 4 characters found inside a word withholds the whole text instead."""
+    said = shown_text("project name is invalid", ["a"], withheld="(withheld)")
+    assert said == "(withheld)"
+    assert "withheld" in shown_text("the name is taken", ["am"])
+    assert shown_text("project name", ["xyz"]) == "project name"  # absent: shown as it is

@@ -28,7 +28,7 @@ from transship.errors import (
     UsageError,
     shown_text,
 )
-from transship.harbor.api import HarborAPI, ProjectRefused, parse_quota
+from transship.harbor.api import HarborAPI, ProjectRefused, _message, parse_quota
 from transship.harbor.quota import is_quota_refusal, quota_detail
 from transship.layout import OCILayout
 from transship.plan.model import Plan, PlanEntry
@@ -287,6 +287,29 @@ def test_text_from_elsewhere_is_shown_on_one_line_without_credentials() -> None:
     )
     assert said == "bad request from admin:*** (Authorization: Basic ***)", said
     assert len(shown_text("x" * 500)) == 203
+
+
+def test_harbor_reason_from_a_body_without_errors_is_its_message_or_its_text() -> None:
+    """A JSON body without `errors` (or with an empty list) gives its own `message`, else its
+    text, never an empty reason."""
+    assert _message(b'{"errors": [{"code": "CONFLICT", "message": "taken"}]}') == "taken"
+    assert _message(b'{"errors": [{"code": "CONFLICT"}]}') == "CONFLICT"
+    assert _message(b'{"message": "project quota exceeded"}') == "project quota exceeded"
+    assert _message(b'{"errors": [], "message": "denied"}') == "denied"
+    assert _message(b'{"errors": [], "detail": "odd"}') == '{"errors": [], "detail": "odd"}'
+    assert _message(b'{"code": 500}') == '{"code": 500}'
+    assert _message(b"<html>bad gateway</html>") == "<html>bad gateway</html>"
+    assert _message(b'{"message": "as Harbor12345"}', ["Harbor12345"]) == "as ***"
+
+
+def test_harbor_reason_is_withheld_rather_than_garbled_by_a_short_password() -> None:
+    """A password `a` masked everywhere turned Harbor's "project name" into "project n***me":
+    Harbor's reason is withheld, saying why, where a short secret sits inside a word."""
+    body = json.dumps({"errors": [{"code": "BAD_REQUEST", "message": "project name invalid"}]})
+    assert _message(body.encode(), ["admin", "a"]) == (
+        "(Harbor's reason withheld: it may quote the password)"
+    )
+    assert _message(body.encode(), ["admin", "Harbor12345"]) == "project name invalid"
 
 
 async def test_the_wing_reaches_only_registries_the_factory_opened(tmp_path: Path) -> None:

@@ -656,6 +656,39 @@ def test_an_increment_given_as_dot_from_inside_finds_its_base_beside_it(
     assert carried.isdisjoint(images[2].blob_digests)  # inc's own
 
 
+def test_an_increment_given_as_dot_is_named_by_its_directory_and_its_base_absolute(
+    cli: CLI,
+    plain_registry: RegistryProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`.` has no name (Path('.').name is '', Path('.').parent is '.'): from inside an
+    increment whose base is gone, `save --since .` warns naming the directory, and `serve .`
+    names where the base should be as an absolute path, not a relative `base`."""
+    refs, _seeded = _images(plain_registry, "chain17")
+    usb = tmp_path / "usb"
+    base, inc = usb / "base", usb / "inc"
+    _save(cli, tmp_path, refs[:1], base)
+    _save(cli, tmp_path, refs, inc, base)  # app0's blobs left out: base holds them
+    away = tmp_path / "away"
+    away.mkdir()
+    shutil.move(base, away / base.name)
+    listing = tmp_path / "chain17.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    monkeypatch.chdir(inc)
+    with caplog.at_level("WARNING", logger="transship.archive"):
+        out = cli("save", "--images", str(listing), "-o", str(usb / "inc2"), "--since", ".")
+    assert out.code == 0, out.err
+    said = [r.getMessage() for r in caplog.records if r.name == "transship.archive"]
+    assert len(said) == 1, said
+    assert "--since .: inc is an increment on top of base, which is not beside it" in said[0]
+    assert f"({usb / 'base'})" in said[0], said
+    out = cli("serve", ".")
+    assert out.code == ExitCode.USAGE, out.err
+    assert f"on top of base, which is not beside it ({usb / 'base'})" in out.error_line, out.err
+
+
 def test_archive_verify_blames_the_base_that_cannot_be_read_not_the_one_above_it(
     cli: CLI, plain_registry: RegistryProcess, tmp_path: Path
 ) -> None:

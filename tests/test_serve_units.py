@@ -7,8 +7,10 @@ import asyncio
 import base64
 import json
 import os
+import re
 import ssl
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ from transship.ops.archive import (
     ArchiveInfo,
 )
 from transship.serve.api import accepted_types, negotiate, page
-from transship.serve.archive import served_prefix, valid_name
+from transship.serve.archive import ChainCut, served_prefix, valid_name
 from transship.serve.auth import Htpasswd
 from transship.serve.blobs import BlobServer, RangeNotSatisfiable, parse_range, slice_extents
 from transship.serve.errors import APIError
@@ -147,11 +149,13 @@ def test_san_takes_an_ip_address_or_an_rfc_1123_name(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "carried"),
     [("REG-1.Corp.example", "reg-1.corp.example"), ("reg.lab.", "reg.lab"),
-     ("*.Corp.Example.", "*.corp.example"), ("::0001", "::1"), ("FE80::A", "fe80::a")],
+     ("*.Corp.Example.", "*.corp.example"), ("::0001", "::1"), ("FE80::A", "fe80::a"),
+     ("::ffff:10.0.0.5", "10.0.0.5"), ("::FFFF:a00:5", "10.0.0.5")],
 )  # fmt: skip
 def test_san_is_carried_lower_case_without_the_root_dot(name: str, carried: str) -> None:
     """Names compare without case and `lab.` is `lab`: one form each, so a certificate never
-    carries Registry.Lab and registry.lab both."""
+    carries Registry.Lab and registry.lab both. An IPv4-mapped IPv6 address is carried as the
+    IPv4 address it maps: an IPv4 client never matches an IPv6 SAN."""
     assert check_san(name) == carried
     listen = Listen("Registry.Lab", 5000)
     assert tls_names(listen, [check_san("registry.lab."), check_san("REGISTRY.lab")]) == [
@@ -301,21 +305,50 @@ def bcrypt_cost(hashed: bytes) -> int:
     return int(hashed.split(b"$")[2])
 
 
-def test_htpasswd_decoy_is_as_costly_as_the_costliest_well_formed_entry(tmp_path: Path) -> None:
-    """The unknown user's decoy is not the file's first entry, which may be malformed (bcrypt
-    refuses it at once) or cheap: it is made at load at the highest cost a good entry has."""
+def test_htpasswd_decoy_is_as_costly_as_the_costliest_entry(tmp_path: Path) -> None:
+    """The unknown user's decoy is not the file's first entry, which may be cheap: it is made at
+    load at the highest cost an entry has."""
     good = make_htpasswd(tmp_path / "good", {"cheap": "a", "dear": "b"})
     cheap, dear = good.read_text().splitlines()
     cheap = cheap.replace("$05$", "$04$", 1)  # htpasswd -B's least cost is 5; bcrypt's is 4
     dear = dear.replace("$05$", "$06$", 1)
-    for first in ("broken:$2y$05$not-a-hash", cheap):
+    path = tmp_path / "htpasswd"
+    path.write_text(f"{cheap}\n{dear}\n")
+    auth = Htpasswd.load(path)
+    assert bcrypt_cost(auth._decoy) == 6
+    assert not transship.serve.auth._check(b"b", auth._decoy)  # well formed: checked
+    assert bcrypt_cost(transship.serve.auth.decoy_hash([])) == 12  # none: bcrypt's default
+
+
+def test_htpasswd_refuses_a_malformed_or_too_costly_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A malformed bcrypt entry, or one above htpasswd's maximum cost (17), is a one-line usage
+    error naming file:line: the decoy an unknown user is checked against is made at load at the
+    file's highest cost, and a `$2y$31$` entry would keep serve from starting for days."""
+    good = make_htpasswd(tmp_path / "good", {"alice": "a"}).read_text().strip()
+    tail = good.split("$")[3]
+    decoys: list[list[bytes]] = []  # not made: one at cost 17 or more takes seconds to days
+
+    def cheap_decoy(hashes: Iterable[bytes]) -> bytes:
+        decoys.append(list(hashes))
+        return good.split(":", 1)[1].encode()
+
+    monkeypatch.setattr(transship.serve.auth, "decoy_hash", cheap_decoy)
+    for bad, why in (
+        ("broken:$2y$05$not-a-hash", "not a well-formed bcrypt hash"),
+        (f"odd:$2y$99${tail}", "not a well-formed bcrypt hash"),
+        (f"slow:$2y$18${tail}", "cost 18, above htpasswd's maximum of 17"),
+        (f"days:$2y$31${tail}", "cost 31, above htpasswd's maximum of 17"),
+    ):
         path = tmp_path / "htpasswd"
-        path.write_text(f"{first}\n{dear}\nodd:$2y$99$" + "a" * 53 + "\n")
-        auth = Htpasswd.load(path)
-        assert bcrypt_cost(auth._decoy) == 6, first
-        assert not transship.serve.auth._check(b"b", auth._decoy)  # well formed: checked
-    path.write_text("broken:$2y$05$not-a-hash\n")
-    assert bcrypt_cost(Htpasswd.load(path)._decoy) == 12  # none good: bcrypt's default
+        path.write_text(f"# users\n{good}\n{bad}\n")
+        with pytest.raises(UsageError, match=f"^{re.escape(str(path))}:3: .*{why}") as caught:
+            Htpasswd.load(path)
+        assert "\n" not in str(caught.value)
+    path.write_text(f"{good}\n" + f"top:$2y$17${tail}\n")  # htpasswd's maximum: loaded
+    assert sorted(Htpasswd.load(path).users) == ["alice", "top"]
+    assert decoys == [[good.split(":", 1)[1].encode(), f"$2y$17${tail}".encode()]]
 
 
 def test_htpasswd_password_longer_than_bcrypt_reads(tmp_path: Path) -> None:
@@ -426,3 +459,15 @@ def test_a_corrupt_verdict_is_not_kept_forever() -> None:
     again.corrupt[digest] = ("x at offset 0 (1 bytes)", time.monotonic() - 61)
     again._refuse_corrupt(digest)  # hashed again on this request
     assert digest not in again.corrupt
+
+
+def test_a_chain_cut_from_an_archive_given_as_dot_names_its_base_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From inside a directory archive `.` has no parent but '.': where a base beside it
+    should be is named beside the directory, absolute, not as a relative `base`."""
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    monkeypatch.chdir(inc)
+    why = ChainCut(Path("."), "base")._why()
+    assert why.endswith(f"which is not beside it ({tmp_path / 'base'})"), why

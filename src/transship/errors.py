@@ -250,14 +250,37 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _SECRET_SHAPES = re.compile(r"(?i)\b(basic|bearer)(\s+|=|:\s*)[^\s'\",)}>]+|(?<=://)[^/@\s'\"]+@")
 
 
-def shown_text(text: str, secrets: Iterable[str] = ()) -> str:
+#: a secret shorter than this found inside a word is not masked there (a password `a` would
+#: turn "project name" into "project n***me"): the whole text is withheld instead
+_SHORTEST_MASKED_INSIDE = 4
+_MASK = "\0"  # stands for *** until every secret is masked: a secret `*` never matches a mask
+
+
+def shown_text(
+    text: str,
+    secrets: Iterable[str] = (),
+    *,
+    withheld: str = "(reason withheld: it may quote a password)",
+) -> str:
     """Text from elsewhere (an exception's, a server's answer) as a message may show it: its
     first line, what may follow an auth scheme or sit in a URL's user part and each of
-    `secrets` (the run's own credentials) replaced by ***, at most 200 characters."""
-    first = (text.strip().splitlines() or [""])[0]
-    for secret in secrets:
-        if secret:
-            first = first.replace(secret, "***")
+    `secrets` (the run's own credentials) replaced by ***, at most 200 characters.
+
+    A secret is masked where it stands as a token (no letter or digit on either side), the
+    longest first so a shorter one cannot break a longer one apart; one of 4 characters or more
+    found inside a word is masked there too; a shorter one found there makes the whole text
+    `withheld`, as masking it would garble the words around it."""
+    first = (text.strip().splitlines() or [""])[0].replace(_MASK, "")
+    longest_first = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
+    if longest_first:
+        alternatives = "|".join(map(re.escape, longest_first))
+        first = re.sub(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", _MASK, first)
+        for secret in longest_first:
+            if secret in first:
+                if len(secret) < _SHORTEST_MASKED_INSIDE:
+                    return withheld
+                first = first.replace(secret, _MASK)
+        first = first.replace(_MASK, "***")
     first = _SECRET_SHAPES.sub(lambda m: f"{m.group(1)} ***" if m.group(1) else "***@", first)
     return first if len(first) <= 200 else first[:200] + "..."
 

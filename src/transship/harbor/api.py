@@ -263,15 +263,21 @@ class HarborAPI:
 
 def _message(raw: bytes, secrets: Iterable[str] = ()) -> str:
     """Harbor's reason from a swagger `Errors` body (each `errors[].message`, else its
-    `code`), else the body's text: one line as `shown_text` shows it, `secrets` never."""
+    `code`), else the body's own `message`, else the body's text: one line as `shown_text`
+    shows it, `secrets` never."""
+    body_text = raw.decode("utf-8", "replace")
     try:
-        errors = json.loads(raw).get("errors") or []
+        body = json.loads(raw)
+        errors = body.get("errors") or []
         text = "; ".join(
             str(e.get("message") or e.get("code") or "") for e in errors if isinstance(e, dict)
         )
+        text = text or str(body.get("message") or "") or body_text
     except (ValueError, AttributeError, TypeError, UnicodeDecodeError):
-        text = raw.decode("utf-8", "replace")
-    return shown_text(text, secrets)
+        text = body_text
+    return shown_text(
+        text, secrets, withheld="(Harbor's reason withheld: it may quote the password)"
+    )
 
 
 #: Harbor's `storage_limit` (swagger `ProjectReq`) is an int64 count of bytes

@@ -348,6 +348,12 @@ def where_beside(archive: Path, name: str) -> Path:
     return Path(os.path.abspath(archive)).parent / name
 
 
+def name_of(archive: Path) -> str:
+    """The archive's own file or directory name, also when it is given as `.` or `..` (from
+    inside a directory archive), whose `name` is '' or '..'."""
+    return Path(os.path.abspath(archive)).name
+
+
 async def open_base_chain(
     path: Path, what: str = "--since", *, warn: bool = False
 ) -> OCILayout | OCILayoutTar:
@@ -377,7 +383,7 @@ async def link_bases(archive: LayoutReader, path: Path, what: str, *, warn: bool
     left out of an increment either. `load --repair` reads a blob the increment left out from
     them. On an error the caller closes `archive` with `close_chain` (which closes what was
     linked)."""
-    layout, names = archive, {path.name}
+    layout, names = archive, {name_of(path)}
     for _ in range(MAX_BASE_CHAIN):
         name = ArchiveInfo.read(layout).base
         if not name or name in names:
@@ -388,7 +394,7 @@ async def link_bases(archive: LayoutReader, path: Path, what: str, *, warn: bool
                 log.warning(
                     "%s %s: %s is an increment on top of %s, which is not beside it (%s); "
                     "the blobs %s holds are carried again (put it there to leave them out)",
-                    what, path, path.name, name, where_beside(path, name), name,
+                    what, path, name_of(path), name, where_beside(path, name), name,
                 )  # fmt: skip
             break
         names.add(name)

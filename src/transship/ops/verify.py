@@ -44,6 +44,7 @@ from transship.ops.archive import (
     base_beside,
     close_chain,
     link_bases,
+    name_of,
     open_finished,
 )
 from transship.ops.selfcopy import carried_tool
@@ -584,7 +585,7 @@ async def _judge_missing(
         await close_chain(chain)
         raise
     try:
-        names: set[str] = {path.name, base}
+        names: set[str] = {name_of(path), base}
         last = chain
         while last.base is not None:
             names.add(str(ArchiveInfo.read(last).base))

@@ -34,8 +34,10 @@ from transship.ops.archive import (
     ArchiveInfo,
     base_beside,
     completeness_problems,
+    name_of,
     open_archive,
     stands_for_untagged,
+    where_beside,
 )
 from transship.reference import is_tag
 from transship.serve.files import PinnedFiles
@@ -319,7 +321,7 @@ class ChainCut:
         if self.given is None:
             return (
                 f"{self.increment} is an increment on top of {self.name}, which is not beside "
-                f"it ({self.increment.parent / self.name})"
+                f"it ({where_beside(self.increment, self.name)})"
             )
         return (
             f"{self.increment} is an increment on top of {self.name}, but --base {self.given} "
@@ -367,7 +369,7 @@ def _wrong_base(layers: list[Layer], paths: list[Path]) -> ChainCut | None:
     way): `ServedArchive.open` then refuses only when something served is in none of them."""
     for i in range(1, len(paths)):
         name = ArchiveInfo.read(layers[i - 1]).base
-        if name and _archive_name(name) != _archive_name(paths[i].name):
+        if name and _archive_name(name) != _archive_name(name_of(paths[i])):
             return ChainCut(paths[i - 1], name, paths[i])
     return None
 
@@ -385,7 +387,7 @@ def _follow_bases(layers: list[Layer], path: Path, seen: list[Path]) -> ChainCut
     A base that is not there ends the chain: the archives opened may well be complete without
     it (an increment saved when that base was not at hand carries its blobs again), so
     `ServedArchive.open` refuses only when something served is then in none of them."""
-    names = {p.name for p in seen}
+    names = {name_of(p) for p in seen}
     for _ in range(MAX_BASE_CHAIN):
         name = ArchiveInfo.read(layers[-1]).base
         if not name or name in names:

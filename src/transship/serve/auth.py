@@ -30,7 +30,10 @@ _MAX_REMEMBERED = 1024
 #: distribution (Go's bcrypt) use the first 72 and ignore the rest
 _BCRYPT_MAX_PASSWORD = 72
 _WELL_FORMED = re.compile(rb"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
-_DEFAULT_COST = 12  # bcrypt.gensalt's own default, for a file without one well-formed entry
+_DEFAULT_COST = 12  # bcrypt.gensalt's own default
+#: htpasswd -B's own maximum: a costlier entry takes minutes to hours per check (31: days), and the
+#: decoy made at load is as costly as the costliest entry, so serve would not start
+_MAX_COST = 17
 
 
 class Htpasswd:
@@ -42,8 +45,8 @@ class Htpasswd:
         self._good: dict[str, bytes] = {}  # user → sha256 of a password that matched
         #: an unknown user's password is checked against this and refused whatever the result:
         #: answering at once would tell, by the time a 401 takes, which user names exist. A hash
-        #: of a random secret made here at the highest cost the file uses, not one of its
-        #: entries: the first might be malformed (refused at once) or of a low cost
+        #: of a random secret made here at the highest cost the file uses (load refuses a
+        #: malformed entry and one above htpasswd's maximum cost), not one of its entries
         self._decoy = decoy_hash(users.values())
 
     @classmethod
@@ -64,6 +67,17 @@ class Htpasswd:
                 raise UsageError(
                     f"{path}:{number}: the entry of {user!r} is not bcrypt; "
                     "create it with `htpasswd -B`"
+                )
+            cost = bcrypt_cost(hashed.encode())
+            if cost is None:
+                raise UsageError(
+                    f"{path}:{number}: the entry of {user!r} is not a well-formed bcrypt hash; "
+                    "create it again with `htpasswd -B`"
+                )
+            if cost > _MAX_COST:
+                raise UsageError(
+                    f"{path}:{number}: the entry of {user!r} has bcrypt cost {cost}, above "
+                    f"htpasswd's maximum of {_MAX_COST}; create it again with `htpasswd -B`"
                 )
             users[user] = hashed.encode()
         if not users:
@@ -101,8 +115,10 @@ def bcrypt_cost(hashed: bytes) -> int | None:
 
 
 def decoy_hash(hashes: Iterable[bytes]) -> bytes:
-    """A bcrypt hash of a random secret, as costly as the costliest well-formed one given."""
-    cost = max(filter(None, map(bcrypt_cost, hashes)), default=_DEFAULT_COST)
+    """A bcrypt hash of a random secret, as costly as the costliest well-formed one given
+    (Htpasswd.load refuses a malformed hash and one costlier than htpasswd makes)."""
+    costs = (cost for cost in map(bcrypt_cost, hashes) if cost and cost <= _MAX_COST)
+    cost = max(costs, default=_DEFAULT_COST)
     return bytes(bcrypt.hashpw(secrets.token_bytes(32), bcrypt.gensalt(rounds=cost)))
 
 

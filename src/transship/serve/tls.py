@@ -190,7 +190,12 @@ def check_san(name: str) -> str:
                 f"--san '{_shown(name)}': an IP address with a zone is not allowed; "
                 f"give it without '%{zone}'"
             )
-        return str(ipaddress.ip_address(name))
+        ip = ipaddress.ip_address(name)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            # `::ffff:1.2.3.4` is how an IPv4 address looks on an IPv6 socket; an IPv4 client
+            # checks an IPv4 SAN, never an IPv6 one
+            return str(ip.ipv4_mapped)
+        return str(ip)
     bare = name[:-1] if name.endswith(".") else name
     host = bare[2:] if bare.startswith("*.") else bare
     labels = host.split(".")
